@@ -1,0 +1,62 @@
+//! check-state: what should a pipeline do next with this build?
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use buildstate::cli::{finish, Common};
+use buildstate::plan::Plan;
+use buildstate::report::Report;
+use buildstate::Result;
+use clap::Parser;
+
+/// Print what a pipeline should do next with a build, and exit with a code a task can
+/// gate on: 0 go ahead (start, resume, retry), 10 already completed, 11 in progress
+/// elsewhere, 12 wait for a scheduled retry, 13 needs a person. An unknown build id
+/// is "start a new build", not an error. Details: docs/exit-codes.md.
+#[derive(Parser)]
+#[command(version, after_help = "Examples:\n  check-state img-42\n  check-state img-42 --json | jq -r .decision\n  check-state img-42 --output state/ && . state/resume-metadata && echo \"$RESUME_STATE\"")]
+struct Args {
+    /// The build id
+    #[arg(value_name = "BUILD_ID")]
+    build_id: String,
+
+    /// Also write DIR/decision.json and DIR/resume-metadata (KEY=VALUE lines to source)
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+
+    /// Include the build's full event history
+    #[arg(long)]
+    history: bool,
+
+    /// The plan to report for a build that does not exist yet [default: built-in]
+    #[arg(long, value_name = "FILE", env = "BUILDSTATE_PLAN")]
+    plan: Option<PathBuf>,
+
+    #[command(flatten)]
+    common: Common,
+}
+
+fn run(args: &Args) -> Result<i32> {
+    let plan = match &args.plan {
+        Some(p) => Plan::from_file(p)?,
+        None => Plan::default_plan(),
+    };
+    buildstate::model::validate_build_id(&args.build_id)?;
+    let store = args.common.open_existing()?;
+    let report = Report::load(store.as_ref(), &args.build_id, &plan, SystemTime::now(), args.history)?;
+    if let Some(dir) = &args.output {
+        report.write_output(dir)?;
+    }
+    if args.common.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(report.exit_code)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    finish("check-state", args.common.json, run(&args))
+}

@@ -1,0 +1,92 @@
+//! init-state: create a build record, or confirm that an identical one exists.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use buildstate::cli::{finish, Common};
+use buildstate::context::Actor;
+use buildstate::model::{parse_meta_pair, InitRequest};
+use buildstate::plan::Plan;
+use buildstate::report::Report;
+use buildstate::{exit, Result};
+use clap::Parser;
+
+/// Create a build record, or confirm that an identical one exists.
+///
+/// Repeating the same init is safe and changes nothing; the same build id with a
+/// different cloud, image, plan or metadata is a conflict (exit 4). Exit codes:
+/// docs/exit-codes.md.
+#[derive(Parser)]
+#[command(version, after_help = "Example:\n  init-state img-2026-11-22 --cloud aws --image rhel9 --meta git_sha=1a2b3c")]
+struct Args {
+    /// The build id: 1-128 letters, digits, '.', '_' or '-'
+    #[arg(value_name = "BUILD_ID")]
+    build_id: String,
+
+    /// Cloud provider the image is built for (aws, azure, gcp, ...)
+    #[arg(long, value_name = "PROVIDER")]
+    cloud: String,
+
+    /// Image type (rhel9, ubuntu-24.04, ...)
+    #[arg(long, value_name = "TYPE")]
+    image: String,
+
+    /// Plan file (TOML, see docs/plan.md) [default: the built-in classic image-build plan]
+    #[arg(long, value_name = "FILE", env = "BUILDSTATE_PLAN")]
+    plan: Option<PathBuf>,
+
+    /// Metadata to record with the build; repeat for several
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+
+    #[command(flatten)]
+    common: Common,
+}
+
+fn run(args: &Args) -> Result<i32> {
+    let plan = match &args.plan {
+        Some(p) => Plan::from_file(p)?,
+        None => Plan::default_plan(),
+    };
+    let meta = args.meta.iter().map(|m| parse_meta_pair(m)).collect::<Result<Vec<_>>>()?;
+    let req = InitRequest {
+        build_id: args.build_id.clone(),
+        cloud: args.cloud.clone(),
+        image: args.image.clone(),
+        plan,
+        meta,
+    };
+    req.validate()?;
+    let mut store = args.common.open()?;
+    let now = SystemTime::now();
+    let outcome = store.init(&req, &Actor::from_env("init-state"), now)?;
+    let stored_plan = store.plan(&outcome.build.plan_hash)?;
+    let report = Report::of(&outcome.build, &stored_plan, store.metadata(&req.build_id)?, None, now);
+    if args.common.json {
+        let mut v = serde_json::to_value(&report).expect("report serializes");
+        v["created"] = outcome.created.into();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else if outcome.created {
+        println!(
+            "created build {} (cloud {}, image {}, plan {} with {} states); next: {}",
+            req.build_id,
+            req.cloud,
+            req.image,
+            stored_plan.name,
+            stored_plan.states.len(),
+            stored_plan.label(stored_plan.first().id)
+        );
+    } else {
+        println!(
+            "build {} already exists with the same identity; nothing changed (serial {})",
+            req.build_id, outcome.build.serial
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    finish("init-state", args.common.json, run(&args))
+}

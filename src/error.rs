@@ -1,0 +1,105 @@
+//! The crate's error type. Each variant maps to one exit code ([`Error::exit_code`]) and
+//! its message says what was wrong and what to do about it.
+
+use std::path::PathBuf;
+
+use crate::exit;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("unknown build '{0}': create it first with `init-state {0} --cloud PROVIDER --image TYPE`")]
+    UnknownBuild(String),
+
+    #[error("build '{build_id}' already exists with {field} {existing}, not {requested}: use a new build id, or repeat init-state with the original values{hint}")]
+    Conflict {
+        build_id: String,
+        field: String,
+        existing: String,
+        requested: String,
+        hint: &'static str,
+    },
+
+    /// A transition that the build's status does not allow. Nothing was written.
+    #[error("{0}")]
+    Refused(String),
+
+    #[error("invalid plan {origin}: {message}")]
+    InvalidPlan { origin: String, message: String },
+
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// The database is not one this version can use (newer schema, foreign file).
+    #[error("database {path}: {message}", path = path.display())]
+    Database { path: PathBuf, message: String },
+
+    #[error("{}", sqlite_message(.0))]
+    Sqlite(#[from] rusqlite::Error),
+
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    if let rusqlite::Error::SqliteFailure(f, _) = e {
+        if matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+        ) {
+            return "database is locked by another writer for longer than the busy timeout: \
+                    try again, or raise BUILDSTATE_BUSY_TIMEOUT (milliseconds)"
+                .to_string();
+        }
+        if matches!(
+            f.code,
+            rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::PermissionDenied
+        ) {
+            return format!("{e}: check that the path exists and is writable, or pass --db");
+        }
+        if matches!(f.code, rusqlite::ErrorCode::NotADatabase) {
+            return format!("{e}: the file is not a buildstate database; pass another --db");
+        }
+    }
+    format!("database error: {e}")
+}
+
+impl Error {
+    /// The exit code documented for this kind of error in `docs/exit-codes.md`.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::UnknownBuild(_) => exit::UNKNOWN_BUILD,
+            Error::Conflict { .. } => exit::CONFLICT,
+            Error::Refused(_) => exit::REFUSED,
+            Error::InvalidPlan { .. } => exit::INVALID_PLAN,
+            Error::InvalidInput(_) => exit::INVALID_INPUT,
+            Error::Database { .. } | Error::Sqlite(_) => exit::DATABASE,
+            Error::Io { .. } | Error::Corrupt(_) => exit::INTERNAL,
+        }
+    }
+
+    /// A stable machine-readable name for `--json` error output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::UnknownBuild(_) => "unknown_build",
+            Error::Conflict { .. } => "conflict",
+            Error::Refused(_) => "refused",
+            Error::InvalidPlan { .. } => "invalid_plan",
+            Error::InvalidInput(_) => "invalid_input",
+            Error::Database { .. } | Error::Sqlite(_) => "database",
+            Error::Io { .. } => "io",
+            Error::Corrupt(_) => "corrupt",
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Exit codes shared by every binary. `docs/exit-codes.md` is the user-facing copy of this
+//! table; a test keeps the two in step.
+
+/// The command did what was asked.
+pub const OK: i32 = 0;
+/// An unexpected failure (I/O error, bug). The message says what failed.
+pub const INTERNAL: i32 = 1;
+/// The command line was malformed (unknown flag, missing argument). Printed by clap.
+pub const USAGE: i32 = 2;
+/// The build id is not in the database.
+pub const UNKNOWN_BUILD: i32 = 3;
+/// The build exists with different identity (cloud, image, plan or metadata).
+pub const CONFLICT: i32 = 4;
+/// The transition is not allowed from the build's current status (backwards, out of
+/// order, state not in the plan, build already completed). Nothing was written.
+pub const REFUSED: i32 = 5;
+/// The plan file is invalid. The message names the field.
+pub const INVALID_PLAN: i32 = 6;
+/// The database could not be opened or used (unreadable, newer schema, busy too long).
+pub const DATABASE: i32 = 7;
+/// An argument has the right shape for the command line but a bad value
+/// (build id characters, `KEY=VALUE` syntax).
+pub const INVALID_INPUT: i32 = 8;
+
+/// check-state: the build is completed; there is nothing to do.
+pub const COMPLETED: i32 = 10;
+/// check-state: a state is running; another worker holds the build.
+pub const BUSY: i32 = 11;
+/// check-state: a retry is scheduled but not yet due.
+pub const WAIT: i32 = 12;
+/// check-state: the build needs a person (failed with no automatic retry left).
+pub const BLOCKED: i32 = 13;
+
+/// Every code with its name, in the order of `docs/exit-codes.md`.
+pub const ALL: &[(i32, &str)] = &[
+    (OK, "OK"),
+    (INTERNAL, "INTERNAL"),
+    (USAGE, "USAGE"),
+    (UNKNOWN_BUILD, "UNKNOWN_BUILD"),
+    (CONFLICT, "CONFLICT"),
+    (REFUSED, "REFUSED"),
+    (INVALID_PLAN, "INVALID_PLAN"),
+    (DATABASE, "DATABASE"),
+    (INVALID_INPUT, "INVALID_INPUT"),
+    (COMPLETED, "COMPLETED"),
+    (BUSY, "BUSY"),
+    (WAIT, "WAIT"),
+    (BLOCKED, "BLOCKED"),
+];

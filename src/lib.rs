@@ -1,0 +1,24 @@
+//! buildstate: a durable, resumable record of where an image build is.
+//!
+//! A *build* walks through the numbered *states* of a [`plan::Plan`]. Every change is an
+//! [`model::Event`] appended to a log that is never rewritten, and the build's summary row
+//! is derived from it inside the same SQLite transaction ([`store::Store`]). The pure
+//! function [`decide::decide`] tells a pipeline what to do next.
+//!
+//! The binaries in `bins/` are thin: they parse arguments, call this crate, and map the
+//! result to an exit code from [`exit`]. All logic lives here so that the binaries, the
+//! Python module and the Ansible callback agree by construction.
+
+pub mod cli;
+pub mod context;
+pub mod decide;
+pub mod error;
+pub mod exit;
+pub mod model;
+pub mod plan;
+pub mod redact;
+pub mod report;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, Result};

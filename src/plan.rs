@@ -1,0 +1,370 @@
+//! Plans: the ordered states a build walks through, each with a name, an expected
+//! duration, an optional timeout and a retry policy. A plan is written in TOML
+//! (`docs/plan.md`); the built-in default is `src/default-plan.toml`.
+//!
+//! A plan is validated once when it is read; a stored plan (kept in the database by
+//! content hash, so that a build keeps the plan it was created with) is trusted.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// The highest state number a plan may use.
+pub const MAX_STATE: u8 = 100;
+
+const DEFAULT_PLAN_TOML: &str = include_str!("default-plan.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(rename = "state")]
+    pub states: Vec<StateDef>,
+}
+
+/// Values used by every state that does not set its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default = "RetryPolicy::default_policy")]
+    pub retry: RetryPolicy,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            timeout: None,
+            retry: RetryPolicy::default_policy(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDef {
+    pub id: u8,
+    pub name: String,
+    #[serde(with = "humantime_serde")]
+    pub expected: Duration,
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// What to do when a state fails. `max_attempts` counts every attempt, the first included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RetryPolicy {
+    /// Retry after a fixed delay (zero by default), up to `max_attempts` in all.
+    Immediate {
+        max_attempts: u32,
+        #[serde(default, with = "humantime_serde")]
+        delay: Duration,
+    },
+    /// Retry after a delay that grows by `factor` each time, capped at `max_delay`.
+    Backoff {
+        max_attempts: u32,
+        #[serde(with = "humantime_serde")]
+        initial_delay: Duration,
+        #[serde(default = "default_factor")]
+        factor: f64,
+        #[serde(with = "humantime_serde")]
+        max_delay: Duration,
+        /// Spread each delay randomly over [delay/2, delay] so that workers do not retry
+        /// in lock-step.
+        #[serde(default)]
+        jitter: bool,
+        /// Stop retrying once this long has passed since the state's first attempt.
+        #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+        window: Option<Duration>,
+    },
+    /// Alert and wait for a person, after `automatic_attempts` retries `delay` apart.
+    Notify {
+        #[serde(default)]
+        automatic_attempts: u32,
+        #[serde(default, with = "humantime_serde")]
+        delay: Duration,
+    },
+    /// Never retry automatically: a failure needs a person.
+    Never,
+}
+
+fn default_factor() -> f64 {
+    2.0
+}
+
+impl RetryPolicy {
+    /// Three attempts with a backoff from one minute to ten: the default when a plan
+    /// gives none.
+    pub fn default_policy() -> Self {
+        RetryPolicy::Backoff {
+            max_attempts: 3,
+            initial_delay: Duration::from_secs(60),
+            factor: 2.0,
+            max_delay: Duration::from_secs(600),
+            jitter: false,
+            window: None,
+        }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            RetryPolicy::Immediate { max_attempts, .. } if *max_attempts == 0 => {
+                Err("max_attempts: must be at least 1 (it counts the first attempt)".into())
+            }
+            RetryPolicy::Backoff {
+                max_attempts,
+                initial_delay,
+                factor,
+                max_delay,
+                ..
+            } => {
+                if *max_attempts == 0 {
+                    Err("max_attempts: must be at least 1 (it counts the first attempt)".into())
+                } else if !factor.is_finite() || *factor < 1.0 {
+                    Err(format!("factor: {factor} must be a number of at least 1.0"))
+                } else if initial_delay > max_delay {
+                    Err(format!(
+                        "initial_delay: {} is longer than max_delay {}",
+                        crate::time::format_duration(*initial_delay),
+                        crate::time::format_duration(*max_delay)
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Plan {
+    /// The built-in classic image-build plan.
+    pub fn default_plan() -> Plan {
+        Plan::from_toml(DEFAULT_PLAN_TOML, "(built-in)").expect("the built-in plan is valid")
+    }
+
+    /// The built-in plan's TOML text, for `docs/plan.md` and as a template.
+    pub fn default_plan_toml() -> &'static str {
+        DEFAULT_PLAN_TOML
+    }
+
+    /// Parse and validate a plan. `origin` names the file in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Plan> {
+        let invalid = |message: String| Error::InvalidPlan {
+            origin: origin.to_string(),
+            message,
+        };
+        let plan: Plan = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        plan.validate().map_err(invalid)?;
+        Ok(plan)
+    }
+
+    /// Read a plan file.
+    pub fn from_file(path: &std::path::Path) -> Result<Plan> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Plan::from_toml(&text, &path.display().to_string())
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name: must not be empty".into());
+        }
+        if self.states.is_empty() {
+            return Err("state: the plan needs at least one [[state]]".into());
+        }
+        self.defaults
+            .retry
+            .validate()
+            .map_err(|m| format!("defaults.retry.{m}"))?;
+        let mut previous: Option<u8> = None;
+        for (i, s) in self.states.iter().enumerate() {
+            let at = format!("state[{i}] (id {})", s.id);
+            if s.id > MAX_STATE {
+                return Err(format!("{at}.id: {} is outside 0..={MAX_STATE}", s.id));
+            }
+            if let Some(p) = previous {
+                if s.id <= p {
+                    return Err(format!(
+                        "{at}.id: states must be listed in increasing order without repeats, but {} follows {p}",
+                        s.id
+                    ));
+                }
+            }
+            if s.name.trim().is_empty() {
+                return Err(format!("{at}.name: must not be empty"));
+            }
+            if let Some(dup) = self.states[..i].iter().find(|o| o.name == s.name) {
+                return Err(format!(
+                    "{at}.name: '{}' is already the name of state {}",
+                    s.name, dup.id
+                ));
+            }
+            if s.timeout == Some(Duration::ZERO) {
+                return Err(format!("{at}.timeout: must be longer than zero"));
+            }
+            if let Some(r) = &s.retry {
+                r.validate().map_err(|m| format!("{at}.retry.{m}"))?;
+            }
+            previous = Some(s.id);
+        }
+        Ok(())
+    }
+
+    /// Canonical JSON form, as stored in the database.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a plan always serializes")
+    }
+
+    pub fn from_json(text: &str) -> Result<Plan> {
+        serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("stored plan: {e}")))
+    }
+
+    /// SHA-256 of the canonical JSON form: the plan's identity in the database.
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.to_json().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn state(&self, id: u8) -> Option<&StateDef> {
+        self.states.iter().find(|s| s.id == id)
+    }
+
+    pub fn first(&self) -> &StateDef {
+        &self.states[0]
+    }
+
+    pub fn last(&self) -> &StateDef {
+        self.states.last().expect("a valid plan has states")
+    }
+
+    /// The state after `completed`, or the first state when nothing is completed yet.
+    /// `None` when `completed` is the last state.
+    pub fn next_after(&self, completed: Option<u8>) -> Option<&StateDef> {
+        match completed {
+            None => Some(self.first()),
+            Some(c) => self.states.iter().find(|s| s.id > c),
+        }
+    }
+
+    /// The retry policy in force for a state.
+    pub fn retry_for(&self, id: u8) -> &RetryPolicy {
+        self.state(id)
+            .and_then(|s| s.retry.as_ref())
+            .unwrap_or(&self.defaults.retry)
+    }
+
+    /// "state 15 (ansible-base)", or just "state 15" when it is not in the plan.
+    pub fn label(&self, id: u8) -> String {
+        match self.state(id) {
+            Some(s) => format!("state {} ({})", s.id, s.name),
+            None => format!("state {id}"),
+        }
+    }
+
+    /// The state ids as a short list for error messages.
+    pub fn ids(&self) -> String {
+        self.states
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Plan::from_toml(text, "t.toml").unwrap_err().to_string()
+    }
+
+    const ONE: &str = "name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\n";
+
+    #[test]
+    fn default_plan_follows_the_classic_flow() {
+        let p = Plan::default_plan();
+        let ids: Vec<u8> = p.states.iter().map(|s| s.id).collect();
+        assert_eq!(ids, (0..=100).step_by(5).collect::<Vec<u8>>());
+        assert_eq!(p.state(5).unwrap().name, "kickstart");
+        assert_eq!(p.state(10).unwrap().name, "green-image-validation");
+        assert_eq!(p.state(70).unwrap().name, "integration-tests");
+        assert_eq!(p.state(95).unwrap().name, "publish");
+        assert!(matches!(
+            p.retry_for(10),
+            RetryPolicy::Immediate { max_attempts: 5, .. }
+        ));
+        assert!(matches!(p.retry_for(70), RetryPolicy::Notify { .. }));
+        assert_eq!(p.retry_for(15), &p.defaults.retry);
+    }
+
+    #[test]
+    fn json_round_trip_keeps_plan_and_hash() {
+        let p = Plan::default_plan();
+        let back = Plan::from_json(&p.to_json()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.hash(), p.hash());
+        assert_eq!(p.hash().len(), 64);
+    }
+
+    #[test]
+    fn next_after_walks_the_plan() {
+        let p = Plan::default_plan();
+        assert_eq!(p.next_after(None).unwrap().id, 0);
+        assert_eq!(p.next_after(Some(0)).unwrap().id, 5);
+        assert_eq!(p.next_after(Some(65)).unwrap().id, 70);
+        assert!(p.next_after(Some(100)).is_none());
+    }
+
+    #[test]
+    fn invalid_plans_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("name = \"\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\n", "name: must not be empty"),
+            ("name = \"p\"\nstate = []\n", "at least one [[state]]"),
+            ("name = \"p\"\n[[state]]\nid = 101\nname = \"a\"\nexpected = \"1m\"\n", "state[0] (id 101).id: 101 is outside 0..=100"),
+            ("name = \"p\"\n[[state]]\nid = 300\nname = \"a\"\nexpected = \"1m\"\n", "id"),
+            ("name = \"p\"\n[[state]]\nid = 5\nname = \"a\"\nexpected = \"1m\"\n[[state]]\nid = 5\nname = \"b\"\nexpected = \"1m\"\n", "state[1] (id 5).id: states must be listed in increasing order"),
+            ("name = \"p\"\n[[state]]\nid = 5\nname = \"a\"\nexpected = \"1m\"\n[[state]]\nid = 10\nname = \"a\"\nexpected = \"1m\"\n", "state[1] (id 10).name: 'a' is already the name of state 5"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \" \"\nexpected = \"1m\"\n", "state[0] (id 0).name: must not be empty"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"soon\"\n", "expected"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\n", "missing field `expected`"),
+            ("name = \"p\"\n[[state]]\nid = 0\nnam = \"a\"\nexpected = \"1m\"\n", "unknown field `nam`"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\ntimeout = \"0s\"\n", "state[0] (id 0).timeout: must be longer than zero"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"immediate\", max_attempts = 0 }\n", "state[0] (id 0).retry.max_attempts: must be at least 1"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"backoff\", max_attempts = 3, initial_delay = \"1h\", max_delay = \"1m\" }\n", "retry.initial_delay: 1h is longer than max_delay 1m"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"backoff\", max_attempts = 3, initial_delay = \"1m\", max_delay = \"1h\", factor = 0.5 }\n", "retry.factor: 0.5 must be a number of at least 1.0"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"sometimes\" }\n", "unknown variant `sometimes`"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"immediate\", max_attempts = 2, dealy = \"1m\" }\n", "unknown field `dealy`"),
+            ("name = \"p\"\n[defaults]\nretry = { policy = \"immediate\", max_attempts = 0 }\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\n", "defaults.retry.max_attempts"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(got.starts_with("invalid plan t.toml: "), "{got}");
+            assert!(got.contains(want), "plan:\n{text}\nwanted '{want}' in: {got}");
+        }
+    }
+
+    #[test]
+    fn minimal_plan_gets_default_retry() {
+        let p = Plan::from_toml(ONE, "t").unwrap();
+        assert_eq!(p.retry_for(0), &RetryPolicy::default_policy());
+        assert_eq!(p.first().id, 0);
+        assert_eq!(p.last().id, 0);
+    }
+}

@@ -1,0 +1,299 @@
+//! The report every binary prints: the build's summary, the decision, metadata and
+//! (on request) history, as text for people and as JSON for scripts. Also the files
+//! `check-state --output DIR` writes for a Concourse task.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::decide::{decide, headline, Decision};
+use crate::model::{Build, Category, Event, Status};
+use crate::plan::Plan;
+use crate::store::Store;
+use crate::{time, Error, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub build_id: String,
+    /// False when there is no record of the build (decision "start").
+    pub exists: bool,
+    pub lineage: Option<String>,
+    /// 0 when the build does not exist.
+    pub serial: u64,
+    pub cloud: Option<String>,
+    pub image: Option<String>,
+    pub plan: String,
+    pub plan_hash: Option<String>,
+    pub current_state: Option<u8>,
+    pub current_state_name: Option<String>,
+    pub status: Option<Status>,
+    pub active_state: Option<u8>,
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// check-state's exit code for this decision.
+    pub exit_code: i32,
+    pub last_error: Option<String>,
+    pub last_category: Option<Category>,
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub created_at: Option<SystemTime>,
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub updated_at: Option<SystemTime>,
+    pub metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<Event>>,
+}
+
+impl Report {
+    /// Report on `build_id`. `store` is `None` when the database does not exist yet;
+    /// `fallback_plan` is the plan reported for a build that does not exist.
+    pub fn load(
+        store: Option<&Store>,
+        build_id: &str,
+        fallback_plan: &Plan,
+        now: SystemTime,
+        with_history: bool,
+    ) -> Result<Report> {
+        crate::model::validate_build_id(build_id)?;
+        let build = store.map(|s| s.build(build_id)).transpose()?.flatten();
+        match (store, build) {
+            (Some(store), Some(b)) => {
+                let plan = store.plan(&b.plan_hash)?;
+                let metadata = store.metadata(build_id)?;
+                let history = with_history.then(|| store.events(build_id)).transpose()?;
+                Ok(Report::of(&b, &plan, metadata, history, now))
+            }
+            _ => {
+                let decision = decide(None, fallback_plan, now);
+                Ok(Report {
+                    build_id: build_id.to_string(),
+                    exists: false,
+                    lineage: None,
+                    serial: 0,
+                    cloud: None,
+                    image: None,
+                    plan: fallback_plan.name.clone(),
+                    plan_hash: None,
+                    current_state: None,
+                    current_state_name: None,
+                    status: None,
+                    active_state: None,
+                    attempt: 0,
+                    exit_code: decision.decision.exit_code(),
+                    decision,
+                    last_error: None,
+                    last_category: None,
+                    created_at: None,
+                    updated_at: None,
+                    metadata: BTreeMap::new(),
+                    history: with_history.then(Vec::new),
+                })
+            }
+        }
+    }
+
+    pub fn of(
+        b: &Build,
+        plan: &Plan,
+        metadata: BTreeMap<String, String>,
+        history: Option<Vec<Event>>,
+        now: SystemTime,
+    ) -> Report {
+        let decision = decide(Some(b), plan, now);
+        Report {
+            build_id: b.build_id.clone(),
+            exists: true,
+            lineage: Some(b.lineage.clone()),
+            serial: b.serial,
+            cloud: Some(b.cloud.clone()),
+            image: Some(b.image.clone()),
+            plan: plan.name.clone(),
+            plan_hash: Some(b.plan_hash.clone()),
+            current_state: b.current_state,
+            current_state_name: b.current_state.and_then(|s| plan.state(s)).map(|s| s.name.clone()),
+            status: Some(b.status),
+            active_state: b.active_state,
+            attempt: b.attempt,
+            exit_code: decision.decision.exit_code(),
+            decision,
+            last_error: b.last_error.clone(),
+            last_category: b.last_category,
+            created_at: Some(b.created_at),
+            updated_at: Some(b.updated_at),
+            metadata,
+            history,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// The decision headline: "build X: resume at state 20 (ansible-users)".
+    pub fn headline(&self) -> String {
+        let state = |s: Option<u8>| match (s, &self.decision.next_state_name) {
+            (Some(s), Some(n)) => format!("state {s} ({n})"),
+            (Some(s), None) => format!("state {s}"),
+            (None, _) => String::new(),
+        };
+        let next = state(self.decision.next_state);
+        let what = match self.decision.decision {
+            crate::decide::Action::Start => format!("start a new build at {next}"),
+            crate::decide::Action::Resume => format!("resume at {next}"),
+            crate::decide::Action::Retry => format!("retry {next}"),
+            crate::decide::Action::Wait => format!("wait to retry {next}"),
+            crate::decide::Action::Blocked => format!("blocked at {next}: needs a person"),
+            crate::decide::Action::Busy => format!("busy: {next} is in progress"),
+            crate::decide::Action::Rerun => format!("rerun {next}: its inputs changed"),
+            crate::decide::Action::Completed => "completed".to_string(),
+        };
+        format!("build {}: {what}", self.build_id)
+    }
+
+    /// A few lines for people; `--json` is the stable form for scripts.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", self.headline());
+        let _ = writeln!(out, "  why:      {}", self.decision.reason);
+        if self.exists {
+            let current = match (self.current_state, &self.current_state_name) {
+                (Some(s), Some(n)) => format!("{s} ({n})"),
+                (Some(s), None) => s.to_string(),
+                _ => "none yet".to_string(),
+            };
+            let status = self.status.map_or("-", |s| s.as_str());
+            let _ = writeln!(out, "  status:   {status}, last completed state {current}");
+            let _ = writeln!(
+                out,
+                "  build:    cloud {}, image {}, plan {}",
+                self.cloud.as_deref().unwrap_or("-"),
+                self.image.as_deref().unwrap_or("-"),
+                self.plan
+            );
+            let _ = writeln!(
+                out,
+                "  serial:   {} (lineage {})",
+                self.serial,
+                self.lineage.as_deref().unwrap_or("-")
+            );
+            if let (Some(e), Some(Status::Failed | Status::Waiting | Status::Blocked)) = (&self.last_error, self.status) {
+                let _ = writeln!(out, "  error:    {}", headline(e, 300));
+            }
+            if let Some(t) = self.updated_at {
+                let _ = writeln!(out, "  updated:  {}", time::format(t));
+            }
+            for (k, v) in &self.metadata {
+                let _ = writeln!(out, "  meta:     {k}={}", headline(v, 200));
+            }
+        }
+        if let Some(history) = &self.history {
+            out.push_str(&history_table(history));
+        }
+        out
+    }
+
+    /// `KEY=VALUE` lines a shell (or a Concourse task) can source. Values are quoted for
+    /// sh; metadata keys are prefixed so they cannot clobber the task's own variables.
+    pub fn resume_metadata(&self) -> String {
+        let mut lines: Vec<(String, String)> = vec![
+            ("RESUME_STATE".into(), opt(self.decision.next_state)),
+            ("BUILDSTATE_BUILD_ID".into(), self.build_id.clone()),
+            ("BUILDSTATE_DECISION".into(), self.decision.decision.as_str().into()),
+            ("BUILDSTATE_NEXT_STATE".into(), opt(self.decision.next_state)),
+            ("BUILDSTATE_NEXT_STATE_NAME".into(), self.decision.next_state_name.clone().unwrap_or_default()),
+            ("BUILDSTATE_CURRENT_STATE".into(), opt(self.current_state)),
+            ("BUILDSTATE_STATUS".into(), self.status.map_or(String::new(), |s| s.as_str().into())),
+            ("BUILDSTATE_ATTEMPT".into(), self.attempt.to_string()),
+            ("BUILDSTATE_SERIAL".into(), self.serial.to_string()),
+            ("BUILDSTATE_LINEAGE".into(), self.lineage.clone().unwrap_or_default()),
+            ("BUILDSTATE_CLOUD".into(), self.cloud.clone().unwrap_or_default()),
+            ("BUILDSTATE_IMAGE".into(), self.image.clone().unwrap_or_default()),
+            ("BUILDSTATE_EXIT_CODE".into(), self.exit_code.to_string()),
+        ];
+        for (k, v) in &self.metadata {
+            lines.push((format!("BUILDSTATE_META_{k}"), v.clone()));
+        }
+        lines
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}\n", shell_quote(&v)))
+            .collect()
+    }
+
+    /// Write `decision.json` and `resume-metadata` into `dir` (created if missing). Each
+    /// file is written to a temporary name and renamed, so a reader never sees half.
+    pub fn write_output(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        for (name, body) in [
+            ("decision.json", self.to_json() + "\n"),
+            ("resume-metadata", self.resume_metadata()),
+        ] {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let dst = dir.join(name);
+            std::fs::write(&tmp, body).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+        }
+        Ok(())
+    }
+}
+
+fn opt(v: Option<u8>) -> String {
+    v.map(|s| s.to_string()).unwrap_or_default()
+}
+
+/// Quote for POSIX sh: bare when safe, otherwise single quotes with `'\''` for `'`.
+pub fn shell_quote(v: &str) -> String {
+    let safe = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:/@%+,".contains(c));
+    if safe {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', r"'\''"))
+    }
+}
+
+fn history_table(events: &[Event]) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header(vec!["seq", "time (UTC)", "event", "state", "try", "took", "by", "message"]);
+    for e in events {
+        table.add_row(vec![
+            e.seq.to_string(),
+            time::format(e.at).replace('T', " ").trim_end_matches('Z').to_string(),
+            e.kind.to_string(),
+            opt(e.state),
+            e.attempt.map(|a| a.to_string()).unwrap_or_default(),
+            e.duration_ms
+                .map(|ms| time::format_duration(std::time::Duration::from_millis(ms)))
+                .unwrap_or_default(),
+            format!("{}@{}", e.actor.user, e.actor.host),
+            e.message.as_deref().map(|m| headline(m, 80)).unwrap_or_default(),
+        ]);
+    }
+    format!("history:\n{table}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn shell_quoting_survives_sh() {
+        for v in ["20", "", "it's", "a b", "$(rm -rf /)", "x'\"y", "line\nbreak", "ümlaut"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("V={}; printf %s \"$V\"", shell_quote(v)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), v);
+        }
+        assert_eq!(shell_quote("20"), "20");
+    }
+}

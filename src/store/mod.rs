@@ -1,0 +1,351 @@
+//! The SQLite store. One write is one `BEGIN IMMEDIATE` transaction that reads the build,
+//! runs the pure [`crate::model::apply`], updates the summary row and appends the events:
+//! either all of it lands or none of it does.
+//!
+//! Connections use WAL (readers never block the writer), `synchronous=FULL` (a committed
+//! transition survives a power cut) and a busy timeout, so concurrent writers queue up
+//! instead of failing with "database is locked".
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{named_params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::context::Actor;
+use crate::model::{apply, Build, Event, InitRequest, NewEvent, Transition};
+use crate::plan::Plan;
+use crate::time;
+use crate::{Error, Result};
+
+pub use schema::SCHEMA_VERSION;
+
+/// How long a writer waits for another writer before giving up.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The result of `init`: the build, and whether this call created it.
+#[derive(Debug, Clone)]
+pub struct InitOutcome {
+    pub build: Build,
+    pub created: bool,
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    pub fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(busy_timeout)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        schema::prepare(&mut store.conn, path)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Create a build, or confirm that an identical one exists (no write then).
+    pub fn init(&mut self, req: &InitRequest, actor: &Actor, now: SystemTime) -> Result<InitOutcome> {
+        req.validate()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(existing) = load_build(&tx, &req.build_id)? {
+            let conflict = |field: &str, existing: String, requested: String, hint| Error::Conflict {
+                build_id: req.build_id.clone(),
+                field: field.to_string(),
+                existing,
+                requested,
+                hint,
+            };
+            if existing.cloud != req.cloud {
+                return Err(conflict("cloud", quote(&existing.cloud), quote(&req.cloud), ""));
+            }
+            if existing.image != req.image {
+                return Err(conflict("image", quote(&existing.image), quote(&req.image), ""));
+            }
+            let hash = req.plan.hash();
+            if existing.plan_hash != hash {
+                let stored = load_plan(&tx, &existing.plan_hash)?;
+                return Err(conflict(
+                    "plan",
+                    format!("'{}' ({})", stored.name, &existing.plan_hash[..12]),
+                    format!("'{}' ({})", req.plan.name, &hash[..12]),
+                    "",
+                ));
+            }
+            let meta = load_meta(&tx, &req.build_id)?;
+            for (k, v) in &req.meta {
+                let stored = meta.get(k).cloned().unwrap_or_default();
+                if stored != crate::redact::redact(v) {
+                    return Err(conflict(
+                        &format!("metadata {k}"),
+                        quote(&stored),
+                        quote(v),
+                        "; change metadata with `update-state BUILD_ID meta KEY=VALUE`",
+                    ));
+                }
+            }
+            return Ok(InitOutcome {
+                build: existing,
+                created: false,
+            });
+        }
+        let (mut build, event) = req.new_build(uuid::Uuid::new_v4().to_string(), now);
+        let hash = req.plan.hash();
+        tx.execute(
+            "INSERT OR IGNORE INTO plans (hash, name, body) VALUES (:hash, :name, :body)",
+            named_params! {":hash": hash, ":name": req.plan.name, ":body": req.plan.to_json()},
+        )?;
+        insert_build(&tx, &build)?;
+        append_events(&tx, &build, std::slice::from_ref(&event), actor, now)?;
+        if !req.meta.is_empty() {
+            // Initial metadata is part of the init write: same serial, same transaction.
+            let pairs: Vec<(String, String)> = req
+                .meta
+                .iter()
+                .map(|(k, v)| (k.clone(), crate::redact::redact(v).into_owned()))
+                .collect();
+            upsert_meta(&tx, &build, &pairs)?;
+        }
+        build.serial = 1;
+        tx.commit()?;
+        Ok(InitOutcome {
+            build,
+            created: true,
+        })
+    }
+
+    /// Apply one transition in one transaction; returns the build as written.
+    pub fn transition(
+        &mut self,
+        build_id: &str,
+        t: &Transition,
+        actor: &Actor,
+        now: SystemTime,
+    ) -> Result<Build> {
+        crate::model::validate_build_id(build_id)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let build = load_build(&tx, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+        let plan = load_plan(&tx, &build.plan_hash)?;
+        let change = apply(&build, &plan, t, now)?;
+        let updated = tx.execute(
+            "UPDATE builds SET serial = :serial, current_state = :current, active_state = :active,
+                status = :status, attempt = :attempt, attempt_started_at = :started,
+                last_error = :error, last_category = :category, updated_at = :updated
+             WHERE build_id = :id AND serial = :old_serial",
+            named_params! {
+                ":serial": change.build.serial,
+                ":current": change.build.current_state,
+                ":active": change.build.active_state,
+                ":status": change.build.status.as_str(),
+                ":attempt": change.build.attempt,
+                ":started": change.build.attempt_started_at.map(time::format),
+                ":error": change.build.last_error,
+                ":category": change.build.last_category.map(|c| c.as_str()),
+                ":updated": time::format(change.build.updated_at),
+                ":id": build_id,
+                ":old_serial": build.serial,
+            },
+        )?;
+        if updated != 1 {
+            // Cannot happen under BEGIN IMMEDIATE; refuse rather than write a fork.
+            return Err(Error::Corrupt(format!(
+                "build '{build_id}' changed underneath this write (serial {})",
+                build.serial
+            )));
+        }
+        append_events(&tx, &change.build, &change.events, actor, now)?;
+        upsert_meta(&tx, &change.build, &change.meta)?;
+        tx.commit()?;
+        Ok(change.build)
+    }
+
+    pub fn build(&self, build_id: &str) -> Result<Option<Build>> {
+        load_build(&self.conn, build_id)
+    }
+
+    /// The plan a build was created with.
+    pub fn plan(&self, plan_hash: &str) -> Result<Plan> {
+        load_plan(&self.conn, plan_hash)
+    }
+
+    pub fn events(&self, build_id: &str) -> Result<Vec<Event>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, serial, at, kind, state, attempt, message, category, exit_code,
+                    duration_ms, actor
+             FROM events WHERE build_id = :id ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<u8>>(4)?,
+                r.get::<_, Option<u32>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<i32>>(8)?,
+                r.get::<_, Option<u64>>(9)?,
+                r.get::<_, String>(10)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, serial, at, kind, state, attempt, message, category, exit_code, duration_ms, actor) = row?;
+            out.push(Event {
+                seq,
+                serial,
+                at: time::parse(&at)?,
+                kind: kind.parse()?,
+                state,
+                attempt,
+                message,
+                category: category.map(|c| c.parse()).transpose()?,
+                exit_code,
+                duration_ms,
+                actor: serde_json::from_str(&actor)
+                    .map_err(|e| Error::Corrupt(format!("event {seq} actor: {e}")))?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn metadata(&self, build_id: &str) -> Result<BTreeMap<String, String>> {
+        load_meta(&self.conn, build_id)
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{s}'")
+}
+
+fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {
+    // Typed columns first (rusqlite checks them); text columns are parsed after, so a
+    // corrupt value names the build instead of panicking.
+    type Raw = (Build, String, Option<String>, Option<String>, String, String);
+    let raw: Option<Raw> = conn
+        .prepare_cached(
+            "SELECT build_id, lineage, serial, cloud, image, plan_hash, current_state,
+                    active_state, attempt, last_error, status, attempt_started_at,
+                    last_category, created_at, updated_at
+             FROM builds WHERE build_id = :id",
+        )?
+        .query_row(named_params! {":id": build_id}, |r: &Row<'_>| {
+            let build = Build {
+                build_id: r.get(0)?,
+                lineage: r.get(1)?,
+                serial: r.get(2)?,
+                cloud: r.get(3)?,
+                image: r.get(4)?,
+                plan_hash: r.get(5)?,
+                current_state: r.get(6)?,
+                active_state: r.get(7)?,
+                attempt: r.get(8)?,
+                last_error: r.get(9)?,
+                status: crate::model::Status::Pending,
+                attempt_started_at: None,
+                last_category: None,
+                created_at: SystemTime::UNIX_EPOCH,
+                updated_at: SystemTime::UNIX_EPOCH,
+            };
+            Ok((build, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?))
+        })
+        .optional()?;
+    let Some((mut b, status, started, category, created, updated)) = raw else {
+        return Ok(None);
+    };
+    b.status = status.parse()?;
+    b.attempt_started_at = started.as_deref().map(time::parse).transpose()?;
+    b.last_category = category.as_deref().map(str::parse).transpose()?;
+    b.created_at = time::parse(&created)?;
+    b.updated_at = time::parse(&updated)?;
+    Ok(Some(b))
+}
+
+fn load_plan(conn: &Connection, hash: &str) -> Result<Plan> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM plans WHERE hash = :hash")?
+        .query_row(named_params! {":hash": hash}, |r| r.get(0))
+        .optional()?;
+    let body = body.ok_or_else(|| Error::Corrupt(format!("plan {hash} is missing")))?;
+    Plan::from_json(&body)
+}
+
+fn load_meta(conn: &Connection, build_id: &str) -> Result<BTreeMap<String, String>> {
+    let mut stmt = conn.prepare_cached("SELECT key, value FROM build_meta WHERE build_id = :id ORDER BY key")?;
+    let rows = stmt.query_map(named_params! {":id": build_id}, |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
+    conn.execute(
+        "INSERT INTO builds (build_id, lineage, serial, cloud, image, plan_hash, current_state,
+            active_state, status, attempt, attempt_started_at, last_error, last_category,
+            created_at, updated_at)
+         VALUES (:id, :lineage, :serial, :cloud, :image, :plan, :current, :active, :status,
+            :attempt, :started, :error, :category, :created, :updated)",
+        named_params! {
+            ":id": b.build_id, ":lineage": b.lineage, ":serial": b.serial, ":cloud": b.cloud,
+            ":image": b.image, ":plan": b.plan_hash, ":current": b.current_state,
+            ":active": b.active_state, ":status": b.status.as_str(), ":attempt": b.attempt,
+            ":started": b.attempt_started_at.map(time::format), ":error": b.last_error,
+            ":category": b.last_category.map(|c| c.as_str()),
+            ":created": time::format(b.created_at), ":updated": time::format(b.updated_at),
+        },
+    )?;
+    Ok(())
+}
+
+fn append_events(conn: &Connection, b: &Build, events: &[NewEvent], actor: &Actor, now: SystemTime) -> Result<()> {
+    let last: u64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE build_id = :id")?
+        .query_row(named_params! {":id": b.build_id}, |r| r.get(0))?;
+    let actor = serde_json::to_string(actor).expect("an actor always serializes");
+    let at = time::format(now);
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO events (build_id, seq, serial, at, kind, state, attempt, message, category,
+            exit_code, duration_ms, actor)
+         VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
+            :exit_code, :duration, :actor)",
+    )?;
+    for (i, e) in events.iter().enumerate() {
+        stmt.execute(named_params! {
+            ":id": b.build_id, ":seq": last + 1 + i as u64, ":serial": b.serial, ":at": at,
+            ":kind": e.kind.as_str(), ":state": e.state, ":attempt": e.attempt,
+            ":message": e.message, ":category": e.category.map(|c| c.as_str()),
+            ":exit_code": e.exit_code, ":duration": e.duration_ms, ":actor": actor,
+        })?;
+    }
+    Ok(())
+}
+
+fn upsert_meta(conn: &Connection, b: &Build, pairs: &[(String, String)]) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO build_meta (build_id, key, value, updated_serial) VALUES (:id, :key, :value, :serial)
+         ON CONFLICT (build_id, key) DO UPDATE SET value = excluded.value, updated_serial = excluded.updated_serial",
+    )?;
+    for (k, v) in pairs {
+        stmt.execute(named_params! {":id": b.build_id, ":key": k, ":value": v, ":serial": b.serial})?;
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! Timestamps are stored as RFC 3339 UTC text with millisecond precision: sortable, and
+//! readable in `sqlite3` without conversion. The clock is always passed in as a
+//! parameter so that decisions and retry math are tested without sleeping.
+
+use std::time::{Duration, SystemTime};
+
+use crate::{Error, Result};
+
+pub fn format(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn parse(s: &str) -> Result<SystemTime> {
+    humantime::parse_rfc3339(s).map_err(|e| Error::Corrupt(format!("bad timestamp '{s}': {e}")))
+}
+
+/// A duration as a person writes it: `90s`, `5m`, `1h 30m`.
+/// Below a second the milliseconds are kept; above, whole seconds.
+pub fn format_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+/// serde helpers: a `SystemTime` as RFC 3339 text.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for `Option<SystemTime>`.
+    pub mod option {
+        use std::time::SystemTime;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&super::super::format(*t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| super::super::parse(&text).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
