@@ -174,9 +174,9 @@ impl Plan {
 
     /// Read a plan file.
     pub fn from_file(path: &std::path::Path) -> Result<Plan> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidPlan {
+            origin: path.display().to_string(),
+            message: format!("cannot read it: {e}"),
         })?;
         Plan::from_toml(&text, &path.display().to_string())
     }

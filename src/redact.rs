@@ -6,7 +6,7 @@
 //! apostrophe survives untouched.
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use regex::{Captures, Regex};
 
@@ -14,76 +14,113 @@ use regex::{Captures, Regex};
 pub const MARK: &str = "[REDACTED]";
 
 struct Rule {
-    re: Regex,
+    /// Cheap literal test (on the lower-cased text): the regex is compiled and run only
+    /// when it passes. Compiling all patterns costs milliseconds, more than a whole
+    /// transition, and most messages hold no secret at all.
+    triggers: &'static [&'static str],
+    pattern: &'static str,
+    re: OnceLock<Regex>,
     replace: fn(&Captures) -> String,
 }
 
-static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
-    let rule = |pattern: &str, replace: fn(&Captures) -> String| Rule {
-        re: Regex::new(pattern).expect("redaction patterns compile"),
-        replace,
-    };
-    vec![
-        // Slack incoming-webhook and workflow URLs: the whole path is the secret.
-        rule(
-            r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]+",
-            |_| format!("https://hooks.slack.com/{MARK}"),
-        ),
-        // user:password@ inside any URL.
-        rule(
-            r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@",
-            |c| format!("{}{}:{MARK}@", &c[1], &c[2]),
-        ),
-        // Authorization headers and bare Bearer tokens.
-        rule(
-            r#"(?i)\b(authorization\s*[:=]\s*(?:bearer|basic|token)\s+)[^\s,;'"]+"#,
-            |c| format!("{}{MARK}", &c[1]),
-        ),
-        rule(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]{8,}=*", |c| {
+impl Rule {
+    const fn new(
+        triggers: &'static [&'static str],
+        pattern: &'static str,
+        replace: fn(&Captures) -> String,
+    ) -> Rule {
+        Rule {
+            triggers,
+            pattern,
+            re: OnceLock::new(),
+            replace,
+        }
+    }
+
+    fn regex(&self) -> &Regex {
+        self.re
+            .get_or_init(|| Regex::new(self.pattern).expect("redaction patterns compile"))
+    }
+}
+
+const AWS_KEY_PREFIXES: &[&str] = &["akia", "asia", "agpa", "aida", "aroa", "aipa", "anpa", "anva"];
+const SECRET_NAMES: &[&str] = &["password", "passwd", "pwd", "token", "secret", "api_key", "apikey", "private_key", "privatekey"];
+
+static RULES: [Rule; 9] = [
+    // Slack incoming-webhook and workflow URLs: the whole path is the secret.
+    Rule::new(
+        &["hooks.slack.com"],
+        r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]+",
+        |_| format!("https://hooks.slack.com/{MARK}"),
+    ),
+    // user:password@ inside any URL.
+    Rule::new(
+        &["://"],
+        r"(?i)(?-u:\b)([a-z][a-z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@",
+        |c| format!("{}{}:{MARK}@", &c[1], &c[2]),
+    ),
+    // Authorization headers and bare Bearer tokens.
+    Rule::new(
+        &["authorization"],
+        r#"(?i)(?-u:\b)(authorization\s*[:=]\s*(?:bearer|basic|token)\s+)[^\s,;'"]+"#,
+        |c| format!("{}{MARK}", &c[1]),
+    ),
+    Rule::new(
+        &["bearer"],
+        r"(?i)(?-u:\b)(bearer\s+)[A-Za-z0-9\-._~+/]{8,}=*",
+        |c| format!("{}{MARK}", &c[1]),
+    ),
+    // "Basic <base64>": only when the token looks like base64 of user:pass.
+    Rule::new(&["basic"], r"(?-u:\b)(Basic\s+)([A-Za-z0-9+/]{8,}={0,2})", |c| {
+        let token = &c[2];
+        let base64ish = token.len() % 4 == 0
+            && token
+                .chars()
+                .any(|ch| ch.is_ascii_digit() || matches!(ch, '=' | '+' | '/'));
+        if base64ish {
             format!("{}{MARK}", &c[1])
-        }),
-        // "Basic <base64>": only when the token looks like base64 of user:pass.
-        rule(r"\b(Basic\s+)([A-Za-z0-9+/]{8,}={0,2})", |c| {
-            let token = &c[2];
-            let base64ish = token.len() % 4 == 0
-                && token
-                    .chars()
-                    .any(|ch| ch.is_ascii_digit() || matches!(ch, '=' | '+' | '/'));
-            if base64ish {
-                format!("{}{MARK}", &c[1])
-            } else {
-                c[0].to_string()
-            }
-        }),
-        // AWS secret access keys, named: aws_secret_access_key = ..., "SecretAccessKey": "..."
-        rule(
-            r#"(?i)\b((?:aws_?)?secret_?access_?key["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{16,}"#,
-            |c| format!("{}{MARK}", &c[1]),
-        ),
-        // AWS access key ids.
-        rule(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16}\b", |_| {
-            MARK.to_string()
-        }),
-        // name=value pairs whose name says secret.
-        rule(
-            r#"(?i)\b((?:[a-z0-9_\-]*_)?(?:password|passwd|pwd|token|secret|api_?key|apikey|private_?key|client_?secret)=)("[^"]*"|'[^']*'|[^\s&;,'"]+)"#,
-            |c| format!("{}{MARK}", &c[1]),
-        ),
-        // The same in JSON or YAML: "password": "...".
-        rule(
-            r#"(?i)("(?:[a-z0-9_\-]*_)?(?:password|passwd|token|secret|api_?key|private_?key|client_?secret)"\s*:\s*)"(?:[^"\\]|\\.)*""#,
-            |c| format!("{}\"{MARK}\"", &c[1]),
-        ),
-    ]
-});
+        } else {
+            c[0].to_string()
+        }
+    }),
+    // AWS secret access keys, named: aws_secret_access_key = ..., "SecretAccessKey": "..."
+    Rule::new(
+        &["secret"],
+        r#"(?i)(?-u:\b)((?:aws_?)?secret_?access_?key["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{16,}"#,
+        |c| format!("{}{MARK}", &c[1]),
+    ),
+    // AWS access key ids.
+    Rule::new(
+        AWS_KEY_PREFIXES,
+        r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16}(?-u:\b)",
+        |_| MARK.to_string(),
+    ),
+    // name=value pairs whose name says secret.
+    Rule::new(
+        SECRET_NAMES,
+        r#"(?i)(?-u:\b)((?:[a-z0-9_\-]*_)?(?:password|passwd|pwd|token|secret|api_?key|apikey|private_?key|client_?secret)=)("[^"]*"|'[^']*'|[^\s&;,'"]+)"#,
+        |c| format!("{}{MARK}", &c[1]),
+    ),
+    // The same in JSON or YAML: "password": "...".
+    Rule::new(
+        SECRET_NAMES,
+        r#"(?i)("(?:[a-z0-9_\-]*_)?(?:password|passwd|token|secret|api_?key|private_?key|client_?secret)"\s*:\s*)"(?:[^"\\]|\\.)*""#,
+        |c| format!("{}\"{MARK}\"", &c[1]),
+    ),
+];
 
 /// Return `text` with every secret that a rule recognises replaced by [`MARK`].
 /// Borrows when nothing matched, which is the common case.
 pub fn redact(text: &str) -> Cow<'_, str> {
     let mut out: Cow<'_, str> = Cow::Borrowed(text);
+    let lower = text.to_ascii_lowercase();
     for rule in RULES.iter() {
-        if rule.re.is_match(&out) {
-            let replaced = rule.re.replace_all(&out, |c: &Captures| (rule.replace)(c));
+        if !rule.triggers.iter().any(|t| lower.contains(t)) {
+            continue;
+        }
+        let re = rule.regex();
+        if re.is_match(&out) {
+            let replaced = re.replace_all(&out, |c: &Captures| (rule.replace)(c));
             // A rule may decide a match is not a secret after all and keep it.
             if replaced != out {
                 out = Cow::Owned(replaced.into_owned());

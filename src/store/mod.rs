@@ -25,9 +25,13 @@ pub use schema::SCHEMA_VERSION;
 /// How long a writer waits for another writer before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// See [`Store::trim_wal`].
+pub const WAL_TRIM_BYTES: u64 = 256 * 1024;
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    busy_timeout: Duration,
 }
 
 /// The result of `init`: the build, and whether this call created it.
@@ -55,6 +59,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            busy_timeout,
         };
         schema::prepare(&mut store.conn, path)?;
         Ok(store)
@@ -176,7 +181,24 @@ impl Store {
         append_events(&tx, &change.build, &change.events, actor, now)?;
         upsert_meta(&tx, &change.build, &change.meta)?;
         tx.commit()?;
+        self.trim_wal();
         Ok(change.build)
+    }
+
+    /// Fold the WAL back into the database once it passes [`WAL_TRIM_BYTES`].
+    ///
+    /// Every command is a new process and so the first connection, and a first connection
+    /// rebuilds the WAL index by reading the whole WAL, forgetting that earlier processes
+    /// already checkpointed it: left alone the WAL never restarts and every open reads more.
+    /// A TRUNCATE checkpoint empties it. Best effort: the transition is already committed
+    /// and durable, so a busy database just means a later write trims instead.
+    fn trim_wal(&self) {
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRIM_BYTES);
+        if big && self.conn.busy_timeout(Duration::from_millis(200)).is_ok() {
+            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            let _ = self.conn.busy_timeout(self.busy_timeout);
+        }
     }
 
     pub fn build(&self, build_id: &str) -> Result<Option<Build>> {

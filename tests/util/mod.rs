@@ -1,0 +1,133 @@
+//! Helpers for tests that run the real binaries: each test gets its own temp directory
+//! and database, and the project's environment variables are cleared so that the
+//! developer's own settings cannot leak in.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+}
+
+/// The outcome of one run of a binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn code(self, want: i32) -> Run {
+        assert_eq!(self.code, want, "expected exit {want}\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "init-state" => PathBuf::from(env!("CARGO_BIN_EXE_init-state")),
+        "update-state" => PathBuf::from(env!("CARGO_BIN_EXE_update-state")),
+        "check-state" => PathBuf::from(env!("CARGO_BIN_EXE_check-state")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+const CLEARED: &[&str] = &[
+    "BUILDSTATE_DB",
+    "BUILDSTATE_PLAN",
+    "BUILDSTATE_BUSY_TIMEOUT",
+    "BUILD_ID",
+    "BUILD_NAME",
+    "BUILD_JOB_NAME",
+    "BUILD_PIPELINE_NAME",
+    "BUILD_TEAM_NAME",
+    "ATC_EXTERNAL_URL",
+    "BUILD_URL",
+    "XDG_STATE_HOME",
+];
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("state.db");
+        Env { dir, db }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A command for `name` with a clean environment and `--db` set.
+    pub fn command(&self, name: &str) -> Command {
+        let mut c = Command::new(bin(name));
+        for v in CLEARED {
+            c.env_remove(v);
+        }
+        c.env("HOME", self.dir.path()).current_dir(self.dir.path());
+        c.arg("--db").arg(&self.db);
+        c
+    }
+
+    pub fn run(&self, name: &str, args: &[&str]) -> Run {
+        self.run_with(self.command(name).args(args), None)
+    }
+
+    pub fn run_stdin(&self, name: &str, args: &[&str], stdin: &[u8]) -> Run {
+        self.run_with(self.command(name).args(args), Some(stdin))
+    }
+
+    pub fn run_with(&self, cmd: &mut Command, stdin: Option<&[u8]>) -> Run {
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        let out: Output = child.wait_with_output().expect("wait");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+            stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+        }
+    }
+
+    pub fn init(&self, id: &str) {
+        self.run("init-state", &[id, "--cloud", "aws", "--image", "rhel9"]).ok();
+    }
+
+    /// check-state --json --history (exit code not checked).
+    pub fn state(&self, id: &str) -> Value {
+        self.run("check-state", &[id, "--json", "--history"]).json()
+    }
+
+    pub fn write(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+}
+
+pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.windows(needle.len()).any(|w| w == needle),
+        Err(_) => false,
+    }
+}
