@@ -15,7 +15,10 @@ use clap::Parser;
 /// elsewhere, 12 wait for a scheduled retry, 13 needs a person. An unknown build id
 /// is "start a new build", not an error. Details: docs/exit-codes.md.
 #[derive(Parser)]
-#[command(version, after_help = "Examples:\n  check-state img-42\n  check-state img-42 --json | jq -r .decision\n  check-state img-42 --output state/ && . state/resume-metadata && echo \"$RESUME_STATE\"")]
+#[command(
+    version,
+    after_help = "Examples:\n  check-state img-42\n  check-state img-42 --json | jq -r .decision\n  check-state img-42 --output state/ && . state/resume-metadata && echo \"$RESUME_STATE\""
+)]
 struct Args {
     /// The build id
     #[arg(value_name = "BUILD_ID")]
@@ -44,7 +47,13 @@ fn run(args: &Args) -> Result<i32> {
     };
     buildstate::model::validate_build_id(&args.build_id)?;
     let store = args.common.open_existing()?;
-    let report = Report::load(store.as_ref(), &args.build_id, &plan, SystemTime::now(), args.history)?;
+    let report = Report::load(
+        store.as_ref(),
+        &args.build_id,
+        &plan,
+        SystemTime::now(),
+        args.history,
+    )?;
     if let Some(dir) = &args.output {
         report.write_output(dir)?;
     }

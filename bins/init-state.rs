@@ -18,7 +18,10 @@ use clap::Parser;
 /// different cloud, image, plan or metadata is a conflict (exit 4). Exit codes:
 /// docs/exit-codes.md.
 #[derive(Parser)]
-#[command(version, after_help = "Example:\n  init-state img-2026-11-22 --cloud aws --image rhel9 --meta git_sha=1a2b3c")]
+#[command(
+    version,
+    after_help = "Example:\n  init-state img-2026-11-22 --cloud aws --image rhel9 --meta git_sha=1a2b3c"
+)]
 struct Args {
     /// The build id: 1-128 letters, digits, '.', '_' or '-'
     #[arg(value_name = "BUILD_ID")]
@@ -49,7 +52,11 @@ fn run(args: &Args) -> Result<i32> {
         Some(p) => Plan::from_file(p)?,
         None => Plan::default_plan(),
     };
-    let meta = args.meta.iter().map(|m| parse_meta_pair(m)).collect::<Result<Vec<_>>>()?;
+    let meta = args
+        .meta
+        .iter()
+        .map(|m| parse_meta_pair(m))
+        .collect::<Result<Vec<_>>>()?;
     let req = InitRequest {
         build_id: args.build_id.clone(),
         cloud: args.cloud.clone(),
@@ -62,7 +69,13 @@ fn run(args: &Args) -> Result<i32> {
     let now = SystemTime::now();
     let outcome = store.init(&req, &Actor::from_env("init-state"), now)?;
     let stored_plan = store.plan(&outcome.build.plan_hash)?;
-    let report = Report::of(&outcome.build, &stored_plan, store.metadata(&req.build_id)?, None, now);
+    let report = Report::of(
+        &outcome.build,
+        &stored_plan,
+        store.metadata(&req.build_id)?,
+        None,
+        now,
+    );
     if args.common.json {
         let mut v = serde_json::to_value(&report).expect("report serializes");
         v["created"] = outcome.created.into();

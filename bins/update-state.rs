@@ -52,7 +52,12 @@ enum Action {
         #[arg(value_name = "STATE")]
         state: u8,
         /// What went wrong (stored verbatim, secrets redacted)
-        #[arg(long, value_name = "MESSAGE", required_unless_present = "error_file", conflicts_with = "error_file")]
+        #[arg(
+            long,
+            value_name = "MESSAGE",
+            required_unless_present = "error_file",
+            conflicts_with = "error_file"
+        )]
         error: Option<String>,
         /// Read the message from a file, or '-' for stdin (for messages over argv's 128 KiB)
         #[arg(long, value_name = "FILE")]
@@ -79,7 +84,10 @@ enum CategoryArg {
 }
 
 fn read_message(path: &PathBuf) -> Result<String> {
-    let io = |source| Error::Io { path: path.clone(), source };
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
     let mut bytes = Vec::new();
     if path.as_os_str() == "-" {
         std::io::stdin().read_to_end(&mut bytes).map_err(io)?;
@@ -99,7 +107,13 @@ fn run(args: &Args) -> Result<i32> {
     let transition = match &args.action {
         Action::Start { state } => Transition::Start { state: *state },
         Action::Complete { state } => Transition::Complete { state: *state },
-        Action::Fail { state, error, error_file, category, exit_code } => Transition::Fail {
+        Action::Fail {
+            state,
+            error,
+            error_file,
+            category,
+            exit_code,
+        } => Transition::Fail {
             state: *state,
             message: match (error, error_file) {
                 (Some(m), _) => m.clone(),
@@ -114,13 +128,21 @@ fn run(args: &Args) -> Result<i32> {
             exit_code: *exit_code,
         },
         Action::Meta { pairs } => Transition::Meta {
-            pairs: pairs.iter().map(|p| parse_meta_pair(p)).collect::<Result<_>>()?,
+            pairs: pairs
+                .iter()
+                .map(|p| parse_meta_pair(p))
+                .collect::<Result<_>>()?,
         },
     };
     buildstate::model::validate_build_id(&args.build_id)?;
     let mut store = args.common.open()?;
     let now = SystemTime::now();
-    let build = store.transition(&args.build_id, &transition, &Actor::from_env("update-state"), now)?;
+    let build = store.transition(
+        &args.build_id,
+        &transition,
+        &Actor::from_env("update-state"),
+        now,
+    )?;
     if args.common.json {
         let plan = store.plan(&build.plan_hash)?;
         let report = Report::of(&build, &plan, store.metadata(&args.build_id)?, None, now);
@@ -128,12 +150,21 @@ fn run(args: &Args) -> Result<i32> {
     } else {
         let plan = store.plan(&build.plan_hash)?;
         let what = match &transition {
-            Transition::Start { state } => format!("started {} (attempt {})", plan.label(*state), build.attempt),
+            Transition::Start { state } => {
+                format!("started {} (attempt {})", plan.label(*state), build.attempt)
+            }
             Transition::Complete { state } => format!("completed {}", plan.label(*state)),
-            Transition::Fail { state, .. } => format!("recorded failure of {} (attempt {})", plan.label(*state), build.attempt),
+            Transition::Fail { state, .. } => format!(
+                "recorded failure of {} (attempt {})",
+                plan.label(*state),
+                build.attempt
+            ),
             Transition::Meta { pairs } => format!("set {} metadata value(s)", pairs.len()),
         };
-        println!("build {}: {what}; status {} (serial {})", args.build_id, build.status, build.serial);
+        println!(
+            "build {}: {what}; status {} (serial {})",
+            args.build_id, build.status, build.serial
+        );
     }
     Ok(exit::OK)
 }

@@ -63,11 +63,15 @@ pub fn default_db_path() -> PathBuf {
 fn busy_timeout() -> Result<Duration> {
     match std::env::var("BUILDSTATE_BUSY_TIMEOUT") {
         Err(_) => Ok(DEFAULT_BUSY_TIMEOUT),
-        Ok(v) => v.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| {
-            Error::InvalidInput(format!(
-                "invalid BUILDSTATE_BUSY_TIMEOUT '{v}': give a whole number of milliseconds"
-            ))
-        }),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                Error::InvalidInput(format!(
+                    "invalid BUILDSTATE_BUSY_TIMEOUT '{v}': give a whole number of milliseconds"
+                ))
+            }),
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The Concourse build metadata variables recorded when present
-/// (https://concourse-ci.org/implementing-resource-types.html#resource-metadata).
+/// (<https://concourse-ci.org/implementing-resource-types.html#resource-metadata>).
 pub const CONCOURSE_VARS: &[&str] = &[
     "BUILD_ID",
     "BUILD_NAME",
@@ -59,16 +59,17 @@ impl Actor {
     }
 
     pub fn with_context(mut self, key: &str, value: &str) -> Actor {
-        self.context.insert(
-            key.to_string(),
-            crate::redact::redact(value).into_owned(),
-        );
+        self.context
+            .insert(key.to_string(), crate::redact::redact(value).into_owned());
         self
     }
 
     /// "user@host (update-state, pid 42)".
     pub fn summary(&self) -> String {
-        format!("{}@{} ({}, pid {})", self.user, self.host, self.tool, self.pid)
+        format!(
+            "{}@{} ({}, pid {})",
+            self.user, self.host, self.tool, self.pid
+        )
     }
 }
 
@@ -79,7 +80,11 @@ fn uid_name() -> String {
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|rest| rest.split_whitespace().next().map(|uid| format!("uid {uid}")))
+                .and_then(|rest| {
+                    rest.split_whitespace()
+                        .next()
+                        .map(|uid| format!("uid {uid}"))
+                })
         })
         .unwrap_or_else(|| "unknown".to_string())
 }
@@ -113,7 +118,11 @@ mod tests {
     #[test]
     fn missing_user_falls_back_to_uid() {
         let a = Actor::from_lookup("t", |_| None);
-        assert!(a.user.starts_with("uid ") || a.user == "unknown", "{}", a.user);
+        assert!(
+            a.user.starts_with("uid ") || a.user == "unknown",
+            "{}",
+            a.user
+        );
         assert!(a.context.is_empty());
     }
 }

@@ -109,10 +109,7 @@ pub fn decide(build: Option<&Build>, plan: &Plan, _now: SystemTime) -> Decision 
             Action::Completed,
             plan,
             None,
-            format!(
-                "build '{id}' completed every state of plan '{}'",
-                plan.name
-            ),
+            format!("build '{id}' completed every state of plan '{}'", plan.name),
         ),
         Status::Cancelled => Decision::new(
             Action::Blocked,
@@ -209,11 +206,36 @@ mod tests {
         };
         let cases: Vec<(Vec<Transition>, Action, Option<u8>, &str)> = vec![
             (vec![], Action::Resume, Some(0), "begin with state 0 (init)"),
-            (vec![Complete { state: 0 }], Action::Resume, Some(5), "state 0 (init) completed; resume at state 5 (kickstart)"),
-            (vec![Complete { state: 0 }, Start { state: 5 }], Action::Busy, Some(5), "state 5 (kickstart) is in progress (attempt 1)"),
-            (vec![Complete { state: 0 }, Complete { state: 5 }, fail(10)], Action::Blocked, Some(10), "state 10 (green-image-validation) failed (attempt 1): it's broken; needs a person"),
-            (vec![Complete { state: 0 }, fail(5), Start { state: 5 }], Action::Busy, Some(5), "attempt 2"),
-            (vec![Complete { state: 0 }, fail(5), Complete { state: 5 }], Action::Resume, Some(10), "resume at state 10"),
+            (
+                vec![Complete { state: 0 }],
+                Action::Resume,
+                Some(5),
+                "state 0 (init) completed; resume at state 5 (kickstart)",
+            ),
+            (
+                vec![Complete { state: 0 }, Start { state: 5 }],
+                Action::Busy,
+                Some(5),
+                "state 5 (kickstart) is in progress (attempt 1)",
+            ),
+            (
+                vec![Complete { state: 0 }, Complete { state: 5 }, fail(10)],
+                Action::Blocked,
+                Some(10),
+                "state 10 (green-image-validation) failed (attempt 1): it's broken; needs a person",
+            ),
+            (
+                vec![Complete { state: 0 }, fail(5), Start { state: 5 }],
+                Action::Busy,
+                Some(5),
+                "attempt 2",
+            ),
+            (
+                vec![Complete { state: 0 }, fail(5), Complete { state: 5 }],
+                Action::Resume,
+                Some(10),
+                "resume at state 10",
+            ),
         ];
         for (ts, action, next, reason) in cases {
             let (b, plan) = build_after(&ts);
@@ -232,7 +254,11 @@ mod tests {
         assert_eq!(d.next_state_name.as_deref(), Some("init"));
         assert_eq!(d.decision.exit_code(), exit::OK);
 
-        let all: Vec<Transition> = plan.states.iter().map(|s| Transition::Complete { state: s.id }).collect();
+        let all: Vec<Transition> = plan
+            .states
+            .iter()
+            .map(|s| Transition::Complete { state: s.id })
+            .collect();
         let (b, plan) = build_after(&all);
         let d = decide(Some(&b), &plan, now());
         assert_eq!((d.decision, d.next_state), (Action::Completed, None));

@@ -10,7 +10,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("unknown build '{0}': create it first with `init-state {0} --cloud PROVIDER --image TYPE`")]
+    #[error(
+        "unknown build '{0}': create it first with `init-state {0} --cloud PROVIDER --image TYPE`"
+    )]
     UnknownBuild(String),
 
     #[error("build '{build_id}' already exists with {field} {existing}, not {requested}: use a new build id, or repeat init-state with the original values{hint}")]

@@ -527,7 +527,10 @@ mod tests {
         let (mut b, plan) = fresh();
         for s in plan.states.clone() {
             b = step(&b, &plan, Transition::Start { state: s.id });
-            assert_eq!((b.status, b.active_state, b.attempt), (Status::Running, Some(s.id), 1));
+            assert_eq!(
+                (b.status, b.active_state, b.attempt),
+                (Status::Running, Some(s.id), 1)
+            );
             b = step(&b, &plan, Transition::Complete { state: s.id });
             assert_eq!(b.current_state, Some(s.id));
             assert_eq!(b.active_state, None);
@@ -551,24 +554,44 @@ mod tests {
         let e = &change.events[0];
         assert_eq!(e.attempt, Some(1));
         assert_eq!(e.exit_code, Some(7));
-        assert_eq!(e.message.as_deref(), Some("mirror didn't answer password=[REDACTED]"));
+        assert_eq!(
+            e.message.as_deref(),
+            Some("mirror didn't answer password=[REDACTED]")
+        );
         b = change.build;
-        assert_eq!((b.status, b.current_state, b.active_state), (Status::Failed, Some(0), Some(5)));
-        assert_eq!(b.last_error.as_deref(), Some("mirror didn't answer password=[REDACTED]"));
+        assert_eq!(
+            (b.status, b.current_state, b.active_state),
+            (Status::Failed, Some(0), Some(5))
+        );
+        assert_eq!(
+            b.last_error.as_deref(),
+            Some("mirror didn't answer password=[REDACTED]")
+        );
         // Failing again without a start is a new (implicit) attempt.
         b = step(&b, &plan, fail.clone());
         assert_eq!(b.attempt, 2);
         b = step(&b, &plan, Transition::Start { state: 5 });
         assert_eq!((b.attempt, b.status), (3, Status::Running));
         b = step(&b, &plan, Transition::Complete { state: 5 });
-        assert_eq!((b.current_state, b.last_error.clone(), b.attempt), (Some(5), None, 0));
+        assert_eq!(
+            (b.current_state, b.last_error.clone(), b.attempt),
+            (Some(5), None, 0)
+        );
     }
 
     #[test]
     fn complete_measures_duration_from_start() {
         let (b, plan) = fresh();
-        let b = apply(&b, &plan, &Transition::Start { state: 0 }, t0()).unwrap().build;
-        let c = apply(&b, &plan, &Transition::Complete { state: 0 }, t0() + Duration::from_millis(1500)).unwrap();
+        let b = apply(&b, &plan, &Transition::Start { state: 0 }, t0())
+            .unwrap()
+            .build;
+        let c = apply(
+            &b,
+            &plan,
+            &Transition::Complete { state: 0 },
+            t0() + Duration::from_millis(1500),
+        )
+        .unwrap();
         assert_eq!(c.events[0].duration_ms, Some(1500));
         assert_eq!(c.events[0].attempt, Some(1));
     }
@@ -576,17 +599,31 @@ mod tests {
     #[test]
     fn nonsense_is_refused() {
         let (mut b, plan) = fresh();
-        assert!(refused(&b, &plan, Transition::Start { state: 7 }).contains("state 7 is not in its plan 'classic-image-build'"));
-        assert!(refused(&b, &plan, Transition::Complete { state: 5 }).contains("the next state is state 0 (init)"));
+        assert!(refused(&b, &plan, Transition::Start { state: 7 })
+            .contains("state 7 is not in its plan 'classic-image-build'"));
+        assert!(refused(&b, &plan, Transition::Complete { state: 5 })
+            .contains("the next state is state 0 (init)"));
         b = step(&b, &plan, Transition::Complete { state: 0 });
         b = step(&b, &plan, Transition::Complete { state: 5 });
         assert!(refused(&b, &plan, Transition::Start { state: 0 }).contains("move backwards"));
         assert!(refused(&b, &plan, Transition::Complete { state: 5 }).contains("move backwards"));
-        assert!(refused(&b, &plan, Transition::Start { state: 15 }).contains("the next state is state 10"));
+        assert!(refused(&b, &plan, Transition::Start { state: 15 })
+            .contains("the next state is state 10"));
         b = step(&b, &plan, Transition::Start { state: 10 });
-        assert!(refused(&b, &plan, Transition::Start { state: 15 }).contains("state 10 (green-image-validation) is running"));
-        b = step(&b, &plan, Transition::Fail { state: 10, message: "x".into(), category: None, exit_code: None });
-        assert!(refused(&b, &plan, Transition::Complete { state: 15 }).contains("has failed; retry it first"));
+        assert!(refused(&b, &plan, Transition::Start { state: 15 })
+            .contains("state 10 (green-image-validation) is running"));
+        b = step(
+            &b,
+            &plan,
+            Transition::Fail {
+                state: 10,
+                message: "x".into(),
+                category: None,
+                exit_code: None,
+            },
+        );
+        assert!(refused(&b, &plan, Transition::Complete { state: 15 })
+            .contains("has failed; retry it first"));
     }
 
     #[test]
@@ -596,23 +633,48 @@ mod tests {
             b = step(&b, &plan, Transition::Complete { state: s.id });
         }
         assert!(refused(&b, &plan, Transition::Start { state: 100 }).contains("already completed"));
-        let c = apply(&b, &plan, &Transition::Meta { pairs: vec![("ami".into(), "ami-123".into())] }, t0()).unwrap();
+        let c = apply(
+            &b,
+            &plan,
+            &Transition::Meta {
+                pairs: vec![("ami".into(), "ami-123".into())],
+            },
+            t0(),
+        )
+        .unwrap();
         assert_eq!(c.meta, vec![("ami".to_string(), "ami-123".to_string())]);
         assert_eq!(c.build.status, Status::Completed);
     }
 
     #[test]
     fn inputs_are_validated() {
-        for bad in ["", "a/b", "-x", "sp ace", &"x".repeat(129), "semi;colon", "tab\t"] {
-            assert!(matches!(validate_build_id(bad), Err(Error::InvalidInput(_))), "{bad:?}");
+        for bad in [
+            "",
+            "a/b",
+            "-x",
+            "sp ace",
+            &"x".repeat(129),
+            "semi;colon",
+            "tab\t",
+        ] {
+            assert!(
+                matches!(validate_build_id(bad), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
         }
         for good in ["b1", "img-2026.11.22_rhel9", &"x".repeat(128)] {
             validate_build_id(good).unwrap();
         }
-        assert_eq!(parse_meta_pair("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(
+            parse_meta_pair("A=b=c").unwrap(),
+            ("A".into(), "b=c".into())
+        );
         assert_eq!(parse_meta_pair("_k=").unwrap(), ("_k".into(), "".into()));
         for bad in ["novalue", "1A=x", "a-b=x", "=x"] {
-            assert!(matches!(parse_meta_pair(bad), Err(Error::InvalidInput(_))), "{bad}");
+            assert!(
+                matches!(parse_meta_pair(bad), Err(Error::InvalidInput(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -33,7 +33,11 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     #[serde(default = "RetryPolicy::default_policy")]
     pub retry: RetryPolicy,
@@ -55,7 +59,11 @@ pub struct StateDef {
     pub name: String,
     #[serde(with = "humantime_serde")]
     pub expected: Duration,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
@@ -87,7 +95,11 @@ pub enum RetryPolicy {
         #[serde(default)]
         jitter: bool,
         /// Stop retrying once this long has passed since the state's first attempt.
-        #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         window: Option<Duration>,
     },
     /// Alert and wait for a person, after `automatic_attempts` retries `delay` apart.
@@ -308,7 +320,10 @@ mod tests {
         assert_eq!(p.state(95).unwrap().name, "publish");
         assert!(matches!(
             p.retry_for(10),
-            RetryPolicy::Immediate { max_attempts: 5, .. }
+            RetryPolicy::Immediate {
+                max_attempts: 5,
+                ..
+            }
         ));
         assert!(matches!(p.retry_for(70), RetryPolicy::Notify { .. }));
         assert_eq!(p.retry_for(15), &p.defaults.retry);
@@ -356,7 +371,10 @@ mod tests {
         for (text, want) in cases {
             let got = err(text);
             assert!(got.starts_with("invalid plan t.toml: "), "{got}");
-            assert!(got.contains(want), "plan:\n{text}\nwanted '{want}' in: {got}");
+            assert!(
+                got.contains(want),
+                "plan:\n{text}\nwanted '{want}' in: {got}"
+            );
         }
     }
 

@@ -43,8 +43,20 @@ impl Rule {
     }
 }
 
-const AWS_KEY_PREFIXES: &[&str] = &["akia", "asia", "agpa", "aida", "aroa", "aipa", "anpa", "anva"];
-const SECRET_NAMES: &[&str] = &["password", "passwd", "pwd", "token", "secret", "api_key", "apikey", "private_key", "privatekey"];
+const AWS_KEY_PREFIXES: &[&str] = &[
+    "akia", "asia", "agpa", "aida", "aroa", "aipa", "anpa", "anva",
+];
+const SECRET_NAMES: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "token",
+    "secret",
+    "api_key",
+    "apikey",
+    "private_key",
+    "privatekey",
+];
 
 static RULES: [Rule; 9] = [
     // Slack incoming-webhook and workflow URLs: the whole path is the secret.
@@ -71,18 +83,22 @@ static RULES: [Rule; 9] = [
         |c| format!("{}{MARK}", &c[1]),
     ),
     // "Basic <base64>": only when the token looks like base64 of user:pass.
-    Rule::new(&["basic"], r"(?-u:\b)(Basic\s+)([A-Za-z0-9+/]{8,}={0,2})", |c| {
-        let token = &c[2];
-        let base64ish = token.len() % 4 == 0
-            && token
-                .chars()
-                .any(|ch| ch.is_ascii_digit() || matches!(ch, '=' | '+' | '/'));
-        if base64ish {
-            format!("{}{MARK}", &c[1])
-        } else {
-            c[0].to_string()
-        }
-    }),
+    Rule::new(
+        &["basic"],
+        r"(?-u:\b)(Basic\s+)([A-Za-z0-9+/]{8,}={0,2})",
+        |c| {
+            let token = &c[2];
+            let base64ish = token.len() % 4 == 0
+                && token
+                    .chars()
+                    .any(|ch| ch.is_ascii_digit() || matches!(ch, '=' | '+' | '/'));
+            if base64ish {
+                format!("{}{MARK}", &c[1])
+            } else {
+                c[0].to_string()
+            }
+        },
+    ),
     // AWS secret access keys, named: aws_secret_access_key = ..., "SecretAccessKey": "..."
     Rule::new(
         &["secret"],
@@ -155,24 +171,45 @@ mod tests {
                 "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig",
                 "Authorization: Bearer [REDACTED]",
             ),
-            ("curl -H 'Authorization: token ghp_abc123'", "curl -H 'Authorization: token [REDACTED]'"),
-            ("got 401 with bearer abcdefgh12345678", "got 401 with bearer [REDACTED]"),
-            ("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic [REDACTED]"),
-            ("sent Basic dXNlcjpwYXNzd29yZA== upstream", "sent Basic [REDACTED] upstream"),
+            (
+                "curl -H 'Authorization: token ghp_abc123'",
+                "curl -H 'Authorization: token [REDACTED]'",
+            ),
+            (
+                "got 401 with bearer abcdefgh12345678",
+                "got 401 with bearer [REDACTED]",
+            ),
+            (
+                "Authorization: Basic dXNlcjpwYXNz",
+                "Authorization: Basic [REDACTED]",
+            ),
+            (
+                "sent Basic dXNlcjpwYXNzd29yZA== upstream",
+                "sent Basic [REDACTED] upstream",
+            ),
             (
                 "post to https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXX failed",
                 "post to https://hooks.slack.com/[REDACTED] failed",
             ),
-            ("login password=hunter2 rejected", "login password=[REDACTED] rejected"),
+            (
+                "login password=hunter2 rejected",
+                "login password=[REDACTED] rejected",
+            ),
             ("db_password='hunter 2' x", "db_password=[REDACTED] x"),
             ("?token=abc123&user=me", "?token=[REDACTED]&user=me"),
             ("API_KEY=\"sk 123\" next", "API_KEY=[REDACTED] next"),
-            (r#"{"password": "p\"w", "user": "u"}"#, r#"{"password": "[REDACTED]", "user": "u"}"#),
+            (
+                r#"{"password": "p\"w", "user": "u"}"#,
+                r#"{"password": "[REDACTED]", "user": "u"}"#,
+            ),
             (
                 "clone https://deploy:s3cr3t@git.example.com/repo.git",
                 "clone https://deploy:[REDACTED]@git.example.com/repo.git",
             ),
-            ("postgres://app:pw@db:5432/x", "postgres://app:[REDACTED]@db:5432/x"),
+            (
+                "postgres://app:pw@db:5432/x",
+                "postgres://app:[REDACTED]@db:5432/x",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(redact(input), *want, "input: {input}");

@@ -113,7 +113,10 @@ impl Report {
             plan: plan.name.clone(),
             plan_hash: Some(b.plan_hash.clone()),
             current_state: b.current_state,
-            current_state_name: b.current_state.and_then(|s| plan.state(s)).map(|s| s.name.clone()),
+            current_state_name: b
+                .current_state
+                .and_then(|s| plan.state(s))
+                .map(|s| s.name.clone()),
             status: Some(b.status),
             active_state: b.active_state,
             attempt: b.attempt,
@@ -179,7 +182,9 @@ impl Report {
                 self.serial,
                 self.lineage.as_deref().unwrap_or("-")
             );
-            if let (Some(e), Some(Status::Failed | Status::Waiting | Status::Blocked)) = (&self.last_error, self.status) {
+            if let (Some(e), Some(Status::Failed | Status::Waiting | Status::Blocked)) =
+                (&self.last_error, self.status)
+            {
                 let _ = writeln!(out, "  error:    {}", headline(e, 300));
             }
             if let Some(t) = self.updated_at {
@@ -201,16 +206,37 @@ impl Report {
         let mut lines: Vec<(String, String)> = vec![
             ("RESUME_STATE".into(), opt(self.decision.next_state)),
             ("BUILDSTATE_BUILD_ID".into(), self.build_id.clone()),
-            ("BUILDSTATE_DECISION".into(), self.decision.decision.as_str().into()),
-            ("BUILDSTATE_NEXT_STATE".into(), opt(self.decision.next_state)),
-            ("BUILDSTATE_NEXT_STATE_NAME".into(), self.decision.next_state_name.clone().unwrap_or_default()),
+            (
+                "BUILDSTATE_DECISION".into(),
+                self.decision.decision.as_str().into(),
+            ),
+            (
+                "BUILDSTATE_NEXT_STATE".into(),
+                opt(self.decision.next_state),
+            ),
+            (
+                "BUILDSTATE_NEXT_STATE_NAME".into(),
+                self.decision.next_state_name.clone().unwrap_or_default(),
+            ),
             ("BUILDSTATE_CURRENT_STATE".into(), opt(self.current_state)),
-            ("BUILDSTATE_STATUS".into(), self.status.map_or(String::new(), |s| s.as_str().into())),
+            (
+                "BUILDSTATE_STATUS".into(),
+                self.status.map_or(String::new(), |s| s.as_str().into()),
+            ),
             ("BUILDSTATE_ATTEMPT".into(), self.attempt.to_string()),
             ("BUILDSTATE_SERIAL".into(), self.serial.to_string()),
-            ("BUILDSTATE_LINEAGE".into(), self.lineage.clone().unwrap_or_default()),
-            ("BUILDSTATE_CLOUD".into(), self.cloud.clone().unwrap_or_default()),
-            ("BUILDSTATE_IMAGE".into(), self.image.clone().unwrap_or_default()),
+            (
+                "BUILDSTATE_LINEAGE".into(),
+                self.lineage.clone().unwrap_or_default(),
+            ),
+            (
+                "BUILDSTATE_CLOUD".into(),
+                self.cloud.clone().unwrap_or_default(),
+            ),
+            (
+                "BUILDSTATE_IMAGE".into(),
+                self.image.clone().unwrap_or_default(),
+            ),
             ("BUILDSTATE_EXIT_CODE".into(), self.exit_code.to_string()),
         ];
         for (k, v) in &self.metadata {
@@ -262,11 +288,23 @@ pub fn shell_quote(v: &str) -> String {
 fn history_table(events: &[Event]) -> String {
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::NOTHING);
-    table.set_header(vec!["seq", "time (UTC)", "event", "state", "try", "took", "by", "message"]);
+    table.set_header(vec![
+        "seq",
+        "time (UTC)",
+        "event",
+        "state",
+        "try",
+        "took",
+        "by",
+        "message",
+    ]);
     for e in events {
         table.add_row(vec![
             e.seq.to_string(),
-            time::format(e.at).replace('T', " ").trim_end_matches('Z').to_string(),
+            time::format(e.at)
+                .replace('T', " ")
+                .trim_end_matches('Z')
+                .to_string(),
             e.kind.to_string(),
             opt(e.state),
             e.attempt.map(|a| a.to_string()).unwrap_or_default(),
@@ -274,10 +312,19 @@ fn history_table(events: &[Event]) -> String {
                 .map(|ms| time::format_duration(std::time::Duration::from_millis(ms)))
                 .unwrap_or_default(),
             format!("{}@{}", e.actor.user, e.actor.host),
-            e.message.as_deref().map(|m| headline(m, 80)).unwrap_or_default(),
+            e.message
+                .as_deref()
+                .map(|m| headline(m, 80))
+                .unwrap_or_default(),
         ]);
     }
-    format!("history:\n{table}\n")
+    // The last column is padded to the widest message; trailing blanks help nobody.
+    let mut out = String::from("history:\n");
+    for line in table.to_string().lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -286,7 +333,16 @@ mod tests {
 
     #[test]
     fn shell_quoting_survives_sh() {
-        for v in ["20", "", "it's", "a b", "$(rm -rf /)", "x'\"y", "line\nbreak", "ümlaut"] {
+        for v in [
+            "20",
+            "",
+            "it's",
+            "a b",
+            "$(rm -rf /)",
+            "x'\"y",
+            "line\nbreak",
+            "ümlaut",
+        ] {
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!("V={}; printf %s \"$V\"", shell_quote(v)))

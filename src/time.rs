@@ -52,7 +52,9 @@ pub mod rfc3339 {
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
             Option::<String>::deserialize(d)?
                 .map(|text| super::super::parse(&text).map_err(serde::de::Error::custom))
                 .transpose()

@@ -10,7 +10,10 @@ use util::Env;
 /// (serial, number of events): the fingerprint that proves "nothing was written".
 fn fingerprint(env: &Env, id: &str) -> (u64, usize) {
     let s = env.state(id);
-    (s["serial"].as_u64().unwrap(), s["history"].as_array().unwrap().len())
+    (
+        s["serial"].as_u64().unwrap(),
+        s["history"].as_array().unwrap().len(),
+    )
 }
 
 #[test]
@@ -25,29 +28,70 @@ fn unknown_build_is_start_not_error_and_creates_no_database() {
     assert!(j["lineage"].is_null());
     assert!(!env.db.exists(), "check-state must not create the database");
     let text = env.run("check-state", &["img-1"]).ok().stdout;
-    assert!(text.contains("start a new build at state 0 (init)"), "{text}");
+    assert!(
+        text.contains("start a new build at state 0 (init)"),
+        "{text}"
+    );
 }
 
 #[test]
 fn init_is_idempotent_and_conflicts_are_refused() {
     let env = Env::new();
-    let first = env.run("init-state", &["b1", "--cloud", "aws", "--image", "rhel9", "--meta", "git=abc", "--json"]).ok().json();
+    let first = env
+        .run(
+            "init-state",
+            &[
+                "b1", "--cloud", "aws", "--image", "rhel9", "--meta", "git=abc", "--json",
+            ],
+        )
+        .ok()
+        .json();
     assert_eq!(first["created"], true);
     assert_eq!(first["serial"], 1);
     let lineage = first["lineage"].as_str().unwrap().to_string();
     assert_eq!(lineage.len(), 36, "a UUID");
 
-    let again = env.run("init-state", &["b1", "--cloud", "aws", "--image", "rhel9", "--meta", "git=abc", "--json"]).ok().json();
+    let again = env
+        .run(
+            "init-state",
+            &[
+                "b1", "--cloud", "aws", "--image", "rhel9", "--meta", "git=abc", "--json",
+            ],
+        )
+        .ok()
+        .json();
     assert_eq!(again["created"], false);
     assert_eq!(again["lineage"], lineage.as_str());
     assert_eq!(fingerprint(&env, "b1"), (1, 1));
 
-    let plan = env.write("p.toml", "name = \"short\"\n[[state]]\nid = 0\nname = \"only\"\nexpected = \"1m\"\n");
+    let plan = env.write(
+        "p.toml",
+        "name = \"short\"\n[[state]]\nid = 0\nname = \"only\"\nexpected = \"1m\"\n",
+    );
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--cloud", "gcp", "--image", "rhel9"], "cloud 'aws', not 'gcp'"),
-        (vec!["--cloud", "aws", "--image", "ubuntu"], "image 'rhel9', not 'ubuntu'"),
-        (vec!["--cloud", "aws", "--image", "rhel9", "--meta", "git=def"], "metadata git 'abc', not 'def'"),
-        (vec!["--cloud", "aws", "--image", "rhel9", "--plan", plan.to_str().unwrap()], "plan 'classic-image-build'"),
+        (
+            vec!["--cloud", "gcp", "--image", "rhel9"],
+            "cloud 'aws', not 'gcp'",
+        ),
+        (
+            vec!["--cloud", "aws", "--image", "ubuntu"],
+            "image 'rhel9', not 'ubuntu'",
+        ),
+        (
+            vec!["--cloud", "aws", "--image", "rhel9", "--meta", "git=def"],
+            "metadata git 'abc', not 'def'",
+        ),
+        (
+            vec![
+                "--cloud",
+                "aws",
+                "--image",
+                "rhel9",
+                "--plan",
+                plan.to_str().unwrap(),
+            ],
+            "plan 'classic-image-build'",
+        ),
     ];
     for (args, want) in cases {
         let mut full = vec!["b1"];
@@ -66,19 +110,59 @@ fn bad_transitions_are_refused_with_distinct_codes_and_write_nothing() {
     env.run("update-state", &["b1", "complete", "5"]).ok();
     let before = fingerprint(&env, "b1");
     let cases: &[(&[&str], i32, &str)] = &[
-        (&["b1", "start", "7"], exit::REFUSED, "state 7 is not in its plan"),
-        (&["b1", "complete", "200"], exit::REFUSED, "state 200 is not in its plan"),
+        (
+            &["b1", "start", "7"],
+            exit::REFUSED,
+            "state 7 is not in its plan",
+        ),
+        (
+            &["b1", "complete", "200"],
+            exit::REFUSED,
+            "state 200 is not in its plan",
+        ),
         (&["b1", "start", "0"], exit::REFUSED, "move backwards"),
         (&["b1", "complete", "5"], exit::REFUSED, "move backwards"),
-        (&["b1", "fail", "5", "--error", "x"], exit::REFUSED, "move backwards"),
-        (&["b1", "start", "20"], exit::REFUSED, "the next state is state 10 (green-image-validation)"),
-        (&["nope", "start", "0"], exit::UNKNOWN_BUILD, "unknown build 'nope'"),
-        (&["bad/id", "start", "0"], exit::INVALID_INPUT, "invalid build id 'bad/id'"),
-        (&["b1", "meta", "no-equals"], exit::INVALID_INPUT, "write it as KEY=VALUE"),
-        (&["b1", "meta", "ok=1", "9bad=2"], exit::INVALID_INPUT, "invalid metadata key '9bad'"),
-        (&["b1", "start", "five"], exit::USAGE, "invalid value 'five'"),
+        (
+            &["b1", "fail", "5", "--error", "x"],
+            exit::REFUSED,
+            "move backwards",
+        ),
+        (
+            &["b1", "start", "20"],
+            exit::REFUSED,
+            "the next state is state 10 (green-image-validation)",
+        ),
+        (
+            &["nope", "start", "0"],
+            exit::UNKNOWN_BUILD,
+            "unknown build 'nope'",
+        ),
+        (
+            &["bad/id", "start", "0"],
+            exit::INVALID_INPUT,
+            "invalid build id 'bad/id'",
+        ),
+        (
+            &["b1", "meta", "no-equals"],
+            exit::INVALID_INPUT,
+            "write it as KEY=VALUE",
+        ),
+        (
+            &["b1", "meta", "ok=1", "9bad=2"],
+            exit::INVALID_INPUT,
+            "invalid metadata key '9bad'",
+        ),
+        (
+            &["b1", "start", "five"],
+            exit::USAGE,
+            "invalid value 'five'",
+        ),
         (&["b1", "fail", "10"], exit::USAGE, "--error"),
-        (&["b1", "explode", "10"], exit::USAGE, "unexpected argument 'explode'"),
+        (
+            &["b1", "explode", "10"],
+            exit::USAGE,
+            "unexpected argument 'explode'",
+        ),
     ];
     for (args, code, want) in cases {
         let r = env.run("update-state", args).code(*code);
@@ -87,11 +171,25 @@ fn bad_transitions_are_refused_with_distinct_codes_and_write_nothing() {
     }
     // While a state runs, another cannot start; after it fails, only it can be retried.
     env.run("update-state", &["b1", "start", "10"]).ok();
-    let r = env.run("update-state", &["b1", "start", "15"]).code(exit::REFUSED);
-    assert!(r.stderr.contains("state 10 (green-image-validation) is running"), "{}", r.stderr);
-    env.run("update-state", &["b1", "fail", "10", "--error", "boom"]).ok();
-    let r = env.run("update-state", &["b1", "complete", "15"]).code(exit::REFUSED);
-    assert!(r.stderr.contains("has failed; retry it first"), "{}", r.stderr);
+    let r = env
+        .run("update-state", &["b1", "start", "15"])
+        .code(exit::REFUSED);
+    assert!(
+        r.stderr
+            .contains("state 10 (green-image-validation) is running"),
+        "{}",
+        r.stderr
+    );
+    env.run("update-state", &["b1", "fail", "10", "--error", "boom"])
+        .ok();
+    let r = env
+        .run("update-state", &["b1", "complete", "15"])
+        .code(exit::REFUSED);
+    assert!(
+        r.stderr.contains("has failed; retry it first"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -104,25 +202,83 @@ fn invalid_plan_files_are_refused_naming_the_field() {
     ];
     for (name, body, want) in cases {
         let p = env.write(name, body);
-        let r = env.run("init-state", &["b1", "--cloud", "aws", "--image", "x", "--plan", p.to_str().unwrap()]).code(exit::INVALID_PLAN);
-        assert!(r.stderr.contains(name) && r.stderr.contains(want), "{}", r.stderr);
+        let r = env
+            .run(
+                "init-state",
+                &[
+                    "b1",
+                    "--cloud",
+                    "aws",
+                    "--image",
+                    "x",
+                    "--plan",
+                    p.to_str().unwrap(),
+                ],
+            )
+            .code(exit::INVALID_PLAN);
+        assert!(
+            r.stderr.contains(name) && r.stderr.contains(want),
+            "{}",
+            r.stderr
+        );
     }
-    let r = env.run("init-state", &["b1", "--cloud", "aws", "--image", "x", "--plan", "missing.toml"]).code(exit::INVALID_PLAN);
-    assert!(r.stderr.contains("missing.toml") && r.stderr.contains("cannot read it"), "{}", r.stderr);
-    assert_eq!(env.run("check-state", &["b1", "--json"]).json()["exists"], false);
+    let r = env
+        .run(
+            "init-state",
+            &[
+                "b1",
+                "--cloud",
+                "aws",
+                "--image",
+                "x",
+                "--plan",
+                "missing.toml",
+            ],
+        )
+        .code(exit::INVALID_PLAN);
+    assert!(
+        r.stderr.contains("missing.toml") && r.stderr.contains("cannot read it"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        env.run("check-state", &["b1", "--json"]).json()["exists"],
+        false
+    );
 }
 
 #[test]
 fn a_custom_plan_is_kept_with_the_build() {
     let env = Env::new();
     let p = env.write("p.toml", "name = \"tiny\"\n[[state]]\nid = 0\nname = \"prep\"\nexpected = \"1m\"\n[[state]]\nid = 50\nname = \"bake\"\nexpected = \"1h\"\n");
-    env.run("init-state", &["t1", "--cloud", "azure", "--image", "win", "--plan", p.to_str().unwrap()]).ok();
+    env.run(
+        "init-state",
+        &[
+            "t1",
+            "--cloud",
+            "azure",
+            "--image",
+            "win",
+            "--plan",
+            p.to_str().unwrap(),
+        ],
+    )
+    .ok();
     std::fs::remove_file(&p).unwrap();
     env.run("update-state", &["t1", "complete", "0"]).ok();
-    let r = env.run("update-state", &["t1", "start", "5"]).code(exit::REFUSED);
-    assert!(r.stderr.contains("plan 'tiny' (states: 0, 50)"), "{}", r.stderr);
+    let r = env
+        .run("update-state", &["t1", "start", "5"])
+        .code(exit::REFUSED);
+    assert!(
+        r.stderr.contains("plan 'tiny' (states: 0, 50)"),
+        "{}",
+        r.stderr
+    );
     env.run("update-state", &["t1", "complete", "50"]).ok();
-    let j = env.run("check-state", &["t1", "--json"]).code(exit::COMPLETED).json();
+    let j = env
+        .run("check-state", &["t1", "--json"])
+        .code(exit::COMPLETED)
+        .json();
     assert_eq!(j["decision"], "completed");
     assert_eq!(j["plan"], "tiny");
 }
@@ -142,17 +298,27 @@ fn messages_are_stored_verbatim() {
     ];
     let mut expected = Vec::new();
     for m in &messages {
-        env.run("update-state", &["b1", "fail", "0", "--error", m]).ok();
+        env.run("update-state", &["b1", "fail", "0", "--error", m])
+            .ok();
         expected.push(m.clone());
         let j = env.state("b1");
         assert_eq!(j["last_error"], m.as_str());
     }
     // Over argv's limit: from a file and from stdin.
     let f = env.write("big.txt", &big);
-    env.run("update-state", &["b1", "fail", "0", "--error-file", f.to_str().unwrap()]).ok();
+    env.run(
+        "update-state",
+        &["b1", "fail", "0", "--error-file", f.to_str().unwrap()],
+    )
+    .ok();
     expected.push(big.clone());
     let stdin_msg = format!("from stdin: {big}");
-    env.run_stdin("update-state", &["b1", "fail", "0", "--error-file", "-"], stdin_msg.as_bytes()).ok();
+    env.run_stdin(
+        "update-state",
+        &["b1", "fail", "0", "--error-file", "-"],
+        stdin_msg.as_bytes(),
+    )
+    .ok();
     expected.push(stdin_msg.clone());
 
     let j = env.state("b1");
@@ -164,7 +330,10 @@ fn messages_are_stored_verbatim() {
         .filter(|e| e["kind"] == "fail")
         .map(|e| e["message"].as_str().unwrap())
         .collect();
-    assert_eq!(stored, expected.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        stored,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
     // Every failure was its own attempt of state 0.
     assert_eq!(j["attempt"], expected.len());
     // The builds table survived the injection attempt.
@@ -177,8 +346,17 @@ fn non_utf8_error_file_is_refused() {
     env.init("b1");
     let p = env.path("bin.txt");
     std::fs::write(&p, b"ok \xff\xfe bad").unwrap();
-    let r = env.run("update-state", &["b1", "fail", "0", "--error-file", p.to_str().unwrap()]).code(exit::INVALID_INPUT);
-    assert!(r.stderr.contains("not UTF-8 (invalid byte at offset 3)"), "{}", r.stderr);
+    let r = env
+        .run(
+            "update-state",
+            &["b1", "fail", "0", "--error-file", p.to_str().unwrap()],
+        )
+        .code(exit::INVALID_INPUT);
+    assert!(
+        r.stderr.contains("not UTF-8 (invalid byte at offset 3)"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(fingerprint(&env, "b1"), (1, 1));
 }
 
@@ -188,16 +366,40 @@ fn secrets_never_reach_the_database() {
     env.init("b1");
     let hook = "https://hooks.slack.com/services/T0001/B0002/abcdefghijklmnop";
     let msg = format!("post to {hook} failed; AKIAIOSFODNN7EXAMPLE; password=hunter2");
-    let r = env.run("update-state", &["b1", "fail", "0", "--error", &msg, "--json"]).ok();
+    let r = env
+        .run(
+            "update-state",
+            &["b1", "fail", "0", "--error", &msg, "--json"],
+        )
+        .ok();
     assert!(!r.stdout.contains("hunter2") && !r.stdout.contains("abcdefghijklmnop"));
-    env.run("update-state", &["b1", "meta", "api=https://user:s3cretpw@example.com/x"]).ok();
+    env.run(
+        "update-state",
+        &["b1", "meta", "api=https://user:s3cretpw@example.com/x"],
+    )
+    .ok();
     let j = env.state("b1");
-    assert_eq!(j["last_error"], "post to https://hooks.slack.com/[REDACTED] failed; [REDACTED]; password=[REDACTED]");
-    assert_eq!(j["metadata"]["api"], "https://user:[REDACTED]@example.com/x");
-    for secret in ["hunter2", "abcdefghijklmnop", "AKIAIOSFODNN7EXAMPLE", "s3cretpw"] {
+    assert_eq!(
+        j["last_error"],
+        "post to https://hooks.slack.com/[REDACTED] failed; [REDACTED]; password=[REDACTED]"
+    );
+    assert_eq!(
+        j["metadata"]["api"],
+        "https://user:[REDACTED]@example.com/x"
+    );
+    for secret in [
+        "hunter2",
+        "abcdefghijklmnop",
+        "AKIAIOSFODNN7EXAMPLE",
+        "s3cretpw",
+    ] {
         for suffix in ["", "-wal"] {
             let file = std::path::PathBuf::from(format!("{}{suffix}", env.db.display()));
-            assert!(!util::file_contains(&file, secret.as_bytes()), "{secret} found in {}", file.display());
+            assert!(
+                !util::file_contains(&file, secret.as_bytes()),
+                "{secret} found in {}",
+                file.display()
+            );
         }
     }
 }
@@ -210,12 +412,18 @@ fn whole_plan_to_completion_with_history() {
     for s in &plan.states {
         let id = s.id.to_string();
         env.run("update-state", &["b1", "start", &id]).ok();
-        let busy = env.run("check-state", &["b1", "--json"]).code(exit::BUSY).json();
+        let busy = env
+            .run("check-state", &["b1", "--json"])
+            .code(exit::BUSY)
+            .json();
         assert_eq!(busy["decision"], "busy");
         assert_eq!(busy["next_state"], s.id);
         env.run("update-state", &["b1", "complete", &id]).ok();
     }
-    let j = env.run("check-state", &["b1", "--json", "--history"]).code(exit::COMPLETED).json();
+    let j = env
+        .run("check-state", &["b1", "--json", "--history"])
+        .code(exit::COMPLETED)
+        .json();
     assert_eq!(j["status"], "completed");
     assert_eq!(j["current_state"], 100);
     let n = plan.states.len() as u64;
@@ -226,39 +434,97 @@ fn whole_plan_to_completion_with_history() {
         assert_eq!(e["seq"], i as u64 + 1);
         assert_eq!(e["serial"], i as u64 + 1);
     }
-    let r = env.run("update-state", &["b1", "start", "100"]).code(exit::REFUSED);
+    let r = env
+        .run("update-state", &["b1", "start", "100"])
+        .code(exit::REFUSED);
     assert!(r.stderr.contains("already completed"), "{}", r.stderr);
     // Metadata may still be added after completion (e.g. the published image id).
-    env.run("update-state", &["b1", "meta", "ami_id=ami-0123"]).ok();
+    env.run("update-state", &["b1", "meta", "ami_id=ami-0123"])
+        .ok();
 }
 
 #[test]
 fn output_dir_files_can_be_sourced() {
     let env = Env::new();
-    env.run("init-state", &["b1", "--cloud", "aws", "--image", "rhel9", "--meta", "note=it's $HOME"]).ok();
+    env.run(
+        "init-state",
+        &[
+            "b1",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--meta",
+            "note=it's $HOME",
+        ],
+    )
+    .ok();
     env.run("update-state", &["b1", "complete", "0"]).ok();
     env.run("update-state", &["b1", "complete", "5"]).ok();
     let out = env.path("out");
-    let r = env.run("check-state", &["b1", "--output", out.to_str().unwrap()]).ok();
-    assert!(r.stdout.contains("resume at state 10 (green-image-validation)"), "{}", r.stdout);
-    let decision: Value = serde_json::from_str(&std::fs::read_to_string(out.join("decision.json")).unwrap()).unwrap();
+    let r = env
+        .run("check-state", &["b1", "--output", out.to_str().unwrap()])
+        .ok();
+    assert!(
+        r.stdout
+            .contains("resume at state 10 (green-image-validation)"),
+        "{}",
+        r.stdout
+    );
+    let decision: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("decision.json")).unwrap()).unwrap();
     assert_eq!(decision["decision"], "resume");
     assert_eq!(decision["next_state"], 10);
     let script = format!(
         ". '{}' && printf '%s|%s|%s|%s' \"$RESUME_STATE\" \"$BUILDSTATE_DECISION\" \"$BUILDSTATE_META_note\" \"$BUILDSTATE_SERIAL\"",
         out.join("resume-metadata").display()
     );
-    let o = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
-    assert_eq!(String::from_utf8(o.stdout).unwrap(), "10|resume|it's $HOME|3");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap(),
+        "10|resume|it's $HOME|3"
+    );
 }
 
 #[test]
 fn json_report_has_the_documented_fields() {
     let env = Env::new();
     env.init("b1");
-    env.run("update-state", &["b1", "fail", "0", "--error", "nope", "--category", "persistent", "--exit-code", "3"]).ok();
-    let j = env.run("check-state", &["b1", "--json"]).code(exit::BLOCKED).json();
-    for key in ["build_id", "current_state", "status", "decision", "next_state", "serial", "lineage", "last_error", "reason", "exit_code"] {
+    env.run(
+        "update-state",
+        &[
+            "b1",
+            "fail",
+            "0",
+            "--error",
+            "nope",
+            "--category",
+            "persistent",
+            "--exit-code",
+            "3",
+        ],
+    )
+    .ok();
+    let j = env
+        .run("check-state", &["b1", "--json"])
+        .code(exit::BLOCKED)
+        .json();
+    for key in [
+        "build_id",
+        "current_state",
+        "status",
+        "decision",
+        "next_state",
+        "serial",
+        "lineage",
+        "last_error",
+        "reason",
+        "exit_code",
+    ] {
         assert!(j.get(key).is_some(), "missing {key}: {j}");
     }
     assert_eq!(j["status"], "failed");
@@ -267,18 +533,35 @@ fn json_report_has_the_documented_fields() {
     assert_eq!(j["exit_code"], exit::BLOCKED);
     assert!(j["current_state"].is_null());
     let e = &env.state("b1")["history"][1];
-    assert_eq!((e["kind"].as_str(), e["exit_code"].as_i64(), e["category"].as_str()), (Some("fail"), Some(3), Some("persistent")));
+    assert_eq!(
+        (
+            e["kind"].as_str(),
+            e["exit_code"].as_i64(),
+            e["category"].as_str()
+        ),
+        (Some("fail"), Some(3), Some("persistent"))
+    );
 }
 
 #[test]
 fn errors_have_a_json_twin() {
     let env = Env::new();
-    let r = env.run("update-state", &["ghost", "start", "0", "--json"]).code(exit::UNKNOWN_BUILD);
+    let r = env
+        .run("update-state", &["ghost", "start", "0", "--json"])
+        .code(exit::UNKNOWN_BUILD);
     let j = r.json();
     assert_eq!(j["error"]["kind"], "unknown_build");
     assert_eq!(j["error"]["exit_code"], exit::UNKNOWN_BUILD);
-    assert!(j["error"]["message"].as_str().unwrap().contains("init-state ghost"));
-    assert!(r.stderr.starts_with("update-state: error: unknown build 'ghost'"), "{}", r.stderr);
+    assert!(j["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("init-state ghost"));
+    assert!(
+        r.stderr
+            .starts_with("update-state: error: unknown build 'ghost'"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -300,7 +583,10 @@ fn actor_records_concourse_context() {
     assert_eq!(actor["context"]["BUILD_ID"], "991");
     assert_eq!(actor["context"]["BUILD_PIPELINE_NAME"], "images");
     assert_eq!(actor["context"]["BUILD_JOB_NAME"], "bake");
-    assert_eq!(actor["context"]["ATC_EXTERNAL_URL"], "https://ci.example.com");
+    assert_eq!(
+        actor["context"]["ATC_EXTERNAL_URL"],
+        "https://ci.example.com"
+    );
     assert!(actor["context"].get("BUILD_URL").is_none());
 }
 
@@ -310,7 +596,9 @@ fn database_from_env_var_and_bad_databases() {
     // BUILDSTATE_DB is honoured when --db is absent.
     let other = env.path("sub/dir/other.db");
     let mut cmd = std::process::Command::new(util::bin("init-state"));
-    cmd.args(["b1", "--cloud", "aws", "--image", "x"]).env("BUILDSTATE_DB", &other).env_remove("BUILDSTATE_PLAN");
+    cmd.args(["b1", "--cloud", "aws", "--image", "x"])
+        .env("BUILDSTATE_DB", &other)
+        .env_remove("BUILDSTATE_PLAN");
     env.run_with(&mut cmd, None).ok();
     assert!(other.exists());
 
@@ -321,22 +609,45 @@ fn database_from_env_var_and_bad_databases() {
     let mut cmd = std::process::Command::new(util::bin("check-state"));
     cmd.args(["b1"]).env("BUILDSTATE_DB", &other);
     let r = env.run_with(&mut cmd, None).code(exit::DATABASE);
-    assert!(r.stderr.contains("newer buildstate (schema version 99"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("newer buildstate (schema version 99"),
+        "{}",
+        r.stderr
+    );
 
     // Some other SQLite file is refused, not adopted.
     let foreign = env.path("foreign.db");
-    rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
     let mut cmd = std::process::Command::new(util::bin("init-state"));
-    cmd.args(["b1", "--cloud", "aws", "--image", "x", "--db", foreign.to_str().unwrap()]);
+    cmd.args([
+        "b1",
+        "--cloud",
+        "aws",
+        "--image",
+        "x",
+        "--db",
+        foreign.to_str().unwrap(),
+    ]);
     let r = env.run_with(&mut cmd, None).code(exit::DATABASE);
-    assert!(r.stderr.contains("not a buildstate database"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not a buildstate database"),
+        "{}",
+        r.stderr
+    );
 
     // A file that is not SQLite at all.
     let junk = env.write("junk.db", &"not sqlite ".repeat(100));
     let mut cmd = std::process::Command::new(util::bin("check-state"));
     cmd.args(["b1", "--db", junk.to_str().unwrap()]);
     let r = env.run_with(&mut cmd, None).code(exit::DATABASE);
-    assert!(r.stderr.contains("not a database") || r.stderr.contains("not a buildstate database"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not a database") || r.stderr.contains("not a buildstate database"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -344,7 +655,9 @@ fn events_are_append_only() {
     let env = Env::new();
     env.init("b1");
     let conn = rusqlite::Connection::open(&env.db).unwrap();
-    let err = conn.execute("UPDATE events SET message = 'x'", []).unwrap_err();
+    let err = conn
+        .execute("UPDATE events SET message = 'x'", [])
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
     let err = conn.execute("DELETE FROM events", []).unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
@@ -357,19 +670,32 @@ fn help_is_clear() {
         ("update-state", "Actions:"),
         ("check-state", "--output <DIR>"),
     ] {
-        let out = std::process::Command::new(util::bin(bin)).arg("--help").output().unwrap();
+        let out = std::process::Command::new(util::bin(bin))
+            .arg("--help")
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains(want) && text.contains("--db <PATH>") && text.contains("--json"), "{bin}: {text}");
-        assert!(text.contains("BUILDSTATE_DB"), "{bin} should name its environment variable");
+        assert!(
+            text.contains(want) && text.contains("--db <PATH>") && text.contains("--json"),
+            "{bin}: {text}"
+        );
+        assert!(
+            text.contains("BUILDSTATE_DB"),
+            "{bin} should name its environment variable"
+        );
     }
 }
 
 #[test]
 fn exit_code_doc_matches_the_constants() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/exit-codes.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/exit-codes.md"))
+        .unwrap();
     for (code, name) in exit::ALL {
         let row = format!("| {code} | `{name}` |");
-        assert!(doc.contains(&row), "docs/exit-codes.md lacks the row starting {row}");
+        assert!(
+            doc.contains(&row),
+            "docs/exit-codes.md lacks the row starting {row}"
+        );
     }
 }

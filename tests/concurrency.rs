@@ -30,11 +30,17 @@ fn eight_processes_two_hundred_writes_each() {
     let history = j["history"].as_array().unwrap();
     assert_eq!(history.len() as u64, 1 + total);
     // Serials are exactly 1..=N with no gap or repeat.
-    let mut serials: Vec<u64> = history.iter().map(|e| e["serial"].as_u64().unwrap()).collect();
+    let mut serials: Vec<u64> = history
+        .iter()
+        .map(|e| e["serial"].as_u64().unwrap())
+        .collect();
     serials.sort_unstable();
     assert_eq!(serials, (1..=1 + total).collect::<Vec<_>>());
     for w in 0..WORKERS {
-        assert_eq!(j["metadata"][format!("worker_{w}")], (WRITES - 1).to_string());
+        assert_eq!(
+            j["metadata"][format!("worker_{w}")],
+            (WRITES - 1).to_string()
+        );
     }
 }
 
@@ -47,7 +53,8 @@ fn concurrent_first_open_of_a_fresh_database() {
             let env = &env;
             s.spawn(move || {
                 let id = format!("b{w}");
-                env.run("init-state", &[&id, "--cloud", "aws", "--image", "x"]).ok();
+                env.run("init-state", &[&id, "--cloud", "aws", "--image", "x"])
+                    .ok();
             });
         }
     });

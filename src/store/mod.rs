@@ -25,7 +25,7 @@ pub use schema::SCHEMA_VERSION;
 /// How long a writer waits for another writer before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// See [`Store::trim_wal`].
+/// The WAL size past which a write folds it back into the database (see `Store::trim_wal`).
 pub const WAL_TRIM_BYTES: u64 = 256 * 1024;
 
 pub struct Store {
@@ -70,22 +70,40 @@ impl Store {
     }
 
     /// Create a build, or confirm that an identical one exists (no write then).
-    pub fn init(&mut self, req: &InitRequest, actor: &Actor, now: SystemTime) -> Result<InitOutcome> {
+    pub fn init(
+        &mut self,
+        req: &InitRequest,
+        actor: &Actor,
+        now: SystemTime,
+    ) -> Result<InitOutcome> {
         req.validate()?;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(existing) = load_build(&tx, &req.build_id)? {
-            let conflict = |field: &str, existing: String, requested: String, hint| Error::Conflict {
-                build_id: req.build_id.clone(),
-                field: field.to_string(),
-                existing,
-                requested,
-                hint,
-            };
+            let conflict =
+                |field: &str, existing: String, requested: String, hint| Error::Conflict {
+                    build_id: req.build_id.clone(),
+                    field: field.to_string(),
+                    existing,
+                    requested,
+                    hint,
+                };
             if existing.cloud != req.cloud {
-                return Err(conflict("cloud", quote(&existing.cloud), quote(&req.cloud), ""));
+                return Err(conflict(
+                    "cloud",
+                    quote(&existing.cloud),
+                    quote(&req.cloud),
+                    "",
+                ));
             }
             if existing.image != req.image {
-                return Err(conflict("image", quote(&existing.image), quote(&req.image), ""));
+                return Err(conflict(
+                    "image",
+                    quote(&existing.image),
+                    quote(&req.image),
+                    "",
+                ));
             }
             let hash = req.plan.hash();
             if existing.plan_hash != hash {
@@ -148,8 +166,11 @@ impl Store {
         now: SystemTime,
     ) -> Result<Build> {
         crate::model::validate_build_id(build_id)?;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let build = load_build(&tx, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let build =
+            load_build(&tx, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
         let plan = load_plan(&tx, &build.plan_hash)?;
         let change = apply(&build, &plan, t, now)?;
         let updated = tx.execute(
@@ -196,7 +217,9 @@ impl Store {
         let wal = PathBuf::from(format!("{}-wal", self.path.display()));
         let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRIM_BYTES);
         if big && self.conn.busy_timeout(Duration::from_millis(200)).is_ok() {
-            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             let _ = self.conn.busy_timeout(self.busy_timeout);
         }
     }
@@ -233,7 +256,19 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, serial, at, kind, state, attempt, message, category, exit_code, duration_ms, actor) = row?;
+            let (
+                seq,
+                serial,
+                at,
+                kind,
+                state,
+                attempt,
+                message,
+                category,
+                exit_code,
+                duration_ms,
+                actor,
+            ) = row?;
             out.push(Event {
                 seq,
                 serial,
@@ -264,7 +299,14 @@ fn quote(s: &str) -> String {
 fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {
     // Typed columns first (rusqlite checks them); text columns are parsed after, so a
     // corrupt value names the build instead of panicking.
-    type Raw = (Build, String, Option<String>, Option<String>, String, String);
+    type Raw = (
+        Build,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+    );
     let raw: Option<Raw> = conn
         .prepare_cached(
             "SELECT build_id, lineage, serial, cloud, image, plan_hash, current_state,
@@ -290,7 +332,14 @@ fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {
                 created_at: SystemTime::UNIX_EPOCH,
                 updated_at: SystemTime::UNIX_EPOCH,
             };
-            Ok((build, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?))
+            Ok((
+                build,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+                r.get(13)?,
+                r.get(14)?,
+            ))
         })
         .optional()?;
     let Some((mut b, status, started, category, created, updated)) = raw else {
@@ -314,8 +363,11 @@ fn load_plan(conn: &Connection, hash: &str) -> Result<Plan> {
 }
 
 fn load_meta(conn: &Connection, build_id: &str) -> Result<BTreeMap<String, String>> {
-    let mut stmt = conn.prepare_cached("SELECT key, value FROM build_meta WHERE build_id = :id ORDER BY key")?;
-    let rows = stmt.query_map(named_params! {":id": build_id}, |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut stmt =
+        conn.prepare_cached("SELECT key, value FROM build_meta WHERE build_id = :id ORDER BY key")?;
+    let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -338,7 +390,13 @@ fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
     Ok(())
 }
 
-fn append_events(conn: &Connection, b: &Build, events: &[NewEvent], actor: &Actor, now: SystemTime) -> Result<()> {
+fn append_events(
+    conn: &Connection,
+    b: &Build,
+    events: &[NewEvent],
+    actor: &Actor,
+    now: SystemTime,
+) -> Result<()> {
     let last: u64 = conn
         .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE build_id = :id")?
         .query_row(named_params! {":id": b.build_id}, |r| r.get(0))?;
@@ -367,7 +425,9 @@ fn upsert_meta(conn: &Connection, b: &Build, pairs: &[(String, String)]) -> Resu
          ON CONFLICT (build_id, key) DO UPDATE SET value = excluded.value, updated_serial = excluded.updated_serial",
     )?;
     for (k, v) in pairs {
-        stmt.execute(named_params! {":id": b.build_id, ":key": k, ":value": v, ":serial": b.serial})?;
+        stmt.execute(
+            named_params! {":id": b.build_id, ":key": k, ":value": v, ":serial": b.serial},
+        )?;
     }
     Ok(())
 }

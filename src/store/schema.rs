@@ -37,7 +37,10 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<()> {
     // extra fsyncs per write. Commits are already durable in the WAL (synchronous=FULL);
     // checkpoints happen when it grows (see Store::trim_wal).
     // The WAL is kept small by Store::trim_wal instead.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
 
     let (version, app_id) = versions(conn)?;
     if version == SCHEMA_VERSION && app_id == APPLICATION_ID {

@@ -23,19 +23,31 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn code(self, want: i32) -> Run {
-        assert_eq!(self.code, want, "expected exit {want}\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, want,
+            "expected exit {want}\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -94,9 +106,13 @@ impl Env {
     }
 
     pub fn run_with(&self, cmd: &mut Command, stdin: Option<&[u8]>) -> Run {
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn");
         if let Some(input) = stdin {
             child.stdin.take().unwrap().write_all(input).unwrap();
@@ -110,7 +126,8 @@ impl Env {
     }
 
     pub fn init(&self, id: &str) {
-        self.run("init-state", &[id, "--cloud", "aws", "--image", "rhel9"]).ok();
+        self.run("init-state", &[id, "--cloud", "aws", "--image", "rhel9"])
+            .ok();
     }
 
     /// check-state --json --history (exit code not checked).
