@@ -1,27 +1,38 @@
-//! update-state: record one transition of a build (start, complete, fail, meta).
+//! update-state: record one transition of a build (start, complete, fail, meta), or a
+//! person's intervention (retry, skip, rollback, cancel).
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use buildstate::cli::{finish, Common};
 use buildstate::context::Actor;
-use buildstate::model::{parse_meta_pair, Category, Transition};
+use buildstate::model::{parse_meta_pair, Category, Ctx, Transition};
 use buildstate::report::Report;
 use buildstate::{exit, Error, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Record one transition of a build, durably, in one transaction.
 ///
-/// A refused transition (unknown build, state not in the plan, out of order, moving
-/// backwards) writes nothing and exits with a distinct code: docs/exit-codes.md.
+/// A failure is classified (transient, persistent, unknown) by the plan's rules unless
+/// --category says, and the state's retry policy then schedules a retry or blocks the
+/// build for a person (docs/retries.md). retry, skip, rollback and cancel are for people:
+/// each records who did it and why. A refused transition (unknown build, state not in the
+/// plan, out of order, moving backwards, retry not due) writes nothing and exits with a
+/// distinct code: docs/exit-codes.md.
 #[derive(Parser)]
 #[command(
     version,
     subcommand_value_name = "ACTION",
     subcommand_help_heading = "Actions",
-    after_help = "Examples:\n  update-state img-42 start 15\n  update-state img-42 complete 15\n  update-state img-42 fail 15 --error \"ansible-playbook exited 2\"\n  some-command 2>&1 | update-state img-42 fail 15 --error-file -\n  update-state img-42 meta ami_id=ami-0abc git_sha=1a2b3c"
+    after_help = "Examples:
+  update-state img-42 start 15
+  update-state img-42 complete 15
+  update-state img-42 fail 15 --error \"ansible-playbook exited 2\" --exit-code 2
+  some-command 2>&1 | update-state img-42 fail 15 --error-file -
+  update-state img-42 meta ami_id=ami-0abc git_sha=1a2b3c
+  update-state img-42 retry 10 --reason \"opened port 22 in the security group\"
+  update-state img-42 rollback --to 60 --reason \"hardening broke sshd\""
 )]
 struct Args {
     /// The build id given to init-state
@@ -62,10 +73,10 @@ enum Action {
         /// Read the message from a file, or '-' for stdin (for messages over argv's 128 KiB)
         #[arg(long, value_name = "FILE")]
         error_file: Option<PathBuf>,
-        /// What kind of failure this is
+        /// What kind of failure this is [default: decided by the plan's rules]
         #[arg(long, value_enum, value_name = "CATEGORY")]
         category: Option<CategoryArg>,
-        /// The failed command's exit code
+        /// The failed command's exit code (used to classify the failure)
         #[arg(long, value_name = "N", allow_negative_numbers = true)]
         exit_code: Option<i32>,
     },
@@ -74,6 +85,39 @@ enum Action {
         #[arg(value_name = "KEY=VALUE", required = true)]
         pairs: Vec<String>,
     },
+    /// Allow one more attempt of a waiting or blocked state now, even after its policy's
+    /// attempts are used up
+    Retry {
+        #[arg(value_name = "STATE")]
+        state: u8,
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Mark the next (or the failed) state done without running it
+    Skip {
+        #[arg(value_name = "STATE")]
+        state: u8,
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Move the build back to the state completed before the current one, or to --to;
+    /// the states after it run again
+    Rollback {
+        /// The completed state to go back to
+        #[arg(long, value_name = "STATE")]
+        to: Option<u8>,
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Stop the build for good: check-state reports it blocked and nothing can start
+    Cancel {
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,6 +125,16 @@ enum CategoryArg {
     Transient,
     Persistent,
     Unknown,
+}
+
+impl From<CategoryArg> for Category {
+    fn from(c: CategoryArg) -> Category {
+        match c {
+            CategoryArg::Transient => Category::Transient,
+            CategoryArg::Persistent => Category::Persistent,
+            CategoryArg::Unknown => Category::Unknown,
+        }
+    }
 }
 
 fn read_message(path: &PathBuf) -> Result<String> {
@@ -103,8 +157,8 @@ fn read_message(path: &PathBuf) -> Result<String> {
     })
 }
 
-fn run(args: &Args) -> Result<i32> {
-    let transition = match &args.action {
+fn transition(action: &Action) -> Result<Transition> {
+    Ok(match action {
         Action::Start { state } => Transition::Start { state: *state },
         Action::Complete { state } => Transition::Complete { state: *state },
         Action::Fail {
@@ -120,12 +174,10 @@ fn run(args: &Args) -> Result<i32> {
                 (None, Some(path)) => read_message(path)?,
                 (None, None) => unreachable!("clap requires --error or --error-file"),
             },
-            category: category.map(|c| match c {
-                CategoryArg::Transient => Category::Transient,
-                CategoryArg::Persistent => Category::Persistent,
-                CategoryArg::Unknown => Category::Unknown,
-            }),
+            category: category.map(Category::from),
             exit_code: *exit_code,
+            signal: None,
+            timed_out: false,
         },
         Action::Meta { pairs } => Transition::Meta {
             pairs: pairs
@@ -133,39 +185,70 @@ fn run(args: &Args) -> Result<i32> {
                 .map(|p| parse_meta_pair(p))
                 .collect::<Result<_>>()?,
         },
-    };
+        Action::Retry { state, reason } => Transition::Retry {
+            state: *state,
+            reason: reason.clone(),
+        },
+        Action::Skip { state, reason } => Transition::Skip {
+            state: *state,
+            reason: reason.clone(),
+        },
+        Action::Rollback { to, reason } => Transition::Rollback {
+            to: *to,
+            reason: reason.clone(),
+        },
+        Action::Cancel { reason } => Transition::Cancel {
+            reason: reason.clone(),
+        },
+    })
+}
+
+fn run(args: &Args) -> Result<i32> {
+    let t = transition(&args.action)?;
     buildstate::model::validate_build_id(&args.build_id)?;
     let mut store = args.common.open()?;
-    let now = SystemTime::now();
-    let build = store.transition(
-        &args.build_id,
-        &transition,
-        &Actor::from_env("update-state"),
-        now,
-    )?;
+    let ctx = Ctx::live();
+    let actor = Actor::from_env("update-state");
+    let build = store.transition(&args.build_id, &t, &actor, &ctx)?;
+    let plan = store.plan(&build.plan_hash)?;
+    let report = Report::of(
+        &build,
+        &plan,
+        store.metadata(&args.build_id)?,
+        None,
+        ctx.now,
+    );
     if args.common.json {
-        let plan = store.plan(&build.plan_hash)?;
-        let report = Report::of(&build, &plan, store.metadata(&args.build_id)?, None, now);
         println!("{}", report.to_json());
-    } else {
-        let plan = store.plan(&build.plan_hash)?;
-        let what = match &transition {
-            Transition::Start { state } => {
-                format!("started {} (attempt {})", plan.label(*state), build.attempt)
-            }
-            Transition::Complete { state } => format!("completed {}", plan.label(*state)),
-            Transition::Fail { state, .. } => format!(
-                "recorded failure of {} (attempt {})",
-                plan.label(*state),
-                build.attempt
-            ),
-            Transition::Meta { pairs } => format!("set {} metadata value(s)", pairs.len()),
-        };
-        println!(
-            "build {}: {what}; status {} (serial {})",
-            args.build_id, build.status, build.serial
-        );
+        return Ok(exit::OK);
     }
+    let label = |s: Option<u8>| s.map(|s| plan.label(s)).unwrap_or_default();
+    let what = match &t {
+        Transition::Start { state } => {
+            format!("started {} (attempt {})", plan.label(*state), build.attempt)
+        }
+        Transition::Complete { state } => format!("completed {}", plan.label(*state)),
+        Transition::Fail { state, .. } => format!(
+            "recorded failure of {} (attempt {}, {})",
+            plan.label(*state),
+            build.attempt,
+            build.last_category.map_or("unknown", |c| c.as_str())
+        ),
+        Transition::Meta { pairs } => format!("set {} metadata value(s)", pairs.len()),
+        Transition::Retry { state, .. } => format!(
+            "allowed attempt {} of {} now",
+            build.attempt + 1,
+            plan.label(*state)
+        ),
+        Transition::Skip { state, .. } => format!("skipped {}", plan.label(*state)),
+        Transition::Rollback { .. } => format!("rolled back to {}", label(build.current_state)),
+        Transition::Cancel { .. } => "cancelled".to_string(),
+        Transition::Interrupt { .. } => "recorded an interruption".to_string(),
+    };
+    println!(
+        "build {}: {what}; status {} (serial {})\n  next: {}",
+        args.build_id, build.status, build.serial, report.decision.reason
+    );
     Ok(exit::OK)
 }
 

@@ -5,8 +5,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::time;
+
 use crate::exit;
-use crate::model::{Build, Status};
+use crate::model::{attempts_allowed, Build, Category, Status};
 use crate::plan::Plan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,11 +61,21 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
     pub decision: Action,
-    /// The state to run (or the one running, failed or waiting).
+    /// The state to run (or the one running, waiting or blocked).
     pub next_state: Option<u8>,
     pub next_state_name: Option<String>,
     /// One sentence a person can act on.
     pub reason: String,
+    /// The attempt the decision is about: the next one for start/resume/retry/wait, the
+    /// current one for busy/blocked.
+    pub next_attempt: Option<u32>,
+    /// How many attempts the state's policy allows (plus any granted by a person).
+    pub max_attempts: Option<u32>,
+    /// For `wait`: when the retry becomes due.
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub not_before: Option<SystemTime>,
+    /// The category of the last failure, when the decision follows one.
+    pub category: Option<Category>,
 }
 
 impl Decision {
@@ -73,7 +85,28 @@ impl Decision {
             next_state: state,
             next_state_name: state.and_then(|s| plan.state(s)).map(|s| s.name.clone()),
             reason,
+            next_attempt: None,
+            max_attempts: None,
+            not_before: None,
+            category: None,
         }
+    }
+
+    fn attempt(mut self, b: Option<&Build>, plan: &Plan, n: u32) -> Decision {
+        self.next_attempt = Some(n);
+        self.max_attempts = self.next_state.map(|s| match b {
+            Some(b) => attempts_allowed(b, plan, s),
+            None => crate::policy::max_attempts(plan.retry_for(s)),
+        });
+        self
+    }
+
+    /// "attempt 2 of 5"
+    pub fn attempt_text(&self) -> Option<String> {
+        Some(format!(
+            "attempt {} of {}",
+            self.next_attempt?, self.max_attempts?
+        ))
     }
 }
 
@@ -89,8 +122,8 @@ pub fn headline(message: &str, max: usize) -> String {
     }
 }
 
-/// What to do next with `build` (`None` when there is no record of it).
-pub fn decide(build: Option<&Build>, plan: &Plan, _now: SystemTime) -> Decision {
+/// What to do next with `build` (`None` when there is no record of it) at `now`.
+pub fn decide(build: Option<&Build>, plan: &Plan, now: SystemTime) -> Decision {
     let Some(b) = build else {
         let first = plan.first();
         return Decision::new(
@@ -101,9 +134,17 @@ pub fn decide(build: Option<&Build>, plan: &Plan, _now: SystemTime) -> Decision 
                 "no record of this build: create it with init-state, then run {}",
                 plan.label(first.id)
             ),
-        );
+        )
+        .attempt(None, plan, 1);
     };
     let id = &b.build_id;
+    let active = b.active_state.unwrap_or_default();
+    let label = plan.label(active);
+    let error = || headline(b.last_error.as_deref().unwrap_or("no message"), 200);
+    let category = |mut d: Decision| {
+        d.category = b.last_category;
+        d
+    };
     match b.status {
         Status::Completed => Decision::new(
             Action::Completed,
@@ -117,32 +158,67 @@ pub fn decide(build: Option<&Build>, plan: &Plan, _now: SystemTime) -> Decision 
             b.active_state,
             format!("build '{id}' was cancelled; start a new build id to build again"),
         ),
-        Status::Running => {
-            let s = b.active_state.unwrap_or_default();
-            Decision::new(
-                Action::Busy,
+        Status::Running => match (b.lease_owner.as_deref(), b.lease_expires_at) {
+            (Some(owner), Some(expires)) if expires <= now => Decision::new(
+                Action::Resume,
                 plan,
-                Some(s),
+                Some(active),
                 format!(
-                    "{} is in progress (attempt {}) on another worker",
-                    plan.label(s),
+                    "the lease of {owner} on {label} expired at {}: its worker is presumed dead; resume {label} (attempt {} is abandoned)",
+                    time::format(expires),
                     b.attempt
                 ),
             )
+            .attempt(Some(b), plan, b.attempt + 1),
+            (owner, expires) => {
+                let by = match (owner, expires) {
+                    (Some(o), Some(e)) => format!("held by {o} until {}", time::format(e)),
+                    _ => "on another worker".to_string(),
+                };
+                let d = Decision::new(Action::Busy, plan, Some(active), String::new())
+                    .attempt(Some(b), plan, b.attempt);
+                let reason = format!(
+                    "{label} is in progress ({}), {by}",
+                    d.attempt_text().unwrap_or_default()
+                );
+                Decision { reason, ..d }
+            }
+        },
+        Status::Waiting => {
+            let due = b.next_attempt_at.unwrap_or(now);
+            let d = Decision::new(Action::Retry, plan, Some(active), String::new())
+                .attempt(Some(b), plan, b.attempt + 1);
+            let attempt = d.attempt_text().unwrap_or_default();
+            let cat = b.last_category.map_or(String::new(), |c| format!(" ({c})"));
+            if due <= now {
+                let reason = format!("{label} failed{cat}: {}; retry it now ({attempt})", error());
+                category(Decision { reason, ..d })
+            } else {
+                let wait = due.duration_since(now).unwrap_or_default();
+                let reason = format!(
+                    "{label} failed{cat}: {}; retry in {} at {} ({attempt})",
+                    error(),
+                    time::format_duration(wait),
+                    time::format(due)
+                );
+                category(Decision {
+                    decision: Action::Wait,
+                    not_before: Some(due),
+                    reason,
+                    ..d
+                })
+            }
         }
-        Status::Failed | Status::Waiting | Status::Blocked => {
-            let s = b.active_state.unwrap_or_default();
-            Decision::new(
-                Action::Blocked,
-                plan,
-                Some(s),
-                format!(
-                    "{} failed (attempt {}): {}; needs a person: fix the cause, then run `update-state {id} start {s}`",
-                    plan.label(s),
-                    b.attempt,
-                    headline(b.last_error.as_deref().unwrap_or("no message"), 200)
-                ),
-            )
+        Status::Blocked => {
+            let d = Decision::new(Action::Blocked, plan, Some(active), String::new())
+                .attempt(Some(b), plan, b.attempt);
+            let reason = format!(
+                "{label} failed ({}): {}; {}; needs a person: fix the cause, then `update-state {id} retry {active} --reason TEXT` (or skip it)",
+                d.attempt_text().unwrap_or_default(),
+                error(),
+                b.blocked_reason.as_deref().unwrap_or("no automatic retry left")
+            );
+            category(Decision { reason, ..d })
         }
         Status::Pending => match plan.next_after(b.current_state) {
             Some(next) => Decision::new(
@@ -157,7 +233,8 @@ pub fn decide(build: Option<&Build>, plan: &Plan, _now: SystemTime) -> Decision 
                         plan.label(next.id)
                     ),
                 },
-            ),
+            )
+            .attempt(Some(b), plan, 1),
             // Every state done but the status says otherwise: the plan is the truth.
             None => Decision::new(
                 Action::Completed,
@@ -172,14 +249,17 @@ pub fn decide(build: Option<&Build>, plan: &Plan, _now: SystemTime) -> Decision 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{apply, InitRequest, Transition};
+    use crate::model::{apply, Ctx, InitRequest, Transition};
     use std::time::Duration;
 
-    fn now() -> SystemTime {
+    fn t0() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
+    const MIN: Duration = Duration::from_secs(60);
 
-    fn build_after(ts: &[Transition]) -> (Build, Plan) {
+    /// The build after `ts`, the i-th applied at t0 + 2h·i (every retry in the built-in
+    /// plan is due by then) with a jitter draw of 0; also the time of the last one.
+    fn build_after(ts: &[Transition], ctx: Option<Ctx<'_>>) -> (Build, Plan, SystemTime) {
         let plan = Plan::default_plan();
         let req = InitRequest {
             build_id: "b".into(),
@@ -188,68 +268,240 @@ mod tests {
             plan: plan.clone(),
             meta: vec![],
         };
-        let mut b = req.new_build("l".into(), now()).0;
-        for t in ts {
-            b = apply(&b, &plan, t, now()).unwrap().build;
+        let mut b = req.new_build("l".into(), t0()).0;
+        let base = ctx.unwrap_or(Ctx {
+            jitter: 0.0,
+            ..Ctx::at(t0())
+        });
+        let mut last = t0();
+        for (i, t) in ts.iter().enumerate() {
+            last = t0() + 120 * MIN * i as u32;
+            b = apply(&b, &plan, t, &Ctx { now: last, ..base })
+                .unwrap()
+                .build;
         }
-        (b, plan)
+        (b, plan, last)
     }
 
     #[test]
     fn decisions_table() {
         use Transition::*;
-        let fail = |state| Fail {
-            state,
-            message: "it's broken\nsecond line".into(),
-            category: None,
-            exit_code: Some(1),
-        };
-        let cases: Vec<(Vec<Transition>, Action, Option<u8>, &str)> = vec![
-            (vec![], Action::Resume, Some(0), "begin with state 0 (init)"),
+        let c = |state| Complete { state };
+        let fail = |state, msg: &str| Transition::fail(state, msg);
+        // (transitions, asked this long after the last, decision, next state, attempt
+        // text, part of the reason)
+        type Case = (
+            Vec<Transition>,
+            Duration,
+            Action,
+            Option<u8>,
+            Option<&'static str>,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
             (
-                vec![Complete { state: 0 }],
+                vec![],
+                Duration::ZERO,
+                Action::Resume,
+                Some(0),
+                Some("attempt 1 of 3"),
+                "begin with state 0 (init)",
+            ),
+            (
+                vec![c(0)],
+                Duration::ZERO,
                 Action::Resume,
                 Some(5),
+                Some("attempt 1 of 4"),
                 "state 0 (init) completed; resume at state 5 (kickstart)",
             ),
             (
-                vec![Complete { state: 0 }, Start { state: 5 }],
+                vec![c(0), Start { state: 5 }],
+                Duration::ZERO,
                 Action::Busy,
                 Some(5),
-                "state 5 (kickstart) is in progress (attempt 1)",
+                Some("attempt 1 of 4"),
+                "state 5 (kickstart) is in progress (attempt 1 of 4), on another worker",
+            ),
+            // kickstart backoff: 5 min with jitter spread over [2.5, 5]; draw 0 gives 2.5 min.
+            (
+                vec![c(0), fail(5, "mirror timed out")],
+                MIN,
+                Action::Wait,
+                Some(5),
+                Some("attempt 2 of 4"),
+                "failed (transient): mirror timed out; retry in 1m 30s",
             ),
             (
-                vec![Complete { state: 0 }, Complete { state: 5 }, fail(10)],
+                vec![c(0), fail(5, "mirror timed out")],
+                3 * MIN,
+                Action::Retry,
+                Some(5),
+                Some("attempt 2 of 4"),
+                "retry it now (attempt 2 of 4)",
+            ),
+            (
+                vec![c(0), c(5), fail(10, "it's broken")],
+                Duration::ZERO,
+                Action::Wait,
+                Some(10),
+                Some("attempt 2 of 5"),
+                "failed (unknown): it's broken",
+            ),
+            (
+                vec![c(0), c(5), fail(10, "it's broken")],
+                MIN,
+                Action::Retry,
+                Some(10),
+                Some("attempt 2 of 5"),
+                "retry it now",
+            ),
+            (
+                vec![c(0), c(5), fail(10, "Permission denied")],
+                Duration::ZERO,
                 Action::Blocked,
                 Some(10),
-                "state 10 (green-image-validation) failed (attempt 1): it's broken; needs a person",
+                Some("attempt 1 of 5"),
+                "the failure is persistent",
             ),
             (
-                vec![Complete { state: 0 }, fail(5), Start { state: 5 }],
-                Action::Busy,
+                vec![c(0), fail(5, "x"), fail(5, "x"), fail(5, "x"), fail(5, "x")],
+                99 * MIN,
+                Action::Blocked,
                 Some(5),
-                "attempt 2",
+                Some("attempt 4 of 4"),
+                "all 4 attempts failed; needs a person",
             ),
             (
-                vec![Complete { state: 0 }, fail(5), Complete { state: 5 }],
-                Action::Resume,
-                Some(10),
-                "resume at state 10",
+                vec![
+                    c(0),
+                    c(5),
+                    c(10),
+                    c(15),
+                    c(20),
+                    c(25),
+                    c(30),
+                    c(35),
+                    c(40),
+                    c(45),
+                    c(50),
+                    c(55),
+                    c(60),
+                    c(65),
+                    fail(70, "tests red"),
+                ],
+                59 * MIN,
+                Action::Wait,
+                Some(70),
+                Some("attempt 2 of 2"),
+                "retry in 1m",
+            ),
+            (
+                vec![
+                    c(0),
+                    c(5),
+                    c(10),
+                    c(15),
+                    c(20),
+                    c(25),
+                    c(30),
+                    c(35),
+                    c(40),
+                    c(45),
+                    c(50),
+                    c(55),
+                    c(60),
+                    c(65),
+                    fail(70, "tests red"),
+                    fail(70, "tests red"),
+                ],
+                Duration::ZERO,
+                Action::Blocked,
+                Some(70),
+                Some("attempt 2 of 2"),
+                "the policy calls a person",
+            ),
+            (
+                vec![
+                    c(0),
+                    Cancel {
+                        reason: "dup".into(),
+                    },
+                ],
+                Duration::ZERO,
+                Action::Blocked,
+                None,
+                None,
+                "was cancelled",
+            ),
+            (
+                vec![
+                    c(0),
+                    fail(5, "x"),
+                    Retry {
+                        state: 5,
+                        reason: "fixed".into(),
+                    },
+                ],
+                Duration::ZERO,
+                Action::Retry,
+                Some(5),
+                Some("attempt 2 of 4"),
+                "retry it now",
             ),
         ];
-        for (ts, action, next, reason) in cases {
-            let (b, plan) = build_after(&ts);
-            let d = decide(Some(&b), &plan, now());
+        for (ts, after, action, next, attempt, reason) in cases {
+            let (b, plan, last) = build_after(&ts, None);
+            let d = decide(Some(&b), &plan, last + after);
             assert_eq!(d.decision, action, "{ts:?}: {d:?}");
             assert_eq!(d.next_state, next, "{ts:?}");
+            assert_eq!(d.attempt_text().as_deref(), attempt, "{ts:?}");
             assert!(d.reason.contains(reason), "{ts:?}: {}", d.reason);
         }
     }
 
     #[test]
+    fn wait_reports_when_and_category() {
+        let (b, plan, last) = build_after(
+            &[
+                Transition::Complete { state: 0 },
+                Transition::fail(5, "HTTP 503"),
+            ],
+            None,
+        );
+        let d = decide(Some(&b), &plan, last);
+        assert_eq!(d.decision, Action::Wait);
+        assert_eq!(d.not_before, Some(last + Duration::from_secs(150)));
+        assert_eq!(d.category, Some(Category::Transient));
+        assert_eq!(d.decision.exit_code(), exit::WAIT);
+    }
+
+    #[test]
+    fn an_expired_lease_makes_a_running_build_resumable() {
+        let ctx = Ctx {
+            owner: Some("host:42"),
+            lease_ttl: Some(MIN),
+            ..Ctx::at(t0())
+        };
+        let (b, plan, _) = build_after(&[Transition::Start { state: 0 }], Some(ctx));
+        let live = decide(Some(&b), &plan, t0() + Duration::from_secs(59));
+        assert_eq!(live.decision, Action::Busy);
+        assert!(
+            live.reason.contains("held by host:42 until"),
+            "{}",
+            live.reason
+        );
+        let dead = decide(Some(&b), &plan, t0() + MIN);
+        assert_eq!((dead.decision, dead.next_state), (Action::Resume, Some(0)));
+        assert_eq!(dead.attempt_text().as_deref(), Some("attempt 2 of 3"));
+        assert!(dead.reason.contains("presumed dead"), "{}", dead.reason);
+        assert_eq!(dead.decision.exit_code(), exit::OK);
+    }
+
+    #[test]
     fn unknown_build_starts_and_completed_build_stops() {
         let plan = Plan::default_plan();
-        let d = decide(None, &plan, now());
+        let d = decide(None, &plan, t0());
         assert_eq!((d.decision, d.next_state), (Action::Start, Some(0)));
         assert_eq!(d.next_state_name.as_deref(), Some("init"));
         assert_eq!(d.decision.exit_code(), exit::OK);
@@ -259,8 +511,8 @@ mod tests {
             .iter()
             .map(|s| Transition::Complete { state: s.id })
             .collect();
-        let (b, plan) = build_after(&all);
-        let d = decide(Some(&b), &plan, now());
+        let (b, plan, _) = build_after(&all, None);
+        let d = decide(Some(&b), &plan, t0());
         assert_eq!((d.decision, d.next_state), (Action::Completed, None));
         assert_eq!(d.decision.exit_code(), exit::COMPLETED);
     }

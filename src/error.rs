@@ -28,6 +28,10 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// Another live worker holds the build's lease. Nothing was written.
+    #[error("{0}")]
+    Leased(String),
+
     #[error("invalid plan {origin}: {message}")]
     InvalidPlan { origin: String, message: String },
 
@@ -78,12 +82,19 @@ fn sqlite_message(e: &rusqlite::Error) -> String {
 }
 
 impl Error {
+    /// SQLite said another connection holds a lock we need.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    }
+
     /// The exit code documented for this kind of error in `docs/exit-codes.md`.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::UnknownBuild(_) => exit::UNKNOWN_BUILD,
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Refused(_) => exit::REFUSED,
+            Error::Leased(_) => exit::BUSY,
             Error::InvalidPlan { .. } => exit::INVALID_PLAN,
             Error::InvalidInput(_) => exit::INVALID_INPUT,
             Error::Database { .. } | Error::Sqlite(_) => exit::DATABASE,
@@ -97,6 +108,7 @@ impl Error {
             Error::UnknownBuild(_) => "unknown_build",
             Error::Conflict { .. } => "conflict",
             Error::Refused(_) => "refused",
+            Error::Leased(_) => "leased",
             Error::InvalidPlan { .. } => "invalid_plan",
             Error::InvalidInput(_) => "invalid_input",
             Error::Database { .. } | Error::Sqlite(_) => "database",

@@ -16,6 +16,7 @@ pub mod error;
 pub mod exit;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod redact;
 pub mod report;
 pub mod store;

@@ -8,14 +8,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::context::Actor;
 use crate::plan::Plan;
 use crate::redact::redact;
-use crate::{Error, Result};
+use crate::{time, Error, Result};
 
 /// Where a build stands. See `docs/plan.md` for the life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,11 +25,9 @@ pub enum Status {
     Pending,
     /// A state is in progress.
     Running,
-    /// The active state failed.
-    Failed,
-    /// A retry of the failed state is scheduled.
+    /// The active state failed and a retry is scheduled (`next_attempt_at`).
     Waiting,
-    /// Needs a person.
+    /// The active state failed and needs a person (`blocked_reason`).
     Blocked,
     /// The plan's last state is completed.
     Completed,
@@ -54,6 +52,18 @@ pub enum EventKind {
     Complete,
     Fail,
     Meta,
+    /// The command was interrupted (SIGINT/SIGTERM); the attempt does not count.
+    Interrupt,
+    /// A worker took over a lease that had expired.
+    Takeover,
+    /// A person allowed another attempt now.
+    Retry,
+    /// A person marked a state done without running it.
+    Skip,
+    /// A person moved the build back to an earlier completed state.
+    Rollback,
+    /// A person stopped the build.
+    Cancel,
 }
 
 macro_rules! text_enum {
@@ -83,11 +93,15 @@ macro_rules! text_enum {
 }
 
 text_enum!(Status {
-    Pending => "pending", Running => "running", Failed => "failed", Waiting => "waiting",
+    Pending => "pending", Running => "running", Waiting => "waiting",
     Blocked => "blocked", Completed => "completed", Cancelled => "cancelled",
 });
 text_enum!(Category { Transient => "transient", Persistent => "persistent", Unknown => "unknown" });
-text_enum!(EventKind { Init => "init", Start => "start", Complete => "complete", Fail => "fail", Meta => "meta" });
+text_enum!(EventKind {
+    Init => "init", Start => "start", Complete => "complete", Fail => "fail", Meta => "meta",
+    Interrupt => "interrupt", Takeover => "takeover", Retry => "retry", Skip => "skip",
+    Rollback => "rollback", Cancel => "cancel",
+});
 
 /// The summary row of a build, derived from its events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +125,20 @@ pub struct Build {
     pub attempt_started_at: Option<SystemTime>,
     pub last_error: Option<String>,
     pub last_category: Option<Category>,
+    /// When the active state's first attempt started (for a backoff `window`).
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub first_attempt_at: Option<SystemTime>,
+    /// When a scheduled retry becomes due (status `waiting`).
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub next_attempt_at: Option<SystemTime>,
+    /// Attempts granted beyond the policy's (by `retry` and by interruptions).
+    pub extra_attempts: u32,
+    /// Why a person is needed (status `blocked`).
+    pub blocked_reason: Option<String>,
+    /// Who holds the build while a state runs under `run-state`.
+    pub lease_owner: Option<String>,
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub lease_expires_at: Option<SystemTime>,
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: SystemTime,
     #[serde(with = "crate::time::rfc3339")]
@@ -173,12 +201,82 @@ pub enum Transition {
     Fail {
         state: u8,
         message: String,
+        /// `None`: classify from the plan's rules.
         category: Option<Category>,
         exit_code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+    /// The running command was stopped by SIGINT/SIGTERM (e.g. an aborted CI job).
+    Interrupt {
+        state: u8,
+        signal: String,
     },
     Meta {
         pairs: Vec<(String, String)>,
     },
+    Retry {
+        state: u8,
+        reason: String,
+    },
+    Skip {
+        state: u8,
+        reason: String,
+    },
+    Rollback {
+        to: Option<u8>,
+        reason: String,
+    },
+    Cancel {
+        reason: String,
+    },
+}
+
+impl Transition {
+    /// A failure with only a message; the category comes from the plan's rules.
+    pub fn fail(state: u8, message: impl Into<String>) -> Transition {
+        Transition::Fail {
+            state,
+            message: message.into(),
+            category: None,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+        }
+    }
+}
+
+/// When a transition happens and who asks: the clock, randomness and identity come in
+/// from outside so that [`apply`] stays pure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ctx<'a> {
+    pub now: SystemTime,
+    /// A draw in [0, 1) for backoff jitter.
+    pub jitter: f64,
+    /// The lease holder making the call (run-state), if any.
+    pub owner: Option<&'a str>,
+    /// On `start`, take the lease for this long (needs `owner`).
+    pub lease_ttl: Option<Duration>,
+}
+
+impl Ctx<'static> {
+    /// The real clock and a random jitter draw.
+    pub fn live() -> Ctx<'static> {
+        Ctx {
+            jitter: random_unit(),
+            ..Ctx::at(SystemTime::now())
+        }
+    }
+
+    /// At `now`, with no lease and a jitter draw of one half.
+    pub fn at(now: SystemTime) -> Ctx<'static> {
+        Ctx {
+            now,
+            jitter: 0.5,
+            owner: None,
+            lease_ttl: None,
+        }
+    }
 }
 
 /// The outcome of an accepted transition.
@@ -188,6 +286,12 @@ pub struct Change {
     pub events: Vec<NewEvent>,
     /// Metadata to upsert (already redacted).
     pub meta: Vec<(String, String)>,
+}
+
+/// A uniform draw in [0, 1) from the low 53 random bits of a v4 UUID (which has 122).
+pub fn random_unit() -> f64 {
+    let bits = uuid::Uuid::new_v4().as_u128() & ((1u128 << 53) - 1);
+    bits as f64 / (1u64 << 53) as f64
 }
 
 /// The identity a new build is created with.
@@ -232,6 +336,12 @@ impl InitRequest {
             attempt_started_at: None,
             last_error: None,
             last_category: None,
+            first_attempt_at: None,
+            next_attempt_at: None,
+            extra_attempts: 0,
+            blocked_reason: None,
+            lease_owner: None,
+            lease_expires_at: None,
             created_at: now,
             updated_at: now,
         };
@@ -295,6 +405,33 @@ fn refuse<T>(msg: String) -> Result<T> {
     Err(Error::Refused(msg))
 }
 
+fn need_reason(reason: &str, what: &str) -> Result<()> {
+    if reason.trim().is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{what} needs a reason: pass --reason TEXT (it is recorded with who did it)"
+        )));
+    }
+    Ok(())
+}
+
+fn lease_live(b: &Build, now: SystemTime) -> bool {
+    b.lease_owner.is_some() && b.lease_expires_at.is_some_and(|t| t > now)
+}
+
+/// Refuse when another live holder has the lease.
+fn check_lease(b: &Build, plan: &Plan, ctx: &Ctx<'_>, verb: &str) -> Result<()> {
+    if lease_live(b, ctx.now) && b.lease_owner.as_deref() != ctx.owner {
+        return Err(Error::Leased(format!(
+            "build '{}': cannot {verb}: {} is held by {} until {} (run-state); wait for it to finish, or for its lease to expire if its worker died",
+            b.build_id,
+            plan.label(b.active_state.unwrap_or_default()),
+            b.lease_owner.as_deref().unwrap_or("?"),
+            b.lease_expires_at.map(time::format).unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 /// How a state transition relates to the build's active attempt.
 enum Attempt {
     /// The state is running and this call finishes that attempt.
@@ -303,50 +440,91 @@ enum Attempt {
     New(u32),
 }
 
-fn attempt_for(b: &Build, plan: &Plan, state: u8, verb: &str) -> Result<Attempt> {
+fn refuse_if_finished(b: &Build, verb: &str) -> Result<()> {
     let id = &b.build_id;
+    match b.status {
+        Status::Completed => refuse(format!(
+            "build '{id}' is already completed (last state {}); nothing to {verb}: use a new build id to build again",
+            b.current_state.map_or("none".into(), |s| s.to_string())
+        )),
+        Status::Cancelled => refuse(format!(
+            "build '{id}' was cancelled; nothing to {verb}: use a new build id to build again"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_in_plan(b: &Build, plan: &Plan, state: u8) -> Result<()> {
     if plan.state(state).is_none() {
         return refuse(format!(
-            "build '{id}': state {state} is not in its plan '{}' (states: {}); nothing was written",
+            "build '{}': state {state} is not in its plan '{}' (states: {}); nothing was written",
+            b.build_id,
             plan.name,
             plan.ids()
         ));
     }
-    match b.status {
-        Status::Completed => {
-            return refuse(format!(
-                "build '{id}' is already completed (last state {}); nothing to {verb}: use a new build id to build again",
-                b.current_state.map_or("none".into(), |s| s.to_string())
-            ))
-        }
-        Status::Cancelled => {
-            return refuse(format!(
-                "build '{id}' was cancelled; nothing to {verb}: use a new build id to build again"
-            ))
-        }
-        _ => {}
-    }
+    Ok(())
+}
+
+/// "attempt 3 of 5" for the active state.
+pub fn attempts_allowed(b: &Build, plan: &Plan, state: u8) -> u32 {
+    crate::policy::max_attempts(plan.retry_for(state)).saturating_add(b.extra_attempts)
+}
+
+fn attempt_for(b: &Build, plan: &Plan, state: u8, verb: &str, ctx: &Ctx<'_>) -> Result<Attempt> {
+    let id = &b.build_id;
+    check_in_plan(b, plan, state)?;
+    refuse_if_finished(b, verb)?;
+    let label = plan.label(state);
     if let Some(active) = b.active_state {
         if active == state {
-            return Ok(if b.status == Status::Running && verb != "start" {
-                Attempt::Current(b.attempt)
-            } else {
-                Attempt::New(b.attempt + 1)
-            });
+            return match b.status {
+                Status::Running => {
+                    check_lease(b, plan, ctx, &format!("{verb} {label}"))?;
+                    Ok(if verb == "start" {
+                        Attempt::New(b.attempt + 1)
+                    } else {
+                        Attempt::Current(b.attempt)
+                    })
+                }
+                Status::Waiting => match b.next_attempt_at {
+                    Some(due) if due > ctx.now => refuse(format!(
+                        "build '{id}': the retry of {label} is not due until {} (attempt {} of {}); wait, or allow it now with `update-state {id} retry {state} --reason TEXT`; nothing was written",
+                        time::format(due),
+                        b.attempt + 1,
+                        attempts_allowed(b, plan, state)
+                    )),
+                    _ => Ok(Attempt::New(b.attempt + 1)),
+                },
+                Status::Blocked => refuse(format!(
+                    "build '{id}': {label} is blocked: {}; a person can allow another attempt with `update-state {id} retry {state} --reason TEXT` or skip it with `update-state {id} skip {state} --reason TEXT`; nothing was written",
+                    b.blocked_reason.as_deref().unwrap_or("it needs a person")
+                )),
+                _ => Ok(Attempt::New(b.attempt + 1)),
+            };
         }
-        let doing = if b.status == Status::Running {
-            format!("{} is running", plan.label(active))
-        } else {
-            format!("{} has failed", plan.label(active))
-        };
-        let what = if b.status == Status::Running {
-            format!("complete or fail it first (`update-state {id} complete {active}`)")
-        } else {
-            format!("retry it first (`update-state {id} start {active}`)")
+        let (doing, what) = match b.status {
+            Status::Running => {
+                check_lease(b, plan, ctx, &format!("{verb} {label}"))?;
+                (
+                    "is running",
+                    format!("complete or fail it first (`update-state {id} complete {active}`)"),
+                )
+            }
+            Status::Waiting => (
+                "failed and waits for a retry",
+                format!("retry or skip it first (`update-state {id} skip {active} --reason TEXT`)"),
+            ),
+            _ => (
+                "is blocked",
+                format!(
+                    "retry or skip it first (`update-state {id} retry {active} --reason TEXT`)"
+                ),
+            ),
         };
         return refuse(format!(
-            "build '{id}': cannot {verb} {}: {doing}; {what}; nothing was written",
-            plan.label(state)
+            "build '{id}': cannot {verb} {label}: {} {doing}; {what}; nothing was written",
+            plan.label(active)
         ));
     }
     match plan.next_after(b.current_state) {
@@ -354,16 +532,15 @@ fn attempt_for(b: &Build, plan: &Plan, state: u8, verb: &str) -> Result<Attempt>
         Some(next) => {
             if b.current_state.is_some_and(|c| state <= c) {
                 refuse(format!(
-                    "build '{id}': cannot {verb} {}: that would move backwards, since {} is already completed; the next state is {}; nothing was written",
-                    plan.label(state),
+                    "build '{id}': cannot {verb} {label}: that would move backwards, since {} is already completed; the next state is {} (to go back on purpose: `update-state {id} rollback --to STATE --reason TEXT`); nothing was written",
                     plan.label(b.current_state.unwrap_or_default()),
                     plan.label(next.id)
                 ))
             } else {
                 refuse(format!(
-                    "build '{id}': cannot {verb} {}: the next state is {}; complete it first; nothing was written",
-                    plan.label(state),
-                    plan.label(next.id)
+                    "build '{id}': cannot {verb} {label}: the next state is {}; complete it first (or `update-state {id} skip {} --reason TEXT`); nothing was written",
+                    plan.label(next.id),
+                    next.id
                 ))
             }
         }
@@ -383,77 +560,198 @@ fn elapsed_ms(since: Option<SystemTime>, now: SystemTime) -> Option<u64> {
     })
 }
 
+/// Clear everything about the active attempt: the state is done with (completed or skipped)
+/// or abandoned (rollback, cancel).
+fn clear_attempt(b: &mut Build) {
+    b.active_state = None;
+    b.attempt = 0;
+    b.attempt_started_at = None;
+    b.first_attempt_at = None;
+    b.next_attempt_at = None;
+    b.extra_attempts = 0;
+    b.blocked_reason = None;
+    b.lease_owner = None;
+    b.lease_expires_at = None;
+    b.last_error = None;
+    b.last_category = None;
+}
+
+/// Mark `state` done (completed or skipped).
+fn finish_state(b: &mut Build, plan: &Plan, state: u8) {
+    clear_attempt(b);
+    b.current_state = Some(state);
+    b.status = if state == plan.last().id {
+        Status::Completed
+    } else {
+        Status::Pending
+    };
+}
+
 /// Apply a transition to a build. Pure; see the module documentation.
-pub fn apply(b: &Build, plan: &Plan, t: &Transition, now: SystemTime) -> Result<Change> {
+pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Change> {
+    let now = ctx.now;
     let mut next = b.clone();
     next.serial = b.serial + 1;
     next.updated_at = now;
     let mut events = Vec::new();
     let mut meta = Vec::new();
+    let event = |kind, state: Option<u8>, attempt: Option<u32>, message: Option<String>| {
+        let mut e = NewEvent::new(kind, state);
+        e.attempt = attempt;
+        e.message = message;
+        e
+    };
     match t {
         Transition::Start { state } => {
-            let Attempt::New(n) = attempt_for(b, plan, *state, "start")? else {
+            let Attempt::New(n) = attempt_for(b, plan, *state, "start", ctx)? else {
                 unreachable!("start always begins a new attempt")
             };
-            let mut e = NewEvent::new(EventKind::Start, Some(*state));
-            e.attempt = Some(n);
-            if b.status == Status::Running && b.active_state == Some(*state) {
-                e.message = Some(format!(
-                    "restarted while attempt {} was still marked running",
-                    b.attempt
-                ));
+            let same = b.active_state == Some(*state);
+            let mut note = None;
+            if same && b.status == Status::Running {
+                if b.lease_owner.is_some() {
+                    events.push(event(
+                        EventKind::Takeover,
+                        Some(*state),
+                        Some(b.attempt),
+                        Some(format!(
+                            "the lease of {} expired at {}; attempt {} is abandoned",
+                            b.lease_owner.as_deref().unwrap_or("?"),
+                            b.lease_expires_at.map(time::format).unwrap_or_default(),
+                            b.attempt
+                        )),
+                    ));
+                } else {
+                    note = Some(format!(
+                        "restarted while attempt {} was still marked running",
+                        b.attempt
+                    ));
+                }
             }
-            events.push(e);
+            events.push(event(EventKind::Start, Some(*state), Some(n), note));
+            if !same {
+                next.first_attempt_at = Some(now);
+                next.extra_attempts = 0;
+            }
             next.active_state = Some(*state);
             next.status = Status::Running;
             next.attempt = n;
             next.attempt_started_at = Some(now);
+            next.next_attempt_at = None;
+            next.blocked_reason = None;
+            (next.lease_owner, next.lease_expires_at) = match (ctx.owner, ctx.lease_ttl) {
+                (Some(owner), Some(ttl)) => (Some(owner.to_string()), Some(now + ttl)),
+                _ => (None, None),
+            };
         }
         Transition::Complete { state } => {
-            let (n, started) = match attempt_for(b, plan, *state, "complete")? {
+            let (n, started) = match attempt_for(b, plan, *state, "complete", ctx)? {
                 Attempt::Current(n) => (n, b.attempt_started_at),
                 Attempt::New(n) => (n, None),
             };
-            let mut e = NewEvent::new(EventKind::Complete, Some(*state));
-            e.attempt = Some(n);
+            let mut e = event(EventKind::Complete, Some(*state), Some(n), None);
             e.duration_ms = elapsed_ms(started, now);
             events.push(e);
-            next.current_state = Some(*state);
-            next.active_state = None;
-            next.attempt = 0;
-            next.attempt_started_at = None;
-            next.last_error = None;
-            next.last_category = None;
-            next.status = if *state == plan.last().id {
-                Status::Completed
-            } else {
-                Status::Pending
-            };
+            finish_state(&mut next, plan, *state);
         }
         Transition::Fail {
             state,
             message,
             category,
             exit_code,
+            signal,
+            timed_out,
         } => {
-            let (n, started) = match attempt_for(b, plan, *state, "fail")? {
+            let (n, started) = match attempt_for(b, plan, *state, "fail", ctx)? {
                 Attempt::Current(n) => (n, b.attempt_started_at),
                 Attempt::New(n) => (n, None),
             };
+            let same = b.active_state == Some(*state);
+            let first = if same { b.first_attempt_at } else { None }
+                .or(started)
+                .unwrap_or(now);
+            let extra = if same { b.extra_attempts } else { 0 };
             let message = redact(message).into_owned();
-            let mut e = NewEvent::new(EventKind::Fail, Some(*state));
-            e.attempt = Some(n);
-            e.message = Some(message.clone());
-            e.category = *category;
+            let category = category.unwrap_or_else(|| {
+                crate::policy::classify(
+                    &plan.classify_rules(*state),
+                    &crate::policy::Failure {
+                        exit_code: *exit_code,
+                        signal: *signal,
+                        timed_out: *timed_out,
+                        text: &message,
+                    },
+                )
+            });
+            let verdict = crate::policy::after_failure(
+                plan.retry_for(*state),
+                category,
+                n,
+                extra,
+                Some(first),
+                now,
+                ctx.jitter,
+            );
+            let mut e = event(
+                EventKind::Fail,
+                Some(*state),
+                Some(n),
+                Some(message.clone()),
+            );
+            e.category = Some(category);
             e.exit_code = *exit_code;
             e.duration_ms = elapsed_ms(started, now);
             events.push(e);
             next.active_state = Some(*state);
-            next.status = Status::Failed;
             next.attempt = n;
             next.attempt_started_at = None;
+            next.first_attempt_at = Some(first);
+            next.extra_attempts = extra;
             next.last_error = Some(message);
-            next.last_category = *category;
+            next.last_category = Some(category);
+            next.lease_owner = None;
+            next.lease_expires_at = None;
+            match verdict {
+                crate::policy::Verdict::RetryAt { at, .. } => {
+                    next.status = Status::Waiting;
+                    next.next_attempt_at = Some(at);
+                    next.blocked_reason = None;
+                }
+                crate::policy::Verdict::Blocked { reason, .. } => {
+                    next.status = Status::Blocked;
+                    next.next_attempt_at = None;
+                    next.blocked_reason = Some(reason);
+                }
+            }
+        }
+        Transition::Interrupt { state, signal } => {
+            if b.status != Status::Running || b.active_state != Some(*state) {
+                return refuse(format!(
+                    "build '{}': {} is not running; nothing to interrupt",
+                    b.build_id,
+                    plan.label(*state)
+                ));
+            }
+            check_lease(b, plan, ctx, "record an interruption")?;
+            let message = format!("interrupted by {signal}");
+            let mut e = event(
+                EventKind::Interrupt,
+                Some(*state),
+                Some(b.attempt),
+                Some(message.clone()),
+            );
+            e.duration_ms = elapsed_ms(b.attempt_started_at, now);
+            events.push(e);
+            // An interrupted attempt is not the command's fault: it does not use up one
+            // of the policy's attempts, and it may be retried at once.
+            next.status = Status::Waiting;
+            next.next_attempt_at = Some(now);
+            next.extra_attempts = b.extra_attempts + 1;
+            next.attempt_started_at = None;
+            next.last_error = Some(message);
+            next.last_category = Some(Category::Transient);
+            next.lease_owner = None;
+            next.lease_expires_at = None;
         }
         Transition::Meta { pairs } => {
             if pairs.is_empty() {
@@ -466,19 +764,154 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, now: SystemTime) -> Result<
                 validate_meta_key(k)?;
                 sorted.insert(k, redact(v).into_owned());
             }
-            let mut e = NewEvent::new(EventKind::Meta, None);
-            e.message = Some(
-                sorted
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            );
-            events.push(e);
+            let text = sorted
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            events.push(event(EventKind::Meta, None, None, Some(text)));
             meta = sorted
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
+        }
+        Transition::Retry { state, reason } => {
+            need_reason(reason, "retry")?;
+            check_in_plan(b, plan, *state)?;
+            refuse_if_finished(b, "retry")?;
+            let failed = matches!(b.status, Status::Waiting | Status::Blocked);
+            if !failed || b.active_state != Some(*state) {
+                return refuse(format!(
+                    "build '{}': {} has not failed; nothing to retry (status {}{}); nothing was written",
+                    b.build_id,
+                    plan.label(*state),
+                    b.status,
+                    b.active_state.map(|a| format!(", active {}", plan.label(a))).unwrap_or_default()
+                ));
+            }
+            // Exactly one more attempt, even when the policy's are used up.
+            let policy_max = crate::policy::max_attempts(plan.retry_for(*state));
+            next.extra_attempts = b
+                .extra_attempts
+                .max((b.attempt + 1).saturating_sub(policy_max));
+            next.status = Status::Waiting;
+            next.next_attempt_at = Some(now);
+            next.blocked_reason = None;
+            events.push(event(
+                EventKind::Retry,
+                Some(*state),
+                Some(b.attempt + 1),
+                Some(redact(reason).into_owned()),
+            ));
+        }
+        Transition::Skip { state, reason } => {
+            need_reason(reason, "skip")?;
+            check_in_plan(b, plan, *state)?;
+            refuse_if_finished(b, "skip")?;
+            let ok = match b.active_state {
+                Some(a) if a == *state => {
+                    if b.status == Status::Running {
+                        check_lease(b, plan, ctx, &format!("skip {}", plan.label(*state)))?;
+                        return refuse(format!(
+                            "build '{}': {} is running; fail it first, then skip it; nothing was written",
+                            b.build_id,
+                            plan.label(*state)
+                        ));
+                    }
+                    true
+                }
+                Some(_) => false,
+                None => plan
+                    .next_after(b.current_state)
+                    .is_some_and(|n| n.id == *state),
+            };
+            if !ok {
+                let expected = b
+                    .active_state
+                    .or(plan.next_after(b.current_state).map(|n| n.id))
+                    .map(|s| plan.label(s))
+                    .unwrap_or_else(|| "none".into());
+                return refuse(format!(
+                    "build '{}': cannot skip {}: only the next or the failed state can be skipped, which is {expected}; nothing was written",
+                    b.build_id,
+                    plan.label(*state)
+                ));
+            }
+            events.push(event(
+                EventKind::Skip,
+                Some(*state),
+                None,
+                Some(redact(reason).into_owned()),
+            ));
+            finish_state(&mut next, plan, *state);
+        }
+        Transition::Rollback { to, reason } => {
+            need_reason(reason, "rollback")?;
+            if b.status == Status::Cancelled {
+                refuse_if_finished(b, "roll back")?;
+            }
+            if b.status == Status::Running {
+                check_lease(b, plan, ctx, "roll back")?;
+                return refuse(format!(
+                    "build '{}': cannot roll back while {} is running; fail it first; nothing was written",
+                    b.build_id,
+                    plan.label(b.active_state.unwrap_or_default())
+                ));
+            }
+            let Some(current) = b.current_state else {
+                return refuse(format!(
+                    "build '{}': no state is completed yet; nothing to roll back",
+                    b.build_id
+                ));
+            };
+            let target = match to {
+                Some(t) => {
+                    check_in_plan(b, plan, *t)?;
+                    if *t >= current {
+                        return refuse(format!(
+                            "build '{}': cannot roll back to {}: it is not before the last completed state, {}; nothing was written",
+                            b.build_id,
+                            plan.label(*t),
+                            plan.label(current)
+                        ));
+                    }
+                    *t
+                }
+                None => match plan.previous(current) {
+                    Some(p) => p.id,
+                    None => {
+                        return refuse(format!(
+                            "build '{}': cannot roll back past {}: it is the plan's first state; nothing was written",
+                            b.build_id,
+                            plan.label(current)
+                        ))
+                    }
+                },
+            };
+            events.push(event(
+                EventKind::Rollback,
+                Some(target),
+                None,
+                Some(format!("from state {current}: {}", redact(reason))),
+            ));
+            clear_attempt(&mut next);
+            next.current_state = Some(target);
+            next.status = Status::Pending;
+        }
+        Transition::Cancel { reason } => {
+            need_reason(reason, "cancel")?;
+            refuse_if_finished(b, "cancel")?;
+            events.push(event(
+                EventKind::Cancel,
+                b.active_state,
+                None,
+                Some(redact(reason).into_owned()),
+            ));
+            next.status = Status::Cancelled;
+            next.next_attempt_at = None;
+            next.lease_owner = None;
+            next.lease_expires_at = None;
+            next.attempt_started_at = None;
         }
     }
     Ok(Change {
@@ -491,7 +924,6 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, now: SystemTime) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn t0() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
@@ -509,17 +941,25 @@ mod tests {
         (req.new_build("lin".into(), t0()).0, plan)
     }
 
-    fn step(b: &Build, plan: &Plan, t: Transition) -> Build {
-        apply(b, plan, &t, t0() + Duration::from_secs(b.serial * 10))
+    fn at(b: &Build, plan: &Plan, t: Transition, now: SystemTime) -> Build {
+        apply(b, plan, &t, &Ctx::at(now))
             .unwrap_or_else(|e| panic!("{t:?}: {e}"))
             .build
     }
 
-    fn refused(b: &Build, plan: &Plan, t: Transition) -> String {
-        match apply(b, plan, &t, t0()) {
+    fn step(b: &Build, plan: &Plan, t: Transition) -> Build {
+        at(b, plan, t, t0() + Duration::from_secs(b.serial * 10))
+    }
+
+    fn refused_at(b: &Build, plan: &Plan, t: Transition, now: SystemTime) -> String {
+        match apply(b, plan, &t, &Ctx::at(now)) {
             Err(Error::Refused(m)) => m,
             other => panic!("{t:?} should be refused, got {other:?}"),
         }
+    }
+
+    fn refused(b: &Build, plan: &Plan, t: Transition) -> String {
+        refused_at(b, plan, t, t0())
     }
 
     #[test]
@@ -540,20 +980,35 @@ mod tests {
     }
 
     #[test]
-    fn failure_keeps_current_state_and_counts_attempts() {
+    fn failure_keeps_current_state_and_schedules_a_retry() {
         let (mut b, plan) = fresh();
         b = step(&b, &plan, Transition::Complete { state: 0 });
-        b = step(&b, &plan, Transition::Start { state: 5 });
+        b = at(&b, &plan, Transition::Start { state: 5 }, t0());
         let fail = Transition::Fail {
             state: 5,
             message: "mirror didn't answer password=x".into(),
             category: Some(Category::Transient),
             exit_code: Some(7),
+            signal: None,
+            timed_out: false,
         };
-        let change = apply(&b, &plan, &fail, t0() + Duration::from_secs(90)).unwrap();
+        let later = t0() + Duration::from_secs(90);
+        let change = apply(
+            &b,
+            &plan,
+            &fail,
+            &Ctx {
+                jitter: 0.0,
+                ..Ctx::at(later)
+            },
+        )
+        .unwrap();
         let e = &change.events[0];
-        assert_eq!(e.attempt, Some(1));
-        assert_eq!(e.exit_code, Some(7));
+        assert_eq!(
+            (e.attempt, e.exit_code, e.category),
+            (Some(1), Some(7), Some(Category::Transient))
+        );
+        assert_eq!(e.duration_ms, Some(90_000));
         assert_eq!(
             e.message.as_deref(),
             Some("mirror didn't answer password=[REDACTED]")
@@ -561,35 +1016,361 @@ mod tests {
         b = change.build;
         assert_eq!(
             (b.status, b.current_state, b.active_state),
-            (Status::Failed, Some(0), Some(5))
+            (Status::Waiting, Some(0), Some(5))
+        );
+        // kickstart: backoff from 5 minutes, jitter draw 0 gives half of it.
+        assert_eq!(b.next_attempt_at, Some(later + Duration::from_secs(150)));
+        assert_eq!(b.first_attempt_at, Some(t0()));
+        // Not due yet: start is refused with the time; due: allowed as attempt 2.
+        let m = refused_at(
+            &b,
+            &plan,
+            Transition::Start { state: 5 },
+            later + Duration::from_secs(60),
+        );
+        assert!(
+            m.contains("not due until") && m.contains("attempt 2 of 4"),
+            "{m}"
+        );
+        b = at(
+            &b,
+            &plan,
+            Transition::Start { state: 5 },
+            later + Duration::from_secs(150),
         );
         assert_eq!(
-            b.last_error.as_deref(),
-            Some("mirror didn't answer password=[REDACTED]")
+            (b.attempt, b.status, b.first_attempt_at),
+            (2, Status::Running, Some(t0()))
         );
-        // Failing again without a start is a new (implicit) attempt.
-        b = step(&b, &plan, fail.clone());
-        assert_eq!(b.attempt, 2);
-        b = step(&b, &plan, Transition::Start { state: 5 });
-        assert_eq!((b.attempt, b.status), (3, Status::Running));
         b = step(&b, &plan, Transition::Complete { state: 5 });
         assert_eq!(
-            (b.current_state, b.last_error.clone(), b.attempt),
-            (Some(5), None, 0)
+            (
+                b.current_state,
+                b.last_error.clone(),
+                b.attempt,
+                b.next_attempt_at
+            ),
+            (Some(5), None, 0, None)
         );
+    }
+
+    #[test]
+    fn exhausted_and_persistent_failures_block_until_a_person_retries() {
+        let (mut b, plan) = fresh();
+        b = step(&b, &plan, Transition::Complete { state: 0 });
+        b = step(&b, &plan, Transition::Complete { state: 5 });
+        // green-image validation: 5 attempts 1 minute apart.
+        let mut now = t0() + Duration::from_secs(3600);
+        for n in 1..=5 {
+            b = at(
+                &b,
+                &plan,
+                Transition::fail(10, "ssh: connect to host: Connection refused"),
+                now,
+            );
+            assert_eq!(b.attempt, n);
+            assert_eq!(b.last_category, Some(Category::Transient));
+            now += Duration::from_secs(60);
+        }
+        assert_eq!(b.status, Status::Blocked);
+        assert_eq!(b.blocked_reason.as_deref(), Some("all 5 attempts failed"));
+        let m = refused_at(&b, &plan, Transition::Start { state: 10 }, now);
+        assert!(
+            m.contains("is blocked: all 5 attempts failed") && m.contains("retry 10 --reason"),
+            "{m}"
+        );
+        // A person allows exactly one more attempt.
+        b = at(
+            &b,
+            &plan,
+            Transition::Retry {
+                state: 10,
+                reason: "opened the security group".into(),
+            },
+            now,
+        );
+        assert_eq!(
+            (b.status, b.next_attempt_at, b.extra_attempts),
+            (Status::Waiting, Some(now), 1)
+        );
+        b = at(&b, &plan, Transition::Start { state: 10 }, now);
+        assert_eq!(b.attempt, 6);
+        b = at(&b, &plan, Transition::fail(10, "Connection refused"), now);
+        assert_eq!(
+            (b.status, b.blocked_reason.as_deref()),
+            (Status::Blocked, Some("all 6 attempts failed"))
+        );
+
+        // A persistent failure blocks at once, whatever attempts remain.
+        let (mut c, plan) = fresh();
+        c = at(
+            &c,
+            &plan,
+            Transition::fail(0, "Permission denied (publickey)"),
+            t0(),
+        );
+        assert_eq!(
+            (c.status, c.last_category, c.attempt),
+            (Status::Blocked, Some(Category::Persistent), 1)
+        );
+        assert!(c.blocked_reason.as_deref().unwrap().contains("persistent"));
+    }
+
+    #[test]
+    fn leases_exclude_other_workers_until_they_expire() {
+        let (b, plan) = fresh();
+        let ttl = Duration::from_secs(30);
+        let w1 = Ctx {
+            owner: Some("w1"),
+            lease_ttl: Some(ttl),
+            ..Ctx::at(t0())
+        };
+        let b = apply(&b, &plan, &Transition::Start { state: 0 }, &w1)
+            .unwrap()
+            .build;
+        assert_eq!(
+            (b.lease_owner.as_deref(), b.lease_expires_at),
+            (Some("w1"), Some(t0() + ttl))
+        );
+        // Another worker, or update-state, cannot touch it while the lease lives.
+        let w2 = Ctx {
+            owner: Some("w2"),
+            lease_ttl: Some(ttl),
+            ..Ctx::at(t0() + Duration::from_secs(10))
+        };
+        for t in [
+            Transition::Start { state: 0 },
+            Transition::Complete { state: 0 },
+            Transition::fail(0, "x"),
+        ] {
+            assert!(
+                matches!(apply(&b, &plan, &t, &w2), Err(Error::Leased(m)) if m.contains("held by w1")),
+                "{t:?}"
+            );
+        }
+        // The holder can finish its own attempt.
+        let done = apply(
+            &b,
+            &plan,
+            &Transition::Complete { state: 0 },
+            &Ctx {
+                owner: Some("w1"),
+                ..w2
+            },
+        )
+        .unwrap()
+        .build;
+        assert_eq!((done.current_state, done.lease_owner), (Some(0), None));
+        // After expiry, another worker takes over, and that is recorded.
+        let w2_late = Ctx {
+            now: t0() + Duration::from_secs(31),
+            ..w2
+        };
+        let c = apply(&b, &plan, &Transition::Start { state: 0 }, &w2_late).unwrap();
+        assert_eq!(c.events[0].kind, EventKind::Takeover);
+        assert!(c.events[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("lease of w1 expired"));
+        assert_eq!(
+            (c.events[1].kind, c.events[1].attempt),
+            (EventKind::Start, Some(2))
+        );
+        assert_eq!(c.build.lease_owner.as_deref(), Some("w2"));
+    }
+
+    #[test]
+    fn interruption_does_not_use_up_an_attempt() {
+        let (b, plan) = fresh();
+        let b = at(&b, &plan, Transition::Start { state: 0 }, t0());
+        let b = at(
+            &b,
+            &plan,
+            Transition::Interrupt {
+                state: 0,
+                signal: "SIGTERM".into(),
+            },
+            t0(),
+        );
+        assert_eq!(
+            (b.status, b.next_attempt_at, b.extra_attempts),
+            (Status::Waiting, Some(t0()), 1)
+        );
+        assert_eq!(b.last_error.as_deref(), Some("interrupted by SIGTERM"));
+        assert_eq!(attempts_allowed(&b, &plan, 0), 4);
+        let m = refused(
+            &b,
+            &plan,
+            Transition::Interrupt {
+                state: 0,
+                signal: "SIGINT".into(),
+            },
+        );
+        assert!(m.contains("not running"), "{m}");
+    }
+
+    #[test]
+    fn skip_rollback_cancel() {
+        let (mut b, plan) = fresh();
+        let why = |s: &str| s.to_string();
+        assert!(refused(
+            &b,
+            &plan,
+            Transition::Skip {
+                state: 5,
+                reason: why("x")
+            }
+        )
+        .contains("only the next or the failed state"));
+        assert!(refused(
+            &b,
+            &plan,
+            Transition::Skip {
+                state: 7,
+                reason: why("x")
+            }
+        )
+        .contains("not in its plan"));
+        assert!(
+            matches!(apply(&b, &plan, &Transition::Skip { state: 0, reason: "  ".into() }, &Ctx::at(t0())), Err(Error::InvalidInput(m)) if m.contains("--reason"))
+        );
+        b = step(
+            &b,
+            &plan,
+            Transition::Skip {
+                state: 0,
+                reason: why("pre-seeded"),
+            },
+        );
+        assert_eq!((b.current_state, b.status), (Some(0), Status::Pending));
+        assert!(refused(
+            &b,
+            &plan,
+            Transition::Rollback {
+                to: None,
+                reason: why("x")
+            }
+        )
+        .contains("cannot roll back past state 0 (init)"));
+        b = step(&b, &plan, Transition::Complete { state: 5 });
+        b = step(&b, &plan, Transition::Complete { state: 10 });
+        b = step(&b, &plan, Transition::fail(15, "Permission denied"));
+        assert_eq!(b.status, Status::Blocked);
+        // The failed state can be skipped.
+        let skipped = step(
+            &b,
+            &plan,
+            Transition::Skip {
+                state: 15,
+                reason: why("not needed for this image"),
+            },
+        );
+        assert_eq!(
+            (
+                skipped.current_state,
+                skipped.active_state,
+                skipped.last_error
+            ),
+            (Some(15), None, None)
+        );
+        // Rollback: default one state back, or to a named earlier state.
+        let r = step(
+            &b,
+            &plan,
+            Transition::Rollback {
+                to: None,
+                reason: why("bad image"),
+            },
+        );
+        assert_eq!(
+            (r.current_state, r.active_state, r.status),
+            (Some(5), None, Status::Pending)
+        );
+        let r = step(
+            &b,
+            &plan,
+            Transition::Rollback {
+                to: Some(0),
+                reason: why("rebuild"),
+            },
+        );
+        assert_eq!(r.current_state, Some(0));
+        assert!(refused(
+            &b,
+            &plan,
+            Transition::Rollback {
+                to: Some(10),
+                reason: why("x")
+            }
+        )
+        .contains("not before the last completed state"));
+        assert!(refused(
+            &b,
+            &plan,
+            Transition::Rollback {
+                to: Some(3),
+                reason: why("x")
+            }
+        )
+        .contains("not in its plan"));
+        // Cancel stops everything.
+        let c = step(
+            &b,
+            &plan,
+            Transition::Cancel {
+                reason: why("superseded"),
+            },
+        );
+        assert_eq!(c.status, Status::Cancelled);
+        assert!(refused(&c, &plan, Transition::Start { state: 15 }).contains("cancelled"));
+        assert!(refused(
+            &c,
+            &plan,
+            Transition::Cancel {
+                reason: why("again")
+            }
+        )
+        .contains("cancelled"));
+        assert!(refused(
+            &c,
+            &plan,
+            Transition::Rollback {
+                to: None,
+                reason: why("x")
+            }
+        )
+        .contains("cancelled"));
+        let fresh_build = fresh().0;
+        assert!(refused(
+            &fresh_build,
+            &plan,
+            Transition::Rollback {
+                to: None,
+                reason: why("x")
+            }
+        )
+        .contains("no state is completed"));
+        assert!(refused(
+            &fresh_build,
+            &plan,
+            Transition::Retry {
+                state: 0,
+                reason: why("x")
+            }
+        )
+        .contains("has not failed"));
     }
 
     #[test]
     fn complete_measures_duration_from_start() {
         let (b, plan) = fresh();
-        let b = apply(&b, &plan, &Transition::Start { state: 0 }, t0())
-            .unwrap()
-            .build;
+        let b = at(&b, &plan, Transition::Start { state: 0 }, t0());
         let c = apply(
             &b,
             &plan,
             &Transition::Complete { state: 0 },
-            t0() + Duration::from_millis(1500),
+            &Ctx::at(t0() + Duration::from_millis(1500)),
         )
         .unwrap();
         assert_eq!(c.events[0].duration_ms, Some(1500));
@@ -612,18 +1393,9 @@ mod tests {
         b = step(&b, &plan, Transition::Start { state: 10 });
         assert!(refused(&b, &plan, Transition::Start { state: 15 })
             .contains("state 10 (green-image-validation) is running"));
-        b = step(
-            &b,
-            &plan,
-            Transition::Fail {
-                state: 10,
-                message: "x".into(),
-                category: None,
-                exit_code: None,
-            },
-        );
+        b = step(&b, &plan, Transition::fail(10, "x"));
         assert!(refused(&b, &plan, Transition::Complete { state: 15 })
-            .contains("has failed; retry it first"));
+            .contains("failed and waits for a retry"));
     }
 
     #[test]
@@ -639,11 +1411,21 @@ mod tests {
             &Transition::Meta {
                 pairs: vec![("ami".into(), "ami-123".into())],
             },
-            t0(),
+            &Ctx::at(t0()),
         )
         .unwrap();
         assert_eq!(c.meta, vec![("ami".to_string(), "ami-123".to_string())]);
         assert_eq!(c.build.status, Status::Completed);
+        // A completed build can be rolled back on purpose (e.g. to publish again).
+        let r = step(
+            &b,
+            &plan,
+            Transition::Rollback {
+                to: Some(90),
+                reason: "republish".into(),
+            },
+        );
+        assert_eq!((r.status, r.current_state), (Status::Pending, Some(90)));
     }
 
     #[test]

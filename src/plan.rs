@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::policy::ClassifyRules;
 use crate::{Error, Result};
 
 /// The highest state number a plan may use.
@@ -25,8 +26,15 @@ pub struct Plan {
     pub description: Option<String>,
     #[serde(default)]
     pub defaults: Defaults,
+    /// Failure classification for every state (the built-in rules apply after these).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub classify: ClassifyRules,
     #[serde(rename = "state")]
     pub states: Vec<StateDef>,
+}
+
+fn is_default(r: &ClassifyRules) -> bool {
+    *r == ClassifyRules::default()
 }
 
 /// Values used by every state that does not set its own.
@@ -67,6 +75,9 @@ pub struct StateDef {
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Failure classification for this state, consulted before the plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classify: Option<ClassifyRules>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -204,6 +215,9 @@ impl Plan {
             .retry
             .validate()
             .map_err(|m| format!("defaults.retry.{m}"))?;
+        self.classify
+            .validate()
+            .map_err(|m| format!("classify.{m}"))?;
         let mut previous: Option<u8> = None;
         for (i, s) in self.states.iter().enumerate() {
             let at = format!("state[{i}] (id {})", s.id);
@@ -232,6 +246,9 @@ impl Plan {
             }
             if let Some(r) = &s.retry {
                 r.validate().map_err(|m| format!("{at}.retry.{m}"))?;
+            }
+            if let Some(c) = &s.classify {
+                c.validate().map_err(|m| format!("{at}.classify.{m}"))?;
             }
             previous = Some(s.id);
         }
@@ -279,6 +296,28 @@ impl Plan {
         self.state(id)
             .and_then(|s| s.retry.as_ref())
             .unwrap_or(&self.defaults.retry)
+    }
+
+    /// The classification rule sets for a state, most specific first.
+    pub fn classify_rules(&self, id: u8) -> Vec<&ClassifyRules> {
+        let mut sets = Vec::with_capacity(2);
+        if let Some(c) = self.state(id).and_then(|s| s.classify.as_ref()) {
+            sets.push(c);
+        }
+        sets.push(&self.classify);
+        sets
+    }
+
+    /// The timeout in force for a state.
+    pub fn timeout_for(&self, id: u8) -> Option<Duration> {
+        self.state(id)
+            .and_then(|s| s.timeout)
+            .or(self.defaults.timeout)
+    }
+
+    /// The state before `id` in plan order.
+    pub fn previous(&self, id: u8) -> Option<&StateDef> {
+        self.states.iter().rev().find(|s| s.id < id)
     }
 
     /// "state 15 (ansible-base)", or just "state 15" when it is not in the plan.
@@ -366,6 +405,9 @@ mod tests {
             ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"backoff\", max_attempts = 3, initial_delay = \"1m\", max_delay = \"1h\", factor = 0.5 }\n", "retry.factor: 0.5 must be a number of at least 1.0"),
             ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"sometimes\" }\n", "unknown variant `sometimes`"),
             ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"immediate\", max_attempts = 2, dealy = \"1m\" }\n", "unknown field `dealy`"),
+            ("name = \"p\"\n[classify]\ntransient_patterns = [\"(x\"]\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\n", "classify.transient_patterns[0]: invalid regular expression"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nclassify = { persistent_patterns = [\"[\"] }\n", "state[0] (id 0).classify.persistent_patterns[0]"),
+            ("name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nclassify = { timeout = \"sometimes\" }\n", "unknown variant `sometimes`"),
             ("name = \"p\"\n[defaults]\nretry = { policy = \"immediate\", max_attempts = 0 }\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\n", "defaults.retry.max_attempts"),
         ];
         for (text, want) in cases {

@@ -182,7 +182,7 @@ impl Report {
                 self.serial,
                 self.lineage.as_deref().unwrap_or("-")
             );
-            if let (Some(e), Some(Status::Failed | Status::Waiting | Status::Blocked)) =
+            if let (Some(e), Some(Status::Waiting | Status::Blocked)) =
                 (&self.last_error, self.status)
             {
                 let _ = writeln!(out, "  error:    {}", headline(e, 300));

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{named_params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::context::Actor;
-use crate::model::{apply, Build, Event, InitRequest, NewEvent, Transition};
+use crate::model::{apply, Build, Ctx, Event, InitRequest, NewEvent, Transition};
 use crate::plan::Plan;
 use crate::time;
 use crate::{Error, Result};
@@ -61,8 +61,20 @@ impl Store {
             path: path.to_path_buf(),
             busy_timeout,
         };
-        schema::prepare(&mut store.conn, path)?;
-        Ok(store)
+        // Several processes opening a brand-new file race to switch it to WAL and
+        // migrate it; SQLite answers some of those lock conflicts with an immediate BUSY
+        // (its deadlock case) instead of waiting, so the set-up is retried here.
+        let start = std::time::Instant::now();
+        loop {
+            match schema::prepare(&mut store.conn, path) {
+                Err(e) if e.is_busy() && start.elapsed() < busy_timeout => {
+                    std::thread::sleep(Duration::from_millis(
+                        5 + u64::from(std::process::id() % 20),
+                    ));
+                }
+                other => return other.map(|()| store),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -163,8 +175,9 @@ impl Store {
         build_id: &str,
         t: &Transition,
         actor: &Actor,
-        now: SystemTime,
+        ctx: &Ctx<'_>,
     ) -> Result<Build> {
+        let now = ctx.now;
         crate::model::validate_build_id(build_id)?;
         let tx = self
             .conn
@@ -172,22 +185,32 @@ impl Store {
         let build =
             load_build(&tx, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
         let plan = load_plan(&tx, &build.plan_hash)?;
-        let change = apply(&build, &plan, t, now)?;
+        let change = apply(&build, &plan, t, ctx)?;
+        let b = &change.build;
         let updated = tx.execute(
             "UPDATE builds SET serial = :serial, current_state = :current, active_state = :active,
                 status = :status, attempt = :attempt, attempt_started_at = :started,
-                last_error = :error, last_category = :category, updated_at = :updated
+                last_error = :error, last_category = :category, updated_at = :updated,
+                first_attempt_at = :first, next_attempt_at = :next, extra_attempts = :extra,
+                blocked_reason = :blocked, lease_owner = :lease_owner,
+                lease_expires_at = :lease_expires
              WHERE build_id = :id AND serial = :old_serial",
             named_params! {
-                ":serial": change.build.serial,
-                ":current": change.build.current_state,
-                ":active": change.build.active_state,
-                ":status": change.build.status.as_str(),
-                ":attempt": change.build.attempt,
-                ":started": change.build.attempt_started_at.map(time::format),
-                ":error": change.build.last_error,
-                ":category": change.build.last_category.map(|c| c.as_str()),
-                ":updated": time::format(change.build.updated_at),
+                ":serial": b.serial,
+                ":current": b.current_state,
+                ":active": b.active_state,
+                ":status": b.status.as_str(),
+                ":attempt": b.attempt,
+                ":started": b.attempt_started_at.map(time::format),
+                ":error": b.last_error,
+                ":category": b.last_category.map(|c| c.as_str()),
+                ":updated": time::format(b.updated_at),
+                ":first": b.first_attempt_at.map(time::format),
+                ":next": b.next_attempt_at.map(time::format),
+                ":extra": b.extra_attempts,
+                ":blocked": b.blocked_reason,
+                ":lease_owner": b.lease_owner,
+                ":lease_expires": b.lease_expires_at.map(time::format),
                 ":id": build_id,
                 ":old_serial": build.serial,
             },
@@ -222,6 +245,19 @@ impl Store {
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             let _ = self.conn.busy_timeout(self.busy_timeout);
         }
+    }
+
+    /// Extend a lease held by `owner` (run-state's heartbeat). Not a transition: the
+    /// serial and the history are untouched, so heartbeats do not churn remote copies.
+    /// Returns false when `owner` no longer holds the lease (it expired and was taken
+    /// over, or the build was cancelled): the caller should stop.
+    pub fn renew_lease(&mut self, build_id: &str, owner: &str, until: SystemTime) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE builds SET lease_expires_at = :until
+             WHERE build_id = :id AND lease_owner = :owner AND status = 'running'",
+            named_params! {":until": time::format(until), ":id": build_id, ":owner": owner},
+        )?;
+        Ok(n == 1)
     }
 
     pub fn build(&self, build_id: &str) -> Result<Option<Build>> {
@@ -297,21 +333,16 @@ fn quote(s: &str) -> String {
 }
 
 fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {
-    // Typed columns first (rusqlite checks them); text columns are parsed after, so a
+    // Typed columns are read by rusqlite; timestamps and enums are parsed after, so a
     // corrupt value names the build instead of panicking.
-    type Raw = (
-        Build,
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-        String,
-    );
+    type Raw = (Build, [Option<String>; 8]);
     let raw: Option<Raw> = conn
         .prepare_cached(
             "SELECT build_id, lineage, serial, cloud, image, plan_hash, current_state,
-                    active_state, attempt, last_error, status, attempt_started_at,
-                    last_category, created_at, updated_at
+                    active_state, attempt, last_error, extra_attempts, blocked_reason,
+                    lease_owner,
+                    status, attempt_started_at, last_category, created_at, updated_at,
+                    first_attempt_at, next_attempt_at, lease_expires_at
              FROM builds WHERE build_id = :id",
         )?
         .query_row(named_params! {":id": build_id}, |r: &Row<'_>| {
@@ -326,30 +357,39 @@ fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {
                 active_state: r.get(7)?,
                 attempt: r.get(8)?,
                 last_error: r.get(9)?,
+                extra_attempts: r.get(10)?,
+                blocked_reason: r.get(11)?,
+                lease_owner: r.get(12)?,
                 status: crate::model::Status::Pending,
                 attempt_started_at: None,
                 last_category: None,
+                first_attempt_at: None,
+                next_attempt_at: None,
+                lease_expires_at: None,
                 created_at: SystemTime::UNIX_EPOCH,
                 updated_at: SystemTime::UNIX_EPOCH,
             };
-            Ok((
-                build,
-                r.get(10)?,
-                r.get(11)?,
-                r.get(12)?,
-                r.get(13)?,
-                r.get(14)?,
-            ))
+            let mut text: [Option<String>; 8] = Default::default();
+            for (i, slot) in text.iter_mut().enumerate() {
+                *slot = r.get(13 + i)?;
+            }
+            Ok((build, text))
         })
         .optional()?;
-    let Some((mut b, status, started, category, created, updated)) = raw else {
+    let Some((mut b, [status, started, category, created, updated, first, next, lease])) = raw
+    else {
         return Ok(None);
     };
-    b.status = status.parse()?;
-    b.attempt_started_at = started.as_deref().map(time::parse).transpose()?;
+    let when = |t: Option<String>| t.as_deref().map(time::parse).transpose();
+    let missing = |what: &str| Error::Corrupt(format!("build '{build_id}': {what} is empty"));
+    b.status = status.ok_or_else(|| missing("status"))?.parse()?;
+    b.attempt_started_at = when(started)?;
     b.last_category = category.as_deref().map(str::parse).transpose()?;
-    b.created_at = time::parse(&created)?;
-    b.updated_at = time::parse(&updated)?;
+    b.created_at = time::parse(&created.ok_or_else(|| missing("created_at"))?)?;
+    b.updated_at = time::parse(&updated.ok_or_else(|| missing("updated_at"))?)?;
+    b.first_attempt_at = when(first)?;
+    b.next_attempt_at = when(next)?;
+    b.lease_expires_at = when(lease)?;
     Ok(Some(b))
 }
 
