@@ -19,6 +19,7 @@ pub mod plan;
 pub mod policy;
 pub mod redact;
 pub mod report;
+pub mod runner;
 pub mod store;
 pub mod time;
 

@@ -57,6 +57,7 @@ pub fn bin(name: &str) -> PathBuf {
         "init-state" => PathBuf::from(env!("CARGO_BIN_EXE_init-state")),
         "update-state" => PathBuf::from(env!("CARGO_BIN_EXE_update-state")),
         "check-state" => PathBuf::from(env!("CARGO_BIN_EXE_check-state")),
+        "run-state" => PathBuf::from(env!("CARGO_BIN_EXE_run-state")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -65,6 +66,9 @@ const CLEARED: &[&str] = &[
     "BUILDSTATE_DB",
     "BUILDSTATE_PLAN",
     "BUILDSTATE_BUSY_TIMEOUT",
+    "BUILDSTATE_LEASE_TTL",
+    "BUILDSTATE_STATE",
+    "BUILDSTATE_BUILD_ID",
     "BUILD_ID",
     "BUILD_NAME",
     "BUILD_JOB_NAME",

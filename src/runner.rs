@@ -1,0 +1,450 @@
+//! Running one state's command under its retry policy: the engine behind `run-state`.
+//!
+//! The runner takes the build's lease, records the start, runs the command with stdout
+//! passed straight through and stderr copied through while its tail is kept, renews the
+//! lease by heartbeat, enforces the state's timeout, forwards SIGINT/SIGTERM to the
+//! command's process group, and records the outcome. A failure whose retry is due within
+//! `max_wait` is retried in the same process; otherwise the scheduled retry is recorded
+//! and the caller exits with the matching code.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::context::Actor;
+use crate::decide::{decide, Action, Decision};
+use crate::model::{Ctx, Status, Transition};
+use crate::store::Store;
+use crate::{exit, time, Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub build_id: String,
+    /// The state to run; `None` runs whichever state `decide()` says is next.
+    pub state: Option<u8>,
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+    /// Wait in-process for a retry that is due within this long; later ones are recorded.
+    pub max_wait: Duration,
+    /// How long the lease lives without a heartbeat.
+    pub lease_ttl: Duration,
+    /// Overrides the plan's timeout for the state.
+    pub timeout: Option<Duration>,
+    /// After the timeout's SIGTERM, how long before SIGKILL.
+    pub kill_grace: Duration,
+    /// How much of the end of stderr to keep as the failure message.
+    pub tail_bytes: usize,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed {
+        state: u8,
+    },
+    /// The command failed; a retry is scheduled at `at`, later than `max_wait`.
+    Waiting {
+        state: u8,
+        at: SystemTime,
+    },
+    /// The command failed and needs a person.
+    Blocked {
+        state: u8,
+        reason: String,
+    },
+    /// SIGINT or SIGTERM arrived; it was forwarded and recorded.
+    Interrupted {
+        state: Option<u8>,
+        signal: i32,
+    },
+    /// Nothing was run: the decision says why (completed, busy, blocked, wait).
+    NotRun(Decision),
+}
+
+impl Outcome {
+    /// run-state's exit code (docs/exit-codes.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Completed { .. } => exit::OK,
+            Outcome::Waiting { .. } => exit::WAIT,
+            Outcome::Blocked { .. } => exit::BLOCKED,
+            Outcome::Interrupted { signal, .. } => 128 + signal,
+            Outcome::NotRun(d) => match d.decision.exit_code() {
+                exit::OK => exit::INTERNAL,
+                code => code,
+            },
+        }
+    }
+}
+
+/// The name of a signal for messages.
+pub fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// SIGINT/SIGTERM received by this process, as the signal number (0 for none).
+struct Signals(Arc<AtomicUsize>);
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let flag = Arc::new(AtomicUsize::new(0));
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            signal_hook::flag::register_usize(sig, Arc::clone(&flag), sig as usize).map_err(
+                |source| Error::Io {
+                    path: "signal handler".into(),
+                    source,
+                },
+            )?;
+        }
+        Ok(Signals(flag))
+    }
+
+    fn take(&self) -> Option<i32> {
+        match self.0.swap(0, Ordering::SeqCst) {
+            0 => None,
+            n => Some(n as i32),
+        }
+    }
+}
+
+/// Sleep until `until`, waking early for a signal (returned).
+fn sleep_until(until: SystemTime, signals: &Signals) -> Option<i32> {
+    loop {
+        if let Some(sig) = signals.take() {
+            return Some(sig);
+        }
+        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+fn kill_group(pgid: u32, sig: i32) {
+    // The child leads its own process group (see `spawn`), so its children get it too.
+    // SAFETY: killpg has no memory-safety preconditions; a stale group id fails with ESRCH.
+    unsafe {
+        libc::killpg(pgid as libc::pid_t, sig);
+    }
+}
+
+/// What became of one attempt's command.
+struct Finished {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+    interrupted: Option<i32>,
+    lease_lost: bool,
+    tail: String,
+}
+
+/// Run the build's state(s) until one completes, a retry lies beyond `max_wait`, the
+/// build blocks, or a signal arrives.
+pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcome> {
+    if opts.command.is_empty() {
+        return Err(Error::InvalidInput(
+            "no command given: put it after --, e.g. `run-state BUILD 5 -- ./kickstart.sh`".into(),
+        ));
+    }
+    let signals = Signals::install()?;
+    let owner = format!(
+        "{}:{}:{}",
+        actor.host,
+        actor.pid,
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    loop {
+        let now = SystemTime::now();
+        let build = store
+            .build(&opts.build_id)?
+            .ok_or_else(|| Error::UnknownBuild(opts.build_id.clone()))?;
+        let plan = store.plan(&build.plan_hash)?;
+        let decision = decide(Some(&build), &plan, now);
+
+        // Which state, and is it time?
+        let state = match opts.state {
+            Some(s) => s,
+            None => match decision.decision {
+                Action::Start | Action::Resume | Action::Retry | Action::Rerun => decision
+                    .next_state
+                    .expect("a go-ahead decision names a state"),
+                Action::Wait => decision.next_state.unwrap_or_default(),
+                _ => return Ok(Outcome::NotRun(decision)),
+            },
+        };
+        if build.status == Status::Waiting && build.active_state == Some(state) {
+            if let Some(due) = build.next_attempt_at.filter(|d| *d > now) {
+                let wait = due.duration_since(now).unwrap_or_default();
+                if wait > opts.max_wait {
+                    return Ok(Outcome::Waiting { state, at: due });
+                }
+                eprintln!(
+                    "run-state: waiting {} for the retry of {} ({})",
+                    time::format_duration(wait),
+                    plan.label(state),
+                    decision.attempt_text().unwrap_or_default()
+                );
+                if let Some(signal) = sleep_until(due, &signals) {
+                    return Ok(Outcome::Interrupted {
+                        state: None,
+                        signal,
+                    });
+                }
+                continue;
+            }
+        }
+
+        let ctx = Ctx {
+            owner: Some(&owner),
+            lease_ttl: Some(opts.lease_ttl),
+            ..Ctx::live()
+        };
+        let started =
+            store.transition(&opts.build_id, &Transition::Start { state }, actor, &ctx)?;
+        let timeout = opts.timeout.or(plan.timeout_for(state));
+        let done = match spawn_and_watch(
+            store,
+            opts,
+            &owner,
+            state,
+            started.attempt,
+            timeout,
+            &signals,
+        ) {
+            Ok(done) => done,
+            Err(spawn_error) => {
+                // The command could not even start: that is the state's failure, and
+                // retrying the same missing program will not help.
+                let t = Transition::Fail {
+                    state,
+                    message: spawn_error,
+                    category: Some(crate::model::Category::Persistent),
+                    exit_code: Some(127),
+                    signal: None,
+                    timed_out: false,
+                };
+                let b = store.transition(
+                    &opts.build_id,
+                    &t,
+                    actor,
+                    &Ctx {
+                        owner: Some(&owner),
+                        ..Ctx::live()
+                    },
+                )?;
+                return Ok(Outcome::Blocked {
+                    state,
+                    reason: b.blocked_reason.unwrap_or_default(),
+                });
+            }
+        };
+        let ctx = Ctx {
+            owner: Some(&owner),
+            ..Ctx::live()
+        };
+        if done.lease_lost {
+            return Err(Error::Leased(format!(
+                "build '{}': this worker lost the lease on {} (cancelled, or taken over after a missed heartbeat); the command was stopped and nothing more was recorded",
+                opts.build_id,
+                plan.label(state)
+            )));
+        }
+        if let Some(signal) = done.interrupted {
+            let t = Transition::Interrupt {
+                state,
+                signal: signal_name(signal),
+            };
+            store.transition(&opts.build_id, &t, actor, &ctx)?;
+            return Ok(Outcome::Interrupted {
+                state: Some(state),
+                signal,
+            });
+        }
+        if done.exit_code == Some(0) && !done.timed_out {
+            store.transition(&opts.build_id, &Transition::Complete { state }, actor, &ctx)?;
+            return Ok(Outcome::Completed { state });
+        }
+        let what = if done.timed_out {
+            format!(
+                "timed out after {}",
+                time::format_duration(timeout.unwrap_or_default())
+            )
+        } else if let Some(sig) = done.signal {
+            format!("killed by {}", signal_name(sig))
+        } else {
+            format!("exited with code {}", done.exit_code.unwrap_or(-1))
+        };
+        // The first line is what people see in one-line summaries: lead with the last
+        // thing the command said; the whole tail follows.
+        let last_line = done.tail.lines().rev().find(|l| !l.trim().is_empty());
+        let message = match last_line {
+            None => format!("command {what}"),
+            Some(line) => format!(
+                "command {what}: {}\n--- end of stderr ---\n{}",
+                line.trim(),
+                done.tail
+            ),
+        };
+        let t = Transition::Fail {
+            state,
+            message,
+            category: None,
+            exit_code: done.exit_code,
+            signal: done.signal,
+            timed_out: done.timed_out,
+        };
+        let b = store.transition(&opts.build_id, &t, actor, &ctx)?;
+        match (b.status, b.next_attempt_at) {
+            (Status::Waiting, Some(at)) => {
+                let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                if wait > opts.max_wait {
+                    return Ok(Outcome::Waiting { state, at });
+                }
+                eprintln!(
+                    "run-state: {} failed ({}, {}); retrying in {} (attempt {} of {})",
+                    plan.label(state),
+                    what,
+                    b.last_category.map_or("unknown", |c| c.as_str()),
+                    time::format_duration(wait),
+                    b.attempt + 1,
+                    crate::model::attempts_allowed(&b, &plan, state)
+                );
+                if let Some(signal) = sleep_until(at, &signals) {
+                    return Ok(Outcome::Interrupted {
+                        state: None,
+                        signal,
+                    });
+                }
+            }
+            _ => {
+                return Ok(Outcome::Blocked {
+                    state,
+                    reason: b.blocked_reason.unwrap_or_default(),
+                })
+            }
+        }
+    }
+}
+
+/// Spawn the command and watch it: heartbeat, timeout, signals. `Err` carries the message
+/// when the command could not be started at all.
+fn spawn_and_watch(
+    store: &mut Store,
+    opts: &RunOptions,
+    owner: &str,
+    state: u8,
+    attempt: u32,
+    timeout: Option<Duration>,
+    signals: &Signals,
+) -> std::result::Result<Finished, String> {
+    let program = &opts.command[0];
+    let mut child = Command::new(program)
+        .args(&opts.command[1..])
+        .env("BUILDSTATE_BUILD_ID", &opts.build_id)
+        .env("BUILDSTATE_STATE", state.to_string())
+        .env("BUILDSTATE_ATTEMPT", attempt.to_string())
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        // Its own process group: signals and the timeout reach everything it started.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+    let pgid = child.id();
+
+    // Copy stderr through unchanged while keeping its last `tail_bytes`.
+    let tail = Arc::new(Mutex::new(VecDeque::<u8>::with_capacity(opts.tail_bytes)));
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let keep = opts.tail_bytes;
+    let tail_w = Arc::clone(&tail);
+    let (copied, copier_done) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut err = std::io::stderr();
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = err.write_all(&buf[..n]);
+            let mut t = tail_w.lock().expect("tail lock");
+            t.extend(&buf[..n]);
+            let excess = t.len().saturating_sub(keep);
+            t.drain(..excess);
+        }
+        let _ = copied.send(());
+    });
+
+    let begun = Instant::now();
+    let heartbeat = opts.lease_ttl / 3;
+    let mut next_beat = begun + heartbeat;
+    let mut timed_out = false;
+    let mut interrupted = None;
+    let mut lease_lost = false;
+    let mut kill_at: Option<Instant> = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(format!("lost track of the command: {e}")),
+        }
+        let now = Instant::now();
+        if let Some(sig) = signals.take() {
+            interrupted = Some(sig);
+            kill_group(pgid, sig);
+            kill_at.get_or_insert(now + opts.kill_grace);
+        }
+        if let Some(limit) = timeout {
+            if !timed_out && interrupted.is_none() && now.duration_since(begun) >= limit {
+                timed_out = true;
+                kill_group(pgid, libc::SIGTERM);
+                kill_at = Some(now + opts.kill_grace);
+            }
+        }
+        if kill_at.is_some_and(|k| now >= k) {
+            kill_group(pgid, libc::SIGKILL);
+        }
+        if now >= next_beat && !lease_lost {
+            next_beat = now + heartbeat;
+            let until = SystemTime::now() + opts.lease_ttl;
+            match store.renew_lease(&opts.build_id, owner, until) {
+                Ok(true) => {}
+                Ok(false) => {
+                    lease_lost = true;
+                    kill_group(pgid, libc::SIGTERM);
+                    kill_at = Some(now + opts.kill_grace);
+                }
+                // A busy database delays one heartbeat; the TTL leaves room for a few.
+                Err(e) => eprintln!("run-state: warning: could not renew the lease: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A background process the command left behind may hold stderr open for ever:
+    // give the copier a moment to drain, then go on with what it has.
+    let _ = copier_done.recv_timeout(Duration::from_secs(2));
+    let tail = tail.lock().expect("tail lock");
+    let (a, b) = tail.as_slices();
+    let tail = String::from_utf8_lossy(&[a, b].concat()).into_owned();
+    Ok(Finished {
+        exit_code: status.code(),
+        signal: status.signal(),
+        timed_out,
+        interrupted,
+        lease_lost,
+        tail,
+    })
+}

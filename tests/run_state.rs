@@ -1,0 +1,465 @@
+//! run-state against real commands: flaky, persistent, slow, interrupted and killed.
+//! Nothing here asserts on timing; waits poll for a state with a generous bound.
+
+mod util;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use buildstate::exit;
+use util::Env;
+
+const PLAN: &str = r#"
+name = "runner-test"
+[[state]]
+id = 0
+name = "flaky"
+expected = "1s"
+retry = { policy = "immediate", max_attempts = 5, delay = "0s" }
+
+[[state]]
+id = 5
+name = "strict"
+expected = "1s"
+retry = { policy = "backoff", max_attempts = 3, initial_delay = "1h", max_delay = "2h" }
+
+[[state]]
+id = 10
+name = "slow"
+expected = "1s"
+timeout = "1s"
+retry = { policy = "backoff", max_attempts = 3, initial_delay = "1h", max_delay = "2h" }
+
+[[state]]
+id = 15
+name = "soon"
+expected = "1s"
+retry = { policy = "immediate", max_attempts = 3, delay = "1s" }
+"#;
+
+fn setup() -> Env {
+    let env = Env::new();
+    let plan = env.write("plan.toml", PLAN);
+    env.run(
+        "init-state",
+        &[
+            "b",
+            "--cloud",
+            "aws",
+            "--image",
+            "x",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    env
+}
+
+fn script(env: &Env, name: &str, body: &str) -> String {
+    let p = env.write(name, &format!("#!/bin/sh\n{body}\n"));
+    Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn run_state(env: &Env, args: &[&str]) -> util::Run {
+    env.run("run-state", args)
+}
+
+fn spawn_run_state(env: &Env, args: &[&str]) -> Child {
+    let mut cmd = env.command("run-state");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.spawn().unwrap()
+}
+
+/// Poll check-state until `pred` holds on its JSON (at most 30 s, then fail).
+fn wait_for(env: &Env, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let j = env.state("b");
+        if pred(&j) {
+            return j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+fn kinds(j: &serde_json::Value) -> Vec<String> {
+    j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn flaky_command_is_retried_until_it_succeeds() {
+    let env = setup();
+    let count = env.path("count");
+    let cmd = script(
+        &env,
+        "flaky.sh",
+        &format!(
+            "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}\necho \"out $n state=$BUILDSTATE_STATE attempt=$BUILDSTATE_ATTEMPT\"\n[ $n -gt 2 ] || {{ echo \"mirror timed out; token=s3cr3t\" >&2; exit 1; }}",
+            c = count.display()
+        ),
+    );
+    let r = run_state(&env, &["b", "0", "--", &cmd]).ok();
+    // stdout passes through unchanged, in order.
+    assert_eq!(
+        r.stdout,
+        "out 1 state=0 attempt=1\nout 2 state=0 attempt=2\nout 3 state=0 attempt=3\n"
+    );
+    assert!(
+        r.stderr.contains("mirror timed out; token=s3cr3t"),
+        "stderr passes through: {}",
+        r.stderr
+    );
+    let j = env.state("b");
+    assert_eq!(
+        kinds(&j),
+        ["init", "start", "fail", "start", "fail", "start", "complete"]
+    );
+    let fails: Vec<_> = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "fail")
+        .collect();
+    for f in fails {
+        assert_eq!(f["category"], "transient");
+        assert_eq!(f["exit_code"], 1);
+        let m = f["message"].as_str().unwrap();
+        assert!(
+            m.starts_with("command exited with code 1: mirror timed out; token=[REDACTED]"),
+            "{m}"
+        );
+        assert!(!m.contains("s3cr3t"));
+    }
+    assert_eq!(j["current_state"], 0);
+}
+
+#[test]
+fn persistent_failure_blocks_until_a_person_retries() {
+    let env = setup();
+    env.run("update-state", &["b", "complete", "0"]).ok();
+    let r = run_state(
+        &env,
+        &[
+            "b",
+            "5",
+            "--",
+            "sh",
+            "-c",
+            "echo 'Permission denied (publickey)' >&2; exit 255",
+        ],
+    )
+    .code(exit::BLOCKED);
+    assert!(
+        r.stderr
+            .contains("needs a person: the failure is persistent"),
+        "{}",
+        r.stderr
+    );
+    let j = env
+        .run("check-state", &["b", "--json"])
+        .code(exit::BLOCKED)
+        .json();
+    assert_eq!(
+        (j["decision"].as_str(), j["category"].as_str()),
+        (Some("blocked"), Some("persistent"))
+    );
+    assert!(
+        j["reason"].as_str().unwrap().contains("attempt 1 of 3"),
+        "{}",
+        j["reason"]
+    );
+    // Running it again is refused until a person says so; nothing is written.
+    let before = env.state("b")["serial"].clone();
+    let r = run_state(&env, &["b", "5", "--", "true"]).code(exit::REFUSED);
+    assert!(r.stderr.contains("is blocked"), "{}", r.stderr);
+    assert_eq!(env.state("b")["serial"], before);
+    env.run(
+        "update-state",
+        &["b", "retry", "5", "--reason", "added the key"],
+    )
+    .ok();
+    run_state(&env, &["b", "5", "--", "true"]).ok();
+    let j = env.state("b");
+    assert_eq!(j["current_state"], 5);
+    let retry = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "retry")
+        .unwrap();
+    assert_eq!(retry["message"], "added the key");
+    assert!(!retry["actor"]["user"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn timeout_kills_the_command_and_schedules_a_retry() {
+    let env = setup();
+    for s in ["0", "5"] {
+        env.run("update-state", &["b", "complete", s]).ok();
+    }
+    let pidfile = env.path("pid");
+    let r = run_state(
+        &env,
+        &[
+            "b",
+            "10",
+            "--kill-grace",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
+        ],
+    )
+    .code(exit::WAIT);
+    assert!(r.stderr.contains("retry is scheduled at"), "{}", r.stderr);
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(!alive(&pid), "the timed-out command is still running");
+    let j = env
+        .run("check-state", &["b", "--json", "--history"])
+        .code(exit::WAIT)
+        .json();
+    assert_eq!(j["decision"], "wait");
+    assert_eq!(j["category"], "transient");
+    assert!(j["not_before"].is_string());
+    let fail = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "fail")
+        .unwrap()
+        .clone();
+    assert!(
+        fail["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("command timed out after 1s"),
+        "{fail}"
+    );
+    // Not due: run-state does not run it, and says so with the wait code.
+    let before = env.state("b")["serial"].clone();
+    run_state(&env, &["b", "10", "--", "true"]).code(exit::WAIT);
+    assert_eq!(env.state("b")["serial"], before);
+}
+
+#[test]
+fn a_retry_due_within_max_wait_runs_in_process() {
+    let env = setup();
+    for s in ["0", "5", "10"] {
+        env.run("update-state", &["b", "skip", s, "--reason", "test"])
+            .ok();
+    }
+    let count = env.path("count");
+    let cmd = script(
+        &env,
+        "once.sh",
+        &format!("n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ $n -ge 1 ] || {{ echo 'HTTP 503' >&2; exit 1; }}", c = count.display()),
+    );
+    // The 1 s delay is beyond the default --max-wait of 0: recorded, exit 12.
+    run_state(&env, &["b", "15", "--", &cmd]).code(exit::WAIT);
+    std::fs::remove_file(&count).unwrap();
+    env.run(
+        "update-state",
+        &["b", "retry", "15", "--reason", "reset for the test"],
+    )
+    .ok();
+    // Within --max-wait, the same process waits and retries.
+    let r = run_state(&env, &["b", "15", "--max-wait", "30s", "--", &cmd]).ok();
+    assert!(r.stderr.contains("retrying in"), "{}", r.stderr);
+    assert_eq!(env.state("b")["status"], "completed");
+}
+
+#[test]
+fn interrupt_is_forwarded_and_recorded() {
+    let env = setup();
+    let pidfile = env.path("pid");
+    let cmd = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let mut child = spawn_run_state(&env, &["b", "0", "--", "sh", "-c", &cmd]);
+    wait_for(&env, "the state to run", |j| j["status"] == "running");
+    wait_for(&env, "the command to start", |_| {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.is_empty())
+    });
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(!alive(&pid), "SIGTERM was not forwarded to the command");
+    let j = env
+        .run("check-state", &["b", "--json", "--history"])
+        .ok()
+        .json();
+    assert_eq!(kinds(&j), ["init", "start", "interrupt"]);
+    assert_eq!(j["history"][2]["message"], "interrupted by SIGTERM");
+    // An interruption does not use up an attempt: retry now, attempt 2 of 6 (5 + 1).
+    assert_eq!(j["decision"], "retry");
+    assert!(
+        j["reason"].as_str().unwrap().contains("attempt 2 of 6"),
+        "{}",
+        j["reason"]
+    );
+}
+
+#[test]
+fn killed_worker_leaves_a_resumable_build_and_the_next_one_takes_over() {
+    let env = setup();
+    let pidfile = env.path("pid");
+    let cmd = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let mut worker = spawn_run_state(
+        &env,
+        &["b", "0", "--lease-ttl", "1s", "--", "sh", "-c", &cmd],
+    );
+    wait_for(&env, "the command to start", |_| {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.is_empty())
+    });
+    let j = env
+        .run("check-state", &["b", "--json"])
+        .code(exit::BUSY)
+        .json();
+    assert!(
+        j["reason"].as_str().unwrap().contains("held by"),
+        "{}",
+        j["reason"]
+    );
+    // While the lease lives, a second worker and update-state are turned away.
+    let r = run_state(&env, &["b", "0", "--", "true"]).code(exit::BUSY);
+    assert!(r.stderr.contains("is held by"), "{}", r.stderr);
+    env.run("update-state", &["b", "complete", "0"])
+        .code(exit::BUSY);
+
+    worker.kill().unwrap(); // SIGKILL: no chance to record anything
+    worker.wait().unwrap();
+    let orphan = std::fs::read_to_string(&pidfile).unwrap();
+    unsafe { libc::kill(orphan.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
+
+    let j = wait_for(&env, "the lease to expire", |j| j["decision"] == "resume");
+    assert_eq!(j["next_state"], 0);
+    assert!(
+        j["reason"].as_str().unwrap().contains("presumed dead"),
+        "{}",
+        j["reason"]
+    );
+    assert_eq!(env.run("check-state", &["b"]).code, exit::OK);
+
+    run_state(&env, &["b", "0", "--", "true"]).ok();
+    let j = env.state("b");
+    assert_eq!(
+        kinds(&j),
+        ["init", "start", "takeover", "start", "complete"]
+    );
+    assert!(
+        j["history"][2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{}",
+        j["history"][2]
+    );
+    assert_eq!(j["history"][3]["attempt"], 2);
+}
+
+#[test]
+fn next_runs_the_decided_state_and_stops_when_done() {
+    let env = setup();
+    let log = env.path("log");
+    let cmd = format!("echo $BUILDSTATE_STATE >> {}", log.display());
+    for _ in 0..4 {
+        run_state(&env, &["b", "--next", "--", "sh", "-c", &cmd]).ok();
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "0\n5\n10\n15\n");
+    let r = run_state(&env, &["b", "--next", "--", "sh", "-c", &cmd]).code(exit::COMPLETED);
+    assert!(r.stderr.contains("nothing run"), "{}", r.stderr);
+}
+
+#[test]
+fn a_missing_command_blocks_with_a_clear_message() {
+    let env = setup();
+    run_state(&env, &["b", "0", "--", "/no/such/kickstart.sh"]).code(exit::BLOCKED);
+    let j = env.state("b");
+    assert_eq!(j["last_category"], "persistent");
+    assert!(
+        j["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot run /no/such/kickstart.sh"),
+        "{}",
+        j["last_error"]
+    );
+    let r = env.run("run-state", &["b", "0"]).code(exit::USAGE);
+    assert!(r.stderr.contains("COMMAND"), "{}", r.stderr);
+}
+
+#[test]
+fn manual_commands_refuse_nonsense_and_write_nothing() {
+    let env = setup();
+    env.run("update-state", &["b", "complete", "0"]).ok();
+    let before = env.state("b")["serial"].clone();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["b", "rollback", "--reason", "x"],
+            exit::REFUSED,
+            "cannot roll back past state 0 (flaky)",
+        ),
+        (
+            &["b", "rollback", "--to", "5", "--reason", "x"],
+            exit::REFUSED,
+            "not before the last completed state",
+        ),
+        (
+            &["b", "skip", "7", "--reason", "x"],
+            exit::REFUSED,
+            "state 7 is not in its plan",
+        ),
+        (
+            &["b", "skip", "10", "--reason", "x"],
+            exit::REFUSED,
+            "only the next or the failed state can be skipped, which is state 5 (strict)",
+        ),
+        (
+            &["b", "retry", "5", "--reason", "x"],
+            exit::REFUSED,
+            "has not failed",
+        ),
+        (
+            &["b", "skip", "5", "--reason", " "],
+            exit::INVALID_INPUT,
+            "needs a reason",
+        ),
+        (&["b", "cancel"], exit::USAGE, "--reason"),
+    ];
+    for (args, code, want) in cases {
+        let r = env.run("update-state", args).code(*code);
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+        assert_eq!(env.state("b")["serial"], before, "{args:?} wrote something");
+    }
+    env.run(
+        "update-state",
+        &["b", "cancel", "--reason", "superseded by b2"],
+    )
+    .ok();
+    let j = env
+        .run("check-state", &["b", "--json"])
+        .code(exit::BLOCKED)
+        .json();
+    assert_eq!(j["status"], "cancelled");
+    run_state(&env, &["b", "--next", "--", "true"]).code(exit::BLOCKED);
+}
