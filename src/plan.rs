@@ -421,6 +421,26 @@ mod tests {
     }
 
     #[test]
+    fn demo_plan_matches_the_built_in_one() {
+        let demo = Plan::from_toml(include_str!("../scripts/demo-plan.toml"), "demo").unwrap();
+        let ids = |p: &Plan| {
+            p.states
+                .iter()
+                .map(|s| (s.id, s.name.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&demo), ids(&Plan::default_plan()));
+        for s in &demo.states {
+            assert_eq!(
+                std::mem::discriminant(demo.retry_for(s.id)),
+                std::mem::discriminant(Plan::default_plan().retry_for(s.id)),
+                "state {} has another kind of policy in the demo plan",
+                s.id
+            );
+        }
+    }
+
+    #[test]
     fn minimal_plan_gets_default_retry() {
         let p = Plan::from_toml(ONE, "t").unwrap();
         assert_eq!(p.retry_for(0), &RetryPolicy::default_policy());

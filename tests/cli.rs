@@ -680,6 +680,7 @@ fn help_is_clear() {
         ("init-state", "--cloud <PROVIDER>"),
         ("update-state", "Actions:"),
         ("check-state", "--output <DIR>"),
+        ("run-state", "--max-wait <DURATION>"),
     ] {
         let out = std::process::Command::new(util::bin(bin))
             .arg("--help")

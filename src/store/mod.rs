@@ -471,3 +471,53 @@ fn upsert_meta(conn: &Connection, b: &Build, pairs: &[(String, String)]) -> Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let plan = Plan::default_plan();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("v1.sql")).unwrap();
+            conn.execute_batch("PRAGMA application_id = 1112765489; PRAGMA user_version = 1;")
+                .unwrap();
+            conn.execute(
+                "INSERT INTO plans (hash, name, body) VALUES (?1, ?2, ?3)",
+                (plan.hash(), &plan.name, plan.to_json()),
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO builds (build_id, lineage, serial, cloud, image, plan_hash,
+                    current_state, active_state, status, attempt, last_error, created_at, updated_at)
+                 VALUES ('old', 'l-1', 4, 'aws', 'rhel9', ?1, 0, 5, 'failed', 1, 'it''s broken',
+                    '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')",
+                [plan.hash()],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let b = store.build("old").unwrap().unwrap();
+        assert_eq!(b.status, Status::Blocked);
+        assert_eq!(
+            b.blocked_reason.as_deref(),
+            Some("failed before retry policies were recorded")
+        );
+        assert_eq!(
+            (b.serial, b.last_error.as_deref(), b.extra_attempts),
+            (4, Some("it's broken"), 0)
+        );
+        let v: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let d = crate::decide::decide(Some(&b), &plan, SystemTime::now());
+        assert_eq!(d.decision, crate::decide::Action::Blocked);
+    }
+}
