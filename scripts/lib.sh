@@ -30,3 +30,30 @@ need_rust() {
         fi
     done
 }
+
+# The project's Python environment (.venv): ansible-core, maturin and pytest, pinned to
+# what runs on Python 3.11, and the buildstate extension built from this tree into it.
+VENV=${VENV:-$PWD/.venv}
+need_venv() {
+    command -v python3 >/dev/null || need_apt python3
+    python3 -m venv --help >/dev/null 2>&1 || need_apt python3-venv
+    if [ ! -x "$VENV/bin/python" ]; then
+        step "creating $VENV"
+        python3 -m venv "$VENV"
+    fi
+    if ! "$VENV/bin/python" -c 'import ansible, maturin, pytest' 2>/dev/null; then
+        step "installing ansible-core, maturin and pytest into $VENV (pip)"
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q -r scripts/requirements-dev.txt || die "pip install failed"
+    fi
+}
+
+# Build the extension (debug profile unless BUILD_PROFILE=release) and install it.
+install_python_package() {
+    local profile=()
+    [ "${BUILD_PROFILE:-debug}" = release ] && profile=(--release)
+    step "building the buildstate Python package (maturin ${profile[*]:-debug})"
+    rm -rf target/wheels
+    "$VENV/bin/maturin" build -q "${profile[@]}" -m python/Cargo.toml --out target/wheels
+    "$VENV/bin/pip" install -q --force-reinstall --no-deps target/wheels/buildstate-*.whl
+}

@@ -64,6 +64,8 @@ pub enum EventKind {
     Rollback,
     /// A person stopped the build.
     Cancel,
+    /// One task's result on one host (Ansible): informational, no state change.
+    Task,
 }
 
 macro_rules! text_enum {
@@ -100,7 +102,7 @@ text_enum!(Category { Transient => "transient", Persistent => "persistent", Unkn
 text_enum!(EventKind {
     Init => "init", Start => "start", Complete => "complete", Fail => "fail", Meta => "meta",
     Interrupt => "interrupt", Takeover => "takeover", Retry => "retry", Skip => "skip",
-    Rollback => "rollback", Cancel => "cancel",
+    Rollback => "rollback", Cancel => "cancel", Task => "task",
 });
 
 /// The summary row of a build, derived from its events.
@@ -229,6 +231,17 @@ pub enum Transition {
     },
     Cancel {
         reason: String,
+    },
+    /// A task result on one host, recorded for the history; the build does not change.
+    Task {
+        state: Option<u8>,
+        task: String,
+        host: String,
+        /// ok, changed, failed, skipped, unreachable, ignored, rescued
+        status: String,
+        duration_ms: Option<u64>,
+        /// The module's message, for failures (redacted here).
+        message: Option<String>,
     },
 }
 
@@ -897,6 +910,28 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
             clear_attempt(&mut next);
             next.current_state = Some(target);
             next.status = Status::Pending;
+        }
+        Transition::Task {
+            state,
+            task,
+            host,
+            status,
+            duration_ms,
+            message,
+        } => {
+            let mut text = format!("{status} on {host}: {task}");
+            if let Some(m) = message.as_deref().filter(|m| !m.trim().is_empty()) {
+                text.push_str(": ");
+                text.push_str(m);
+            }
+            let mut e = event(
+                EventKind::Task,
+                *state,
+                None,
+                Some(redact(&text).into_owned()),
+            );
+            e.duration_ms = *duration_ms;
+            events.push(e);
         }
         Transition::Cancel { reason } => {
             need_reason(reason, "cancel")?;

@@ -1,0 +1,42 @@
+"""buildstate: a durable, resumable record of where an image build is.
+
+The logic lives in the Rust state crate; this package is its Python face
+(``buildstate._native``) plus the Ansible callback plugin (``buildstate.ansible``).
+
+    >>> import buildstate
+    >>> store = buildstate.Store("/tmp/state.db")
+    >>> store.init("img-42", "aws", "rhel9")["created"]
+    True
+    >>> store.start("img-42", 0)["status"]
+    'running'
+"""
+
+from buildstate._native import (
+    BuildstateError,
+    ConflictError,
+    DatabaseError,
+    InvalidInputError,
+    InvalidPlanError,
+    LeasedError,
+    RefusedError,
+    Store,
+    UnknownBuildError,
+    __version__,
+    default_db_path,
+    redact,
+)
+
+__all__ = [
+    "BuildstateError",
+    "ConflictError",
+    "DatabaseError",
+    "InvalidInputError",
+    "InvalidPlanError",
+    "LeasedError",
+    "RefusedError",
+    "Store",
+    "UnknownBuildError",
+    "__version__",
+    "default_db_path",
+    "redact",
+]

@@ -1,0 +1,81 @@
+"""Type stubs for the Rust extension module ``buildstate._native``."""
+
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+__version__: str
+
+class BuildstateError(Exception):
+    """Base class of every buildstate error."""
+
+    exit_code: int
+    """The exit code the binaries use for this kind of error (docs/exit-codes.md)."""
+    kind: str
+    """A stable name: unknown_build, conflict, refused, leased, invalid_plan, ..."""
+
+class UnknownBuildError(BuildstateError): ...
+class ConflictError(BuildstateError): ...
+class RefusedError(BuildstateError): ...
+class LeasedError(BuildstateError): ...
+class InvalidPlanError(BuildstateError): ...
+class InvalidInputError(BuildstateError): ...
+class DatabaseError(BuildstateError): ...
+
+Report = dict[str, Any]
+"""What ``check-state --json`` prints: build_id, exists, status, current_state,
+decision, next_state, reason, serial, lineage, last_error, metadata, ..."""
+
+class Store:
+    """A buildstate database. Each method is one transaction; the GIL is released
+    while the database is used."""
+
+    def __init__(
+        self,
+        path: str | PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        busy_timeout_ms: int | None = None,
+        tool: str = "python",
+    ) -> None: ...
+    @property
+    def path(self) -> Path: ...
+    def set_context(self, context: dict[str, str]) -> None: ...
+    def init(
+        self,
+        build_id: str,
+        cloud: str,
+        image: str,
+        *,
+        plan: str | PathLike[str] | None = None,
+        meta: dict[str, str] | None = None,
+    ) -> Report: ...
+    def start(self, build_id: str, state: int) -> Report: ...
+    def complete(self, build_id: str, state: int) -> Report: ...
+    def fail(
+        self,
+        build_id: str,
+        state: int,
+        message: str,
+        *,
+        category: str | None = None,
+        exit_code: int | None = None,
+    ) -> Report: ...
+    def interrupt(self, build_id: str, state: int, signal: str) -> Report: ...
+    def meta(self, build_id: str, pairs: dict[str, str]) -> Report: ...
+    def task(
+        self,
+        build_id: str,
+        task: str,
+        host: str,
+        status: str,
+        *,
+        state: int | None = None,
+        duration_ms: int | None = None,
+        message: str | None = None,
+    ) -> None: ...
+    def decide(self, build_id: str) -> Report: ...
+    def events(self, build_id: str) -> list[dict[str, Any]]: ...
+
+def default_db_path() -> Path: ...
+def redact(text: str) -> str: ...

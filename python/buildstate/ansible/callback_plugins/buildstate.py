@@ -1,0 +1,375 @@
+# buildstate callback plugin for Ansible: playbooks advance build states by themselves.
+# Licensed under the Apache License 2.0. All state logic lives in the buildstate crate;
+# this file maps Ansible's events onto it and keeps the playbook running whatever happens
+# to the database.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: buildstate
+type: notification
+short_description: Advance buildstate build states as plays run, and record task results
+description:
+  - Records an image build's progress in a buildstate database, the same SQLite file that
+    the C(init-state), C(check-state) and C(run-state) commands use.
+  - A play with the play variable C(buildstate_state) advances that state. The state is
+    started when the play starts, and completed or failed when the play ends, judged from
+    the playbook's statistics; rescued and ignored failures do not fail it.
+  - When no play sets C(buildstate_state), the O(state) option maps the whole playbook to
+    one state.
+  - A failure message names every failed or unreachable host with the task and the
+    module's message (secrets redacted, size bounded). If every failing host was
+    unreachable, the failure is classified as transient.
+  - Task results are recorded as events (task, host, status, duration) when
+    O(record_tasks) is on. SIGINT or SIGTERM marks the running state as interrupted.
+  - Trouble of its own (a missing or locked database, an unknown build) prints one warning
+    and lets the playbook run on, unless O(strict) is on, which fails the playbook.
+requirements:
+  - the C(buildstate) Python package in the Python that runs ansible-playbook
+options:
+  db:
+    description:
+      - The buildstate database file. The same variable the buildstate commands read.
+      - Defaults to the commands' default, C($XDG_STATE_HOME/buildstate/buildstate.db).
+    type: path
+    env:
+      - name: BUILDSTATE_DB
+    ini:
+      - section: callback_buildstate
+        key: db
+  build_id:
+    description: The build to advance. It must exist already (C(init-state)).
+    type: str
+    env:
+      - name: BUILDSTATE_BUILD_ID
+    ini:
+      - section: callback_buildstate
+        key: build_id
+  state:
+    description: The state the whole playbook advances, when no play sets C(buildstate_state).
+    type: int
+    env:
+      - name: BUILDSTATE_STATE
+    ini:
+      - section: callback_buildstate
+        key: state
+  strict:
+    description: Fail the playbook when the callback cannot record, instead of warning once.
+    type: bool
+    default: false
+    env:
+      - name: BUILDSTATE_STRICT
+    ini:
+      - section: callback_buildstate
+        key: strict
+  record_tasks:
+    description: Record every task result on every host as an event.
+    type: bool
+    default: true
+    env:
+      - name: BUILDSTATE_RECORD_TASKS
+    ini:
+      - section: callback_buildstate
+        key: record_tasks
+  busy_timeout:
+    description: Milliseconds to wait for another writer before giving up.
+    type: int
+    default: 5000
+    env:
+      - name: BUILDSTATE_BUSY_TIMEOUT
+    ini:
+      - section: callback_buildstate
+        key: busy_timeout
+"""
+
+import atexit
+import os
+import signal
+import sys
+import time
+
+from ansible.plugins.callback import CallbackBase
+
+try:
+    import buildstate
+except ImportError as _error:  # reported as a warning (or strict failure) at playbook start
+    buildstate = None
+    _IMPORT_ERROR = str(_error)
+
+# One host's line in a failure message, and the whole message, at most.
+MAX_HOST_CHARS = 1000
+MAX_MESSAGE_CHARS = 16 * 1024
+
+
+def _bounded(text, limit):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "buildstate"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, display=None):
+        super().__init__(display=display)
+        self._store = None
+        self._off = False  # after trouble (not strict): record nothing more
+        self._build_id = None
+        self._playbook_state = None  # the state mapped to the whole playbook, if any
+        self._active = None  # the state we started and have not finished
+        self._label = ""  # "play 'name'" or "playbook 'file'"
+        self._stats = None  # the run's AggregateStats
+        self._baseline = {}  # host -> stats.summarize(host) when the active state started
+        self._rescued_seen = {}  # host -> rescued count already attributed
+        self._problems = {}  # host -> (task name, message, unreachable) in the active state
+        self._task_started = {}  # (host, task uuid) -> time.monotonic()
+        self._previous_handlers = {}
+        self._pid = os.getpid()
+
+    def set_options(self, task_keys=None, var_options=None, direct=None):
+        super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        self._db = self.get_option("db")
+        self._build_id = self.get_option("build_id")
+        self._playbook_state = self.get_option("state")
+        self._strict = self.get_option("strict")
+        self._record_tasks = self.get_option("record_tasks")
+        self._busy_timeout = self.get_option("busy_timeout")
+
+    # --- trouble handling: never break a playbook unless asked to -------------------------
+
+    def _trouble(self, message):
+        message = "buildstate: " + message
+        if self._strict:
+            self._display.error(message + " (strict mode: stopping the playbook)")
+            # SystemExit is not an Exception, so Ansible's callback dispatch lets it through.
+            raise SystemExit(1)
+        self._display.warning(message + "; the playbook goes on without recording build states")
+        self._off = True
+
+    def _record(self, what, fn, *args, **kwargs):
+        if self._off:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # anything of ours: a warning, not a traceback
+            self._trouble("could not %s: %s" % (what, e))
+            return None
+
+    def _open(self):
+        if self._store is not None:
+            return self._store
+        if buildstate is None:
+            raise RuntimeError("the buildstate Python package is not importable (%s): pip install it into the Python that runs ansible" % _IMPORT_ERROR)
+        if not self._build_id:
+            raise RuntimeError("no build id: set BUILDSTATE_BUILD_ID or build_id in [callback_buildstate]")
+        store = buildstate.Store(self._db, create=False, busy_timeout_ms=self._busy_timeout, tool="ansible")
+        if not store.decide(self._build_id)["exists"]:
+            raise RuntimeError("build %r is not in %s: create it with init-state first" % (self._build_id, store.path))
+        self._store = store
+        return store
+
+    # --- states ----------------------------------------------------------------------------
+
+    def _begin(self, state, label):
+        store = self._record("open the database", self._open)
+        if store is None:
+            return
+        self._record("record the context", store.set_context, {"ansible_run": label})
+        if self._record("start state %s" % state, store.start, self._build_id, state) is None:
+            return
+        self._active, self._label = state, label
+        self._baseline = self._snapshot()
+        self._problems = {}
+
+    def _snapshot(self):
+        if self._stats is None:
+            return {}
+        return {host: self._stats.summarize(host) for host in self._stats.processed}
+
+    def _finish(self):
+        """Complete or fail the active state, judged from the statistics since it began."""
+        if self._active is None:
+            return
+        state, self._active = self._active, None
+        failed = []  # (host, failures, unreachable)
+        if self._stats is not None:
+            for host in self._stats.processed:
+                now, before = self._stats.summarize(host), self._baseline.get(host, {})
+                failures = now["failures"] - before.get("failures", 0)
+                unreachable = now["unreachable"] - before.get("unreachable", 0)
+                if failures > 0 or unreachable > 0:
+                    failed.append((host, failures, unreachable))
+        else:  # no statistics object found: fall back on what the callbacks told us
+            failed = [(h, 0 if u else 1, 1 if u else 0) for h, (_, _, u) in self._problems.items()]
+        if not failed:
+            self._record("complete state %s" % state, self._store.complete, self._build_id, state)
+            return
+        # One line, so that one-line summaries (check-state, history) show every host.
+        details = []
+        for host, failures, unreachable in sorted(failed):
+            task, why, _ = self._problems.get(host, ("?", "failed", bool(unreachable)))
+            what = "%s (unreachable)" % host if unreachable and not failures else host
+            details.append(_bounded("%s: task '%s': %s" % (what, task, why), MAX_HOST_CHARS))
+        message = "%s failed on %d host(s): %s" % (self._label, len(failed), "; ".join(details))
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+        only_unreachable = all(f == 0 for _, f, _ in failed)
+        self._record(
+            "fail state %s" % state,
+            self._store.fail,
+            self._build_id,
+            state,
+            message,
+            category="transient" if only_unreachable else None,
+        )
+
+    # --- Ansible events --------------------------------------------------------------------
+
+    def v2_playbook_on_start(self, playbook):
+        self._stats = self._find_stats()
+        self._install_signal_handlers()
+        if self._playbook_state is not None:
+            self._begin(int(self._playbook_state), "playbook '%s'" % os.path.basename(playbook._file_name))
+        elif buildstate is None or not self._build_id:
+            # Enabled but not configured: say so once, at the start.
+            self._record("open the database", self._open)
+
+    def v2_playbook_on_play_start(self, play):
+        if self._playbook_state is not None:
+            return  # the whole playbook is one state
+        self._finish()
+        state = (getattr(play, "vars", None) or {}).get("buildstate_state")
+        if state is None:
+            return
+        try:
+            state = int(state)
+        except (TypeError, ValueError):
+            self._trouble("play '%s': buildstate_state must be a state number, not %r" % (play.get_name(), state))
+            return
+        self._begin(state, "play '%s'" % play.get_name())
+
+    def v2_playbook_on_stats(self, stats):
+        self._stats = self._stats or stats
+        self._finish()
+        self._restore_signal_handlers()
+
+    def v2_runner_on_start(self, host, task):
+        self._task_started[(host.get_name(), task._uuid)] = time.monotonic()
+
+    def v2_runner_on_ok(self, result):
+        self._task(result, "changed" if result.is_changed() else "ok")
+
+    def v2_runner_on_skipped(self, result):
+        self._task(result, "skipped")
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        host = result.host.get_name()
+        message = self._module_message(result)
+        if ignore_errors:
+            status = "ignored"
+        elif self._was_rescued(host):
+            status = "rescued"
+        else:
+            status = "failed"
+            self._problems[host] = (result.task.get_name(), message, False)
+        self._task(result, status, message)
+
+    def v2_runner_on_unreachable(self, result):
+        host = result.host.get_name()
+        message = self._module_message(result)
+        self._problems.setdefault(host, (result.task.get_name(), message, True))
+        self._task(result, "unreachable", message)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _was_rescued(self, host):
+        """Ansible counts a rescued failure in the statistics before calling us."""
+        if self._stats is None:
+            return False
+        rescued = self._stats.summarize(host).get("rescued", 0)
+        if rescued > self._rescued_seen.get(host, 0):
+            self._rescued_seen[host] = rescued
+            return True
+        return False
+
+    @staticmethod
+    def _module_message(result):
+        r = result.result or {}
+        text = r.get("msg") or r.get("stderr") or r.get("module_stderr") or r.get("exception") or "failed"
+        return _bounded(text, MAX_HOST_CHARS)
+
+    def _task(self, result, status, message=None):
+        if not self._record_tasks or self._off or self._store is None:
+            return
+        host, task = result.host.get_name(), result.task
+        started = self._task_started.pop((host, task._uuid), None)
+        duration = int((time.monotonic() - started) * 1000) if started is not None else None
+        self._record(
+            "record a task result",
+            self._store.task,
+            self._build_id,
+            task.get_name(),
+            host,
+            status,
+            state=self._active,
+            duration_ms=duration,
+            message=message,
+        )
+
+    @staticmethod
+    def _find_stats():
+        """The run's AggregateStats. Callbacks are not handed it before the end, but the
+        TaskQueueManager dispatching this event holds it; rescued failures are only told
+        apart from real ones there."""
+        frame = sys._getframe(1)
+        for _ in range(8):
+            if frame is None:
+                break
+            stats = getattr(frame.f_locals.get("self"), "_stats", None)
+            if stats is not None and hasattr(stats, "summarize"):
+                return stats
+            frame = frame.f_back
+        return None
+
+    # --- interruption ------------------------------------------------------------------------
+
+    def _install_signal_handlers(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous_handlers[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        atexit.register(self._on_exit)
+
+    def _restore_signal_handlers(self):
+        for sig, handler in self._previous_handlers.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError, TypeError):
+                pass
+        self._previous_handlers = {}
+
+    def _interrupt(self, why):
+        # Only the controller records: forked workers inherit this handler too.
+        if self._active is None or self._store is None or self._off or os.getpid() != self._pid:
+            return
+        state, self._active = self._active, None
+        try:
+            self._store.interrupt(self._build_id, state, why)
+        except Exception as e:
+            self._display.warning("buildstate: could not record the interruption of state %s: %s" % (state, e))
+
+    def _on_signal(self, signum, frame):
+        self._interrupt(signal.Signals(signum).name)
+        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)
+
+    def _on_exit(self):
+        self._interrupt("ansible-playbook exiting before the play ended")

@@ -1,0 +1,102 @@
+"""The Python API over the state crate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import buildstate
+
+from conftest import BUILD
+
+
+def test_walk_states_and_read_history(db: Path) -> None:
+    s = buildstate.Store(db)
+    report = s.init(BUILD, "aws", "rhel9", meta={"git_sha": "1a2b"})
+    assert report["created"] is True
+    assert report["decision"] == "resume" and report["next_state"] == 0
+    assert s.init(BUILD, "aws", "rhel9", meta={"git_sha": "1a2b"})["created"] is False
+    assert s.start(BUILD, 0)["status"] == "running"
+    done = s.complete(BUILD, 0)
+    assert (done["current_state"], done["serial"]) == (0, 3)
+    s.meta(BUILD, {"ami_id": "ami-1"})
+    decision = s.decide(BUILD)
+    assert decision["decision"] == "resume" and decision["next_state"] == 5
+    assert decision["metadata"] == {"ami_id": "ami-1", "git_sha": "1a2b"}
+    assert [e["kind"] for e in s.events(BUILD)] == ["init", "start", "complete", "meta"]
+    assert s.events(BUILD)[1]["actor"]["tool"] == "python"
+
+
+def test_failure_messages_are_verbatim_and_redacted(db: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_text('name = "p"\n[[state]]\nid = 0\nname = "a"\nexpected = "1m"\nretry = { policy = "immediate", max_attempts = 9 }\n')
+    s = buildstate.Store(db)
+    s.init(BUILD, "aws", "rhel9", plan=plan)
+    big = "it's \"quoted\" '); DROP TABLE builds;-- ünïcödé\n" * 25_000
+    assert len(big) > 1_000_000
+    report = s.fail(BUILD, 0, big, category="transient", exit_code=3)
+    assert report["last_error"] == big
+    assert report["status"] == "waiting" and report["last_category"] == "transient"
+    report = s.fail(BUILD, 0, "login failed password=hunter2")
+    assert report["last_error"] == "login failed password=[REDACTED]"
+    assert buildstate.redact("Authorization: Bearer abcdefgh12345") == "Authorization: Bearer [REDACTED]"
+
+
+def test_errors_are_typed_with_exit_codes(db: Path, tmp_path: Path) -> None:
+    s = buildstate.Store(db)
+    with pytest.raises(buildstate.UnknownBuildError) as e:
+        s.start("ghost", 0)
+    assert e.value.exit_code == 3 and e.value.kind == "unknown_build"
+    assert "init-state ghost" in str(e.value)
+    s.init(BUILD, "aws", "rhel9")
+    with pytest.raises(buildstate.ConflictError):
+        s.init(BUILD, "gcp", "rhel9")
+    with pytest.raises(buildstate.RefusedError) as e:
+        s.start(BUILD, 7)
+    assert e.value.exit_code == 5 and "not in its plan" in str(e.value)
+    with pytest.raises(buildstate.InvalidInputError):
+        s.meta(BUILD, {"bad-key": "x"})
+    with pytest.raises(buildstate.InvalidInputError):
+        s.fail(BUILD, 0, "x", category="sometimes")
+    bad_plan = tmp_path / "plan.toml"
+    bad_plan.write_text('name = "p"\n[[state]]\nid = 101\nname = "a"\nexpected = "1m"\n')
+    with pytest.raises(buildstate.InvalidPlanError) as e:
+        s.init("other", "aws", "x", plan=bad_plan)
+    assert "state[0] (id 101).id" in str(e.value)
+    assert issubclass(buildstate.RefusedError, buildstate.BuildstateError)
+    # Nothing was written by any refused call.
+    assert [e["kind"] for e in s.events(BUILD)] == ["init"]
+
+
+def test_missing_database_is_not_created_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "state.db"
+    with pytest.raises(buildstate.DatabaseError) as e:
+        buildstate.Store(path, create=False)
+    assert "no database here" in str(e.value) and e.value.exit_code == 7
+    assert not path.exists()
+
+
+def test_unknown_build_decides_start(db: Path) -> None:
+    report = buildstate.Store(db).decide("new-one")
+    assert report["exists"] is False and report["decision"] == "start"
+
+
+def test_task_events_and_context(db: Path) -> None:
+    s = buildstate.Store(db, tool="ansible")
+    s.init(BUILD, "aws", "rhel9")
+    s.set_context({"ansible_run": "play 'base'"})
+    s.task(BUILD, "install nginx", "web1", "failed", state=0, duration_ms=12, message="token=abc no package")
+    event = s.events(BUILD)[-1]
+    assert event["kind"] == "task"
+    assert event["message"] == "failed on web1: install nginx: token=[REDACTED] no package"
+    assert event["duration_ms"] == 12 and event["state"] == 0
+    assert event["actor"]["context"]["ansible_run"] == "play 'base'"
+    assert event["actor"]["tool"] == "ansible"
+    # A task event records history only: the build itself is unchanged.
+    assert s.decide(BUILD)["status"] == "pending"
+
+
+def test_default_db_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert buildstate.default_db_path() == tmp_path / "buildstate" / "buildstate.db"
