@@ -244,7 +244,7 @@ fn run(args: &Args) -> Result<i32> {
         Transition::Rollback { .. } => format!("rolled back to {}", label(build.current_state)),
         Transition::Cancel { .. } => "cancelled".to_string(),
         Transition::Interrupt { .. } => "recorded an interruption".to_string(),
-        Transition::Task { .. } => "recorded a task result".to_string(),
+        Transition::Tasks { .. } => "recorded task results".to_string(),
     };
     println!(
         "build {}: {what}; status {} (serial {})\n  next: {}",

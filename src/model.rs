@@ -175,6 +175,8 @@ pub struct NewEvent {
     pub category: Option<Category>,
     pub exit_code: Option<i32>,
     pub duration_ms: Option<u64>,
+    /// When it happened, if earlier than the write (queued task results).
+    pub at: Option<SystemTime>,
 }
 
 impl NewEvent {
@@ -187,6 +189,7 @@ impl NewEvent {
             category: None,
             exit_code: None,
             duration_ms: None,
+            at: None,
         }
     }
 }
@@ -232,16 +235,10 @@ pub enum Transition {
     Cancel {
         reason: String,
     },
-    /// A task result on one host, recorded for the history; the build does not change.
-    Task {
-        state: Option<u8>,
-        task: String,
-        host: String,
-        /// ok, changed, failed, skipped, unreachable, ignored, rescued
-        status: String,
-        duration_ms: Option<u64>,
-        /// The module's message, for failures (redacted here).
-        message: Option<String>,
+    /// Task results (Ansible), recorded for the history; the build does not change.
+    /// One write however many records, so a batch costs one transaction.
+    Tasks {
+        records: Vec<TaskRecord>,
     },
 }
 
@@ -257,6 +254,22 @@ impl Transition {
             timed_out: false,
         }
     }
+}
+
+/// One task's result on one host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// The state the task ran under, if any.
+    pub state: Option<u8>,
+    pub task: String,
+    pub host: String,
+    /// ok, changed, failed, skipped, unreachable, ignored, rescued
+    pub status: String,
+    pub duration_ms: Option<u64>,
+    /// The module's message, for failures (redacted when recorded).
+    pub message: Option<String>,
+    /// When the result came in (the event's time, even if written later).
+    pub at: SystemTime,
 }
 
 /// When a transition happens and who asks: the clock, randomness and identity come in
@@ -911,27 +924,26 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
             next.current_state = Some(target);
             next.status = Status::Pending;
         }
-        Transition::Task {
-            state,
-            task,
-            host,
-            status,
-            duration_ms,
-            message,
-        } => {
-            let mut text = format!("{status} on {host}: {task}");
-            if let Some(m) = message.as_deref().filter(|m| !m.trim().is_empty()) {
-                text.push_str(": ");
-                text.push_str(m);
+        Transition::Tasks { records } => {
+            if records.is_empty() {
+                return Err(Error::InvalidInput("no task results to record".into()));
             }
-            let mut e = event(
-                EventKind::Task,
-                *state,
-                None,
-                Some(redact(&text).into_owned()),
-            );
-            e.duration_ms = *duration_ms;
-            events.push(e);
+            for r in records {
+                let mut text = format!("{} on {}: {}", r.status, r.host, r.task);
+                if let Some(m) = r.message.as_deref().filter(|m| !m.trim().is_empty()) {
+                    text.push_str(": ");
+                    text.push_str(m);
+                }
+                let mut e = event(
+                    EventKind::Task,
+                    r.state,
+                    None,
+                    Some(redact(&text).into_owned()),
+                );
+                e.duration_ms = r.duration_ms;
+                e.at = Some(r.at);
+                events.push(e);
+            }
         }
         Transition::Cancel { reason } => {
             need_reason(reason, "cancel")?;

@@ -73,7 +73,10 @@ class Store:
         state: int | None = None,
         duration_ms: int | None = None,
         message: str | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Queued: written in batches by a background thread; returns at once."""
+    def flush(self) -> None:
+        """Wait until every queued task result is written."""
     def decide(self, build_id: str) -> Report: ...
     def events(self, build_id: str) -> list[dict[str, Any]]: ...
 

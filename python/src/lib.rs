@@ -9,10 +9,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use buildstate::context::Actor;
-use buildstate::model::{Category, Ctx, InitRequest, Transition};
+use buildstate::model::{Category, Ctx, InitRequest, TaskRecord, Transition};
 use buildstate::plan::Plan;
 use buildstate::report::Report;
-use buildstate::store::{Store as CoreStore, DEFAULT_BUSY_TIMEOUT};
+use buildstate::store::{Store as CoreStore, TaskRecorder, DEFAULT_BUSY_TIMEOUT};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -106,12 +106,24 @@ struct Store {
     inner: Mutex<CoreStore>,
     actor: Mutex<Actor>,
     path: PathBuf,
+    busy_timeout: Duration,
+    /// Started on the first `task()`: writes task results off the caller's path.
+    recorder: Mutex<Option<TaskRecorder>>,
 }
 
 impl Store {
+    /// Write queued task results, so that what follows keeps the history's order.
+    fn flush_tasks(&self) -> buildstate::Result<()> {
+        match self.recorder.lock().expect("recorder lock").as_ref() {
+            Some(r) => r.flush(),
+            None => Ok(()),
+        }
+    }
+
     /// Apply a transition with the GIL released, and return the build's report as a dict.
     fn apply(&self, py: Python<'_>, build_id: &str, t: Transition) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
+            self.flush_tasks()?;
             let actor = self.actor.lock().expect("actor lock").clone();
             let mut store = self.inner.lock().expect("store lock");
             let ctx = Ctx::live();
@@ -162,6 +174,8 @@ impl Store {
             inner: Mutex::new(store),
             actor: Mutex::new(Actor::from_env(tool)),
             path,
+            busy_timeout: timeout,
+            recorder: Mutex::new(None),
         })
     }
 
@@ -277,6 +291,9 @@ impl Store {
     }
 
     /// Record one task result on one host (history only; the build does not change).
+    /// Queued and written in batches by a background thread: it returns at once. Errors
+    /// of an earlier write are raised here or by `flush()`; transitions and reads flush
+    /// first.
     #[pyo3(signature = (build_id, task, host, status, *, state=None, duration_ms=None, message=None))]
     #[allow(clippy::too_many_arguments)]
     fn task(
@@ -290,27 +307,39 @@ impl Store {
         duration_ms: Option<u64>,
         message: Option<String>,
     ) -> PyResult<()> {
-        let t = Transition::Task {
+        let record = TaskRecord {
             state,
             task: task.to_string(),
             host: host.to_string(),
             status: status.to_string(),
             duration_ms,
             message,
+            at: std::time::SystemTime::now(),
         };
         let result = py.detach(|| -> buildstate::Result<()> {
+            let mut recorder = self.recorder.lock().expect("recorder lock");
+            if recorder.is_none() {
+                *recorder = Some(TaskRecorder::start(&self.path, self.busy_timeout)?);
+            }
             let actor = self.actor.lock().expect("actor lock").clone();
-            let mut store = self.inner.lock().expect("store lock");
-            store.transition(build_id, &t, &actor, &Ctx::live())?;
-            Ok(())
+            recorder
+                .as_ref()
+                .expect("started above")
+                .record(build_id, record, &actor)
         });
         result.map_err(|e| to_py(py, e))
+    }
+
+    /// Wait until every queued task result is written.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.flush_tasks()).map_err(|e| to_py(py, e))
     }
 
     /// The build's report with the decision: what check-state --json prints. An unknown
     /// build gives `{"exists": false, "decision": "start", ...}`.
     fn decide(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
+            self.flush_tasks()?;
             let store = self.inner.lock().expect("store lock");
             let report = Report::load(
                 Some(&store),
@@ -328,6 +357,7 @@ impl Store {
     /// The build's history, oldest first.
     fn events(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
+            self.flush_tasks()?;
             let store = self.inner.lock().expect("store lock");
             let events = store.events(build_id)?;
             Ok(serde_json::to_string(&events).expect("events serialize"))

@@ -6,6 +6,7 @@
 //! transition survives a power cut) and a busy timeout, so concurrent writers queue up
 //! instead of failing with "database is locked".
 
+mod recorder;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use crate::plan::Plan;
 use crate::time;
 use crate::{Error, Result};
 
+pub use recorder::TaskRecorder;
 pub use schema::SCHEMA_VERSION;
 
 /// How long a writer waits for another writer before giving up.
@@ -441,7 +443,6 @@ fn append_events(
         .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE build_id = :id")?
         .query_row(named_params! {":id": b.build_id}, |r| r.get(0))?;
     let actor = serde_json::to_string(actor).expect("an actor always serializes");
-    let at = time::format(now);
     let mut stmt = conn.prepare_cached(
         "INSERT INTO events (build_id, seq, serial, at, kind, state, attempt, message, category,
             exit_code, duration_ms, actor)
@@ -450,7 +451,8 @@ fn append_events(
     )?;
     for (i, e) in events.iter().enumerate() {
         stmt.execute(named_params! {
-            ":id": b.build_id, ":seq": last + 1 + i as u64, ":serial": b.serial, ":at": at,
+            ":id": b.build_id, ":seq": last + 1 + i as u64, ":serial": b.serial,
+            ":at": time::format(e.at.unwrap_or(now)),
             ":kind": e.kind.as_str(), ":state": e.state, ":attempt": e.attempt,
             ":message": e.message, ":category": e.category.map(|c| c.as_str()),
             ":exit_code": e.exit_code, ":duration": e.duration_ms, ":actor": actor,

@@ -253,3 +253,22 @@ def test_ansible_doc_renders_every_option() -> None:
 def test_module_prints_the_plugin_directory() -> None:
     r = subprocess.run([str(BIN / "python"), "-m", "buildstate.ansible"], capture_output=True, text=True, check=True)
     assert (Path(r.stdout.strip()) / "buildstate.py").is_file()
+
+
+def test_tasks_are_recorded_in_plays_without_a_state(tmp_path: Path, db: Path, store: buildstate.Store) -> None:
+    text = play("no state", None, debug_task("unmapped task")) + play("base", 15, debug_task("mapped task"))
+    r = run_playbook(tmp_path, text, base_env(db))
+    assert r.returncode == 0, r.stdout + r.stderr
+    tasks = kinds(store.events(BUILD), "task")
+    assert [(t["state"], t["message"]) for t in tasks] == [
+        (None, "ok on localhost: unmapped task"),
+        (15, "ok on localhost: mapped task"),
+    ]
+    assert store.decide(BUILD)["current_state"] == 15
+
+
+def test_record_tasks_off_records_states_only(tmp_path: Path, db: Path, store: buildstate.Store) -> None:
+    r = run_playbook(tmp_path, THREE_PLAYS, base_env(db, BUILDSTATE_RECORD_TASKS="false"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert kinds(store.events(BUILD), "task") == []
+    assert store.decide(BUILD)["current_state"] == 25

@@ -100,3 +100,21 @@ def test_task_events_and_context(db: Path) -> None:
 def test_default_db_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     assert buildstate.default_db_path() == tmp_path / "buildstate" / "buildstate.db"
+
+
+def test_task_results_are_queued_and_errors_surface_on_flush(db: Path) -> None:
+    s = buildstate.Store(db)
+    s.init(BUILD, "aws", "rhel9")
+    for i in range(200):
+        s.task(BUILD, f"task {i}", "h", "ok", state=0)
+    s.flush()
+    tasks = [e for e in s.events(BUILD) if e["kind"] == "task"]
+    assert [t["message"] for t in tasks] == [f"ok on h: task {i}" for i in range(200)]
+    s.task("ghost", "t", "h", "ok")
+    with pytest.raises(buildstate.UnknownBuildError):
+        s.flush()
+    # A transition flushes first: the history keeps its order.
+    s.task(BUILD, "last task", "h", "ok", state=0)
+    s.complete(BUILD, 0)
+    kinds = [e["kind"] for e in s.events(BUILD)]
+    assert kinds[-2:] == ["task", "complete"]

@@ -232,8 +232,9 @@ class CallbackModule(CallbackBase):
         self._install_signal_handlers()
         if self._playbook_state is not None:
             self._begin(int(self._playbook_state), "playbook '%s'" % os.path.basename(playbook._file_name))
-        elif buildstate is None or not self._build_id:
-            # Enabled but not configured: say so once, at the start.
+        else:
+            # Open now: trouble is reported at the start, and task results are recorded
+            # even in plays that advance no state.
             self._record("open the database", self._open)
 
     def v2_playbook_on_play_start(self, play):
@@ -253,6 +254,8 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats):
         self._stats = self._stats or stats
         self._finish()
+        if self._store is not None:
+            self._record("write the task results", self._store.flush)
         self._restore_signal_handlers()
 
     def v2_runner_on_start(self, host, task):
@@ -373,3 +376,8 @@ class CallbackModule(CallbackBase):
 
     def _on_exit(self):
         self._interrupt("ansible-playbook exiting before the play ended")
+        if self._store is not None and not self._off and os.getpid() == self._pid:
+            try:
+                self._store.flush()
+            except Exception as e:
+                self._display.warning("buildstate: could not write the last task results: %s" % e)
