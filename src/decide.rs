@@ -288,6 +288,8 @@ mod tests {
         use Transition::*;
         let c = |state| Complete { state };
         let fail = |state, msg: &str| Transition::fail(state, msg);
+        // Complete every state of the built-in plan up to and including `last`.
+        let through = |last: u8| (0..=last).step_by(5).map(c).collect::<Vec<_>>();
         // (transitions, asked this long after the last, decision, next state, attempt
         // text, part of the reason)
         type Case = (
@@ -373,23 +375,7 @@ mod tests {
                 "all 4 attempts failed; needs a person",
             ),
             (
-                vec![
-                    c(0),
-                    c(5),
-                    c(10),
-                    c(15),
-                    c(20),
-                    c(25),
-                    c(30),
-                    c(35),
-                    c(40),
-                    c(45),
-                    c(50),
-                    c(55),
-                    c(60),
-                    c(65),
-                    fail(70, "tests red"),
-                ],
+                [through(65), vec![fail(70, "tests red")]].concat(),
                 59 * MIN,
                 Action::Wait,
                 Some(70),
@@ -397,24 +383,11 @@ mod tests {
                 "retry in 1m",
             ),
             (
-                vec![
-                    c(0),
-                    c(5),
-                    c(10),
-                    c(15),
-                    c(20),
-                    c(25),
-                    c(30),
-                    c(35),
-                    c(40),
-                    c(45),
-                    c(50),
-                    c(55),
-                    c(60),
-                    c(65),
-                    fail(70, "tests red"),
-                    fail(70, "tests red"),
-                ],
+                [
+                    through(65),
+                    vec![fail(70, "tests red"), fail(70, "tests red")],
+                ]
+                .concat(),
                 Duration::ZERO,
                 Action::Blocked,
                 Some(70),

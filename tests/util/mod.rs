@@ -62,22 +62,19 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-const CLEARED: &[&str] = &[
-    "BUILDSTATE_DB",
-    "BUILDSTATE_PLAN",
-    "BUILDSTATE_BUSY_TIMEOUT",
-    "BUILDSTATE_LEASE_TTL",
-    "BUILDSTATE_STATE",
-    "BUILDSTATE_BUILD_ID",
-    "BUILD_ID",
-    "BUILD_NAME",
-    "BUILD_JOB_NAME",
-    "BUILD_PIPELINE_NAME",
-    "BUILD_TEAM_NAME",
-    "ATC_EXTERNAL_URL",
-    "BUILD_URL",
-    "XDG_STATE_HOME",
-];
+/// Every variable of ours, Concourse's build metadata, and where the default database
+/// would live: none of the developer's settings may leak into a test.
+fn clear_env(c: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BUILDSTATE_") {
+            c.env_remove(key);
+        }
+    }
+    for v in buildstate::context::CONCOURSE_VARS {
+        c.env_remove(v);
+    }
+    c.env_remove("XDG_STATE_HOME");
+}
 
 impl Env {
     pub fn new() -> Env {
@@ -93,9 +90,7 @@ impl Env {
     /// A command for `name` with a clean environment and `--db` set.
     pub fn command(&self, name: &str) -> Command {
         let mut c = Command::new(bin(name));
-        for v in CLEARED {
-            c.env_remove(v);
-        }
+        clear_env(&mut c);
         c.env("HOME", self.dir.path()).current_dir(self.dir.path());
         c.arg("--db").arg(&self.db);
         c
