@@ -68,18 +68,10 @@ fn run(args: &Args) -> Result<i32> {
     let mut store = args.common.open()?;
     let now = SystemTime::now();
     let outcome = store.init(&req, &Actor::from_env("init-state"), now)?;
-    let stored_plan = store.plan(&outcome.build.plan_hash)?;
-    let report = Report::of(
-        &outcome.build,
-        &stored_plan,
-        store.metadata(&req.build_id)?,
-        None,
-        now,
-    );
+    let (mut report, stored_plan) = Report::after_write(&store, &outcome.build, now)?;
+    report.created = Some(outcome.created);
     if args.common.json {
-        let mut v = serde_json::to_value(&report).expect("report serializes");
-        v["created"] = outcome.created.into();
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        println!("{}", report.to_json());
     } else if outcome.created {
         println!(
             "created build {} (cloud {}, image {}, plan {} with {} states); next: {}",

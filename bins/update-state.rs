@@ -210,14 +210,7 @@ fn run(args: &Args) -> Result<i32> {
     let ctx = Ctx::live();
     let actor = Actor::from_env("update-state");
     let build = store.transition(&args.build_id, &t, &actor, &ctx)?;
-    let plan = store.plan(&build.plan_hash)?;
-    let report = Report::of(
-        &build,
-        &plan,
-        store.metadata(&args.build_id)?,
-        None,
-        ctx.now,
-    );
+    let (report, plan) = Report::after_write(&store, &build, ctx.now)?;
     if args.common.json {
         println!("{}", report.to_json());
         return Ok(exit::OK);

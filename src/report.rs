@@ -45,6 +45,9 @@ pub struct Report {
     pub metadata: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<Event>>,
+    /// init only: whether this call created the build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
 }
 
 impl Report {
@@ -90,6 +93,7 @@ impl Report {
                     updated_at: None,
                     metadata: BTreeMap::new(),
                     history: with_history.then(Vec::new),
+                    created: None,
                 })
             }
         }
@@ -128,7 +132,16 @@ impl Report {
             updated_at: Some(b.updated_at),
             metadata,
             history,
+            created: None,
         }
+    }
+
+    /// The report on a build just written, with the plan it was judged by: what every
+    /// command (and the Python API) answers after a write.
+    pub fn after_write(store: &Store, b: &Build, now: SystemTime) -> Result<(Report, Plan)> {
+        let plan = store.plan(&b.plan_hash)?;
+        let report = Report::of(b, &plan, store.metadata(&b.build_id)?, None, now);
+        Ok((report, plan))
     }
 
     pub fn to_json(&self) -> String {

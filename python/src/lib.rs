@@ -128,9 +128,7 @@ impl Store {
             let mut store = self.inner.lock().expect("store lock");
             let ctx = Ctx::live();
             let build = store.transition(build_id, &t, &actor, &ctx)?;
-            let plan = store.plan(&build.plan_hash)?;
-            let report = Report::of(&build, &plan, store.metadata(build_id)?, None, ctx.now);
-            Ok(report.to_json())
+            Ok(Report::after_write(&store, &build, ctx.now)?.0.to_json())
         });
         let text = result.map_err(|e| to_py(py, e))?;
         json_to_py(py, &text)
@@ -220,11 +218,9 @@ impl Store {
             let mut store = self.inner.lock().expect("store lock");
             let now = std::time::SystemTime::now();
             let outcome = store.init(&req, &actor, now)?;
-            let plan = store.plan(&outcome.build.plan_hash)?;
-            let report = Report::of(&outcome.build, &plan, store.metadata(build_id)?, None, now);
-            let mut v = serde_json::to_value(&report).expect("report serializes");
-            v["created"] = outcome.created.into();
-            Ok(v.to_string())
+            let (mut report, _) = Report::after_write(&store, &outcome.build, now)?;
+            report.created = Some(outcome.created);
+            Ok(report.to_json())
         });
         let text = result.map_err(|e| to_py(py, e))?;
         json_to_py(py, &text)
