@@ -179,11 +179,6 @@ impl Plan {
         Plan::from_toml(DEFAULT_PLAN_TOML, "(built-in)").expect("the built-in plan is valid")
     }
 
-    /// The built-in plan's TOML text, for `docs/plan.md` and as a template.
-    pub fn default_plan_toml() -> &'static str {
-        DEFAULT_PLAN_TOML
-    }
-
     /// Parse and validate a plan. `origin` names the file in error messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Plan> {
         let invalid = |message: String| Error::InvalidPlan {

@@ -142,7 +142,7 @@ pub enum Verdict {
     /// Try again at `at`; `max_attempts` is the number allowed in all.
     RetryAt { at: SystemTime, max_attempts: u32 },
     /// No automatic retry: a person is needed. `reason` says why.
-    Blocked { reason: String, notify: bool },
+    Blocked { reason: String },
 }
 
 /// The most attempts a policy allows (before extra ones granted by a person).
@@ -193,7 +193,6 @@ pub fn after_failure(
     if category == Category::Persistent {
         return Verdict::Blocked {
             reason: "the failure is persistent: retrying will not help".into(),
-            notify: true,
         };
     }
     if failed_attempt >= max {
@@ -204,10 +203,7 @@ pub fn after_failure(
             }
             _ => format!("all {max} attempts failed"),
         };
-        return Verdict::Blocked {
-            reason,
-            notify: true,
-        };
+        return Verdict::Blocked { reason };
     }
     let delay = match policy {
         RetryPolicy::Immediate { delay, .. } | RetryPolicy::Notify { delay, .. } => *delay,
@@ -231,7 +227,6 @@ pub fn after_failure(
                             "the retry window of {} since the first attempt is used up",
                             crate::time::format_duration(*w)
                         ),
-                        notify: true,
                     };
                 }
             }
@@ -371,7 +366,7 @@ mod tests {
             60 * MIN
         );
         assert!(
-            matches!(after_failure(&notify, Category::Transient, 2, 0, None, t0(), 0.0), Verdict::Blocked { reason, notify: true } if reason.contains("calls a person"))
+            matches!(after_failure(&notify, Category::Transient, 2, 0, None, t0(), 0.0), Verdict::Blocked { reason } if reason.contains("calls a person"))
         );
         let notify0 = RetryPolicy::Notify {
             automatic_attempts: 0,

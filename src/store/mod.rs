@@ -146,7 +146,7 @@ impl Store {
                 created: false,
             });
         }
-        let (mut build, event) = req.new_build(uuid::Uuid::new_v4().to_string(), now);
+        let (build, event) = req.new_build(uuid::Uuid::new_v4().to_string(), now);
         let hash = req.plan.hash();
         tx.execute(
             "INSERT OR IGNORE INTO plans (hash, name, body) VALUES (:hash, :name, :body)",
@@ -163,7 +163,6 @@ impl Store {
                 .collect();
             upsert_meta(&tx, &build, &pairs)?;
         }
-        build.serial = 1;
         tx.commit()?;
         Ok(InitOutcome {
             build,
