@@ -41,10 +41,7 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let plan = match &args.plan {
-        Some(p) => Plan::from_file(p)?,
-        None => Plan::default_plan(),
-    };
+    let plan = Plan::load(args.plan.as_deref())?;
     buildstate::model::validate_build_id(&args.build_id)?;
     let store = args.common.open_existing()?;
     let report = Report::load(

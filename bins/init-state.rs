@@ -48,10 +48,7 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let plan = match &args.plan {
-        Some(p) => Plan::from_file(p)?,
-        None => Plan::default_plan(),
-    };
+    let plan = Plan::load(args.plan.as_deref())?;
     let meta = args
         .meta
         .iter()

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 
 use buildstate::cli::{finish, Common};
 use buildstate::context::Actor;
-use buildstate::model::{parse_meta_pair, Category, Ctx, Transition};
+use buildstate::model::{parse_meta_pair, Ctx, Transition};
+use buildstate::policy::Category;
 use buildstate::report::Report;
 use buildstate::{exit, Error, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 /// Record one transition of a build, durably, in one transaction.
 ///
@@ -74,8 +75,8 @@ enum Action {
         #[arg(long, value_name = "FILE")]
         error_file: Option<PathBuf>,
         /// What kind of failure this is [default: decided by the plan's rules]
-        #[arg(long, value_enum, value_name = "CATEGORY")]
-        category: Option<CategoryArg>,
+        #[arg(long, value_name = "CATEGORY", value_parser = parse_category)]
+        category: Option<Category>,
         /// The failed command's exit code (used to classify the failure)
         #[arg(long, value_name = "N", allow_negative_numbers = true)]
         exit_code: Option<i32>,
@@ -120,21 +121,9 @@ enum Action {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum CategoryArg {
-    Transient,
-    Persistent,
-    Unknown,
-}
-
-impl From<CategoryArg> for Category {
-    fn from(c: CategoryArg) -> Category {
-        match c {
-            CategoryArg::Transient => Category::Transient,
-            CategoryArg::Persistent => Category::Persistent,
-            CategoryArg::Unknown => Category::Unknown,
-        }
-    }
+/// transient, persistent or unknown: the crate's one parser, so the error names them.
+fn parse_category(s: &str) -> std::result::Result<Category, String> {
+    Category::parse_input(s).map_err(|e| e.to_string())
 }
 
 fn read_message(path: &PathBuf) -> Result<String> {
@@ -174,7 +163,7 @@ fn transition(action: &Action) -> Result<Transition> {
                 (None, Some(path)) => read_message(path)?,
                 (None, None) => unreachable!("clap requires --error or --error-file"),
             },
-            category: category.map(Category::from),
+            category: *category,
             exit_code: *exit_code,
             signal: None,
             timed_out: false,

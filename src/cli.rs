@@ -3,9 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use crate::store::{Store, DEFAULT_BUSY_TIMEOUT};
+use crate::store::{busy_timeout_from_env, default_db_path, Store};
 use crate::{Error, Result};
 
 /// Flags every binary takes.
@@ -28,50 +27,17 @@ impl Common {
 
     /// Open the database, creating it if needed.
     pub fn open(&self) -> Result<Store> {
-        Store::open_with(&self.db_path(), busy_timeout()?)
+        Store::open_with(&self.db_path(), busy_timeout_from_env()?)
     }
 
     /// Open the database only if it exists: checking a build must not create files.
     pub fn open_existing(&self) -> Result<Option<Store>> {
         let path = self.db_path();
         if path.exists() {
-            Ok(Some(Store::open_with(&path, busy_timeout()?)?))
+            Ok(Some(Store::open_with(&path, busy_timeout_from_env()?)?))
         } else {
             Ok(None)
         }
-    }
-}
-
-/// `$XDG_STATE_HOME/buildstate/buildstate.db`, else `~/.local/state/buildstate/buildstate.db`,
-/// else `./buildstate.db`.
-pub fn default_db_path() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".local/state"))
-        });
-    match base {
-        Some(b) => b.join("buildstate").join("buildstate.db"),
-        None => PathBuf::from("buildstate.db"),
-    }
-}
-
-/// `BUILDSTATE_BUSY_TIMEOUT` in milliseconds, or the default.
-fn busy_timeout() -> Result<Duration> {
-    match std::env::var("BUILDSTATE_BUSY_TIMEOUT") {
-        Err(_) => Ok(DEFAULT_BUSY_TIMEOUT),
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .map(Duration::from_millis)
-            .map_err(|_| {
-                Error::InvalidInput(format!(
-                    "invalid BUILDSTATE_BUSY_TIMEOUT '{v}': give a whole number of milliseconds"
-                ))
-            }),
     }
 }
 

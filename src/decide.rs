@@ -8,8 +8,9 @@ use serde::Serialize;
 use crate::time;
 
 use crate::exit;
-use crate::model::{attempts_allowed, Build, Category, Status};
+use crate::model::{attempts_allowed, Build, Status};
 use crate::plan::Plan;
+use crate::policy::Category;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -9,6 +9,35 @@
 //! result to an exit code from [`exit`]. All logic lives here so that the binaries, the
 //! Python module and the Ansible callback agree by construction.
 
+/// `as_str`, `Display` and `FromStr` for a fieldless enum stored as text. An unknown
+/// name read back from the database is corruption (user input is parsed elsewhere).
+macro_rules! text_enum {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$t>::$v => $s),+ }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = $crate::Error;
+            fn from_str(s: &str) -> $crate::Result<Self> {
+                match s {
+                    $($s => Ok(<$t>::$v),)+
+                    other => Err($crate::Error::Corrupt(format!(
+                        "unknown {} '{other}'", stringify!($t)
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod context;
 pub mod decide;

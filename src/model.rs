@@ -6,14 +6,13 @@
 //! transition writes nothing and an accepted one writes row and events together.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::context::Actor;
 use crate::plan::Plan;
+use crate::policy::Category;
 use crate::redact::redact;
 use crate::{time, Error, Result};
 
@@ -33,15 +32,6 @@ pub enum Status {
     Completed,
     /// Stopped by a person.
     Cancelled,
-}
-
-/// What kind of failure a state had; it decides whether a retry can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Category {
-    Transient,
-    Persistent,
-    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,37 +58,10 @@ pub enum EventKind {
     Task,
 }
 
-macro_rules! text_enum {
-    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
-        impl $t {
-            pub fn as_str(self) -> &'static str {
-                match self { $(<$t>::$v => $s),+ }
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl FromStr for $t {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                match s {
-                    $($s => Ok(<$t>::$v),)+
-                    other => Err(Error::Corrupt(format!(
-                        "unknown {} '{other}'", stringify!($t)
-                    ))),
-                }
-            }
-        }
-    };
-}
-
 text_enum!(Status {
     Pending => "pending", Running => "running", Waiting => "waiting",
     Blocked => "blocked", Completed => "completed", Cancelled => "cancelled",
 });
-text_enum!(Category { Transient => "transient", Persistent => "persistent", Unknown => "unknown" });
 text_enum!(EventKind {
     Init => "init", Start => "start", Complete => "complete", Fail => "fail", Meta => "meta",
     Interrupt => "interrupt", Takeover => "takeover", Retry => "retry", Skip => "skip",
@@ -615,71 +578,17 @@ fn finish_state(b: &mut Build, plan: &Plan, state: u8) {
 
 /// Apply a transition to a build. Pure; see the module documentation.
 pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Change> {
-    let now = ctx.now;
     let mut next = b.clone();
     next.serial = b.serial + 1;
-    next.updated_at = now;
-    let mut events = Vec::new();
-    let mut meta = Vec::new();
-    let event = |kind, state: Option<u8>, attempt: Option<u32>, message: Option<String>| {
-        let mut e = NewEvent::new(kind, state);
-        e.attempt = attempt;
-        e.message = message;
-        e
+    next.updated_at = ctx.now;
+    let mut c = Change {
+        build: next,
+        events: Vec::new(),
+        meta: Vec::new(),
     };
     match t {
-        Transition::Start { state } => {
-            let Attempt::New(n) = attempt_for(b, plan, *state, "start", ctx)? else {
-                unreachable!("start always begins a new attempt")
-            };
-            let same = b.active_state == Some(*state);
-            let mut note = None;
-            if same && b.status == Status::Running {
-                if b.lease_owner.is_some() {
-                    events.push(event(
-                        EventKind::Takeover,
-                        Some(*state),
-                        Some(b.attempt),
-                        Some(format!(
-                            "the lease of {} expired at {}; attempt {} is abandoned",
-                            b.lease_owner.as_deref().unwrap_or("?"),
-                            b.lease_expires_at.map(time::format).unwrap_or_default(),
-                            b.attempt
-                        )),
-                    ));
-                } else {
-                    note = Some(format!(
-                        "restarted while attempt {} was still marked running",
-                        b.attempt
-                    ));
-                }
-            }
-            events.push(event(EventKind::Start, Some(*state), Some(n), note));
-            if !same {
-                next.first_attempt_at = Some(now);
-                next.extra_attempts = 0;
-            }
-            next.active_state = Some(*state);
-            next.status = Status::Running;
-            next.attempt = n;
-            next.attempt_started_at = Some(now);
-            next.next_attempt_at = None;
-            next.blocked_reason = None;
-            (next.lease_owner, next.lease_expires_at) = match (ctx.owner, ctx.lease_ttl) {
-                (Some(owner), Some(ttl)) => (Some(owner.to_string()), Some(now + ttl)),
-                _ => (None, None),
-            };
-        }
-        Transition::Complete { state } => {
-            let (n, started) = match attempt_for(b, plan, *state, "complete", ctx)? {
-                Attempt::Current(n) => (n, b.attempt_started_at),
-                Attempt::New(n) => (n, None),
-            };
-            let mut e = event(EventKind::Complete, Some(*state), Some(n), None);
-            e.duration_ms = elapsed_ms(started, now);
-            events.push(e);
-            finish_state(&mut next, plan, *state);
-        }
+        Transition::Start { state } => start(b, plan, ctx, state, &mut c),
+        Transition::Complete { state } => complete(b, plan, ctx, state, &mut c),
         Transition::Fail {
             state,
             message,
@@ -687,285 +596,434 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
             exit_code,
             signal,
             timed_out,
-        } => {
-            let (n, started) = match attempt_for(b, plan, *state, "fail", ctx)? {
-                Attempt::Current(n) => (n, b.attempt_started_at),
-                Attempt::New(n) => (n, None),
-            };
-            let same = b.active_state == Some(*state);
-            let first = if same { b.first_attempt_at } else { None }
-                .or(started)
-                .unwrap_or(now);
-            let extra = if same { b.extra_attempts } else { 0 };
-            let message = redact(message).into_owned();
-            let category = category.unwrap_or_else(|| {
-                crate::policy::classify(
-                    &plan.classify_rules(*state),
-                    &crate::policy::Failure {
-                        exit_code: *exit_code,
-                        signal: *signal,
-                        timed_out: *timed_out,
-                        text: &message,
-                    },
-                )
-            });
-            let verdict = crate::policy::after_failure(
-                plan.retry_for(*state),
-                category,
-                n,
-                extra,
-                Some(first),
-                now,
-                ctx.jitter,
-            );
-            let mut e = event(
-                EventKind::Fail,
-                Some(*state),
-                Some(n),
-                Some(message.clone()),
-            );
-            e.category = Some(category);
-            e.exit_code = *exit_code;
-            e.duration_ms = elapsed_ms(started, now);
-            events.push(e);
-            next.active_state = Some(*state);
-            next.attempt = n;
-            next.attempt_started_at = None;
-            next.first_attempt_at = Some(first);
-            next.extra_attempts = extra;
-            next.last_error = Some(message);
-            next.last_category = Some(category);
-            next.lease_owner = None;
-            next.lease_expires_at = None;
-            match verdict {
-                crate::policy::Verdict::RetryAt { at, .. } => {
-                    next.status = Status::Waiting;
-                    next.next_attempt_at = Some(at);
-                    next.blocked_reason = None;
-                }
-                crate::policy::Verdict::Blocked { reason, .. } => {
-                    next.status = Status::Blocked;
-                    next.next_attempt_at = None;
-                    next.blocked_reason = Some(reason);
-                }
-            }
-        }
-        Transition::Interrupt { state, signal } => {
-            if b.status != Status::Running || b.active_state != Some(*state) {
-                return refuse(format!(
-                    "build '{}': {} is not running; nothing to interrupt",
-                    b.build_id,
-                    plan.label(*state)
-                ));
-            }
-            check_lease(b, plan, ctx, "record an interruption")?;
-            let message = format!("interrupted by {signal}");
-            let mut e = event(
-                EventKind::Interrupt,
+        } => fail(
+            b, plan, ctx, state, message, category, exit_code, signal, timed_out, &mut c,
+        ),
+        Transition::Interrupt { state, signal } => interrupt(b, plan, ctx, state, signal, &mut c),
+        Transition::Meta { pairs } => meta(pairs, &mut c),
+        Transition::Retry { state, reason } => retry(b, plan, ctx, state, reason, &mut c),
+        Transition::Skip { state, reason } => skip(b, plan, ctx, state, reason, &mut c),
+        Transition::Rollback { to, reason } => rollback(b, plan, ctx, to, reason, &mut c),
+        Transition::Tasks { records } => tasks(records, &mut c),
+        Transition::Cancel { reason } => cancel(b, reason, &mut c),
+    }?;
+    Ok(c)
+}
+
+/// A new event of `kind` with its attempt and message.
+fn event(
+    kind: EventKind,
+    state: Option<u8>,
+    attempt: Option<u32>,
+    message: Option<String>,
+) -> NewEvent {
+    let mut e = NewEvent::new(kind, state);
+    e.attempt = attempt;
+    e.message = message;
+    e
+}
+
+/// Begin a new attempt of `state`, taking the lease when `ctx` asks for one.
+fn start(b: &Build, plan: &Plan, ctx: &Ctx<'_>, state: &u8, c: &mut Change) -> Result<()> {
+    let now = ctx.now;
+    let Attempt::New(n) = attempt_for(b, plan, *state, "start", ctx)? else {
+        unreachable!("start always begins a new attempt")
+    };
+    let same = b.active_state == Some(*state);
+    let mut note = None;
+    if same && b.status == Status::Running {
+        if b.lease_owner.is_some() {
+            c.events.push(event(
+                EventKind::Takeover,
                 Some(*state),
                 Some(b.attempt),
-                Some(message.clone()),
-            );
-            e.duration_ms = elapsed_ms(b.attempt_started_at, now);
-            events.push(e);
-            // An interrupted attempt is not the command's fault: it does not use up one
-            // of the policy's attempts, and it may be retried at once.
-            next.status = Status::Waiting;
-            next.next_attempt_at = Some(now);
-            next.extra_attempts = b.extra_attempts + 1;
-            next.attempt_started_at = None;
-            next.last_error = Some(message);
-            next.last_category = Some(Category::Transient);
-            next.lease_owner = None;
-            next.lease_expires_at = None;
-        }
-        Transition::Meta { pairs } => {
-            if pairs.is_empty() {
-                return Err(Error::InvalidInput(
-                    "no metadata given: pass one or more KEY=VALUE".into(),
-                ));
-            }
-            let mut sorted: BTreeMap<&str, String> = BTreeMap::new();
-            for (k, v) in pairs {
-                validate_meta_key(k)?;
-                sorted.insert(k, redact(v).into_owned());
-            }
-            let text = sorted
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            events.push(event(EventKind::Meta, None, None, Some(text)));
-            meta = sorted
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-        }
-        Transition::Retry { state, reason } => {
-            need_reason(reason, "retry")?;
-            check_in_plan(b, plan, *state)?;
-            refuse_if_finished(b, "retry")?;
-            let failed = matches!(b.status, Status::Waiting | Status::Blocked);
-            if !failed || b.active_state != Some(*state) {
-                return refuse(format!(
-                    "build '{}': {} has not failed; nothing to retry (status {}{}); nothing was written",
-                    b.build_id,
-                    plan.label(*state),
-                    b.status,
-                    b.active_state.map(|a| format!(", active {}", plan.label(a))).unwrap_or_default()
-                ));
-            }
-            // Exactly one more attempt, even when the policy's are used up.
-            let policy_max = crate::policy::max_attempts(plan.retry_for(*state));
-            next.extra_attempts = b
-                .extra_attempts
-                .max((b.attempt + 1).saturating_sub(policy_max));
-            next.status = Status::Waiting;
-            next.next_attempt_at = Some(now);
-            next.blocked_reason = None;
-            events.push(event(
-                EventKind::Retry,
-                Some(*state),
-                Some(b.attempt + 1),
-                Some(redact(reason).into_owned()),
+                Some(format!(
+                    "the lease of {} expired at {}; attempt {} is abandoned",
+                    b.lease_owner.as_deref().unwrap_or("?"),
+                    b.lease_expires_at.map(time::format).unwrap_or_default(),
+                    b.attempt
+                )),
+            ));
+        } else {
+            note = Some(format!(
+                "restarted while attempt {} was still marked running",
+                b.attempt
             ));
         }
-        Transition::Skip { state, reason } => {
-            need_reason(reason, "skip")?;
-            check_in_plan(b, plan, *state)?;
-            refuse_if_finished(b, "skip")?;
-            let ok = match b.active_state {
-                Some(a) if a == *state => {
-                    if b.status == Status::Running {
-                        check_lease(b, plan, ctx, &format!("skip {}", plan.label(*state)))?;
-                        return refuse(format!(
-                            "build '{}': {} is running; fail it first, then skip it; nothing was written",
-                            b.build_id,
-                            plan.label(*state)
-                        ));
-                    }
-                    true
-                }
-                Some(_) => false,
-                None => plan
-                    .next_after(b.current_state)
-                    .is_some_and(|n| n.id == *state),
-            };
-            if !ok {
-                let expected = b
-                    .active_state
-                    .or(plan.next_after(b.current_state).map(|n| n.id))
-                    .map(|s| plan.label(s))
-                    .unwrap_or_else(|| "none".into());
+    }
+    c.events
+        .push(event(EventKind::Start, Some(*state), Some(n), note));
+    if !same {
+        c.build.first_attempt_at = Some(now);
+        c.build.extra_attempts = 0;
+    }
+    c.build.active_state = Some(*state);
+    c.build.status = Status::Running;
+    c.build.attempt = n;
+    c.build.attempt_started_at = Some(now);
+    c.build.next_attempt_at = None;
+    c.build.blocked_reason = None;
+    (c.build.lease_owner, c.build.lease_expires_at) = match (ctx.owner, ctx.lease_ttl) {
+        (Some(owner), Some(ttl)) => (Some(owner.to_string()), Some(now + ttl)),
+        _ => (None, None),
+    };
+    Ok(())
+}
+
+/// Finish the attempt of `state` successfully: it becomes the current state.
+fn complete(b: &Build, plan: &Plan, ctx: &Ctx<'_>, state: &u8, c: &mut Change) -> Result<()> {
+    let now = ctx.now;
+    let (n, started) = match attempt_for(b, plan, *state, "complete", ctx)? {
+        Attempt::Current(n) => (n, b.attempt_started_at),
+        Attempt::New(n) => (n, None),
+    };
+    let mut e = event(EventKind::Complete, Some(*state), Some(n), None);
+    e.duration_ms = elapsed_ms(started, now);
+    c.events.push(e);
+    finish_state(&mut c.build, plan, *state);
+    Ok(())
+}
+
+/// Record a failed attempt, classify it, and let the retry policy schedule a retry or block.
+fn fail(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    message: &str,
+    category: &Option<Category>,
+    exit_code: &Option<i32>,
+    signal: &Option<i32>,
+    timed_out: &bool,
+    c: &mut Change,
+) -> Result<()> {
+    let now = ctx.now;
+    let (n, started) = match attempt_for(b, plan, *state, "fail", ctx)? {
+        Attempt::Current(n) => (n, b.attempt_started_at),
+        Attempt::New(n) => (n, None),
+    };
+    let same = b.active_state == Some(*state);
+    let first = if same { b.first_attempt_at } else { None }
+        .or(started)
+        .unwrap_or(now);
+    let extra = if same { b.extra_attempts } else { 0 };
+    let message = redact(message).into_owned();
+    let category = category.unwrap_or_else(|| {
+        crate::policy::classify(
+            &plan.classify_rules(*state),
+            &crate::policy::Failure {
+                exit_code: *exit_code,
+                signal: *signal,
+                timed_out: *timed_out,
+                text: &message,
+            },
+        )
+    });
+    let verdict = crate::policy::after_failure(
+        plan.retry_for(*state),
+        category,
+        n,
+        extra,
+        Some(first),
+        now,
+        ctx.jitter,
+    );
+    let mut e = event(
+        EventKind::Fail,
+        Some(*state),
+        Some(n),
+        Some(message.clone()),
+    );
+    e.category = Some(category);
+    e.exit_code = *exit_code;
+    e.duration_ms = elapsed_ms(started, now);
+    c.events.push(e);
+    c.build.active_state = Some(*state);
+    c.build.attempt = n;
+    c.build.attempt_started_at = None;
+    c.build.first_attempt_at = Some(first);
+    c.build.extra_attempts = extra;
+    c.build.last_error = Some(message);
+    c.build.last_category = Some(category);
+    c.build.lease_owner = None;
+    c.build.lease_expires_at = None;
+    match verdict {
+        crate::policy::Verdict::RetryAt { at, .. } => {
+            c.build.status = Status::Waiting;
+            c.build.next_attempt_at = Some(at);
+            c.build.blocked_reason = None;
+        }
+        crate::policy::Verdict::Blocked { reason, .. } => {
+            c.build.status = Status::Blocked;
+            c.build.next_attempt_at = None;
+            c.build.blocked_reason = Some(reason);
+        }
+    }
+    Ok(())
+}
+
+/// The running command was stopped by a signal: the attempt does not count.
+fn interrupt(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    signal: &str,
+    c: &mut Change,
+) -> Result<()> {
+    let now = ctx.now;
+    if b.status != Status::Running || b.active_state != Some(*state) {
+        return refuse(format!(
+            "build '{}': {} is not running; nothing to interrupt",
+            b.build_id,
+            plan.label(*state)
+        ));
+    }
+    check_lease(b, plan, ctx, "record an interruption")?;
+    let message = format!("interrupted by {signal}");
+    let mut e = event(
+        EventKind::Interrupt,
+        Some(*state),
+        Some(b.attempt),
+        Some(message.clone()),
+    );
+    e.duration_ms = elapsed_ms(b.attempt_started_at, now);
+    c.events.push(e);
+    // An interrupted attempt is not the command's fault: it does not use up one
+    // of the policy's attempts, and it may be retried at once.
+    c.build.status = Status::Waiting;
+    c.build.next_attempt_at = Some(now);
+    c.build.extra_attempts = b.extra_attempts + 1;
+    c.build.attempt_started_at = None;
+    c.build.last_error = Some(message);
+    c.build.last_category = Some(Category::Transient);
+    c.build.lease_owner = None;
+    c.build.lease_expires_at = None;
+    Ok(())
+}
+
+/// Set metadata (redacted); the state does not change.
+fn meta(pairs: &[(String, String)], c: &mut Change) -> Result<()> {
+    if pairs.is_empty() {
+        return Err(Error::InvalidInput(
+            "no metadata given: pass one or more KEY=VALUE".into(),
+        ));
+    }
+    let mut sorted: BTreeMap<&str, String> = BTreeMap::new();
+    for (k, v) in pairs {
+        validate_meta_key(k)?;
+        sorted.insert(k, redact(v).into_owned());
+    }
+    let text = sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    c.events
+        .push(event(EventKind::Meta, None, None, Some(text)));
+    c.meta = sorted
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    Ok(())
+}
+
+/// A person allows one more attempt of a waiting or blocked state, now.
+fn retry(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    reason: &str,
+    c: &mut Change,
+) -> Result<()> {
+    let now = ctx.now;
+    need_reason(reason, "retry")?;
+    check_in_plan(b, plan, *state)?;
+    refuse_if_finished(b, "retry")?;
+    let failed = matches!(b.status, Status::Waiting | Status::Blocked);
+    if !failed || b.active_state != Some(*state) {
+        return refuse(format!(
+            "build '{}': {} has not failed; nothing to retry (status {}{}); nothing was written",
+            b.build_id,
+            plan.label(*state),
+            b.status,
+            b.active_state
+                .map(|a| format!(", active {}", plan.label(a)))
+                .unwrap_or_default()
+        ));
+    }
+    // Exactly one more attempt, even when the policy's are used up.
+    let policy_max = crate::policy::max_attempts(plan.retry_for(*state));
+    c.build.extra_attempts = b
+        .extra_attempts
+        .max((b.attempt + 1).saturating_sub(policy_max));
+    c.build.status = Status::Waiting;
+    c.build.next_attempt_at = Some(now);
+    c.build.blocked_reason = None;
+    c.events.push(event(
+        EventKind::Retry,
+        Some(*state),
+        Some(b.attempt + 1),
+        Some(redact(reason).into_owned()),
+    ));
+    Ok(())
+}
+
+/// A person marks the next (or the failed) state done without running it.
+fn skip(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    reason: &str,
+    c: &mut Change,
+) -> Result<()> {
+    need_reason(reason, "skip")?;
+    check_in_plan(b, plan, *state)?;
+    refuse_if_finished(b, "skip")?;
+    let ok = match b.active_state {
+        Some(a) if a == *state => {
+            if b.status == Status::Running {
+                check_lease(b, plan, ctx, &format!("skip {}", plan.label(*state)))?;
                 return refuse(format!(
-                    "build '{}': cannot skip {}: only the next or the failed state can be skipped, which is {expected}; nothing was written",
+                    "build '{}': {} is running; fail it first, then skip it; nothing was written",
                     b.build_id,
                     plan.label(*state)
                 ));
             }
-            events.push(event(
-                EventKind::Skip,
-                Some(*state),
-                None,
-                Some(redact(reason).into_owned()),
+            true
+        }
+        Some(_) => false,
+        None => plan
+            .next_after(b.current_state)
+            .is_some_and(|n| n.id == *state),
+    };
+    if !ok {
+        let expected = b
+            .active_state
+            .or(plan.next_after(b.current_state).map(|n| n.id))
+            .map(|s| plan.label(s))
+            .unwrap_or_else(|| "none".into());
+        return refuse(format!(
+                "build '{}': cannot skip {}: only the next or the failed state can be skipped, which is {expected}; nothing was written",
+                b.build_id,
+                plan.label(*state)
             ));
-            finish_state(&mut next, plan, *state);
-        }
-        Transition::Rollback { to, reason } => {
-            need_reason(reason, "rollback")?;
-            if b.status == Status::Cancelled {
-                refuse_if_finished(b, "roll back")?;
-            }
-            if b.status == Status::Running {
-                check_lease(b, plan, ctx, "roll back")?;
-                return refuse(format!(
-                    "build '{}': cannot roll back while {} is running; fail it first; nothing was written",
-                    b.build_id,
-                    plan.label(b.active_state.unwrap_or_default())
-                ));
-            }
-            let Some(current) = b.current_state else {
-                return refuse(format!(
-                    "build '{}': no state is completed yet; nothing to roll back",
-                    b.build_id
-                ));
-            };
-            let target = match to {
-                Some(t) => {
-                    check_in_plan(b, plan, *t)?;
-                    if *t >= current {
-                        return refuse(format!(
-                            "build '{}': cannot roll back to {}: it is not before the last completed state, {}; nothing was written",
-                            b.build_id,
-                            plan.label(*t),
-                            plan.label(current)
-                        ));
-                    }
-                    *t
-                }
-                None => match plan.previous(current) {
-                    Some(p) => p.id,
-                    None => {
-                        return refuse(format!(
-                            "build '{}': cannot roll back past {}: it is the plan's first state; nothing was written",
-                            b.build_id,
-                            plan.label(current)
-                        ))
-                    }
-                },
-            };
-            events.push(event(
-                EventKind::Rollback,
-                Some(target),
-                None,
-                Some(format!("from state {current}: {}", redact(reason))),
-            ));
-            clear_attempt(&mut next);
-            next.current_state = Some(target);
-            next.status = Status::Pending;
-        }
-        Transition::Tasks { records } => {
-            if records.is_empty() {
-                return Err(Error::InvalidInput("no task results to record".into()));
-            }
-            for r in records {
-                let mut text = format!("{} on {}: {}", r.status, r.host, r.task);
-                if let Some(m) = r.message.as_deref().filter(|m| !m.trim().is_empty()) {
-                    text.push_str(": ");
-                    text.push_str(m);
-                }
-                let mut e = event(
-                    EventKind::Task,
-                    r.state,
-                    None,
-                    Some(redact(&text).into_owned()),
-                );
-                e.duration_ms = r.duration_ms;
-                e.at = Some(r.at);
-                events.push(e);
-            }
-        }
-        Transition::Cancel { reason } => {
-            need_reason(reason, "cancel")?;
-            refuse_if_finished(b, "cancel")?;
-            events.push(event(
-                EventKind::Cancel,
-                b.active_state,
-                None,
-                Some(redact(reason).into_owned()),
-            ));
-            next.status = Status::Cancelled;
-            next.next_attempt_at = None;
-            next.lease_owner = None;
-            next.lease_expires_at = None;
-            next.attempt_started_at = None;
-        }
     }
-    Ok(Change {
-        build: next,
-        events,
-        meta,
-    })
+    c.events.push(event(
+        EventKind::Skip,
+        Some(*state),
+        None,
+        Some(redact(reason).into_owned()),
+    ));
+    finish_state(&mut c.build, plan, *state);
+    Ok(())
+}
+
+/// A person moves the build back to an earlier completed state.
+fn rollback(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    to: &Option<u8>,
+    reason: &str,
+    c: &mut Change,
+) -> Result<()> {
+    need_reason(reason, "rollback")?;
+    if b.status == Status::Cancelled {
+        refuse_if_finished(b, "roll back")?;
+    }
+    if b.status == Status::Running {
+        check_lease(b, plan, ctx, "roll back")?;
+        return refuse(format!(
+            "build '{}': cannot roll back while {} is running; fail it first; nothing was written",
+            b.build_id,
+            plan.label(b.active_state.unwrap_or_default())
+        ));
+    }
+    let Some(current) = b.current_state else {
+        return refuse(format!(
+            "build '{}': no state is completed yet; nothing to roll back",
+            b.build_id
+        ));
+    };
+    let target = match to {
+            Some(t) => {
+                check_in_plan(b, plan, *t)?;
+                if *t >= current {
+                    return refuse(format!(
+                        "build '{}': cannot roll back to {}: it is not before the last completed state, {}; nothing was written",
+                        b.build_id,
+                        plan.label(*t),
+                        plan.label(current)
+                    ));
+                }
+                *t
+            }
+            None => match plan.previous(current) {
+                Some(p) => p.id,
+                None => {
+                    return refuse(format!(
+                        "build '{}': cannot roll back past {}: it is the plan's first state; nothing was written",
+                        b.build_id,
+                        plan.label(current)
+                    ))
+                }
+            },
+        };
+    c.events.push(event(
+        EventKind::Rollback,
+        Some(target),
+        None,
+        Some(format!("from state {current}: {}", redact(reason))),
+    ));
+    clear_attempt(&mut c.build);
+    c.build.current_state = Some(target);
+    c.build.status = Status::Pending;
+    Ok(())
+}
+
+/// Task results for the history; the build does not change.
+fn tasks(records: &[TaskRecord], c: &mut Change) -> Result<()> {
+    if records.is_empty() {
+        return Err(Error::InvalidInput("no task results to record".into()));
+    }
+    for r in records {
+        let mut text = format!("{} on {}: {}", r.status, r.host, r.task);
+        if let Some(m) = r.message.as_deref().filter(|m| !m.trim().is_empty()) {
+            text.push_str(": ");
+            text.push_str(m);
+        }
+        let mut e = event(
+            EventKind::Task,
+            r.state,
+            None,
+            Some(redact(&text).into_owned()),
+        );
+        e.duration_ms = r.duration_ms;
+        e.at = Some(r.at);
+        c.events.push(e);
+    }
+    Ok(())
+}
+
+/// A person stops the build for good.
+fn cancel(b: &Build, reason: &str, c: &mut Change) -> Result<()> {
+    need_reason(reason, "cancel")?;
+    refuse_if_finished(b, "cancel")?;
+    c.events.push(event(
+        EventKind::Cancel,
+        b.active_state,
+        None,
+        Some(redact(reason).into_owned()),
+    ));
+    c.build.status = Status::Cancelled;
+    c.build.next_attempt_at = None;
+    c.build.lease_owner = None;
+    c.build.lease_expires_at = None;
+    c.build.attempt_started_at = None;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::policy::ClassifyRules;
+use crate::policy::{ClassifyRules, RetryPolicy};
 use crate::{Error, Result};
 
 /// The highest state number a plan may use.
@@ -82,97 +82,6 @@ pub struct StateDef {
     pub description: Option<String>,
 }
 
-/// What to do when a state fails. `max_attempts` counts every attempt, the first included.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "policy", rename_all = "lowercase", deny_unknown_fields)]
-pub enum RetryPolicy {
-    /// Retry after a fixed delay (zero by default), up to `max_attempts` in all.
-    Immediate {
-        max_attempts: u32,
-        #[serde(default, with = "humantime_serde")]
-        delay: Duration,
-    },
-    /// Retry after a delay that grows by `factor` each time, capped at `max_delay`.
-    Backoff {
-        max_attempts: u32,
-        #[serde(with = "humantime_serde")]
-        initial_delay: Duration,
-        #[serde(default = "default_factor")]
-        factor: f64,
-        #[serde(with = "humantime_serde")]
-        max_delay: Duration,
-        /// Spread each delay randomly over [delay/2, delay] so that workers do not retry
-        /// in lock-step.
-        #[serde(default)]
-        jitter: bool,
-        /// Stop retrying once this long has passed since the state's first attempt.
-        #[serde(
-            default,
-            with = "humantime_serde",
-            skip_serializing_if = "Option::is_none"
-        )]
-        window: Option<Duration>,
-    },
-    /// Alert and wait for a person, after `automatic_attempts` retries `delay` apart.
-    Notify {
-        #[serde(default)]
-        automatic_attempts: u32,
-        #[serde(default, with = "humantime_serde")]
-        delay: Duration,
-    },
-    /// Never retry automatically: a failure needs a person.
-    Never,
-}
-
-fn default_factor() -> f64 {
-    2.0
-}
-
-impl RetryPolicy {
-    /// Three attempts with a backoff from one minute to ten: the default when a plan
-    /// gives none.
-    pub fn default_policy() -> Self {
-        RetryPolicy::Backoff {
-            max_attempts: 3,
-            initial_delay: Duration::from_secs(60),
-            factor: 2.0,
-            max_delay: Duration::from_secs(600),
-            jitter: false,
-            window: None,
-        }
-    }
-
-    fn validate(&self) -> std::result::Result<(), String> {
-        match self {
-            RetryPolicy::Immediate { max_attempts, .. } if *max_attempts == 0 => {
-                Err("max_attempts: must be at least 1 (it counts the first attempt)".into())
-            }
-            RetryPolicy::Backoff {
-                max_attempts,
-                initial_delay,
-                factor,
-                max_delay,
-                ..
-            } => {
-                if *max_attempts == 0 {
-                    Err("max_attempts: must be at least 1 (it counts the first attempt)".into())
-                } else if !factor.is_finite() || *factor < 1.0 {
-                    Err(format!("factor: {factor} must be a number of at least 1.0"))
-                } else if initial_delay > max_delay {
-                    Err(format!(
-                        "initial_delay: {} is longer than max_delay {}",
-                        crate::time::format_duration(*initial_delay),
-                        crate::time::format_duration(*max_delay)
-                    ))
-                } else {
-                    Ok(())
-                }
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
 impl Plan {
     /// The built-in classic image-build plan.
     pub fn default_plan() -> Plan {
@@ -188,6 +97,22 @@ impl Plan {
         let plan: Plan = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         plan.validate().map_err(invalid)?;
         Ok(plan)
+    }
+
+    /// The plan in `path`, or the built-in plan: what init-state, check-state and the
+    /// Python API use (the binaries take `--plan` or `BUILDSTATE_PLAN`).
+    pub fn load(path: Option<&std::path::Path>) -> Result<Plan> {
+        match path {
+            Some(p) => Plan::from_file(p),
+            None => Ok(Plan::default_plan()),
+        }
+    }
+
+    /// The plan named by `BUILDSTATE_PLAN`, or the built-in plan (the Python API, which
+    /// has no command line to take `--plan` from).
+    pub fn from_env() -> Result<Plan> {
+        let path = std::env::var_os("BUILDSTATE_PLAN").filter(|v| !v.is_empty());
+        Plan::load(path.as_deref().map(std::path::Path::new))
     }
 
     /// Read a plan file.

@@ -6,8 +6,120 @@ use std::time::{Duration, SystemTime};
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Category;
-use crate::plan::RetryPolicy;
+/// What kind of failure a state had; it decides whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Transient,
+    Persistent,
+    Unknown,
+}
+text_enum!(Category { Transient => "transient", Persistent => "persistent", Unknown => "unknown" });
+
+impl Category {
+    /// Parse a category a person or a caller typed (update-state --category, the Python
+    /// API): the error says which names are valid.
+    pub fn parse_input(text: &str) -> Result<Category, crate::Error> {
+        text.parse().map_err(|_| {
+            crate::Error::InvalidInput(format!(
+                "invalid category '{}': use transient, persistent or unknown",
+                text.escape_debug()
+            ))
+        })
+    }
+}
+
+/// What to do when a state fails. `max_attempts` counts every attempt, the first included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RetryPolicy {
+    /// Retry after a fixed delay (zero by default), up to `max_attempts` in all.
+    Immediate {
+        max_attempts: u32,
+        #[serde(default, with = "humantime_serde")]
+        delay: Duration,
+    },
+    /// Retry after a delay that grows by `factor` each time, capped at `max_delay`.
+    Backoff {
+        max_attempts: u32,
+        #[serde(with = "humantime_serde")]
+        initial_delay: Duration,
+        #[serde(default = "default_factor")]
+        factor: f64,
+        #[serde(with = "humantime_serde")]
+        max_delay: Duration,
+        /// Spread each delay randomly over [delay/2, delay] so that workers do not retry
+        /// in lock-step.
+        #[serde(default)]
+        jitter: bool,
+        /// Stop retrying once this long has passed since the state's first attempt.
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        window: Option<Duration>,
+    },
+    /// Alert and wait for a person, after `automatic_attempts` retries `delay` apart.
+    Notify {
+        #[serde(default)]
+        automatic_attempts: u32,
+        #[serde(default, with = "humantime_serde")]
+        delay: Duration,
+    },
+    /// Never retry automatically: a failure needs a person.
+    Never,
+}
+
+fn default_factor() -> f64 {
+    2.0
+}
+
+impl RetryPolicy {
+    /// Three attempts with a backoff from one minute to ten: the default when a plan
+    /// gives none.
+    pub fn default_policy() -> Self {
+        RetryPolicy::Backoff {
+            max_attempts: 3,
+            initial_delay: Duration::from_secs(60),
+            factor: 2.0,
+            max_delay: Duration::from_secs(600),
+            jitter: false,
+            window: None,
+        }
+    }
+
+    /// Check the numbers; the message names the bad field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            RetryPolicy::Immediate { max_attempts, .. } if *max_attempts == 0 => {
+                Err("max_attempts: must be at least 1 (it counts the first attempt)".into())
+            }
+            RetryPolicy::Backoff {
+                max_attempts,
+                initial_delay,
+                factor,
+                max_delay,
+                ..
+            } => {
+                if *max_attempts == 0 {
+                    Err("max_attempts: must be at least 1 (it counts the first attempt)".into())
+                } else if !factor.is_finite() || *factor < 1.0 {
+                    Err(format!("factor: {factor} must be a number of at least 1.0"))
+                } else if initial_delay > max_delay {
+                    Err(format!(
+                        "initial_delay: {} is longer than max_delay {}",
+                        crate::time::format_duration(*initial_delay),
+                        crate::time::format_duration(*max_delay)
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Rules that put a failure into a [`Category`]. A plan has a global set (`[classify]`) and
 /// each state may add its own (`classify = {...}`); the state's rules are consulted first.

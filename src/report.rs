@@ -10,8 +10,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::decide::{decide, headline, Decision};
-use crate::model::{Build, Category, Event, Status};
+use crate::model::{Build, Event, Status};
 use crate::plan::Plan;
+use crate::policy::Category;
 use crate::store::Store;
 use crate::{time, Error, Result};
 

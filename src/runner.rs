@@ -232,7 +232,7 @@ pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcom
                 let t = Transition::Fail {
                     state,
                     message: spawn_error,
-                    category: Some(crate::model::Category::Persistent),
+                    category: Some(crate::policy::Category::Persistent),
                     exit_code: Some(127),
                     signal: None,
                     timed_out: false,

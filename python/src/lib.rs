@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use buildstate::context::Actor;
-use buildstate::model::{Category, Ctx, InitRequest, TaskRecord, Transition};
+use buildstate::model::{Ctx, InitRequest, TaskRecord, Transition};
 use buildstate::plan::Plan;
+use buildstate::policy::Category;
 use buildstate::report::Report;
 use buildstate::store::{Store as CoreStore, TaskRecorder, DEFAULT_BUSY_TIMEOUT};
 use pyo3::create_exception;
@@ -88,16 +89,10 @@ fn json_to_py(py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
     Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
 
-fn category(name: Option<&str>) -> PyResult<Option<Category>> {
-    name.map(|n| match n {
-        "transient" => Ok(Category::Transient),
-        "persistent" => Ok(Category::Persistent),
-        "unknown" => Ok(Category::Unknown),
-        other => Err(InvalidInputError::new_err(format!(
-            "invalid category '{other}': use transient, persistent or unknown"
-        ))),
-    })
-    .transpose()
+fn category(py: Python<'_>, name: Option<&str>) -> PyResult<Option<Category>> {
+    name.map(Category::parse_input)
+        .transpose()
+        .map_err(|e| to_py(py, e))
 }
 
 /// A buildstate database. Each method is one transaction.
@@ -154,7 +149,7 @@ impl Store {
                     .filter(|v| !v.is_empty())
                     .map(PathBuf::from)
             })
-            .unwrap_or_else(buildstate::cli::default_db_path);
+            .unwrap_or_else(buildstate::store::default_db_path);
         if !create && !path.exists() {
             return Err(to_py(
                 py,
@@ -205,7 +200,7 @@ impl Store {
         let result = py.detach(|| -> buildstate::Result<String> {
             let plan = match &plan {
                 Some(p) => Plan::from_file(p)?,
-                None => Plan::default_plan(),
+                None => Plan::from_env()?,
             };
             let req = InitRequest {
                 build_id: build_id.to_string(),
@@ -250,7 +245,7 @@ impl Store {
         let t = Transition::Fail {
             state,
             message: message.to_string(),
-            category: self::category(category)?,
+            category: self::category(py, category)?,
             exit_code,
             signal: None,
             timed_out: false,
@@ -340,7 +335,7 @@ impl Store {
             let report = Report::load(
                 Some(&store),
                 build_id,
-                &Plan::default_plan(),
+                &Plan::from_env()?,
                 std::time::SystemTime::now(),
                 false,
             )?;
@@ -366,7 +361,7 @@ impl Store {
 /// The database path the binaries use when neither --db nor BUILDSTATE_DB is given.
 #[pyfunction]
 fn default_db_path() -> PathBuf {
-    buildstate::cli::default_db_path()
+    buildstate::store::default_db_path()
 }
 
 /// Return `text` with secrets replaced by [REDACTED], as stored messages are.

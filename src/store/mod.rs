@@ -30,6 +30,39 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The WAL size past which a write folds it back into the database (see `Store::trim_wal`).
 pub const WAL_TRIM_BYTES: u64 = 256 * 1024;
 
+/// `$XDG_STATE_HOME/buildstate/buildstate.db`, else `~/.local/state/buildstate/buildstate.db`,
+/// else `./buildstate.db`.
+pub fn default_db_path() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        });
+    match base {
+        Some(b) => b.join("buildstate").join("buildstate.db"),
+        None => PathBuf::from("buildstate.db"),
+    }
+}
+
+/// `BUILDSTATE_BUSY_TIMEOUT` in milliseconds, or the default.
+pub fn busy_timeout_from_env() -> Result<Duration> {
+    match std::env::var("BUILDSTATE_BUSY_TIMEOUT") {
+        Err(_) => Ok(DEFAULT_BUSY_TIMEOUT),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                Error::InvalidInput(format!(
+                    "invalid BUILDSTATE_BUSY_TIMEOUT '{v}': give a whole number of milliseconds"
+                ))
+            }),
+    }
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
