@@ -596,9 +596,15 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
             exit_code,
             signal,
             timed_out,
-        } => fail(
-            b, plan, ctx, state, message, category, exit_code, signal, timed_out, &mut c,
-        ),
+        } => {
+            let failure = crate::policy::Failure {
+                exit_code: *exit_code,
+                signal: *signal,
+                timed_out: *timed_out,
+                text: message,
+            };
+            fail(b, plan, ctx, state, category, failure, &mut c)
+        }
         Transition::Interrupt { state, signal } => interrupt(b, plan, ctx, state, signal, &mut c),
         Transition::Meta { pairs } => meta(pairs, &mut c),
         Transition::Retry { state, reason } => retry(b, plan, ctx, state, reason, &mut c),
@@ -690,11 +696,8 @@ fn fail(
     plan: &Plan,
     ctx: &Ctx<'_>,
     state: &u8,
-    message: &str,
     category: &Option<Category>,
-    exit_code: &Option<i32>,
-    signal: &Option<i32>,
-    timed_out: &bool,
+    failure: crate::policy::Failure<'_>,
     c: &mut Change,
 ) -> Result<()> {
     let now = ctx.now;
@@ -707,15 +710,13 @@ fn fail(
         .or(started)
         .unwrap_or(now);
     let extra = if same { b.extra_attempts } else { 0 };
-    let message = redact(message).into_owned();
+    let message = redact(failure.text).into_owned();
     let category = category.unwrap_or_else(|| {
         crate::policy::classify(
             &plan.classify_rules(*state),
             &crate::policy::Failure {
-                exit_code: *exit_code,
-                signal: *signal,
-                timed_out: *timed_out,
                 text: &message,
+                ..failure
             },
         )
     });
@@ -735,7 +736,7 @@ fn fail(
         Some(message.clone()),
     );
     e.category = Some(category);
-    e.exit_code = *exit_code;
+    e.exit_code = failure.exit_code;
     e.duration_ms = elapsed_ms(started, now);
     c.events.push(e);
     c.build.active_state = Some(*state);
