@@ -8,13 +8,13 @@ use buildstate::cli::{finish, Common};
 use buildstate::plan::Plan;
 use buildstate::report::Report;
 use buildstate::Result;
-use clap::Parser;
 
 /// Print what a pipeline should do next with a build, and exit with a code a task can
 /// gate on: 0 go ahead (start, resume, retry), 10 already completed, 11 in progress
 /// elsewhere, 12 wait for a scheduled retry, 13 needs a person. An unknown build id
-/// is "start a new build", not an error. Details: docs/exit-codes.md.
-#[derive(Parser)]
+/// is "start a new build", not an error; a missing database file is (exit 9), since
+/// only init-state creates one. Details: docs/exit-codes.md.
+#[derive(clap::Parser)]
 #[command(
     version,
     after_help = "Examples:\n  check-state img-42\n  check-state img-42 --json | jq -r .decision\n  check-state img-42 --output state/ && . state/resume-metadata && echo \"$RESUME_STATE\""
@@ -43,9 +43,9 @@ struct Args {
 fn run(args: &Args) -> Result<i32> {
     let plan = Plan::load(args.plan.as_deref())?;
     buildstate::model::validate_build_id(&args.build_id)?;
-    let store = args.common.open_existing()?;
+    let store = args.common.open()?;
     let report = Report::load(
-        store.as_ref(),
+        Some(&store),
         &args.build_id,
         &plan,
         SystemTime::now(),
@@ -63,6 +63,9 @@ fn run(args: &Args) -> Result<i32> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match buildstate::cli::parse::<Args>("check-state") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     finish("check-state", args.common.json, run(&args))
 }

@@ -10,14 +10,13 @@ use buildstate::model::{parse_meta_pair, InitRequest};
 use buildstate::plan::Plan;
 use buildstate::report::Report;
 use buildstate::{exit, Result};
-use clap::Parser;
 
 /// Create a build record, or confirm that an identical one exists.
 ///
 /// Repeating the same init is safe and changes nothing; the same build id with a
 /// different cloud, image, plan or metadata is a conflict (exit 4). Exit codes:
 /// docs/exit-codes.md.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     version,
     after_help = "Example:\n  init-state img-2026-11-22 --cloud aws --image rhel9 --meta git_sha=1a2b3c"
@@ -62,7 +61,7 @@ fn run(args: &Args) -> Result<i32> {
         meta,
     };
     req.validate()?;
-    let mut store = args.common.open()?;
+    let mut store = args.common.create()?;
     let now = SystemTime::now();
     let outcome = store.init(&req, &Actor::from_env("init-state"), now)?;
     let (mut report, stored_plan) = Report::after_write(&store, &outcome.build, now)?;
@@ -70,14 +69,23 @@ fn run(args: &Args) -> Result<i32> {
     if args.common.json {
         println!("{}", report.to_json());
     } else if outcome.created {
+        let first = stored_plan.first();
+        let init = match stored_plan.done_at_init() {
+            Some(s) => format!("{} recorded as done", stored_plan.label(s.id)),
+            None if first.id == 0 => format!(
+                "{} has work of its own (work = true in the plan): run it first",
+                stored_plan.label(0)
+            ),
+            None => "nothing done yet".to_string(),
+        };
         println!(
-            "created build {} (cloud {}, image {}, plan {} with {} states); next: {}",
+            "created build {} (cloud {}, image {}, plan {} with {} states); {init}\n  next: {}",
             req.build_id,
             req.cloud,
             req.image,
             stored_plan.name,
             stored_plan.states.len(),
-            stored_plan.label(stored_plan.first().id)
+            report.decision.reason
         );
     } else {
         println!(
@@ -89,6 +97,9 @@ fn run(args: &Args) -> Result<i32> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match buildstate::cli::parse::<Args>("init-state") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     finish("init-state", args.common.json, run(&args))
 }

@@ -8,7 +8,6 @@ use buildstate::cli::{finish, Common};
 use buildstate::context::Actor;
 use buildstate::runner::{run, Outcome, RunOptions};
 use buildstate::{time, Result};
-use clap::Parser;
 
 /// Run a state's command under its retry policy, holding the build's lease.
 ///
@@ -22,7 +21,7 @@ use clap::Parser;
 /// Exit codes: 0 completed; 10 nothing left (--next); 11 another worker holds the build;
 /// 12 a retry is scheduled later than --max-wait; 13 needs a person; 128+N interrupted by
 /// signal N (recorded; the attempt does not count). See docs/exit-codes.md.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     version,
     after_help = "Examples:
@@ -135,6 +134,9 @@ fn run_state(args: &Args) -> Result<i32> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match buildstate::cli::parse::<Args>("run-state") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     finish("run-state", args.common.json, run_state(&args))
 }

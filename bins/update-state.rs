@@ -11,7 +11,7 @@ use buildstate::model::{parse_meta_pair, Ctx, Transition};
 use buildstate::policy::Category;
 use buildstate::report::Report;
 use buildstate::{exit, Error, Result};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
 /// Record one transition of a build, durably, in one transaction.
 ///
@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 /// each records who did it and why. A refused transition (unknown build, state not in the
 /// plan, out of order, moving backwards, retry not due) writes nothing and exits with a
 /// distinct code: docs/exit-codes.md.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     version,
     subcommand_value_name = "ACTION",
@@ -43,21 +43,35 @@ struct Args {
     #[command(subcommand)]
     action: Action,
 
+    /// The lease holder: `start` takes the build's lease for it, and while that lease
+    /// lives only the same owner may complete or fail the state [default: USER@HOST]
+    #[arg(long, value_name = "NAME", env = "BUILDSTATE_OWNER", global = true)]
+    owner: Option<String>,
+
     #[command(flatten)]
     common: Common,
 }
 
 #[derive(Subcommand)]
 enum Action {
-    /// Record that a state started (a new attempt of it)
+    /// Record that a state started (a new attempt of it), taking the build's lease
     Start {
         #[arg(value_name = "STATE")]
         state: u8,
+        /// How long the lease lives; nothing renews it, so past this the state counts as
+        /// abandoned and another worker may take it over [default: the state's timeout,
+        /// else twice its expected duration]
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        lease_ttl: Option<std::time::Duration>,
     },
     /// Record that a state completed; it becomes the build's current state
     Complete {
         #[arg(value_name = "STATE")]
         state: u8,
+        /// Fencing: refuse (exit 14) unless this attempt is still the one running under
+        /// --owner's lease, e.g. the attempt printed by `start`
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
     },
     /// Record that a state failed; the current state stays at the last completed one
     Fail {
@@ -80,6 +94,10 @@ enum Action {
         /// The failed command's exit code (used to classify the failure)
         #[arg(long, value_name = "N", allow_negative_numbers = true)]
         exit_code: Option<i32>,
+        /// Fencing: refuse (exit 14) unless this attempt is still the one running under
+        /// --owner's lease
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
     },
     /// Set metadata on the build (KEY=VALUE, several at once)
     Meta {
@@ -148,14 +166,15 @@ fn read_message(path: &PathBuf) -> Result<String> {
 
 fn transition(action: &Action) -> Result<Transition> {
     Ok(match action {
-        Action::Start { state } => Transition::Start { state: *state },
-        Action::Complete { state } => Transition::Complete { state: *state },
+        Action::Start { state, .. } => Transition::Start { state: *state },
+        Action::Complete { state, .. } => Transition::Complete { state: *state },
         Action::Fail {
             state,
             error,
             error_file,
             category,
             exit_code,
+            ..
         } => Transition::Fail {
             state: *state,
             message: match (error, error_file) {
@@ -196,8 +215,30 @@ fn run(args: &Args) -> Result<i32> {
     let t = transition(&args.action)?;
     buildstate::model::validate_build_id(&args.build_id)?;
     let mut store = args.common.open()?;
-    let ctx = Ctx::live();
     let actor = Actor::from_env("update-state");
+    let owner = args
+        .owner
+        .clone()
+        .unwrap_or_else(|| format!("{}@{}", actor.user, actor.host));
+    let mut ctx = Ctx {
+        owner: Some(&owner),
+        ..Ctx::live()
+    };
+    match &args.action {
+        Action::Start { state, lease_ttl } => {
+            ctx.lease_ttl = match lease_ttl {
+                Some(ttl) => Some(*ttl),
+                None => {
+                    let b = store
+                        .build(&args.build_id)?
+                        .ok_or_else(|| Error::UnknownBuild(args.build_id.clone()))?;
+                    Some(store.plan(&b.plan_hash)?.unrenewed_lease_ttl(*state))
+                }
+            };
+        }
+        Action::Complete { attempt, .. } | Action::Fail { attempt, .. } => ctx.fence = *attempt,
+        _ => {}
+    }
     let build = store.transition(&args.build_id, &t, &actor, &ctx)?;
     let (report, plan) = Report::after_write(&store, &build, ctx.now)?;
     if args.common.json {
@@ -206,9 +247,15 @@ fn run(args: &Args) -> Result<i32> {
     }
     let label = |s: Option<u8>| s.map(|s| plan.label(s)).unwrap_or_default();
     let what = match &t {
-        Transition::Start { state } => {
-            format!("started {} (attempt {})", plan.label(*state), build.attempt)
-        }
+        Transition::Start { state } => format!(
+            "started {} (attempt {}); {owner} holds the lease until {}",
+            plan.label(*state),
+            build.attempt,
+            build
+                .lease_expires_at
+                .map(buildstate::time::format)
+                .unwrap_or_default()
+        ),
         Transition::Complete { state } => format!("completed {}", plan.label(*state)),
         Transition::Fail { state, .. } => format!(
             "recorded failure of {} (attempt {}, {})",
@@ -236,6 +283,9 @@ fn run(args: &Args) -> Result<i32> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match buildstate::cli::parse::<Args>("update-state") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     finish("update-state", args.common.json, run(&args))
 }

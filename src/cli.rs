@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::store::{busy_timeout_from_env, default_db_path, Store};
-use crate::{Error, Result};
+use crate::{exit, Error, Result};
 
 /// Flags every binary takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,18 +25,59 @@ impl Common {
         self.db.clone().unwrap_or_else(default_db_path)
     }
 
-    /// Open the database, creating it if needed.
-    pub fn open(&self) -> Result<Store> {
+    /// Open the database, creating it if needed: init-state only.
+    pub fn create(&self) -> Result<Store> {
         Store::open_with(&self.db_path(), busy_timeout_from_env()?)
     }
 
-    /// Open the database only if it exists: checking a build must not create files.
-    pub fn open_existing(&self) -> Result<Option<Store>> {
-        let path = self.db_path();
-        if path.exists() {
-            Ok(Some(Store::open_with(&path, busy_timeout_from_env()?)?))
-        } else {
-            Ok(None)
+    /// Open an existing database. A missing file is an error (exit 9): a mistyped
+    /// `--db` must neither read as "no such build, start it" nor leave a new file behind.
+    pub fn open(&self) -> Result<Store> {
+        Store::open_existing(&self.db_path(), busy_timeout_from_env()?)
+    }
+}
+
+/// Parse the command line. Usage errors follow `--json` like every other error: with
+/// it, stdout carries `{"error": {"kind": "usage", ...}}`; the message goes to stderr and
+/// the exit code is 2. `--help` and `--version` print as usual.
+pub fn parse<T: clap::Parser>(tool: &str) -> std::result::Result<T, ExitCode> {
+    match T::try_parse() {
+        Ok(args) => Ok(args),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                let code = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    exit::USAGE
+                } else {
+                    exit::OK
+                };
+                return Err(ExitCode::from(code as u8));
+            }
+            let json = std::env::args_os()
+                .skip(1)
+                .take_while(|a| a != "--")
+                .any(|a| a == "--json");
+            let message = e.render().to_string();
+            if json {
+                let first = message
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ")
+                    .to_string();
+                let body = serde_json::json!({
+                    "error": {"kind": "usage", "message": first, "exit_code": exit::USAGE}
+                });
+                println!("{body}");
+            }
+            eprint!("{tool}: {message}");
+            Err(ExitCode::from(exit::USAGE as u8))
         }
     }
 }

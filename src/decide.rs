@@ -126,7 +126,10 @@ pub fn headline(message: &str, max: usize) -> String {
 /// What to do next with `build` (`None` when there is no record of it) at `now`.
 pub fn decide(build: Option<&Build>, plan: &Plan, now: SystemTime) -> Decision {
     let Some(b) = build else {
-        let first = plan.first();
+        // What the build will start with once init-state has created it.
+        let first = plan
+            .next_after(plan.done_at_init().map(|s| s.id))
+            .unwrap_or(plan.first());
         return Decision::new(
             Action::Start,
             plan,
@@ -261,7 +264,7 @@ mod tests {
     /// The build after `ts`, the i-th applied at t0 + 2h·i (every retry in the built-in
     /// plan is due by then) with a jitter draw of 0; also the time of the last one.
     fn build_after(ts: &[Transition], ctx: Option<Ctx<'_>>) -> (Build, Plan, SystemTime) {
-        let plan = Plan::default_plan();
+        let plan = Plan::default_plan_with_work_at_0();
         let req = InitRequest {
             build_id: "b".into(),
             cloud: "aws".into(),
@@ -474,7 +477,7 @@ mod tests {
 
     #[test]
     fn unknown_build_starts_and_completed_build_stops() {
-        let plan = Plan::default_plan();
+        let plan = Plan::default_plan_with_work_at_0();
         let d = decide(None, &plan, t0());
         assert_eq!((d.decision, d.next_state), (Action::Start, Some(0)));
         assert_eq!(d.next_state_name.as_deref(), Some("init"));

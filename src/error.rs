@@ -32,11 +32,20 @@ pub enum Error {
     #[error("{0}")]
     Leased(String),
 
+    /// A leased worker's write for an attempt that is no longer its own (its lease
+    /// expired and was taken over, or the state moved on). Nothing was written.
+    #[error("{0}")]
+    Fenced(String),
+
     #[error("invalid plan {origin}: {message}")]
     InvalidPlan { origin: String, message: String },
 
     #[error("{0}")]
     InvalidInput(String),
+
+    /// No database file where one was expected; only init-state creates one.
+    #[error("no database at {path}: create it with `init-state BUILD_ID --cloud PROVIDER --image TYPE`, or fix --db / BUILDSTATE_DB", path = .0.display())]
+    NoDatabase(PathBuf),
 
     /// The database is not one this version can use (newer schema, foreign file).
     #[error("database {path}: {message}", path = path.display())]
@@ -95,8 +104,10 @@ impl Error {
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Refused(_) => exit::REFUSED,
             Error::Leased(_) => exit::BUSY,
+            Error::Fenced(_) => exit::LEASE_LOST,
             Error::InvalidPlan { .. } => exit::INVALID_PLAN,
             Error::InvalidInput(_) => exit::INVALID_INPUT,
+            Error::NoDatabase(_) => exit::NO_DATABASE,
             Error::Database { .. } | Error::Sqlite(_) => exit::DATABASE,
             Error::Io { .. } | Error::Corrupt(_) => exit::INTERNAL,
         }
@@ -109,8 +120,10 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::Refused(_) => "refused",
             Error::Leased(_) => "leased",
+            Error::Fenced(_) => "lease_lost",
             Error::InvalidPlan { .. } => "invalid_plan",
             Error::InvalidInput(_) => "invalid_input",
+            Error::NoDatabase(_) => "no_database",
             Error::Database { .. } | Error::Sqlite(_) => "database",
             Error::Io { .. } => "io",
             Error::Corrupt(_) => "corrupt",

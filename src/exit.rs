@@ -22,6 +22,10 @@ pub const DATABASE: i32 = 7;
 /// (build id characters, `KEY=VALUE` syntax).
 pub const INVALID_INPUT: i32 = 8;
 
+/// The database file does not exist. Only init-state creates one: run it first, or
+/// fix --db / BUILDSTATE_DB.
+pub const NO_DATABASE: i32 = 9;
+
 /// check-state: the build is completed; there is nothing to do.
 pub const COMPLETED: i32 = 10;
 /// check-state: a state is running; another worker holds the build.
@@ -30,6 +34,10 @@ pub const BUSY: i32 = 11;
 pub const WAIT: i32 = 12;
 /// check-state: the build needs a person (failed with no automatic retry left).
 pub const BLOCKED: i32 = 13;
+/// run-state, update-state --attempt, the Python API: this worker's lease is no longer
+/// current (it expired and another worker took over, or the state moved on). Its result
+/// was not recorded.
+pub const LEASE_LOST: i32 = 14;
 
 /// Every code with its name, in the order of `docs/exit-codes.md`.
 pub const ALL: &[(i32, &str)] = &[
@@ -42,8 +50,10 @@ pub const ALL: &[(i32, &str)] = &[
     (INVALID_PLAN, "INVALID_PLAN"),
     (DATABASE, "DATABASE"),
     (INVALID_INPUT, "INVALID_INPUT"),
+    (NO_DATABASE, "NO_DATABASE"),
     (COMPLETED, "COMPLETED"),
     (BUSY, "BUSY"),
     (WAIT, "WAIT"),
     (BLOCKED, "BLOCKED"),
+    (LEASE_LOST, "LEASE_LOST"),
 ];

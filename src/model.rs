@@ -246,6 +246,11 @@ pub struct Ctx<'a> {
     pub owner: Option<&'a str>,
     /// On `start`, take the lease for this long (needs `owner`).
     pub lease_ttl: Option<Duration>,
+    /// The fencing token of a leased worker finishing its attempt: complete, fail and
+    /// interrupt are refused ([`Error::Fenced`]) unless the build still runs this attempt
+    /// under `owner`'s lease. Without it (a person's update-state) they apply to whatever
+    /// attempt is current, subject to the lease check.
+    pub fence: Option<u32>,
 }
 
 impl Ctx<'static> {
@@ -264,6 +269,7 @@ impl Ctx<'static> {
             jitter: 0.5,
             owner: None,
             lease_ttl: None,
+            fence: None,
         }
     }
 }
@@ -309,8 +315,14 @@ impl InitRequest {
         Ok(())
     }
 
-    /// The new build's first row and its init event.
+    /// The new build's first row and its init event. State 0 is recorded as done in the
+    /// same write unless the plan gives it work of its own (see [`Plan::done_at_init`]).
     pub fn new_build(&self, lineage: String, now: SystemTime) -> (Build, NewEvent) {
+        let init_done = self.plan.done_at_init().map(|s| s.id);
+        let status = match init_done {
+            Some(id) if id == self.plan.last().id => Status::Completed,
+            _ => Status::Pending,
+        };
         let build = Build {
             build_id: self.build_id.clone(),
             lineage,
@@ -318,9 +330,9 @@ impl InitRequest {
             cloud: self.cloud.clone(),
             image: self.image.clone(),
             plan_hash: self.plan.hash(),
-            current_state: None,
+            current_state: init_done,
             active_state: None,
-            status: Status::Pending,
+            status,
             attempt: 0,
             attempt_started_at: None,
             last_error: None,
@@ -334,14 +346,18 @@ impl InitRequest {
             created_at: now,
             updated_at: now,
         };
-        let mut event = NewEvent::new(EventKind::Init, None);
-        event.message = Some(format!(
+        let mut event = NewEvent::new(EventKind::Init, init_done);
+        let mut message = format!(
             "cloud={} image={} plan={} ({} states)",
             self.cloud,
             self.image,
             self.plan.name,
             self.plan.states.len()
-        ));
+        );
+        if let Some(id) = init_done {
+            message.push_str(&format!("; {} recorded as done", self.plan.label(id)));
+        }
+        event.message = Some(message);
         (build, event)
     }
 }
@@ -411,7 +427,7 @@ fn lease_live(b: &Build, now: SystemTime) -> bool {
 fn check_lease(b: &Build, plan: &Plan, ctx: &Ctx<'_>, verb: &str) -> Result<()> {
     if lease_live(b, ctx.now) && b.lease_owner.as_deref() != ctx.owner {
         return Err(Error::Leased(format!(
-            "build '{}': cannot {verb}: {} is held by {} until {} (run-state); wait for it to finish, or for its lease to expire if its worker died",
+            "build '{}': cannot {verb}: {} is held by {} until {}; wait for it to finish, or for its lease to expire if its worker died (if you are that worker, pass --owner with its name)",
             b.build_id,
             plan.label(b.active_state.unwrap_or_default()),
             b.lease_owner.as_deref().unwrap_or("?"),
@@ -419,6 +435,46 @@ fn check_lease(b: &Build, plan: &Plan, ctx: &Ctx<'_>, verb: &str) -> Result<()> 
         )));
     }
     Ok(())
+}
+
+/// A leased worker's late write: refuse it unless its attempt is still the one running
+/// under its lease. This is what keeps a worker that was paused past its lease (and taken
+/// over) from recording a result for an attempt that is no longer its own.
+fn check_fence(b: &Build, plan: &Plan, ctx: &Ctx<'_>, state: u8, verb: &str) -> Result<()> {
+    let Some(attempt) = ctx.fence else {
+        return Ok(());
+    };
+    let current = b.status == Status::Running
+        && b.active_state == Some(state)
+        && b.attempt == attempt
+        && b.lease_owner.is_some()
+        && b.lease_owner.as_deref() == ctx.owner;
+    if current {
+        return Ok(());
+    }
+    let id = &b.build_id;
+    let now = match (b.status, b.active_state) {
+        (Status::Running, Some(a)) if a == state => format!(
+            "attempt {} of it is running under the lease of {}",
+            b.attempt,
+            b.lease_owner.as_deref().unwrap_or("nobody")
+        ),
+        (Status::Running, Some(a)) => format!("{} is running", plan.label(a)),
+        (Status::Waiting, Some(a)) => format!(
+            "{} failed at attempt {} and waits for a retry",
+            plan.label(a),
+            b.attempt
+        ),
+        (Status::Blocked, Some(a)) => format!("{} is blocked", plan.label(a)),
+        (status, _) => format!(
+            "the build is {status}, last completed state {}",
+            b.current_state.map_or("none".into(), |s| s.to_string())
+        ),
+    };
+    Err(Error::Fenced(format!(
+        "build '{id}': cannot {verb} {} attempt {attempt}: this worker's lease is no longer current ({now}); its lease probably expired and another worker took over. Nothing was written; see `check-state {id} --history`",
+        plan.label(state)
+    )))
 }
 
 /// How a state transition relates to the build's active attempt.
@@ -464,6 +520,9 @@ fn attempt_for(b: &Build, plan: &Plan, state: u8, verb: &str, ctx: &Ctx<'_>) -> 
     let id = &b.build_id;
     check_in_plan(b, plan, state)?;
     refuse_if_finished(b, verb)?;
+    if verb != "start" {
+        check_fence(b, plan, ctx, state, verb)?;
+    }
     let label = plan.label(state);
     if let Some(active) = b.active_state {
         if active == state {
@@ -772,6 +831,7 @@ fn interrupt(
     signal: &str,
     c: &mut Change,
 ) -> Result<()> {
+    check_fence(b, plan, ctx, *state, "record an interruption of")?;
     let now = ctx.now;
     if b.status != Status::Running || b.active_state != Some(*state) {
         return refuse(format!(
@@ -1036,7 +1096,7 @@ mod tests {
     }
 
     fn fresh() -> (Build, Plan) {
-        let plan = Plan::default_plan();
+        let plan = Plan::default_plan_with_work_at_0();
         let req = InitRequest {
             build_id: "b1".into(),
             cloud: "aws".into(),
@@ -1220,6 +1280,127 @@ mod tests {
             (Status::Blocked, Some(Category::Persistent), 1)
         );
         assert!(c.blocked_reason.as_deref().unwrap().contains("persistent"));
+    }
+
+    #[test]
+    fn init_records_state_0_as_done_unless_it_has_work() {
+        let req = |plan: Plan| InitRequest {
+            build_id: "b".into(),
+            cloud: "aws".into(),
+            image: "rhel9".into(),
+            plan,
+            meta: vec![],
+        };
+        let (b, e) = req(Plan::default_plan()).new_build("l".into(), t0());
+        assert_eq!((b.current_state, b.status), (Some(0), Status::Pending));
+        assert_eq!(e.state, Some(0));
+        assert!(e
+            .message
+            .unwrap()
+            .ends_with("; state 0 (init) recorded as done"));
+        // The natural next step is state 5, straight after init.
+        let plan = Plan::default_plan();
+        let started = at(&b, &plan, Transition::Start { state: 5 }, t0());
+        assert_eq!((started.active_state, started.attempt), (Some(5), 1));
+
+        let (b, e) = req(Plan::default_plan_with_work_at_0()).new_build("l".into(), t0());
+        assert_eq!(
+            (b.current_state, b.status, e.state),
+            (None, Status::Pending, None)
+        );
+
+        // A plan of state 0 alone is complete as soon as it exists.
+        let only = Plan::from_toml(
+            "name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            req(only).new_build("l".into(), t0()).0.status,
+            Status::Completed
+        );
+    }
+
+    #[test]
+    fn a_late_write_from_a_worker_that_lost_its_lease_is_fenced() {
+        let (b, plan) = fresh();
+        let ttl = Duration::from_secs(30);
+        let w1 = Ctx {
+            owner: Some("w1"),
+            lease_ttl: Some(ttl),
+            ..Ctx::at(t0())
+        };
+        let b = apply(&b, &plan, &Transition::Start { state: 0 }, &w1)
+            .unwrap()
+            .build;
+        let w1_done = Ctx {
+            fence: Some(b.attempt),
+            lease_ttl: None,
+            now: t0() + Duration::from_secs(5),
+            ..w1
+        };
+        // While its attempt is current, the holder's fenced write goes through...
+        assert!(apply(&b, &plan, &Transition::Complete { state: 0 }, &w1_done).is_ok());
+        // ...but not with another attempt number, nor from another owner.
+        let wrong = Ctx {
+            fence: Some(2),
+            ..w1_done
+        };
+        assert!(matches!(
+            apply(&b, &plan, &Transition::Complete { state: 0 }, &wrong),
+            Err(Error::Fenced(_))
+        ));
+        // w1 stalls past its lease; w2 takes over (attempt 2) and fails.
+        let late = t0() + Duration::from_secs(40);
+        let w2 = Ctx {
+            owner: Some("w2"),
+            lease_ttl: Some(ttl),
+            ..Ctx::at(late)
+        };
+        let b2 = apply(&b, &plan, &Transition::Start { state: 0 }, &w2)
+            .unwrap()
+            .build;
+        assert_eq!((b2.attempt, b2.lease_owner.as_deref()), (2, Some("w2")));
+        let w2_done = Ctx {
+            fence: Some(2),
+            lease_ttl: None,
+            ..w2
+        };
+        let b3 = apply(
+            &b2,
+            &plan,
+            &Transition::fail(0, "connection reset"),
+            &w2_done,
+        )
+        .unwrap()
+        .build;
+        assert_eq!(b3.status, Status::Waiting);
+        // w1 wakes up: every write about its attempt 1 is refused, whatever the status.
+        let w1_late = Ctx {
+            now: late + Duration::from_secs(120),
+            ..w1_done
+        };
+        for build in [&b2, &b3] {
+            for t in [
+                Transition::Complete { state: 0 },
+                Transition::fail(0, "x"),
+                Transition::Interrupt {
+                    state: 0,
+                    signal: "SIGTERM".into(),
+                },
+            ] {
+                match apply(build, &plan, &t, &w1_late) {
+                    Err(Error::Fenced(m)) => assert!(
+                        m.contains("attempt 1") && m.contains("no longer current"),
+                        "{m}"
+                    ),
+                    other => panic!("{t:?} on {:?}: {other:?}", build.status),
+                }
+            }
+        }
+        // A person's write (no fence) still applies to the current attempt.
+        let person = Ctx::at(late + Duration::from_secs(200));
+        assert!(apply(&b3, &plan, &Transition::Complete { state: 0 }, &person).is_ok());
     }
 
     #[test]

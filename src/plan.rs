@@ -80,12 +80,25 @@ pub struct StateDef {
     pub classify: Option<ClassifyRules>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// State 0 only: it has work of its own, which a worker runs like any other state.
+    /// Without it, init-state records state 0 as done when it creates the build.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub work: bool,
 }
 
 impl Plan {
     /// The built-in classic image-build plan.
     pub fn default_plan() -> Plan {
         Plan::from_toml(DEFAULT_PLAN_TOML, "(built-in)").expect("the built-in plan is valid")
+    }
+
+    /// The built-in plan with state 0 given work of its own, so that unit tests of
+    /// transitions can walk every state from the first.
+    #[cfg(test)]
+    pub(crate) fn default_plan_with_work_at_0() -> Plan {
+        let mut plan = Plan::default_plan();
+        plan.states[0].work = true;
+        plan
     }
 
     /// Parse and validate a plan. `origin` names the file in error messages.
@@ -161,6 +174,11 @@ impl Plan {
                     s.name, dup.id
                 ));
             }
+            if s.work && s.id != 0 {
+                return Err(format!(
+                    "{at}.work: only state 0 can say it has work of its own; every other state has"
+                ));
+            }
             if s.timeout == Some(Duration::ZERO) {
                 return Err(format!("{at}.timeout: must be longer than zero"));
             }
@@ -233,6 +251,22 @@ impl Plan {
         self.state(id)
             .and_then(|s| s.timeout)
             .or(self.defaults.timeout)
+    }
+
+    /// The lease a state started by hand (`update-state start`) gets when no heartbeat
+    /// renews it: the state's timeout, else twice its expected duration. Past it the
+    /// state counts as abandoned and another worker may take it over.
+    pub fn unrenewed_lease_ttl(&self, id: u8) -> Duration {
+        self.timeout_for(id).unwrap_or_else(|| {
+            self.state(id)
+                .map_or(Duration::from_secs(3600), |s| s.expected * 2)
+        })
+    }
+
+    /// The state init-state records as done when it creates a build: state 0, unless
+    /// the plan gives it work of its own (`work = true`).
+    pub fn done_at_init(&self) -> Option<&StateDef> {
+        self.states.first().filter(|s| s.id == 0 && !s.work)
     }
 
     /// The state before `id` in plan order.

@@ -39,6 +39,11 @@ pub struct Report {
     pub exit_code: i32,
     pub last_error: Option<String>,
     pub last_category: Option<Category>,
+    /// Who holds the build while a state runs, and until when (renewed by heartbeats
+    /// under run-state and the Ansible callback).
+    pub lease_owner: Option<String>,
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub lease_expires_at: Option<SystemTime>,
     #[serde(with = "crate::time::rfc3339::option")]
     pub created_at: Option<SystemTime>,
     #[serde(with = "crate::time::rfc3339::option")]
@@ -90,6 +95,8 @@ impl Report {
                     decision,
                     last_error: None,
                     last_category: None,
+                    lease_owner: None,
+                    lease_expires_at: None,
                     created_at: None,
                     updated_at: None,
                     metadata: BTreeMap::new(),
@@ -129,6 +136,8 @@ impl Report {
             decision,
             last_error: b.last_error.clone(),
             last_category: b.last_category,
+            lease_owner: b.lease_owner.clone(),
+            lease_expires_at: b.lease_expires_at,
             created_at: Some(b.created_at),
             updated_at: Some(b.updated_at),
             metadata,

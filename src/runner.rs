@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::context::Actor;
 use crate::decide::{decide, Action, Decision};
 use crate::model::{Ctx, Status, Transition};
-use crate::store::Store;
+use crate::store::{LeaseKeeper, Store};
 use crate::{exit, time, Error, Result};
 
 #[derive(Debug, Clone)]
@@ -142,6 +142,94 @@ fn kill_group(pgid: u32, sig: i32) {
     }
 }
 
+/// A forked watcher that kills the command's process group when this process dies.
+///
+/// The kernel closes our end of a pipe whatever way we die; the reaper blocks reading
+/// its end. One byte means "the command is finished, stand down"; end-of-file without
+/// it means we died, and it sends SIGTERM to the group, then SIGKILL after the grace.
+/// (PR_SET_PDEATHSIG would reach only the command itself, not what it started.)
+struct Reaper {
+    notify: libc::c_int,
+    pid: libc::pid_t,
+}
+
+impl Reaper {
+    fn start(pgid: u32, grace: Duration) -> std::io::Result<Reaper> {
+        let pgid = pgid as libc::pid_t;
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array it is given.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let [watch, notify] = fds;
+        // SAFETY: after fork the child calls only async-signal-safe functions (signal,
+        // close, read, killpg, nanosleep, _exit) and never returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: closing descriptors we own.
+            unsafe {
+                libc::close(watch);
+                libc::close(notify);
+            }
+            return Err(e);
+        }
+        if pid == 0 {
+            // SAFETY: see above; this branch ends in _exit.
+            unsafe {
+                // A Ctrl-C at the terminal reaches our whole process group: the reaper
+                // must outlive run-state to do its job, so it ignores such signals.
+                for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                // Hold nothing open: not the terminal, not pipes a caller waits on.
+                for fd in 0..1024 {
+                    if fd != watch {
+                        libc::close(fd);
+                    }
+                }
+                let mut byte = 0u8;
+                let n = loop {
+                    let n = libc::read(watch, (&mut byte as *mut u8).cast(), 1);
+                    if n < 0 && *libc::__errno_location() == libc::EINTR {
+                        continue;
+                    }
+                    break n;
+                };
+                if n != 1 {
+                    libc::killpg(pgid, libc::SIGTERM);
+                    let step = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 50_000_000,
+                    };
+                    let mut waited = 0u64;
+                    while waited < grace_ms && libc::killpg(pgid, 0) == 0 {
+                        libc::nanosleep(&step, std::ptr::null_mut());
+                        waited += 50;
+                    }
+                    libc::killpg(pgid, libc::SIGKILL);
+                }
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the child has its own copy; ours of the read end is not needed.
+        unsafe { libc::close(watch) };
+        Ok(Reaper { notify, pid })
+    }
+
+    /// The command is finished: the reaper exits without killing anything.
+    fn dismiss(self) {
+        // SAFETY: writing one byte from a live buffer to our own descriptor, then
+        // closing it and collecting our own child.
+        unsafe {
+            libc::write(self.notify, [1u8].as_ptr().cast(), 1);
+            libc::close(self.notify);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 /// What became of one attempt's command.
 struct Finished {
     exit_code: Option<i32>,
@@ -215,16 +303,24 @@ pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcom
         };
         let started =
             store.transition(&opts.build_id, &Transition::Start { state }, actor, &ctx)?;
-        let timeout = opts.timeout.or(plan.timeout_for(state));
-        let done = match spawn_and_watch(
-            store,
-            opts,
+        // Every write about this attempt carries its fencing token: if the lease is lost
+        // meanwhile, the store refuses the write instead of recording a stale result.
+        let ctx = Ctx {
+            owner: Some(&owner),
+            fence: Some(started.attempt),
+            ..Ctx::live()
+        };
+        let keeper = LeaseKeeper::start(
+            store.path(),
+            &opts.build_id,
             &owner,
-            state,
             started.attempt,
-            timeout,
-            &signals,
-        ) {
+            opts.lease_ttl,
+        )?;
+        let timeout = opts.timeout.or(plan.timeout_for(state));
+        let watched = spawn_and_watch(opts, state, started.attempt, timeout, &signals, &keeper);
+        drop(keeper);
+        let done = match watched {
             Ok(done) => done,
             Err(spawn_error) => {
                 // The command could not even start: that is the state's failure, and
@@ -237,27 +333,15 @@ pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcom
                     signal: None,
                     timed_out: false,
                 };
-                let b = store.transition(
-                    &opts.build_id,
-                    &t,
-                    actor,
-                    &Ctx {
-                        owner: Some(&owner),
-                        ..Ctx::live()
-                    },
-                )?;
+                let b = store.transition(&opts.build_id, &t, actor, &ctx)?;
                 return Ok(Outcome::Blocked {
                     state,
                     reason: b.blocked_reason.unwrap_or_default(),
                 });
             }
         };
-        let ctx = Ctx {
-            owner: Some(&owner),
-            ..Ctx::live()
-        };
         if done.lease_lost {
-            return Err(Error::Leased(format!(
+            return Err(Error::Fenced(format!(
                 "build '{}': this worker lost the lease on {} (cancelled, or taken over after a missed heartbeat); the command was stopped and nothing more was recorded",
                 opts.build_id,
                 plan.label(state)
@@ -343,13 +427,12 @@ pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcom
 /// Spawn the command and watch it: heartbeat, timeout, signals. `Err` carries the message
 /// when the command could not be started at all.
 fn spawn_and_watch(
-    store: &mut Store,
     opts: &RunOptions,
-    owner: &str,
     state: u8,
     attempt: u32,
     timeout: Option<Duration>,
     signals: &Signals,
+    lease: &LeaseKeeper,
 ) -> std::result::Result<Finished, String> {
     let program = &opts.command[0];
     let mut child = Command::new(program)
@@ -365,6 +448,18 @@ fn spawn_and_watch(
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
     let pgid = child.id();
+    // If this process dies (even by SIGKILL), the reaper takes the command down with it,
+    // so that a worker taking over never races a leftover of this attempt.
+    let reaper = Reaper::start(pgid, opts.kill_grace)
+        .map_err(|e| format!("cannot start the reaper for the command: {e}"));
+    let reaper = match reaper {
+        Ok(r) => r,
+        Err(e) => {
+            kill_group(pgid, libc::SIGKILL);
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
 
     // Copy stderr through unchanged while keeping its last `tail_bytes`.
     let tail = Arc::new(Mutex::new(VecDeque::<u8>::with_capacity(opts.tail_bytes)));
@@ -389,8 +484,6 @@ fn spawn_and_watch(
     });
 
     let begun = Instant::now();
-    let heartbeat = opts.lease_ttl / 3;
-    let mut next_beat = begun + heartbeat;
     let mut timed_out = false;
     let mut interrupted = None;
     let mut lease_lost = false;
@@ -414,25 +507,17 @@ fn spawn_and_watch(
                 kill_at = Some(now + opts.kill_grace);
             }
         }
+        if !lease_lost && lease.lost() {
+            lease_lost = true;
+            kill_group(pgid, libc::SIGTERM);
+            kill_at = Some(now + opts.kill_grace);
+        }
         if kill_at.is_some_and(|k| now >= k) {
             kill_group(pgid, libc::SIGKILL);
         }
-        if now >= next_beat && !lease_lost {
-            next_beat = now + heartbeat;
-            let until = SystemTime::now() + opts.lease_ttl;
-            match store.renew_lease(&opts.build_id, owner, until) {
-                Ok(true) => {}
-                Ok(false) => {
-                    lease_lost = true;
-                    kill_group(pgid, libc::SIGTERM);
-                    kill_at = Some(now + opts.kill_grace);
-                }
-                // A busy database delays one heartbeat; the TTL leaves room for a few.
-                Err(e) => eprintln!("run-state: warning: could not renew the lease: {e}"),
-            }
-        }
         std::thread::sleep(Duration::from_millis(20));
     };
+    reaper.dismiss();
     // A background process the command left behind may hold stderr open for ever:
     // give the copier a moment to drain, then go on with what it has.
     let _ = copier_done.recv_timeout(Duration::from_secs(2));

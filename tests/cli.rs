@@ -17,21 +17,99 @@ fn fingerprint(env: &Env, id: &str) -> (u64, usize) {
 }
 
 #[test]
-fn unknown_build_is_start_not_error_and_creates_no_database() {
+fn a_missing_database_is_an_error_and_nothing_creates_one_but_init() {
     let env = Env::new();
+    // A mistyped --db must not read as "no such build: start it".
+    for (tool, args) in [
+        ("check-state", vec!["img-1", "--json"]),
+        ("update-state", vec!["img-1", "start", "5", "--json"]),
+        ("update-state", vec!["img-1", "meta", "a=b", "--json"]),
+        ("run-state", vec!["img-1", "5", "--json", "--", "true"]),
+    ] {
+        let r = env.run(tool, &args).code(exit::NO_DATABASE);
+        let j = r.json();
+        assert_eq!(j["error"]["kind"], "no_database", "{tool}");
+        assert!(
+            r.stderr.contains("no database at") && r.stderr.contains("init-state"),
+            "{}",
+            r.stderr
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with("state.db"))
+            .collect();
+        assert!(leftovers.is_empty(), "{tool} left {leftovers:?}");
+    }
+}
+
+#[test]
+fn unknown_build_in_an_existing_database_is_start_not_error() {
+    let env = Env::new();
+    env.init("other");
     let r = env.run("check-state", &["img-1", "--json"]).ok();
     let j = r.json();
     assert_eq!(j["decision"], "start");
     assert_eq!(j["exists"], false);
-    assert_eq!(j["next_state"], 0);
+    // init-state records state 0 as done, so the first state to run is 5.
+    assert_eq!(j["next_state"], 5);
     assert_eq!(j["serial"], 0);
     assert!(j["lineage"].is_null());
-    assert!(!env.db.exists(), "check-state must not create the database");
     let text = env.run("check-state", &["img-1"]).ok().stdout;
     assert!(
-        text.contains("start a new build at state 0 (init)"),
+        text.contains("start a new build at state 5 (kickstart)"),
         "{text}"
     );
+}
+
+#[test]
+fn init_records_state_0_as_done_and_the_next_step_is_state_5() {
+    let env = Env::new();
+    let r = env
+        .run(
+            "init-state",
+            &["img-42", "--cloud", "aws", "--image", "rhel9"],
+        )
+        .ok();
+    assert!(
+        r.stdout.contains("state 0 (init) recorded as done"),
+        "{}",
+        r.stdout
+    );
+    let j = env.state("img-42");
+    assert_eq!(
+        (j["current_state"].as_u64(), j["serial"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(j["next_state"], 5);
+    env.run("update-state", &["img-42", "start", "5"]).ok();
+    env.run("update-state", &["img-42", "complete", "5"]).ok();
+    // A plan whose state 0 has work of its own says so, and state 0 comes first.
+    let p = env.write(
+        "work.toml",
+        "name = \"w\"\n[[state]]\nid = 0\nname = \"prep\"\nexpected = \"1m\"\nwork = true\n[[state]]\nid = 5\nname = \"bake\"\nexpected = \"1m\"\n",
+    );
+    let r = env
+        .run(
+            "init-state",
+            &[
+                "w1",
+                "--cloud",
+                "aws",
+                "--image",
+                "x",
+                "--plan",
+                p.to_str().unwrap(),
+            ],
+        )
+        .ok();
+    assert!(
+        r.stdout.contains("state 0 (prep) has work of its own"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(env.state("w1")["next_state"], 0);
+    env.run("update-state", &["w1", "start", "0"]).ok();
 }
 
 #[test]
@@ -106,7 +184,6 @@ fn init_is_idempotent_and_conflicts_are_refused() {
 fn bad_transitions_are_refused_with_distinct_codes_and_write_nothing() {
     let env = Env::new();
     env.init("b1");
-    env.run("update-state", &["b1", "complete", "0"]).ok();
     env.run("update-state", &["b1", "complete", "5"]).ok();
     let before = fingerprint(&env, "b1");
     let cases: &[(&[&str], i32, &str)] = &[
@@ -242,16 +319,14 @@ fn invalid_plan_files_are_refused_naming_the_field() {
         "{}",
         r.stderr
     );
-    assert_eq!(
-        env.run("check-state", &["b1", "--json"]).json()["exists"],
-        false
-    );
+    // Nothing was created: not the build, not even the database.
+    assert!(!env.db.exists());
 }
 
 #[test]
 fn a_custom_plan_is_kept_with_the_build() {
     let env = Env::new();
-    let p = env.write("p.toml", "name = \"tiny\"\n[[state]]\nid = 0\nname = \"prep\"\nexpected = \"1m\"\n[[state]]\nid = 50\nname = \"bake\"\nexpected = \"1h\"\n");
+    let p = env.write("p.toml", "name = \"tiny\"\n[[state]]\nid = 0\nname = \"prep\"\nexpected = \"1m\"\nwork = true\n[[state]]\nid = 50\nname = \"bake\"\nexpected = \"1h\"\n");
     env.run(
         "init-state",
         &[
@@ -290,7 +365,7 @@ fn messages_are_stored_verbatim() {
     // A plan that retries at once, many times, so every failure below is accepted.
     let plan = env.write(
         "p.toml",
-        "name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nretry = { policy = \"immediate\", max_attempts = 50 }\n",
+        "name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\nwork = true\nretry = { policy = \"immediate\", max_attempts = 50 }\n",
     );
     let plan = plan.to_str().unwrap();
     env.run(
@@ -380,7 +455,7 @@ fn secrets_never_reach_the_database() {
     let r = env
         .run(
             "update-state",
-            &["b1", "fail", "0", "--error", &msg, "--json"],
+            &["b1", "fail", "5", "--error", &msg, "--json"],
         )
         .ok();
     assert!(!r.stdout.contains("hunter2") && !r.stdout.contains("abcdefghijklmnop"));
@@ -420,7 +495,8 @@ fn whole_plan_to_completion_with_history() {
     let env = Env::new();
     env.init("b1");
     let plan = buildstate::plan::Plan::default_plan();
-    for s in &plan.states {
+    // State 0 was recorded as done by init-state.
+    for s in &plan.states[1..] {
         let id = s.id.to_string();
         env.run("update-state", &["b1", "start", &id]).ok();
         let busy = env
@@ -437,7 +513,7 @@ fn whole_plan_to_completion_with_history() {
         .json();
     assert_eq!(j["status"], "completed");
     assert_eq!(j["current_state"], 100);
-    let n = plan.states.len() as u64;
+    let n = plan.states.len() as u64 - 1;
     assert_eq!(j["serial"], 1 + 2 * n);
     let history = j["history"].as_array().unwrap();
     assert_eq!(history.len() as u64, 1 + 2 * n);
@@ -470,7 +546,6 @@ fn output_dir_files_can_be_sourced() {
         ],
     )
     .ok();
-    env.run("update-state", &["b1", "complete", "0"]).ok();
     env.run("update-state", &["b1", "complete", "5"]).ok();
     let out = env.path("out");
     let r = env
@@ -497,7 +572,7 @@ fn output_dir_files_can_be_sourced() {
         .unwrap();
     assert_eq!(
         String::from_utf8(o.stdout).unwrap(),
-        "10|resume|it's $HOME|3"
+        "10|resume|it's $HOME|2"
     );
 }
 
@@ -510,7 +585,7 @@ fn json_report_has_the_documented_fields() {
         &[
             "b1",
             "fail",
-            "0",
+            "5",
             "--error",
             "nope",
             "--category",
@@ -542,7 +617,7 @@ fn json_report_has_the_documented_fields() {
     assert_eq!(j["decision"], "blocked");
     assert_eq!(j["last_category"], "persistent");
     assert_eq!(j["exit_code"], exit::BLOCKED);
-    assert!(j["current_state"].is_null());
+    assert_eq!(j["current_state"], 0);
     let e = &env.state("b1")["history"][1];
     assert_eq!(
         (
@@ -557,6 +632,7 @@ fn json_report_has_the_documented_fields() {
 #[test]
 fn errors_have_a_json_twin() {
     let env = Env::new();
+    env.init("other");
     let r = env
         .run("update-state", &["ghost", "start", "0", "--json"])
         .code(exit::UNKNOWN_BUILD);
@@ -710,4 +786,102 @@ fn exit_code_doc_matches_the_constants() {
             "docs/exit-codes.md lacks the row starting {row}"
         );
     }
+}
+
+#[test]
+fn update_state_start_takes_a_lease_that_expires_and_fences_late_writes() {
+    let env = Env::new();
+    env.init("b1");
+    let r = env
+        .run("update-state", &["b1", "start", "5", "--owner", "alice"])
+        .ok();
+    assert!(
+        r.stdout.contains("alice holds the lease until"),
+        "{}",
+        r.stdout
+    );
+    // Without --lease-ttl the lease lasts the state's timeout (kickstart: 2h).
+    let j = env
+        .run("check-state", &["b1", "--json"])
+        .code(exit::BUSY)
+        .json();
+    assert_eq!(j["lease_owner"], "alice");
+    // Another owner cannot finish or restart it while the lease lives.
+    for args in [
+        vec!["b1", "complete", "5", "--owner", "bob"],
+        vec!["b1", "start", "5", "--owner", "bob"],
+    ] {
+        let r = env.run("update-state", &args).code(exit::BUSY);
+        assert!(r.stderr.contains("held by alice"), "{}", r.stderr);
+    }
+    env.run("update-state", &["b1", "complete", "5", "--owner", "alice"])
+        .ok();
+
+    // A short lease that nobody renews: the state becomes resumable.
+    env.run(
+        "update-state",
+        &["b1", "start", "10", "--owner", "alice", "--lease-ttl", "1s"],
+    )
+    .ok();
+    let start = std::time::Instant::now();
+    while env.run("check-state", &["b1"]).code != exit::OK {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // bob takes over (attempt 2); alice's late, fenced result is refused.
+    env.run("update-state", &["b1", "start", "10", "--owner", "bob"])
+        .ok();
+    let before = fingerprint(&env, "b1");
+    let r = env
+        .run(
+            "update-state",
+            &[
+                "b1",
+                "complete",
+                "10",
+                "--owner",
+                "alice",
+                "--attempt",
+                "1",
+                "--json",
+            ],
+        )
+        .code(exit::LEASE_LOST);
+    assert_eq!(r.json()["error"]["kind"], "lease_lost");
+    assert!(r.stderr.contains("no longer current"), "{}", r.stderr);
+    assert_eq!(fingerprint(&env, "b1"), before);
+    env.run(
+        "update-state",
+        &["b1", "complete", "10", "--owner", "bob", "--attempt", "2"],
+    )
+    .ok();
+}
+
+#[test]
+fn usage_errors_follow_json_too() {
+    let env = Env::new();
+    for (tool, args) in [
+        ("update-state", vec!["b1", "frobnicate", "--json"]),
+        ("check-state", vec!["--json", "--no-such-flag", "b1"]),
+        ("init-state", vec!["b1", "--json"]),
+        ("run-state", vec!["b1", "5", "--json"]),
+    ] {
+        let r = env.run(tool, &args).code(exit::USAGE);
+        let j = r.json();
+        assert_eq!(j["error"]["kind"], "usage", "{tool}");
+        assert_eq!(j["error"]["exit_code"], exit::USAGE);
+        assert!(!j["error"]["message"].as_str().unwrap().is_empty());
+        assert!(r.stderr.contains("Usage:"), "{}", r.stderr);
+    }
+    // Without --json, stdout stays empty; --help is not an error.
+    assert!(env
+        .run("update-state", &["b1", "frobnicate"])
+        .code(exit::USAGE)
+        .stdout
+        .is_empty());
+    assert!(env
+        .run("check-state", &["--help"])
+        .ok()
+        .stdout
+        .contains("Usage:"));
 }

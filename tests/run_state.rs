@@ -16,6 +16,7 @@ name = "runner-test"
 id = 0
 name = "flaky"
 expected = "1s"
+work = true
 retry = { policy = "immediate", max_attempts = 5, delay = "0s" }
 
 [[state]]
@@ -92,8 +93,30 @@ fn wait_for(env: &Env, what: &str, pred: impl Fn(&serde_json::Value) -> bool) ->
     }
 }
 
+/// Whether a process runs (a zombie waiting for its parent to collect it does not).
 fn alive(pid: &str) -> bool {
-    Path::new(&format!("/proc/{}", pid.trim())).exists()
+    let stat = Path::new("/proc").join(pid.trim()).join("stat");
+    match std::fs::read_to_string(stat) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Poll until `pid` is gone (at most 30 s, then fail).
+fn wait_gone(pid: &str, what: &str) {
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} (pid {}) is still running",
+            pid.trim()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn kinds(j: &serde_json::Value) -> Vec<String> {
@@ -323,10 +346,27 @@ fn interrupt_is_forwarded_and_recorded() {
 fn killed_worker_leaves_a_resumable_build_and_the_next_one_takes_over() {
     let env = setup();
     let pidfile = env.path("pid");
-    let cmd = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let grandchild = env.path("grandchild");
+    // The command starts a process of its own, as real build scripts do.
+    let cmd = format!(
+        "sleep 60 & echo $! > {g}; echo $$ > {p}; wait",
+        g = grandchild.display(),
+        p = pidfile.display()
+    );
     let mut worker = spawn_run_state(
         &env,
-        &["b", "0", "--lease-ttl", "1s", "--", "sh", "-c", &cmd],
+        &[
+            "b",
+            "0",
+            "--lease-ttl",
+            "1s",
+            "--kill-grace",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            &cmd,
+        ],
     );
     wait_for(&env, "the command to start", |_| {
         std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.is_empty())
@@ -348,8 +388,12 @@ fn killed_worker_leaves_a_resumable_build_and_the_next_one_takes_over() {
 
     worker.kill().unwrap(); // SIGKILL: no chance to record anything
     worker.wait().unwrap();
-    let orphan = std::fs::read_to_string(&pidfile).unwrap();
-    unsafe { libc::kill(orphan.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
+    // The command and what it started die with their worker: nothing is left to race
+    // the worker that takes over.
+    let child = std::fs::read_to_string(&pidfile).unwrap();
+    let grandchild = std::fs::read_to_string(&grandchild).unwrap();
+    wait_gone(&child, "the killed worker's command");
+    wait_gone(&grandchild, "a process the killed worker's command started");
 
     let j = wait_for(&env, "the lease to expire", |j| j["decision"] == "resume");
     assert_eq!(j["next_state"], 0);
@@ -375,6 +419,62 @@ fn killed_worker_leaves_a_resumable_build_and_the_next_one_takes_over() {
         j["history"][2]
     );
     assert_eq!(j["history"][3]["attempt"], 2);
+}
+
+#[test]
+fn a_worker_paused_past_its_lease_cannot_record_its_result() {
+    let env = setup();
+    let started = env.path("started");
+    let go = env.path("go");
+    // Succeeds, but only once it is told to: after another worker has taken over.
+    let cmd = format!(
+        "touch {s}; while [ ! -e {g} ]; do sleep 0.05; done; echo done",
+        s = started.display(),
+        g = go.display()
+    );
+    let w1 = env
+        .command("run-state")
+        .args(["b", "0", "--lease-ttl", "1s", "--", "sh", "-c", &cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&env, "w1's command to start", |_| started.exists());
+    // w1 stalls (a paused VM, a long GC, a stopped process) past its lease...
+    unsafe { libc::kill(w1.id() as i32, libc::SIGSTOP) };
+    wait_for(&env, "w1's lease to expire", |j| j["decision"] == "resume");
+    // ...w2 takes over and fails for good...
+    run_state(
+        &env,
+        &[
+            "b",
+            "0",
+            "--",
+            "sh",
+            "-c",
+            "echo 'permission denied' >&2; exit 1",
+        ],
+    )
+    .code(exit::BLOCKED);
+    let before = env.state("b");
+    // ...then w1 wakes up and its command succeeds. Its result must not be recorded.
+    std::fs::write(&go, "").unwrap();
+    unsafe { libc::kill(w1.id() as i32, libc::SIGCONT) };
+    let out = w1.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::LEASE_LOST), "{stderr}");
+    assert!(
+        stderr.contains("no longer current") || stderr.contains("lost the lease"),
+        "{stderr}"
+    );
+    let after = env.state("b");
+    assert_eq!(after["serial"], before["serial"], "w1 wrote something");
+    assert_eq!(after["status"], "blocked");
+    assert_eq!(
+        kinds(&after),
+        ["init", "start", "takeover", "start", "fail"]
+    );
 }
 
 #[test]

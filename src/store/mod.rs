@@ -6,6 +6,7 @@
 //! transition survives a power cut) and a busy timeout, so concurrent writers queue up
 //! instead of failing with "database is locked".
 
+mod lease;
 mod recorder;
 mod schema;
 
@@ -21,6 +22,7 @@ use crate::plan::Plan;
 use crate::time;
 use crate::{Error, Result};
 
+pub use lease::LeaseKeeper;
 pub use recorder::TaskRecorder;
 pub use schema::SCHEMA_VERSION;
 
@@ -80,6 +82,16 @@ impl Store {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
         Store::open_with(path, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    /// Open an existing database; a missing file is [`Error::NoDatabase`], and nothing
+    /// is created. Every command but init-state opens this way, so that a mistyped
+    /// `--db` is an error instead of a fresh, empty database.
+    pub fn open_existing(path: &Path, busy_timeout: Duration) -> Result<Store> {
+        if !path.exists() {
+            return Err(Error::NoDatabase(path.to_path_buf()));
+        }
+        Store::open_with(path, busy_timeout)
     }
 
     pub fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
@@ -281,17 +293,34 @@ impl Store {
         }
     }
 
-    /// Extend a lease held by `owner` (run-state's heartbeat). Not a transition: the
+    /// Extend the lease `owner` holds on `attempt` (a heartbeat). Not a transition: the
     /// serial and the history are untouched, so heartbeats do not churn remote copies.
-    /// Returns false when `owner` no longer holds the lease (it expired and was taken
-    /// over, or the build was cancelled): the caller should stop.
-    pub fn renew_lease(&mut self, build_id: &str, owner: &str, until: SystemTime) -> Result<bool> {
+    /// Returns false when `owner` no longer holds it (the lease expired and was taken
+    /// over, the state moved on, or the build was cancelled): the caller should stop.
+    ///
+    /// It waits at most `wait` for another writer, never as long as the lease: a missed
+    /// heartbeat is retried at the next beat, while a heartbeat stuck behind a long
+    /// writer would let the lease run out.
+    pub fn renew_lease(
+        &mut self,
+        build_id: &str,
+        owner: &str,
+        attempt: u32,
+        until: SystemTime,
+        wait: Duration,
+    ) -> Result<bool> {
+        self.conn.busy_timeout(wait)?;
         let n = self.conn.execute(
             "UPDATE builds SET lease_expires_at = :until
-             WHERE build_id = :id AND lease_owner = :owner AND status = 'running'",
-            named_params! {":until": time::format(until), ":id": build_id, ":owner": owner},
-        )?;
-        Ok(n == 1)
+             WHERE build_id = :id AND lease_owner = :owner AND attempt = :attempt
+               AND status = 'running'",
+            named_params! {
+                ":until": time::format(until), ":id": build_id, ":owner": owner,
+                ":attempt": attempt,
+            },
+        );
+        self.conn.busy_timeout(self.busy_timeout)?;
+        Ok(n? == 1)
     }
 
     pub fn build(&self, build_id: &str) -> Result<Option<Build>> {
