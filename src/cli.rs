@@ -63,7 +63,9 @@ pub fn parse<T: clap::Parser>(tool: &str) -> std::result::Result<T, ExitCode> {
                 .skip(1)
                 .take_while(|a| a != "--")
                 .any(|a| a == "--json");
-            let message = e.render().to_string();
+            // clap quotes the offending argument, which may be a secret typed in the
+            // wrong place.
+            let message = crate::redact::redact(&e.render().to_string()).into_owned();
             if json {
                 let first = message
                     .lines()

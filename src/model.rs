@@ -305,7 +305,8 @@ impl InitRequest {
         for (what, v) in [("--cloud", &self.cloud), ("--image", &self.image)] {
             if v.trim().is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
                 return Err(Error::InvalidInput(format!(
-                    "invalid {what} '{v}': give a non-empty name of at most 128 characters"
+                    "invalid {what} '{}': give a non-empty name of at most 128 characters",
+                    redact(v).escape_debug()
                 )));
             }
         }
@@ -374,7 +375,7 @@ pub fn validate_build_id(id: &str) -> Result<()> {
     } else {
         Err(Error::InvalidInput(format!(
             "invalid build id '{}': use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            id.escape_debug()
+            redact(id).escape_debug()
         )))
     }
 }
@@ -389,7 +390,7 @@ pub fn validate_meta_key(key: &str) -> Result<()> {
     } else {
         Err(Error::InvalidInput(format!(
             "invalid metadata key '{}': use 1 to 64 letters, digits or '_', not starting with a digit",
-            key.escape_debug()
+            redact(key).escape_debug()
         )))
     }
 }
@@ -399,7 +400,7 @@ pub fn parse_meta_pair(text: &str) -> Result<(String, String)> {
     let Some((k, v)) = text.split_once('=') else {
         return Err(Error::InvalidInput(format!(
             "invalid metadata '{}': write it as KEY=VALUE",
-            text.escape_debug()
+            redact(text).escape_debug()
         )));
     };
     validate_meta_key(k)?;

@@ -50,20 +50,65 @@ const SECRET_NAMES: &[&str] = &[
     "password",
     "passwd",
     "pwd",
+    "pass",
     "token",
     "secret",
     "api_key",
     "apikey",
     "private_key",
     "privatekey",
+    "access_key",
+    "accesskey",
+    "credential",
 ];
 
-static RULES: [Rule; 9] = [
-    // Slack incoming-webhook and workflow URLs: the whole path is the secret.
+/// Names whose value is a secret, as a regex alternation: `db_password`, `vault_pass`,
+/// `ansible_become_pass`, `aws_session_token`, `client_secret`, `--db-password`, ...
+/// A prefix must end in `_` or `-`, so `bypass=` or `compass:` are left alone.
+macro_rules! secret_name {
+    () => {
+        r"(?:[a-z0-9_\-]*[_\-])?(?:password|passwd|pwd|pass|token|secret|api_?key|apikey|private_?key|client_?secret|access_?key|session_?token|credentials?)"
+    };
+}
+
+static RULES: [Rule; 17] = [
+    // PEM private keys: the whole block, whatever the key type.
+    Rule::new(
+        &["private key-----"],
+        r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY)-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|$)",
+        |c| format!("-----BEGIN {}-----{MARK}-----END {}-----", &c[1], &c[1]),
+    ),
+    // Slack incoming-webhook and workflow URLs, with or without the scheme: the whole
+    // path is the secret.
     Rule::new(
         &["hooks.slack.com"],
-        r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]+",
+        r"(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]+",
         |_| format!("https://hooks.slack.com/{MARK}"),
+    ),
+    // Slack tokens: bot, user, app, refresh, configuration.
+    Rule::new(
+        &["xox", "xapp-"],
+        r"(?-u:\b)(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{8,}",
+        |_| MARK.to_string(),
+    ),
+    // GitHub tokens: classic (ghp_, gho_, ghu_, ghs_, ghr_) and fine-grained.
+    Rule::new(
+        &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})",
+        |_| MARK.to_string(),
+    ),
+    // Signed URLs: S3 presigned (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token),
+    // Azure SAS (sig=), GCS (X-Goog-Signature).
+    Rule::new(
+        &["x-amz-", "sig=", "x-goog-signature"],
+        r"(?i)((?:[?&;]|\b)(?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|sig)=)[^&\s'\x22]+",
+        |c| format!("{}{MARK}", &c[1]),
+    ),
+    // Azure storage connection strings: AccountKey=...; SharedAccessSignature=...
+    Rule::new(
+        &["accountkey", "sharedaccesssignature"],
+        r"(?i)((?:AccountKey|SharedAccessSignature)=)[^;\s'\x22]+",
+        |c| format!("{}{MARK}", &c[1]),
     ),
     // user:password@ inside any URL.
     Rule::new(
@@ -111,16 +156,51 @@ static RULES: [Rule; 9] = [
         r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16}(?-u:\b)",
         |_| MARK.to_string(),
     ),
-    // name=value pairs whose name says secret.
+    // name=value and name = value pairs whose name says secret (ini, env, Ansible
+    // extra vars: ansible_become_pass=..., vault_pass=..., aws_session_token = ...).
     Rule::new(
         SECRET_NAMES,
-        r#"(?i)(?-u:\b)((?:[a-z0-9_\-]*_)?(?:password|passwd|pwd|token|secret|api_?key|apikey|private_?key|client_?secret)=)("[^"]*"|'[^']*'|[^\s&;,'"]+)"#,
+        concat!(
+            r"(?i)(?-u:\b)(",
+            secret_name!(),
+            r"[ \t]*=[ \t]*)(\x22[^\x22]*\x22|'[^']*'|[^\s&;,'\x22]+)"
+        ),
         |c| format!("{}{MARK}", &c[1]),
     ),
-    // The same in JSON or YAML: "password": "...".
+    // The same in JSON: "password": "...".
     Rule::new(
         SECRET_NAMES,
-        r#"(?i)("(?:[a-z0-9_\-]*_)?(?:password|passwd|token|secret|api_?key|private_?key|client_?secret)"\s*:\s*)"(?:[^"\\]|\\.)*""#,
+        concat!(
+            r#"(?i)("(?:"#,
+            secret_name!(),
+            r#")"\s*:\s*)"(?:[^"\\]|\\.)*""#
+        ),
+        |c| format!("{}\"{MARK}\"", &c[1]),
+    ),
+    // YAML and log style, unquoted: `password: hunter2`.
+    Rule::new(
+        SECRET_NAMES,
+        concat!(
+            r"(?i)(?-u:\b)(",
+            secret_name!(),
+            r"[ \t]*:[ \t]+)(\x22[^\x22\n]{2,}\x22|'[^'\n]{2,}'|[^\s'\x22{}\[\],][^\s,]*)"
+        ),
+        |c| format!("{}{MARK}", &c[1]),
+    ),
+    // Command-line flags: --password hunter2, --token=abc, -p is too ambiguous to touch.
+    Rule::new(
+        SECRET_NAMES,
+        concat!(
+            r"(?i)((?:^|\s)--",
+            secret_name!(),
+            r"(?:[ \t]+|=))(\x22[^\x22]*\x22|'[^']*'|[^\s'\x22]+)"
+        ),
+        |c| format!("{}{MARK}", &c[1]),
+    ),
+    // Private key material inline in JSON (GCP service-account keys).
+    Rule::new(
+        &["private_key_id"],
+        r#"(?i)("private_key_id"\s*:\s*)"[^"]*""#,
         |c| format!("{}\"{MARK}\"", &c[1]),
     ),
 ];
@@ -210,6 +290,57 @@ mod tests {
                 "postgres://app:pw@db:5432/x",
                 "postgres://app:[REDACTED]@db:5432/x",
             ),
+            // Issue 7: each of these passed through before.
+            ("password: hunter2", "password: [REDACTED]"),
+            ("  db_password: 'hunter 2'\n", "  db_password: [REDACTED]\n"),
+            ("mysql --password hunter2 -h db", "mysql --password [REDACTED] -h db"),
+            ("vault --token=s.abcdef123", "vault --token=[REDACTED]"),
+            (
+                "aws_session_token = IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ",
+                "aws_session_token = [REDACTED]",
+            ),
+            (
+                "ansible-playbook -e ansible_become_pass=Sup3r site.yml",
+                "ansible-playbook -e ansible_become_pass=[REDACTED] site.yml",
+            ),
+            ("vault_pass=opensesame ok", "vault_pass=[REDACTED] ok"),
+            (
+                "slack said invalid_auth for xoxb-1234567890-0987654321-AbCdEfGhIjKl",
+                "slack said invalid_auth for [REDACTED]",
+            ),
+            ("user token xoxp-11111-22222-33333-abcdef", "user token [REDACTED]"),
+            (
+                "posting to hooks.slack.com/services/T000/B000/XXXXXXXXXXXX",
+                "posting to https://hooks.slack.com/[REDACTED]",
+            ),
+            (
+                "git clone with ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+                "git clone with [REDACTED]",
+            ),
+            (
+                "GH: github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+                "GH: [REDACTED]",
+            ),
+            (
+                "DefaultEndpointsProtocol=https;AccountName=img;AccountKey=Eby8vdM02xNOcqFl==;EndpointSuffix=core",
+                "DefaultEndpointsProtocol=https;AccountName=img;AccountKey=[REDACTED];EndpointSuffix=core",
+            ),
+            (
+                "GET https://a.blob.core.windows.net/c/b?sv=2022-11-02&se=2026&sp=r&sig=abc%2Bdef%3D failed",
+                "GET https://a.blob.core.windows.net/c/b?sv=2022-11-02&se=2026&sp=r&sig=[REDACTED] failed",
+            ),
+            (
+                "403 for https://b.s3.amazonaws.com/k?X-Amz-Credential=AK%2F2026&X-Amz-Signature=9f8e7d6c5b",
+                "403 for https://b.s3.amazonaws.com/k?X-Amz-Credential=[REDACTED]&X-Amz-Signature=[REDACTED]",
+            ),
+            (
+                "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----\ndone",
+                "key:\n-----BEGIN RSA PRIVATE KEY-----[REDACTED]-----END RSA PRIVATE KEY-----\ndone",
+            ),
+            (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA (cut off",
+                "-----BEGIN OPENSSH PRIVATE KEY-----[REDACTED]-----END OPENSSH PRIVATE KEY-----",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(redact(input), *want, "input: {input}");
@@ -229,6 +360,11 @@ mod tests {
             "AKIA is a prefix, AKIASHORT is not a key",
             "password reset required",
             "héllo wörld ✓ 日本",
+            "bypass=1 compass: north",
+            "Password: ",
+            "--password-file /etc/pw.txt",
+            "-----BEGIN PUBLIC KEY-----",
+            "design=signature",
         ];
         for input in cases {
             assert_eq!(redact(input), input);

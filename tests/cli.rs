@@ -885,3 +885,61 @@ fn usage_errors_follow_json_too() {
         .stdout
         .contains("Usage:"));
 }
+
+#[test]
+fn error_paths_that_echo_input_redact_it() {
+    let env = Env::new();
+    env.run(
+        "init-state",
+        &[
+            "b1",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--meta",
+            "url=https://x/y",
+        ],
+    )
+    .ok();
+    let secret = "https://deploy:hunter2pw@git.example.com/r.git";
+    let r = env
+        .run(
+            "init-state",
+            &[
+                "b1",
+                "--cloud",
+                "aws",
+                "--image",
+                "rhel9",
+                "--meta",
+                &format!("url={secret}"),
+                "--json",
+            ],
+        )
+        .code(exit::CONFLICT);
+    assert!(r.stderr.contains("deploy:[REDACTED]@"), "{}", r.stderr);
+    let token = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    let bad_cloud = format!("{token}\n");
+    let bad_id = format!("{token}!");
+    for (tool, args) in [
+        ("update-state", vec!["b1", "meta", token, "--json"]),
+        ("update-state", vec![&bad_id, "meta", "a=b", "--json"]),
+        ("update-state", vec!["b1", "start", token, "--json"]),
+        (
+            "init-state",
+            vec!["b2", "--cloud", &bad_cloud, "--image", "x", "--json"],
+        ),
+        ("check-state", vec![&bad_id, "--json"]),
+    ] {
+        let r = env.run(tool, &args);
+        assert_ne!(r.code, 0);
+        for out in [&r.stdout, &r.stderr] {
+            assert!(
+                !out.contains("hunter2pw") && !out.contains(token),
+                "{tool}: {out}"
+            );
+        }
+    }
+    assert!(!r.stdout.contains("hunter2pw"), "{}", r.stdout);
+}

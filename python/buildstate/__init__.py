@@ -7,8 +7,10 @@ The logic lives in the Rust state crate; this package is its Python face
     >>> store = buildstate.Store("/tmp/state.db")
     >>> store.init("img-42", "aws", "rhel9")["created"]
     True
-    >>> store.start("img-42", 0)["status"]
+    >>> store.start("img-42", 5)["status"]
     'running'
+    >>> store.complete("img-42", 5)["current_state"]
+    5
 """
 
 from buildstate._native import (
@@ -18,6 +20,8 @@ from buildstate._native import (
     InvalidInputError,
     InvalidPlanError,
     LeasedError,
+    LeaseLostError,
+    NoDatabaseError,
     RefusedError,
     Store,
     UnknownBuildError,
@@ -33,6 +37,8 @@ __all__ = [
     "InvalidInputError",
     "InvalidPlanError",
     "LeasedError",
+    "LeaseLostError",
+    "NoDatabaseError",
     "RefusedError",
     "Store",
     "UnknownBuildError",

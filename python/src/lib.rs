@@ -3,7 +3,7 @@
 //! errors as exceptions named after the crate's error kinds, and the GIL is released
 //! while the database is used.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use buildstate::model::{Ctx, InitRequest, TaskRecord, Transition};
 use buildstate::plan::Plan;
 use buildstate::policy::Category;
 use buildstate::report::Report;
-use buildstate::store::{Store as CoreStore, TaskRecorder, DEFAULT_BUSY_TIMEOUT};
+use buildstate::store::{LeaseKeeper, Store as CoreStore, TaskRecorder, DEFAULT_BUSY_TIMEOUT};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -50,6 +50,18 @@ create_exception!(
 );
 create_exception!(
     _native,
+    LeaseLostError,
+    BuildstateError,
+    "This Store's lease on the state is no longer current (it expired and another worker took over); nothing was written."
+);
+create_exception!(
+    _native,
+    NoDatabaseError,
+    BuildstateError,
+    "There is no database file at the path (and create=False)."
+);
+create_exception!(
+    _native,
     InvalidPlanError,
     BuildstateError,
     "The plan is invalid."
@@ -74,6 +86,8 @@ fn to_py(py: Python<'_>, e: buildstate::Error) -> PyErr {
         "conflict" => ConflictError::new_err(msg),
         "refused" => RefusedError::new_err(msg),
         "leased" => LeasedError::new_err(msg),
+        "lease_lost" => LeaseLostError::new_err(msg),
+        "no_database" => NoDatabaseError::new_err(msg),
         "invalid_plan" => InvalidPlanError::new_err(msg),
         "invalid_input" => InvalidInputError::new_err(msg),
         "database" => DatabaseError::new_err(msg),
@@ -83,6 +97,14 @@ fn to_py(py: Python<'_>, e: buildstate::Error) -> PyErr {
     let _ = value.setattr("exit_code", e.exit_code());
     let _ = value.setattr("kind", e.kind());
     err
+}
+
+/// Eight random hex digits, so that two Stores in one process are two lease holders.
+fn uuid_suffix() -> String {
+    format!(
+        "{:08x}",
+        (buildstate::model::random_unit() * f64::from(u32::MAX)) as u32
+    )
 }
 
 fn json_to_py(py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
@@ -95,6 +117,14 @@ fn category(py: Python<'_>, name: Option<&str>) -> PyResult<Option<Category>> {
         .map_err(|e| to_py(py, e))
 }
 
+/// A state this Store started and has not finished: the fencing token its finishing
+/// write carries, and the thread that keeps its lease alive meanwhile.
+struct Held {
+    state: u8,
+    attempt: u32,
+    _keeper: LeaseKeeper,
+}
+
 /// A buildstate database. Each method is one transaction.
 #[pyclass(frozen, module = "buildstate._native")]
 struct Store {
@@ -102,28 +132,69 @@ struct Store {
     actor: Mutex<Actor>,
     path: PathBuf,
     busy_timeout: Duration,
+    /// This Store's name as a lease holder: unique per process and Store.
+    owner: String,
     /// Started on the first `task()`: writes task results off the caller's path.
     recorder: Mutex<Option<TaskRecorder>>,
+    /// A task-write error met while flushing before a transition: the transition goes
+    /// ahead (a lost task result must not lose the state's outcome); `flush()` raises it.
+    task_error: Mutex<Option<buildstate::Error>>,
+    /// Leases held by states this Store started, by build id.
+    held: Mutex<HashMap<String, Held>>,
 }
 
 impl Store {
-    /// Write queued task results, so that what follows keeps the history's order.
-    fn flush_tasks(&self) -> buildstate::Result<()> {
-        match self.recorder.lock().expect("recorder lock").as_ref() {
-            Some(r) => r.flush(),
-            None => Ok(()),
+    /// Write queued task results, so that what follows keeps the history's order. An
+    /// error is kept for `flush()` rather than stopping the caller's transition.
+    fn flush_tasks_before_transition(&self) {
+        if let Some(r) = self.recorder.lock().expect("recorder lock").as_ref() {
+            if let Err(e) = r.flush() {
+                self.task_error
+                    .lock()
+                    .expect("task error lock")
+                    .get_or_insert(e);
+            }
         }
     }
 
     /// Apply a transition with the GIL released, and return the build's report as a dict.
+    /// Finishing a state this Store started carries its fencing token.
     fn apply(&self, py: Python<'_>, build_id: &str, t: Transition) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
-            self.flush_tasks()?;
+            self.flush_tasks_before_transition();
             let actor = self.actor.lock().expect("actor lock").clone();
+            let finishing = match &t {
+                Transition::Complete { state }
+                | Transition::Fail { state, .. }
+                | Transition::Interrupt { state, .. } => Some(*state),
+                _ => None,
+            };
+            let held = finishing.and_then(|state| {
+                let mut held = self.held.lock().expect("held lock");
+                match held.get(build_id) {
+                    Some(h) if h.state == state => held.remove(build_id),
+                    _ => None,
+                }
+            });
+            let ctx = Ctx {
+                owner: Some(&self.owner),
+                fence: held.as_ref().map(|h| h.attempt),
+                ..Ctx::live()
+            };
             let mut store = self.inner.lock().expect("store lock");
-            let ctx = Ctx::live();
-            let build = store.transition(build_id, &t, &actor, &ctx)?;
-            Ok(Report::after_write(&store, &build, ctx.now)?.0.to_json())
+            match store.transition(build_id, &t, &actor, &ctx) {
+                Ok(build) => Ok(Report::after_write(&store, &build, ctx.now)?.0.to_json()),
+                Err(e) => {
+                    // Keep the lease for another try, unless it is gone for good.
+                    if let (Some(h), false) = (held, matches!(e, buildstate::Error::Fenced(_))) {
+                        self.held
+                            .lock()
+                            .expect("held lock")
+                            .insert(build_id.to_string(), h);
+                    }
+                    Err(e)
+                }
+            }
         });
         let text = result.map_err(|e| to_py(py, e))?;
         json_to_py(py, &text)
@@ -151,24 +222,23 @@ impl Store {
             })
             .unwrap_or_else(buildstate::store::default_db_path);
         if !create && !path.exists() {
-            return Err(to_py(
-                py,
-                buildstate::Error::Database {
-                    path,
-                    message: "no database here: create the build with init-state first, or point BUILDSTATE_DB at the right file".into(),
-                },
-            ));
+            return Err(to_py(py, buildstate::Error::NoDatabase(path)));
         }
         let timeout = busy_timeout_ms.map_or(DEFAULT_BUSY_TIMEOUT, Duration::from_millis);
         let store = py
             .detach(|| CoreStore::open_with(&path, timeout))
             .map_err(|e| to_py(py, e))?;
+        let actor = Actor::from_env(tool);
+        let owner = format!("{tool}:{}:{}:{}", actor.host, actor.pid, &uuid_suffix());
         Ok(Store {
             inner: Mutex::new(store),
-            actor: Mutex::new(Actor::from_env(tool)),
+            actor: Mutex::new(actor),
             path,
             busy_timeout: timeout,
+            owner,
             recorder: Mutex::new(None),
+            task_error: Mutex::new(None),
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -221,9 +291,53 @@ impl Store {
         json_to_py(py, &text)
     }
 
-    /// Record that `state` started.
-    fn start(&self, py: Python<'_>, build_id: &str, state: u8) -> PyResult<Py<PyAny>> {
-        self.apply(py, build_id, Transition::Start { state })
+    /// Record that `state` started, holding the build's lease: a thread renews it every
+    /// third of `lease_ttl_ms` until this Store completes, fails or interrupts the state.
+    /// If this process dies, the lease runs out and another worker may take over; a
+    /// finishing write after that raises LeaseLostError and records nothing.
+    #[pyo3(signature = (build_id, state, *, lease_ttl_ms=60_000))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        state: u8,
+        lease_ttl_ms: u64,
+    ) -> PyResult<Py<PyAny>> {
+        let ttl = Duration::from_millis(lease_ttl_ms);
+        if ttl < Duration::from_millis(300) {
+            return Err(InvalidInputError::new_err(
+                "lease_ttl_ms: give at least 300 ms, so that the lease can be renewed in time",
+            ));
+        }
+        let result = py.detach(|| -> buildstate::Result<String> {
+            self.flush_tasks_before_transition();
+            let actor = self.actor.lock().expect("actor lock").clone();
+            let ctx = Ctx {
+                owner: Some(&self.owner),
+                lease_ttl: Some(ttl),
+                ..Ctx::live()
+            };
+            let mut store = self.inner.lock().expect("store lock");
+            let build = store.transition(build_id, &Transition::Start { state }, &actor, &ctx)?;
+            let keeper = LeaseKeeper::start(&self.path, build_id, &self.owner, build.attempt, ttl)?;
+            self.held.lock().expect("held lock").insert(
+                build_id.to_string(),
+                Held {
+                    state,
+                    attempt: build.attempt,
+                    _keeper: keeper,
+                },
+            );
+            Ok(Report::after_write(&store, &build, ctx.now)?.0.to_json())
+        });
+        let text = result.map_err(|e| to_py(py, e))?;
+        json_to_py(py, &text)
+    }
+
+    /// This Store's name as a lease holder (recorded as the build's lease_owner).
+    #[getter]
+    fn owner(&self) -> String {
+        self.owner.clone()
     }
 
     /// Record that `state` completed.
@@ -321,16 +435,24 @@ impl Store {
         result.map_err(|e| to_py(py, e))
     }
 
-    /// Wait until every queued task result is written.
+    /// Wait until every queued task result is written. Raises the first task-write
+    /// error since the last call, including one met while flushing before a transition.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.flush_tasks()).map_err(|e| to_py(py, e))
+        py.detach(|| -> buildstate::Result<()> {
+            self.flush_tasks_before_transition();
+            match self.task_error.lock().expect("task error lock").take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })
+        .map_err(|e| to_py(py, e))
     }
 
     /// The build's report with the decision: what check-state --json prints. An unknown
     /// build gives `{"exists": false, "decision": "start", ...}`.
     fn decide(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
-            self.flush_tasks()?;
+            self.flush_tasks_before_transition();
             let store = self.inner.lock().expect("store lock");
             let report = Report::load(
                 Some(&store),
@@ -348,7 +470,7 @@ impl Store {
     /// The build's history, oldest first.
     fn events(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
-            self.flush_tasks()?;
+            self.flush_tasks_before_transition();
             let store = self.inner.lock().expect("store lock");
             let events = store.events(build_id)?;
             Ok(serde_json::to_string(&events).expect("events serialize"))
@@ -381,6 +503,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConflictError", py.get_type::<ConflictError>())?;
     m.add("RefusedError", py.get_type::<RefusedError>())?;
     m.add("LeasedError", py.get_type::<LeasedError>())?;
+    m.add("LeaseLostError", py.get_type::<LeaseLostError>())?;
+    m.add("NoDatabaseError", py.get_type::<NoDatabaseError>())?;
     m.add("InvalidPlanError", py.get_type::<InvalidPlanError>())?;
     m.add("InvalidInputError", py.get_type::<InvalidInputError>())?;
     m.add("DatabaseError", py.get_type::<DatabaseError>())?;

@@ -391,8 +391,9 @@ impl Store {
     }
 }
 
+/// A value for a conflict message, redacted: the requested side is raw user input.
 fn quote(s: &str) -> String {
-    format!("'{s}'")
+    format!("'{}'", crate::redact::redact(s))
 }
 
 fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use backon::{BlockingRetryable, ExponentialBuilder};
+
 use super::Store;
 use crate::context::Actor;
 use crate::model::{Ctx, TaskRecord, Transition};
@@ -20,6 +22,10 @@ const MAX_BATCH: usize = 512;
 /// result every few tens of milliseconds, and one transaction for a handful costs what one
 /// costs for one.
 const LINGER: Duration = Duration::from_millis(200);
+
+/// How often a batch that met a busy database is tried again before its error is handed
+/// to the caller (on top of each connection's own busy timeout).
+const BUSY_RETRIES: usize = 6;
 
 type Queued = (String, TaskRecord, Actor);
 
@@ -128,13 +134,23 @@ fn write_loop(mut store: Store, rx: Receiver<Msg>, error: Arc<Mutex<Option<Error
                 .iter()
                 .take_while(|(b, _, a)| b == build_id && a == actor)
                 .count();
-            let records = rest[..n].iter().map(|(_, r, _)| r.clone()).collect();
-            if let Err(e) = store.transition(
-                build_id,
-                &Transition::Tasks { records },
-                actor,
-                &Ctx::live(),
-            ) {
+            let t = Transition::Tasks {
+                records: rest[..n].iter().map(|(_, r, _)| r.clone()).collect(),
+            };
+            // A busy database is retried with backoff: a batch is not dropped because a
+            // transition held the write lock for a while. Other errors (an unknown build)
+            // will not go away by waiting and are handed to the caller.
+            let written = (|| store.transition(build_id, &t, actor, &Ctx::live()))
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(50))
+                        .with_max_delay(Duration::from_secs(2))
+                        .with_max_times(BUSY_RETRIES),
+                )
+                .sleep(std::thread::sleep)
+                .when(Error::is_busy)
+                .call();
+            if let Err(e) = written {
                 error.lock().expect("recorder error lock").get_or_insert(e);
             }
             rest = &rest[n..];

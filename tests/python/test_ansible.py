@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -219,10 +220,11 @@ def test_missing_database_warns_or_fails_in_strict_mode(tmp_path: Path) -> None:
     r = run_playbook(tmp_path, THREE_PLAYS, base_env(missing))
     output = r.stdout + r.stderr
     assert r.returncode == 0, output
-    assert output.count("[WARNING]: buildstate:") == 1 and "no database here" in output, output
+    assert output.count("[WARNING]: buildstate:") == 1 and "no database at" in output, output
+    assert "BUILDSTATE_CLOUD" in output  # says how the callback could create it
     assert not missing.exists() and not missing.parent.exists()
     r = run_playbook(tmp_path, THREE_PLAYS, base_env(missing, BUILDSTATE_STRICT="yes"))
-    assert r.returncode != 0 and "no database here" in r.stdout + r.stderr
+    assert r.returncode != 0 and "no database at" in r.stdout + r.stderr
 
 
 def test_unknown_build_warns(tmp_path: Path, db: Path, store: buildstate.Store) -> None:
@@ -235,7 +237,7 @@ def test_ansible_doc_renders_every_option() -> None:
     env = {"ANSIBLE_CALLBACK_PLUGINS": buildstate.ansible.plugin_dir(), "PATH": str(BIN), "ANSIBLE_NOCOLOR": "1"}
     r = subprocess.run([str(BIN / "ansible-doc"), "-t", "callback", "buildstate"], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
-    options = ("db", "build_id", "state", "strict", "record_tasks", "busy_timeout")
+    options = ("db", "build_id", "cloud", "image", "state", "strict", "record_tasks", "busy_timeout", "lease_ttl")
     for option in options:
         assert f"\n- {option}  " in r.stdout, (option, r.stdout)
     for name in ("BUILDSTATE_DB", "BUILDSTATE_BUILD_ID", "BUILDSTATE_STATE", "BUILDSTATE_STRICT", "callback_buildstate", "buildstate_state"):
@@ -272,3 +274,58 @@ def test_record_tasks_off_records_states_only(tmp_path: Path, db: Path, store: b
     assert r.returncode == 0, r.stdout + r.stderr
     assert kinds(store.events(BUILD), "task") == []
     assert store.decide(BUILD)["current_state"] == 25
+
+
+def test_a_missing_build_is_created_when_cloud_and_image_are_set(tmp_path: Path) -> None:
+    db = tmp_path / "fresh" / "state.db"
+    env = base_env(db, BUILDSTATE_CLOUD="aws", BUILDSTATE_IMAGE="rhel9")
+    # The first play after init is state 5: state 0 was recorded as done by the init.
+    text = play("kickstart", 5, debug_task("k")) + play("validate", 10, debug_task("v"))
+    r = run_playbook(tmp_path, text, env)
+    assert r.returncode == 0 and "[WARNING]" not in r.stdout + r.stderr, r.stdout + r.stderr
+    report = buildstate.Store(db, create=False).decide(BUILD)
+    assert (report["cloud"], report["image"], report["current_state"]) == ("aws", "rhel9", 10)
+    # Run again with another identity: the existing build does not match, one warning.
+    r = run_playbook(tmp_path, text, base_env(db, BUILDSTATE_CLOUD="gcp", BUILDSTATE_IMAGE="rhel9"))
+    output = r.stdout + r.stderr
+    assert output.count("[WARNING]: buildstate:") == 1 and "cloud 'aws', not 'gcp'" in output, output
+
+
+LONG_PLAY = play("slow", 15, "    - name: wait\n      ansible.builtin.command: sleep 4\n")
+
+
+def test_a_running_play_keeps_its_lease_and_a_killed_one_lets_go(tmp_path: Path, db: Path, store: buildstate.Store) -> None:
+    env = base_env(db, BUILDSTATE_LEASE_TTL_SECONDS="1")
+    playbook, inv = write_playbook(tmp_path, LONG_PLAY)
+    proc = subprocess.Popen(playbook_command(playbook, inv), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen.append(store.decide(BUILD)["decision"])
+            time.sleep(0.1)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    # Four seconds under a one-second lease: only renewals kept the state busy from the
+    # play's start to its end (before and after it, state 15 and then 20 are "resume").
+    assert "busy" in seen, seen
+    first, last = seen.index("busy"), len(seen) - 1 - seen[::-1].index("busy")
+    assert set(seen[first : last + 1]) == {"busy"} and last - first >= 10, seen
+    assert proc.returncode == 0, output
+    assert store.decide(BUILD)["current_state"] == 15
+
+    # A playbook killed outright (no handler runs) leaves a lease that runs out.
+    text = play("slow", 20, "    - name: wait\n      ansible.builtin.command: sleep 60\n")
+    playbook, inv = write_playbook(tmp_path, text)
+    proc = subprocess.Popen(playbook_command(playbook, inv), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while store.decide(BUILD)["decision"] != "busy":
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    while store.decide(BUILD)["decision"] != "resume":
+        assert time.monotonic() < deadline, store.decide(BUILD)
+        time.sleep(0.1)
+    assert "presumed dead" in store.decide(BUILD)["reason"]

@@ -15,14 +15,17 @@ def test_walk_states_and_read_history(db: Path) -> None:
     s = buildstate.Store(db)
     report = s.init(BUILD, "aws", "rhel9", meta={"git_sha": "1a2b"})
     assert report["created"] is True
-    assert report["decision"] == "resume" and report["next_state"] == 0
+    # init-state records state 0 as done: the next state is 5.
+    assert report["decision"] == "resume" and report["next_state"] == 5
+    assert report["current_state"] == 0
     assert s.init(BUILD, "aws", "rhel9", meta={"git_sha": "1a2b"})["created"] is False
-    assert s.start(BUILD, 0)["status"] == "running"
-    done = s.complete(BUILD, 0)
-    assert (done["current_state"], done["serial"]) == (0, 3)
+    started = s.start(BUILD, 5)
+    assert started["status"] == "running" and started["lease_owner"] == s.owner
+    done = s.complete(BUILD, 5)
+    assert (done["current_state"], done["serial"]) == (5, 3)
     s.meta(BUILD, {"ami_id": "ami-1"})
     decision = s.decide(BUILD)
-    assert decision["decision"] == "resume" and decision["next_state"] == 5
+    assert decision["decision"] == "resume" and decision["next_state"] == 10
     assert decision["metadata"] == {"ami_id": "ami-1", "git_sha": "1a2b"}
     assert [e["kind"] for e in s.events(BUILD)] == ["init", "start", "complete", "meta"]
     assert s.events(BUILD)[1]["actor"]["tool"] == "python"
@@ -30,7 +33,7 @@ def test_walk_states_and_read_history(db: Path) -> None:
 
 def test_failure_messages_are_verbatim_and_redacted(db: Path, tmp_path: Path) -> None:
     plan = tmp_path / "plan.toml"
-    plan.write_text('name = "p"\n[[state]]\nid = 0\nname = "a"\nexpected = "1m"\nretry = { policy = "immediate", max_attempts = 9 }\n')
+    plan.write_text('name = "p"\n[[state]]\nid = 0\nname = "a"\nexpected = "1m"\nwork = true\nretry = { policy = "immediate", max_attempts = 9 }\n')
     s = buildstate.Store(db)
     s.init(BUILD, "aws", "rhel9", plan=plan)
     big = "it's \"quoted\" '); DROP TABLE builds;-- ünïcödé\n" * 25_000
@@ -71,9 +74,9 @@ def test_errors_are_typed_with_exit_codes(db: Path, tmp_path: Path) -> None:
 
 def test_missing_database_is_not_created_when_asked(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "state.db"
-    with pytest.raises(buildstate.DatabaseError) as e:
+    with pytest.raises(buildstate.NoDatabaseError) as e:
         buildstate.Store(path, create=False)
-    assert "no database here" in str(e.value) and e.value.exit_code == 7
+    assert "no database at" in str(e.value) and e.value.exit_code == 9
     assert not path.exists()
 
 
@@ -114,7 +117,41 @@ def test_task_results_are_queued_and_errors_surface_on_flush(db: Path) -> None:
     with pytest.raises(buildstate.UnknownBuildError):
         s.flush()
     # A transition flushes first: the history keeps its order.
-    s.task(BUILD, "last task", "h", "ok", state=0)
-    s.complete(BUILD, 0)
+    s.start(BUILD, 5)
+    s.task(BUILD, "last task", "h", "ok", state=5)
+    s.complete(BUILD, 5)
     kinds = [e["kind"] for e in s.events(BUILD)]
     assert kinds[-2:] == ["task", "complete"]
+
+
+def test_a_late_finish_after_a_takeover_is_fenced(db: Path) -> None:
+    w1 = buildstate.Store(db)
+    w1.init(BUILD, "aws", "rhel9")
+    w1.start(BUILD, 5, lease_ttl_ms=300)
+    # w1 stops renewing (its process froze) by dropping out of the picture: a second
+    # Store in its place cannot finish w1's attempt while the lease lives...
+    w2 = buildstate.Store(db)
+    with pytest.raises(buildstate.LeasedError):
+        w2.complete(BUILD, 5)
+    assert w1.owner != w2.owner
+
+
+def test_a_task_write_error_does_not_stop_the_transition(db: Path) -> None:
+    s = buildstate.Store(db)
+    s.init(BUILD, "aws", "rhel9")
+    s.start(BUILD, 5)
+    s.task("ghost", "a task", "host1", "ok", state=5)  # will fail: no such build
+    done = s.complete(BUILD, 5)  # flushes the queue first, and goes ahead regardless
+    assert done["current_state"] == 5
+    with pytest.raises(buildstate.UnknownBuildError):
+        s.flush()
+    s.flush()  # the error was reported once
+
+
+def test_decide_honours_buildstate_plan(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = tmp_path / "p.toml"
+    plan.write_text('name = "two"\n[[state]]\nid = 0\nname = "a"\nexpected = "1m"\n[[state]]\nid = 40\nname = "b"\nexpected = "1m"\n')
+    monkeypatch.setenv("BUILDSTATE_PLAN", str(plan))
+    s = buildstate.Store(db)
+    assert s.decide("nobody")["next_state"] == 40
+    assert s.init(BUILD, "aws", "rhel9")["plan"] == "two"

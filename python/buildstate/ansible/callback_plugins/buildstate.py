@@ -38,13 +38,45 @@ options:
       - section: callback_buildstate
         key: db
   build_id:
-    description: The build to advance. It must exist already (C(init-state)).
+    description:
+      - The build to advance. Create it first with C(init-state), or set O(cloud) and
+        O(image) and the callback creates it (and the database) when it is missing.
     type: str
     env:
       - name: BUILDSTATE_BUILD_ID
     ini:
       - section: callback_buildstate
         key: build_id
+  cloud:
+    description:
+      - The cloud provider of a build the callback creates when it does not exist yet,
+        as C(init-state --cloud). With O(image); an existing build must match them.
+    type: str
+    env:
+      - name: BUILDSTATE_CLOUD
+    ini:
+      - section: callback_buildstate
+        key: cloud
+  image:
+    description: The image type of a build the callback creates, as C(init-state --image).
+    type: str
+    env:
+      - name: BUILDSTATE_IMAGE
+    ini:
+      - section: callback_buildstate
+        key: image
+  lease_ttl:
+    description:
+      - Seconds the lease on a running state lives without renewal. The callback renews
+        it every third of that while the play runs; if ansible-playbook dies, the state
+        becomes resumable by another worker once it runs out.
+    type: int
+    default: 60
+    env:
+      - name: BUILDSTATE_LEASE_TTL_SECONDS
+    ini:
+      - section: callback_buildstate
+        key: lease_ttl
   state:
     description: The state the whole playbook advances, when no play sets C(buildstate_state).
     type: int
@@ -136,6 +168,9 @@ class CallbackModule(CallbackBase):
         self._strict = self.get_option("strict")
         self._record_tasks = self.get_option("record_tasks")
         self._busy_timeout = self.get_option("busy_timeout")
+        self._cloud = self.get_option("cloud")
+        self._image = self.get_option("image")
+        self._lease_ttl = self.get_option("lease_ttl")
 
     # --- trouble handling: never break a playbook unless asked to -------------------------
 
@@ -164,9 +199,19 @@ class CallbackModule(CallbackBase):
             raise RuntimeError("the buildstate Python package is not importable (%s): pip install it into the Python that runs ansible" % _IMPORT_ERROR)
         if not self._build_id:
             raise RuntimeError("no build id: set BUILDSTATE_BUILD_ID or build_id in [callback_buildstate]")
-        store = buildstate.Store(self._db, create=False, busy_timeout_ms=self._busy_timeout, tool="ansible")
-        if not store.decide(self._build_id)["exists"]:
-            raise RuntimeError("build %r is not in %s: create it with init-state first" % (self._build_id, store.path))
+        create = bool(self._cloud and self._image)
+        try:
+            store = buildstate.Store(self._db, create=create, busy_timeout_ms=self._busy_timeout, tool="ansible")
+        except buildstate.NoDatabaseError as e:
+            raise RuntimeError("%s; or set BUILDSTATE_CLOUD and BUILDSTATE_IMAGE so that the callback creates the build" % e)
+        if create:
+            # Creates the build, or confirms an existing one has this identity.
+            store.init(self._build_id, self._cloud, self._image)
+        elif not store.decide(self._build_id)["exists"]:
+            raise RuntimeError(
+                "build %r is not in %s: create it with init-state first, or set BUILDSTATE_CLOUD and BUILDSTATE_IMAGE so that the callback creates it"
+                % (self._build_id, store.path)
+            )
         self._store = store
         return store
 
@@ -177,7 +222,10 @@ class CallbackModule(CallbackBase):
         if store is None:
             return
         self._record("record the context", store.set_context, {"ansible_run": label})
-        if self._record("start state %s" % state, store.start, self._build_id, state) is None:
+        started = self._record(
+            "start state %s" % state, store.start, self._build_id, state, lease_ttl_ms=int(self._lease_ttl) * 1000
+        )
+        if started is None:
             return
         self._active, self._label = state, label
         self._baseline = self._snapshot()
@@ -365,8 +413,18 @@ class CallbackModule(CallbackBase):
         except Exception as e:
             self._display.warning("buildstate: could not record the interruption of state %s: %s" % (state, e))
 
+    def _flush_quietly(self):
+        if self._store is not None and not self._off and os.getpid() == self._pid:
+            try:
+                self._store.flush()
+            except Exception as e:
+                self._display.warning("buildstate: could not write the last task results: %s" % e)
+
     def _on_signal(self, signum, frame):
         self._interrupt(signal.Signals(signum).name)
+        # Whether or not a state was running, the task results queued so far are written
+        # before the signal takes its course (which may end the process at once).
+        self._flush_quietly()
         previous = self._previous_handlers.get(signum, signal.SIG_DFL)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         if callable(previous):
@@ -376,8 +434,4 @@ class CallbackModule(CallbackBase):
 
     def _on_exit(self):
         self._interrupt("ansible-playbook exiting before the play ended")
-        if self._store is not None and not self._off and os.getpid() == self._pid:
-            try:
-                self._store.flush()
-            except Exception as e:
-                self._display.warning("buildstate: could not write the last task results: %s" % e)
+        self._flush_quietly()
