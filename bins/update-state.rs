@@ -44,7 +44,7 @@ struct Args {
     action: Action,
 
     /// The lease holder: `start` takes the build's lease for it, and while that lease
-    /// lives only the same owner may complete or fail the state [default: USER@HOST]
+    /// lives only the same owner may complete or fail the state (default: USER@HOST)
     #[arg(long, value_name = "NAME", env = "BUILDSTATE_OWNER", global = true)]
     owner: Option<String>,
 

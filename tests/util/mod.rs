@@ -147,3 +147,17 @@ pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
         Err(_) => false,
     }
 }
+
+/// Poll `done` every 50 ms until it holds; fail after 30 s, naming `what`. Tests wait
+/// for a state this way instead of sleeping a guessed time.
+#[track_caller]
+pub fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
