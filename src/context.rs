@@ -64,6 +64,13 @@ impl Actor {
         self
     }
 
+    /// A name for this process as a lease holder: `tool:host:pid:random`, unique even for
+    /// two holders in one process (run-state's attempts, two Python Stores).
+    pub fn lease_owner(&self) -> String {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}:{}:{}:{}", self.tool, self.host, self.pid, &random[..8])
+    }
+
     /// "user@host (update-state, pid 42)".
     pub fn summary(&self) -> String {
         format!(

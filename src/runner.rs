@@ -217,9 +217,12 @@ impl Reaper {
         unsafe { libc::close(watch) };
         Ok(Reaper { notify, pid })
     }
+}
 
-    /// The command is finished: the reaper exits without killing anything.
-    fn dismiss(self) {
+impl Drop for Reaper {
+    /// We are alive and done with the command (it finished, or we killed it ourselves):
+    /// the reaper exits without killing anything.
+    fn drop(&mut self) {
         // SAFETY: writing one byte from a live buffer to our own descriptor, then
         // closing it and collecting our own child.
         unsafe {
@@ -249,12 +252,7 @@ pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcom
         ));
     }
     let signals = Signals::install()?;
-    let owner = format!(
-        "{}:{}:{}",
-        actor.host,
-        actor.pid,
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let owner = actor.lease_owner();
     loop {
         let now = SystemTime::now();
         let build = store
@@ -492,7 +490,11 @@ fn spawn_and_watch(
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
-            Err(e) => return Err(format!("lost track of the command: {e}")),
+            Err(e) => {
+                // Its outcome cannot be known: stop it rather than leave it running.
+                kill_group(pgid, libc::SIGKILL);
+                return Err(format!("lost track of the command: {e}"));
+            }
         }
         let now = Instant::now();
         if let Some(sig) = signals.take() {
@@ -517,7 +519,7 @@ fn spawn_and_watch(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    reaper.dismiss();
+    drop(reaper);
     // A background process the command left behind may hold stderr open for ever:
     // give the copier a moment to drain, then go on with what it has.
     let _ = copier_done.recv_timeout(Duration::from_secs(2));

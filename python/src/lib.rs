@@ -99,14 +99,6 @@ fn to_py(py: Python<'_>, e: buildstate::Error) -> PyErr {
     err
 }
 
-/// Eight random hex digits, so that two Stores in one process are two lease holders.
-fn uuid_suffix() -> String {
-    format!(
-        "{:08x}",
-        (buildstate::model::random_unit() * f64::from(u32::MAX)) as u32
-    )
-}
-
 fn json_to_py(py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
     Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
@@ -157,12 +149,26 @@ impl Store {
         }
     }
 
+    /// One transition, after the queued task results: the build as written and its
+    /// report as JSON (what `check-state --json` prints). Called with the GIL released.
+    fn write(
+        &self,
+        build_id: &str,
+        t: &Transition,
+        ctx: &Ctx<'_>,
+    ) -> buildstate::Result<(buildstate::model::Build, String)> {
+        self.flush_tasks_before_transition();
+        let actor = self.actor.lock().expect("actor lock").clone();
+        let mut store = self.inner.lock().expect("store lock");
+        let build = store.transition(build_id, t, &actor, ctx)?;
+        let report = Report::after_write(&store, &build, ctx.now)?.0.to_json();
+        Ok((build, report))
+    }
+
     /// Apply a transition with the GIL released, and return the build's report as a dict.
     /// Finishing a state this Store started carries its fencing token.
     fn apply(&self, py: Python<'_>, build_id: &str, t: Transition) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
-            self.flush_tasks_before_transition();
-            let actor = self.actor.lock().expect("actor lock").clone();
             let finishing = match &t {
                 Transition::Complete { state }
                 | Transition::Fail { state, .. }
@@ -181,9 +187,8 @@ impl Store {
                 fence: held.as_ref().map(|h| h.attempt),
                 ..Ctx::live()
             };
-            let mut store = self.inner.lock().expect("store lock");
-            match store.transition(build_id, &t, &actor, &ctx) {
-                Ok(build) => Ok(Report::after_write(&store, &build, ctx.now)?.0.to_json()),
+            match self.write(build_id, &t, &ctx) {
+                Ok((_, report)) => Ok(report),
                 Err(e) => {
                     // Keep the lease for another try, unless it is gone for good.
                     if let (Some(h), false) = (held, matches!(e, buildstate::Error::Fenced(_))) {
@@ -229,7 +234,7 @@ impl Store {
             .detach(|| CoreStore::open_with(&path, timeout))
             .map_err(|e| to_py(py, e))?;
         let actor = Actor::from_env(tool);
-        let owner = format!("{tool}:{}:{}:{}", actor.host, actor.pid, &uuid_suffix());
+        let owner = actor.lease_owner();
         Ok(Store {
             inner: Mutex::new(store),
             actor: Mutex::new(actor),
@@ -310,15 +315,12 @@ impl Store {
             ));
         }
         let result = py.detach(|| -> buildstate::Result<String> {
-            self.flush_tasks_before_transition();
-            let actor = self.actor.lock().expect("actor lock").clone();
             let ctx = Ctx {
                 owner: Some(&self.owner),
                 lease_ttl: Some(ttl),
                 ..Ctx::live()
             };
-            let mut store = self.inner.lock().expect("store lock");
-            let build = store.transition(build_id, &Transition::Start { state }, &actor, &ctx)?;
+            let (build, report) = self.write(build_id, &Transition::Start { state }, &ctx)?;
             let keeper = LeaseKeeper::start(&self.path, build_id, &self.owner, build.attempt, ttl)?;
             self.held.lock().expect("held lock").insert(
                 build_id.to_string(),
@@ -328,7 +330,7 @@ impl Store {
                     _keeper: keeper,
                 },
             );
-            Ok(Report::after_write(&store, &build, ctx.now)?.0.to_json())
+            Ok(report)
         });
         let text = result.map_err(|e| to_py(py, e))?;
         json_to_py(py, &text)
