@@ -5,7 +5,6 @@ mod util;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use buildstate::exit;
 use util::Env;
@@ -79,18 +78,12 @@ fn spawn_run_state(env: &Env, args: &[&str]) -> Child {
 
 /// Poll check-state until `pred` holds on its JSON (at most 30 s, then fail).
 fn wait_for(env: &Env, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let j = env.state("b");
-        if pred(&j) {
-            return j;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}: {j}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut last = serde_json::Value::Null;
+    util::poll_until(what, || {
+        last = env.state("b");
+        pred(&last)
+    });
+    last
 }
 
 /// Whether a process runs (a zombie waiting for its parent to collect it does not).
@@ -108,15 +101,9 @@ fn alive(pid: &str) -> bool {
 
 /// Poll until `pid` is gone (at most 30 s, then fail).
 fn wait_gone(pid: &str, what: &str) {
-    let start = Instant::now();
-    while alive(pid) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{what} (pid {}) is still running",
-            pid.trim()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    util::poll_until(&format!("{what} (pid {}) to end", pid.trim()), || {
+        !alive(pid)
+    });
 }
 
 fn kinds(j: &serde_json::Value) -> Vec<String> {
