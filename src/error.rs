@@ -61,6 +61,25 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A snapshot that is not valid (truncated, altered, newer). Nothing was written.
+    #[error("{0}")]
+    InvalidSnapshot(String),
+
+    /// The local and remote histories of a build diverged, or the remote copy is another
+    /// build with the same id. Nothing was written.
+    #[error("{0}")]
+    Diverged(String),
+
+    /// Compare-and-swap lost: the remote copy changed since this database last saw it.
+    /// Nothing was overwritten.
+    #[error("{0}")]
+    RemoteChanged(String),
+
+    /// The remote could not be used (unreachable, refused, timed out, bad URL or
+    /// credentials). Local state is untouched.
+    #[error("{0}")]
+    Remote(String),
+
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -109,6 +128,10 @@ impl Error {
             Error::InvalidInput(_) => exit::INVALID_INPUT,
             Error::NoDatabase(_) => exit::NO_DATABASE,
             Error::Database { .. } | Error::Sqlite(_) => exit::DATABASE,
+            Error::RemoteChanged(_) => exit::REMOTE_CHANGED,
+            Error::Diverged(_) => exit::DIVERGED,
+            Error::Remote(_) => exit::REMOTE,
+            Error::InvalidSnapshot(_) => exit::INVALID_SNAPSHOT,
             Error::Io { .. } | Error::Corrupt(_) => exit::INTERNAL,
         }
     }
@@ -125,6 +148,10 @@ impl Error {
             Error::InvalidInput(_) => "invalid_input",
             Error::NoDatabase(_) => "no_database",
             Error::Database { .. } | Error::Sqlite(_) => "database",
+            Error::RemoteChanged(_) => "remote_changed",
+            Error::Diverged(_) => "diverged",
+            Error::Remote(_) => "remote",
+            Error::InvalidSnapshot(_) => "invalid_snapshot",
             Error::Io { .. } => "io",
             Error::Corrupt(_) => "corrupt",
         }

@@ -38,6 +38,17 @@ pub const BLOCKED: i32 = 13;
 /// current (it expired and another worker took over, or the state moved on). Its result
 /// was not recorded.
 pub const LEASE_LOST: i32 = 14;
+/// sync-cloud and remote mode: the remote copy changed since this database last saw it
+/// (another worker won the race). Nothing was overwritten: pull, then try again.
+pub const REMOTE_CHANGED: i32 = 15;
+/// sync-cloud: the local and remote histories diverged, or the remote copy is another build
+/// with the same id. Nothing was written: a person chooses a side (docs/sync.md).
+pub const DIVERGED: i32 = 16;
+/// The remote could not be used: unreachable, refused, timed out, a bad URL or
+/// credentials. Local state is untouched.
+pub const REMOTE: i32 = 17;
+/// A snapshot is invalid (truncated, altered, from a newer buildstate). Nothing was written.
+pub const INVALID_SNAPSHOT: i32 = 18;
 
 /// Every code with its name, in the order of `docs/exit-codes.md`.
 pub const ALL: &[(i32, &str)] = &[
@@ -56,4 +67,8 @@ pub const ALL: &[(i32, &str)] = &[
     (WAIT, "WAIT"),
     (BLOCKED, "BLOCKED"),
     (LEASE_LOST, "LEASE_LOST"),
+    (REMOTE_CHANGED, "REMOTE_CHANGED"),
+    (DIVERGED, "DIVERGED"),
+    (REMOTE, "REMOTE"),
+    (INVALID_SNAPSHOT, "INVALID_SNAPSHOT"),
 ];

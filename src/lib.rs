@@ -49,6 +49,7 @@ pub mod policy;
 pub mod redact;
 pub mod report;
 pub mod runner;
+pub mod snapshot;
 pub mod store;
 pub mod time;
 

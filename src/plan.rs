@@ -137,7 +137,8 @@ impl Plan {
         Plan::from_toml(&text, &path.display().to_string())
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Check the plan; the message names the bad field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
         if self.name.trim().is_empty() {
             return Err("name: must not be empty".into());
         }

@@ -9,6 +9,7 @@
 mod lease;
 mod recorder;
 mod schema;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::{Error, Result};
 pub use lease::LeaseKeeper;
 pub use recorder::TaskRecorder;
 pub use schema::SCHEMA_VERSION;
+pub use snapshot::Imported;
 
 /// How long a writer waits for another writer before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -233,34 +235,7 @@ impl Store {
         let plan = load_plan(&tx, &build.plan_hash)?;
         let change = apply(&build, &plan, t, ctx)?;
         let b = &change.build;
-        let updated = tx.execute(
-            "UPDATE builds SET serial = :serial, current_state = :current, active_state = :active,
-                status = :status, attempt = :attempt, attempt_started_at = :started,
-                last_error = :error, last_category = :category, updated_at = :updated,
-                first_attempt_at = :first, next_attempt_at = :next, extra_attempts = :extra,
-                blocked_reason = :blocked, lease_owner = :lease_owner,
-                lease_expires_at = :lease_expires
-             WHERE build_id = :id AND serial = :old_serial",
-            named_params! {
-                ":serial": b.serial,
-                ":current": b.current_state,
-                ":active": b.active_state,
-                ":status": b.status.as_str(),
-                ":attempt": b.attempt,
-                ":started": b.attempt_started_at.map(time::format),
-                ":error": b.last_error,
-                ":category": b.last_category.map(|c| c.as_str()),
-                ":updated": time::format(b.updated_at),
-                ":first": b.first_attempt_at.map(time::format),
-                ":next": b.next_attempt_at.map(time::format),
-                ":extra": b.extra_attempts,
-                ":blocked": b.blocked_reason,
-                ":lease_owner": b.lease_owner,
-                ":lease_expires": b.lease_expires_at.map(time::format),
-                ":id": build_id,
-                ":old_serial": build.serial,
-            },
-        )?;
+        let updated = update_summary(&tx, b, build.serial)?;
         if updated != 1 {
             // Cannot happen under BEGIN IMMEDIATE; refuse rather than write a fork.
             return Err(Error::Corrupt(format!(
@@ -333,57 +308,7 @@ impl Store {
     }
 
     pub fn events(&self, build_id: &str) -> Result<Vec<Event>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, serial, at, kind, state, attempt, message, category, exit_code,
-                    duration_ms, actor
-             FROM events WHERE build_id = :id ORDER BY seq",
-        )?;
-        let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
-            Ok((
-                r.get::<_, u64>(0)?,
-                r.get::<_, u64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<u8>>(4)?,
-                r.get::<_, Option<u32>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, Option<i32>>(8)?,
-                r.get::<_, Option<u64>>(9)?,
-                r.get::<_, String>(10)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (
-                seq,
-                serial,
-                at,
-                kind,
-                state,
-                attempt,
-                message,
-                category,
-                exit_code,
-                duration_ms,
-                actor,
-            ) = row?;
-            out.push(Event {
-                seq,
-                serial,
-                at: time::parse(&at)?,
-                kind: kind.parse()?,
-                state,
-                attempt,
-                message,
-                category: category.map(|c| c.parse()).transpose()?,
-                exit_code,
-                duration_ms,
-                actor: serde_json::from_str(&actor)
-                    .map_err(|e| Error::Corrupt(format!("event {seq} actor: {e}")))?,
-            });
-        }
-        Ok(out)
+        load_events(&self.conn, build_id)
     }
 
     pub fn metadata(&self, build_id: &str) -> Result<BTreeMap<String, String>> {
@@ -466,6 +391,60 @@ fn load_plan(conn: &Connection, hash: &str) -> Result<Plan> {
     Plan::from_json(&body)
 }
 
+fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, serial, at, kind, state, attempt, message, category, exit_code,
+                duration_ms, actor
+         FROM events WHERE build_id = :id ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
+        Ok((
+            r.get::<_, u64>(0)?,
+            r.get::<_, u64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<u8>>(4)?,
+            r.get::<_, Option<u32>>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, Option<String>>(7)?,
+            r.get::<_, Option<i32>>(8)?,
+            r.get::<_, Option<u64>>(9)?,
+            r.get::<_, String>(10)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            seq,
+            serial,
+            at,
+            kind,
+            state,
+            attempt,
+            message,
+            category,
+            exit_code,
+            duration_ms,
+            actor,
+        ) = row?;
+        out.push(Event {
+            seq,
+            serial,
+            at: time::parse(&at)?,
+            kind: kind.parse()?,
+            state,
+            attempt,
+            message,
+            category: category.map(|c| c.parse()).transpose()?,
+            exit_code,
+            duration_ms,
+            actor: serde_json::from_str(&actor)
+                .map_err(|e| Error::Corrupt(format!("event {seq} actor: {e}")))?,
+        });
+    }
+    Ok(out)
+}
+
 fn load_meta(conn: &Connection, build_id: &str) -> Result<BTreeMap<String, String>> {
     let mut stmt =
         conn.prepare_cached("SELECT key, value FROM build_meta WHERE build_id = :id ORDER BY key")?;
@@ -473,6 +452,39 @@ fn load_meta(conn: &Connection, build_id: &str) -> Result<BTreeMap<String, Strin
         Ok((r.get(0)?, r.get(1)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Write the summary row of `b` over the row at `old_serial`; the number of rows changed
+/// (0 when the row moved on meanwhile).
+fn update_summary(conn: &Connection, b: &Build, old_serial: u64) -> Result<usize> {
+    Ok(conn.execute(
+        "UPDATE builds SET serial = :serial, current_state = :current, active_state = :active,
+            status = :status, attempt = :attempt, attempt_started_at = :started,
+            last_error = :error, last_category = :category, updated_at = :updated,
+            first_attempt_at = :first, next_attempt_at = :next, extra_attempts = :extra,
+            blocked_reason = :blocked, lease_owner = :lease_owner,
+            lease_expires_at = :lease_expires
+         WHERE build_id = :id AND serial = :old_serial",
+        named_params! {
+            ":serial": b.serial,
+            ":current": b.current_state,
+            ":active": b.active_state,
+            ":status": b.status.as_str(),
+            ":attempt": b.attempt,
+            ":started": b.attempt_started_at.map(time::format),
+            ":error": b.last_error,
+            ":category": b.last_category.map(|c| c.as_str()),
+            ":updated": time::format(b.updated_at),
+            ":first": b.first_attempt_at.map(time::format),
+            ":next": b.next_attempt_at.map(time::format),
+            ":extra": b.extra_attempts,
+            ":blocked": b.blocked_reason,
+            ":lease_owner": b.lease_owner,
+            ":lease_expires": b.lease_expires_at.map(time::format),
+            ":id": b.build_id,
+            ":old_serial": old_serial,
+        },
+    )?)
 }
 
 fn insert_build(conn: &Connection, b: &Build) -> Result<()> {

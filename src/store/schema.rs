@@ -13,7 +13,11 @@ use crate::{Error, Result};
 const APPLICATION_ID: i32 = 0x4253_7431;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("v1.sql"), include_str!("v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("v1.sql"),
+    include_str!("v2.sql"),
+    include_str!("v3.sql"),
+];
 
 /// The schema version this build of buildstate writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

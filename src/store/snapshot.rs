@@ -1,0 +1,375 @@
+//! Export and import of build snapshots ([`crate::snapshot`]), and what the store
+//! remembers about each remote copy (the ETag and serial last seen), each in one
+//! transaction.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{named_params, OptionalExtension, TransactionBehavior};
+
+use super::{insert_build, load_build, load_events, load_plan, update_summary, Store};
+use crate::model::{Build, Event};
+use crate::snapshot::{MetaEntry, Snapshot};
+use crate::{time, Error, Result};
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// The build was not here: created from the snapshot.
+    Created { serial: u64 },
+    /// The local history was a prefix of the snapshot's: the new events were appended.
+    FastForward { from: u64, to: u64 },
+    /// Same history: nothing to do.
+    UpToDate { serial: u64 },
+    /// The local history is ahead of the snapshot (which is a prefix of it): nothing to
+    /// pull; push instead.
+    LocalAhead { local: u64, remote: u64 },
+    /// `take_remote`: the local history was replaced by the snapshot's.
+    Replaced { from: u64, to: u64 },
+}
+
+/// The last remote copy this database saw of a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMark {
+    pub etag: String,
+    pub serial: u64,
+    pub lineage: String,
+}
+
+impl Store {
+    /// The build as a snapshot, read in one transaction.
+    pub fn snapshot(&self, build_id: &str) -> Result<Snapshot> {
+        let tx = self.conn.unchecked_transaction()?;
+        let build =
+            load_build(&tx, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+        let plan = load_plan(&tx, &build.plan_hash)?;
+        let mut metadata = BTreeMap::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT key, value, updated_serial FROM build_meta WHERE build_id = :id",
+            )?;
+            let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            for row in rows {
+                let (k, value, serial) = row?;
+                metadata.insert(k, MetaEntry { value, serial });
+            }
+        }
+        let events = load_events(&tx, build_id)?;
+        tx.finish()?;
+        Ok(Snapshot::new(build, plan, metadata, events))
+    }
+
+    /// Import a validated snapshot: create the build, fast-forward it, or find it up to
+    /// date or ahead. A different lineage or a divergent history is refused with
+    /// [`Error::Diverged`] and nothing is written, unless `take_remote`, which replaces
+    /// the local build (history included) by the snapshot's: a person's choice.
+    pub fn import(&mut self, snap: &Snapshot, take_remote: bool) -> Result<Imported> {
+        snap.validate()?;
+        let id = &snap.build_id;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let local = load_build(&tx, id)?;
+        let outcome = match &local {
+            None => {
+                write_whole(&tx, snap)?;
+                Imported::Created {
+                    serial: snap.serial,
+                }
+            }
+            Some(l) => {
+                let events = load_events(&tx, id)?;
+                let same_lineage = l.lineage == snap.lineage;
+                let n = events.len().min(snap.events.len());
+                let shared = same_lineage && events[..n] == snap.events[..n];
+                if shared && l.serial == snap.serial && events.len() == snap.events.len() {
+                    Imported::UpToDate { serial: l.serial }
+                } else if shared && l.serial > snap.serial {
+                    Imported::LocalAhead {
+                        local: l.serial,
+                        remote: snap.serial,
+                    }
+                } else if shared && l.serial < snap.serial {
+                    append_from(&tx, snap, l, events.len())?;
+                    Imported::FastForward {
+                        from: l.serial,
+                        to: snap.serial,
+                    }
+                } else if take_remote {
+                    // Events are append-only for every other write; this one person's
+                    // choice lifts the rule for one build, inside this transaction.
+                    tx.execute_batch("DROP TRIGGER events_append_only_delete")?;
+                    for table in ["events", "build_meta", "outbox", "remote_sync"] {
+                        tx.execute(
+                            &format!("DELETE FROM {table} WHERE build_id = :id"),
+                            named_params! {":id": id},
+                        )?;
+                    }
+                    tx.execute(
+                        "DELETE FROM builds WHERE build_id = :id",
+                        named_params! {":id": id},
+                    )?;
+                    tx.execute_batch(
+                        "CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
+                         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
+                    )?;
+                    write_whole(&tx, snap)?;
+                    Imported::Replaced {
+                        from: l.serial,
+                        to: snap.serial,
+                    }
+                } else {
+                    let why = if same_lineage {
+                        format!(
+                            "the histories diverged (local serial {}, remote serial {}, different events after seq {})",
+                            l.serial,
+                            snap.serial,
+                            events
+                                .iter()
+                                .zip(&snap.events)
+                                .take_while(|(a, b)| a == b)
+                                .count()
+                        )
+                    } else {
+                        format!(
+                            "the remote copy is a different build with the same id (lineage {} here, {} there)",
+                            l.lineage, snap.lineage
+                        )
+                    };
+                    return Err(Error::Diverged(format!(
+                        "build '{id}': {why}; nothing was written. Choose a side: `sync-cloud pull {id} --take-remote` replaces the local build, `sync-cloud push {id} --force` replaces the remote copy"
+                    )));
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// The ETag and serial of `build_id` on `remote` when this database last wrote or
+    /// read it.
+    pub fn remote_mark(&self, remote: &str, build_id: &str) -> Result<Option<RemoteMark>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT etag, serial, lineage FROM remote_sync
+                 WHERE remote = :remote AND build_id = :id",
+            )?
+            .query_row(named_params! {":remote": remote, ":id": build_id}, |r| {
+                Ok(RemoteMark {
+                    etag: r.get(0)?,
+                    serial: r.get(1)?,
+                    lineage: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    pub fn set_remote_mark(
+        &mut self,
+        remote: &str,
+        build_id: &str,
+        mark: &RemoteMark,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO remote_sync (remote, build_id, etag, serial, lineage, synced_at)
+             VALUES (:remote, :id, :etag, :serial, :lineage, :at)
+             ON CONFLICT (remote, build_id) DO UPDATE SET etag = excluded.etag,
+                serial = excluded.serial, lineage = excluded.lineage, synced_at = excluded.synced_at",
+            named_params! {
+                ":remote": remote, ":id": build_id, ":etag": mark.etag, ":serial": mark.serial,
+                ":lineage": mark.lineage, ":at": time::format(std::time::SystemTime::now()),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Every build id with its serial, in id order.
+    pub fn build_serials(&self) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT build_id, serial FROM builds ORDER BY build_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// Insert a build that is not here, whole: plan, summary, events, metadata.
+fn write_whole(tx: &rusqlite::Transaction<'_>, snap: &Snapshot) -> Result<()> {
+    let plan = snap.plan();
+    tx.execute(
+        "INSERT OR IGNORE INTO plans (hash, name, body) VALUES (:hash, :name, :body)",
+        named_params! {":hash": plan.hash(), ":name": plan.name, ":body": plan.to_json()},
+    )?;
+    insert_build(tx, &snap.build)?;
+    if update_summary(tx, &snap.build, snap.build.serial)? != 1 {
+        return Err(Error::Corrupt(format!(
+            "build '{}' could not be written whole",
+            snap.build_id
+        )));
+    }
+    insert_events(tx, &snap.build_id, &snap.events)?;
+    write_meta(tx, snap)
+}
+
+/// Append the snapshot's events after the first `have`, and take its summary and
+/// metadata. The local lease goes: the attempt it covered is no longer the latest.
+fn append_from(
+    tx: &rusqlite::Transaction<'_>,
+    snap: &Snapshot,
+    local: &Build,
+    have: usize,
+) -> Result<()> {
+    insert_events(tx, &snap.build_id, &snap.events[have..])?;
+    if update_summary(tx, &snap.build, local.serial)? != 1 {
+        return Err(Error::Corrupt(format!(
+            "build '{}' changed underneath the import",
+            snap.build_id
+        )));
+    }
+    write_meta(tx, snap)
+}
+
+fn insert_events(tx: &rusqlite::Transaction<'_>, build_id: &str, events: &[Event]) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (build_id, seq, serial, at, kind, state, attempt, message, category,
+            exit_code, duration_ms, actor)
+         VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
+            :exit_code, :duration, :actor)",
+    )?;
+    for e in events {
+        stmt.execute(named_params! {
+            ":id": build_id, ":seq": e.seq, ":serial": e.serial, ":at": time::format(e.at),
+            ":kind": e.kind.as_str(), ":state": e.state, ":attempt": e.attempt,
+            ":message": e.message, ":category": e.category.map(|c| c.as_str()),
+            ":exit_code": e.exit_code, ":duration": e.duration_ms,
+            ":actor": serde_json::to_string(&e.actor).expect("an actor always serializes"),
+        })?;
+    }
+    Ok(())
+}
+
+fn write_meta(tx: &rusqlite::Transaction<'_>, snap: &Snapshot) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO build_meta (build_id, key, value, updated_serial) VALUES (:id, :key, :value, :serial)
+         ON CONFLICT (build_id, key) DO UPDATE SET value = excluded.value, updated_serial = excluded.updated_serial",
+    )?;
+    for (k, m) in &snap.metadata {
+        stmt.execute(named_params! {
+            ":id": snap.build_id, ":key": k, ":value": m.value, ":serial": m.serial,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Actor;
+    use crate::model::{Ctx, InitRequest, Transition};
+    use crate::plan::Plan;
+    use std::time::SystemTime;
+
+    fn init(store: &mut Store, id: &str) {
+        let req = InitRequest {
+            build_id: id.into(),
+            cloud: "aws".into(),
+            image: "rhel9".into(),
+            plan: Plan::default_plan(),
+            meta: vec![("git".into(), "abc".into())],
+        };
+        store
+            .init(&req, &Actor::from_env("t"), SystemTime::now())
+            .unwrap();
+    }
+
+    fn step(store: &mut Store, t: Transition) {
+        store
+            .transition("b", &t, &Actor::from_env("t"), &Ctx::live())
+            .unwrap();
+    }
+
+    #[test]
+    fn import_creates_fast_forwards_and_refuses_divergence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Store::open(&dir.path().join("a.db")).unwrap();
+        let mut b = Store::open(&dir.path().join("b.db")).unwrap();
+        init(&mut a, "b");
+        step(&mut a, Transition::Start { state: 5 });
+        let s1 = a.snapshot("b").unwrap();
+        assert_eq!(
+            b.import(&s1, false).unwrap(),
+            Imported::Created { serial: 2 }
+        );
+        assert_eq!(b.snapshot("b").unwrap(), s1, "B holds exactly A's build");
+        assert_eq!(
+            b.import(&s1, false).unwrap(),
+            Imported::UpToDate { serial: 2 }
+        );
+
+        step(&mut a, Transition::Complete { state: 5 });
+        step(
+            &mut a,
+            Transition::Meta {
+                pairs: vec![("ami".into(), "ami-1".into())],
+            },
+        );
+        let s2 = a.snapshot("b").unwrap();
+        assert_eq!(
+            b.import(&s2, false).unwrap(),
+            Imported::FastForward { from: 2, to: 4 }
+        );
+        assert_eq!(b.snapshot("b").unwrap(), s2);
+        assert_eq!(
+            b.import(&s1, false).unwrap(),
+            Imported::LocalAhead {
+                local: 4,
+                remote: 2
+            }
+        );
+
+        // B moves on by itself: A's next snapshot diverges from it.
+        step(&mut b, Transition::Start { state: 10 });
+        step(
+            &mut a,
+            Transition::Skip {
+                state: 10,
+                reason: "x".into(),
+            },
+        );
+        let s3 = a.snapshot("b").unwrap();
+        let before = b.snapshot("b").unwrap();
+        let err = b.import(&s3, false).unwrap_err();
+        assert!(
+            matches!(err, Error::Diverged(ref m) if m.contains("diverged") && m.contains("--take-remote")),
+            "{err}"
+        );
+        assert_eq!(
+            b.snapshot("b").unwrap(),
+            before,
+            "a refused import wrote something"
+        );
+
+        // A person takes the remote side: B now holds A's history exactly.
+        assert_eq!(
+            b.import(&s3, true).unwrap(),
+            Imported::Replaced { from: 5, to: 5 }
+        );
+        assert_eq!(b.snapshot("b").unwrap(), s3);
+        // And the append-only rule is back in force.
+        assert!(b
+            .conn
+            .execute("DELETE FROM events WHERE build_id = 'b'", [])
+            .is_err());
+
+        // Another build with the same id (another lineage) is refused.
+        let mut c = Store::open(&dir.path().join("c.db")).unwrap();
+        init(&mut c, "b");
+        let err = b.import(&c.snapshot("b").unwrap(), false).unwrap_err();
+        assert!(
+            err.to_string().contains("different build with the same id"),
+            "{err}"
+        );
+    }
+}
