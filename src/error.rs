@@ -61,6 +61,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The remote has no copy of the build.
+    #[error("remote {remote} has no copy of build '{build_id}': push it from the database that has it (`sync-cloud push {build_id}`)")]
+    NotOnRemote { build_id: String, remote: String },
+
     /// A snapshot that is not valid (truncated, altered, newer). Nothing was written.
     #[error("{0}")]
     InvalidSnapshot(String),
@@ -119,7 +123,7 @@ impl Error {
     /// The exit code documented for this kind of error in `docs/exit-codes.md`.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::UnknownBuild(_) => exit::UNKNOWN_BUILD,
+            Error::UnknownBuild(_) | Error::NotOnRemote { .. } => exit::UNKNOWN_BUILD,
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Refused(_) => exit::REFUSED,
             Error::Leased(_) => exit::BUSY,
@@ -139,7 +143,7 @@ impl Error {
     /// A stable machine-readable name for `--json` error output.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::UnknownBuild(_) => "unknown_build",
+            Error::UnknownBuild(_) | Error::NotOnRemote { .. } => "unknown_build",
             Error::Conflict { .. } => "conflict",
             Error::Refused(_) => "refused",
             Error::Leased(_) => "leased",

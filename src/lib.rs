@@ -47,10 +47,12 @@ pub mod model;
 pub mod plan;
 pub mod policy;
 pub mod redact;
+pub mod remote;
 pub mod report;
 pub mod runner;
 pub mod snapshot;
 pub mod store;
+pub mod sync;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 pub use lease::LeaseKeeper;
 pub use recorder::TaskRecorder;
 pub use schema::SCHEMA_VERSION;
-pub use snapshot::Imported;
+pub use snapshot::{Imported, RemoteMark};
 
 /// How long a writer waits for another writer before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -128,6 +128,33 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// SQLite's integrity check: an error naming the first problem found.
+    pub fn integrity_check(&self) -> Result<()> {
+        let verdict: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if verdict == "ok" {
+            Ok(())
+        } else {
+            Err(Error::Database {
+                path: self.path.clone(),
+                message: format!("integrity check failed: {verdict}"),
+            })
+        }
+    }
+
+    /// A consistent copy of the whole database at `dest` (SQLite's online backup: never
+    /// a copy of a live file), written while other processes keep writing.
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        self.conn
+            .backup(
+                rusqlite::MAIN_DB,
+                dest,
+                None::<fn(rusqlite::backup::Progress)>,
+            )
+            .map_err(Error::from)
     }
 
     /// Create a build, or confirm that an identical one exists (no write then).

@@ -1,0 +1,612 @@
+//! Remotes: where build snapshots are shared between machines, addressed by URL.
+//!
+//! | URL | backend | credentials |
+//! | --- | --- | --- |
+//! | `s3://bucket/prefix` | S3 and S3-compatibles (object_store) | `AWS_*` variables (`AWS_ENDPOINT` for a compatible server) |
+//! | `az://container/prefix` | Azure Blob (object_store) | `AZURE_STORAGE_*` variables |
+//! | `gs://bucket/prefix` | Google Cloud Storage (object_store) | `GOOGLE_*` variables |
+//! | `file:///path` | a folder (ours) | file permissions |
+//!
+//! Every write is conditional: [`Remote::put`] with no expected ETag is create-only
+//! (`If-None-Match: *`), with one it is `If-Match` on it. A lost race is
+//! [`Error::RemoteChanged`], never an overwrite. object_store's local-filesystem store
+//! cannot do `If-Match`, so `file://` is a folder of our own: each write takes an
+//! exclusive `flock` on the folder's lock file, compares the current content's hash (its
+//! ETag) and replaces the object by rename.
+//!
+//! Requests have bounded timeouts and retries ([`RemoteOptions`]), so a server that is
+//! down, slow or failing gives a clear error within a bounded time.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// How long one request may take, and how long retries may go on, before the remote is
+/// reported unavailable.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteOptions {
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retry_timeout: Duration,
+    pub max_retries: usize,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            retry_timeout: Duration::from_secs(30),
+            max_retries: 3,
+        }
+    }
+}
+
+impl RemoteOptions {
+    /// The defaults, with `BUILDSTATE_REMOTE_TIMEOUT` (a duration: the whole budget for
+    /// one operation, retries included) when set.
+    pub fn from_env() -> Result<RemoteOptions> {
+        let mut o = RemoteOptions::default();
+        if let Ok(v) = std::env::var("BUILDSTATE_REMOTE_TIMEOUT") {
+            let d = humantime::parse_duration(v.trim()).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "invalid BUILDSTATE_REMOTE_TIMEOUT '{v}': {e} (e.g. 30s)"
+                ))
+            })?;
+            o.retry_timeout = d;
+            o.request_timeout = o.request_timeout.min(d);
+            o.connect_timeout = o.connect_timeout.min(d);
+        }
+        Ok(o)
+    }
+}
+
+/// An object read from a remote, with the ETag a conditional write will compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub etag: String,
+}
+
+enum Backend {
+    Object {
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjPath,
+    },
+    Folder {
+        dir: PathBuf,
+    },
+}
+
+pub struct Remote {
+    /// The URL as given, without any credentials in it: safe to print and to key
+    /// `remote_sync` rows with.
+    name: String,
+    backend: Backend,
+    rt: tokio::runtime::Runtime,
+}
+
+/// The URL without user:password@ and query string, for messages and bookkeeping.
+fn display_url(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string().trim_end_matches('/').to_string()
+}
+
+fn remote_error(name: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Remote(format!(
+        "remote {name}: could not {what}: {}",
+        crate::redact::redact(&e.to_string())
+    ))
+}
+
+impl Remote {
+    /// Parse a remote URL and set up its client (no request is made yet).
+    pub fn open(url: &str, opts: RemoteOptions) -> Result<Remote> {
+        let bad = |why: String| {
+            Error::InvalidInput(format!(
+                "invalid remote '{}': {why}; use s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or file:///path",
+                crate::redact::redact(url)
+            ))
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let name = display_url(&parsed);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                path: "tokio runtime".into(),
+                source,
+            })?;
+        let client = object_store::ClientOptions::new()
+            .with_timeout(opts.request_timeout)
+            .with_connect_timeout(opts.connect_timeout);
+        let retry = object_store::RetryConfig {
+            max_retries: opts.max_retries,
+            retry_timeout: opts.retry_timeout,
+            ..Default::default()
+        };
+        let prefix = ObjPath::from(parsed.path().trim_matches('/'));
+        let host = parsed.host_str().unwrap_or("");
+        if parsed.scheme() != "file" && host.is_empty() {
+            return Err(bad("the bucket or container is missing".into()));
+        }
+        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "file" => {
+                if !host.is_empty() && host != "localhost" {
+                    return Err(bad(format!(
+                        "a file URL names a local path (file:///path), not host '{host}'"
+                    )));
+                }
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| bad("not an absolute path".into()))?;
+                return Ok(Remote {
+                    name,
+                    backend: Backend::Folder { dir },
+                    rt,
+                });
+            }
+            "s3" | "s3a" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            "az" | "azure" | "abfs" | "abfss" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| {
+                        bad(format!(
+                            "{e} (set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY, or AZURE_STORAGE_USE_EMULATOR=true for Azurite)"
+                        ))
+                    })?,
+            ),
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            other => return Err(bad(format!("unknown scheme '{other}'"))),
+        };
+        Ok(Remote {
+            name,
+            backend: Backend::Object { store, prefix },
+            rt,
+        })
+    }
+
+    /// The URL without credentials.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key(prefix: &ObjPath, build_id: &str) -> ObjPath {
+        let mut p = prefix.clone();
+        for part in ["builds", &format!("{build_id}.json")] {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// The build's snapshot object, if there is one.
+    pub fn get(&self, build_id: &str) -> Result<Option<Fetched>> {
+        crate::model::validate_build_id(build_id)?;
+        match &self.backend {
+            Backend::Folder { dir } => folder_get(&self.name, &folder_path(dir, build_id)),
+            Backend::Object { store, prefix } => {
+                self.rt
+                    .block_on(object_get(&self.name, store, &Self::key(prefix, build_id)))
+            }
+        }
+    }
+
+    /// Write the build's snapshot object: create-only when `expected` is `None`, else
+    /// only if the object's ETag is still `expected`. Returns the new ETag.
+    pub fn put(&self, build_id: &str, bytes: Vec<u8>, expected: Option<&str>) -> Result<String> {
+        crate::model::validate_build_id(build_id)?;
+        match &self.backend {
+            Backend::Folder { dir } => folder_put(&self.name, dir, build_id, &bytes, expected),
+            Backend::Object { store, prefix } => self.rt.block_on(object_put(
+                &self.name,
+                store,
+                &Self::key(prefix, build_id),
+                bytes,
+                expected,
+            )),
+        }
+    }
+
+    /// Many conditional writes at once (`push --all`): at most `parallel` in flight.
+    /// `progress` is called after each one. The results come back in input order.
+    pub fn put_many(
+        &self,
+        items: Vec<(String, Vec<u8>, Option<String>)>,
+        parallel: usize,
+        progress: &(dyn Fn() + Sync),
+    ) -> Vec<Result<String>> {
+        match &self.backend {
+            Backend::Folder { .. } => items
+                .into_iter()
+                .map(|(id, bytes, etag)| {
+                    let r = self.put(&id, bytes, etag.as_deref());
+                    progress();
+                    r
+                })
+                .collect(),
+            Backend::Object { store, prefix } => self.rt.block_on(async {
+                futures::stream::iter(items.into_iter().map(|(id, bytes, etag)| {
+                    let store = Arc::clone(store);
+                    let key = Self::key(prefix, &id);
+                    let name = self.name.clone();
+                    async move {
+                        let r = object_put(&name, &store, &key, bytes, etag.as_deref()).await;
+                        progress();
+                        r
+                    }
+                }))
+                .buffered(parallel.max(1))
+                .collect()
+                .await
+            }),
+        }
+    }
+
+    /// Many reads at once (`pull --all`, `status`), in input order.
+    pub fn get_many(&self, ids: &[String], parallel: usize) -> Vec<Result<Option<Fetched>>> {
+        match &self.backend {
+            Backend::Folder { .. } => ids.iter().map(|id| self.get(id)).collect(),
+            Backend::Object { store, prefix } => self.rt.block_on(async {
+                futures::stream::iter(ids.iter().map(|id| {
+                    let store = Arc::clone(store);
+                    let key = Self::key(prefix, id);
+                    let name = self.name.clone();
+                    async move { object_get(&name, &store, &key).await }
+                }))
+                .buffered(parallel.max(1))
+                .collect()
+                .await
+            }),
+        }
+    }
+
+    /// The build ids with a snapshot on the remote, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut ids = match &self.backend {
+            Backend::Folder { dir } => {
+                let builds = dir.join("builds");
+                match std::fs::read_dir(&builds) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(remote_error(&self.name, "list builds", e)),
+                    Ok(entries) => entries
+                        .filter_map(|e| e.ok())
+                        .filter_map(|e| {
+                            e.file_name()
+                                .to_str()
+                                .and_then(|n| n.strip_suffix(".json"))
+                                .map(str::to_string)
+                        })
+                        .collect(),
+                }
+            }
+            Backend::Object { store, prefix } => self.rt.block_on(async {
+                let dir = prefix.clone().join("builds");
+                let mut out = Vec::new();
+                let mut stream = store.list(Some(&dir));
+                while let Some(meta) = stream.next().await {
+                    let meta = meta.map_err(|e| remote_error(&self.name, "list builds", e))?;
+                    if let Some(id) = meta
+                        .location
+                        .filename()
+                        .and_then(|n| n.strip_suffix(".json"))
+                    {
+                        out.push(id.to_string());
+                    }
+                }
+                Ok::<_, Error>(out)
+            })?,
+        };
+        ids.retain(|id| crate::model::validate_build_id(id).is_ok());
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Store a whole-database backup under `backups/NAME` (create-only).
+    pub fn put_backup(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        match &self.backend {
+            Backend::Folder { dir } => {
+                let path = dir.join("backups").join(name);
+                write_new_file(&self.name, &path, &bytes)
+            }
+            Backend::Object { store, prefix } => self.rt.block_on(async {
+                let key = prefix.clone().join("backups").join(name);
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                store
+                    .put_opts(&key, bytes.into(), opts)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| match e {
+                        object_store::Error::AlreadyExists { .. } => Error::RemoteChanged(format!(
+                            "remote {}: backup '{name}' exists already; choose another name",
+                            self.name
+                        )),
+                        e => remote_error(&self.name, "upload the backup", e),
+                    })
+            }),
+        }
+    }
+
+    /// Read a backup written by [`Remote::put_backup`].
+    pub fn get_backup(&self, name: &str) -> Result<Vec<u8>> {
+        let missing =
+            || Error::InvalidInput(format!("remote {}: there is no backup '{name}'", self.name));
+        match &self.backend {
+            Backend::Folder { dir } => match std::fs::read(dir.join("backups").join(name)) {
+                Ok(b) => Ok(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
+                Err(e) => Err(remote_error(&self.name, "read the backup", e)),
+            },
+            Backend::Object { store, prefix } => self.rt.block_on(async {
+                let key = prefix.clone().join("backups").join(name);
+                match store.get(&key).await {
+                    Ok(r) => r
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .map_err(|e| remote_error(&self.name, "read the backup", e)),
+                    Err(object_store::Error::NotFound { .. }) => Err(missing()),
+                    Err(e) => Err(remote_error(&self.name, "read the backup", e)),
+                }
+            }),
+        }
+    }
+}
+
+async fn object_get(
+    name: &str,
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjPath,
+) -> Result<Option<Fetched>> {
+    match store.get(key).await {
+        Ok(r) => {
+            let etag = r.meta.e_tag.clone().ok_or_else(|| {
+                Error::Remote(format!(
+                    "remote {name}: the server gave no ETag for {key}: it cannot do compare-and-swap"
+                ))
+            })?;
+            let bytes = r
+                .bytes()
+                .await
+                .map_err(|e| remote_error(name, &format!("read {key}"), e))?;
+            Ok(Some(Fetched {
+                bytes: bytes.to_vec(),
+                etag,
+            }))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(remote_error(name, &format!("read {key}"), e)),
+    }
+}
+
+async fn object_put(
+    name: &str,
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjPath,
+    bytes: Vec<u8>,
+    expected: Option<&str>,
+) -> Result<String> {
+    let mode = match expected {
+        None => PutMode::Create,
+        Some(e) => PutMode::Update(UpdateVersion {
+            e_tag: Some(e.to_string()),
+            version: None,
+        }),
+    };
+    let opts = PutOptions {
+        mode,
+        ..Default::default()
+    };
+    match store.put_opts(key, bytes.into(), opts).await {
+        Ok(r) => r.e_tag.ok_or_else(|| {
+            Error::Remote(format!(
+                "remote {name}: the server gave no ETag for {key}: it cannot do compare-and-swap"
+            ))
+        }),
+        Err(object_store::Error::AlreadyExists { .. }) => Err(lost_race(name, key, true)),
+        Err(object_store::Error::Precondition { .. }) => Err(lost_race(name, key, false)),
+        Err(e) => Err(remote_error(name, &format!("write {key}"), e)),
+    }
+}
+
+fn lost_race(name: &str, key: impl std::fmt::Display, existed: bool) -> Error {
+    Error::RemoteChanged(if existed {
+        format!(
+            "remote {name}: {key} exists already, written by another database; nothing was overwritten: pull it first (`sync-cloud pull`), then push"
+        )
+    } else {
+        format!(
+            "remote {name}: {key} changed since this database last read or wrote it (another worker wrote first); nothing was overwritten: pull it (`sync-cloud pull`), then push again"
+        )
+    })
+}
+
+// --- file:// remotes: a folder with compare-and-swap under flock --------------------------
+
+fn folder_path(dir: &std::path::Path, build_id: &str) -> PathBuf {
+    dir.join("builds").join(format!("{build_id}.json"))
+}
+
+/// A short content hash serves as the ETag of a folder object.
+fn content_etag(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    format!(
+        "\"{}\"",
+        d.iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+fn folder_get(name: &str, path: &std::path::Path) -> Result<Option<Fetched>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(Fetched {
+            etag: content_etag(&bytes),
+            bytes,
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(remote_error(name, &format!("read {}", path.display()), e)),
+    }
+}
+
+/// The folder's lock, held for the duration of one compare-and-swap: the lock lives as
+/// long as the open file.
+struct FolderLock(#[allow(dead_code)] std::fs::File);
+
+impl FolderLock {
+    fn take(name: &str, dir: &std::path::Path) -> Result<FolderLock> {
+        std::fs::create_dir_all(dir.join("builds"))
+            .map_err(|e| remote_error(name, &format!("create {}", dir.display()), e))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".buildstate.lock"))
+            .map_err(|e| remote_error(name, "open the folder's lock file", e))?;
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            return Err(remote_error(
+                name,
+                "lock the folder",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(FolderLock(f))
+    }
+}
+
+fn folder_put(
+    name: &str,
+    dir: &std::path::Path,
+    build_id: &str,
+    bytes: &[u8],
+    expected: Option<&str>,
+) -> Result<String> {
+    let _lock = FolderLock::take(name, dir)?;
+    let path = folder_path(dir, build_id);
+    let current = folder_get(name, &path)?;
+    match (current, expected) {
+        (None, None) => {}
+        (Some(c), Some(e)) if c.etag == e => {}
+        (Some(_), None) => return Err(lost_race(name, path.display(), true)),
+        (_, Some(_)) => return Err(lost_race(name, path.display(), false)),
+    }
+    replace_file(name, &path, bytes)?;
+    Ok(content_etag(bytes))
+}
+
+/// Write `path` whole or not at all: a temporary file beside it, fsynced, renamed over
+/// it, and the folder fsynced.
+fn replace_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("remote objects live in a folder");
+    let err = |e: std::io::Error| remote_error(name, &format!("write {}", path.display()), e);
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
+}
+
+fn write_new_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("backups live in a folder");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| remote_error(name, &format!("create {}", dir.display()), e))?;
+    if path.exists() {
+        return Err(Error::RemoteChanged(format!(
+            "remote {name}: backup {} exists already; choose another name",
+            path.display()
+        )));
+    }
+    replace_file(name, path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_parsed_and_bad_ones_explained() {
+        let o = RemoteOptions::default();
+        for url in ["s3://bucket/prefix", "gs://bucket/a/b", "file:///tmp/x"] {
+            let r = Remote::open(url, o).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(r.name(), url);
+        }
+        // Credentials in the URL never reach the name that is printed and stored.
+        let r = Remote::open("s3://AKIAIOSFODNN7EXAMPLE:pw@bucket/p?x=1", o).unwrap();
+        assert_eq!(r.name(), "s3://bucket/p");
+        for (url, want) in [
+            ("ftp://x/y", "unknown scheme 'ftp'"),
+            ("not a url", "invalid remote"),
+            ("file://host/x", "not host 'host'"),
+            ("s3:///nobucket", "bucket or container is missing"),
+            // The test environment has no Azure account: the error says what to set.
+            ("az://container/p", "AZURE_STORAGE_ACCOUNT_NAME"),
+        ] {
+            let e = Remote::open(url, o).err().unwrap().to_string();
+            assert!(e.contains(want), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn folder_writes_are_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let r = Remote::open(&url, RemoteOptions::default()).unwrap();
+        assert_eq!(r.get("b").unwrap(), None);
+        let e1 = r.put("b", b"one".to_vec(), None).unwrap();
+        // Create-only: a second creator loses.
+        assert!(matches!(
+            r.put("b", b"x".to_vec(), None),
+            Err(Error::RemoteChanged(_))
+        ));
+        let e2 = r.put("b", b"two".to_vec(), Some(&e1)).unwrap();
+        // If-Match on a stale ETag loses, and nothing is overwritten.
+        assert!(matches!(
+            r.put("b", b"y".to_vec(), Some(&e1)),
+            Err(Error::RemoteChanged(_))
+        ));
+        assert_eq!(
+            r.get("b").unwrap().unwrap(),
+            Fetched {
+                bytes: b"two".to_vec(),
+                etag: e2
+            }
+        );
+        assert_eq!(r.list().unwrap(), ["b"]);
+    }
+}

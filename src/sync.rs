@@ -1,0 +1,255 @@
+//! Sharing builds through a [`Remote`]: push, pull and status, the engine behind
+//! `sync-cloud`.
+//!
+//! The store remembers, per remote and build, the ETag and serial it last wrote or read
+//! ([`crate::store::RemoteMark`]). A push of a build the remote has never had from us is
+//! create-only; any later push is `If-Match` on the remembered ETag. So a push never
+//! overwrites a copy written by someone else since we last looked: that is
+//! [`Error::RemoteChanged`] (exit 15), and the fix is to pull first. A pull validates the
+//! snapshot and then fast-forwards, or refuses a divergent history (exit 16) unless a
+//! person takes the remote side.
+
+use serde::Serialize;
+
+use crate::remote::Remote;
+use crate::snapshot::Snapshot;
+use crate::store::{Imported, RemoteMark, Store};
+use crate::{Error, Result};
+
+/// How many requests `--all` keeps in flight.
+pub const PARALLEL: usize = 32;
+
+/// What a push or pull did to one build, for people and for `--json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Synced {
+    pub build_id: String,
+    /// pushed, unchanged, created, fast_forward, up_to_date, local_ahead, replaced
+    pub outcome: &'static str,
+    pub local_serial: Option<u64>,
+    pub remote_serial: Option<u64>,
+}
+
+/// Push one build. `force`: a person chose the local side of a divergence; the write is
+/// still conditional on the remote's current ETag, so it replaces what the person saw,
+/// not something written since.
+pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> Result<Synced> {
+    let snap = store.snapshot(build_id)?;
+    let mark = store.remote_mark(remote.name(), build_id)?;
+    let expected = if force {
+        remote.get(build_id)?.map(|f| f.etag)
+    } else {
+        if let Some(m) = mark
+            .as_ref()
+            .filter(|m| m.serial == snap.serial && m.lineage == snap.lineage)
+        {
+            return Ok(Synced {
+                build_id: build_id.to_string(),
+                outcome: "unchanged",
+                local_serial: Some(snap.serial),
+                remote_serial: Some(m.serial),
+            });
+        }
+        mark.map(|m| m.etag)
+    };
+    let etag = remote.put(build_id, snap.to_json(), expected.as_deref())?;
+    record(store, remote, &snap, etag)?;
+    Ok(Synced {
+        build_id: build_id.to_string(),
+        outcome: "pushed",
+        local_serial: Some(snap.serial),
+        remote_serial: Some(snap.serial),
+    })
+}
+
+fn record(store: &mut Store, remote: &Remote, snap: &Snapshot, etag: String) -> Result<()> {
+    store.set_remote_mark(
+        remote.name(),
+        &snap.build_id,
+        &RemoteMark {
+            etag,
+            serial: snap.serial,
+            lineage: snap.lineage.clone(),
+        },
+    )
+}
+
+/// Push every local build that changed since it was last synced with this remote, many
+/// at once. One result per build, in id order; `progress(done, total)` after each.
+pub fn push_all(
+    store: &mut Store,
+    remote: &Remote,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<(String, Result<Synced>)>> {
+    let mut out = Vec::new();
+    let mut todo = Vec::new();
+    let mut snaps = Vec::new();
+    for (id, _) in store.build_serials()? {
+        let snap = store.snapshot(&id)?;
+        let mark = store.remote_mark(remote.name(), &id)?;
+        match mark {
+            Some(m) if m.serial == snap.serial && m.lineage == snap.lineage => out.push((
+                id.clone(),
+                Ok(Synced {
+                    build_id: id,
+                    outcome: "unchanged",
+                    local_serial: Some(snap.serial),
+                    remote_serial: Some(m.serial),
+                }),
+            )),
+            m => {
+                todo.push((id, snap.to_json(), m.map(|m| m.etag)));
+                snaps.push(snap);
+            }
+        }
+    }
+    let total = todo.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let tick = || {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        progress(n, total);
+    };
+    let results = remote.put_many(todo, PARALLEL, &tick);
+    for (snap, r) in snaps.into_iter().zip(results) {
+        let id = snap.build_id.clone();
+        let r = r.and_then(|etag| {
+            record(store, remote, &snap, etag)?;
+            Ok(Synced {
+                build_id: id.clone(),
+                outcome: "pushed",
+                local_serial: Some(snap.serial),
+                remote_serial: Some(snap.serial),
+            })
+        });
+        out.push((id, r));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Pull one build from the remote (see [`Store::import`]).
+pub fn pull(
+    store: &mut Store,
+    remote: &Remote,
+    build_id: &str,
+    take_remote: bool,
+) -> Result<Synced> {
+    let fetched = remote.get(build_id)?.ok_or_else(|| Error::NotOnRemote {
+        build_id: build_id.to_string(),
+        remote: remote.name().to_string(),
+    })?;
+    import_fetched(store, remote, build_id, fetched, take_remote)
+}
+
+fn import_fetched(
+    store: &mut Store,
+    remote: &Remote,
+    build_id: &str,
+    fetched: crate::remote::Fetched,
+    take_remote: bool,
+) -> Result<Synced> {
+    let snap = Snapshot::from_json(&fetched.bytes)?;
+    if snap.build_id != build_id {
+        return Err(Error::InvalidSnapshot(format!(
+            "the object for build '{build_id}' holds build '{}'",
+            snap.build_id
+        )));
+    }
+    let outcome = store.import(&snap, take_remote)?;
+    record(store, remote, &snap, fetched.etag)?;
+    let (outcome, local) = match outcome {
+        Imported::Created { serial } => ("created", serial),
+        Imported::FastForward { to, .. } => ("fast_forward", to),
+        Imported::UpToDate { serial } => ("up_to_date", serial),
+        Imported::LocalAhead { local, .. } => ("local_ahead", local),
+        Imported::Replaced { to, .. } => ("replaced", to),
+    };
+    Ok(Synced {
+        build_id: build_id.to_string(),
+        outcome,
+        local_serial: Some(local),
+        remote_serial: Some(snap.serial),
+    })
+}
+
+/// Pull every build on the remote.
+pub fn pull_all(
+    store: &mut Store,
+    remote: &Remote,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<(String, Result<Synced>)>> {
+    let ids = remote.list()?;
+    let fetched = remote.get_many(&ids, PARALLEL);
+    let total = ids.len();
+    let mut out = Vec::new();
+    for (i, (id, f)) in ids.into_iter().zip(fetched).enumerate() {
+        let r = match f {
+            Ok(Some(f)) => import_fetched(store, remote, &id, f, false),
+            Ok(None) => Err(Error::NotOnRemote {
+                build_id: id.clone(),
+                remote: remote.name().to_string(),
+            }),
+            Err(e) => Err(e),
+        };
+        progress(i + 1, total);
+        out.push((id, r));
+    }
+    Ok(out)
+}
+
+/// One build's place on each side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusRow {
+    pub build_id: String,
+    pub local_serial: Option<u64>,
+    pub remote_serial: Option<u64>,
+    /// in_sync, local_ahead, remote_ahead, diverged, local_only, remote_only, unreadable
+    pub state: &'static str,
+}
+
+/// Local vs remote serial of every build on either side.
+pub fn status(store: &Store, remote: &Remote) -> Result<Vec<StatusRow>> {
+    let local: std::collections::BTreeMap<String, u64> =
+        store.build_serials()?.into_iter().collect();
+    let mut ids: Vec<String> = remote.list()?;
+    let on_remote: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    ids.extend(local.keys().filter(|k| !on_remote.contains(*k)).cloned());
+    ids.sort();
+    let fetched = remote.get_many(&ids, PARALLEL);
+    let mut rows = Vec::new();
+    for (id, f) in ids.into_iter().zip(fetched) {
+        let local_serial = local.get(&id).copied();
+        let (remote_serial, state) = match f? {
+            None => (None, "local_only"),
+            Some(f) => match Snapshot::from_json(&f.bytes) {
+                Err(_) => (None, "unreadable"),
+                Ok(snap) => {
+                    let state = match local_serial {
+                        None => "remote_only",
+                        Some(_) => {
+                            let mine = store.snapshot(&id)?;
+                            let n = mine.events.len().min(snap.events.len());
+                            if mine.lineage != snap.lineage || mine.events[..n] != snap.events[..n]
+                            {
+                                "diverged"
+                            } else if mine.serial == snap.serial {
+                                "in_sync"
+                            } else if mine.serial > snap.serial {
+                                "local_ahead"
+                            } else {
+                                "remote_ahead"
+                            }
+                        }
+                    };
+                    (Some(snap.serial), state)
+                }
+            },
+        };
+        rows.push(StatusRow {
+            build_id: id,
+            local_serial,
+            remote_serial,
+            state,
+        });
+    }
+    Ok(rows)
+}
