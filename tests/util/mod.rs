@@ -58,6 +58,7 @@ pub fn bin(name: &str) -> PathBuf {
         "update-state" => PathBuf::from(env!("CARGO_BIN_EXE_update-state")),
         "check-state" => PathBuf::from(env!("CARGO_BIN_EXE_check-state")),
         "run-state" => PathBuf::from(env!("CARGO_BIN_EXE_run-state")),
+        "sync-cloud" => PathBuf::from(env!("CARGO_BIN_EXE_sync-cloud")),
         other => panic!("unknown binary {other}"),
     }
 }
