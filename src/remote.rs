@@ -130,9 +130,14 @@ impl Remote {
                 path: "tokio runtime".into(),
                 source,
             })?;
-        let client = object_store::ClientOptions::new()
-            .with_timeout(opts.request_timeout)
-            .with_connect_timeout(opts.connect_timeout);
+        // Timeouts go in as configuration keys, on top of what each builder read from
+        // the environment (AWS_ALLOW_HTTP, proxies, ...), which with_client_options
+        // would replace.
+        use object_store::ClientConfigKey as C;
+        let timeouts = [
+            (C::Timeout, humantime::format_duration(opts.request_timeout).to_string()),
+            (C::ConnectTimeout, humantime::format_duration(opts.connect_timeout).to_string()),
+        ];
         let retry = object_store::RetryConfig {
             max_retries: opts.max_retries,
             retry_timeout: opts.retry_timeout,
@@ -160,18 +165,24 @@ impl Remote {
                 });
             }
             "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
+                timeouts
+                    .iter()
+                    .fold(object_store::aws::AmazonS3Builder::from_env(), |b, (k, v)| {
+                        b.with_config(object_store::aws::AmazonS3ConfigKey::Client(*k), v)
+                    })
                     .with_url(url)
-                    .with_client_options(client)
-                    .with_retry(retry)
+                    .with_retry(retry.clone())
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
             "az" | "azure" | "abfs" | "abfss" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
+                timeouts
+                    .iter()
+                    .fold(object_store::azure::MicrosoftAzureBuilder::from_env(), |b, (k, v)| {
+                        b.with_config(object_store::azure::AzureConfigKey::Client(*k), v)
+                    })
                     .with_url(url)
-                    .with_client_options(client)
-                    .with_retry(retry)
+                    .with_retry(retry.clone())
                     .build()
                     .map_err(|e| {
                         bad(format!(
@@ -180,10 +191,13 @@ impl Remote {
                     })?,
             ),
             "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                timeouts
+                    .iter()
+                    .fold(object_store::gcp::GoogleCloudStorageBuilder::from_env(), |b, (k, v)| {
+                        b.with_config(object_store::gcp::GoogleConfigKey::Client(*k), v)
+                    })
                     .with_url(url)
-                    .with_client_options(client)
-                    .with_retry(retry)
+                    .with_retry(retry.clone())
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
