@@ -41,8 +41,9 @@ need_venv() {
         step "creating $VENV"
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/python" -c 'import ansible, maturin, pytest' 2>/dev/null; then
-        step "installing ansible-core, maturin and pytest into $VENV (pip)"
+    if ! "$VENV/bin/python" -c 'import ansible, maturin, pytest, moto, azure.storage.blob, jsonschema' 2>/dev/null \
+        || [ ! -x "$VENV/bin/weed" ]; then
+        step "installing ansible-core, maturin, pytest and the test servers into $VENV (pip)"
         "$VENV/bin/pip" install -q --upgrade pip
         "$VENV/bin/pip" install -q -r scripts/requirements-dev.txt || die "pip install failed"
     fi
@@ -56,4 +57,15 @@ install_python_package() {
     rm -rf target/wheels
     "$VENV/bin/maturin" build -q "${profile[@]}" -m python/Cargo.toml --out target/wheels
     "$VENV/bin/pip" install -q --force-reinstall --no-deps target/wheels/buildstate-*.whl
+}
+
+# Azurite, the Azure Blob emulator the sync tests start, from npm into .tools/.
+need_azurite() {
+    command -v npm >/dev/null || need_apt nodejs npm
+    if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+        step "installing azurite (npm) into .tools/"
+        mkdir -p .tools
+        (cd .tools && npm install --silent --no-audit --no-fund --no-save azurite@3.35 >/dev/null) \
+            || die "npm install azurite failed"
+    fi
 }

@@ -1,0 +1,268 @@
+"""sync-cloud against real object-storage servers started here on 127.0.0.1: moto_server
+and SeaweedFS for the S3 API, Azurite for Azure Blob. A server that cannot start fails
+the test (never a skip). Also: a snapshot matches docs/snapshot.schema.json, and a remote
+that is down, hangs or answers 500 gives a clear error within a bound, local state
+untouched."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import jsonschema
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+VENV_BIN = Path(sys.executable).parent
+AZURITE = Path(os.environ.get("AZURITE_BLOB", ROOT / ".tools" / "node_modules" / ".bin" / "azurite-blob"))
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# The bound on any one command against a broken remote: far above the configured
+# BUILDSTATE_REMOTE_TIMEOUT, so only a command that ignores it hits this.
+BOUND = 90
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited ({proc.returncode}) before listening:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"{what} did not listen on 127.0.0.1:{port} within 90 s:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class Server:
+    name: str
+    url: str  # the remote URL
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def start(cmd: list[str], port: int, tmp: Path, what: str) -> subprocess.Popen:
+    log = tmp / f"{what}.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+    wait_for_port(port, proc, log, what)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def s3_env(port: int) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT": f"http://127.0.0.1:{port}",
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
+def make_bucket(port: int, bucket: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            s3.create_bucket(Bucket=bucket)
+            return
+        except Exception as e:  # the S3 gateway may answer before it can create buckets
+            if time.monotonic() > deadline:
+                pytest.fail(f"could not create bucket {bucket}: {e}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module", params=["moto", "seaweedfs", "azurite"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp(request.param)
+    port = free_port()
+    if request.param == "moto":
+        proc = start([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, tmp, "moto_server")
+        make_bucket(port, "builds")
+        srv = Server("moto", "s3://builds/state", s3_env(port))
+    elif request.param == "seaweedfs":
+        data = tmp / "data"
+        data.mkdir()
+        cmd = [str(VENV_BIN / "weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}"]
+        proc = start(cmd, port, tmp, "seaweedfs")
+        make_bucket(port, "builds")
+        srv = Server("seaweedfs", "s3://builds/state", s3_env(port))
+    else:
+        if not AZURITE.exists():
+            pytest.fail(f"azurite-blob is not installed at {AZURITE} (scripts/test installs it with npm)")
+        cmd = [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck", "--disableTelemetry", "--location", str(tmp / "data"), "--silent"]
+        proc = start(cmd, port, tmp, "azurite")
+        from azure.storage.blob import BlobServiceClient
+
+        conn = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        BlobServiceClient.from_connection_string(conn).create_container("builds")
+        srv = Server("azurite", "az://builds/state", {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": f"http://127.0.0.1:{port}"})
+    try:
+        yield srv
+    finally:
+        stop(proc)
+
+
+class Worker:
+    """One machine: its own database, talking to the shared remote."""
+
+    def __init__(self, tmp: Path, name: str, remote: str, env: dict[str, str]) -> None:
+        self.db = tmp / f"{name}.db"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDSTATE_", "AWS_", "AZURE", "GOOGLE_"))}
+        self.env.update(env, HOME=str(tmp), BUILDSTATE_DB=str(self.db), BUILDSTATE_REMOTE=remote)
+
+    def run(self, tool: str, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([str(TARGET / tool), *args], env=self.env, capture_output=True, text=True, timeout=BOUND, check=False)
+        if check is not None:
+            assert r.returncode == check, f"{tool} {args}: exit {r.returncode}, wanted {check}\n{r.stdout}\n{r.stderr}"
+        return r
+
+    def spawn(self, tool: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([str(TARGET / tool), *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def history(self, build: str) -> list[dict]:
+        return json.loads(self.run("check-state", build, "--json", "--history", check=None).stdout)["history"]
+
+
+def test_two_workers_share_a_build_and_a_stale_push_is_refused(server: Server, tmp_path: Path) -> None:
+    a, b = (Worker(tmp_path, n, server.url, server.env) for n in "ab")
+    build = f"img-{server.name}"
+    a.run("init-state", build, "--cloud", "aws", "--image", "rhel9")
+    a.run("sync-cloud", "push", build)
+    b.run("sync-cloud", "pull", build)
+    assert b.history(build) == a.history(build)
+    b.run("update-state", build, "complete", "5")
+    b.run("sync-cloud", "push", build)
+    a.run("update-state", build, "meta", "late=yes")
+    before = b.run("sync-cloud", "status", "--json").stdout
+    r = a.run("sync-cloud", "push", build, check=15)
+    assert "nothing was overwritten" in r.stderr
+    assert b.run("sync-cloud", "status", "--json").stdout == before
+    a_before = a.history(build)
+    a.run("sync-cloud", "pull", build, check=16)
+    assert a.history(build) == a_before
+    a.run("sync-cloud", "pull", build, "--take-remote")
+    assert a.history(build) == b.history(build)
+    # A second database creating the same id: create-only refuses it.
+    c = Worker(tmp_path, "c", server.url, server.env)
+    c.run("init-state", build, "--cloud", "aws", "--image", "rhel9")
+    assert "exists already" in c.run("sync-cloud", "push", build, check=15).stderr
+
+
+def test_racing_workers_exactly_one_wins_each_round(server: Server, tmp_path: Path) -> None:
+    build = f"race-{server.name}"
+    base = Worker(tmp_path, "base", server.url, server.env)
+    base.run("init-state", build, "--cloud", "aws", "--image", "rhel9")
+    base.run("sync-cloud", "push", build)
+    workers = [Worker(tmp_path, f"w{i}", server.url, server.env) for i in range(5)]
+    for w in workers:
+        w.run("sync-cloud", "pull", build)
+    for rnd in range(3):
+        for i, w in enumerate(workers):
+            w.run("update-state", build, "meta", f"w{i}=r{rnd}")
+        procs = [w.spawn("sync-cloud", "push", build) for w in workers]
+        codes = [p.wait(timeout=BOUND) for p in procs]
+        assert sorted(codes) == [0] + [15] * (len(workers) - 1), (rnd, codes)
+        winner = workers[codes.index(0)]
+        for w in workers:
+            if w is not winner:
+                w.run("sync-cloud", "pull", build, "--take-remote")
+                assert w.history(build) == winner.history(build)
+        history = winner.history(build)
+        assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
+        assert history[-1]["serial"] == 2 + rnd
+
+
+def test_push_all_and_pull_all(server: Server, tmp_path: Path) -> None:
+    a, b = (Worker(tmp_path, n, server.url, server.env) for n in "ab")
+    ids = [f"all-{server.name}-{i:03}" for i in range(40)]
+    for i in ids:
+        a.run("init-state", i, "--cloud", "aws", "--image", "rhel9")
+    pushed = json.loads(a.run("sync-cloud", "push", "--all", "--json").stdout)
+    assert {p["build_id"] for p in pushed if p["outcome"] == "pushed"} >= set(ids)
+    b.run("sync-cloud", "pull", "--all")
+    status = json.loads(b.run("sync-cloud", "status", "--json").stdout)
+    assert {s["build_id"] for s in status if s["state"] == "in_sync"} >= set(ids)
+
+
+def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    a = Worker(tmp_path, "a", f"file://{remote}", {})
+    a.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9", "--meta", "git=1a2b")
+    a.run("update-state", "img-1", "fail", "5", "--error", "it's 'quoted'")
+    a.run("sync-cloud", "push", "img-1")
+    schema = json.loads((ROOT / "docs" / "snapshot.schema.json").read_text())
+    snapshot = json.loads((remote / "builds" / "img-1.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(snapshot, schema, format_checker=jsonschema.FormatChecker())
+    snapshot["build"]["lease_owner"] = "someone"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(snapshot, schema)
+
+
+class _Answer500(http.server.BaseHTTPRequestHandler):
+    def _fail(self) -> None:
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_PUT = do_HEAD = do_POST = _fail
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def broken_remotes() -> Iterator[dict[str, int]]:
+    """A closed port, a server that accepts and never answers, one that answers 500."""
+    closed = free_port()
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(64)
+    err = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer500)
+    threading.Thread(target=err.serve_forever, daemon=True).start()
+    try:
+        yield {"down": closed, "hangs": hang.getsockname()[1], "500": err.server_address[1]}
+    finally:
+        err.shutdown()
+        hang.close()
+
+
+@pytest.mark.parametrize("kind", ["down", "hangs", "500"])
+def test_a_broken_remote_is_a_clear_error_within_a_bound(kind: str, broken_remotes: dict[str, int], tmp_path: Path) -> None:
+    env = dict(s3_env(broken_remotes[kind]), BUILDSTATE_REMOTE_TIMEOUT="3s")
+    w = Worker(tmp_path, "w", "s3://builds/state", env)
+    w.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9")
+    before = w.history("img-1")
+    for args in (["push", "img-1"], ["pull", "img-1"], ["status"]):
+        r = w.run("sync-cloud", *args, "--json", check=17)
+        err = json.loads(r.stdout)["error"]
+        assert err["kind"] == "remote" and "s3://builds/state" in err["message"], err
+        assert "test" not in err["message"].split("s3://")[0], err  # no credentials echoed
+    assert w.history("img-1") == before
