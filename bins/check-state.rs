@@ -43,7 +43,8 @@ struct Args {
 fn run(args: &Args) -> Result<i32> {
     let plan = Plan::load(args.plan.as_deref())?;
     buildstate::model::validate_build_id(&args.build_id)?;
-    let store = args.common.open()?;
+    let mut store = args.common.writer(false)?;
+    store.refresh(&args.build_id)?;
     let report = Report::load(
         Some(&store),
         &args.build_id,

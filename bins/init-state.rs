@@ -61,7 +61,7 @@ fn run(args: &Args) -> Result<i32> {
         meta,
     };
     req.validate()?;
-    let mut store = args.common.create()?;
+    let mut store = args.common.writer(true)?;
     let now = SystemTime::now();
     let outcome = store.init(&req, &Actor::from_env("init-state"), now)?;
     let (mut report, stored_plan) = Report::after_write(&store, &outcome.build, now)?;

@@ -84,7 +84,7 @@ fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
 
 fn run_state(args: &Args) -> Result<i32> {
     buildstate::model::validate_build_id(&args.build_id)?;
-    let mut store = args.common.open()?;
+    let mut store = args.common.writer(false)?;
     let opts = RunOptions {
         build_id: args.build_id.clone(),
         state: args.state,

@@ -38,10 +38,6 @@ struct Args {
     #[command(subcommand)]
     command: Command,
 
-    /// The remote URL
-    #[arg(long, value_name = "URL", env = "BUILDSTATE_REMOTE", global = true)]
-    remote: Option<String>,
-
     #[command(flatten)]
     common: Common,
 }
@@ -102,7 +98,7 @@ enum Command {
 }
 
 fn remote(args: &Args) -> Result<Remote> {
-    let url = args.remote.as_deref().ok_or_else(|| {
+    let url = args.common.remote.as_deref().ok_or_else(|| {
         Error::InvalidInput(
             "no remote: pass --remote URL or set BUILDSTATE_REMOTE (s3://, az://, gs:// or file:///)"
                 .into(),

@@ -214,7 +214,7 @@ fn transition(action: &Action) -> Result<Transition> {
 fn run(args: &Args) -> Result<i32> {
     let t = transition(&args.action)?;
     buildstate::model::validate_build_id(&args.build_id)?;
-    let mut store = args.common.open()?;
+    let mut store = args.common.writer(false)?;
     let actor = Actor::from_env("update-state");
     let owner = args
         .owner
@@ -229,6 +229,7 @@ fn run(args: &Args) -> Result<i32> {
             ctx.lease_ttl = match lease_ttl {
                 Some(ttl) => Some(*ttl),
                 None => {
+                    store.refresh(&args.build_id)?;
                     let b = store
                         .build(&args.build_id)?
                         .ok_or_else(|| Error::UnknownBuild(args.build_id.clone()))?;

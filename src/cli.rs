@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::remote::{Remote, RemoteOptions};
 use crate::store::{busy_timeout_from_env, default_db_path, Store};
+use crate::sync::Writer;
 use crate::{exit, Error, Result};
 
 /// Flags every binary takes.
@@ -18,6 +20,11 @@ pub struct Common {
     /// Print JSON on stdout instead of text (errors too, as {"error": {...}})
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Remote mode: every write pulls the build from this remote and pushes it back with
+    /// compare-and-swap; reads pull first (s3://, az://, gs://, file:///; docs/sync.md)
+    #[arg(long, value_name = "URL", env = "BUILDSTATE_REMOTE", global = true)]
+    pub remote: Option<String>,
 }
 
 impl Common {
@@ -28,6 +35,28 @@ impl Common {
     /// Open the database, creating it if needed: init-state only.
     pub fn create(&self) -> Result<Store> {
         Store::open_with(&self.db_path(), busy_timeout_from_env()?)
+    }
+
+    /// The remote named by --remote / BUILDSTATE_REMOTE, if any.
+    pub fn open_remote(&self) -> Result<Option<Remote>> {
+        self.remote
+            .as_deref()
+            .map(|url| Remote::open(url, RemoteOptions::from_env()?))
+            .transpose()
+    }
+
+    /// The store and, in remote mode, the remote its writes go through. In remote mode
+    /// the local database is a cache of the remote and is created when missing; without
+    /// a remote it must exist (see [`Common::open`]). `create`: init-state's right to
+    /// create a database in local mode.
+    pub fn writer(&self, create: bool) -> Result<Writer> {
+        let remote = self.open_remote()?;
+        let store = if create || remote.is_some() {
+            self.create()?
+        } else {
+            self.open()?
+        };
+        Ok(Writer::new(store, remote))
     }
 
     /// Open an existing database. A missing file is an error (exit 9): a mistyped

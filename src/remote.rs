@@ -135,8 +135,14 @@ impl Remote {
         // would replace.
         use object_store::ClientConfigKey as C;
         let timeouts = [
-            (C::Timeout, humantime::format_duration(opts.request_timeout).to_string()),
-            (C::ConnectTimeout, humantime::format_duration(opts.connect_timeout).to_string()),
+            (
+                C::Timeout,
+                humantime::format_duration(opts.request_timeout).to_string(),
+            ),
+            (
+                C::ConnectTimeout,
+                humantime::format_duration(opts.connect_timeout).to_string(),
+            ),
         ];
         let retry = object_store::RetryConfig {
             max_retries: opts.max_retries,

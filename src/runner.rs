@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::context::Actor;
 use crate::decide::{decide, Action, Decision};
 use crate::model::{Ctx, Status, Transition};
-use crate::store::{LeaseKeeper, Store};
+use crate::store::LeaseKeeper;
+use crate::sync::Writer;
 use crate::{exit, time, Error, Result};
 
 #[derive(Debug, Clone)]
@@ -245,7 +246,7 @@ struct Finished {
 
 /// Run the build's state(s) until one completes, a retry lies beyond `max_wait`, the
 /// build blocks, or a signal arrives.
-pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcome> {
+pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outcome> {
     if opts.command.is_empty() {
         return Err(Error::InvalidInput(
             "no command given: put it after --, e.g. `run-state BUILD 5 -- ./kickstart.sh`".into(),
@@ -254,6 +255,7 @@ pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcom
     let signals = Signals::install()?;
     let owner = actor.lease_owner();
     loop {
+        store.refresh(&opts.build_id)?;
         let now = SystemTime::now();
         let build = store
             .build(&opts.build_id)?
@@ -294,9 +296,16 @@ pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcom
             }
         }
 
+        // In remote mode other machines see the lease only as the start wrote it (their
+        // copies do not get our heartbeats), so it must cover the state's whole run.
+        let lease_ttl = if store.is_remote() {
+            opts.lease_ttl.max(plan.unrenewed_lease_ttl(state))
+        } else {
+            opts.lease_ttl
+        };
         let ctx = Ctx {
             owner: Some(&owner),
-            lease_ttl: Some(opts.lease_ttl),
+            lease_ttl: Some(lease_ttl),
             ..Ctx::live()
         };
         let started =
@@ -313,7 +322,7 @@ pub fn run(store: &mut Store, opts: &RunOptions, actor: &Actor) -> Result<Outcom
             &opts.build_id,
             &owner,
             started.attempt,
-            opts.lease_ttl,
+            lease_ttl,
         )?;
         let timeout = opts.timeout.or(plan.timeout_for(state));
         let watched = spawn_and_watch(opts, state, started.attempt, timeout, &signals, &keeper);

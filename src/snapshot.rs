@@ -4,8 +4,10 @@
 //!
 //! A snapshot holds a build's identity (lineage), its serial, the plan it was created
 //! with (name, hash and body), its summary row, metadata and the whole event history.
-//! Leases and heartbeats stay out: they change without the serial, and a heartbeat must
-//! not churn remote copies.
+//! The lease travels as the write that took it recorded it (owner and expiry), so that a
+//! machine that pulls a running build does not start it again; heartbeats, which extend
+//! a lease without a serial, stay out: they must not churn remote copies (in remote mode
+//! a lease therefore lasts the state's timeout, see docs/sync.md).
 //!
 //! [`Snapshot::validate`] trusts nothing: a snapshot read from a bucket may be truncated,
 //! hand-edited or hostile. It checks the format and schema version, that the plan hashes
@@ -37,7 +39,7 @@ pub struct Snapshot {
     pub lineage: String,
     pub serial: u64,
     pub plan: PlanEntry,
-    /// The summary row as of `serial`, without its lease.
+    /// The summary row as of `serial` (its lease as that write left it).
     pub build: Build,
     pub metadata: BTreeMap<String, MetaEntry>,
     pub events: Vec<Event>,
@@ -67,13 +69,11 @@ fn invalid(build: &str, message: impl std::fmt::Display) -> Error {
 impl Snapshot {
     /// Assemble a snapshot (the store reads the parts in one transaction).
     pub fn new(
-        mut build: Build,
+        build: Build,
         plan: Plan,
         metadata: BTreeMap<String, MetaEntry>,
         events: Vec<Event>,
     ) -> Snapshot {
-        build.lease_owner = None;
-        build.lease_expires_at = None;
         Snapshot {
             format: FORMAT.to_string(),
             schema_version: SCHEMA_VERSION,
@@ -151,8 +151,8 @@ impl Snapshot {
         if self.lineage.trim().is_empty() || self.lineage.len() > 64 {
             return Err(invalid(id, "the lineage is empty or too long"));
         }
-        if b.lease_owner.is_some() || b.lease_expires_at.is_some() {
-            return Err(invalid(id, "a snapshot carries no lease"));
+        if b.lease_owner.is_some() != b.lease_expires_at.is_some() {
+            return Err(invalid(id, "a lease needs both an owner and an expiry"));
         }
         // The plan: valid, and the hash is the body's.
         let plan = &self.plan.body;
@@ -295,7 +295,10 @@ mod tests {
                 },
                 "the last event has serial",
             ),
-            (&|v| v["build"]["lease_owner"] = "x".into(), "no lease"),
+            (
+                &|v| v["build"]["lease_owner"] = "x".into(),
+                "both an owner and an expiry",
+            ),
             (&|v| v["build_id"] = "../etc".into(), "invalid build id"),
             (&|v| v["metadata"]["git"]["serial"] = 99.into(), "outside"),
             (&|v| v["extra"] = 1.into(), "unknown field"),

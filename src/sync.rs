@@ -253,3 +253,151 @@ pub fn status(store: &Store, remote: &Remote) -> Result<Vec<StatusRow>> {
     }
     Ok(rows)
 }
+
+/// How many lost races a remote-mode write absorbs (pull, re-apply, push) before it
+/// reports exit 15.
+pub const RACE_TRIES: u32 = 12;
+
+/// A store, and in remote mode the remote its writes go through.
+///
+/// Remote mode (`BUILDSTATE_REMOTE` / `--remote`): every write pulls the build, applies
+/// the transition in a local transaction, and pushes the result with If-Match before
+/// that transaction commits. A lost race rolls the local write back and starts again
+/// from the pull, for as long as the transition is still valid: so two machines can
+/// never both start the same state, and the local database is only a cache of the
+/// remote. Without a remote, writes are local.
+pub struct Writer {
+    store: Store,
+    remote: Option<Remote>,
+}
+
+impl std::ops::Deref for Writer {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Writer {
+    pub fn new(store: Store, remote: Option<Remote>) -> Writer {
+        Writer { store, remote }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Remote mode: bring the local copy of `build_id` up to date with the remote's
+    /// (a divergent local copy is an error, exit 16). Local mode: nothing to do.
+    pub fn refresh(&mut self, build_id: &str) -> Result<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        crate::model::validate_build_id(build_id)?;
+        if let Some(f) = remote.get(build_id)? {
+            import_fetched(&mut self.store, remote, build_id, f, false)?;
+        }
+        Ok(())
+    }
+
+    /// One transition: local, or through the remote (see the type's documentation).
+    pub fn transition(
+        &mut self,
+        build_id: &str,
+        t: &crate::model::Transition,
+        actor: &crate::context::Actor,
+        ctx: &crate::model::Ctx<'_>,
+    ) -> Result<crate::model::Build> {
+        if self.remote.is_none() {
+            return self.store.transition(build_id, t, actor, ctx);
+        }
+        let mut pause = std::time::Duration::from_millis(20);
+        for _ in 0..RACE_TRIES {
+            self.refresh(build_id)?;
+            let Writer { store, remote } = self;
+            let remote = remote.as_ref().expect("remote mode");
+            let written =
+                store.transition_with(build_id, t, actor, ctx, |conn, b| push_in(conn, remote, b));
+            match written {
+                Err(Error::RemoteChanged(_)) => {
+                    // Another worker wrote first: back off a little, spread out, and
+                    // try again on top of what it wrote.
+                    let jitter = crate::model::random_unit();
+                    std::thread::sleep(pause.mul_f64(0.5 + jitter));
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+        Err(Error::RemoteChanged(format!(
+            "build '{build_id}': lost the race to other workers {RACE_TRIES} times in a row on remote {}; nothing was written: try again",
+            self.remote.as_ref().expect("remote mode").name()
+        )))
+    }
+
+    /// init-state: create the build (or confirm an identical one), here and, in remote
+    /// mode, on the remote (create-only; another database's build with the same id is
+    /// pulled and compared instead).
+    pub fn init(
+        &mut self,
+        req: &crate::model::InitRequest,
+        actor: &crate::context::Actor,
+        now: std::time::SystemTime,
+    ) -> Result<crate::store::InitOutcome> {
+        for _ in 0..RACE_TRIES {
+            self.refresh(&req.build_id)?;
+            let outcome = self.store.init(req, actor, now)?;
+            let Some(remote) = &self.remote else {
+                return Ok(outcome);
+            };
+            let mark = self.store.remote_mark(remote.name(), &req.build_id)?;
+            if mark
+                .as_ref()
+                .is_some_and(|m| m.serial >= outcome.build.serial)
+            {
+                return Ok(outcome);
+            }
+            match push(&mut self.store, remote, &req.build_id, false) {
+                Ok(_) => return Ok(outcome),
+                // Someone created it meanwhile: pull theirs and compare identities.
+                Err(Error::RemoteChanged(_)) if outcome.created => {
+                    let snap = self.store.snapshot(&req.build_id)?;
+                    let theirs = remote.get(&req.build_id)?;
+                    if theirs.is_some_and(|f| {
+                        Snapshot::from_json(&f.bytes).is_ok_and(|s| s.lineage != snap.lineage)
+                    }) {
+                        return Err(Error::Diverged(format!(
+                            "build '{}': another database created it on remote {} at the same time; run `sync-cloud pull {} --take-remote` to use theirs",
+                            req.build_id,
+                            remote.name(),
+                            req.build_id
+                        )));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::RemoteChanged(format!(
+            "build '{}': lost the race {RACE_TRIES} times in a row; try again",
+            req.build_id
+        )))
+    }
+}
+
+/// Inside a write's transaction: push the build as it now stands, If-Match on the ETag
+/// last seen (create-only if none), and remember the new ETag in the same transaction.
+fn push_in(conn: &rusqlite::Connection, remote: &Remote, b: &crate::model::Build) -> Result<()> {
+    let snap = crate::store::snapshot_in(conn, &b.build_id)?;
+    let expected = crate::store::remote_mark_in(conn, remote.name(), &b.build_id)?.map(|m| m.etag);
+    let etag = remote.put(&b.build_id, snap.to_json(), expected.as_deref())?;
+    crate::store::set_remote_mark_in(
+        conn,
+        remote.name(),
+        &b.build_id,
+        &RemoteMark {
+            etag,
+            serial: b.serial,
+            lineage: b.lineage.clone(),
+        },
+    )
+}

@@ -285,3 +285,92 @@ fn racing_pushes_exactly_one_wins_each_round() {
         assert_eq!(h.as_array().unwrap().last().unwrap()["serial"], 2 + round);
     }
 }
+
+/// Remote mode: `n` processes, each with its own fresh database, run `args` at once.
+fn remote_mode_race(
+    r: &Remote,
+    n: usize,
+    args: impl Fn(usize) -> Vec<String>,
+) -> (Vec<Env>, Vec<i32>) {
+    let workers: Vec<Env> = (0..n).map(|_| Env::new()).collect();
+    let children: Vec<_> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            w.command("update-state")
+                .env("BUILDSTATE_REMOTE", &r.url)
+                .args(args(i))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let codes = children
+        .into_iter()
+        .map(|mut c| c.wait().unwrap().code().unwrap())
+        .collect();
+    (workers, codes)
+}
+
+#[test]
+fn remote_mode_two_machines_never_both_start_a_state_and_no_write_is_lost() {
+    let r = remote();
+    let first = Env::new();
+    let remote_mode = |env: &Env, tool: &str, args: &[&str]| {
+        let mut c = env.command(tool);
+        c.env("BUILDSTATE_REMOTE", &r.url).args(args);
+        let o = c.output().unwrap();
+        (
+            o.status.code().unwrap(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    assert_eq!(
+        remote_mode(
+            &first,
+            "init-state",
+            &["img-1", "--cloud", "aws", "--image", "rhel9"]
+        )
+        .0,
+        0
+    );
+
+    // Six machines, six fresh databases, all start state 5 at once: exactly one does.
+    let (_, codes) = remote_mode_race(&r, 6, |i| {
+        ["img-1", "start", "5", "--owner", &format!("w{i}")]
+            .map(String::from)
+            .to_vec()
+    });
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    assert!(
+        codes.iter().all(|c| *c == 0 || *c == exit::BUSY),
+        "{codes:?}"
+    );
+    let (code, out) = remote_mode(&first, "check-state", &["img-1", "--json"]);
+    assert_eq!(code, exit::BUSY, "{out}");
+
+    // Eight machines write metadata at once: every write lands, none is lost, and the
+    // serials stay contiguous (each write was retried on top of the others).
+    let (_, codes) = remote_mode_race(&r, 8, |i| {
+        ["img-1", "meta", &format!("w{i}=done")]
+            .map(String::from)
+            .to_vec()
+    });
+    assert_eq!(codes, vec![0; 8]);
+    let (_, out) = remote_mode(&first, "check-state", &["img-1", "--json", "--history"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for i in 0..8 {
+        assert_eq!(j["metadata"][format!("w{i}")], "done", "{}", j["metadata"]);
+    }
+    assert_eq!(j["serial"], 2 + 8);
+    let history = j["history"].as_array().unwrap();
+    for (i, e) in history.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1);
+    }
+    let serials: Vec<u64> = history
+        .iter()
+        .map(|e| e["serial"].as_u64().unwrap())
+        .collect();
+    assert_eq!(serials, (1..=10).collect::<Vec<_>>());
+}

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 pub use lease::LeaseKeeper;
 pub use recorder::TaskRecorder;
 pub use schema::SCHEMA_VERSION;
-pub use snapshot::{Imported, RemoteMark};
+pub use snapshot::{remote_mark_in, set_remote_mark_in, snapshot_in, Imported, RemoteMark};
 
 /// How long a writer waits for another writer before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -252,6 +252,21 @@ impl Store {
         actor: &Actor,
         ctx: &Ctx<'_>,
     ) -> Result<Build> {
+        self.transition_with(build_id, t, actor, ctx, |_, _| Ok(()))
+    }
+
+    /// [`Store::transition`], with `before_commit` run inside the write's transaction once
+    /// the new row and events are in place: if it fails, nothing is written. Remote mode
+    /// pushes the build's snapshot there, so the local write lands only if the remote
+    /// accepted it.
+    pub fn transition_with(
+        &mut self,
+        build_id: &str,
+        t: &Transition,
+        actor: &Actor,
+        ctx: &Ctx<'_>,
+        before_commit: impl FnOnce(&Connection, &Build) -> Result<()>,
+    ) -> Result<Build> {
         let now = ctx.now;
         crate::model::validate_build_id(build_id)?;
         let tx = self
@@ -272,6 +287,7 @@ impl Store {
         }
         append_events(&tx, &change.build, &change.events, actor, now)?;
         upsert_meta(&tx, &change.build, &change.meta)?;
+        before_commit(&tx, &change.build)?;
         tx.commit()?;
         self.trim_wal();
         Ok(change.build)

@@ -39,25 +39,9 @@ impl Store {
     /// The build as a snapshot, read in one transaction.
     pub fn snapshot(&self, build_id: &str) -> Result<Snapshot> {
         let tx = self.conn.unchecked_transaction()?;
-        let build =
-            load_build(&tx, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
-        let plan = load_plan(&tx, &build.plan_hash)?;
-        let mut metadata = BTreeMap::new();
-        {
-            let mut stmt = tx.prepare_cached(
-                "SELECT key, value, updated_serial FROM build_meta WHERE build_id = :id",
-            )?;
-            let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
-            })?;
-            for row in rows {
-                let (k, value, serial) = row?;
-                metadata.insert(k, MetaEntry { value, serial });
-            }
-        }
-        let events = load_events(&tx, build_id)?;
+        let snap = snapshot_in(&tx, build_id)?;
         tx.finish()?;
-        Ok(Snapshot::new(build, plan, metadata, events))
+        Ok(snap)
     }
 
     /// Import a validated snapshot: create the build, fast-forward it, or find it up to
@@ -150,20 +134,7 @@ impl Store {
     /// The ETag and serial of `build_id` on `remote` when this database last wrote or
     /// read it.
     pub fn remote_mark(&self, remote: &str, build_id: &str) -> Result<Option<RemoteMark>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT etag, serial, lineage FROM remote_sync
-                 WHERE remote = :remote AND build_id = :id",
-            )?
-            .query_row(named_params! {":remote": remote, ":id": build_id}, |r| {
-                Ok(RemoteMark {
-                    etag: r.get(0)?,
-                    serial: r.get(1)?,
-                    lineage: r.get(2)?,
-                })
-            })
-            .optional()?)
+        remote_mark_in(&self.conn, remote, build_id)
     }
 
     pub fn set_remote_mark(
@@ -172,17 +143,7 @@ impl Store {
         build_id: &str,
         mark: &RemoteMark,
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO remote_sync (remote, build_id, etag, serial, lineage, synced_at)
-             VALUES (:remote, :id, :etag, :serial, :lineage, :at)
-             ON CONFLICT (remote, build_id) DO UPDATE SET etag = excluded.etag,
-                serial = excluded.serial, lineage = excluded.lineage, synced_at = excluded.synced_at",
-            named_params! {
-                ":remote": remote, ":id": build_id, ":etag": mark.etag, ":serial": mark.serial,
-                ":lineage": mark.lineage, ":at": time::format(std::time::SystemTime::now()),
-            },
-        )?;
-        Ok(())
+        set_remote_mark_in(&self.conn, remote, build_id, mark)
     }
 
     /// Every build id with its serial, in id order.
@@ -193,6 +154,66 @@ impl Store {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// The build as a snapshot, as `conn` sees it (inside a transaction of the caller's).
+pub fn snapshot_in(conn: &rusqlite::Connection, build_id: &str) -> Result<Snapshot> {
+    let build =
+        load_build(conn, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+    let plan = load_plan(conn, &build.plan_hash)?;
+    let mut metadata = BTreeMap::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT key, value, updated_serial FROM build_meta WHERE build_id = :id")?;
+    let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
+        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    for row in rows {
+        let (k, value, serial) = row?;
+        metadata.insert(k, MetaEntry { value, serial });
+    }
+    let events = load_events(conn, build_id)?;
+    Ok(Snapshot::new(build, plan, metadata, events))
+}
+
+/// [`Store::remote_mark`] on a connection of the caller's.
+pub fn remote_mark_in(
+    conn: &rusqlite::Connection,
+    remote: &str,
+    build_id: &str,
+) -> Result<Option<RemoteMark>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT etag, serial, lineage FROM remote_sync
+             WHERE remote = :remote AND build_id = :id",
+        )?
+        .query_row(named_params! {":remote": remote, ":id": build_id}, |r| {
+            Ok(RemoteMark {
+                etag: r.get(0)?,
+                serial: r.get(1)?,
+                lineage: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+/// [`Store::set_remote_mark`] on a connection of the caller's.
+pub fn set_remote_mark_in(
+    conn: &rusqlite::Connection,
+    remote: &str,
+    build_id: &str,
+    mark: &RemoteMark,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO remote_sync (remote, build_id, etag, serial, lineage, synced_at)
+         VALUES (:remote, :id, :etag, :serial, :lineage, :at)
+         ON CONFLICT (remote, build_id) DO UPDATE SET etag = excluded.etag,
+            serial = excluded.serial, lineage = excluded.lineage, synced_at = excluded.synced_at",
+        named_params! {
+            ":remote": remote, ":id": build_id, ":etag": mark.etag, ":serial": mark.serial,
+            ":lineage": mark.lineage, ":at": time::format(std::time::SystemTime::now()),
+        },
+    )?;
+    Ok(())
 }
 
 /// Insert a build that is not here, whole: plan, summary, events, metadata.

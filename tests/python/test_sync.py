@@ -221,7 +221,7 @@ def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
     snapshot = json.loads((remote / "builds" / "img-1.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(snapshot, schema, format_checker=jsonschema.FormatChecker())
-    snapshot["build"]["lease_owner"] = "someone"
+    snapshot["build"]["status"] = "exploded"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(snapshot, schema)
 
@@ -266,3 +266,21 @@ def test_a_broken_remote_is_a_clear_error_within_a_bound(kind: str, broken_remot
         assert err["kind"] == "remote" and "s3://builds/state" in err["message"], err
         assert "test" not in err["message"].split("s3://")[0], err  # no credentials echoed
     assert w.history("img-1") == before
+
+
+def test_remote_mode_never_double_starts_and_loses_no_write(server: Server, tmp_path: Path) -> None:
+    build = f"rm-{server.name}"
+    first = Worker(tmp_path, "first", server.url, server.env)
+    first.run("init-state", build, "--cloud", "aws", "--image", "rhel9")
+    # Fresh machines (fresh databases) all start state 5 at once: exactly one does.
+    workers = [Worker(tmp_path, f"s{i}", server.url, server.env) for i in range(5)]
+    procs = [w.spawn("update-state", build, "start", "5", "--owner", f"w{i}") for i, w in enumerate(workers)]
+    codes = [p.wait(timeout=BOUND) for p in procs]
+    assert sorted(codes) == [0] + [11] * 4, codes
+    # Then they all write at once: every write lands, serials stay contiguous.
+    workers = [Worker(tmp_path, f"m{i}", server.url, server.env) for i in range(6)]
+    procs = [w.spawn("update-state", build, "meta", f"w{i}=done") for i, w in enumerate(workers)]
+    assert [p.wait(timeout=BOUND) for p in procs] == [0] * 6
+    report = json.loads(first.run("check-state", build, "--json", "--history", check=11).stdout)
+    assert all(report["metadata"][f"w{i}"] == "done" for i in range(6)), report["metadata"]
+    assert [e["serial"] for e in report["history"]] == list(range(1, 9))
