@@ -43,7 +43,10 @@ class Store:
         create: bool = True,
         busy_timeout_ms: int | None = None,
         tool: str = "python",
-    ) -> None: ...
+        remote: str | None = None,
+    ) -> None:
+        """``remote`` (default BUILDSTATE_REMOTE): remote mode, every write goes through
+        the remote with compare-and-swap (docs/sync.md)."""
     @property
     def path(self) -> Path: ...
     def set_context(self, context: dict[str, str]) -> None: ...

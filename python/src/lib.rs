@@ -12,8 +12,10 @@ use buildstate::context::Actor;
 use buildstate::model::{Ctx, InitRequest, TaskRecord, Transition};
 use buildstate::plan::Plan;
 use buildstate::policy::Category;
+use buildstate::remote::{Remote, RemoteOptions};
 use buildstate::report::Report;
 use buildstate::store::{LeaseKeeper, Store as CoreStore, TaskRecorder, DEFAULT_BUSY_TIMEOUT};
+use buildstate::sync::Writer;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -120,7 +122,7 @@ struct Held {
 /// A buildstate database. Each method is one transaction.
 #[pyclass(frozen, module = "buildstate._native")]
 struct Store {
-    inner: Mutex<CoreStore>,
+    inner: Mutex<Writer>,
     actor: Mutex<Actor>,
     path: PathBuf,
     busy_timeout: Duration,
@@ -210,14 +212,17 @@ impl Store {
 impl Store {
     /// Open the database at `path` (default: BUILDSTATE_DB, else the binaries' default).
     /// With `create=False` a missing file is an error instead of a new database.
+    /// `remote` (default: BUILDSTATE_REMOTE) turns on remote mode: every write goes
+    /// through the remote with compare-and-swap, reads pull first (docs/sync.md).
     #[new]
-    #[pyo3(signature = (path=None, *, create=true, busy_timeout_ms=None, tool="python"))]
+    #[pyo3(signature = (path=None, *, create=true, busy_timeout_ms=None, tool="python", remote=None))]
     fn new(
         py: Python<'_>,
         path: Option<PathBuf>,
         create: bool,
         busy_timeout_ms: Option<u64>,
         tool: &str,
+        remote: Option<String>,
     ) -> PyResult<Store> {
         let path = path
             .or_else(|| {
@@ -226,12 +231,24 @@ impl Store {
                     .map(PathBuf::from)
             })
             .unwrap_or_else(buildstate::store::default_db_path);
-        if !create && !path.exists() {
+        let remote = remote.or_else(|| {
+            std::env::var("BUILDSTATE_REMOTE")
+                .ok()
+                .filter(|v| !v.is_empty())
+        });
+        // In remote mode the local database is a cache of the remote: it may be created.
+        if !create && remote.is_none() && !path.exists() {
             return Err(to_py(py, buildstate::Error::NoDatabase(path)));
         }
         let timeout = busy_timeout_ms.map_or(DEFAULT_BUSY_TIMEOUT, Duration::from_millis);
         let store = py
-            .detach(|| CoreStore::open_with(&path, timeout))
+            .detach(|| -> buildstate::Result<Writer> {
+                let remote = remote
+                    .as_deref()
+                    .map(|url| Remote::open(url, RemoteOptions::from_env()?))
+                    .transpose()?;
+                Ok(Writer::new(CoreStore::open_with(&path, timeout)?, remote))
+            })
             .map_err(|e| to_py(py, e))?;
         let actor = Actor::from_env(tool);
         let owner = actor.lease_owner();
@@ -315,6 +332,21 @@ impl Store {
             ));
         }
         let result = py.detach(|| -> buildstate::Result<String> {
+            // Remote mode: other machines see the lease only as the start wrote it (not our
+            // heartbeats), so it covers the state's timeout.
+            let ttl = {
+                let mut w = self.inner.lock().expect("store lock");
+                match w.is_remote() {
+                    false => ttl,
+                    true => {
+                        w.refresh(build_id)?;
+                        let b = w
+                            .build(build_id)?
+                            .ok_or_else(|| buildstate::Error::UnknownBuild(build_id.to_string()))?;
+                        ttl.max(w.plan(&b.plan_hash)?.unrenewed_lease_ttl(state))
+                    }
+                }
+            };
             let ctx = Ctx {
                 owner: Some(&self.owner),
                 lease_ttl: Some(ttl),
@@ -455,7 +487,8 @@ impl Store {
     fn decide(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
             self.flush_tasks_before_transition();
-            let store = self.inner.lock().expect("store lock");
+            let mut store = self.inner.lock().expect("store lock");
+            store.refresh(build_id)?;
             let report = Report::load(
                 Some(&store),
                 build_id,

@@ -284,3 +284,23 @@ def test_remote_mode_never_double_starts_and_loses_no_write(server: Server, tmp_
     report = json.loads(first.run("check-state", build, "--json", "--history", check=11).stdout)
     assert all(report["metadata"][f"w{i}"] == "done" for i in range(6)), report["metadata"]
     assert [e["serial"] for e in report["history"]] == list(range(1, 9))
+
+
+def test_python_api_in_remote_mode(tmp_path: Path) -> None:
+    import buildstate
+
+    remote = f"file://{tmp_path / 'remote'}"
+    a = buildstate.Store(tmp_path / "a.db", remote=remote)
+    a.init("py-1", "aws", "rhel9")
+    a.start("py-1", 5)
+    # Another machine (database) sees the running state through the remote.
+    b = buildstate.Store(tmp_path / "b.db", create=False, remote=remote)
+    report = b.decide("py-1")
+    assert report["decision"] == "busy" and report["lease_owner"] == a.owner
+    with pytest.raises(buildstate.LeasedError):
+        b.start("py-1", 5)
+    a.complete("py-1", 5)
+    assert b.decide("py-1")["next_state"] == 10
+    b.start("py-1", 10)
+    b.complete("py-1", 10)
+    assert a.decide("py-1")["current_state"] == 10
