@@ -130,21 +130,29 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 class Worker:
-    """One machine: its own database, talking to the shared remote."""
+    """One machine: its own database, talking to the shared remote. sync-cloud always
+    gets the remote; the other tools only in remote mode."""
 
-    def __init__(self, tmp: Path, name: str, remote: str, env: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, name: str, remote: str, env: dict[str, str], remote_mode: bool = False) -> None:
         self.db = tmp / f"{name}.db"
+        self.remote = remote
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDSTATE_", "AWS_", "AZURE", "GOOGLE_"))}
-        self.env.update(env, HOME=str(tmp), BUILDSTATE_DB=str(self.db), BUILDSTATE_REMOTE=remote)
+        self.env.update(env, HOME=str(tmp), BUILDSTATE_DB=str(self.db))
+        if remote_mode:
+            self.env["BUILDSTATE_REMOTE"] = remote
+
+    def argv(self, tool: str, args: tuple[str, ...]) -> list[str]:
+        extra = ["--remote", self.remote] if tool == "sync-cloud" else []
+        return [str(TARGET / tool), *extra, *args]
 
     def run(self, tool: str, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([str(TARGET / tool), *args], env=self.env, capture_output=True, text=True, timeout=BOUND, check=False)
+        r = subprocess.run(self.argv(tool, args), env=self.env, capture_output=True, text=True, timeout=BOUND, check=False)
         if check is not None:
             assert r.returncode == check, f"{tool} {args}: exit {r.returncode}, wanted {check}\n{r.stdout}\n{r.stderr}"
         return r
 
     def spawn(self, tool: str, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([str(TARGET / tool), *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(self.argv(tool, args), env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def history(self, build: str) -> list[dict]:
         return json.loads(self.run("check-state", build, "--json", "--history", check=None).stdout)["history"]
@@ -257,28 +265,30 @@ def broken_remotes() -> Iterator[dict[str, int]]:
 @pytest.mark.parametrize("kind", ["down", "hangs", "500"])
 def test_a_broken_remote_is_a_clear_error_within_a_bound(kind: str, broken_remotes: dict[str, int], tmp_path: Path) -> None:
     env = dict(s3_env(broken_remotes[kind]), BUILDSTATE_REMOTE_TIMEOUT="3s")
-    w = Worker(tmp_path, "w", "s3://builds/state", env)
-    w.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9")
-    before = w.history("img-1")
-    for args in (["push", "img-1"], ["pull", "img-1"], ["status"]):
-        r = w.run("sync-cloud", *args, "--json", check=17)
+    local = Worker(tmp_path, "w", "s3://builds/state", env)
+    w = Worker(tmp_path, "w", "s3://builds/state", env, remote_mode=True)  # the same database
+    local.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9")
+    before = local.history("img-1")
+    # Explicit sync, and remote mode's writes and reads.
+    for tool, args in (("sync-cloud", ["push", "img-1"]), ("sync-cloud", ["pull", "img-1"]), ("sync-cloud", ["status"]), ("update-state", ["img-1", "start", "5"]), ("check-state", ["img-1"])):
+        r = w.run(tool, *args, "--json", check=17)
         err = json.loads(r.stdout)["error"]
         assert err["kind"] == "remote" and "s3://builds/state" in err["message"], err
         assert "test" not in err["message"].split("s3://")[0], err  # no credentials echoed
-    assert w.history("img-1") == before
+    assert local.history("img-1") == before
 
 
 def test_remote_mode_never_double_starts_and_loses_no_write(server: Server, tmp_path: Path) -> None:
     build = f"rm-{server.name}"
-    first = Worker(tmp_path, "first", server.url, server.env)
+    first = Worker(tmp_path, "first", server.url, server.env, remote_mode=True)
     first.run("init-state", build, "--cloud", "aws", "--image", "rhel9")
     # Fresh machines (fresh databases) all start state 5 at once: exactly one does.
-    workers = [Worker(tmp_path, f"s{i}", server.url, server.env) for i in range(5)]
+    workers = [Worker(tmp_path, f"s{i}", server.url, server.env, remote_mode=True) for i in range(5)]
     procs = [w.spawn("update-state", build, "start", "5", "--owner", f"w{i}") for i, w in enumerate(workers)]
     codes = [p.wait(timeout=BOUND) for p in procs]
     assert sorted(codes) == [0] + [11] * 4, codes
     # Then they all write at once: every write lands, serials stay contiguous.
-    workers = [Worker(tmp_path, f"m{i}", server.url, server.env) for i in range(6)]
+    workers = [Worker(tmp_path, f"m{i}", server.url, server.env, remote_mode=True) for i in range(6)]
     procs = [w.spawn("update-state", build, "meta", f"w{i}=done") for i, w in enumerate(workers)]
     assert [p.wait(timeout=BOUND) for p in procs] == [0] * 6
     report = json.loads(first.run("check-state", build, "--json", "--history", check=11).stdout)
