@@ -359,20 +359,41 @@ impl Writer {
             }
             match push(&mut self.store, remote, &req.build_id, false) {
                 Ok(_) => return Ok(outcome),
-                // Someone created it meanwhile: pull theirs and compare identities.
+                // Another machine created it at the same moment. Ours was created by this
+                // very call and holds nothing else: if theirs has the identity asked for,
+                // adopt it (init is idempotent across machines); else it is a conflict.
                 Err(Error::RemoteChanged(_)) if outcome.created => {
-                    let snap = self.store.snapshot(&req.build_id)?;
-                    let theirs = remote.get(&req.build_id)?;
-                    if theirs.is_some_and(|f| {
-                        Snapshot::from_json(&f.bytes).is_ok_and(|s| s.lineage != snap.lineage)
-                    }) {
-                        return Err(Error::Diverged(format!(
-                            "build '{}': another database created it on remote {} at the same time; run `sync-cloud pull {} --take-remote` to use theirs",
-                            req.build_id,
-                            remote.name(),
-                            req.build_id
-                        )));
+                    let Some(f) = remote.get(&req.build_id)? else {
+                        continue;
+                    };
+                    let theirs = Snapshot::from_json(&f.bytes)?;
+                    let b = &theirs.build;
+                    if b.cloud != req.cloud
+                        || b.image != req.image
+                        || b.plan_hash != req.plan.hash()
+                    {
+                        return Err(Error::Conflict {
+                            build_id: req.build_id.clone(),
+                            field: "identity on the remote".into(),
+                            existing: format!(
+                                "cloud '{}', image '{}', plan {}",
+                                b.cloud,
+                                b.image,
+                                &b.plan_hash[..12]
+                            ),
+                            requested: format!(
+                                "cloud '{}', image '{}', plan {}",
+                                req.cloud,
+                                req.image,
+                                &req.plan.hash()[..12]
+                            ),
+                            hint: "; another machine created it at the same time",
+                        });
                     }
+                    self.store.import(&theirs, true)?;
+                    record(&mut self.store, remote, &theirs, f.etag)?;
+                    // The next round confirms the metadata against theirs, as a local
+                    // repeated init would.
                 }
                 Err(e) => return Err(e),
             }

@@ -374,3 +374,55 @@ fn remote_mode_two_machines_never_both_start_a_state_and_no_write_is_lost() {
         .collect();
     assert_eq!(serials, (1..=10).collect::<Vec<_>>());
 }
+
+#[test]
+fn remote_mode_machines_creating_the_same_build_at_once_agree_on_one() {
+    let r = remote();
+    let workers: Vec<Env> = (0..6).map(|_| Env::new()).collect();
+    let children: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            w.command("init-state")
+                .env("BUILDSTATE_REMOTE", &r.url)
+                .args(["img-1", "--cloud", "aws", "--image", "rhel9", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let reports: Vec<serde_json::Value> = outs
+        .iter()
+        .map(|o| serde_json::from_slice(&o.stdout).unwrap())
+        .collect();
+    assert_eq!(reports.iter().filter(|j| j["created"] == true).count(), 1);
+    let lineage = &reports[0]["lineage"];
+    assert!(reports
+        .iter()
+        .all(|j| &j["lineage"] == lineage && j["serial"] == 1));
+    // Another identity under the same id is a conflict, as for a local init.
+    let e = Env::new()
+        .command("init-state")
+        .env("BUILDSTATE_REMOTE", &r.url)
+        .args(["img-1", "--cloud", "gcp", "--image", "rhel9"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        e.status.code(),
+        Some(exit::CONFLICT),
+        "{}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+}
