@@ -107,12 +107,20 @@ fn remote(args: &Args) -> Result<Remote> {
     Remote::open(url, RemoteOptions::from_env()?)
 }
 
-fn progress_bar(json: bool) -> indicatif::ProgressBar {
+type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+/// Run `--all` work with a progress bar on stderr when it is a terminal (and not --json).
+fn with_progress<T>(args: &Args, work: impl FnOnce(Progress<'_>) -> Result<T>) -> Result<T> {
     let bar = indicatif::ProgressBar::new(0);
-    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    if args.common.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    bar
+    let result = work(&|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    result
 }
 
 /// Print one line per build, or a JSON array; exit with the first failure's code.
@@ -172,12 +180,7 @@ fn run(args: &Args) -> Result<i32> {
         } => {
             let mut store = args.common.open()?;
             if *all {
-                let bar = progress_bar(args.common.json);
-                let results = sync::push_all(&mut store, &remote, &|done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                })?;
-                bar.finish_and_clear();
+                let results = with_progress(args, |p| sync::push_all(&mut store, &remote, p))?;
                 return Ok(report_many(args, "pushed", results));
             }
             let id = build_id.as_deref().expect("clap requires a build or --all");
@@ -191,12 +194,7 @@ fn run(args: &Args) -> Result<i32> {
             // A pull may create the database: it is how a fresh worker gets its state.
             let mut store = args.common.create()?;
             if *all {
-                let bar = progress_bar(args.common.json);
-                let results = sync::pull_all(&mut store, &remote, &|done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                })?;
-                bar.finish_and_clear();
+                let results = with_progress(args, |p| sync::pull_all(&mut store, &remote, p))?;
                 return Ok(report_many(args, "pulled", results));
             }
             let id = build_id.as_deref().expect("clap requires a build or --all");

@@ -549,6 +549,18 @@ fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
     Ok(())
 }
 
+/// One event row; shared by every write and by snapshot imports.
+const INSERT_EVENT: &str = "INSERT INTO events (build_id, seq, serial, at, kind, state,
+    attempt, message, category, exit_code, duration_ms, actor)
+    VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
+    :exit_code, :duration, :actor)";
+
+/// One metadata value with the serial that set it.
+const UPSERT_META: &str = "INSERT INTO build_meta (build_id, key, value, updated_serial)
+    VALUES (:id, :key, :value, :serial)
+    ON CONFLICT (build_id, key) DO UPDATE SET value = excluded.value,
+        updated_serial = excluded.updated_serial";
+
 fn append_events(
     conn: &Connection,
     b: &Build,
@@ -560,12 +572,7 @@ fn append_events(
         .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE build_id = :id")?
         .query_row(named_params! {":id": b.build_id}, |r| r.get(0))?;
     let actor = serde_json::to_string(actor).expect("an actor always serializes");
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO events (build_id, seq, serial, at, kind, state, attempt, message, category,
-            exit_code, duration_ms, actor)
-         VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
-            :exit_code, :duration, :actor)",
-    )?;
+    let mut stmt = conn.prepare_cached(INSERT_EVENT)?;
     for (i, e) in events.iter().enumerate() {
         stmt.execute(named_params! {
             ":id": b.build_id, ":seq": last + 1 + i as u64, ":serial": b.serial,
@@ -579,10 +586,7 @@ fn append_events(
 }
 
 fn upsert_meta(conn: &Connection, b: &Build, pairs: &[(String, String)]) -> Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO build_meta (build_id, key, value, updated_serial) VALUES (:id, :key, :value, :serial)
-         ON CONFLICT (build_id, key) DO UPDATE SET value = excluded.value, updated_serial = excluded.updated_serial",
-    )?;
+    let mut stmt = conn.prepare_cached(UPSERT_META)?;
     for (k, v) in pairs {
         stmt.execute(
             named_params! {":id": b.build_id, ":key": k, ":value": v, ":serial": b.serial},

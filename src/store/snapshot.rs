@@ -253,12 +253,7 @@ fn append_from(
 }
 
 fn insert_events(tx: &rusqlite::Transaction<'_>, build_id: &str, events: &[Event]) -> Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO events (build_id, seq, serial, at, kind, state, attempt, message, category,
-            exit_code, duration_ms, actor)
-         VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
-            :exit_code, :duration, :actor)",
-    )?;
+    let mut stmt = tx.prepare_cached(super::INSERT_EVENT)?;
     for e in events {
         stmt.execute(named_params! {
             ":id": build_id, ":seq": e.seq, ":serial": e.serial, ":at": time::format(e.at),
@@ -272,10 +267,7 @@ fn insert_events(tx: &rusqlite::Transaction<'_>, build_id: &str, events: &[Event
 }
 
 fn write_meta(tx: &rusqlite::Transaction<'_>, snap: &Snapshot) -> Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO build_meta (build_id, key, value, updated_serial) VALUES (:id, :key, :value, :serial)
-         ON CONFLICT (build_id, key) DO UPDATE SET value = excluded.value, updated_serial = excluded.updated_serial",
-    )?;
+    let mut stmt = tx.prepare_cached(super::UPSERT_META)?;
     for (k, m) in &snap.metadata {
         stmt.execute(named_params! {
             ":id": snap.build_id, ":key": k, ":value": m.value, ":serial": m.serial,
