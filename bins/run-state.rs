@@ -95,7 +95,9 @@ fn run_state(args: &Args) -> Result<i32> {
         kill_grace: args.kill_grace,
         tail_bytes: args.stderr_tail,
     };
-    let outcome = run(&mut store, &opts, &Actor::from_env("run-state"))?;
+    let outcome = run(&mut store, &opts, &Actor::from_env("run-state"));
+    buildstate::cli::deliver_after_write("run-state", &store);
+    let outcome = outcome?;
     let (status, text) = match &outcome {
         Outcome::Completed { state } => ("completed", format!("state {state} completed")),
         Outcome::Waiting { state, at } => (

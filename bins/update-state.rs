@@ -241,6 +241,7 @@ fn run(args: &Args) -> Result<i32> {
         _ => {}
     }
     let build = store.transition(&args.build_id, &t, &actor, &ctx)?;
+    buildstate::cli::deliver_after_write("update-state", &store);
     let (report, plan) = Report::after_write(&store, &build, ctx.now)?;
     if args.common.json {
         println!("{}", report.to_json());

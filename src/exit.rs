@@ -49,6 +49,8 @@ pub const DIVERGED: i32 = 16;
 pub const REMOTE: i32 = 17;
 /// A snapshot is invalid (truncated, altered, from a newer buildstate). Nothing was written.
 pub const INVALID_SNAPSHOT: i32 = 18;
+/// monitor wait: the timeout passed before the build got there.
+pub const TIMEOUT: i32 = 19;
 
 /// Every code with its name, in the order of `docs/exit-codes.md`.
 pub const ALL: &[(i32, &str)] = &[
@@ -71,4 +73,5 @@ pub const ALL: &[(i32, &str)] = &[
     (DIVERGED, "DIVERGED"),
     (REMOTE, "REMOTE"),
     (INVALID_SNAPSHOT, "INVALID_SNAPSHOT"),
+    (TIMEOUT, "TIMEOUT"),
 ];

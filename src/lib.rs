@@ -44,6 +44,8 @@ pub mod decide;
 pub mod error;
 pub mod exit;
 pub mod model;
+pub mod monitor;
+pub mod notify;
 pub mod plan;
 pub mod policy;
 pub mod redact;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::policy::{ClassifyRules, RetryPolicy};
+use crate::policy::{AlertKind, ClassifyRules, RetryPolicy};
 use crate::{Error, Result};
 
 /// The highest state number a plan may use.
@@ -29,6 +29,9 @@ pub struct Plan {
     /// Failure classification for every state (the built-in rules apply after these).
     #[serde(default, skip_serializing_if = "is_default")]
     pub classify: ClassifyRules,
+    /// The alerts this plan raises (default: all); a state may set its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Vec<AlertKind>>,
     #[serde(rename = "state")]
     pub states: Vec<StateDef>,
 }
@@ -84,6 +87,9 @@ pub struct StateDef {
     /// Without it, init-state records state 0 as done when it creates the build.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub work: bool,
+    /// The alerts this state raises, instead of the plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Vec<AlertKind>>,
 }
 
 impl Plan {
@@ -268,6 +274,14 @@ impl Plan {
     /// the plan gives it work of its own (`work = true`).
     pub fn done_at_init(&self) -> Option<&StateDef> {
         self.states.first().filter(|s| s.id == 0 && !s.work)
+    }
+
+    /// The alerts raised about a state: its own list, else the plan's, else all kinds.
+    pub fn alerts_for(&self, id: u8) -> &[AlertKind] {
+        self.state(id)
+            .and_then(|s| s.alerts.as_deref())
+            .or(self.alerts.as_deref())
+            .unwrap_or(&AlertKind::ALL)
     }
 
     /// The state before `id` in plan order.

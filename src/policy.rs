@@ -121,6 +121,41 @@ impl RetryPolicy {
     }
 }
 
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    /// A state failed and needs a person (persistent, or its retries are used up).
+    Blocked,
+    /// The build completed its plan.
+    Completed,
+    /// A person cancelled the build.
+    Cancelled,
+    /// A person rolled the build back.
+    Rollback,
+    /// A worker took over the lease of one presumed dead.
+    Takeover,
+    /// `monitor check` found the build stuck (running far past its expected duration,
+    /// or its lease expired with nobody taking over).
+    Stuck,
+}
+
+text_enum!(AlertKind {
+    Blocked => "blocked", Completed => "completed", Cancelled => "cancelled",
+    Rollback => "rollback", Takeover => "takeover", Stuck => "stuck",
+});
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 6] = [
+        AlertKind::Blocked,
+        AlertKind::Completed,
+        AlertKind::Cancelled,
+        AlertKind::Rollback,
+        AlertKind::Takeover,
+        AlertKind::Stuck,
+    ];
+}
+
 /// Rules that put a failure into a [`Category`]. A plan has a global set (`[classify]`) and
 /// each state may add its own (`classify = {...}`); the state's rules are consulted first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

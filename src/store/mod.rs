@@ -130,6 +130,11 @@ impl Store {
         &self.path
     }
 
+    /// The connection, for the outbox and monitor queries in this crate.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// SQLite's integrity check: an error naming the first problem found.
     pub fn integrity_check(&self) -> Result<()> {
         let verdict: String = self
@@ -287,6 +292,13 @@ impl Store {
         }
         append_events(&tx, &change.build, &change.events, actor, now)?;
         upsert_meta(&tx, &change.build, &change.meta)?;
+        // Alerts go into the outbox in the same transaction: one is never lost, and a
+        // refused write raises none.
+        crate::notify::enqueue(
+            &tx,
+            &crate::notify::for_change(&build, &change, &plan, actor),
+            now,
+        )?;
         before_commit(&tx, &change.build)?;
         tx.commit()?;
         self.trim_wal();

@@ -84,7 +84,7 @@ impl Store {
                     // Events are append-only for every other write; this one person's
                     // choice lifts the rule for one build, inside this transaction.
                     tx.execute_batch("DROP TRIGGER events_append_only_delete")?;
-                    for table in ["events", "build_meta", "outbox", "remote_sync"] {
+                    for table in ["events", "build_meta", "remote_sync"] {
                         tx.execute(
                             &format!("DELETE FROM {table} WHERE build_id = :id"),
                             named_params! {":id": id},

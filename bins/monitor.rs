@@ -1,0 +1,244 @@
+//! monitor: the cron job that watches builds, delivers alerts and exports metrics.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use buildstate::cli::{finish, Common};
+use buildstate::model::Status;
+use buildstate::notify::slack::{deliver, Target};
+use buildstate::{exit, monitor, Error, Result};
+use clap::Subcommand;
+
+/// Watch builds: find the ones that need a person or look stuck, deliver queued Slack
+/// alerts, show a status table, wait for a build, and export Prometheus metrics.
+///
+/// Cron-ready: `monitor check` prints nothing and exits 0 when all is well, and exits 13
+/// when something needs a person (each finding on stdout). Every subcommand has --json.
+/// Slack: BUILDSTATE_SLACK_WEBHOOK_URL (or _FILE), or BUILDSTATE_SLACK_TOKEN (or _FILE)
+/// with BUILDSTATE_SLACK_CHANNEL; secrets come from the environment or a file only.
+#[derive(clap::Parser)]
+#[command(
+    version,
+    subcommand_value_name = "COMMAND",
+    after_help = "Examples (crontab):
+  */5 * * * *  monitor check && monitor deliver
+  * * * * *    monitor metrics --textfile /var/lib/node_exporter/buildstate.prom
+  monitor status
+  monitor wait img-42 --until completed --timeout 3h"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Find blocked and stuck builds; queue a stuck alert once per episode; exit 13 if a
+    /// person is needed
+    Check {
+        /// Running longer than this many times its state's expected duration is stuck
+        #[arg(long, value_name = "X", default_value_t = 3.0)]
+        factor: f64,
+    },
+    /// Deliver queued alerts to Slack, within a time budget; drop old delivered ones
+    Deliver {
+        /// Stop starting new deliveries after this long
+        #[arg(long, value_name = "DURATION", default_value = "50s", value_parser = humantime::parse_duration)]
+        budget: Duration,
+        /// Keep delivered and given-up alerts this long
+        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = humantime::parse_duration)]
+        retention: Duration,
+    },
+    /// A table of every build: status, state, attempt, age, who holds it
+    Status,
+    /// Wait until a build reaches a state (or completes); replaces polling loops
+    Wait {
+        #[arg(value_name = "BUILD_ID")]
+        build_id: String,
+        /// A state number, or "completed"
+        #[arg(long, value_name = "STATE|completed")]
+        until: String,
+        /// Give up after this long (exit 19)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// How often to look
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Prometheus metrics, on stdout or into a node_exporter textfile
+    Metrics {
+        /// Write here (temporary file + rename) instead of stdout
+        #[arg(long, value_name = "PATH")]
+        textfile: Option<PathBuf>,
+    },
+}
+
+fn run(args: &Args) -> Result<i32> {
+    let now = SystemTime::now();
+    let json = args.common.json;
+    match &args.command {
+        Command::Check { factor } => {
+            let store = args.common.open()?;
+            let findings = monitor::check(&store, now, *factor)?;
+            if json {
+                println!("{}", serde_json::to_string(&findings).expect("serializes"));
+            } else {
+                for f in &findings {
+                    let state = f
+                        .state
+                        .map(|s| format!(" at state {s}"))
+                        .unwrap_or_default();
+                    println!("{}: {}{state}: {}", f.build_id, f.what, f.reason);
+                }
+            }
+            Ok(if findings.is_empty() {
+                exit::OK
+            } else {
+                exit::BLOCKED
+            })
+        }
+        Command::Deliver { budget, retention } => {
+            let store = args.common.open()?;
+            let target = Target::from_env()?.ok_or_else(|| {
+                Error::InvalidInput(
+                    "Slack is not configured: set BUILDSTATE_SLACK_WEBHOOK_URL (or _FILE), or BUILDSTATE_SLACK_TOKEN (or _FILE) and BUILDSTATE_SLACK_CHANNEL".into(),
+                )
+            })?;
+            let worker = buildstate::context::Actor::from_env("monitor").lease_owner();
+            let report = deliver(&store, &target, *budget, &worker)?;
+            let pruned = buildstate::notify::prune(&store, *retention, now)?;
+            if json {
+                let mut v = serde_json::to_value(&report).expect("serializes");
+                v["pruned"] = pruned.into();
+                println!("{v}");
+            } else if report.delivered + report.retried + report.gave_up > 0 || report.left > 0 {
+                println!(
+                    "delivered {}, retrying {}, gave up {}, still due {}",
+                    report.delivered, report.retried, report.gave_up, report.left
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Status => {
+            let store = args.common.open()?;
+            let rows = monitor::status(&store, now)?;
+            if json {
+                println!("{}", serde_json::to_string(&rows).expect("serializes"));
+                return Ok(exit::OK);
+            }
+            let mut table = comfy_table::Table::new();
+            table.load_style(comfy_table::presets::NOTHING);
+            table.set_header(["build", "status", "state", "attempt", "age", "held by"]);
+            for r in &rows {
+                let state = match (r.status, r.active_state, r.current_state) {
+                    (Status::Running | Status::Waiting | Status::Blocked, Some(a), _) => {
+                        format!("{a}")
+                    }
+                    (_, _, Some(c)) => format!("{c} done"),
+                    _ => "-".into(),
+                };
+                table.add_row([
+                    r.build_id.clone(),
+                    r.status.to_string(),
+                    state,
+                    if r.attempt > 0 {
+                        r.attempt.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    monitor::age(r.age_seconds),
+                    r.holder.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            println!("{table}");
+            let (pending, _, gave_up) = monitor::outbox_counts(&store)?;
+            println!(
+                "{} build(s); alerts: {pending} waiting, {gave_up} given up",
+                rows.len()
+            );
+            Ok(exit::OK)
+        }
+        Command::Wait {
+            build_id,
+            until,
+            timeout,
+            interval,
+        } => {
+            buildstate::model::validate_build_id(build_id)?;
+            let target = match until.as_str() {
+                "completed" => None,
+                s => Some(s.parse::<u8>().map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "--until '{s}': give a state number or 'completed'"
+                    ))
+                })?),
+            };
+            let mut store = args.common.writer(false)?;
+            let start = Instant::now();
+            loop {
+                store.refresh(build_id)?;
+                let b = store
+                    .build(build_id)?
+                    .ok_or_else(|| Error::UnknownBuild(build_id.clone()))?;
+                let reached = match target {
+                    None => b.status == Status::Completed,
+                    Some(s) => b.current_state.is_some_and(|c| c >= s),
+                };
+                let outcome = if reached {
+                    Some(("reached", exit::OK))
+                } else if matches!(
+                    b.status,
+                    Status::Blocked | Status::Cancelled | Status::Completed
+                ) {
+                    Some(("needs_person", exit::BLOCKED))
+                } else if start.elapsed() >= *timeout {
+                    Some(("timeout", exit::TIMEOUT))
+                } else {
+                    None
+                };
+                if let Some((what, code)) = outcome {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"build_id": build_id, "outcome": what, "status": b.status, "current_state": b.current_state, "exit_code": code})
+                        );
+                    } else {
+                        println!(
+                            "build {build_id}: {} (status {}, last completed state {})",
+                            what.replace('_', " "),
+                            b.status,
+                            b.current_state.map_or("none".into(), |s| s.to_string())
+                        );
+                    }
+                    return Ok(code);
+                }
+                std::thread::sleep(
+                    (*interval)
+                        .min(timeout.saturating_sub(start.elapsed()))
+                        .max(Duration::from_millis(10)),
+                );
+            }
+        }
+        Command::Metrics { textfile } => {
+            let store = args.common.open()?;
+            let text = monitor::metrics(&store, now)?;
+            match textfile {
+                Some(path) => monitor::write_textfile(path, &text)?,
+                None => print!("{text}"),
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match buildstate::cli::parse::<Args>("monitor") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    finish("monitor", args.common.json, run(&args))
+}

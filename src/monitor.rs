@@ -1,0 +1,313 @@
+//! What the `monitor` cron job sees: builds that need a person, builds that look stuck,
+//! a status table, and Prometheus metrics. Queries read the `builds` table by its status
+//! index, so they stay fast with 100,000 builds in one database (docs/performance.md).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::named_params;
+use serde::Serialize;
+
+use crate::model::Status;
+use crate::notify::{self, AlertKind, NewAlert};
+use crate::plan::Plan;
+use crate::store::Store;
+use crate::{time, Result};
+
+/// One build, for people (`monitor status`) and scripts (`--json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub build_id: String,
+    pub status: Status,
+    pub current_state: Option<u8>,
+    pub active_state: Option<u8>,
+    pub attempt: u32,
+    /// Since the build's last write.
+    pub age_seconds: u64,
+    /// The lease holder of a running state.
+    pub holder: Option<String>,
+    #[serde(skip)]
+    serial: u64,
+    #[serde(skip)]
+    plan_hash: String,
+    #[serde(skip)]
+    started: Option<SystemTime>,
+    #[serde(skip)]
+    lease_expires: Option<SystemTime>,
+    #[serde(skip)]
+    reason: Option<String>,
+}
+
+fn rows(store: &Store, filter: &str, now: SystemTime) -> Result<Vec<Row>> {
+    let sql = format!(
+        "SELECT build_id, status, current_state, active_state, attempt, updated_at, lease_owner,
+                serial, plan_hash, attempt_started_at, lease_expires_at, blocked_reason
+         FROM builds {filter} ORDER BY build_id"
+    );
+    let conn = store.connection();
+    let mut stmt = conn.prepare(&sql)?;
+    let raw = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<u8>>(2)?,
+            r.get::<_, Option<u8>>(3)?,
+            r.get::<_, u32>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, u64>(7)?,
+            r.get::<_, String>(8)?,
+            r.get::<_, Option<String>>(9)?,
+            r.get::<_, Option<String>>(10)?,
+            r.get::<_, Option<String>>(11)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in raw {
+        let (
+            build_id,
+            status,
+            current,
+            active,
+            attempt,
+            updated,
+            holder,
+            serial,
+            plan_hash,
+            started,
+            lease,
+            reason,
+        ) = row?;
+        let when = |t: Option<String>| t.as_deref().map(time::parse).transpose();
+        let updated = time::parse(&updated)?;
+        out.push(Row {
+            build_id,
+            status: status.parse()?,
+            current_state: current,
+            active_state: active,
+            attempt,
+            age_seconds: now.duration_since(updated).unwrap_or_default().as_secs(),
+            holder,
+            serial,
+            plan_hash,
+            started: when(started)?,
+            lease_expires: when(lease)?,
+            reason,
+        });
+    }
+    Ok(out)
+}
+
+/// Every build, by id.
+pub fn status(store: &Store, now: SystemTime) -> Result<Vec<Row>> {
+    rows(store, "", now)
+}
+
+/// Something a person should look at.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub build_id: String,
+    /// blocked, cancelled, stuck
+    pub what: &'static str,
+    pub state: Option<u8>,
+    pub reason: String,
+}
+
+/// Plans by hash, loaded once per run.
+struct Plans<'a> {
+    store: &'a Store,
+    cache: HashMap<String, Plan>,
+}
+
+impl Plans<'_> {
+    fn get(&mut self, hash: &str) -> Result<&Plan> {
+        if !self.cache.contains_key(hash) {
+            let p = self.store.plan(hash)?;
+            self.cache.insert(hash.to_string(), p);
+        }
+        Ok(&self.cache[hash])
+    }
+}
+
+/// Find builds that need a person (blocked) and builds that look stuck: running longer
+/// than `factor` times their state's expected duration, or whose lease expired with
+/// nobody taking over. A stuck build is alerted once per episode (its serial).
+pub fn check(store: &Store, now: SystemTime, factor: f64) -> Result<Vec<Finding>> {
+    let mut plans = Plans {
+        store,
+        cache: HashMap::new(),
+    };
+    let mut findings = Vec::new();
+    let mut alerts = Vec::new();
+    for r in rows(store, "WHERE status IN ('blocked', 'running')", now)? {
+        let plan = plans.get(&r.plan_hash)?;
+        let state = r.active_state;
+        if r.status == Status::Blocked {
+            findings.push(Finding {
+                build_id: r.build_id.clone(),
+                what: "blocked",
+                state,
+                reason: r.reason.clone().unwrap_or_else(|| "needs a person".into()),
+            });
+            continue;
+        }
+        let Some(s) = state.and_then(|s| plan.state(s)) else {
+            continue;
+        };
+        let running_for = r.started.map(|t| now.duration_since(t).unwrap_or_default());
+        let limit = s.expected.mul_f64(factor.max(1.0));
+        let reason = match (r.lease_expires, running_for) {
+            (Some(exp), _) if exp <= now => Some(format!(
+                "its lease ({}) expired at {} and nobody took over",
+                r.holder.as_deref().unwrap_or("?"),
+                time::format(exp)
+            )),
+            (_, Some(d)) if d > limit => Some(format!(
+                "{} has run for {}, more than {factor}x its expected {}",
+                plan.label(s.id),
+                time::format_duration(d),
+                time::format_duration(s.expected)
+            )),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            if plan.alerts_for(s.id).contains(&AlertKind::Stuck) {
+                let b = store.build(&r.build_id)?.expect("listed just now");
+                let actor = crate::context::Actor::from_env("monitor");
+                alerts.push(NewAlert {
+                    kind: AlertKind::Stuck,
+                    build_id: Some(r.build_id.clone()),
+                    dedupe_key: format!("{}:{}:stuck", r.build_id, r.serial),
+                    payload: notify::payload(AlertKind::Stuck, &b, plan, &actor, Some(&reason)),
+                });
+            }
+            findings.push(Finding {
+                build_id: r.build_id,
+                what: "stuck",
+                state,
+                reason,
+            });
+        }
+    }
+    notify::enqueue(store.connection(), &alerts, now)?;
+    Ok(findings)
+}
+
+/// Prometheus text exposition of the database: builds by status, per-state durations
+/// and retries, the alert outbox.
+pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
+    let conn = store.connection();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP buildstate_builds Builds by status.\n# TYPE buildstate_builds gauge"
+    );
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    {
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM builds GROUP BY status")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+            let (s, n) = row?;
+            counts.insert(s, n);
+        }
+    }
+    for s in [
+        "pending",
+        "running",
+        "waiting",
+        "blocked",
+        "completed",
+        "cancelled",
+    ] {
+        let _ = writeln!(
+            out,
+            "buildstate_builds{{status=\"{s}\"}} {}",
+            counts.get(s).copied().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP buildstate_state_duration_seconds Time from start to completion of a state's successful attempts.\n# TYPE buildstate_state_duration_seconds summary"
+    );
+    let mut stmt = conn.prepare(
+        "SELECT state, COUNT(*), COALESCE(SUM(duration_ms), 0) FROM events
+         WHERE kind = 'complete' AND duration_ms IS NOT NULL GROUP BY state ORDER BY state",
+    )?;
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Option<u8>>(0)?,
+            r.get::<_, u64>(1)?,
+            r.get::<_, u64>(2)?,
+        ))
+    })? {
+        let (state, n, ms) = row?;
+        let s = state.map_or("none".into(), |s| s.to_string());
+        let _ = writeln!(
+            out,
+            "buildstate_state_duration_seconds_sum{{state=\"{s}\"}} {:.3}",
+            ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "buildstate_state_duration_seconds_count{{state=\"{s}\"}} {n}"
+        );
+    }
+    let _ = writeln!(out, "# HELP buildstate_retries_total Attempts after a state's first.\n# TYPE buildstate_retries_total counter");
+    let mut stmt = conn.prepare(
+        "SELECT state, COUNT(*) FROM events WHERE kind = 'start' AND attempt > 1 GROUP BY state ORDER BY state",
+    )?;
+    for row in stmt.query_map([], |r| {
+        Ok((r.get::<_, Option<u8>>(0)?, r.get::<_, u64>(1)?))
+    })? {
+        let (state, n) = row?;
+        let _ = writeln!(
+            out,
+            "buildstate_retries_total{{state=\"{}\"}} {n}",
+            state.map_or("none".into(), |s| s.to_string())
+        );
+    }
+    let (pending, gave_up, oldest) = notify::depth(conn, now)?;
+    let _ = writeln!(out, "# HELP buildstate_alerts_pending Alerts waiting for delivery.\n# TYPE buildstate_alerts_pending gauge\nbuildstate_alerts_pending {pending}");
+    let _ = writeln!(out, "# HELP buildstate_alerts_gave_up Alerts given up after their retries.\n# TYPE buildstate_alerts_gave_up gauge\nbuildstate_alerts_gave_up {gave_up}");
+    let _ = writeln!(
+        out,
+        "# HELP buildstate_alerts_oldest_pending_age_seconds Age of the oldest alert waiting for delivery.\n# TYPE buildstate_alerts_oldest_pending_age_seconds gauge\nbuildstate_alerts_oldest_pending_age_seconds {}",
+        oldest.map_or(0.0, |d| d.as_secs_f64())
+    );
+    Ok(out)
+}
+
+/// Write `text` to `path` the node_exporter textfile way: a temporary file beside it,
+/// renamed over it, so the collector never reads half a file.
+pub fn write_textfile(path: &std::path::Path, text: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let io = |source| crate::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".buildstate-metrics")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// How long ago an age was, for people: "3m", "2h 5m".
+pub fn age(secs: u64) -> String {
+    time::format_duration(Duration::from_secs(secs))
+}
+
+/// How many alerts of each state the outbox holds, by delivery state.
+pub fn outbox_counts(store: &Store) -> Result<(u64, u64, u64)> {
+    Ok(store.connection().query_row(
+        "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'delivered'),
+                COUNT(*) FILTER (WHERE state = 'gave_up') FROM alerts",
+        named_params! {},
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?)
+}

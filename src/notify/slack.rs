@@ -1,0 +1,477 @@
+//! Delivering queued alerts to Slack: an incoming webhook, or the Web API
+//! (`chat.postMessage` with a bot token, one thread per build).
+//!
+//! Secrets (the webhook URL, the token) come from the environment or a file only
+//! ([`Target::from_env`]); they are never stored, printed or put in an error message.
+//!
+//! [`deliver`] sends what is due within a time budget: a command that just wrote gives
+//! it 2 s, `monitor deliver` (cron) more. Slack's ~1 message per second per channel is
+//! kept; a 429 waits its `Retry-After` (without using up an attempt); 5xx and timeouts
+//! are retried with a growing delay up to [`MAX_ATTEMPTS`], then the alert is marked
+//! `gave_up` with its last error; a refusal that retrying cannot fix (a bad token, an
+//! unknown channel, an invalid payload) gives up at once.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::{named_params, OptionalExtension};
+use serde_json::{json, Value};
+
+use super::{claim, settle, Claimed, Settle};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// Delivery attempts (5xx, timeouts) before an alert is given up.
+pub const MAX_ATTEMPTS: u32 = 8;
+/// Between two messages to one channel.
+pub const CHANNEL_GAP: Duration = Duration::from_secs(1);
+
+/// Where alerts go.
+#[derive(Clone)]
+pub enum Target {
+    Webhook {
+        url: String,
+    },
+    WebApi {
+        token: String,
+        channel: String,
+        api: String,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    /// Never shows the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Webhook { .. } => f.write_str("Webhook([REDACTED])"),
+            Target::WebApi { channel, api, .. } => {
+                write!(f, "WebApi({channel} via {api}, token [REDACTED])")
+            }
+        }
+    }
+}
+
+/// A secret from `NAME`, or from the file named by `NAME_FILE`.
+fn secret(name: &str) -> Result<Option<String>> {
+    if let Some(v) = std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
+        return Ok(Some(v.trim().to_string()));
+    }
+    let file_var = format!("{name}_FILE");
+    match std::env::var_os(&file_var) {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(&path)
+            .map(|s| Some(s.trim().to_string()).filter(|s| !s.is_empty()))
+            .map_err(|e| {
+                Error::InvalidInput(format!(
+                    "{file_var}: cannot read {}: {e}",
+                    std::path::Path::new(&path).display()
+                ))
+            }),
+    }
+}
+
+impl Target {
+    /// `BUILDSTATE_SLACK_WEBHOOK_URL` (or `_FILE`), else `BUILDSTATE_SLACK_TOKEN` (or
+    /// `_FILE`) with `BUILDSTATE_SLACK_CHANNEL` (`BUILDSTATE_SLACK_API_URL` overrides
+    /// `https://slack.com/api`). `None` when Slack is not configured.
+    pub fn from_env() -> Result<Option<Target>> {
+        if let Some(url) = secret("BUILDSTATE_SLACK_WEBHOOK_URL")? {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(Error::InvalidInput(
+                    "BUILDSTATE_SLACK_WEBHOOK_URL is not an http(s) URL (its value is not shown)"
+                        .into(),
+                ));
+            }
+            return Ok(Some(Target::Webhook { url }));
+        }
+        if let Some(token) = secret("BUILDSTATE_SLACK_TOKEN")? {
+            let channel = std::env::var("BUILDSTATE_SLACK_CHANNEL")
+                .ok()
+                .filter(|c| !c.trim().is_empty())
+                .ok_or_else(|| {
+                    Error::InvalidInput(
+                        "BUILDSTATE_SLACK_TOKEN is set but BUILDSTATE_SLACK_CHANNEL is not: name the channel (e.g. #image-builds or its id)".into(),
+                    )
+                })?;
+            let api = std::env::var("BUILDSTATE_SLACK_API_URL")
+                .unwrap_or_else(|_| "https://slack.com/api".into())
+                .trim_end_matches('/')
+                .to_string();
+            return Ok(Some(Target::WebApi {
+                token,
+                channel,
+                api,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// Slack's mrkdwn needs `&`, `<` and `>` escaped.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Cut to `max` characters (Slack's limits: 3000 per section text, 2000 per field).
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// The Block Kit message for an alert, with a plain `text` fallback (notifications).
+pub fn message(alert: &Claimed) -> Value {
+    let p = &alert.payload;
+    let s = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
+    let build = s("build_id").unwrap_or_else(|| "(no build)".into());
+    let state = match (p.get("state").and_then(Value::as_u64), s("state_name")) {
+        (Some(n), Some(name)) => format!("state {n} ({name})"),
+        (Some(n), None) => format!("state {n}"),
+        _ => "no state".into(),
+    };
+    let (icon, headline) = match alert.kind.as_str() {
+        "blocked" => (":rotating_light:", format!("needs a person at {state}")),
+        "completed" => (":white_check_mark:", "completed".to_string()),
+        "cancelled" => (":no_entry:", "was cancelled".to_string()),
+        "rollback" => (":rewind:", format!("was rolled back to {state}")),
+        "takeover" => (
+            ":arrows_counterclockwise:",
+            format!("was taken over at {state}"),
+        ),
+        "stuck" => (":hourglass:", format!("looks stuck at {state}")),
+        other => (":information_source:", other.to_string()),
+    };
+    let text = cut(&format!("Build {build} {headline}"), 150);
+    let mut fields = vec![json!({"type": "mrkdwn", "text": format!("*State*\n{}", esc(&state))})];
+    if let (Some(a), Some(m)) = (
+        p.get("attempt").and_then(Value::as_u64),
+        p.get("max_attempts").and_then(Value::as_u64),
+    ) {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Attempt*\n{a} of {m}")}));
+    }
+    if let Some(c) = s("category") {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Category*\n{}", esc(&c))}));
+    }
+    if let (Some(cloud), Some(image)) = (s("cloud"), s("image")) {
+        fields.push(json!({"type": "mrkdwn", "text": cut(&format!("*Image*\n{} on {}", esc(&image), esc(&cloud)), 2000)}));
+    }
+    if let Some(w) = s("who") {
+        fields.push(json!({"type": "mrkdwn", "text": cut(&format!("*Who*\n{}", esc(&w)), 2000)}));
+    }
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": cut(&format!("{} {text}", icon), 150), "emoji": true}}),
+        json!({"type": "section", "fields": fields}),
+    ];
+    if let Some(r) = s("reason") {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&format!("*Why:* {}", esc(&r)), 3000)}}));
+    }
+    if let Some(e) = s("error_tail") {
+        // The tail of the (already redacted) error, in a code block that fits Slack's limit.
+        let body = super::tail(&e.replace("```", "'''"), 2900);
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{}```", esc(&body))}}));
+    }
+    if let Some(u) = s("concourse_url") {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&format!("<{}|Concourse build>", esc(&u)), 3000)}}));
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("buildstate alert {} · {}", alert.id, esc(&s("at").unwrap_or_default()))}]}));
+    json!({"text": text, "blocks": blocks})
+}
+
+/// How one send went.
+enum Sent {
+    Ok { ts: Option<String> },
+    RateLimited(Duration),
+    Transient(String),
+    Refused(String),
+}
+
+async fn send(
+    client: &reqwest::Client,
+    target: &Target,
+    mut body: Value,
+    thread_ts: Option<&str>,
+) -> Sent {
+    let request = match target {
+        Target::Webhook { url } => client.post(url).json(&body),
+        Target::WebApi {
+            token,
+            channel,
+            api,
+        } => {
+            body["channel"] = json!(channel);
+            if let Some(ts) = thread_ts {
+                body["thread_ts"] = json!(ts);
+            }
+            client
+                .post(format!("{api}/chat.postMessage"))
+                .bearer_auth(token)
+                .json(&body)
+        }
+    };
+    let response = match request.send().await {
+        Ok(r) => r,
+        // Never echo reqwest's error: it contains the URL (the webhook's secret).
+        Err(e) if e.is_timeout() => return Sent::Transient("Slack did not answer in time".into()),
+        Err(e) if e.is_connect() => return Sent::Transient("could not connect to Slack".into()),
+        Err(_) => return Sent::Transient("the request to Slack failed".into()),
+    };
+    let status = response.status();
+    if status.as_u16() == 429 {
+        let wait = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(30);
+        return Sent::RateLimited(Duration::from_secs(wait.clamp(1, 3600)));
+    }
+    let text = response.text().await.unwrap_or_default();
+    if status.is_server_error() {
+        return Sent::Transient(format!("Slack answered {status}"));
+    }
+    if !status.is_success() {
+        return Sent::Refused(format!(
+            "Slack refused the message: {status} {}",
+            cut(&text, 200)
+        ));
+    }
+    match target {
+        Target::Webhook { .. } => Sent::Ok { ts: None },
+        Target::WebApi { .. } => {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if v.get("ok").and_then(Value::as_bool) == Some(true) {
+                Sent::Ok {
+                    ts: v.get("ts").and_then(Value::as_str).map(str::to_string),
+                }
+            } else {
+                let err = v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no error given");
+                if err == "ratelimited" {
+                    Sent::RateLimited(Duration::from_secs(30))
+                } else {
+                    Sent::Refused(format!("Slack refused the message: {err}"))
+                }
+            }
+        }
+    }
+}
+
+/// What a delivery run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Delivered {
+    pub delivered: u32,
+    pub retried: u32,
+    pub gave_up: u32,
+    /// Alerts still due when the budget ran out.
+    pub left: u64,
+}
+
+/// The delay before retry `n` (1-based) of a failed delivery: `first` doubling, at most
+/// 1 h. `first` is `BUILDSTATE_SLACK_RETRY_DELAY` (default 30 s).
+pub fn retry_delay(first: Duration, attempt: u32) -> Duration {
+    first
+        .saturating_mul(1 << attempt.saturating_sub(1).min(12))
+        .min(Duration::from_secs(3600))
+}
+
+fn first_retry_delay() -> Duration {
+    std::env::var("BUILDSTATE_SLACK_RETRY_DELAY")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(Duration::from_secs(30))
+}
+
+/// Deliver due alerts for at most `budget`. `worker` names this deliverer in its claims.
+pub fn deliver(
+    store: &Store,
+    target: &Target,
+    budget: Duration,
+    worker: &str,
+) -> Result<Delivered> {
+    let deadline = Instant::now() + budget;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            path: "tokio runtime".into(),
+            source,
+        })?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|_| Error::InvalidInput("could not set up the HTTP client for Slack".into()))?;
+    let conn = store.connection();
+    let mut report = Delivered::default();
+    let mut last_send: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Keep to about one message a second per channel.
+        if let Some(t) = last_send {
+            let next = t + CHANNEL_GAP;
+            if next >= deadline {
+                break;
+            }
+            std::thread::sleep(next.saturating_duration_since(now));
+        }
+        let wall = SystemTime::now();
+        // The claim outlives the request's timeout, so no other deliverer takes it while
+        // this one may still be sending it.
+        let Some(alert) = claim(conn, worker, wall, wall + Duration::from_secs(60))? else {
+            break;
+        };
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(200), Duration::from_secs(10));
+        let thread = thread_ts(store, &alert, target)?;
+        let body = message(&alert);
+        last_send = Some(Instant::now());
+        let sent = rt.block_on(async {
+            tokio::time::timeout(timeout, send(&client, target, body, thread.as_deref()))
+                .await
+                .unwrap_or_else(|_| Sent::Transient("Slack did not answer in time".into()))
+        });
+        let now = SystemTime::now();
+        match sent {
+            Sent::Ok { ts } => {
+                if let (Some(ts), None, Some(b), Target::WebApi { channel, .. }) =
+                    (ts, thread, &alert.build_id, target)
+                {
+                    conn.execute(
+                        "INSERT OR IGNORE INTO slack_threads (build_id, channel, thread_ts) VALUES (:b, :c, :t)",
+                        named_params! {":b": b, ":c": channel, ":t": ts},
+                    )?;
+                }
+                settle(conn, alert.id, worker, Settle::Delivered, now)?;
+                report.delivered += 1;
+            }
+            Sent::RateLimited(wait) => {
+                let error = format!("rate limited by Slack: retry after {}s", wait.as_secs());
+                settle(
+                    conn,
+                    alert.id,
+                    worker,
+                    Settle::Retry {
+                        at: now + wait,
+                        error: &error,
+                        counts: false,
+                    },
+                    now,
+                )?;
+                report.retried += 1;
+                break; // the channel is saturated: the rest waits too
+            }
+            Sent::Transient(error) if alert.attempts + 1 < MAX_ATTEMPTS => {
+                let at = now + retry_delay(first_retry_delay(), alert.attempts + 1);
+                settle(
+                    conn,
+                    alert.id,
+                    worker,
+                    Settle::Retry {
+                        at,
+                        error: &error,
+                        counts: true,
+                    },
+                    now,
+                )?;
+                report.retried += 1;
+            }
+            Sent::Transient(error) | Sent::Refused(error) => {
+                settle(
+                    conn,
+                    alert.id,
+                    worker,
+                    Settle::GaveUp { error: &error },
+                    now,
+                )?;
+                report.gave_up += 1;
+            }
+        }
+    }
+    report.left = conn.query_row(
+        "SELECT COUNT(*) FROM alerts WHERE state = 'pending' AND next_try_at <= :now",
+        named_params! {":now": crate::time::format(SystemTime::now())},
+        |r| r.get(0),
+    )?;
+    Ok(report)
+}
+
+/// The thread of the build's earlier alerts in this channel (Web API only).
+fn thread_ts(store: &Store, alert: &Claimed, target: &Target) -> Result<Option<String>> {
+    let (Target::WebApi { channel, .. }, Some(build)) = (target, &alert.build_id) else {
+        return Ok(None);
+    };
+    Ok(store
+        .connection()
+        .query_row(
+            "SELECT thread_ts FROM slack_threads WHERE build_id = :b AND channel = :c",
+            named_params! {":b": build, ":c": channel},
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_escape_and_fit_slack_limits() {
+        let alert = Claimed {
+            id: 7,
+            build_id: Some("img-1".into()),
+            kind: "blocked".into(),
+            payload: json!({
+                "build_id": "img-1", "state": 10, "state_name": "green-image-validation",
+                "attempt": 5, "max_attempts": 5, "category": "transient",
+                "reason": "all 5 attempts failed", "error_tail": format!("{} <script> & end", "x".repeat(5000)),
+                "who": "ci@worker-3 (run-state, pid 4)", "concourse_url": "https://ci/x?a=1&b=2",
+                "cloud": "aws", "image": "rhel9", "at": "2026-11-22T10:00:00.000Z",
+            }),
+            attempts: 0,
+        };
+        let m = message(&alert);
+        assert_eq!(
+            m["text"],
+            "Build img-1 needs a person at state 10 (green-image-validation)"
+        );
+        let text = m.to_string();
+        assert!(!text.contains("<script>") && text.contains("&lt;script&gt;"));
+        for b in m["blocks"].as_array().unwrap() {
+            if let Some(t) = b["text"]["text"].as_str() {
+                assert!(t.chars().count() <= 3000, "{}", t.len());
+            }
+        }
+        assert!(text.contains("Attempt*\\n5 of 5"));
+        assert!(text.contains("buildstate alert 7"));
+    }
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        let s30 = Duration::from_secs(30);
+        assert_eq!(retry_delay(s30, 1), s30);
+        assert_eq!(retry_delay(s30, 2), Duration::from_secs(60));
+        assert_eq!(retry_delay(s30, 20), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn targets_never_show_their_secret() {
+        let t = Target::Webhook {
+            url: "https://hooks.slack.com/services/T/B/secret".into(),
+        };
+        assert!(!format!("{t:?}").contains("secret"));
+        let t = Target::WebApi {
+            token: "xoxb-123-secret".into(),
+            channel: "#c".into(),
+            api: "https://slack.com/api".into(),
+        };
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+}
