@@ -130,31 +130,86 @@ fn run(args: &Args) -> Result<i32> {
                 println!("{}", serde_json::to_string(&rows).expect("serializes"));
                 return Ok(exit::OK);
             }
-            let mut table = comfy_table::Table::new();
-            table.load_style(comfy_table::presets::NOTHING);
-            table.set_header(["build", "status", "state", "attempt", "age", "held by"]);
-            for r in &rows {
-                let state = match (r.status, r.active_state, r.current_state) {
-                    (Status::Running | Status::Waiting | Status::Blocked, Some(a), _) => {
-                        format!("{a}")
-                    }
-                    (_, _, Some(c)) => format!("{c} done"),
-                    _ => "-".into(),
-                };
-                table.add_row([
-                    r.build_id.clone(),
-                    r.status.to_string(),
-                    state,
-                    if r.attempt > 0 {
-                        r.attempt.to_string()
-                    } else {
-                        "-".into()
-                    },
-                    monitor::age(r.age_seconds),
-                    r.holder.clone().unwrap_or_else(|| "-".into()),
-                ]);
+            // A plain fixed-width table, written in one buffered pass with no string per
+            // cell: a layout engine costs 4x the query with 100,000 builds
+            // (docs/performance.md).
+            let derived: Vec<(String, String)> = rows
+                .iter()
+                .map(|r| {
+                    let state = match (r.status, r.active_state, r.current_state) {
+                        (Status::Running | Status::Waiting | Status::Blocked, Some(a), _) => {
+                            a.to_string()
+                        }
+                        (_, _, Some(c)) => format!("{c} done"),
+                        _ => "-".into(),
+                    };
+                    (state, monitor::age(r.age_seconds))
+                })
+                .collect();
+            let attempt = |r: &monitor::Row| {
+                if r.attempt > 0 {
+                    r.attempt.to_string()
+                } else {
+                    "-".into()
+                }
+            };
+            let mut w = [5usize, 6, 5, 7, 3];
+            for (r, (state, age)) in rows.iter().zip(&derived) {
+                w[0] = w[0].max(r.build_id.len());
+                w[1] = w[1].max(r.status.as_str().len());
+                w[2] = w[2].max(state.len());
+                w[3] = w[3].max(if r.attempt > 0 {
+                    r.attempt.to_string().len()
+                } else {
+                    1
+                });
+                w[4] = w[4].max(age.len());
             }
-            println!("{table}");
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = (|| -> std::io::Result<()> {
+                use std::io::Write;
+                writeln!(
+                    out,
+                    "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  held by",
+                    "build",
+                    "status",
+                    "state",
+                    "attempt",
+                    "age",
+                    a = w[0],
+                    b = w[1],
+                    c = w[2],
+                    d = w[3],
+                    e = w[4]
+                )?;
+                for (r, (state, age)) in rows.iter().zip(&derived) {
+                    writeln!(
+                        out,
+                        "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {}",
+                        r.build_id,
+                        r.status.as_str(),
+                        state,
+                        attempt(r),
+                        age,
+                        r.holder.as_deref().unwrap_or("-"),
+                        a = w[0],
+                        b = w[1],
+                        c = w[2],
+                        d = w[3],
+                        e = w[4]
+                    )?;
+                }
+                out.flush()
+            })();
+            match written {
+                // A reader that stopped early (| head) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::OK),
+                other => other.map_err(|source| Error::Io {
+                    path: "stdout".into(),
+                    source,
+                })?,
+            }
+            drop(out);
             let (pending, _, gave_up) = monitor::outbox_counts(&store)?;
             println!(
                 "{} build(s); alerts: {pending} waiting, {gave_up} given up",
