@@ -39,6 +39,7 @@ macro_rules! text_enum {
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod concourse;
 pub mod context;
 pub mod decide;
 pub mod error;

@@ -418,6 +418,36 @@ fn thread_ts(store: &Store, alert: &Claimed, target: &Target) -> Result<Option<S
         .optional()?)
 }
 
+/// After a write: deliver the Slack alerts that are due, within `BUILDSTATE_SLACK_BUDGET`
+/// (default 2 s), so that a pipeline never waits on Slack for longer. Whatever is left,
+/// or fails, stays queued for `monitor deliver` or the next command; this never changes
+/// the command's outcome.
+pub fn deliver_after_write(tool: &str, store: &Store) {
+    let target = match Target::from_env() {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("{tool}: warning: Slack alerts are not sent: {e}");
+            return;
+        }
+    };
+    let budget = std::env::var("BUILDSTATE_SLACK_BUDGET")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(std::time::Duration::from_secs(2));
+    let worker = crate::context::Actor::from_env(tool).lease_owner();
+    match deliver(store, &target, budget, &worker) {
+        Ok(r) if r.gave_up > 0 => eprintln!(
+            "{tool}: warning: {} Slack alert(s) could not be delivered and were given up (see `monitor status`)",
+            r.gave_up
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "{tool}: warning: Slack alerts stay queued for `monitor deliver`: {e}"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

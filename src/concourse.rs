@@ -1,0 +1,385 @@
+//! The `buildstate` Concourse resource type: `check`, `in` and `out` over the crate, in
+//! remote mode (containers are ephemeral: the local database is a throwaway cache of the
+//! remote). See docs/concourse.md for the source and params tables.
+//!
+//! Concourse runs `/opt/resource/check` with the request on stdin, `in DEST` and
+//! `out SRC` with a folder argument and `BUILD_*` metadata in the environment
+//! (<https://concourse-ci.org/implementing-resource-types.html>). stdout carries only the
+//! JSON answer; everything for people goes to stderr.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::context::Actor;
+use crate::model::{parse_meta_pair, Ctx, InitRequest, Transition};
+use crate::plan::Plan;
+use crate::policy::Category;
+use crate::remote::{Remote, RemoteOptions};
+use crate::report::Report;
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+use crate::sync::Writer;
+use crate::{Error, Result};
+
+/// The resource's `source`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// The remote URL: s3://, az://, gs://, file:///.
+    pub remote: String,
+    /// One build; or `build_pattern` for every build whose id matches a glob.
+    #[serde(default)]
+    pub build_id: Option<String>,
+    #[serde(default)]
+    pub build_pattern: Option<String>,
+    /// Credentials, as the environment variables each cloud reads (AWS_*, AZURE_*,
+    /// GOOGLE_*): Concourse passes secrets through `source`, not the environment.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
+    /// A plan file for `init` (put), relative to the put's folder.
+    #[serde(default)]
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Request {
+    pub source: Source,
+    #[serde(default)]
+    pub version: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub params: Option<Value>,
+}
+
+impl Request {
+    pub fn parse(stdin: &[u8]) -> Result<Request> {
+        serde_json::from_slice(stdin).map_err(|e| {
+            Error::InvalidInput(format!(
+                "the request on stdin is not valid: {} (see docs/concourse.md for source and params)",
+                crate::redact::redact(&e.to_string())
+            ))
+        })
+    }
+}
+
+/// Make the source's credentials visible to the cloud clients, which read them from the
+/// environment. Only the clouds' own variable names are taken.
+fn apply_credentials(source: &Source) -> Result<()> {
+    for (k, v) in &source.credentials {
+        let allowed = ["AWS_", "AZURE_", "AZURITE_", "GOOGLE_"]
+            .iter()
+            .any(|p| k.starts_with(p));
+        if !allowed
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(Error::InvalidInput(format!(
+                "source.credentials: '{k}' is not a cloud credential variable (AWS_*, AZURE_*, GOOGLE_*)"
+            )));
+        }
+        // The resource is single-threaded until here; nothing else reads the environment.
+        std::env::set_var(k, v);
+    }
+    Ok(())
+}
+
+/// A throwaway cache database in a temporary folder, in remote mode.
+fn writer(source: &Source, dir: &Path) -> Result<Writer> {
+    apply_credentials(source)?;
+    let remote = Remote::open(&source.remote, RemoteOptions::from_env()?)?;
+    let store = Store::open_with(&dir.join("cache.db"), crate::store::DEFAULT_BUSY_TIMEOUT)?;
+    Ok(Writer::new(store, Some(remote)))
+}
+
+fn version(build_id: &str, serial: u64) -> Value {
+    json!({"build_id": build_id, "serial": serial.to_string()})
+}
+
+fn tmp() -> Result<tempfile::TempDir> {
+    tempfile::tempdir().map_err(|source| Error::Io {
+        path: std::env::temp_dir(),
+        source,
+    })
+}
+
+/// `check`: the build's current version (its serial), or with a pattern every matching
+/// build's, oldest change first, from the given version on.
+pub fn check(req: &Request) -> Result<Value> {
+    apply_credentials(&req.source)?;
+    let remote = Remote::open(&req.source.remote, RemoteOptions::from_env()?)?;
+    let ids: Vec<String> = match (&req.source.build_id, &req.source.build_pattern) {
+        (Some(id), None) => vec![id.clone()],
+        (None, Some(pattern)) => {
+            let glob = globset::Glob::new(pattern)
+                .map_err(|e| Error::InvalidInput(format!("source.build_pattern '{pattern}': {e}")))?
+                .compile_matcher();
+            remote
+                .list()?
+                .into_iter()
+                .filter(|id| glob.is_match(id))
+                .collect()
+        }
+        _ => {
+            return Err(Error::InvalidInput(
+                "source: give exactly one of build_id and build_pattern".into(),
+            ))
+        }
+    };
+    let mut found = Vec::new();
+    for (id, fetched) in ids.iter().zip(remote.get_many(&ids, crate::sync::PARALLEL)) {
+        if let Some(f) = fetched? {
+            let snap = Snapshot::from_json(&f.bytes)?;
+            found.push((snap.build.updated_at, id.clone(), snap.serial));
+        }
+    }
+    found.sort();
+    let mut versions: Vec<Value> = found
+        .iter()
+        .map(|(_, id, serial)| version(id, *serial))
+        .collect();
+    // From the version Concourse has on (inclusive), if it is still current.
+    if let Some(prev) = &req.version {
+        if let Some(i) = versions.iter().position(|v| {
+            v["build_id"].as_str() == prev.get("build_id").map(String::as_str)
+                && v["serial"].as_str() == prev.get("serial").map(String::as_str)
+        }) {
+            versions.drain(..i);
+        }
+    }
+    Ok(Value::Array(versions))
+}
+
+/// `in DEST`: decision.json, resume-metadata, snapshot.json and history.json of the
+/// version's build.
+pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
+    let v = req
+        .version
+        .as_ref()
+        .ok_or_else(|| Error::InvalidInput("in: no version given".into()))?;
+    let id = v
+        .get("build_id")
+        .ok_or_else(|| Error::InvalidInput("in: the version has no build_id".into()))?;
+    let want: u64 = v
+        .get("serial")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::InvalidInput("in: the version has no numeric serial".into()))?;
+    let dir = tmp()?;
+    let mut w = writer(&req.source, dir.path())?;
+    w.refresh(id)?;
+    let report = Report::load(Some(&w), id, &Plan::default_plan(), SystemTime::now(), true)?;
+    if !report.exists || report.serial < want {
+        return Err(Error::InvalidInput(format!(
+            "in: build '{id}' is at serial {} on the remote, older than the version asked for ({want})",
+            report.serial
+        )));
+    }
+    std::fs::create_dir_all(dest).map_err(|source| Error::Io {
+        path: dest.into(),
+        source,
+    })?;
+    report.write_output(dest)?;
+    let write = |name: &str, bytes: Vec<u8>| {
+        std::fs::write(dest.join(name), bytes).map_err(|source| Error::Io {
+            path: dest.join(name),
+            source,
+        })
+    };
+    write("snapshot.json", w.snapshot(id)?.to_json())?;
+    write(
+        "history.json",
+        serde_json::to_vec_pretty(&report.history).expect("events serialize"),
+    )?;
+    Ok(json!({
+        "version": version(id, want),
+        "metadata": metadata(&report),
+    }))
+}
+
+fn metadata(r: &Report) -> Vec<Value> {
+    let mut m = vec![
+        json!({"name": "decision", "value": r.decision.decision.as_str()}),
+        json!({"name": "status", "value": r.status.map_or("-", |s| s.as_str())}),
+        json!({"name": "current_state", "value": r.current_state.map_or("none".into(), |s| s.to_string())}),
+        json!({"name": "serial", "value": r.serial.to_string()}),
+    ];
+    if let Some(s) = r.decision.next_state {
+        m.push(json!({"name": "next_state", "value": s.to_string()}));
+    }
+    m
+}
+
+/// The params of `out`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutParams {
+    /// init, start, complete, fail, meta, retry, skip, cancel
+    pub action: String,
+    #[serde(default)]
+    pub build_id: Option<String>,
+    /// A file (in the put's folder) holding the build id: e.g. from an earlier task.
+    #[serde(default)]
+    pub build_id_file: Option<String>,
+    #[serde(default)]
+    pub state: Option<u8>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub error_file: Option<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub cloud: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The lease holder (default: the Concourse job build, so that a start and a
+    /// complete in one job build match).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+fn read_in(src: &Path, rel: &str, what: &str) -> Result<String> {
+    let path = src.join(rel);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::InvalidInput(format!(
+            "params.{what}: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(text)
+}
+
+/// `out SRC`: one transition, through the remote; the new serial is the new version.
+pub fn put(req: &Request, src: &Path) -> Result<Value> {
+    let params: OutParams = serde_json::from_value(req.params.clone().unwrap_or(Value::Null))
+        .map_err(|e| Error::InvalidInput(format!("params: {e} (see docs/concourse.md)")))?;
+    let id = match (
+        &params.build_id,
+        &params.build_id_file,
+        &req.source.build_id,
+    ) {
+        (Some(id), _, _) => id.clone(),
+        (None, Some(f), _) => read_in(src, f, "build_id_file")?.trim().to_string(),
+        (None, None, Some(id)) => id.clone(),
+        _ => {
+            return Err(Error::InvalidInput(
+                "out: no build: set params.build_id, params.build_id_file or source.build_id"
+                    .into(),
+            ))
+        }
+    };
+    let state = || {
+        params.state.ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "out: action '{}' needs params.state",
+                params.action
+            ))
+        })
+    };
+    let reason = || {
+        params.reason.clone().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "out: action '{}' needs params.reason",
+                params.action
+            ))
+        })
+    };
+    let dir = tmp()?;
+    let mut w = writer(&req.source, dir.path())?;
+    let actor = Actor::from_env("concourse");
+    let now = SystemTime::now();
+    let build = if params.action == "init" {
+        let plan = match &req.source.plan {
+            Some(p) => Plan::from_file(&src.join(p))?,
+            None => Plan::default_plan(),
+        };
+        let req = InitRequest {
+            build_id: id.clone(),
+            cloud: params
+                .cloud
+                .clone()
+                .ok_or_else(|| Error::InvalidInput("out: init needs params.cloud".into()))?,
+            image: params
+                .image
+                .clone()
+                .ok_or_else(|| Error::InvalidInput("out: init needs params.image".into()))?,
+            plan,
+            meta: params.meta.clone().into_iter().collect(),
+        };
+        w.init(&req, &actor, now)?.build
+    } else {
+        let t = match params.action.as_str() {
+            "start" => Transition::Start { state: state()? },
+            "complete" => Transition::Complete { state: state()? },
+            "fail" => Transition::Fail {
+                state: state()?,
+                message: match (&params.error, &params.error_file) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some(f)) => read_in(src, f, "error_file")?,
+                    (None, None) => return Err(Error::InvalidInput("out: fail needs params.error or params.error_file".into())),
+                },
+                category: params.category.as_deref().map(Category::parse_input).transpose()?,
+                exit_code: params.exit_code,
+                signal: None,
+                timed_out: false,
+            },
+            "meta" => Transition::Meta {
+                pairs: params
+                    .meta
+                    .iter()
+                    .map(|(k, v)| parse_meta_pair(&format!("{k}={v}")))
+                    .collect::<Result<_>>()?,
+            },
+            "retry" => Transition::Retry { state: state()?, reason: reason()? },
+            "skip" => Transition::Skip { state: state()?, reason: reason()? },
+            "cancel" => Transition::Cancel { reason: reason()? },
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "out: unknown action '{other}': use init, start, complete, fail, meta, retry, skip or cancel"
+                )))
+            }
+        };
+        let owner = params.owner.clone().unwrap_or_else(|| job_owner(&actor));
+        let mut ctx = Ctx {
+            owner: Some(&owner),
+            ..Ctx::live()
+        };
+        if let Transition::Start { state } = t {
+            w.refresh(&id)?;
+            let b = w
+                .build(&id)?
+                .ok_or_else(|| Error::UnknownBuild(id.clone()))?;
+            ctx.lease_ttl = Some(w.plan(&b.plan_hash)?.unrenewed_lease_ttl(state));
+        }
+        w.transition(&id, &t, &actor, &ctx)?
+    };
+    let report = Report::after_write(&w, &build, SystemTime::now())?.0;
+    crate::notify::slack::deliver_after_write("out", &w);
+    Ok(json!({"version": version(&id, build.serial), "metadata": metadata(&report)}))
+}
+
+/// The lease holder for a put: the Concourse job build, so that a start and a complete
+/// put by the same job build match.
+fn job_owner(actor: &Actor) -> String {
+    let c = &actor.context;
+    match (
+        c.get("BUILD_PIPELINE_NAME"),
+        c.get("BUILD_JOB_NAME"),
+        c.get("BUILD_NAME"),
+    ) {
+        (Some(p), Some(j), Some(n)) => format!("concourse:{p}/{j}#{n}"),
+        _ => c.get("BUILD_ID").map_or_else(
+            || format!("{}@{}", actor.user, actor.host),
+            |b| format!("concourse:build-{b}"),
+        ),
+    }
+}
