@@ -1,0 +1,132 @@
+//! The Concourse resource binary as Concourse runs it: the request on stdin, the folder
+//! in argv, an empty environment for check and only BUILD_* for in and out.
+//! (tests/python/test_concourse.py drives it through concoursetools against moto.)
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+fn step(
+    name: &str,
+    request: &Value,
+    folder: Option<&std::path::Path>,
+    build: Option<u32>,
+) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_concourse-resource"));
+    c.env_clear().arg(name);
+    if let Some(f) = folder {
+        c.arg(f);
+    }
+    if let Some(n) = build {
+        for (k, v) in [
+            ("BUILD_ID", n.to_string()),
+            ("BUILD_NAME", n.to_string()),
+            ("BUILD_JOB_NAME", "bake".into()),
+            ("BUILD_PIPELINE_NAME", "images".into()),
+            ("BUILD_TEAM_NAME", "main".into()),
+            ("ATC_EXTERNAL_URL", "https://ci.example.com".into()),
+        ] {
+            c.env(k, v);
+        }
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap(),
+        String::from_utf8(o.stdout).unwrap(),
+        String::from_utf8(o.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_in_out_over_a_folder_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let source =
+        json!({"remote": format!("file://{}/remote", dir.path().display()), "build_id": "img-1"});
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join("out")).unwrap();
+    std::fs::write(work.join("out/error.txt"), "validation couldn't log in").unwrap();
+
+    let (code, out, _) = step(
+        "check",
+        &json!({"source": source, "version": null}),
+        None,
+        None,
+    );
+    assert_eq!((code, out.trim()), (0, "[]"));
+    let put = |params: Value, build: u32| {
+        let (code, out, err) = step(
+            "out",
+            &json!({"source": source, "params": params}),
+            Some(&work),
+            Some(build),
+        );
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).expect("stdout is one JSON document");
+        assert!(v["metadata"].is_array());
+        v["version"].clone()
+    };
+    let v1 = put(
+        json!({"action": "init", "cloud": "aws", "image": "rhel9"}),
+        1,
+    );
+    assert_eq!(v1, json!({"build_id": "img-1", "serial": "1"}));
+    put(json!({"action": "start", "state": 5}), 2);
+    // The same job build (the lease holder) completes it; another job build may not.
+    let (code, out, err) = step(
+        "out",
+        &json!({"source": source, "params": {"action": "complete", "state": 5}}),
+        Some(&work),
+        Some(3),
+    );
+    assert_eq!((code, out.as_str()), (buildstate::exit::BUSY, ""), "{err}");
+    put(json!({"action": "complete", "state": 5}), 2);
+    let v4 = put(
+        json!({"action": "fail", "state": 10, "error_file": "out/error.txt", "category": "persistent"}),
+        4,
+    );
+    assert_eq!(v4["serial"], "4"); // init, start, complete, fail: the refused complete wrote nothing
+
+    let (code, out, _) = step(
+        "check",
+        &json!({"source": source, "version": v1}),
+        None,
+        None,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([v4]));
+    let dest = dir.path().join("dest");
+    let (code, out, err) = step(
+        "in",
+        &json!({"source": source, "version": v4}),
+        Some(&dest),
+        Some(5),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["version"], v4);
+    let decision: Value =
+        serde_json::from_slice(&std::fs::read(dest.join("decision.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            decision["decision"].as_str(),
+            decision["last_error"].as_str()
+        ),
+        (Some("blocked"), Some("validation couldn't log in"))
+    );
+    let history: Value =
+        serde_json::from_slice(&std::fs::read(dest.join("history.json")).unwrap()).unwrap();
+    assert_eq!(history[1]["actor"]["context"]["BUILD_JOB_NAME"], "bake");
+    assert!(dest.join("snapshot.json").exists() && dest.join("resume-metadata").exists());
+}
