@@ -168,36 +168,34 @@ fn run(args: &Args) -> Result<i32> {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let written = (|| -> std::io::Result<()> {
                 use std::io::Write;
-                writeln!(
-                    out,
-                    "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  held by",
-                    "build",
-                    "status",
-                    "state",
-                    "attempt",
-                    "age",
-                    a = w[0],
-                    b = w[1],
-                    c = w[2],
-                    d = w[3],
-                    e = w[4]
-                )?;
-                for (r, (state, age)) in rows.iter().zip(&derived) {
+                let mut line = |c: [&str; 6]| {
                     writeln!(
                         out,
                         "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {}",
-                        r.build_id,
-                        r.status.as_str(),
-                        state,
-                        attempt(r),
-                        age,
-                        r.holder.as_deref().unwrap_or("-"),
+                        c[0],
+                        c[1],
+                        c[2],
+                        c[3],
+                        c[4],
+                        c[5],
                         a = w[0],
                         b = w[1],
                         c = w[2],
                         d = w[3],
                         e = w[4]
-                    )?;
+                    )
+                };
+                line(["build", "status", "state", "attempt", "age", "held by"])?;
+                for (r, (state, age)) in rows.iter().zip(&derived) {
+                    let holder = r.holder.as_deref().unwrap_or("-");
+                    line([
+                        &r.build_id,
+                        r.status.as_str(),
+                        state,
+                        &attempt(r),
+                        age,
+                        holder,
+                    ])?;
                 }
                 out.flush()
             })();
