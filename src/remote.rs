@@ -83,6 +83,8 @@ enum Backend {
     },
     Folder {
         dir: PathBuf,
+        /// How long a write waits for another writer's lock (the remote timeout).
+        lock_wait: Duration,
     },
 }
 
@@ -166,7 +168,10 @@ impl Remote {
                     .map_err(|()| bad("not an absolute path".into()))?;
                 return Ok(Remote {
                     name,
-                    backend: Backend::Folder { dir },
+                    backend: Backend::Folder {
+                        dir,
+                        lock_wait: opts.retry_timeout,
+                    },
                     rt,
                 });
             }
@@ -233,7 +238,7 @@ impl Remote {
     pub fn get(&self, build_id: &str) -> Result<Option<Fetched>> {
         crate::model::validate_build_id(build_id)?;
         match &self.backend {
-            Backend::Folder { dir } => folder_get(&self.name, &folder_path(dir, build_id)),
+            Backend::Folder { dir, .. } => folder_get(&self.name, &folder_path(dir, build_id)),
             Backend::Object { store, prefix } => {
                 self.rt
                     .block_on(object_get(&self.name, store, &Self::key(prefix, build_id)))
@@ -246,7 +251,9 @@ impl Remote {
     pub fn put(&self, build_id: &str, bytes: Vec<u8>, expected: Option<&str>) -> Result<String> {
         crate::model::validate_build_id(build_id)?;
         match &self.backend {
-            Backend::Folder { dir } => folder_put(&self.name, dir, build_id, &bytes, expected),
+            Backend::Folder { dir, lock_wait } => {
+                folder_put(&self.name, dir, *lock_wait, build_id, &bytes, expected)
+            }
             Backend::Object { store, prefix } => self.rt.block_on(object_put(
                 &self.name,
                 store,
@@ -313,7 +320,7 @@ impl Remote {
     /// The build ids with a snapshot on the remote, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
         let mut ids = match &self.backend {
-            Backend::Folder { dir } => {
+            Backend::Folder { dir, .. } => {
                 let builds = dir.join("builds");
                 match std::fs::read_dir(&builds) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -354,7 +361,7 @@ impl Remote {
     /// Store a whole-database backup under `backups/NAME` (create-only).
     pub fn put_backup(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         match &self.backend {
-            Backend::Folder { dir } => {
+            Backend::Folder { dir, .. } => {
                 let path = dir.join("backups").join(name);
                 write_new_file(&self.name, &path, &bytes)
             }
@@ -384,7 +391,7 @@ impl Remote {
         let missing =
             || Error::InvalidInput(format!("remote {}: there is no backup '{name}'", self.name));
         match &self.backend {
-            Backend::Folder { dir } => match std::fs::read(dir.join("backups").join(name)) {
+            Backend::Folder { dir, .. } => match std::fs::read(dir.join("backups").join(name)) {
                 Ok(b) => Ok(b),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
                 Err(e) => Err(remote_error(&self.name, "read the backup", e)),
@@ -507,7 +514,9 @@ fn folder_get(name: &str, path: &std::path::Path) -> Result<Option<Fetched>> {
 struct FolderLock(#[allow(dead_code)] std::fs::File);
 
 impl FolderLock {
-    fn take(name: &str, dir: &std::path::Path) -> Result<FolderLock> {
+    /// Take the lock, waiting at most `wait` for another writer (a stopped or hung
+    /// writer must not block everyone: the remote timeout holds here too).
+    fn take(name: &str, dir: &std::path::Path, wait: Duration) -> Result<FolderLock> {
         std::fs::create_dir_all(dir.join("builds"))
             .map_err(|e| remote_error(name, &format!("create {}", dir.display()), e))?;
         let f = std::fs::OpenOptions::new()
@@ -516,26 +525,42 @@ impl FolderLock {
             .write(true)
             .open(dir.join(".buildstate.lock"))
             .map_err(|e| remote_error(name, "open the folder's lock file", e))?;
-        // SAFETY: flock on a descriptor we own; released when the file is closed.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
-            return Err(remote_error(
-                name,
-                "lock the folder",
-                std::io::Error::last_os_error(),
-            ));
+        let deadline = std::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            // SAFETY: flock on a descriptor we own; released when the file is closed.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+            if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(FolderLock(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(remote_error(name, "lock the folder", e));
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Remote(format!(
+                    "remote {name}: could not lock the folder within {} (BUILDSTATE_REMOTE_TIMEOUT): another writer holds {} and does not let go; nothing was written. If no writer is running, look for a stopped process holding it (`fuser {}`)",
+                    crate::time::format_duration(wait),
+                    dir.join(".buildstate.lock").display(),
+                    dir.join(".buildstate.lock").display(),
+                )));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
-        Ok(FolderLock(f))
     }
 }
 
 fn folder_put(
     name: &str,
     dir: &std::path::Path,
+    lock_wait: Duration,
     build_id: &str,
     bytes: &[u8],
     expected: Option<&str>,
 ) -> Result<String> {
-    let _lock = FolderLock::take(name, dir)?;
+    let _lock = FolderLock::take(name, dir, lock_wait)?;
     let path = folder_path(dir, build_id);
     let current = folder_get(name, &path)?;
     match (current, expected) {
@@ -548,31 +573,53 @@ fn folder_put(
     Ok(content_etag(bytes))
 }
 
-/// Write `path` whole or not at all: a temporary file beside it, fsynced, renamed over
-/// it, and the folder fsynced.
-fn replace_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+/// Write `path` whole or not at all: a temporary file beside it, fsynced, then moved
+/// into place (replacing what is there, or, `create_only`, failing if anything is), and
+/// the folder fsynced. The file is created with mode 0666 less the umask, as any other
+/// file a user writes into a shared folder.
+fn place_file(name: &str, path: &std::path::Path, bytes: &[u8], create_only: bool) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().expect("remote objects live in a folder");
     let err = |e: std::io::Error| remote_error(name, &format!("write {}", path.display()), e);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
+    if create_only {
+        // link(2) fails if the name exists: create-only even between two machines
+        // writing the same name at once. The temporary name goes when `tmp` drops.
+        match std::fs::hard_link(tmp.path(), path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(err(e)),
+        }
+    } else {
+        tmp.persist(path).map_err(|e| err(e.error))?;
+    }
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(err)
+        .map_err(err)?;
+    Ok(true)
+}
+
+fn replace_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    place_file(name, path, bytes, false).map(|_| ())
 }
 
 fn write_new_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("backups live in a folder");
     std::fs::create_dir_all(dir)
         .map_err(|e| remote_error(name, &format!("create {}", dir.display()), e))?;
-    if path.exists() {
-        return Err(Error::RemoteChanged(format!(
+    if place_file(name, path, bytes, true)? {
+        Ok(())
+    } else {
+        Err(Error::RemoteChanged(format!(
             "remote {name}: backup {} exists already; choose another name",
             path.display()
-        )));
+        )))
     }
-    replace_file(name, path, bytes)
 }
 
 #[cfg(test)]

@@ -294,8 +294,21 @@ impl Writer {
             return Ok(());
         };
         crate::model::validate_build_id(build_id)?;
-        if let Some(f) = remote.get(build_id)? {
-            import_fetched(&mut self.store, remote, build_id, f, false)?;
+        match remote.get(build_id)? {
+            Some(f) => {
+                import_fetched(&mut self.store, remote, build_id, f, false)?;
+            }
+            // We wrote or read it there before, and now it is gone: say so, rather than
+            // losing every conditional write to an object that no longer exists.
+            None => {
+                if let Some(m) = self.store.remote_mark(remote.name(), build_id)? {
+                    return Err(Error::RemoteChanged(format!(
+                        "build '{build_id}': its copy on remote {} is gone (this database last saw it there at serial {}; someone deleted it, or the remote was emptied); nothing was written. To re-create it from this database: `sync-cloud push {build_id} --force`; to drop it here too, use another build id",
+                        remote.name(),
+                        m.serial
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -10,8 +10,20 @@ pub fn format(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Parse RFC 3339 text, normalised to the millisecond precision every time is stored
+/// with: a snapshot written elsewhere with finer times reads back as the same events.
 pub fn parse(s: &str) -> Result<SystemTime> {
-    humantime::parse_rfc3339(s).map_err(|e| Error::Corrupt(format!("bad timestamp '{s}': {e}")))
+    let t = humantime::parse_rfc3339(s)
+        .map_err(|e| Error::Corrupt(format!("bad timestamp '{s}': {e}")))?;
+    Ok(truncate_millis(t))
+}
+
+/// `t` without its sub-millisecond part.
+pub fn truncate_millis(t: SystemTime) -> SystemTime {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => SystemTime::UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
+        Err(_) => t,
+    }
 }
 
 /// A duration as a person writes it: `90s`, `5m`, `1h 30m`.

