@@ -126,6 +126,21 @@ pub struct Event {
     pub exit_code: Option<i32>,
     pub duration_ms: Option<u64>,
     pub actor: Actor,
+    /// The lease holder that made the write (`--owner`, run-state's own name), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The id of the write that appended this event: one id per write, shared by its
+    /// events and kept across its retries after a lost race.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
+    /// The time the write set: the lease's expiry on a start, the next retry on a fail,
+    /// an interrupt or a retry (`None` on a fail: the state is blocked).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339::option"
+    )]
+    pub until: Option<SystemTime>,
 }
 
 /// An event about to be appended; the store adds seq, serial, time and actor.
@@ -140,6 +155,8 @@ pub struct NewEvent {
     pub duration_ms: Option<u64>,
     /// When it happened, if earlier than the write (queued task results).
     pub at: Option<SystemTime>,
+    /// See [`Event::until`].
+    pub until: Option<SystemTime>,
 }
 
 impl NewEvent {
@@ -153,6 +170,7 @@ impl NewEvent {
             exit_code: None,
             duration_ms: None,
             at: None,
+            until: None,
         }
     }
 }
@@ -251,6 +269,9 @@ pub struct Ctx<'a> {
     /// under `owner`'s lease. Without it (a person's update-state) they apply to whatever
     /// attempt is current, subject to the lease check.
     pub fence: Option<u32>,
+    /// The id recorded with this write's events ([`Event::write_id`]); the store makes
+    /// one up when none is given.
+    pub write_id: Option<&'a str>,
 }
 
 impl Ctx<'static> {
@@ -270,6 +291,7 @@ impl Ctx<'static> {
             owner: None,
             lease_ttl: None,
             fence: None,
+            write_id: None,
         }
     }
 }
@@ -717,8 +739,11 @@ fn start(b: &Build, plan: &Plan, ctx: &Ctx<'_>, state: &u8, c: &mut Change) -> R
             ));
         }
     }
-    c.events
-        .push(event(EventKind::Start, Some(*state), Some(n), note));
+    let mut e = event(EventKind::Start, Some(*state), Some(n), note);
+    if let (Some(_), Some(ttl)) = (ctx.owner, ctx.lease_ttl) {
+        e.until = Some(now + ttl);
+    }
+    c.events.push(e);
     if !same {
         c.build.first_attempt_at = Some(now);
         c.build.extra_attempts = 0;
@@ -813,6 +838,9 @@ fn fail(
             c.build.status = Status::Waiting;
             c.build.next_attempt_at = Some(at);
             c.build.blocked_reason = None;
+            if let Some(e) = c.events.last_mut() {
+                e.until = Some(at);
+            }
         }
         crate::policy::Verdict::Blocked { reason, .. } => {
             c.build.status = Status::Blocked;
@@ -850,6 +878,7 @@ fn interrupt(
         Some(message.clone()),
     );
     e.duration_ms = elapsed_ms(b.attempt_started_at, now);
+    e.until = Some(now);
     c.events.push(e);
     // An interrupted attempt is not the command's fault: it does not use up one
     // of the policy's attempts, and it may be retried at once.
@@ -923,12 +952,14 @@ fn retry(
     c.build.status = Status::Waiting;
     c.build.next_attempt_at = Some(now);
     c.build.blocked_reason = None;
-    c.events.push(event(
+    let mut e = event(
         EventKind::Retry,
         Some(*state),
         Some(b.attempt + 1),
         Some(redact(reason).into_owned()),
-    ));
+    );
+    e.until = Some(now);
+    c.events.push(e);
     Ok(())
 }
 

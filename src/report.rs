@@ -334,7 +334,10 @@ fn history_table(events: &[Event]) -> String {
             e.duration_ms
                 .map(|ms| time::format_duration(std::time::Duration::from_millis(ms)))
                 .unwrap_or_default(),
-            format!("{}@{}", e.actor.user, e.actor.host),
+            // The lease holder that wrote it when there is one (`--owner W1`), else who ran it.
+            e.owner
+                .clone()
+                .unwrap_or_else(|| format!("{}@{}", e.actor.user, e.actor.host)),
             e.message
                 .as_deref()
                 .map(|m| headline(m, 80))

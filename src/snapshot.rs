@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{validate_build_id, validate_meta_key, Build, Event, EventKind};
+use std::time::SystemTime;
+
+use crate::model::{validate_build_id, validate_meta_key, Build, Event, EventKind, Status};
 use crate::plan::Plan;
 use crate::{Error, Result};
 
@@ -212,6 +214,7 @@ impl Snapshot {
                 ),
             ));
         }
+        self.check_summary_against_events()?;
         for (k, m) in &self.metadata {
             validate_meta_key(k).map_err(|e| invalid(id, e))?;
             if m.serial == 0 || m.serial > self.serial {
@@ -227,9 +230,186 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Replay the events and refuse a summary that says something they do not: a
+    /// hand-edited `status: completed` over a history that ends at `start 10` would
+    /// otherwise send the next worker straight to publishing.
+    ///
+    /// Checked: the last completed state, the active state, the status, the attempt, and,
+    /// for events written by a buildstate that records them (with a `write_id`), the next
+    /// retry's time and the lease holder. The summary's lease may outlast the start that
+    /// took it (heartbeats extend it), never the other way round.
+    fn check_summary_against_events(&self) -> Result<()> {
+        let id = &self.build_id;
+        let plan = &self.plan.body;
+        let last = plan.last().id;
+        let b = &self.build;
+        let mut want = Implied::default();
+        for e in &self.events {
+            let recorded = e.write_id.is_some();
+            let finish = |want: &mut Implied, state: u8| {
+                *want = Implied {
+                    current: Some(state),
+                    status: if state == last {
+                        Status::Completed
+                    } else {
+                        Status::Pending
+                    },
+                    ..Implied::default()
+                };
+            };
+            match (e.kind, e.state) {
+                (EventKind::Init, s) => {
+                    want = Implied::default();
+                    if let Some(s) = s {
+                        finish(&mut want, s);
+                    }
+                }
+                (EventKind::Start, Some(s)) => {
+                    want.active = Some(s);
+                    want.status = Status::Running;
+                    want.attempt = e.attempt.unwrap_or(want.attempt);
+                    want.next = Some(None);
+                    want.lease = if recorded {
+                        Some(e.until.and(e.owner.clone()).zip(e.until))
+                    } else {
+                        None
+                    };
+                }
+                (EventKind::Complete | EventKind::Skip, Some(s)) => finish(&mut want, s),
+                (EventKind::Fail, Some(s)) => {
+                    want.active = Some(s);
+                    want.attempt = e.attempt.unwrap_or(want.attempt);
+                    want.lease = Some(None);
+                    if recorded {
+                        want.status = if e.until.is_some() {
+                            Status::Waiting
+                        } else {
+                            Status::Blocked
+                        };
+                        want.next = Some(e.until);
+                    } else {
+                        // An older writer: waiting or blocked, the history cannot say.
+                        want.status = b.status;
+                        want.next = None;
+                    }
+                }
+                (EventKind::Interrupt | EventKind::Retry, Some(_)) => {
+                    want.status = Status::Waiting;
+                    want.next = recorded.then_some(e.until);
+                    want.lease = Some(None);
+                }
+                (EventKind::Rollback, Some(s)) => {
+                    want = Implied {
+                        current: Some(s),
+                        ..Implied::default()
+                    };
+                }
+                (EventKind::Cancel, _) => {
+                    want.status = Status::Cancelled;
+                    want.next = Some(None);
+                    want.lease = Some(None);
+                }
+                (EventKind::Meta | EventKind::Task | EventKind::Takeover, _) => {}
+                (kind, None) => {
+                    return Err(invalid(
+                        id,
+                        format!("event {} ({kind}) names no state", e.seq),
+                    ))
+                }
+            }
+        }
+        let mut wrong = Vec::new();
+        let opt = |s: Option<u8>| s.map_or("none".to_string(), |s| s.to_string());
+        if b.current_state != want.current {
+            wrong.push(format!(
+                "last completed state {} (the events say {})",
+                opt(b.current_state),
+                opt(want.current)
+            ));
+        }
+        if b.active_state != want.active {
+            wrong.push(format!(
+                "active state {} (the events say {})",
+                opt(b.active_state),
+                opt(want.active)
+            ));
+        }
+        if b.status != want.status {
+            wrong.push(format!(
+                "status {} (the events say {})",
+                b.status, want.status
+            ));
+        }
+        if b.attempt != want.attempt {
+            wrong.push(format!(
+                "attempt {} (the events say {})",
+                b.attempt, want.attempt
+            ));
+        }
+        if let Some(next) = want.next {
+            if b.next_attempt_at != next {
+                let t = |t: Option<SystemTime>| t.map_or("none".into(), crate::time::format);
+                wrong.push(format!(
+                    "next retry {} (the events say {})",
+                    t(b.next_attempt_at),
+                    t(next)
+                ));
+            }
+        }
+        if let Some(lease) = &want.lease {
+            let ok = match (lease, &b.lease_owner, b.lease_expires_at) {
+                (None, None, None) => true,
+                (Some((owner, until)), Some(o), Some(t)) => owner == o && t >= *until,
+                _ => false,
+            };
+            if !ok {
+                wrong.push(format!(
+                    "lease holder {} (the events say {})",
+                    b.lease_owner.as_deref().unwrap_or("none"),
+                    lease.as_ref().map_or("none", |(o, _)| o.as_str())
+                ));
+            }
+        }
+        if !wrong.is_empty() {
+            return Err(invalid(
+                id,
+                format!(
+                    "the summary disagrees with the events: {}; it was altered, or written by a broken tool. Nothing was written",
+                    wrong.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The plan as stored in a database.
     pub fn plan(&self) -> &Plan {
         &self.plan.body
+    }
+}
+
+/// What a build's events say its summary must be. `next` and `lease` are `None` when
+/// the events cannot tell (written by an older buildstate).
+#[derive(Debug)]
+struct Implied {
+    current: Option<u8>,
+    active: Option<u8>,
+    status: Status,
+    attempt: u32,
+    next: Option<Option<SystemTime>>,
+    lease: Option<Option<(String, SystemTime)>>,
+}
+
+impl Default for Implied {
+    fn default() -> Implied {
+        Implied {
+            current: None,
+            active: None,
+            status: Status::Pending,
+            attempt: 0,
+            next: Some(None),
+            lease: Some(None),
+        }
     }
 }
 
@@ -238,8 +418,8 @@ mod tests {
     use super::*;
     use crate::context::Actor;
     use crate::model::{Ctx, InitRequest, Transition};
+    use crate::policy::Category;
     use crate::store::Store;
-    use std::time::SystemTime;
 
     fn sample() -> Snapshot {
         let dir = tempfile::tempdir().unwrap();
@@ -310,8 +490,199 @@ mod tests {
         assert!(Snapshot::from_json(b"{not json").is_err());
     }
 
+    /// Every summary field the events determine, edited alone in a real snapshot (with a
+    /// running state under a lease, one waiting for a retry and one blocked): each edit
+    /// is refused, and says which field disagrees.
+    #[test]
+    fn a_summary_edited_against_its_events_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let actor = Actor::from_env("test");
+        let req = InitRequest {
+            build_id: "b".into(),
+            cloud: "aws".into(),
+            image: "rhel9".into(),
+            plan: Plan::default_plan(),
+            meta: vec![],
+        };
+        store.init(&req, &actor, SystemTime::now()).unwrap();
+        let leased = Ctx {
+            owner: Some("w1"),
+            lease_ttl: Some(std::time::Duration::from_secs(3600)),
+            ..Ctx::live()
+        };
+        let mut snaps = Vec::new();
+        let mut step = |t: Transition, ctx: &Ctx<'_>| {
+            store.transition("b", &t, &actor, ctx).unwrap();
+            snaps.push(store.snapshot("b").unwrap());
+        };
+        step(Transition::Start { state: 5 }, &leased); // running under w1's lease
+        step(Transition::fail(5, "connection timed out"), &leased); // waiting
+        step(
+            persistent(5, "no such image"),
+            &Ctx::at(SystemTime::now() + std::time::Duration::from_secs(86_400)),
+        ); // blocked, once the retry is due
+        let later = crate::time::format(SystemTime::now() + std::time::Duration::from_secs(7200));
+        type Edit = (&'static str, Box<dyn Fn(&mut serde_json::Value)>);
+        for snap in &snaps {
+            let bytes = snap.to_json();
+            Snapshot::from_json(&bytes).expect("the real snapshot is valid");
+            let status = snap.build.status;
+            let mut edits: Vec<Edit> = vec![
+                (
+                    "last completed state",
+                    Box::new(|v| v["build"]["current_state"] = 95.into()),
+                ),
+                (
+                    "active state",
+                    Box::new(|v| v["build"]["active_state"] = 10.into()),
+                ),
+                ("attempt", Box::new(|v| v["build"]["attempt"] = 7.into())),
+                (
+                    "next retry",
+                    Box::new({
+                        let later = later.clone();
+                        move |v| v["build"]["next_attempt_at"] = later.clone().into()
+                    }),
+                ),
+                (
+                    "lease holder",
+                    Box::new({
+                        let later = later.clone();
+                        move |v| {
+                            v["build"]["lease_owner"] = "forger".into();
+                            v["build"]["lease_expires_at"] = later.clone().into();
+                        }
+                    }),
+                ),
+            ];
+            for other in [
+                "pending",
+                "running",
+                "waiting",
+                "blocked",
+                "completed",
+                "cancelled",
+            ] {
+                if other != status.as_str() {
+                    edits.push((
+                        "status",
+                        Box::new(move |v| v["build"]["status"] = other.into()),
+                    ));
+                }
+            }
+            if snap.build.lease_owner.is_some() {
+                edits.push((
+                    "lease holder",
+                    Box::new(|v| {
+                        v["build"]["lease_owner"] = serde_json::Value::Null;
+                        v["build"]["lease_expires_at"] = serde_json::Value::Null;
+                    }),
+                ));
+            }
+            if snap.build.next_attempt_at.is_some() {
+                edits.push((
+                    "next retry",
+                    Box::new(|v| {
+                        v["build"]["next_attempt_at"] = serde_json::Value::Null;
+                    }),
+                ));
+            }
+            for (field, edit) in edits {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                edit(&mut v);
+                let err = Snapshot::from_json(&serde_json::to_vec(&v).unwrap())
+                    .expect_err(&format!("{field} edited on a {status} build was accepted"));
+                let msg = err.to_string();
+                assert!(
+                    msg.contains("disagrees with the events") && msg.contains(field),
+                    "{status}, {field}: {msg}"
+                );
+            }
+        }
+    }
+
+    fn persistent(state: u8, message: &str) -> Transition {
+        Transition::Fail {
+            state,
+            message: message.into(),
+            category: Some(Category::Persistent),
+            exit_code: Some(1),
+            signal: None,
+            timed_out: false,
+        }
+    }
+
+    /// Random sequences of transitions, through a real store: after every accepted one,
+    /// the build's snapshot validates (the replay never refuses an honest history).
+    fn honest_history(ops: &[(u8, u8)]) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let actor = Actor::from_env("test");
+        let plan = Plan::default_plan();
+        let req = InitRequest {
+            build_id: "b".into(),
+            cloud: "aws".into(),
+            image: "rhel9".into(),
+            plan: plan.clone(),
+            meta: vec![],
+        };
+        let t0 = SystemTime::now();
+        store.init(&req, &actor, t0).unwrap();
+        let ids: Vec<u8> = plan.states.iter().map(|s| s.id).collect();
+        for (i, (op, pick)) in ops.iter().enumerate() {
+            let state = ids[*pick as usize % ids.len()];
+            let owner = if pick % 2 == 0 { "w1" } else { "w2" };
+            let ctx = Ctx {
+                owner: Some(owner),
+                lease_ttl: (op % 3 != 0).then_some(std::time::Duration::from_secs(600)),
+                // Hours apart, so leases expire and retries come due.
+                ..Ctx::at(t0 + std::time::Duration::from_secs(3600 * (i as u64 + 1)))
+            };
+            let t = match op % 11 {
+                0 | 1 => Transition::Start { state },
+                2 => Transition::Complete { state },
+                3 => Transition::fail(state, "connection refused"),
+                4 => persistent(state, "no such file"),
+                5 => Transition::Interrupt {
+                    state,
+                    signal: "SIGTERM".into(),
+                },
+                6 => Transition::Retry {
+                    state,
+                    reason: "r".into(),
+                },
+                7 => Transition::Skip {
+                    state,
+                    reason: "s".into(),
+                },
+                8 => Transition::Rollback {
+                    to: None,
+                    reason: "back".into(),
+                },
+                9 => Transition::Meta {
+                    pairs: vec![("k".into(), format!("{i}"))],
+                },
+                _ => Transition::Cancel {
+                    reason: "stop".into(),
+                },
+            };
+            if store.transition("b", &t, &actor, &ctx).is_ok() {
+                let snap = store.snapshot("b").unwrap();
+                if let Err(e) = Snapshot::from_json(&snap.to_json()) {
+                    panic!("after {t:?}: {e}");
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn every_honest_history_replays(ops in proptest::collection::vec((0u8..=255, 0u8..=255), 1..40)) {
+            honest_history(&ops);
+        }
 
         /// No input makes the importer panic: arbitrary bytes...
         #[test]

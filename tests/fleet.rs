@@ -218,3 +218,60 @@ fn a_snapshot_with_sub_millisecond_times_pulls_and_then_stays_up_to_date() {
     // And a remote-mode write on top of it goes through.
     on(&b, &r, "update-state", &["img-1", "start", "10"]).ok();
 }
+
+#[test]
+fn a_forged_summary_is_refused_by_every_reader_and_its_etag_never_kept() {
+    let r = remote();
+    let (a, b) = (Env::new(), Env::new());
+    init(&a, &r, "img-1");
+    on(&a, &r, "update-state", &["img-1", "complete", "5"]).ok();
+    on(
+        &a,
+        &r,
+        "update-state",
+        &["img-1", "start", "10", "--owner", "W1"],
+    )
+    .ok();
+    // The history names the lease holder that wrote each event.
+    let h = a.state("img-1")["history"].clone();
+    let last = h.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["kind"].as_str(), last["owner"].as_str()),
+        (Some("start"), Some("W1"))
+    );
+    let before = std::fs::read(r.object("img-1")).unwrap();
+
+    // Someone with write access to the bucket marks the build completed.
+    let mut v = r.snapshot("img-1");
+    v["build"]["status"] = "completed".into();
+    v["build"]["current_state"] = 100.into();
+    v["build"]["active_state"] = serde_json::Value::Null;
+    v["build"]["attempt"] = 0.into();
+    v["build"]["lease_owner"] = serde_json::Value::Null;
+    v["build"]["lease_expires_at"] = serde_json::Value::Null;
+    r.write_snapshot("img-1", &v);
+
+    let pull = |env: &Env| env.run("sync-cloud", &["--remote", &r.url, "pull", "img-1"]);
+    // A fresh worker: refused, and it does not answer "completed".
+    let e = pull(&b).code(exit::INVALID_SNAPSHOT);
+    assert!(
+        e.stderr.contains("disagrees with the events") && e.stderr.contains("status completed"),
+        "{}",
+        e.stderr
+    );
+    let c = on(&b, &r, "check-state", &["img-1"]);
+    assert_ne!(c.code, exit::COMPLETED, "{}", c.stdout);
+    // The worker that wrote it: refused too, in remote mode as well, nothing written.
+    pull(&a).code(exit::INVALID_SNAPSHOT);
+    on(&a, &r, "update-state", &["img-1", "meta", "k=v"]).code(exit::INVALID_SNAPSHOT);
+    assert_eq!(a.state("img-1")["status"], "running");
+    // Its ETag was not remembered: once the honest copy is back, writes go on.
+    std::fs::write(r.object("img-1"), before).unwrap();
+    on(
+        &a,
+        &r,
+        "update-state",
+        &["img-1", "complete", "10", "--owner", "W1"],
+    )
+    .ok();
+}

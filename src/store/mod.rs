@@ -232,7 +232,12 @@ impl Store {
             named_params! {":hash": hash, ":name": req.plan.name, ":body": req.plan.to_json()},
         )?;
         insert_build(&tx, &build)?;
-        append_events(&tx, &build, std::slice::from_ref(&event), actor, now)?;
+        let write_id = new_write_id();
+        let tag = WriteTag {
+            owner: None,
+            write_id: &write_id,
+        };
+        append_events(&tx, &build, std::slice::from_ref(&event), actor, &tag, now)?;
         if !req.meta.is_empty() {
             // Initial metadata is part of the init write: same serial, same transaction.
             let pairs: Vec<(String, String)> = req
@@ -290,7 +295,12 @@ impl Store {
                 build.serial
             )));
         }
-        append_events(&tx, &change.build, &change.events, actor, now)?;
+        let write_id = ctx.write_id.map_or_else(new_write_id, str::to_string);
+        let tag = WriteTag {
+            owner: ctx.owner,
+            write_id: &write_id,
+        };
+        append_events(&tx, &change.build, &change.events, actor, &tag, now)?;
         upsert_meta(&tx, &change.build, &change.meta)?;
         // Alerts go into the outbox in the same transaction: one is never lost, and a
         // refused write raises none.
@@ -449,7 +459,7 @@ fn load_plan(conn: &Connection, hash: &str) -> Result<Plan> {
 fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, serial, at, kind, state, attempt, message, category, exit_code,
-                duration_ms, actor
+                duration_ms, actor, owner, write_id, until
          FROM events WHERE build_id = :id ORDER BY seq",
     )?;
     let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
@@ -465,6 +475,11 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
             r.get::<_, Option<i32>>(8)?,
             r.get::<_, Option<u64>>(9)?,
             r.get::<_, String>(10)?,
+            (
+                r.get::<_, Option<String>>(11)?,
+                r.get::<_, Option<String>>(12)?,
+                r.get::<_, Option<String>>(13)?,
+            ),
         ))
     })?;
     let mut out = Vec::new();
@@ -481,6 +496,7 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
             exit_code,
             duration_ms,
             actor,
+            (owner, write_id, until),
         ) = row?;
         out.push(Event {
             seq,
@@ -495,6 +511,9 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
             duration_ms,
             actor: serde_json::from_str(&actor)
                 .map_err(|e| Error::Corrupt(format!("event {seq} actor: {e}")))?,
+            owner,
+            write_id,
+            until: until.as_deref().map(time::parse).transpose()?,
         });
     }
     Ok(out)
@@ -563,9 +582,9 @@ fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
 
 /// One event row; shared by every write and by snapshot imports.
 const INSERT_EVENT: &str = "INSERT INTO events (build_id, seq, serial, at, kind, state,
-    attempt, message, category, exit_code, duration_ms, actor)
+    attempt, message, category, exit_code, duration_ms, actor, owner, write_id, until)
     VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
-    :exit_code, :duration, :actor)";
+    :exit_code, :duration, :actor, :owner, :write_id, :until)";
 
 /// One metadata value with the serial that set it.
 const UPSERT_META: &str = "INSERT INTO build_meta (build_id, key, value, updated_serial)
@@ -573,11 +592,23 @@ const UPSERT_META: &str = "INSERT INTO build_meta (build_id, key, value, updated
     ON CONFLICT (build_id, key) DO UPDATE SET value = excluded.value,
         updated_serial = excluded.updated_serial";
 
+/// Who wrote: the lease holder, if any, and the write's id (see [`Event::write_id`]).
+pub(crate) struct WriteTag<'a> {
+    pub owner: Option<&'a str>,
+    pub write_id: &'a str,
+}
+
+/// A fresh write id.
+pub fn new_write_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 fn append_events(
     conn: &Connection,
     b: &Build,
     events: &[NewEvent],
     actor: &Actor,
+    tag: &WriteTag<'_>,
     now: SystemTime,
 ) -> Result<()> {
     let last: u64 = conn
@@ -592,6 +623,7 @@ fn append_events(
             ":kind": e.kind.as_str(), ":state": e.state, ":attempt": e.attempt,
             ":message": e.message, ":category": e.category.map(|c| c.as_str()),
             ":exit_code": e.exit_code, ":duration": e.duration_ms, ":actor": actor,
+            ":owner": tag.owner, ":write_id": tag.write_id, ":until": e.until.map(time::format),
         })?;
     }
     Ok(())

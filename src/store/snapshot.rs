@@ -261,6 +261,7 @@ fn insert_events(tx: &rusqlite::Transaction<'_>, build_id: &str, events: &[Event
             ":message": e.message, ":category": e.category.map(|c| c.as_str()),
             ":exit_code": e.exit_code, ":duration": e.duration_ms,
             ":actor": serde_json::to_string(&e.actor).expect("an actor always serializes"),
+            ":owner": e.owner, ":write_id": e.write_id, ":until": e.until.map(time::format),
         })?;
     }
     Ok(())
