@@ -20,7 +20,6 @@ use crate::plan::Plan;
 use crate::policy::Category;
 use crate::remote::{Remote, RemoteOptions};
 use crate::report::Report;
-use crate::snapshot::Snapshot;
 use crate::store::Store;
 use crate::sync::Writer;
 use crate::{Error, Result};
@@ -132,7 +131,7 @@ pub fn check(req: &Request) -> Result<Value> {
     let mut found = Vec::new();
     for (id, fetched) in ids.iter().zip(remote.get_many(&ids, crate::sync::PARALLEL)) {
         if let Some(f) = fetched? {
-            let snap = Snapshot::from_json(&f.bytes)?;
+            let snap = remote.decode(&f.bytes)?;
             found.push((snap.build.updated_at, id.clone(), snap.serial));
         }
     }

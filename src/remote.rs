@@ -93,6 +93,8 @@ pub struct Remote {
     /// `remote_sync` rows with.
     name: String,
     backend: Backend,
+    /// Snapshot signing keys (`BUILDSTATE_SNAPSHOT_KEY`), when configured.
+    keys: Option<crate::snapshot::Keys>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -124,6 +126,7 @@ impl Remote {
         };
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let name = display_url(&parsed);
+        let keys = crate::snapshot::Keys::from_env()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -172,6 +175,7 @@ impl Remote {
                         dir,
                         lock_wait: opts.retry_timeout,
                     },
+                    keys,
                     rt,
                 });
             }
@@ -217,6 +221,7 @@ impl Remote {
         Ok(Remote {
             name,
             backend: Backend::Object { store, prefix },
+            keys,
             rt,
         })
     }
@@ -224,6 +229,17 @@ impl Remote {
     /// The URL without credentials.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A snapshot as this process writes it to the remote (signed when it has keys).
+    pub fn encode(&self, snap: &crate::snapshot::Snapshot) -> Vec<u8> {
+        snap.to_signed_json(self.keys.as_ref())
+    }
+
+    /// A snapshot read from the remote, validated (and its signature checked when this
+    /// process has keys).
+    pub fn decode(&self, bytes: &[u8]) -> Result<crate::snapshot::Snapshot> {
+        crate::snapshot::Snapshot::from_signed_json(bytes, self.keys.as_ref())
     }
 
     fn key(prefix: &ObjPath, build_id: &str) -> ObjPath {

@@ -45,6 +45,142 @@ pub struct Snapshot {
     pub build: Build,
     pub metadata: BTreeMap<String, MetaEntry>,
     pub events: Vec<Event>,
+    /// HMAC-SHA256 over the snapshot's canonical bytes (this field left out), when the
+    /// writer has a snapshot key ([`Keys`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+/// A snapshot's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// Always `hmac-sha256`.
+    pub alg: String,
+    /// Which key signed: the first 16 hex digits of the key's SHA-256 (not secret).
+    pub key_id: String,
+    /// The HMAC, in hex.
+    pub mac: String,
+}
+
+/// The snapshot keys of this process: `BUILDSTATE_SNAPSHOT_KEY` (or the file named by
+/// `BUILDSTATE_SNAPSHOT_KEY_FILE`), one or more keys separated by white space or commas.
+/// The first signs every snapshot written; any of them verifies one read, so keys can be
+/// rotated (docs/sync.md). The keys themselves are never printed.
+pub struct Keys {
+    keys: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
+        write!(f, "Keys {ids:?}")
+    }
+}
+
+/// The shortest key accepted: 16 bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+const ALG: &str = "hmac-sha256";
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl Keys {
+    /// Parse the text of the variable or file; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Keys> {
+        let mut keys = Vec::new();
+        for k in text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|k| !k.is_empty())
+        {
+            if k.len() < MIN_KEY_BYTES {
+                return Err(Error::InvalidInput(format!(
+                    "{source}: a snapshot key must be at least {MIN_KEY_BYTES} characters (one of them has {}); make one with `openssl rand -hex 32`",
+                    k.len()
+                )));
+            }
+            use sha2::Digest;
+            let id: String = sha2::Sha256::digest(k.as_bytes())
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            keys.push((id, k.as_bytes().to_vec()));
+        }
+        if keys.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "{source} is set but holds no key; unset it, or give one (`openssl rand -hex 32`)"
+            )));
+        }
+        Ok(Keys { keys })
+    }
+
+    /// The keys from the environment, if any are configured.
+    pub fn from_env() -> Result<Option<Keys>> {
+        if let Some(path) =
+            std::env::var_os("BUILDSTATE_SNAPSHOT_KEY_FILE").filter(|p| !p.is_empty())
+        {
+            let path = std::path::PathBuf::from(path);
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            return Keys::parse(&text, "BUILDSTATE_SNAPSHOT_KEY_FILE").map(Some);
+        }
+        match std::env::var("BUILDSTATE_SNAPSHOT_KEY") {
+            Ok(v) => Keys::parse(&v, "BUILDSTATE_SNAPSHOT_KEY").map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(Error::InvalidInput(
+                "BUILDSTATE_SNAPSHOT_KEY is not valid UTF-8".into(),
+            )),
+        }
+    }
+
+    fn mac(key: &[u8], bytes: &[u8]) -> HmacSha256 {
+        use hmac::Mac;
+        let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+        m.update(bytes);
+        m
+    }
+
+    fn sign(&self, bytes: &[u8]) -> Signature {
+        use hmac::Mac;
+        let (id, key) = &self.keys[0];
+        let tag = Keys::mac(key, bytes).finalize().into_bytes();
+        Signature {
+            alg: ALG.into(),
+            key_id: id.clone(),
+            mac: tag.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    fn verify(&self, bytes: &[u8], sig: &Signature) -> bool {
+        use hmac::Mac;
+        let Some((_, key)) = self.keys.iter().find(|(id, _)| *id == sig.key_id) else {
+            return false;
+        };
+        let Some(tag) = from_hex(&sig.mac) else {
+            return false;
+        };
+        sig.alg == ALG && Keys::mac(key, bytes).verify_slice(&tag).is_ok()
+    }
+
+    fn knows(&self, key_id: &str) -> bool {
+        self.keys.iter().any(|(id, _)| id == key_id)
+    }
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,11 +226,66 @@ impl Snapshot {
             build,
             metadata,
             events,
+            signature: None,
         }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a snapshot always serializes")
+    }
+
+    /// The bytes a signature covers: the snapshot without its signature.
+    fn canonical(&self) -> Vec<u8> {
+        if self.signature.is_none() {
+            return self.to_json();
+        }
+        let mut bare = self.clone();
+        bare.signature = None;
+        bare.to_json()
+    }
+
+    /// The JSON to write to a remote: signed with the first key when there are keys.
+    pub fn to_signed_json(&self, keys: Option<&Keys>) -> Vec<u8> {
+        match keys {
+            None => self.canonical(),
+            Some(keys) => {
+                let mut signed = self.clone();
+                signed.signature = None;
+                signed.signature = Some(keys.sign(&signed.to_json()));
+                signed.to_json()
+            }
+        }
+    }
+
+    /// [`Snapshot::from_json`] for a snapshot read from a remote: with keys, an unsigned
+    /// snapshot, one signed by an unknown key, or one whose signature does not match its
+    /// content is refused. The signature is checked and dropped.
+    pub fn from_signed_json(bytes: &[u8], keys: Option<&Keys>) -> Result<Snapshot> {
+        let mut snap = Snapshot::from_json(bytes)?;
+        if let Some(keys) = keys {
+            let id = &snap.build_id;
+            let refuse = |why: String| {
+                Err(invalid(
+                    id,
+                    format!("{why}; it was not written by a holder of this process's snapshot keys (BUILDSTATE_SNAPSHOT_KEY), or was altered since. Nothing was written"),
+                ))
+            };
+            match &snap.signature {
+                None => return refuse("it is not signed".into()),
+                Some(sig) if !keys.knows(&sig.key_id) => {
+                    return refuse(format!(
+                        "it is signed by key {}, which is not one of ours",
+                        sig.key_id
+                    ))
+                }
+                Some(sig) if !keys.verify(&snap.canonical(), sig) => {
+                    return refuse("its signature does not match its content".into())
+                }
+                Some(_) => {}
+            }
+        }
+        snap.signature = None;
+        Ok(snap)
     }
 
     /// Parse and validate; see the module documentation.
@@ -488,6 +679,67 @@ mod tests {
             assert!(msg.contains(want), "{msg} (wanted {want})");
         }
         assert!(Snapshot::from_json(b"{not json").is_err());
+    }
+
+    #[test]
+    fn signed_snapshots_verify_only_with_a_known_key_and_unaltered_content() {
+        let snap = sample();
+        let old = Keys::parse("old-key-0123456789abcdef", "test").unwrap();
+        let rotated =
+            Keys::parse("new-key-0123456789abcdef, old-key-0123456789abcdef", "test").unwrap();
+        let new_only = Keys::parse("new-key-0123456789abcdef", "test").unwrap();
+        let signed = snap.to_signed_json(Some(&old));
+        assert!(
+            !String::from_utf8_lossy(&signed).contains("old-key"),
+            "the key leaked"
+        );
+        // The signature is checked and dropped: what comes back is the snapshot itself.
+        assert_eq!(
+            Snapshot::from_signed_json(&signed, Some(&old)).unwrap(),
+            snap
+        );
+        // Rotation: the new list still reads copies signed with the old key...
+        assert_eq!(
+            Snapshot::from_signed_json(&signed, Some(&rotated)).unwrap(),
+            snap
+        );
+        // ...and signs with the new one, which the old key alone does not accept.
+        let resigned = snap.to_signed_json(Some(&rotated));
+        Snapshot::from_signed_json(&resigned, Some(&new_only)).unwrap();
+        let refused = |bytes: &[u8], keys: &Keys, want: &str| {
+            let e = Snapshot::from_signed_json(bytes, Some(keys)).unwrap_err();
+            assert!(matches!(e, Error::InvalidSnapshot(_)), "{e:?}");
+            assert!(e.to_string().contains(want), "{e} (wanted {want})");
+        };
+        refused(&resigned, &old, "not one of ours");
+        refused(&snap.to_json(), &old, "not signed");
+        // Content altered consistently (events and summary), signature kept: refused.
+        let mut v: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+        let n = v["events"].as_array().unwrap().len();
+        v["events"][n - 1]["message"] = "forged".into();
+        refused(
+            &serde_json::to_vec(&v).unwrap(),
+            &old,
+            "does not match its content",
+        );
+        let mut v: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+        v["signature"]["mac"] = "00".repeat(32).into();
+        refused(
+            &serde_json::to_vec(&v).unwrap(),
+            &old,
+            "does not match its content",
+        );
+        // Without keys, a signed snapshot reads as any other.
+        assert_eq!(Snapshot::from_signed_json(&signed, None).unwrap(), snap);
+        // Short or empty keys are refused.
+        assert!(Keys::parse("short", "K")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 16"));
+        assert!(Keys::parse(" , ", "K")
+            .unwrap_err()
+            .to_string()
+            .contains("holds no key"));
     }
 
     /// Every summary field the events determine, edited alone in a real snapshot (with a

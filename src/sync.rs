@@ -51,7 +51,7 @@ pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> 
         }
         mark.map(|m| m.etag)
     };
-    let etag = remote.put(build_id, snap.to_json(), expected.as_deref())?;
+    let etag = remote.put(build_id, remote.encode(&snap), expected.as_deref())?;
     record(store, remote, &snap, etag)?;
     Ok(Synced {
         build_id: build_id.to_string(),
@@ -97,7 +97,7 @@ pub fn push_all(
                 }),
             )),
             m => {
-                todo.push((id, snap.to_json(), m.map(|m| m.etag)));
+                todo.push((id, remote.encode(&snap), m.map(|m| m.etag)));
                 snaps.push(snap);
             }
         }
@@ -147,7 +147,7 @@ fn import_fetched(
     fetched: crate::remote::Fetched,
     take_remote: bool,
 ) -> Result<Synced> {
-    let snap = Snapshot::from_json(&fetched.bytes)?;
+    let snap = remote.decode(&fetched.bytes)?;
     if snap.build_id != build_id {
         return Err(Error::InvalidSnapshot(format!(
             "the object for build '{build_id}' holds build '{}'",
@@ -220,7 +220,7 @@ pub fn status(store: &Store, remote: &Remote) -> Result<Vec<StatusRow>> {
         let local_serial = local.get(&id).copied();
         let (remote_serial, state) = match f? {
             None => (None, "local_only"),
-            Some(f) => match Snapshot::from_json(&f.bytes) {
+            Some(f) => match remote.decode(&f.bytes) {
                 Err(_) => (None, "unreadable"),
                 Ok(snap) => {
                     let state = match local_serial {
@@ -379,7 +379,7 @@ impl Writer {
                     let Some(f) = remote.get(&req.build_id)? else {
                         continue;
                     };
-                    let theirs = Snapshot::from_json(&f.bytes)?;
+                    let theirs = remote.decode(&f.bytes)?;
                     let b = &theirs.build;
                     if b.cloud != req.cloud
                         || b.image != req.image
@@ -423,7 +423,7 @@ impl Writer {
 fn push_in(conn: &rusqlite::Connection, remote: &Remote, b: &crate::model::Build) -> Result<()> {
     let snap = crate::store::snapshot_in(conn, &b.build_id)?;
     let expected = crate::store::remote_mark_in(conn, remote.name(), &b.build_id)?.map(|m| m.etag);
-    let etag = remote.put(&b.build_id, snap.to_json(), expected.as_deref())?;
+    let etag = remote.put(&b.build_id, remote.encode(&snap), expected.as_deref())?;
     crate::store::set_remote_mark_in(
         conn,
         remote.name(),

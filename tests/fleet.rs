@@ -275,3 +275,56 @@ fn a_forged_summary_is_refused_by_every_reader_and_its_etag_never_kept() {
     )
     .ok();
 }
+
+#[test]
+fn with_a_snapshot_key_only_holders_of_the_key_can_write_what_others_believe() {
+    let r = remote();
+    let key = "s3cr3t-snapshot-key-0123456789";
+    let (a, b, intruder) = (Env::new(), Env::new(), Env::new());
+    let keyed = |env: &Env, tool: &str, args: &[&str]| {
+        let mut c = env.command(tool);
+        c.env("BUILDSTATE_REMOTE", &r.url)
+            .env("BUILDSTATE_SNAPSHOT_KEY", key)
+            .args(args);
+        env.run_with(&mut c, None)
+    };
+    keyed(
+        &a,
+        "init-state",
+        &["img-1", "--cloud", "aws", "--image", "rhel9"],
+    )
+    .ok();
+    let out = keyed(&a, "update-state", &["img-1", "complete", "5", "--json"]).ok();
+    let v = r.snapshot("img-1");
+    assert_eq!(v["signature"]["alg"], "hmac-sha256");
+    let raw = String::from_utf8(std::fs::read(r.object("img-1")).unwrap()).unwrap();
+    assert!(!raw.contains(key) && !out.stdout.contains(key) && !out.stderr.contains(key));
+    assert!(!util::file_contains(&a.db, key.as_bytes()));
+    // A machine with the key reads it.
+    keyed(&b, "check-state", &["img-1"]).ok();
+
+    // Someone who can write the bucket but lacks the key: an edit that keeps events and
+    // summary consistent (a metadata value), and a copy written by a buildstate without
+    // the key. Both are refused by holders of the key, and nothing is written.
+    let mut v = r.snapshot("img-1");
+    v["events"][1]["message"] = "kickstart skipped by ops".into();
+    r.write_snapshot("img-1", &v);
+    let e = keyed(&b, "check-state", &["img-1"]).code(exit::INVALID_SNAPSHOT);
+    assert!(
+        e.stderr.contains("signature does not match"),
+        "{}",
+        e.stderr
+    );
+    keyed(&a, "update-state", &["img-1", "start", "10"]).code(exit::INVALID_SNAPSHOT);
+    std::fs::remove_file(r.object("img-1")).unwrap();
+    on(
+        &intruder,
+        &r,
+        "init-state",
+        &["img-1", "--cloud", "aws", "--image", "rhel9"],
+    )
+    .ok();
+    let e = keyed(&b, "check-state", &["img-1"]).code(exit::INVALID_SNAPSHOT);
+    assert!(e.stderr.contains("not signed"), "{}", e.stderr);
+    assert!(!e.stderr.contains(key));
+}
