@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use buildstate::cli::{finish, Common};
 use buildstate::plan::Plan;
@@ -44,14 +43,9 @@ fn run(args: &Args) -> Result<i32> {
     let plan = Plan::load(args.plan.as_deref())?;
     buildstate::model::validate_build_id(&args.build_id)?;
     let mut store = args.common.writer(false)?;
+    let now = store.now()?;
     store.refresh(&args.build_id)?;
-    let report = Report::load(
-        Some(&store),
-        &args.build_id,
-        &plan,
-        SystemTime::now(),
-        args.history,
-    )?;
+    let report = Report::load(Some(&store), &args.build_id, &plan, now, args.history)?;
     if let Some(dir) = &args.output {
         report.write_output(dir)?;
     }

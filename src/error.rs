@@ -84,6 +84,11 @@ pub enum Error {
     #[error("{0}")]
     Remote(String),
 
+    /// Remote mode: this machine's clock is too far from the remote's
+    /// (`BUILDSTATE_MAX_CLOCK_SKEW`). Nothing was written.
+    #[error("{0}")]
+    ClockSkew(String),
+
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -136,6 +141,7 @@ impl Error {
             Error::Diverged(_) => exit::DIVERGED,
             Error::Remote(_) => exit::REMOTE,
             Error::InvalidSnapshot(_) => exit::INVALID_SNAPSHOT,
+            Error::ClockSkew(_) => exit::CLOCK_SKEW,
             Error::Io { .. } | Error::Corrupt(_) => exit::INTERNAL,
         }
     }
@@ -156,6 +162,7 @@ impl Error {
             Error::Diverged(_) => "diverged",
             Error::Remote(_) => "remote",
             Error::InvalidSnapshot(_) => "invalid_snapshot",
+            Error::ClockSkew(_) => "clock_skew",
             Error::Io { .. } => "io",
             Error::Corrupt(_) => "corrupt",
         }

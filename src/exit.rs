@@ -51,6 +51,9 @@ pub const REMOTE: i32 = 17;
 pub const INVALID_SNAPSHOT: i32 = 18;
 /// monitor wait: the timeout passed before the build got there.
 pub const TIMEOUT: i32 = 19;
+/// Remote mode: this machine's clock differs from the remote's by more than
+/// `BUILDSTATE_MAX_CLOCK_SKEW`. Nothing was written: fix the clock (NTP).
+pub const CLOCK_SKEW: i32 = 20;
 
 /// Every code with its name, in the order of `docs/exit-codes.md`.
 pub const ALL: &[(i32, &str)] = &[
@@ -74,4 +77,5 @@ pub const ALL: &[(i32, &str)] = &[
     (REMOTE, "REMOTE"),
     (INVALID_SNAPSHOT, "INVALID_SNAPSHOT"),
     (TIMEOUT, "TIMEOUT"),
+    (CLOCK_SKEW, "CLOCK_SKEW"),
 ];

@@ -95,6 +95,9 @@ pub struct Remote {
     backend: Backend,
     /// Snapshot signing keys (`BUILDSTATE_SNAPSHOT_KEY`), when configured.
     keys: Option<crate::snapshot::Keys>,
+    /// Where to ask an object store for its time (an HTTP `Date` header).
+    clock_url: Option<String>,
+    request_timeout: Duration,
     rt: tokio::runtime::Runtime,
 }
 
@@ -159,6 +162,7 @@ impl Remote {
         if parsed.scheme() != "file" && host.is_empty() {
             return Err(bad("the bucket or container is missing".into()));
         }
+        let clock_url: String;
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 if !host.is_empty() && host != "localhost" {
@@ -176,52 +180,82 @@ impl Remote {
                         lock_wait: opts.retry_timeout,
                     },
                     keys,
+                    clock_url: None,
+                    request_timeout: opts.request_timeout,
                     rt,
                 });
             }
-            "s3" | "s3a" => Arc::new(
-                timeouts
+            "s3" | "s3a" => {
+                use object_store::aws::AmazonS3ConfigKey as K;
+                let b = timeouts
                     .iter()
-                    .fold(object_store::aws::AmazonS3Builder::from_env(), |b, (k, v)| {
-                        b.with_config(object_store::aws::AmazonS3ConfigKey::Client(*k), v)
-                    })
+                    .fold(
+                        object_store::aws::AmazonS3Builder::from_env(),
+                        |b, (k, v)| b.with_config(K::Client(*k), v),
+                    )
                     .with_url(url)
-                    .with_retry(retry.clone())
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
-            ),
-            "az" | "azure" | "abfs" | "abfss" => Arc::new(
-                timeouts
+                    .with_retry(retry.clone());
+                let region = b.get_config_value(&K::Region);
+                clock_url = b.get_config_value(&K::Endpoint).unwrap_or_else(|| {
+                    format!(
+                        "https://s3.{}.amazonaws.com",
+                        region.as_deref().unwrap_or("us-east-1")
+                    )
+                });
+                Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
+            }
+            "az" | "azure" | "abfs" | "abfss" => Arc::new({
+                use object_store::azure::AzureConfigKey as K;
+                let b = timeouts
                     .iter()
-                    .fold(object_store::azure::MicrosoftAzureBuilder::from_env(), |b, (k, v)| {
-                        b.with_config(object_store::azure::AzureConfigKey::Client(*k), v)
-                    })
+                    .fold(
+                        object_store::azure::MicrosoftAzureBuilder::from_env(),
+                        |b, (k, v)| b.with_config(K::Client(*k), v),
+                    )
                     .with_url(url)
-                    .with_retry(retry.clone())
-                    .build()
+                    .with_retry(retry.clone());
+                let emulator = b
+                    .get_config_value(&K::UseEmulator)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                clock_url = match b.get_config_value(&K::Endpoint) {
+                    Some(e) => e,
+                    None if emulator => std::env::var("AZURITE_BLOB_STORAGE_URL")
+                        .unwrap_or_else(|_| "http://127.0.0.1:10000".into()),
+                    None => format!(
+                        "https://{}.blob.core.windows.net",
+                        b.get_config_value(&K::AccountName).unwrap_or_default()
+                    ),
+                };
+                b.build()
                     .map_err(|e| {
                         bad(format!(
                             "{e} (set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY, or AZURE_STORAGE_USE_EMULATOR=true for Azurite)"
                         ))
-                    })?,
-            ),
-            "gs" => Arc::new(
+                    })?
+            }),
+            "gs" => Arc::new({
+                clock_url = "https://storage.googleapis.com".into();
                 timeouts
                     .iter()
-                    .fold(object_store::gcp::GoogleCloudStorageBuilder::from_env(), |b, (k, v)| {
-                        b.with_config(object_store::gcp::GoogleConfigKey::Client(*k), v)
-                    })
+                    .fold(
+                        object_store::gcp::GoogleCloudStorageBuilder::from_env(),
+                        |b, (k, v)| {
+                            b.with_config(object_store::gcp::GoogleConfigKey::Client(*k), v)
+                        },
+                    )
                     .with_url(url)
                     .with_retry(retry.clone())
                     .build()
-                    .map_err(|e| bad(e.to_string()))?,
-            ),
+                    .map_err(|e| bad(e.to_string()))?
+            }),
             other => return Err(bad(format!("unknown scheme '{other}'"))),
         };
         Ok(Remote {
             name,
             backend: Backend::Object { store, prefix },
             keys,
+            clock_url: Some(clock_url),
+            request_timeout: opts.request_timeout,
             rt,
         })
     }
@@ -234,6 +268,70 @@ impl Remote {
     /// A snapshot as this process writes it to the remote (signed when it has keys).
     pub fn encode(&self, snap: &crate::snapshot::Snapshot) -> Vec<u8> {
         snap.to_signed_json(self.keys.as_ref())
+    }
+
+    /// How far this machine's clock is ahead of the remote's (negative: behind), in
+    /// milliseconds. A folder's time is the modification time the file system gives a
+    /// file written there now (a shared mount's server stamps it); an object store's is
+    /// the `Date` header of its answer to one request (1 s resolution, so the middle of
+    /// that second is taken).
+    pub fn clock_offset(&self) -> Result<i64> {
+        let ms = |t: std::time::SystemTime| -> i64 {
+            match t.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+                Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+            }
+        };
+        let before = std::time::SystemTime::now();
+        let theirs = match &self.backend {
+            Backend::Folder { dir, .. } => {
+                let err = |e: std::io::Error| remote_error(&self.name, "read the folder's time", e);
+                std::fs::create_dir_all(dir).map_err(err)?;
+                let probe = tempfile::Builder::new()
+                    .prefix(".clock-")
+                    .tempfile_in(dir)
+                    .map_err(err)?;
+                ms(probe
+                    .as_file()
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_err(err)?)
+            }
+            Backend::Object { .. } => {
+                let url = self.clock_url.as_deref().unwrap_or_default();
+                let timeout = self.request_timeout;
+                let date = self.rt.block_on(async {
+                    let client = reqwest::Client::builder()
+                        .timeout(timeout)
+                        .build()
+                        .map_err(|e| {
+                            remote_error(&self.name, "ask for its time", e.without_url())
+                        })?;
+                    let r = client.head(url).send().await.map_err(|e| {
+                        remote_error(&self.name, "ask for its time", e.without_url())
+                    })?;
+                    Ok::<_, Error>(
+                        r.headers()
+                            .get(reqwest::header::DATE)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string),
+                    )
+                })?;
+                let Some(date) = date else {
+                    return Err(Error::Remote(format!(
+                        "remote {}: its server gave no Date header, so this machine's clock cannot be checked against it; set BUILDSTATE_MAX_CLOCK_SKEW=off to write without the check",
+                        self.name
+                    )));
+                };
+                let t = chrono::DateTime::parse_from_rfc2822(&date).map_err(|e| {
+                    remote_error(&self.name, &format!("read its time from Date: {date:?}"), e)
+                })?;
+                t.timestamp_millis() + 500
+            }
+        };
+        let after = std::time::SystemTime::now();
+        let ours = ms(before) / 2 + ms(after) / 2;
+        Ok(ours - theirs)
     }
 
     /// A snapshot read from the remote, validated (and its signature checked when this

@@ -256,7 +256,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
     let owner = actor.lease_owner();
     loop {
         store.refresh(&opts.build_id)?;
-        let now = SystemTime::now();
+        let now = store.now()?;
         let build = store
             .build(&opts.build_id)?
             .ok_or_else(|| Error::UnknownBuild(opts.build_id.clone()))?;

@@ -51,7 +51,21 @@ pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> 
         }
         mark.map(|m| m.etag)
     };
-    let etag = remote.put(build_id, remote.encode(&snap), expected.as_deref())?;
+    let etag = match remote.put(build_id, remote.encode(&snap), expected.as_deref()) {
+        Ok(etag) => etag,
+        Err(e) => match landed_anyway(remote, &snap, e)? {
+            Some(etag) => etag,
+            None => {
+                // Ours landed and someone wrote on top already: pulling catches up.
+                return Ok(Synced {
+                    build_id: build_id.to_string(),
+                    outcome: "pushed",
+                    local_serial: Some(snap.serial),
+                    remote_serial: Some(snap.serial),
+                });
+            }
+        },
+    };
     record(store, remote, &snap, etag)?;
     Ok(Synced {
         build_id: build_id.to_string(),
@@ -59,6 +73,33 @@ pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> 
         local_serial: Some(snap.serial),
         remote_serial: Some(snap.serial),
     })
+}
+
+/// After a write whose outcome is unknown (a conditional write retried after its answer
+/// was lost meets 412, or the answer never came): did our write land anyway? Re-read the
+/// object; if its history holds ours (same lineage, our events to the last, which carry
+/// this write's id), it did. `Ok(Some(etag))`: the object is ours as written;
+/// `Ok(None)`: ours landed and another writer has written on top since. Otherwise the
+/// original error stands.
+fn landed_anyway(remote: &Remote, ours: &Snapshot, error: Error) -> Result<Option<String>> {
+    if !matches!(error, Error::RemoteChanged(_) | Error::Remote(_)) {
+        return Err(error);
+    }
+    let Ok(Some(f)) = remote.get(&ours.build_id) else {
+        return Err(error);
+    };
+    let Ok(theirs) = remote.decode(&f.bytes) else {
+        return Err(error);
+    };
+    let n = ours.events.len();
+    let holds_ours = theirs.lineage == ours.lineage
+        && theirs.serial >= ours.serial
+        && theirs.events.len() >= n
+        && theirs.events[..n] == ours.events[..];
+    if !holds_ours {
+        return Err(error);
+    }
+    Ok((theirs.serial == ours.serial).then_some(f.etag))
 }
 
 fn record(store: &mut Store, remote: &Remote, snap: &Snapshot, etag: String) -> Result<()> {
@@ -269,6 +310,30 @@ pub const RACE_TRIES: u32 = 12;
 pub struct Writer {
     store: Store,
     remote: Option<Remote>,
+    /// This machine's clock against the remote's, in ms, once measured.
+    clock_offset: Option<i64>,
+}
+
+/// The default of `BUILDSTATE_MAX_CLOCK_SKEW`.
+pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `BUILDSTATE_MAX_CLOCK_SKEW`: how far this machine's clock may be from the remote's in
+/// remote mode (a duration; `off` turns the check off). `None`: off.
+pub fn max_clock_skew() -> Result<Option<std::time::Duration>> {
+    match std::env::var("BUILDSTATE_MAX_CLOCK_SKEW") {
+        Err(_) => Ok(Some(DEFAULT_MAX_CLOCK_SKEW)),
+        Ok(v) if v.trim().eq_ignore_ascii_case("off") => Ok(None),
+        Ok(v) => humantime::parse_duration(v.trim())
+            .ok()
+            .filter(|d| *d <= std::time::Duration::from_secs(3600))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "invalid BUILDSTATE_MAX_CLOCK_SKEW '{}': give a duration up to 1h (e.g. 5s), or off",
+                    crate::redact::redact(&v).escape_debug()
+                ))
+            }),
+    }
 }
 
 impl std::ops::Deref for Writer {
@@ -280,7 +345,46 @@ impl std::ops::Deref for Writer {
 
 impl Writer {
     pub fn new(store: Store, remote: Option<Remote>) -> Writer {
-        Writer { store, remote }
+        Writer {
+            store,
+            remote,
+            clock_offset: None,
+        }
+    }
+
+    /// The time to decide and write by. Local mode: this machine's clock. Remote mode:
+    /// this machine's clock measured against the remote's once per process
+    /// ([`Remote::clock_offset`]) and corrected by the offset; an offset larger than
+    /// `BUILDSTATE_MAX_CLOCK_SKEW` is [`Error::ClockSkew`]: a worker whose clock runs
+    /// ahead would take over live leases, one behind would skip backoffs, so it neither
+    /// writes nor decides.
+    pub fn now(&mut self) -> Result<std::time::SystemTime> {
+        let now = std::time::SystemTime::now();
+        let Some(remote) = &self.remote else {
+            return Ok(now);
+        };
+        let Some(bound) = max_clock_skew()? else {
+            return Ok(now);
+        };
+        let offset = match self.clock_offset {
+            Some(o) => o,
+            None => {
+                let o = remote.clock_offset()?;
+                self.clock_offset = Some(o);
+                o
+            }
+        };
+        let off = std::time::Duration::from_millis(offset.unsigned_abs());
+        if off > bound {
+            return Err(Error::ClockSkew(format!(
+                "this machine's clock is {} {} remote {}'s, more than BUILDSTATE_MAX_CLOCK_SKEW ({}): leases and retry times decided here would be wrong for every other machine, so nothing was written. Fix the clock (NTP: `timedatectl status`, `chronyc tracking`)",
+                crate::time::format_duration(off),
+                if offset > 0 { "ahead of" } else { "behind" },
+                remote.name(),
+                crate::time::format_duration(bound),
+            )));
+        }
+        Ok(if offset > 0 { now - off } else { now + off })
     }
 
     pub fn is_remote(&self) -> bool {
@@ -324,10 +428,14 @@ impl Writer {
         if self.remote.is_none() {
             return self.store.transition(build_id, t, actor, ctx);
         }
+        let ctx = &crate::model::Ctx {
+            now: self.now()?,
+            ..*ctx
+        };
         let mut pause = std::time::Duration::from_millis(20);
         for _ in 0..RACE_TRIES {
             self.refresh(build_id)?;
-            let Writer { store, remote } = self;
+            let Writer { store, remote, .. } = self;
             let remote = remote.as_ref().expect("remote mode");
             let written =
                 store.transition_with(build_id, t, actor, ctx, |conn, b| push_in(conn, remote, b));
@@ -357,6 +465,11 @@ impl Writer {
         actor: &crate::context::Actor,
         now: std::time::SystemTime,
     ) -> Result<crate::store::InitOutcome> {
+        let now = if self.remote.is_some() {
+            self.now()?
+        } else {
+            now
+        };
         for _ in 0..RACE_TRIES {
             self.refresh(&req.build_id)?;
             let outcome = self.store.init(req, actor, now)?;
@@ -423,7 +536,17 @@ impl Writer {
 fn push_in(conn: &rusqlite::Connection, remote: &Remote, b: &crate::model::Build) -> Result<()> {
     let snap = crate::store::snapshot_in(conn, &b.build_id)?;
     let expected = crate::store::remote_mark_in(conn, remote.name(), &b.build_id)?.map(|m| m.etag);
-    let etag = remote.put(&b.build_id, remote.encode(&snap), expected.as_deref())?;
+    // A lost answer must not become a lost (or doubled) write: if the object holds this
+    // write (its events carry this write's id), it landed, whatever the answer said.
+    let etag = match remote.put(&b.build_id, remote.encode(&snap), expected.as_deref()) {
+        Ok(etag) => etag,
+        Err(e) => match landed_anyway(remote, &snap, e)? {
+            Some(etag) => etag,
+            // Landed, and someone wrote on top since: commit ours; the next pull
+            // fast-forwards and remembers the newer ETag.
+            None => return Ok(()),
+        },
+    };
     crate::store::set_remote_mark_in(
         conn,
         remote.name(),

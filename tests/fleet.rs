@@ -328,3 +328,134 @@ fn with_a_snapshot_key_only_holders_of_the_key_can_write_what_others_believe() {
     assert!(e.stderr.contains("not signed"), "{}", e.stderr);
     assert!(!e.stderr.contains(key));
 }
+
+/// `tool args` on `env`'s database under libfaketime's clock `offset` (`+10m`, `-2h`).
+/// Monotonic clocks stay real, and file times are the file system's (NO_FAKE_STAT), as
+/// on a machine whose clock is wrong writing to a shared mount whose server stamps them.
+fn skewed(env: &Env, offset: &str, remote: Option<&Remote>, tool: &str, args: &[&str]) -> Run {
+    let mut c = Command::new("faketime");
+    c.args(["-f", offset])
+        .arg(util::bin(tool))
+        .arg("--db")
+        .arg(&env.db)
+        .args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BUILDSTATE_") {
+            c.env_remove(key);
+        }
+    }
+    c.env("HOME", env.dir.path())
+        .env("NO_FAKE_STAT", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    if let Some(r) = remote {
+        c.env("BUILDSTATE_REMOTE", &r.url);
+    }
+    let out = env.run_with(&mut c, None);
+    assert!(
+        !out.stderr.contains("faketime: command not found") && out.code != 127,
+        "faketime (Debian's package) is needed: scripts/test installs it\n{}",
+        out.stderr
+    );
+    out
+}
+
+#[test]
+fn in_remote_mode_a_worker_whose_clock_is_off_neither_writes_nor_decides() {
+    let r = remote();
+    let (a, b) = (Env::new(), Env::new());
+    init(&a, &r, "img-1");
+    on(
+        &a,
+        &r,
+        "update-state",
+        &["img-1", "start", "5", "--owner", "A", "--lease-ttl", "5m"],
+    )
+    .ok();
+    let before = std::fs::read(r.object("img-1")).unwrap();
+
+    // Ten minutes ahead, A's live lease looks expired: B must not take it over.
+    let e = skewed(
+        &b,
+        "+10m",
+        Some(&r),
+        "update-state",
+        &["img-1", "start", "5", "--owner", "B"],
+    );
+    let e = e.code(exit::CLOCK_SKEW);
+    assert!(
+        e.stderr.contains("10m ahead of") && e.stderr.contains("nothing was written"),
+        "{}",
+        e.stderr
+    );
+    // Two hours behind: a failure would schedule a retry that is already due, and a
+    // decision would see A's lease as hours long. Neither is made.
+    let e = skewed(
+        &b,
+        "-2h",
+        Some(&r),
+        "update-state",
+        &["img-1", "fail", "5", "--owner", "A", "--error", "timed out"],
+    );
+    assert!(e.code(exit::CLOCK_SKEW).stderr.contains("behind"));
+    skewed(&b, "-2h", Some(&r), "check-state", &["img-1"]).code(exit::CLOCK_SKEW);
+    skewed(
+        &b,
+        "+3h",
+        Some(&r),
+        "run-state",
+        &["img-1", "5", "--", "true"],
+    )
+    .code(exit::CLOCK_SKEW);
+    assert_eq!(
+        std::fs::read(r.object("img-1")).unwrap(),
+        before,
+        "the remote copy changed"
+    );
+    // A clock within the bound writes as usual, and the check can be turned off.
+    on(&b, &r, "check-state", &["img-1"]).code(exit::BUSY);
+    let mut c = b.command("check-state");
+    c.env("BUILDSTATE_REMOTE", &r.url)
+        .env("BUILDSTATE_MAX_CLOCK_SKEW", "soon")
+        .arg("img-1");
+    b.run_with(&mut c, None).code(exit::INVALID_INPUT);
+}
+
+#[test]
+fn a_build_s_time_never_runs_backwards_and_a_backoff_is_never_skipped() {
+    // One database, no remote: a person's update-state from a machine two hours behind.
+    let a = Env::new();
+    a.init("img-1");
+    a.run("update-state", &["img-1", "start", "5", "--owner", "A"])
+        .ok();
+    skewed(
+        &a,
+        "-2h",
+        None,
+        "update-state",
+        &[
+            "img-1",
+            "fail",
+            "5",
+            "--owner",
+            "A",
+            "--error",
+            "connection timed out",
+        ],
+    )
+    .ok();
+    let j = a.state("img-1");
+    let at: Vec<&str> = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["at"].as_str().unwrap())
+        .collect();
+    let mut sorted = at.clone();
+    sorted.sort();
+    assert_eq!(at, sorted, "event times went backwards");
+    let fail = j["history"].as_array().unwrap().last().unwrap();
+    assert_eq!(fail["kind"], "fail");
+    assert!(fail["duration_ms"].as_u64().is_some());
+    // The retry is still ahead (kickstart backs off 5 minutes), not already due.
+    a.run("check-state", &["img-1"]).code(exit::WAIT);
+}

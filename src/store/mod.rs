@@ -284,6 +284,10 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let build =
             load_build(&tx, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+        // A build's time never runs backwards: a write is never earlier than the one
+        // before it, whatever this machine's clock says (durations stay >= 0).
+        let now = now.max(build.updated_at);
+        let ctx = &Ctx { now, ..*ctx };
         let plan = load_plan(&tx, &build.plan_hash)?;
         let change = apply(&build, &plan, t, ctx)?;
         let b = &change.build;

@@ -314,3 +314,157 @@ def test_python_api_in_remote_mode(tmp_path: Path) -> None:
     b.start("py-1", 10)
     b.complete("py-1", 10)
     assert a.decide("py-1")["current_state"] == 10
+
+
+class FaultyProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 server that passes everything through,
+    except that the next conditional PUT (If-Match / If-None-Match) it is armed for reaches
+    the server and then its answer is lost: `drop` resets the connection instead of
+    answering, `delay` answers only after the client has given up, `cut` sends the status
+    line and half the headers, then resets, and `retried` stands for a client library that
+    retried after a lost answer: the request reaches the server twice and the client gets
+    the second answer (412: the first one changed the object)."""
+
+    def __init__(self, upstream: int) -> None:
+        import http.client
+        import struct
+
+        proxy = self
+        self.armed: str | None = None
+        self.faults = 0
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _reset(self) -> None:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                self.close_connection = True
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                def forward() -> tuple[http.client.HTTPResponse, bytes]:
+                    up = http.client.HTTPConnection("127.0.0.1", upstream, timeout=30)
+                    up.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for k, v in self.headers.items():
+                        up.putheader(k, v)
+                    up.endheaders(body)
+                    resp = up.getresponse()
+                    return resp, resp.read()
+
+                resp, data = forward()
+                conditional = self.command == "PUT" and ("If-Match" in self.headers or "If-None-Match" in self.headers)
+                with proxy.lock:
+                    fault = proxy.armed if conditional else None
+                    if fault:
+                        proxy.armed = None
+                        proxy.faults += 1
+                if fault == "drop":
+                    return self._reset()
+                if fault == "delay":
+                    time.sleep(6)  # past the client's BUILDSTATE_REMOTE_TIMEOUT
+                    return self._reset()
+                if fault == "retried":
+                    resp, data = forward()
+                    assert resp.status in (409, 412), resp.status
+                if fault == "cut":
+                    self.wfile.write(f"HTTP/1.1 {resp.status} OK\r\nETag: ".encode())
+                    self.wfile.flush()
+                    return self._reset()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _any
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def arm(self, fault: str) -> None:
+        with self.lock:
+            self.armed = fault
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def moto_behind_a_faulty_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultyProxy, dict[str, str]]]:
+    tmp = tmp_path_factory.mktemp("moto-proxy")
+    port = free_port()
+    proc = start([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, tmp, "moto_server")
+    make_bucket(port, "builds")
+    proxy = FaultyProxy(port)
+    try:
+        yield proxy, dict(s3_env(proxy.port), BUILDSTATE_REMOTE_TIMEOUT="3s")
+    finally:
+        proxy.close()
+        stop(proc)
+
+
+@pytest.mark.parametrize("fault", ["drop", "delay", "cut", "retried"])
+def test_a_write_whose_answer_was_lost_is_reported_once_as_written(fault: str, moto_behind_a_faulty_proxy: tuple[FaultyProxy, dict[str, str]], tmp_path: Path) -> None:
+    proxy, env = moto_behind_a_faulty_proxy
+    build = f"lost-{fault}"
+    w = Worker(tmp_path, "w", "s3://builds/state", env, remote_mode=True)
+    other = Worker(tmp_path, "other", "s3://builds/state", env, remote_mode=True)
+
+    def armed(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        before = proxy.faults
+        proxy.arm(fault)
+        r = w.run(tool, *args, check=None)
+        assert proxy.faults == before + 1, "the fault was not injected"
+        assert r.returncode == 0, f"{tool} {args}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+        return r
+
+    armed("init-state", build, "--cloud", "aws", "--image", "rhel9")
+    armed("update-state", build, "start", "5", "--owner", "W1")
+    armed("update-state", build, "fail", "5", "--owner", "W1", "--error", "connection timed out")
+    history = other.history(build)
+    kinds = [(e["kind"], e.get("attempt")) for e in history]
+    # Each write recorded once: no takeover of our own lease, no second attempt, and the
+    # failure recorded though its answer was lost.
+    assert kinds == [("init", None), ("start", 1), ("fail", 1)], kinds
+    assert [e["serial"] for e in history] == [1, 2, 3]
+    assert history[1]["owner"] == "W1" and history[1]["write_id"] != history[2]["write_id"]
+
+    # sync-cloud push, the same: a second database writes locally and pushes.
+    b = Worker(tmp_path, "b", "s3://builds/state", env)
+    b.run("sync-cloud", "pull", build)
+    b.run("update-state", build, "meta", "note=pushed")
+    before = proxy.faults
+    proxy.arm(fault)
+    r = b.run("sync-cloud", "push", build, "--json", check=None)
+    assert proxy.faults == before + 1
+    assert r.returncode == 0 and json.loads(r.stdout)["outcome"] == "pushed", r.stdout + r.stderr
+    assert b.run("sync-cloud", "status", "--json").stdout.count("in_sync") == 1
+    assert other.history(build)[-1]["message"] == "note=pushed"
+
+
+def test_remote_mode_measures_the_clock_against_the_object_store(server: Server, tmp_path: Path) -> None:
+    """The object store's own time (its Date header) is the reference: a worker whose
+    clock runs 10 minutes ahead or 2 hours behind is refused (exit 20), nothing written."""
+    build = f"clock-{server.name}"
+    a = Worker(tmp_path, "a", server.url, server.env, remote_mode=True)
+    a.run("init-state", build, "--cloud", "aws", "--image", "rhel9")
+    a.run("update-state", build, "start", "5", "--owner", "A", "--lease-ttl", "5m")
+    before = a.history(build)
+    assert shutil.which("faketime"), "faketime (Debian's package) is needed: scripts/test installs it"
+    b = Worker(tmp_path, "b", server.url, server.env, remote_mode=True)
+    for offset, args in (("+10m", ("update-state", build, "start", "5", "--owner", "B")), ("-2h", ("check-state", build))):
+        r = subprocess.run(["faketime", "-f", offset, *b.argv(args[0], args[1:])], env=dict(b.env, FAKETIME_DONT_FAKE_MONOTONIC="1"), capture_output=True, text=True, timeout=BOUND, check=False)
+        assert r.returncode == 20, (offset, r.returncode, r.stderr)
+        assert ("ahead of" if offset.startswith("+") else "behind") in r.stderr, r.stderr
+    assert a.history(build) == before
+    b.run("check-state", build, check=11)
