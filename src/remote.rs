@@ -92,6 +92,9 @@ pub struct Remote {
     /// The URL as given, without any credentials in it: safe to print and to key
     /// `remote_sync` rows with.
     name: String,
+    /// The URL as given (it may hold credentials: never printed), to open it again.
+    url: String,
+    opts: RemoteOptions,
     backend: Backend,
     /// Snapshot signing keys (`BUILDSTATE_SNAPSHOT_KEY`), when configured.
     keys: Option<crate::snapshot::Keys>,
@@ -175,6 +178,8 @@ impl Remote {
                     .map_err(|()| bad("not an absolute path".into()))?;
                 return Ok(Remote {
                     name,
+                    url: url.to_string(),
+                    opts,
                     backend: Backend::Folder {
                         dir,
                         lock_wait: opts.retry_timeout,
@@ -252,6 +257,8 @@ impl Remote {
         };
         Ok(Remote {
             name,
+            url: url.to_string(),
+            opts,
             backend: Backend::Object { store, prefix },
             keys,
             clock_url: Some(clock_url),
@@ -263,6 +270,11 @@ impl Remote {
     /// The URL without credentials.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same remote, opened again (for another thread: the lease keeper).
+    pub fn reopen(&self) -> Result<Remote> {
+        Remote::open(&self.url, self.opts)
     }
 
     /// A snapshot as this process writes it to the remote (signed when it has keys).

@@ -319,6 +319,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
         };
         let keeper = LeaseKeeper::start(
             store.path(),
+            store.remote(),
             &opts.build_id,
             &owner,
             started.attempt,

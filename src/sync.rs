@@ -391,6 +391,51 @@ impl Writer {
         self.remote.is_some()
     }
 
+    /// The remote writes go through, in remote mode.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// A heartbeat: extend `owner`'s lease on `attempt` to `ttl` from now. In remote mode
+    /// the lease is extended on the remote (compare-and-swap, no new serial) after
+    /// pulling what others wrote, so every machine sees it for as long as the worker
+    /// lives. `false`: the lease is no longer this worker's (taken over, cancelled, the
+    /// state moved on); it must stop.
+    pub fn renew_lease(
+        &mut self,
+        build_id: &str,
+        owner: &str,
+        attempt: u32,
+        ttl: std::time::Duration,
+        wait: std::time::Duration,
+    ) -> Result<bool> {
+        if self.remote.is_none() {
+            let until = std::time::SystemTime::now() + ttl;
+            return self
+                .store
+                .renew_lease(build_id, owner, attempt, until, wait);
+        }
+        for _ in 0..RACE_TRIES {
+            self.refresh(build_id)?;
+            let until = self.now()? + ttl;
+            let Writer { store, remote, .. } = self;
+            let remote = remote.as_ref().expect("remote mode");
+            match store.renew_lease_with(build_id, owner, attempt, until, wait, |conn, b| {
+                push_in(conn, remote, b)
+            }) {
+                Err(Error::RemoteChanged(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        20 + (crate::model::random_unit() * 80.0) as u64,
+                    ));
+                }
+                other => return other,
+            }
+        }
+        Err(Error::RemoteChanged(format!(
+            "build '{build_id}': could not renew the lease: lost the race {RACE_TRIES} times in a row"
+        )))
+    }
+
     /// Remote mode: bring the local copy of `build_id` up to date with the remote's
     /// (a divergent local copy is an error, exit 16). Local mode: nothing to do.
     pub fn refresh(&mut self, build_id: &str) -> Result<()> {

@@ -459,3 +459,170 @@ fn a_build_s_time_never_runs_backwards_and_a_backoff_is_never_skipped() {
     // The retry is still ahead (kickstart backs off 5 minutes), not already due.
     a.run("check-state", &["img-1"]).code(exit::WAIT);
 }
+
+const SHORT_PLAN: &str = r#"
+name = "short-timeout"
+[[state]]
+id = 0
+name = "init"
+expected = "1s"
+[[state]]
+id = 5
+name = "long-job"
+expected = "1s"
+timeout = "3s"
+[[state]]
+id = 10
+name = "next"
+expected = "1s"
+"#;
+
+#[test]
+fn a_live_worker_s_lease_stays_visible_to_every_machine_while_its_command_runs() {
+    let r = remote();
+    let (a, b) = (Env::new(), Env::new());
+    let plan = a.write("plan.toml", SHORT_PLAN);
+    on(
+        &a,
+        &r,
+        "init-state",
+        &[
+            "b1",
+            "--cloud",
+            "aws",
+            "--image",
+            "x",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    // A runs state 5 under --timeout 30s, longer than the plan's 3 s timeout and than
+    // its 1 s lease: the command waits for the test to release it.
+    let release = a.path("release");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done",
+        release.display()
+    );
+    let mut worker = a.command("run-state");
+    worker
+        .env("BUILDSTATE_REMOTE", &r.url)
+        .args([
+            "b1",
+            "5",
+            "--lease-ttl",
+            "1s",
+            "--timeout",
+            "30s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let worker = worker.spawn().unwrap();
+    util::poll_until("state 5 to start on the remote", || {
+        r.object("b1").exists() && r.snapshot("b1")["build"]["status"] == "running"
+    });
+    let first = r.snapshot("b1")["build"]["lease_expires_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let past = |t: &str| buildstate::time::parse(t).unwrap() < std::time::SystemTime::now();
+    // Past the lease the start took and the plan's timeout, the remote still shows A's
+    // lease, renewed: B, on another machine, must not take over.
+    util::poll_until("the first lease to run out", || past(&first));
+    util::poll_until("a renewal to reach the remote", || {
+        let now = r.snapshot("b1")["build"]["lease_expires_at"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        now > first
+    });
+    for _ in 0..3 {
+        let out = on(&b, &r, "run-state", &["b1", "5", "--", "true"]);
+        assert_eq!(
+            out.code,
+            exit::BUSY,
+            "B took over a live worker's state:\n{}",
+            out.stderr
+        );
+    }
+    std::fs::write(&release, b"").unwrap();
+    let done = worker.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let h = on(&b, &r, "check-state", &["b1", "--json", "--history"]).json()["history"].clone();
+    let kinds: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["init", "start", "complete"], "{h}");
+}
+
+#[test]
+fn a_worker_learns_at_its_next_heartbeat_that_its_build_was_cancelled_elsewhere() {
+    let r = remote();
+    let (a, b) = (Env::new(), Env::new());
+    let plan = a.write("plan.toml", SHORT_PLAN);
+    on(
+        &a,
+        &r,
+        "init-state",
+        &[
+            "b1",
+            "--cloud",
+            "aws",
+            "--image",
+            "x",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let marker = a.path("still-running");
+    // The command would run for ever: only the lost lease stops it.
+    let script = format!(
+        "while true; do touch '{}'; sleep 0.05; done",
+        marker.display()
+    );
+    let mut worker = a.command("run-state");
+    worker
+        .env("BUILDSTATE_REMOTE", &r.url)
+        .args([
+            "b1",
+            "5",
+            "--lease-ttl",
+            "1s",
+            "--timeout",
+            "1h",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let worker = worker.spawn().unwrap();
+    util::poll_until("the command to run", || marker.exists());
+    on(
+        &b,
+        &r,
+        "update-state",
+        &["b1", "cancel", "--reason", "wrong image"],
+    )
+    .ok();
+    let done = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(exit::LEASE_LOST), "{stderr}");
+    assert!(stderr.contains("lost the lease"), "{stderr}");
+    let j = on(&b, &r, "check-state", &["b1", "--json"]).json();
+    assert_eq!(j["status"], "cancelled");
+}

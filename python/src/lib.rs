@@ -353,7 +353,17 @@ impl Store {
                 ..Ctx::live()
             };
             let (build, report) = self.write(build_id, &Transition::Start { state }, &ctx)?;
-            let keeper = LeaseKeeper::start(&self.path, build_id, &self.owner, build.attempt, ttl)?;
+            let keeper = {
+                let w = self.inner.lock().expect("store lock");
+                LeaseKeeper::start(
+                    &self.path,
+                    w.remote(),
+                    build_id,
+                    &self.owner,
+                    build.attempt,
+                    ttl,
+                )?
+            };
             self.held.lock().expect("held lock").insert(
                 build_id.to_string(),
                 Held {

@@ -3,13 +3,18 @@
 //! the worker waits for its command (run-state) or runs a play (the Ansible callback).
 //! When a renewal finds the lease gone (it expired and another worker took over), the
 //! keeper says so through [`LeaseKeeper::lost`] and stops.
+//!
+//! In remote mode the keeper renews through the remote (see
+//! [`crate::sync::Writer::renew_lease`]): other machines see the lease for as long as the
+//! worker lives, and a worker whose lease was taken over or cancelled there learns it at
+//! the next heartbeat.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::Store;
 use crate::{Error, Result};
@@ -30,13 +35,15 @@ impl LeaseKeeper {
     /// Start renewing `owner`'s lease on `attempt` of `build_id` every `ttl / 3`.
     pub fn start(
         path: &Path,
+        remote: Option<&crate::remote::Remote>,
         build_id: &str,
         owner: &str,
         attempt: u32,
         ttl: Duration,
     ) -> Result<LeaseKeeper> {
         let wait = renewal_wait(ttl);
-        let mut store = Store::open_existing(path, wait)?;
+        let remote = remote.map(|r| r.reopen()).transpose()?;
+        let mut store = crate::sync::Writer::new(Store::open_existing(path, wait)?, remote);
         let (stop, stopped) = mpsc::channel::<()>();
         let lost = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&lost);
@@ -48,8 +55,7 @@ impl LeaseKeeper {
                     Err(RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
-                let until = SystemTime::now() + ttl;
-                match store.renew_lease(&build_id, &owner, attempt, until, wait) {
+                match store.renew_lease(&build_id, &owner, attempt, ttl, wait) {
                     Ok(true) => {}
                     Ok(false) => {
                         flag.store(true, Ordering::SeqCst);

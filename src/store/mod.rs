@@ -353,18 +353,45 @@ impl Store {
         until: SystemTime,
         wait: Duration,
     ) -> Result<bool> {
+        self.renew_lease_with(build_id, owner, attempt, until, wait, |_, _| Ok(()))
+    }
+
+    /// [`Store::renew_lease`], with `before_commit` run inside its transaction once the
+    /// lease is extended (remote mode pushes it there): if it fails, nothing changes.
+    pub fn renew_lease_with(
+        &mut self,
+        build_id: &str,
+        owner: &str,
+        attempt: u32,
+        until: SystemTime,
+        wait: Duration,
+        before_commit: impl FnOnce(&Connection, &Build) -> Result<()>,
+    ) -> Result<bool> {
         self.conn.busy_timeout(wait)?;
-        let n = self.conn.execute(
-            "UPDATE builds SET lease_expires_at = :until
-             WHERE build_id = :id AND lease_owner = :owner AND attempt = :attempt
-               AND status = 'running'",
-            named_params! {
-                ":until": time::format(until), ":id": build_id, ":owner": owner,
-                ":attempt": attempt,
-            },
-        );
+        let renewed = (|| -> Result<bool> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "UPDATE builds SET lease_expires_at = :until
+                 WHERE build_id = :id AND lease_owner = :owner AND attempt = :attempt
+                   AND status = 'running'",
+                named_params! {
+                    ":until": time::format(until), ":id": build_id, ":owner": owner,
+                    ":attempt": attempt,
+                },
+            )?;
+            if n != 1 {
+                return Ok(false);
+            }
+            let b = load_build(&tx, build_id)?
+                .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+            before_commit(&tx, &b)?;
+            tx.commit()?;
+            Ok(true)
+        })();
         self.conn.busy_timeout(self.busy_timeout)?;
-        Ok(n? == 1)
+        renewed
     }
 
     pub fn build(&self, build_id: &str) -> Result<Option<Build>> {

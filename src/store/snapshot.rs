@@ -68,6 +68,21 @@ impl Store {
                 let n = events.len().min(snap.events.len());
                 let shared = same_lineage && events[..n] == snap.events[..n];
                 if shared && l.serial == snap.serial && events.len() == snap.events.len() {
+                    // The same history; the lease holder may have renewed its lease
+                    // through the remote since (a heartbeat is not a new serial).
+                    let renewed = snap.build.lease_owner.is_some()
+                        && snap.build.lease_owner == l.lease_owner
+                        && snap.build.attempt == l.attempt
+                        && snap.build.lease_expires_at > l.lease_expires_at;
+                    if renewed {
+                        tx.execute(
+                            "UPDATE builds SET lease_expires_at = :until WHERE build_id = :id",
+                            named_params! {
+                                ":until": snap.build.lease_expires_at.map(time::format),
+                                ":id": id,
+                            },
+                        )?;
+                    }
                     Imported::UpToDate { serial: l.serial }
                 } else if shared && l.serial > snap.serial {
                     Imported::LocalAhead {
