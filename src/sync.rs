@@ -482,8 +482,27 @@ impl Writer {
             self.refresh(build_id)?;
             let Writer { store, remote, .. } = self;
             let remote = remote.as_ref().expect("remote mode");
-            let written =
-                store.transition_with(build_id, t, actor, ctx, |conn, b| push_in(conn, remote, b));
+            // What the remote accepted, if it did: from then on the write has happened,
+            // whatever becomes of the local commit.
+            let pushed = std::cell::RefCell::new(None);
+            let written = store.transition_with(build_id, t, actor, ctx, |conn, b| {
+                push_in(conn, remote, b)?;
+                pushed.replace(Some(b.clone()));
+                Ok(())
+            });
+            let written = match (written, pushed.into_inner()) {
+                (Err(e), Some(b)) => {
+                    // The remote is the truth in remote mode; this database is a cache
+                    // that the next command's pull brings up to date.
+                    eprintln!(
+                        "buildstate: warning: build '{build_id}': the write is recorded on remote {} (serial {}), but this machine's copy could not be updated: {e}. The next command pulls it.",
+                        remote.name(),
+                        b.serial
+                    );
+                    Ok(b)
+                }
+                (written, _) => written,
+            };
             match written {
                 Err(Error::RemoteChanged(_)) => {
                     // Another worker wrote first: back off a little, spread out, and

@@ -626,3 +626,36 @@ fn a_worker_learns_at_its_next_heartbeat_that_its_build_was_cancelled_elsewhere(
     let j = on(&b, &r, "check-state", &["b1", "--json"]).json();
     assert_eq!(j["status"], "cancelled");
 }
+
+#[test]
+fn a_write_the_remote_accepted_is_reported_as_written_when_the_local_commit_fails() {
+    let r = remote();
+    let (a, b) = (Env::new(), Env::new());
+    init(&a, &r, "img-1");
+    // The local commit fails after the push landed (a full disk, injected).
+    let mut c = a.command("update-state");
+    c.env("BUILDSTATE_REMOTE", &r.url)
+        .env("BUILDSTATE_TEST_FAIL_COMMIT", "1")
+        .args(["img-1", "start", "5", "--owner", "A"]);
+    let out = a.run_with(&mut c, None).ok();
+    assert!(out.stderr.contains("recorded on remote"), "{}", out.stderr);
+    assert_eq!(r.snapshot("img-1")["build"]["lease_owner"], "A");
+    // Every machine sees the lease, and its holder carries on: its next command pulls
+    // the write it made.
+    on(&b, &r, "check-state", &["img-1"]).code(exit::BUSY);
+    on(
+        &a,
+        &r,
+        "update-state",
+        &["img-1", "complete", "5", "--owner", "A"],
+    )
+    .ok();
+    let h = a.state("img-1")["history"].clone();
+    let kinds: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["init", "start", "complete"]);
+}

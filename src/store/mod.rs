@@ -314,6 +314,7 @@ impl Store {
             now,
         )?;
         before_commit(&tx, &change.build)?;
+        fail_point_commit()?;
         tx.commit()?;
         self.trim_wal();
         Ok(change.build)
@@ -410,6 +411,19 @@ impl Store {
     pub fn metadata(&self, build_id: &str) -> Result<BTreeMap<String, String>> {
         load_meta(&self.conn, build_id)
     }
+}
+
+/// Tests only (debug builds): `BUILDSTATE_TEST_FAIL_COMMIT=1` makes a write's commit fail
+/// as a full disk would, after everything before it (remote mode's push included) ran.
+fn fail_point_commit() -> Result<()> {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("BUILDSTATE_TEST_FAIL_COMMIT").is_some_and(|v| v == "1") {
+        return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full (injected by BUILDSTATE_TEST_FAIL_COMMIT)".into()),
+        )));
+    }
+    Ok(())
 }
 
 /// A value for a conflict message, redacted: the requested side is raw user input.
