@@ -468,7 +468,12 @@ impl Store {
         let result = py.detach(|| -> buildstate::Result<()> {
             let mut recorder = self.recorder.lock().expect("recorder lock");
             if recorder.is_none() {
-                *recorder = Some(TaskRecorder::start(&self.path, self.busy_timeout)?);
+                let w = self.inner.lock().expect("store lock");
+                *recorder = Some(TaskRecorder::start(
+                    &self.path,
+                    w.remote(),
+                    self.busy_timeout,
+                )?);
             }
             let actor = self.actor.lock().expect("actor lock").clone();
             recorder

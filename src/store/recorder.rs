@@ -2,7 +2,9 @@
 //! every host; writing each in its own fsynced transaction would put a millisecond or two
 //! on every task. A `TaskRecorder` hands them to a thread with its own connection, which
 //! writes whatever has queued up in one transaction. State transitions stay synchronous:
-//! callers `flush()` before one, so the history keeps its order.
+//! callers `flush()` before one, so the history keeps its order. In remote mode each batch
+//! is a remote-mode write like any other (pull, apply, compare-and-swap), so task results
+//! never fork the local copy from the remote's.
 
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -42,9 +44,15 @@ pub struct TaskRecorder {
 }
 
 impl TaskRecorder {
-    /// Start the writer thread on its own connection to the database at `path`.
-    pub fn start(path: &std::path::Path, busy_timeout: Duration) -> Result<TaskRecorder> {
-        let store = Store::open_with(path, busy_timeout)?;
+    /// Start the writer thread on its own connection to the database at `path` (and, in
+    /// remote mode, its own client for `remote`).
+    pub fn start(
+        path: &std::path::Path,
+        remote: Option<&crate::remote::Remote>,
+        busy_timeout: Duration,
+    ) -> Result<TaskRecorder> {
+        let remote = remote.map(|r| r.reopen()).transpose()?;
+        let store = crate::sync::Writer::new(Store::open_with(path, busy_timeout)?, remote);
         let (tx, rx) = mpsc::channel();
         let error = Arc::new(Mutex::new(None));
         let shared = Arc::clone(&error);
@@ -105,7 +113,7 @@ impl Drop for TaskRecorder {
     }
 }
 
-fn write_loop(mut store: Store, rx: Receiver<Msg>, error: Arc<Mutex<Option<Error>>>) {
+fn write_loop(mut store: crate::sync::Writer, rx: Receiver<Msg>, error: Arc<Mutex<Option<Error>>>) {
     while let Ok(first) = rx.recv() {
         let mut batch: Vec<Queued> = Vec::new();
         let mut acks = Vec::new();
@@ -182,7 +190,7 @@ mod tests {
             meta: vec![],
         };
         store.init(&req, &actor, SystemTime::now()).unwrap();
-        let rec = TaskRecorder::start(&path, Duration::from_secs(5)).unwrap();
+        let rec = TaskRecorder::start(&path, None, Duration::from_secs(5)).unwrap();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         for i in 0..1000u64 {
             let r = TaskRecord {

@@ -468,3 +468,27 @@ def test_remote_mode_measures_the_clock_against_the_object_store(server: Server,
         assert ("ahead of" if offset.startswith("+") else "behind") in r.stderr, r.stderr
     assert a.history(build) == before
     b.run("check-state", build, check=11)
+
+
+def test_task_results_in_remote_mode_go_through_the_remote(tmp_path: Path) -> None:
+    """Task results (the callback's, Store.task) are remote-mode writes like any other:
+    another machine writing meanwhile does not make the worker's next transition diverge,
+    and the results are on the remote for everyone."""
+    import buildstate
+
+    remote = tmp_path / "remote"
+    a = buildstate.Store(tmp_path / "a.db", remote=f"file://{remote}")
+    a.init("py-2", "aws", "rhel9")
+    a.start("py-2", 5)
+    a.task("py-2", "install packages", "h1", "ok", state=5)
+    a.flush()
+    b = buildstate.Store(tmp_path / "b.db", create=False, remote=f"file://{remote}")
+    b.meta("py-2", {"ami_id": "ami-1"})
+    a.task("py-2", "harden sshd", "h1", "changed", state=5)
+    a.flush()
+    a.complete("py-2", 5)
+    snapshot = json.loads((remote / "builds" / "py-2.json").read_text())
+    kinds = [e["kind"] for e in snapshot["events"]]
+    assert kinds == ["init", "start", "task", "meta", "task", "complete"], kinds
+    assert [e["serial"] for e in snapshot["events"]] == list(range(1, 7))
+    assert b.decide("py-2")["current_state"] == 5
