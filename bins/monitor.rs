@@ -44,7 +44,9 @@ enum Command {
         #[arg(long, value_name = "X", default_value_t = 3.0)]
         factor: f64,
     },
-    /// Deliver queued alerts to Slack, within a time budget; drop old delivered ones
+    /// Deliver queued alerts to Slack, within a time budget; drop old delivered ones.
+    /// With --remote: pull every build and deliver the alerts that travel with them,
+    /// claimed through the remote (each sent once, whichever machines run this)
     Deliver {
         /// Stop starting new deliveries after this long
         #[arg(long, value_name = "DURATION", default_value = "50s", value_parser = humantime::parse_duration)]
@@ -102,14 +104,28 @@ fn run(args: &Args) -> Result<i32> {
             })
         }
         Command::Deliver { budget, retention } => {
-            let store = args.common.open()?;
+            // Remote mode: the alerts travel with their builds; the local database is a
+            // cache of the remote (created when missing), brought up to date first.
+            let mut store = args.common.writer(false)?;
+            if store.is_remote() {
+                let failed = store
+                    .pull_all(&|_, _| {})?
+                    .into_iter()
+                    .filter_map(|(id, r)| r.err().map(|e| (id, e)))
+                    .collect::<Vec<_>>();
+                for (id, e) in &failed {
+                    eprintln!(
+                        "monitor: warning: build '{id}' was not pulled, its alerts wait: {e}"
+                    );
+                }
+            }
             let target = Target::from_env()?.ok_or_else(|| {
                 Error::InvalidInput(
                     "Slack is not configured: set BUILDSTATE_SLACK_WEBHOOK_URL (or _FILE), or BUILDSTATE_SLACK_TOKEN (or _FILE) and BUILDSTATE_SLACK_CHANNEL".into(),
                 )
             })?;
             let worker = buildstate::context::Actor::from_env("monitor").lease_owner();
-            let report = deliver(&store, &target, *budget, &worker)?;
+            let report = deliver(&mut store, &target, *budget, &worker)?;
             let pruned = buildstate::notify::prune(&store, *retention, now)?;
             if json {
                 let mut v = serde_json::to_value(&report).expect("serializes");

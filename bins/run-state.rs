@@ -96,7 +96,7 @@ fn run_state(args: &Args) -> Result<i32> {
         tail_bytes: args.stderr_tail,
     };
     let outcome = run(&mut store, &opts, &Actor::from_env("run-state"));
-    buildstate::cli::deliver_after_write("run-state", &store);
+    buildstate::cli::deliver_after_write("run-state", &mut store);
     let outcome = outcome?;
     let (status, text) = match &outcome {
         Outcome::Completed { state } => ("completed", format!("state {state} completed")),

@@ -241,7 +241,7 @@ fn run(args: &Args) -> Result<i32> {
         _ => {}
     }
     let build = store.transition(&args.build_id, &t, &actor, &ctx)?;
-    buildstate::cli::deliver_after_write("update-state", &store);
+    buildstate::cli::deliver_after_write("update-state", &mut store);
     let (report, plan) = Report::after_write(&store, &build, ctx.now)?;
     if args.common.json {
         println!("{}", report.to_json());

@@ -362,7 +362,7 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
         w.transition(&id, &t, &actor, &ctx)?
     };
     let report = Report::after_write(&w, &build, SystemTime::now())?.0;
-    crate::notify::slack::deliver_after_write("out", &w);
+    crate::notify::slack::deliver_after_write("out", &mut w);
     Ok(json!({"version": version(&id, build.serial), "metadata": metadata(&report)}))
 }
 

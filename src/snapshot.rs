@@ -45,11 +45,43 @@ pub struct Snapshot {
     pub build: Build,
     pub metadata: BTreeMap<String, MetaEntry>,
     pub events: Vec<Event>,
+    /// Alerts raised in remote mode, with their delivery state: they travel with the
+    /// build so that any machine's `monitor deliver` sends each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertEntry>,
     /// HMAC-SHA256 over the snapshot's canonical bytes (this field left out), when the
     /// writer has a snapshot key ([`Keys`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
 }
+
+/// One alert of the build and where its delivery stands (the `alerts` outbox row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertEntry {
+    /// Unique per cause: `BUILD:SERIAL:KIND`.
+    pub dedupe_key: String,
+    pub kind: String,
+    /// The facts a message is made of (redacted when raised).
+    pub payload: serde_json::Value,
+    /// `pending`, `delivered` or `gave_up`.
+    pub state: String,
+    pub attempts: u32,
+    #[serde(with = "crate::time::rfc3339")]
+    pub next_try_at: SystemTime,
+    /// The deliverer that holds it, until `claimed_until`.
+    pub claimed_by: Option<String>,
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub claimed_until: Option<SystemTime>,
+    pub last_error: Option<String>,
+    #[serde(with = "crate::time::rfc3339")]
+    pub created_at: SystemTime,
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub delivered_at: Option<SystemTime>,
+}
+
+/// The largest alert payload accepted from a snapshot.
+const MAX_ALERT_PAYLOAD: usize = 64 * 1024;
 
 /// A snapshot's signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +258,7 @@ impl Snapshot {
             build,
             metadata,
             events,
+            alerts: Vec::new(),
             signature: None,
         }
     }
@@ -406,6 +439,7 @@ impl Snapshot {
             ));
         }
         self.check_summary_against_events()?;
+        self.check_alerts()?;
         for (k, m) in &self.metadata {
             validate_meta_key(k).map_err(|e| invalid(id, e))?;
             if m.serial == 0 || m.serial > self.serial {
@@ -416,6 +450,34 @@ impl Snapshot {
                         m.serial, self.serial
                     ),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Alerts are sent to people: each must be about this build, of a known kind and
+    /// state, with a payload of bounded size that names this build.
+    fn check_alerts(&self) -> Result<()> {
+        let id = &self.build_id;
+        let mut seen = std::collections::BTreeSet::new();
+        for a in &self.alerts {
+            let bad = |why: &str| invalid(id, format!("alert {:?}: {why}", a.dedupe_key));
+            if !a.dedupe_key.starts_with(&format!("{id}:")) || a.dedupe_key.len() > 256 {
+                return Err(bad("its key is not this build's"));
+            }
+            if !seen.insert(&a.dedupe_key) {
+                return Err(bad("listed twice"));
+            }
+            if a.kind.parse::<crate::policy::AlertKind>().is_err() {
+                return Err(bad("unknown kind"));
+            }
+            if !matches!(a.state.as_str(), "pending" | "delivered" | "gave_up") {
+                return Err(bad("unknown state"));
+            }
+            if a.payload.get("build_id").and_then(|b| b.as_str()) != Some(id.as_str())
+                || a.payload.to_string().len() > MAX_ALERT_PAYLOAD
+            {
+                return Err(bad("its payload is not about this build, or too large"));
             }
         }
         Ok(())

@@ -53,7 +53,7 @@ pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> 
     };
     let etag = match remote.put(build_id, remote.encode(&snap), expected.as_deref()) {
         Ok(etag) => etag,
-        Err(e) => match landed_anyway(remote, &snap, e)? {
+        Err(e) => match landed_anyway(remote, &snap, Appended::Events, e)? {
             Some(etag) => etag,
             None => {
                 // Ours landed and someone wrote on top already: pulling catches up.
@@ -75,13 +75,29 @@ pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> 
     })
 }
 
+/// Whether a write appended events (a transition: its events carry its write id) or
+/// changed the shared record without a new serial (a lease renewal, an alert's claim or
+/// delivery).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Appended {
+    Events,
+    No,
+}
+
 /// After a write whose outcome is unknown (a conditional write retried after its answer
 /// was lost meets 412, or the answer never came): did our write land anyway? Re-read the
-/// object; if its history holds ours (same lineage, our events to the last, which carry
-/// this write's id), it did. `Ok(Some(etag))`: the object is ours as written;
+/// object. A write that appended events landed if the object's history holds ours (same
+/// lineage, our events to the last, which carry this write's id); one that did not
+/// landed only if the object is exactly ours (a claim another machine made meanwhile
+/// differs in who holds it). `Ok(Some(etag))`: the object is ours as written;
 /// `Ok(None)`: ours landed and another writer has written on top since. Otherwise the
 /// original error stands.
-fn landed_anyway(remote: &Remote, ours: &Snapshot, error: Error) -> Result<Option<String>> {
+fn landed_anyway(
+    remote: &Remote,
+    ours: &Snapshot,
+    appended: Appended,
+    error: Error,
+) -> Result<Option<String>> {
     if !matches!(error, Error::RemoteChanged(_) | Error::Remote(_)) {
         return Err(error);
     }
@@ -91,6 +107,13 @@ fn landed_anyway(remote: &Remote, ours: &Snapshot, error: Error) -> Result<Optio
     let Ok(theirs) = remote.decode(&f.bytes) else {
         return Err(error);
     };
+    if appended == Appended::No {
+        return if theirs == *ours {
+            Ok(Some(f.etag))
+        } else {
+            Err(error)
+        };
+    }
     let n = ours.events.len();
     let holds_ours = theirs.lineage == ours.lineage
         && theirs.serial >= ours.serial
@@ -391,6 +414,56 @@ impl Writer {
         self.remote.is_some()
     }
 
+    /// A change to the build's shared record that is not a transition (an alert's claim
+    /// or delivery): `f` runs in a local write transaction and says whether it changed
+    /// anything; if so, the build is pushed (same serial, compare-and-swap) before that
+    /// transaction commits. A lost race pulls and runs `f` again. Remote mode only.
+    pub fn update_shared<T>(
+        &mut self,
+        build_id: &str,
+        mut f: impl FnMut(&rusqlite::Connection) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        for _ in 0..RACE_TRIES {
+            self.refresh(build_id)?;
+            let Writer { store, remote, .. } = self;
+            let remote = remote.as_ref().ok_or_else(|| {
+                Error::InvalidInput("shared alerts are delivered in remote mode only".into())
+            })?;
+            let done = store.in_write_tx(|conn| {
+                let (v, changed) = f(conn)?;
+                if changed {
+                    let b = crate::store::build_in(conn, build_id)?
+                        .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+                    push_in(conn, remote, &b, Appended::No)?;
+                }
+                Ok(v)
+            });
+            match done {
+                Err(Error::RemoteChanged(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        10 + (crate::model::random_unit() * 90.0) as u64,
+                    ))
+                }
+                other => return other,
+            }
+        }
+        Err(Error::RemoteChanged(format!(
+            "build '{build_id}': lost the race {RACE_TRIES} times in a row; try again"
+        )))
+    }
+
+    /// Pull every build on the remote into the local copy (remote mode); the results per
+    /// build, as [`pull_all`].
+    pub fn pull_all(
+        &mut self,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Vec<(String, Result<Synced>)>> {
+        match &self.remote {
+            None => Ok(Vec::new()),
+            Some(remote) => pull_all(&mut self.store, remote, progress),
+        }
+    }
+
     /// The remote writes go through, in remote mode.
     pub fn remote(&self) -> Option<&Remote> {
         self.remote.as_ref()
@@ -421,7 +494,7 @@ impl Writer {
             let Writer { store, remote, .. } = self;
             let remote = remote.as_ref().expect("remote mode");
             match store.renew_lease_with(build_id, owner, attempt, until, wait, |conn, b| {
-                push_in(conn, remote, b)
+                push_in(conn, remote, b, Appended::No)
             }) {
                 Err(Error::RemoteChanged(_)) => {
                     std::thread::sleep(std::time::Duration::from_millis(
@@ -486,7 +559,7 @@ impl Writer {
             // whatever becomes of the local commit.
             let pushed = std::cell::RefCell::new(None);
             let written = store.transition_with(build_id, t, actor, ctx, |conn, b| {
-                push_in(conn, remote, b)?;
+                push_in(conn, remote, b, Appended::Events)?;
                 pushed.replace(Some(b.clone()));
                 Ok(())
             });
@@ -597,14 +670,25 @@ impl Writer {
 
 /// Inside a write's transaction: push the build as it now stands, If-Match on the ETag
 /// last seen (create-only if none), and remember the new ETag in the same transaction.
-fn push_in(conn: &rusqlite::Connection, remote: &Remote, b: &crate::model::Build) -> Result<()> {
+fn push_in(
+    conn: &rusqlite::Connection,
+    remote: &Remote,
+    b: &crate::model::Build,
+    appended: Appended,
+) -> Result<()> {
+    // Alerts raised in remote mode travel with the build: whichever machine delivers
+    // them claims them through the remote (see crate::notify::RemoteOutbox).
+    conn.execute(
+        "UPDATE alerts SET shared = 1 WHERE build_id = :id AND shared = 0 AND state = 'pending'",
+        rusqlite::named_params! {":id": b.build_id},
+    )?;
     let snap = crate::store::snapshot_in(conn, &b.build_id)?;
     let expected = crate::store::remote_mark_in(conn, remote.name(), &b.build_id)?.map(|m| m.etag);
     // A lost answer must not become a lost (or doubled) write: if the object holds this
     // write (its events carry this write's id), it landed, whatever the answer said.
     let etag = match remote.put(&b.build_id, remote.encode(&snap), expected.as_deref()) {
         Ok(etag) => etag,
-        Err(e) => match landed_anyway(remote, &snap, e)? {
+        Err(e) => match landed_anyway(remote, &snap, appended, e)? {
             Some(etag) => etag,
             // Landed, and someone wrote on top since: commit ours; the next pull
             // fast-forwards and remembers the newer ETag.

@@ -164,7 +164,7 @@ pub fn claim(
         .prepare_cached(
             "UPDATE alerts SET claimed_by = :me, claimed_until = :until
              WHERE id = (SELECT id FROM alerts
-                         WHERE state = 'pending' AND next_try_at <= :now
+                         WHERE state = 'pending' AND next_try_at <= :now AND shared = 0
                            AND (claimed_until IS NULL OR claimed_until <= :now)
                          ORDER BY id LIMIT 1)
              RETURNING id, build_id, kind, payload, attempts",
@@ -191,7 +191,89 @@ pub fn claim(
     }))
 }
 
+/// Remote mode: claim the oldest due alert that travels with its build (see
+/// [`crate::store::Store`]'s `alerts.shared`), through the remote: the claim is written
+/// into the build's shared record with compare-and-swap, so two machines delivering at
+/// once never both hold it. Candidates come from the local copy, each refreshed first.
+pub fn claim_shared(
+    w: &mut crate::sync::Writer,
+    worker: &str,
+    now: SystemTime,
+    until: SystemTime,
+) -> Result<Option<Claimed>> {
+    let candidates: Vec<(String, String)> = {
+        let mut stmt = w.connection().prepare_cached(
+            "SELECT build_id, dedupe_key FROM alerts
+             WHERE state = 'pending' AND shared = 1 AND next_try_at <= :now
+               AND (claimed_until IS NULL OR claimed_until <= :now) AND build_id IS NOT NULL
+             ORDER BY id LIMIT 64",
+        )?;
+        let rows = stmt.query_map(named_params! {":now": time::format(now)}, |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (build, key) in candidates {
+        let got = w.update_shared(&build, |conn| {
+            let row = conn
+                .prepare_cached(
+                    "UPDATE alerts SET claimed_by = :me, claimed_until = :until
+                     WHERE dedupe_key = :key AND state = 'pending' AND shared = 1
+                       AND next_try_at <= :now
+                       AND (claimed_until IS NULL OR claimed_until <= :now)
+                     RETURNING id, build_id, kind, payload, attempts",
+                )?
+                .query_row(
+                    named_params! {
+                        ":me": worker, ":until": time::format(until), ":key": key,
+                        ":now": time::format(now),
+                    },
+                    claimed_row,
+                )
+                .optional()?;
+            let changed = row.is_some();
+            Ok((row, changed))
+        });
+        match got {
+            Ok(Some(c)) => return Ok(Some(c)),
+            Ok(None) => {}
+            // One build that cannot be read (deleted, forged) must not hold up the others.
+            Err(e) => eprintln!("buildstate: warning: alert {key} is not delivered now: {e}"),
+        }
+    }
+    Ok(None)
+}
+
+fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
+    let payload: String = r.get(3)?;
+    Ok(Claimed {
+        id: r.get(0)?,
+        build_id: r.get(1)?,
+        kind: r.get(2)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        attempts: r.get(4)?,
+    })
+}
+
+/// [`settle`] for an alert claimed with [`claim_shared`]: written through the remote.
+pub fn settle_shared(
+    w: &mut crate::sync::Writer,
+    alert: &Claimed,
+    worker: &str,
+    outcome: Settle<'_>,
+    now: SystemTime,
+) -> Result<()> {
+    let Some(build) = alert.build_id.clone() else {
+        return Ok(());
+    };
+    w.update_shared(&build, |conn| {
+        let n = settle(conn, alert.id, worker, outcome, now)?;
+        Ok(((), n == 1))
+    })
+}
+
 /// What became of one delivery attempt.
+#[derive(Debug, Clone, Copy)]
 pub enum Settle<'a> {
     Delivered,
     /// Try again at the time given; `counts`: whether this try uses up an attempt (a
@@ -206,14 +288,15 @@ pub enum Settle<'a> {
     },
 }
 
-/// Record a delivery attempt's outcome and release the claim. Only the claimant may.
+/// Record a delivery attempt's outcome and release the claim. Only the claimant may;
+/// the number of alerts changed (0 when the claim was no longer this worker's).
 pub fn settle(
     conn: &Connection,
     id: i64,
     worker: &str,
     outcome: Settle<'_>,
     now: SystemTime,
-) -> Result<()> {
+) -> Result<usize> {
     let (state, next, error, inc, delivered) = match outcome {
         Settle::Delivered => ("delivered", now, None, 1, Some(time::format(now))),
         Settle::Retry { at, error, counts } => {
@@ -221,7 +304,7 @@ pub fn settle(
         }
         Settle::GaveUp { error } => ("gave_up", now, Some(error), 1, None),
     };
-    conn.execute(
+    Ok(conn.execute(
         "UPDATE alerts SET state = :state, next_try_at = :next, last_error = :error,
             attempts = attempts + :inc, delivered_at = :delivered,
             claimed_by = NULL, claimed_until = NULL
@@ -231,8 +314,7 @@ pub fn settle(
             ":error": error.map(|e| crate::redact::redact(e).into_owned()),
             ":inc": inc, ":delivered": delivered, ":id": id, ":me": worker,
         },
-    )?;
-    Ok(())
+    )?)
 }
 
 /// Forget delivered and given-up alerts older than `keep`.

@@ -287,12 +287,16 @@ fn first_retry_delay() -> Duration {
 }
 
 /// Deliver due alerts for at most `budget`. `worker` names this deliverer in its claims.
+///
+/// In remote mode the alerts that travel with their builds are claimed and settled
+/// through the remote ([`super::claim_shared`]); otherwise the local outbox's.
 pub fn deliver(
-    store: &Store,
+    store: &mut crate::sync::Writer,
     target: &Target,
     budget: Duration,
     worker: &str,
 ) -> Result<Delivered> {
+    let shared = store.is_remote();
     let deadline = Instant::now() + budget;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -305,7 +309,6 @@ pub fn deliver(
         .connect_timeout(Duration::from_secs(5))
         .build()
         .map_err(|_| Error::InvalidInput("could not set up the HTTP client for Slack".into()))?;
-    let conn = store.connection();
     let mut report = Delivered::default();
     let mut last_send: Option<Instant> = None;
     loop {
@@ -324,8 +327,21 @@ pub fn deliver(
         let wall = SystemTime::now();
         // The claim outlives the request's timeout, so no other deliverer takes it while
         // this one may still be sending it.
-        let Some(alert) = claim(conn, worker, wall, wall + Duration::from_secs(60))? else {
+        let until = wall + Duration::from_secs(60);
+        let claimed = if shared {
+            super::claim_shared(store, worker, wall, until)?
+        } else {
+            claim(store.connection(), worker, wall, until)?
+        };
+        let Some(alert) = claimed else {
             break;
+        };
+        let settle = |store: &mut crate::sync::Writer, outcome: Settle<'_>, now| {
+            if shared {
+                super::settle_shared(store, &alert, worker, outcome, now)
+            } else {
+                settle(store.connection(), alert.id, worker, outcome, now).map(|_| ())
+            }
         };
         let timeout = deadline
             .saturating_duration_since(Instant::now())
@@ -344,20 +360,18 @@ pub fn deliver(
                 if let (Some(ts), None, Some(b), Target::WebApi { channel, .. }) =
                     (ts, thread, &alert.build_id, target)
                 {
-                    conn.execute(
+                    store.connection().execute(
                         "INSERT OR IGNORE INTO slack_threads (build_id, channel, thread_ts) VALUES (:b, :c, :t)",
                         named_params! {":b": b, ":c": channel, ":t": ts},
                     )?;
                 }
-                settle(conn, alert.id, worker, Settle::Delivered, now)?;
+                settle(store, Settle::Delivered, now)?;
                 report.delivered += 1;
             }
             Sent::RateLimited(wait) => {
                 let error = format!("rate limited by Slack: retry after {}s", wait.as_secs());
                 settle(
-                    conn,
-                    alert.id,
-                    worker,
+                    store,
                     Settle::Retry {
                         at: now + wait,
                         error: &error,
@@ -371,9 +385,7 @@ pub fn deliver(
             Sent::Transient(error) if alert.attempts + 1 < MAX_ATTEMPTS => {
                 let at = now + retry_delay(first_retry_delay(), alert.attempts + 1);
                 settle(
-                    conn,
-                    alert.id,
-                    worker,
+                    store,
                     Settle::Retry {
                         at,
                         error: &error,
@@ -384,20 +396,15 @@ pub fn deliver(
                 report.retried += 1;
             }
             Sent::Transient(error) | Sent::Refused(error) => {
-                settle(
-                    conn,
-                    alert.id,
-                    worker,
-                    Settle::GaveUp { error: &error },
-                    now,
-                )?;
+                settle(store, Settle::GaveUp { error: &error }, now)?;
                 report.gave_up += 1;
             }
         }
     }
-    report.left = conn.query_row(
-        "SELECT COUNT(*) FROM alerts WHERE state = 'pending' AND next_try_at <= :now",
-        named_params! {":now": crate::time::format(SystemTime::now())},
+    report.left = store.connection().query_row(
+        "SELECT COUNT(*) FROM alerts WHERE state = 'pending' AND next_try_at <= :now
+           AND shared = :shared",
+        named_params! {":now": crate::time::format(SystemTime::now()), ":shared": shared},
         |r| r.get(0),
     )?;
     Ok(report)
@@ -422,7 +429,7 @@ fn thread_ts(store: &Store, alert: &Claimed, target: &Target) -> Result<Option<S
 /// (default 2 s), so that a pipeline never waits on Slack for longer. Whatever is left,
 /// or fails, stays queued for `monitor deliver` or the next command; this never changes
 /// the command's outcome.
-pub fn deliver_after_write(tool: &str, store: &Store) {
+pub fn deliver_after_write(tool: &str, store: &mut crate::sync::Writer) {
     let target = match Target::from_env() {
         Ok(Some(t)) => t,
         Ok(None) => return,

@@ -130,6 +130,16 @@ impl Store {
         &self.path
     }
 
+    /// Run `f` in one write transaction (`BEGIN IMMEDIATE`), committed if it succeeds.
+    pub(crate) fn in_write_tx<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
     /// The connection, for the outbox and monitor queries in this crate.
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
@@ -429,6 +439,11 @@ fn fail_point_commit() -> Result<()> {
 /// A value for a conflict message, redacted: the requested side is raw user input.
 fn quote(s: &str) -> String {
     format!("'{}'", crate::redact::redact(s))
+}
+
+/// The build's summary row, as `conn` sees it (inside a transaction of the caller's).
+pub(crate) fn build_in(conn: &Connection, build_id: &str) -> Result<Option<Build>> {
+    load_build(conn, build_id)
 }
 
 fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {

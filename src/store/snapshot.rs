@@ -8,7 +8,7 @@ use rusqlite::{named_params, OptionalExtension, TransactionBehavior};
 
 use super::{insert_build, load_build, load_events, load_plan, update_summary, Store};
 use crate::model::{Build, Event};
-use crate::snapshot::{MetaEntry, Snapshot};
+use crate::snapshot::{AlertEntry, MetaEntry, Snapshot};
 use crate::{time, Error, Result};
 
 /// What an import did.
@@ -142,6 +142,7 @@ impl Store {
                 }
             }
         };
+        merge_alerts(&tx, snap)?;
         tx.commit()?;
         Ok(outcome)
     }
@@ -187,7 +188,91 @@ pub fn snapshot_in(conn: &rusqlite::Connection, build_id: &str) -> Result<Snapsh
         metadata.insert(k, MetaEntry { value, serial });
     }
     let events = load_events(conn, build_id)?;
-    Ok(Snapshot::new(build, plan, metadata, events))
+    let mut snap = Snapshot::new(build, plan, metadata, events);
+    snap.alerts = shared_alerts(conn, build_id)?;
+    Ok(snap)
+}
+
+/// The build's alerts that travel with it (raised in remote mode).
+fn shared_alerts(conn: &rusqlite::Connection, build_id: &str) -> Result<Vec<AlertEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT dedupe_key, kind, payload, state, attempts, next_try_at, claimed_by,
+                claimed_until, last_error, created_at, delivered_at
+         FROM alerts WHERE build_id = :id AND shared = 1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
+        Ok((
+            (
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ),
+            (
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, String>(5)?,
+            ),
+            (
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+            ),
+            (
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, Option<String>>(10)?,
+            ),
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            (dedupe_key, kind, payload),
+            (state, attempts, next),
+            (claimed_by, until),
+            (last_error, created, delivered),
+        ) = row?;
+        let when = |t: Option<String>| t.as_deref().map(time::parse).transpose();
+        out.push(AlertEntry {
+            payload: serde_json::from_str(&payload)
+                .map_err(|e| Error::Corrupt(format!("alert {dedupe_key}: payload: {e}")))?,
+            dedupe_key,
+            kind,
+            state,
+            attempts,
+            next_try_at: time::parse(&next)?,
+            claimed_by,
+            claimed_until: when(until)?,
+            last_error,
+            created_at: time::parse(&created)?,
+            delivered_at: when(delivered)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Take the snapshot's alerts and their delivery state (the remote's word wins: claims
+/// and deliveries are made through it).
+fn merge_alerts(tx: &rusqlite::Transaction<'_>, snap: &Snapshot) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO alerts (build_id, kind, dedupe_key, payload, state, attempts, next_try_at,
+            claimed_by, claimed_until, last_error, created_at, delivered_at, shared)
+         VALUES (:build, :kind, :key, :payload, :state, :attempts, :next, :by, :until, :error,
+            :created, :delivered, 1)
+         ON CONFLICT (dedupe_key) DO UPDATE SET state = excluded.state,
+            attempts = excluded.attempts, next_try_at = excluded.next_try_at,
+            claimed_by = excluded.claimed_by, claimed_until = excluded.claimed_until,
+            last_error = excluded.last_error, delivered_at = excluded.delivered_at, shared = 1",
+    )?;
+    for a in &snap.alerts {
+        stmt.execute(named_params! {
+            ":build": snap.build_id, ":kind": a.kind, ":key": a.dedupe_key,
+            ":payload": a.payload.to_string(), ":state": a.state, ":attempts": a.attempts,
+            ":next": time::format(a.next_try_at), ":by": a.claimed_by,
+            ":until": a.claimed_until.map(time::format), ":error": a.last_error,
+            ":created": time::format(a.created_at), ":delivered": a.delivered_at.map(time::format),
+        })?;
+    }
+    Ok(())
 }
 
 /// [`Store::remote_mark`] on a connection of the caller's.

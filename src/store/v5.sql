@@ -6,3 +6,7 @@
 ALTER TABLE events ADD COLUMN owner TEXT;
 ALTER TABLE events ADD COLUMN write_id TEXT;
 ALTER TABLE events ADD COLUMN until TEXT;
+-- Alerts raised in remote mode travel with the build's snapshot and are delivered through
+-- the remote's compare-and-swap claims, by whichever machine runs `monitor deliver`;
+-- `shared` marks them (a local `monitor deliver` leaves them alone).
+ALTER TABLE alerts ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;

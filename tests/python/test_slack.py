@@ -312,3 +312,51 @@ def test_monitor_check_status_wait_and_metrics(tmp_path: Path) -> None:
         assert line in metrics, metrics
     assert 'buildstate_state_duration_seconds_count{state="5"} 1' in metrics
     assert [p.name for p in textfile.parent.iterdir()] == ["buildstate.prom"]  # no temp file left
+
+
+def test_remote_mode_alerts_travel_with_the_build_and_each_is_sent_once(slack: Receiver, tmp_path: Path) -> None:
+    """Slack is down while a remote-mode worker's states block; the worker's database is
+    then thrown away (a Concourse container). Two cron hosts that never saw the builds run
+    `monitor deliver` at once when Slack is back: each alert arrives exactly once."""
+    remote = f"file://{tmp_path / 'remote'}"
+    (tmp_path / "worker").mkdir()
+    worker = Env(tmp_path / "worker", slack)
+    worker.env["BUILDSTATE_REMOTE"] = remote
+    slack.mode = "500"
+    builds = [f"img-{i}" for i in range(4)]
+    for b in builds:
+        worker.block(b)  # exit 0: Slack's outage never fails the write
+    assert slack.messages == []
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{worker.db}{suffix}").unlink(missing_ok=True)
+    snap = json.loads((tmp_path / "remote" / "builds" / "img-0.json").read_text())
+    assert [(a["kind"], a["state"]) for a in snap["alerts"]] == [("blocked", "pending")], snap.get("alerts")
+    assert "webhooksecret" not in json.dumps(snap)
+
+    slack.mode = "ok"
+    hosts = []
+    for name in ("cron-1", "cron-2"):
+        (tmp_path / name).mkdir()
+        h = Env(tmp_path / name, slack)
+        h.env["BUILDSTATE_REMOTE"] = remote
+        hosts.append(h)
+
+
+    def states() -> list[str]:
+        return [a["state"] for b in builds for a in json.loads((tmp_path / "remote" / "builds" / f"{b}.json").read_text())["alerts"]]
+
+    # Retries the worker scheduled come due a few seconds apart: deliver until all are.
+    deadline = time.monotonic() + 120
+    while states() != ["delivered"] * len(builds):
+        assert time.monotonic() < deadline, states()
+        procs = [subprocess.Popen([str(TARGET / "monitor"), "deliver", "--budget", "10s"], env=h.env) for h in hosts]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+        time.sleep(0.5)
+    sent = sorted(m["text"] for m in slack.messages)
+    assert sent == sorted(f"Build {b} needs a person at state 5 (kickstart)" for b in builds), sent
+    assert slack.problems == []
+    # Delivered is recorded on the remote: nobody sends them again.
+    hosts[0].run("monitor", "deliver", "--budget", "5s")
+    assert len(slack.messages) == len(builds)
+    snap = json.loads((tmp_path / "remote" / "builds" / "img-0.json").read_text())
+    assert [(a["kind"], a["state"]) for a in snap["alerts"]] == [("blocked", "delivered")]

@@ -232,6 +232,13 @@ def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
     snapshot["build"]["status"] = "exploded"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(snapshot, schema)
+    # Signed, in remote mode, with an alert travelling with the build.
+    w = Worker(tmp_path, "w", f"file://{remote}", {"BUILDSTATE_SNAPSHOT_KEY": "schema-test-key-0123456789"}, remote_mode=True)
+    w.run("init-state", "img-2", "--cloud", "aws", "--image", "rhel9")
+    w.run("update-state", "img-2", "cancel", "--reason", "not needed")
+    snapshot = json.loads((remote / "builds" / "img-2.json").read_text())
+    assert snapshot["signature"]["alg"] == "hmac-sha256" and snapshot["alerts"][0]["kind"] == "cancelled"
+    jsonschema.validate(snapshot, schema, format_checker=jsonschema.FormatChecker())
 
 
 class _Answer500(http.server.BaseHTTPRequestHandler):
