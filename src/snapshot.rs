@@ -674,7 +674,8 @@ mod tests {
     use crate::policy::Category;
     use crate::store::Store;
 
-    fn sample() -> Snapshot {
+    /// A store in a temporary directory holding build `b` (default plan), just created.
+    fn fresh(meta: Vec<(String, String)>, at: SystemTime) -> (tempfile::TempDir, Store, Actor) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let actor = Actor::from_env("test");
@@ -683,9 +684,14 @@ mod tests {
             cloud: "aws".into(),
             image: "rhel9".into(),
             plan: Plan::default_plan(),
-            meta: vec![("git".into(), "abc".into())],
+            meta,
         };
-        store.init(&req, &actor, SystemTime::now()).unwrap();
+        store.init(&req, &actor, at).unwrap();
+        (dir, store, actor)
+    }
+
+    fn sample() -> Snapshot {
+        let (_dir, mut store, actor) = fresh(vec![("git".into(), "abc".into())], SystemTime::now());
         for t in [
             Transition::Start { state: 5 },
             Transition::fail(5, "it's broken: 'quotes'"),
@@ -809,17 +815,7 @@ mod tests {
     /// is refused, and says which field disagrees.
     #[test]
     fn a_summary_edited_against_its_events_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-        let actor = Actor::from_env("test");
-        let req = InitRequest {
-            build_id: "b".into(),
-            cloud: "aws".into(),
-            image: "rhel9".into(),
-            plan: Plan::default_plan(),
-            meta: vec![],
-        };
-        store.init(&req, &actor, SystemTime::now()).unwrap();
+        let (_dir, mut store, actor) = fresh(vec![], SystemTime::now());
         let leased = Ctx {
             owner: Some("w1"),
             lease_ttl: Some(std::time::Duration::from_secs(3600)),
@@ -930,19 +926,9 @@ mod tests {
     /// Random sequences of transitions, through a real store: after every accepted one,
     /// the build's snapshot validates (the replay never refuses an honest history).
     fn honest_history(ops: &[(u8, u8)]) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-        let actor = Actor::from_env("test");
-        let plan = Plan::default_plan();
-        let req = InitRequest {
-            build_id: "b".into(),
-            cloud: "aws".into(),
-            image: "rhel9".into(),
-            plan: plan.clone(),
-            meta: vec![],
-        };
         let t0 = SystemTime::now();
-        store.init(&req, &actor, t0).unwrap();
+        let (_dir, mut store, actor) = fresh(vec![], t0);
+        let plan = Plan::default_plan();
         let ids: Vec<u8> = plan.states.iter().map(|s| s.id).collect();
         for (i, (op, pick)) in ops.iter().enumerate() {
             let state = ids[*pick as usize % ids.len()];

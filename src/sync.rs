@@ -423,13 +423,8 @@ impl Writer {
         build_id: &str,
         mut f: impl FnMut(&rusqlite::Connection) -> Result<(T, bool)>,
     ) -> Result<T> {
-        for _ in 0..RACE_TRIES {
-            self.refresh(build_id)?;
-            let Writer { store, remote, .. } = self;
-            let remote = remote.as_ref().ok_or_else(|| {
-                Error::InvalidInput("shared alerts are delivered in remote mode only".into())
-            })?;
-            let done = store.in_write_tx(|conn| {
+        self.through_remote(build_id, |store, remote| {
+            store.in_write_tx(|conn| {
                 let (v, changed) = f(conn)?;
                 if changed {
                     let b = crate::store::build_in(conn, build_id)?
@@ -437,8 +432,24 @@ impl Writer {
                     push_in(conn, remote, &b, Appended::No)?;
                 }
                 Ok(v)
-            });
-            match done {
+            })
+        })
+    }
+
+    /// Pull `build_id`, then run `write` (which pushes with compare-and-swap); after a
+    /// lost race, pull and run it again, up to [`RACE_TRIES`] times. Remote mode only.
+    fn through_remote<T>(
+        &mut self,
+        build_id: &str,
+        mut write: impl FnMut(&mut Store, &Remote) -> Result<T>,
+    ) -> Result<T> {
+        for _ in 0..RACE_TRIES {
+            self.refresh(build_id)?;
+            let Writer { store, remote, .. } = self;
+            let remote = remote.as_ref().ok_or_else(|| {
+                Error::InvalidInput("this works in remote mode only (set --remote)".into())
+            })?;
+            match write(store, remote) {
                 Err(Error::RemoteChanged(_)) => {
                     std::thread::sleep(std::time::Duration::from_millis(
                         10 + (crate::model::random_unit() * 90.0) as u64,
@@ -488,25 +499,12 @@ impl Writer {
                 .store
                 .renew_lease(build_id, owner, attempt, until, wait);
         }
-        for _ in 0..RACE_TRIES {
-            self.refresh(build_id)?;
-            let until = self.now()? + ttl;
-            let Writer { store, remote, .. } = self;
-            let remote = remote.as_ref().expect("remote mode");
-            match store.renew_lease_with(build_id, owner, attempt, until, wait, |conn, b| {
+        let until = self.now()? + ttl;
+        self.through_remote(build_id, |store, remote| {
+            store.renew_lease_with(build_id, owner, attempt, until, wait, |conn, b| {
                 push_in(conn, remote, b, Appended::No)
-            }) {
-                Err(Error::RemoteChanged(_)) => {
-                    std::thread::sleep(std::time::Duration::from_millis(
-                        20 + (crate::model::random_unit() * 80.0) as u64,
-                    ));
-                }
-                other => return other,
-            }
-        }
-        Err(Error::RemoteChanged(format!(
-            "build '{build_id}': could not renew the lease: lost the race {RACE_TRIES} times in a row"
-        )))
+            })
+        })
     }
 
     /// Remote mode: bring the local copy of `build_id` up to date with the remote's

@@ -477,35 +477,23 @@ name = "next"
 expected = "1s"
 "#;
 
-#[test]
-fn a_live_worker_s_lease_stays_visible_to_every_machine_while_its_command_runs() {
-    let r = remote();
-    let (a, b) = (Env::new(), Env::new());
+/// Build `b1` on [`SHORT_PLAN`], created in remote mode on `a`.
+fn short_plan_build(a: &Env, r: &Remote) {
     let plan = a.write("plan.toml", SHORT_PLAN);
+    let plan = plan.to_str().unwrap();
     on(
-        &a,
-        &r,
+        a,
+        r,
         "init-state",
-        &[
-            "b1",
-            "--cloud",
-            "aws",
-            "--image",
-            "x",
-            "--plan",
-            plan.to_str().unwrap(),
-        ],
+        &["b1", "--cloud", "aws", "--image", "x", "--plan", plan],
     )
     .ok();
-    // A runs state 5 under --timeout 30s, longer than the plan's 3 s timeout and than
-    // its 1 s lease: the command waits for the test to release it.
-    let release = a.path("release");
-    let script = format!(
-        "while [ ! -e '{}' ]; do sleep 0.05; done",
-        release.display()
-    );
-    let mut worker = a.command("run-state");
-    worker
+}
+
+/// `run-state b1 5 --lease-ttl 1s --timeout TIMEOUT -- sh -c SCRIPT` on `a`, in remote
+/// mode, in the background.
+fn spawn_worker(a: &Env, r: &Remote, timeout: &str, script: &str) -> std::process::Child {
+    a.command("run-state")
         .env("BUILDSTATE_REMOTE", &r.url)
         .args([
             "b1",
@@ -513,15 +501,31 @@ fn a_live_worker_s_lease_stays_visible_to_every_machine_while_its_command_runs()
             "--lease-ttl",
             "1s",
             "--timeout",
-            "30s",
+            timeout,
             "--",
             "sh",
             "-c",
-            &script,
+            script,
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let worker = worker.spawn().unwrap();
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_live_worker_s_lease_stays_visible_to_every_machine_while_its_command_runs() {
+    let r = remote();
+    let (a, b) = (Env::new(), Env::new());
+    short_plan_build(&a, &r);
+    // A runs state 5 under --timeout 30s, longer than the plan's 3 s timeout and than
+    // its 1 s lease: the command waits for the test to release it.
+    let release = a.path("release");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done",
+        release.display()
+    );
+    let worker = spawn_worker(&a, &r, "30s", &script);
     util::poll_until("state 5 to start on the remote", || {
         r.object("b1").exists() && r.snapshot("b1")["build"]["status"] == "running"
     });
@@ -571,46 +575,14 @@ fn a_live_worker_s_lease_stays_visible_to_every_machine_while_its_command_runs()
 fn a_worker_learns_at_its_next_heartbeat_that_its_build_was_cancelled_elsewhere() {
     let r = remote();
     let (a, b) = (Env::new(), Env::new());
-    let plan = a.write("plan.toml", SHORT_PLAN);
-    on(
-        &a,
-        &r,
-        "init-state",
-        &[
-            "b1",
-            "--cloud",
-            "aws",
-            "--image",
-            "x",
-            "--plan",
-            plan.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    short_plan_build(&a, &r);
     let marker = a.path("still-running");
     // The command would run for ever: only the lost lease stops it.
     let script = format!(
         "while true; do touch '{}'; sleep 0.05; done",
         marker.display()
     );
-    let mut worker = a.command("run-state");
-    worker
-        .env("BUILDSTATE_REMOTE", &r.url)
-        .args([
-            "b1",
-            "5",
-            "--lease-ttl",
-            "1s",
-            "--timeout",
-            "1h",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let worker = worker.spawn().unwrap();
+    let worker = spawn_worker(&a, &r, "1h", &script);
     util::poll_until("the command to run", || marker.exists());
     on(
         &b,
