@@ -50,9 +50,9 @@ fn run(args: &Args) -> Result<i32> {
         report.write_output(dir)?;
     }
     if args.common.json {
-        println!("{}", report.to_json());
+        buildstate::cli::outln(format_args!("{}", report.to_json()))?;
     } else {
-        print!("{}", report.human());
+        buildstate::cli::out(format_args!("{}", report.human()))?;
     }
     Ok(report.exit_code)
 }

@@ -53,12 +53,9 @@ fn run() -> Result<serde_json::Value> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(answer) => {
-            // stdout carries only the answer; everything for people went to stderr.
-            println!("{answer}");
-            ExitCode::SUCCESS
-        }
+    // stdout carries only the answer; everything for people went to stderr.
+    match run().and_then(|answer| buildstate::cli::outln(format_args!("{answer}"))) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("\x1b[31merror:\x1b[0m {e}");
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))

@@ -68,7 +68,7 @@ fn run(args: &Args) -> Result<i32> {
     let (mut report, stored_plan) = Report::after_write(&store, &outcome.build, now)?;
     report.created = Some(outcome.created);
     if args.common.json {
-        println!("{}", report.to_json());
+        buildstate::cli::outln(format_args!("{}", report.to_json()))?;
     } else if outcome.created {
         let first = stored_plan.first();
         let init = match stored_plan.done_at_init() {
@@ -79,7 +79,7 @@ fn run(args: &Args) -> Result<i32> {
             ),
             None => "nothing done yet".to_string(),
         };
-        println!(
+        buildstate::cli::outln(format_args!(
             "created build {} (cloud {}, image {}, plan {} with {} states); {init}\n  next: {}",
             req.build_id,
             req.cloud,
@@ -87,12 +87,12 @@ fn run(args: &Args) -> Result<i32> {
             stored_plan.name,
             stored_plan.states.len(),
             report.decision.reason
-        );
+        ))?;
     } else {
-        println!(
+        buildstate::cli::outln(format_args!(
             "build {} already exists with the same identity; nothing changed (serial {})",
             req.build_id, outcome.build.serial
-        );
+        ))?;
     }
     Ok(exit::OK)
 }

@@ -41,7 +41,7 @@ enum Command {
     /// person is needed
     Check {
         /// Running longer than this many times its state's expected duration is stuck
-        #[arg(long, value_name = "X", default_value_t = 3.0)]
+        #[arg(long, value_name = "X", default_value = "3", value_parser = buildstate::cli::factor)]
         factor: f64,
     },
     /// Deliver queued alerts to Slack, within a time budget; drop old delivered ones.
@@ -49,10 +49,10 @@ enum Command {
     /// claimed through the remote (each sent once, whichever machines run this)
     Deliver {
         /// Stop starting new deliveries after this long
-        #[arg(long, value_name = "DURATION", default_value = "50s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "50s", value_parser = buildstate::cli::duration)]
         budget: Duration,
         /// Keep delivered and given-up alerts this long
-        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::duration)]
         retention: Duration,
     },
     /// A table of every build: status, state, attempt, age, who holds it
@@ -65,10 +65,10 @@ enum Command {
         #[arg(long, value_name = "STATE|completed")]
         until: String,
         /// Give up after this long (exit 19)
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = buildstate::cli::duration)]
         timeout: Duration,
         /// How often to look
-        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = buildstate::cli::positive_duration)]
         interval: Duration,
     },
     /// Prometheus metrics, on stdout or into a node_exporter textfile
@@ -87,14 +87,20 @@ fn run(args: &Args) -> Result<i32> {
             let store = args.common.open()?;
             let findings = monitor::check(&store, now, *factor)?;
             if json {
-                println!("{}", serde_json::to_string(&findings).expect("serializes"));
+                buildstate::cli::outln(format_args!(
+                    "{}",
+                    serde_json::to_string(&findings).expect("serializes")
+                ))?;
             } else {
                 for f in &findings {
                     let state = f
                         .state
                         .map(|s| format!(" at state {s}"))
                         .unwrap_or_default();
-                    println!("{}: {}{state}: {}", f.build_id, f.what, f.reason);
+                    buildstate::cli::outln(format_args!(
+                        "{}: {}{state}: {}",
+                        f.build_id, f.what, f.reason
+                    ))?;
                 }
             }
             Ok(if findings.is_empty() {
@@ -130,12 +136,12 @@ fn run(args: &Args) -> Result<i32> {
             if json {
                 let mut v = serde_json::to_value(&report).expect("serializes");
                 v["pruned"] = pruned.into();
-                println!("{v}");
+                buildstate::cli::outln(format_args!("{v}"))?;
             } else if report.delivered + report.retried + report.gave_up > 0 || report.left > 0 {
-                println!(
+                buildstate::cli::outln(format_args!(
                     "delivered {}, retrying {}, gave up {}, still due {}",
                     report.delivered, report.retried, report.gave_up, report.left
-                );
+                ))?;
             }
             Ok(exit::OK)
         }
@@ -143,7 +149,10 @@ fn run(args: &Args) -> Result<i32> {
             let store = args.common.open()?;
             let rows = monitor::status(&store, now)?;
             if json {
-                println!("{}", serde_json::to_string(&rows).expect("serializes"));
+                buildstate::cli::outln(format_args!(
+                    "{}",
+                    serde_json::to_string(&rows).expect("serializes")
+                ))?;
                 return Ok(exit::OK);
             }
             // A plain fixed-width table, written in one buffered pass with no string per
@@ -225,10 +234,10 @@ fn run(args: &Args) -> Result<i32> {
             }
             drop(out);
             let (pending, _, gave_up) = monitor::outbox_counts(&store)?;
-            println!(
+            buildstate::cli::outln(format_args!(
                 "{} build(s); alerts: {pending} waiting, {gave_up} given up",
                 rows.len()
-            );
+            ))?;
             Ok(exit::OK)
         }
         Command::Wait {
@@ -271,17 +280,17 @@ fn run(args: &Args) -> Result<i32> {
                 };
                 if let Some((what, code)) = outcome {
                     if json {
-                        println!(
+                        buildstate::cli::outln(format_args!(
                             "{}",
                             serde_json::json!({"build_id": build_id, "outcome": what, "status": b.status, "current_state": b.current_state, "exit_code": code})
-                        );
+                        ))?;
                     } else {
-                        println!(
+                        buildstate::cli::outln(format_args!(
                             "build {build_id}: {} (status {}, last completed state {})",
                             what.replace('_', " "),
                             b.status,
                             b.current_state.map_or("none".into(), |s| s.to_string())
-                        );
+                        ))?;
                     }
                     return Ok(code);
                 }
@@ -297,7 +306,7 @@ fn run(args: &Args) -> Result<i32> {
             let text = monitor::metrics(&store, now)?;
             match textfile {
                 Some(path) => monitor::write_textfile(path, &text)?,
-                None => print!("{text}"),
+                None => buildstate::cli::out(format_args!("{text}"))?,
             }
             Ok(exit::OK)
         }

@@ -47,23 +47,23 @@ struct Args {
     next: bool,
 
     /// Retry in this process when the next attempt is due within this long
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = buildstate::cli::duration)]
     max_wait: Duration,
 
     /// The lease's time to live; it is renewed every third of it while the command runs
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_ttl, env = "BUILDSTATE_LEASE_TTL")]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = buildstate::cli::lease_ttl, env = "BUILDSTATE_LEASE_TTL")]
     lease_ttl: Duration,
 
     /// Override the plan's timeout for the state
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = buildstate::cli::positive_duration)]
     timeout: Option<Duration>,
 
     /// After a timeout's SIGTERM, wait this long before SIGKILL
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = buildstate::cli::duration)]
     kill_grace: Duration,
 
     /// How much of the end of stderr to keep as the failure message
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value = "16384", value_parser = buildstate::cli::stderr_tail)]
     stderr_tail: usize,
 
     #[command(flatten)]
@@ -72,14 +72,6 @@ struct Args {
     /// The command to run, after --
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<OsString>,
-}
-
-fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d < Duration::from_millis(300) {
-        return Err("the lease needs at least 300ms to be renewed in time".into());
-    }
-    Ok(d)
 }
 
 fn run_state(args: &Args) -> Result<i32> {
@@ -128,7 +120,7 @@ fn run_state(args: &Args) -> Result<i32> {
         let body = serde_json::json!({
             "build_id": args.build_id, "outcome": status, "message": text, "exit_code": code,
         });
-        println!("{body}");
+        buildstate::cli::outln(format_args!("{body}"))?;
     } else {
         eprintln!("run-state: build {}: {text}", args.build_id);
     }

@@ -124,7 +124,7 @@ fn with_progress<T>(args: &Args, work: impl FnOnce(Progress<'_>) -> Result<T>) -
 }
 
 /// Print one line per build, or a JSON array; exit with the first failure's code.
-fn report_many(args: &Args, verb: &str, results: Vec<(String, Result<Synced>)>) -> i32 {
+fn report_many(args: &Args, verb: &str, results: Vec<(String, Result<Synced>)>) -> Result<i32> {
     let mut code = exit::OK;
     let mut rows = Vec::new();
     let (mut ok, mut failed) = (0, 0);
@@ -133,7 +133,7 @@ fn report_many(args: &Args, verb: &str, results: Vec<(String, Result<Synced>)>) 
             Ok(s) => {
                 ok += 1;
                 if !args.common.json {
-                    println!("{id}: {}", s.outcome);
+                    buildstate::cli::outln(format_args!("{id}: {}", s.outcome))?;
                 }
                 rows.push(serde_json::to_value(&s).expect("serializes"));
             }
@@ -151,23 +151,31 @@ fn report_many(args: &Args, verb: &str, results: Vec<(String, Result<Synced>)>) 
         }
     }
     if args.common.json {
-        println!("{}", serde_json::Value::Array(rows));
+        buildstate::cli::outln(format_args!("{}", serde_json::Value::Array(rows)))?;
     } else {
         eprintln!("sync-cloud: {verb} {ok} build(s), {failed} failed");
     }
-    code
+    Ok(code)
 }
 
-fn report_one(args: &Args, s: &Synced) {
+fn report_one(args: &Args, s: &Synced) -> Result<()> {
     if args.common.json {
-        println!("{}", serde_json::to_string(s).expect("serializes"));
+        buildstate::cli::outln(format_args!(
+            "{}",
+            serde_json::to_string(s).expect("serializes")
+        ))?;
     } else {
         let serials = match (s.local_serial, s.remote_serial) {
             (Some(l), Some(r)) => format!(" (local serial {l}, remote serial {r})"),
             _ => String::new(),
         };
-        println!("{}: {}{serials}", s.build_id, s.outcome.replace('_', " "));
+        buildstate::cli::outln(format_args!(
+            "{}: {}{serials}",
+            s.build_id,
+            s.outcome.replace('_', " ")
+        ))?;
     }
+    Ok(())
 }
 
 fn run(args: &Args) -> Result<i32> {
@@ -181,10 +189,10 @@ fn run(args: &Args) -> Result<i32> {
             let mut store = args.common.open()?;
             if *all {
                 let results = with_progress(args, |p| sync::push_all(&mut store, &remote, p))?;
-                return Ok(report_many(args, "pushed", results));
+                return report_many(args, "pushed", results);
             }
             let id = build_id.as_deref().expect("clap requires a build or --all");
-            report_one(args, &sync::push(&mut store, &remote, id, *force)?);
+            report_one(args, &sync::push(&mut store, &remote, id, *force)?)?;
         }
         Command::Pull {
             build_id,
@@ -195,16 +203,16 @@ fn run(args: &Args) -> Result<i32> {
             let mut store = args.common.create()?;
             if *all {
                 let results = with_progress(args, |p| sync::pull_all(&mut store, &remote, p))?;
-                return Ok(report_many(args, "pulled", results));
+                return report_many(args, "pulled", results);
             }
             let id = build_id.as_deref().expect("clap requires a build or --all");
             buildstate::model::validate_build_id(id)?;
-            report_one(args, &sync::pull(&mut store, &remote, id, *take_remote)?);
+            report_one(args, &sync::pull(&mut store, &remote, id, *take_remote)?)?;
         }
         Command::Status => {
             let store = args.common.open()?;
             let rows = sync::status(&store, &remote)?;
-            print_status(args, &rows);
+            print_status(args, &rows)?;
         }
         Command::Backup { name } => {
             let store = args.common.open()?;
@@ -234,15 +242,15 @@ fn run(args: &Args) -> Result<i32> {
             let size = bytes.len();
             remote.put_backup(&name, bytes)?;
             if args.common.json {
-                println!(
+                buildstate::cli::outln(format_args!(
                     "{}",
                     serde_json::json!({"backup": name, "bytes": size, "remote": remote.name()})
-                );
+                ))?;
             } else {
-                println!(
+                buildstate::cli::outln(format_args!(
                     "backed up the database to {}/backups/{name} ({size} bytes)",
                     remote.name()
-                );
+                ))?;
             }
         }
         Command::Restore { name, to } => {
@@ -277,22 +285,27 @@ fn run(args: &Args) -> Result<i32> {
             drop(check);
             tmp.persist_noclobber(to).map_err(|e| io(e.error))?;
             if args.common.json {
-                println!(
+                buildstate::cli::outln(format_args!(
                     "{}",
                     serde_json::json!({"restored": name, "to": to, "builds": builds})
-                );
+                ))?;
             } else {
-                println!("restored {name} to {} ({builds} builds)", to.display());
+                buildstate::cli::outln(format_args!(
+                    "restored {name} to {} ({builds} builds)",
+                    to.display()
+                ))?;
             }
         }
     }
     Ok(exit::OK)
 }
 
-fn print_status(args: &Args, rows: &[StatusRow]) {
+fn print_status(args: &Args, rows: &[StatusRow]) -> Result<()> {
     if args.common.json {
-        println!("{}", serde_json::to_string(rows).expect("serializes"));
-        return;
+        return buildstate::cli::outln(format_args!(
+            "{}",
+            serde_json::to_string(rows).expect("serializes")
+        ));
     }
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::NOTHING);
@@ -306,7 +319,7 @@ fn print_status(args: &Args, rows: &[StatusRow]) {
             r.state.replace('_', " "),
         ]);
     }
-    println!("{table}");
+    buildstate::cli::outln(format_args!("{table}"))
 }
 
 fn main() -> ExitCode {

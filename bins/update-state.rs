@@ -61,7 +61,7 @@ enum Action {
         /// How long the lease lives; nothing renews it, so past this the state counts as
         /// abandoned and another worker may take it over [default: the state's timeout,
         /// else twice its expected duration]
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = buildstate::cli::lease_ttl)]
         lease_ttl: Option<std::time::Duration>,
     },
     /// Record that a state completed; it becomes the build's current state
@@ -244,7 +244,7 @@ fn run(args: &Args) -> Result<i32> {
     buildstate::cli::deliver_after_write("update-state", &mut store);
     let (report, plan) = Report::after_write(&store, &build, ctx.now)?;
     if args.common.json {
-        println!("{}", report.to_json());
+        buildstate::cli::outln(format_args!("{}", report.to_json()))?;
         return Ok(exit::OK);
     }
     let label = |s: Option<u8>| s.map(|s| plan.label(s)).unwrap_or_default();
@@ -277,10 +277,10 @@ fn run(args: &Args) -> Result<i32> {
         Transition::Interrupt { .. } => "recorded an interruption".to_string(),
         Transition::Tasks { .. } => "recorded task results".to_string(),
     };
-    println!(
+    buildstate::cli::outln(format_args!(
         "build {}: {what}; status {} (serial {})\n  next: {}",
         args.build_id, build.status, build.serial, report.decision.reason
-    );
+    ))?;
     Ok(exit::OK)
 }
 

@@ -105,11 +105,39 @@ pub fn parse<T: clap::Parser>(tool: &str) -> std::result::Result<T, ExitCode> {
                 let body = serde_json::json!({
                     "error": {"kind": "usage", "message": first, "exit_code": exit::USAGE}
                 });
-                println!("{body}");
+                let _ = outln(format_args!("{body}"));
             }
             eprint!("{tool}: {message}");
             Err(ExitCode::from(exit::USAGE as u8))
         }
+    }
+}
+
+/// Print a line of a command's output on stdout. A reader that went away (EPIPE: `| head`)
+/// is not an error: the rest of the output is dropped silently and the command ends with
+/// the code it would have had, as a well-mannered Unix tool does. Any other failure (a
+/// full disk, `>/dev/full`) is [`Error::Output`] (exit 21), whose message says that
+/// what was asked was done: output is only ever printed after the write it reports.
+pub fn outln(args: std::fmt::Arguments<'_>) -> Result<()> {
+    write_out(args, true)
+}
+
+/// [`outln`] without the newline.
+pub fn out(args: std::fmt::Arguments<'_>) -> Result<()> {
+    write_out(args, false)
+}
+
+fn write_out(args: std::fmt::Arguments<'_>, newline: bool) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let written = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| o.flush());
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::Output(e.to_string())),
     }
 }
 
@@ -125,14 +153,60 @@ pub fn finish(tool: &str, json: bool, result: Result<i32>) -> ExitCode {
 
 fn report_error(tool: &str, json: bool, e: &Error) -> i32 {
     let code = e.exit_code();
-    if json {
+    if json && !matches!(e, Error::Output(_)) {
         let body = serde_json::json!({
             "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code}
         });
-        println!("{body}");
+        let _ = outln(format_args!("{body}"));
     }
     eprintln!("{tool}: error: {e}");
     code
 }
 
 pub use crate::notify::slack::deliver_after_write;
+
+// Value parsers with documented ranges (docs/exit-codes.md, "Ranges"): every number,
+// duration and size a flag accepts is checked here, before anything is read or written,
+// so that no value can overflow time arithmetic or an allocation later.
+
+/// A duration flag: `0s` to 366 days.
+pub fn duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    crate::time::parse_bounded_duration(s, std::time::Duration::ZERO)
+}
+
+/// A duration flag that must be positive: 1 ms to 366 days.
+pub fn positive_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    crate::time::parse_bounded_duration(s, std::time::Duration::from_millis(1))
+}
+
+/// A lease's time to live: 300 ms (room to renew it in time) to 366 days.
+pub fn lease_ttl(s: &str) -> std::result::Result<std::time::Duration, String> {
+    crate::time::parse_bounded_duration(s, std::time::Duration::from_millis(300))
+}
+
+/// The largest `run-state --stderr-tail`: 1 MiB (a failure message is stored with every
+/// failed attempt).
+pub const MAX_STDERR_TAIL: usize = 1024 * 1024;
+
+/// `run-state --stderr-tail`: 0 to 1 MiB.
+pub fn stderr_tail(s: &str) -> std::result::Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= MAX_STDERR_TAIL)
+        .ok_or_else(|| {
+            format!(
+                "'{}': give a number of bytes from 0 to {MAX_STDERR_TAIL}",
+                s.escape_debug()
+            )
+        })
+}
+
+/// `monitor check --factor`: a number from 1 to 1000.
+pub fn factor(s: &str) -> std::result::Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite() && (1.0..=1000.0).contains(f))
+        .ok_or_else(|| format!("'{}': give a number from 1 to 1000", s.escape_debug()))
+}

@@ -80,16 +80,41 @@ fn apply_credentials(source: &Source) -> Result<()> {
                 "source.credentials: '{k}' is not a cloud credential variable (AWS_*, AZURE_*, GOOGLE_*)"
             )));
         }
+        // A value the environment cannot hold is refused, never echoed: it is a secret.
+        if v.contains('\0') || v.len() > 16 * 1024 {
+            return Err(Error::InvalidInput(format!(
+                "source.credentials.{k}: the value holds a NUL byte or is longer than 16 KiB; fix the secret in your credential manager"
+            )));
+        }
         // The resource is single-threaded until here; nothing else reads the environment.
         std::env::set_var(k, v);
     }
     Ok(())
 }
 
+/// Open the source's remote with its credentials. An error never repeats a credential
+/// value (a cloud client's message may quote one, e.g. a malformed `AWS_ALLOW_HTTP`).
+fn open_remote(source: &Source) -> Result<Remote> {
+    apply_credentials(source)?;
+    let scrub = |m: String| {
+        source
+            .credentials
+            .values()
+            .filter(|v| v.len() >= 4)
+            .fold(m, |m, v| m.replace(v.as_str(), "[REDACTED]"))
+    };
+    RemoteOptions::from_env()
+        .and_then(|o| Remote::open(&source.remote, o))
+        .map_err(|e| match e {
+            Error::InvalidInput(m) => Error::InvalidInput(scrub(m)),
+            Error::Remote(m) => Error::Remote(scrub(m)),
+            other => other,
+        })
+}
+
 /// A throwaway cache database in a temporary folder, in remote mode.
 fn writer(source: &Source, dir: &Path) -> Result<Writer> {
-    apply_credentials(source)?;
-    let remote = Remote::open(&source.remote, RemoteOptions::from_env()?)?;
+    let remote = open_remote(source)?;
     let store = Store::open_with(&dir.join("cache.db"), crate::store::DEFAULT_BUSY_TIMEOUT)?;
     Ok(Writer::new(store, Some(remote)))
 }
@@ -108,8 +133,7 @@ fn tmp() -> Result<tempfile::TempDir> {
 /// `check`: the build's current version (its serial), or with a pattern every matching
 /// build's, oldest change first, from the given version on.
 pub fn check(req: &Request) -> Result<Value> {
-    apply_credentials(&req.source)?;
-    let remote = Remote::open(&req.source.remote, RemoteOptions::from_env()?)?;
+    let remote = open_remote(&req.source)?;
     let ids: Vec<String> = match (&req.source.build_id, &req.source.build_pattern) {
         (Some(id), None) => vec![id.clone()],
         (None, Some(pattern)) => {
@@ -165,7 +189,12 @@ pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
     let want: u64 = v
         .get("serial")
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::InvalidInput("in: the version has no numeric serial".into()))?;
+        .filter(|s| *s >= 1)
+        .ok_or_else(|| {
+            Error::InvalidInput(
+                "in: the version has no serial of 1 or more (check emits them)".into(),
+            )
+        })?;
     let dir = tmp()?;
     let mut w = writer(&req.source, dir.path())?;
     w.refresh(id)?;
@@ -173,6 +202,14 @@ pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
     if !report.exists || report.serial < want {
         return Err(Error::InvalidInput(format!(
             "in: build '{id}' is at serial {} on the remote, older than the version asked for ({want})",
+            report.serial
+        )));
+    }
+    // `in` fetches exactly the version asked for: only the current state's decision and
+    // summary exist, so an older version is refused rather than labelled wrongly.
+    if report.serial > want {
+        return Err(Error::InvalidInput(format!(
+            "in: build '{id}' has moved on to serial {} since version {want}; `in` gives only a build's current version (docs/concourse.md): trigger a new job build to get it",
             report.serial
         )));
     }
@@ -246,15 +283,51 @@ pub struct OutParams {
     pub owner: Option<String>,
 }
 
-fn read_in(src: &Path, rel: &str, what: &str) -> Result<String> {
-    let path = src.join(rel);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::InvalidInput(format!(
-            "params.{what}: cannot read {}: {e}",
-            path.display()
+/// The largest `error_file` kept: its last 64 KiB (as run-state keeps the end of stderr).
+pub const MAX_ERROR_FILE: u64 = 64 * 1024;
+
+/// A file named by a param, which must be inside the put's folder `src` (after resolving
+/// `..` and symbolic links). At most `max` bytes are read: the last ones when `tail`,
+/// else a longer file is refused. The file's content is never repeated in an error.
+fn read_in(src: &Path, rel: &str, what: &str, max: u64, tail: bool) -> Result<String> {
+    use std::io::{Read, Seek};
+    let bad = |why: String| Error::InvalidInput(format!("{what}: {why}"));
+    let root = src
+        .canonicalize()
+        .map_err(|e| bad(format!("the put's folder {}: {e}", src.display())))?;
+    let path = root.join(rel).canonicalize().map_err(|e| {
+        bad(format!(
+            "cannot read '{}' in the put's folder: {e}",
+            crate::model::echo(rel)
         ))
     })?;
-    Ok(text)
+    if !path.starts_with(&root) || !path.is_file() {
+        return Err(bad(format!(
+            "'{}' is not a file inside the put's folder; name one relative to it, without leaving it",
+            crate::model::echo(rel)
+        )));
+    }
+    let mut f = std::fs::File::open(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut note = String::new();
+    if len > max {
+        if !tail {
+            return Err(bad(format!(
+                "the file is {len} bytes, more than the {max} accepted"
+            )));
+        }
+        f.seek(std::io::SeekFrom::Start(len - max))
+            .map_err(|e| bad(format!("cannot read it: {e}")))?;
+        note = format!(
+            "[... the first {} bytes of {len} were left out]\n",
+            len - max
+        );
+    }
+    let mut bytes = Vec::new();
+    f.take(max)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    Ok(note + &String::from_utf8_lossy(&bytes))
 }
 
 /// `out SRC`: one transition, through the remote; the new serial is the new version.
@@ -267,7 +340,9 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
         &req.source.build_id,
     ) {
         (Some(id), _, _) => id.clone(),
-        (None, Some(f), _) => read_in(src, f, "build_id_file")?.trim().to_string(),
+        (None, Some(f), _) => read_in(src, f, "params.build_id_file", 1024, false)?
+            .trim()
+            .to_string(),
         (None, None, Some(id)) => id.clone(),
         _ => {
             return Err(Error::InvalidInput(
@@ -298,7 +373,7 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
     let now = SystemTime::now();
     let build = if params.action == "init" {
         let plan = match &req.source.plan {
-            Some(p) => Plan::from_file(&src.join(p))?,
+            Some(p) => Plan::from_toml(&read_in(src, p, "source.plan", 1024 * 1024, false)?, p)?,
             None => Plan::default_plan(),
         };
         let req = InitRequest {
@@ -323,7 +398,7 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
                 state: state()?,
                 message: match (&params.error, &params.error_file) {
                     (Some(m), _) => m.clone(),
-                    (None, Some(f)) => read_in(src, f, "error_file")?,
+                    (None, Some(f)) => read_in(src, f, "params.error_file", MAX_ERROR_FILE, true)?,
                     (None, None) => return Err(Error::InvalidInput("out: fail needs params.error or params.error_file".into())),
                 },
                 category: params.category.as_deref().map(Category::parse_input).transpose()?,

@@ -84,6 +84,11 @@ pub enum Error {
     #[error("{0}")]
     Remote(String),
 
+    /// Printing the output failed (a full disk, a closed file). Output is printed after
+    /// the work it reports, so that work is done.
+    #[error("could not write the output to stdout ({0}); what was asked was done (any write it made is recorded): see `check-state BUILD_ID`")]
+    Output(String),
+
     /// Remote mode: this machine's clock is too far from the remote's
     /// (`BUILDSTATE_MAX_CLOCK_SKEW`). Nothing was written.
     #[error("{0}")]
@@ -142,6 +147,7 @@ impl Error {
             Error::Remote(_) => exit::REMOTE,
             Error::InvalidSnapshot(_) => exit::INVALID_SNAPSHOT,
             Error::ClockSkew(_) => exit::CLOCK_SKEW,
+            Error::Output(_) => exit::OUTPUT,
             Error::Io { .. } | Error::Corrupt(_) => exit::INTERNAL,
         }
     }
@@ -163,6 +169,7 @@ impl Error {
             Error::Remote(_) => "remote",
             Error::InvalidSnapshot(_) => "invalid_snapshot",
             Error::ClockSkew(_) => "clock_skew",
+            Error::Output(_) => "output",
             Error::Io { .. } => "io",
             Error::Corrupt(_) => "corrupt",
         }

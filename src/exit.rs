@@ -54,6 +54,9 @@ pub const TIMEOUT: i32 = 19;
 /// Remote mode: this machine's clock differs from the remote's by more than
 /// `BUILDSTATE_MAX_CLOCK_SKEW`. Nothing was written: fix the clock (NTP).
 pub const CLOCK_SKEW: i32 = 20;
+/// The output could not be written (a full disk, `>/dev/full`); what was asked was done,
+/// and a write is recorded. A closed pipe (`| head`) is not this: it is ignored.
+pub const OUTPUT: i32 = 21;
 
 /// Every code with its name, in the order of `docs/exit-codes.md`.
 pub const ALL: &[(i32, &str)] = &[
@@ -78,4 +81,5 @@ pub const ALL: &[(i32, &str)] = &[
     (INVALID_SNAPSHOT, "INVALID_SNAPSHOT"),
     (TIMEOUT, "TIMEOUT"),
     (CLOCK_SKEW, "CLOCK_SKEW"),
+    (OUTPUT, "OUTPUT"),
 ];

@@ -397,8 +397,25 @@ pub fn validate_build_id(id: &str) -> Result<()> {
     } else {
         Err(Error::InvalidInput(format!(
             "invalid build id '{}': use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            redact(id).escape_debug()
+            echo(id)
         )))
+    }
+}
+
+/// The most of a bad input an error message repeats.
+pub const MAX_ECHO: usize = 80;
+
+/// A bad input as an error message repeats it: redacted, escaped, and cut to
+/// [`MAX_ECHO`] characters (a 100 KB value is named, not printed).
+pub fn echo(text: &str) -> String {
+    let red = redact(text);
+    let n = red.chars().count();
+    let shown: String = red.chars().take(MAX_ECHO).collect::<String>();
+    let shown = shown.escape_debug().to_string();
+    if n > MAX_ECHO {
+        format!("{shown}... ({n} characters)")
+    } else {
+        shown
     }
 }
 

@@ -155,6 +155,13 @@ impl Plan {
             .retry
             .validate()
             .map_err(|m| format!("defaults.retry.{m}"))?;
+        if self
+            .defaults
+            .timeout
+            .is_some_and(|d| d > crate::time::MAX_DURATION || d.is_zero())
+        {
+            return Err("defaults.timeout: must be longer than zero and at most 366 days".into());
+        }
         self.classify
             .validate()
             .map_err(|m| format!("classify.{m}"))?;
@@ -188,6 +195,11 @@ impl Plan {
             }
             if s.timeout == Some(Duration::ZERO) {
                 return Err(format!("{at}.timeout: must be longer than zero"));
+            }
+            for (field, d) in [("expected", Some(s.expected)), ("timeout", s.timeout)] {
+                if d.is_some_and(|d| d > crate::time::MAX_DURATION) {
+                    return Err(format!("{at}.{field}: longer than 366 days"));
+                }
             }
             if let Some(r) = &s.retry {
                 r.validate().map_err(|m| format!("{at}.retry.{m}"))?;

@@ -91,6 +91,26 @@ impl RetryPolicy {
 
     /// Check the numbers; the message names the bad field.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        let long = |what: &str, d: &Duration| {
+            (*d > crate::time::MAX_DURATION).then(|| format!("{what}: longer than 366 days"))
+        };
+        let too_long = match self {
+            RetryPolicy::Immediate { delay, .. } | RetryPolicy::Notify { delay, .. } => {
+                long("delay", delay)
+            }
+            RetryPolicy::Backoff {
+                initial_delay,
+                max_delay,
+                window,
+                ..
+            } => long("initial_delay", initial_delay)
+                .or_else(|| long("max_delay", max_delay))
+                .or_else(|| window.as_ref().and_then(|w| long("window", w))),
+            RetryPolicy::Never => None,
+        };
+        if let Some(m) = too_long {
+            return Err(m);
+        }
         match self {
             RetryPolicy::Immediate { max_attempts, .. } if *max_attempts == 0 => {
                 Err("max_attempts: must be at least 1 (it counts the first attempt)".into())

@@ -56,11 +56,10 @@ impl RemoteOptions {
     pub fn from_env() -> Result<RemoteOptions> {
         let mut o = RemoteOptions::default();
         if let Ok(v) = std::env::var("BUILDSTATE_REMOTE_TIMEOUT") {
-            let d = humantime::parse_duration(v.trim()).map_err(|e| {
-                Error::InvalidInput(format!(
-                    "invalid BUILDSTATE_REMOTE_TIMEOUT '{v}': {e} (e.g. 30s)"
-                ))
-            })?;
+            let d =
+                crate::time::parse_bounded_duration(&v, Duration::from_millis(1)).map_err(|e| {
+                    Error::InvalidInput(format!("invalid BUILDSTATE_REMOTE_TIMEOUT: {e}"))
+                })?;
             o.retry_timeout = d;
             o.request_timeout = o.request_timeout.min(d);
             o.connect_timeout = o.connect_timeout.min(d);

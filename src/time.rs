@@ -26,6 +26,35 @@ pub fn truncate_millis(t: SystemTime) -> SystemTime {
     }
 }
 
+/// The longest duration anything accepts (flags, plan fields, environment): 366 days.
+/// Longer would overflow time arithmetic, and no build state waits that long.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parse a duration as a person writes it (`90s`, `5m`, `1h 30m`), within
+/// `min..=MAX_DURATION`; the error says what is accepted.
+pub fn parse_bounded_duration(text: &str, min: Duration) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "'{}' is not a duration ({e}); write it like 90s, 5m or 1h 30m",
+            text.escape_debug()
+        )
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "'{}' is longer than the 366 days accepted",
+            text.trim().escape_debug()
+        ));
+    }
+    if d < min {
+        return Err(format!(
+            "'{}' is shorter than the {} accepted",
+            text.trim().escape_debug(),
+            format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
 /// A duration as a person writes it: `90s`, `5m`, `1h 30m`.
 /// Below a second the milliseconds are kept; above, whole seconds.
 pub fn format_duration(d: Duration) -> String {

@@ -44,6 +44,29 @@ fn a_missing_database_is_an_error_and_nothing_creates_one_but_init() {
 }
 
 #[test]
+fn an_empty_file_is_no_database_and_stays_empty() {
+    let env = Env::new();
+    std::fs::write(&env.db, b"").unwrap();
+    for (tool, args) in [
+        ("check-state", vec!["real"]),
+        ("update-state", vec!["real", "start", "5"]),
+        ("run-state", vec!["real", "5", "--", "true"]),
+        ("sync-cloud", vec!["--remote", "file:///tmp/bs-empty", "status"]),
+    ] {
+        let r = env.run(tool, &args).code(exit::NO_DATABASE);
+        assert!(r.stderr.contains("no database at"), "{tool}: {}", r.stderr);
+        assert_eq!(std::fs::metadata(&env.db).unwrap().len(), 0, "{tool} wrote into it");
+        for suffix in ["-wal", "-shm"] {
+            let side = format!("{}{suffix}", env.db.display());
+            assert!(!std::path::Path::new(&side).exists(), "{tool} left {side}");
+        }
+    }
+    // init-state may make a database of it.
+    env.init("real");
+    env.run("check-state", &["real"]).ok();
+}
+
+#[test]
 fn unknown_build_in_an_existing_database_is_start_not_error() {
     let env = Env::new();
     env.init("other");

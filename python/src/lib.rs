@@ -240,6 +240,12 @@ impl Store {
         if !create && remote.is_none() && !path.exists() {
             return Err(to_py(py, buildstate::Error::NoDatabase(path)));
         }
+        if busy_timeout_ms.is_some_and(|ms| ms > buildstate::store::MAX_BUSY_TIMEOUT_MS) {
+            return Err(InvalidInputError::new_err(format!(
+                "busy_timeout_ms: give at most {} (an hour)",
+                buildstate::store::MAX_BUSY_TIMEOUT_MS
+            )));
+        }
         let timeout = busy_timeout_ms.map_or(DEFAULT_BUSY_TIMEOUT, Duration::from_millis);
         let store = py
             .detach(|| -> buildstate::Result<Writer> {
@@ -326,9 +332,9 @@ impl Store {
         lease_ttl_ms: u64,
     ) -> PyResult<Py<PyAny>> {
         let ttl = Duration::from_millis(lease_ttl_ms);
-        if ttl < Duration::from_millis(300) {
+        if ttl < Duration::from_millis(300) || ttl > buildstate::time::MAX_DURATION {
             return Err(InvalidInputError::new_err(
-                "lease_ttl_ms: give at least 300 ms, so that the lease can be renewed in time",
+                "lease_ttl_ms: give from 300 ms (so that the lease can be renewed in time) to 366 days",
             ));
         }
         let result = py.detach(|| -> buildstate::Result<String> {

@@ -282,7 +282,7 @@ pub fn retry_delay(first: Duration, attempt: u32) -> Duration {
 fn first_retry_delay() -> Duration {
     std::env::var("BUILDSTATE_SLACK_RETRY_DELAY")
         .ok()
-        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .and_then(|v| crate::time::parse_bounded_duration(&v, Duration::ZERO).ok())
         .unwrap_or(Duration::from_secs(30))
 }
 
@@ -440,7 +440,7 @@ pub fn deliver_after_write(tool: &str, store: &mut crate::sync::Writer) {
     };
     let budget = std::env::var("BUILDSTATE_SLACK_BUDGET")
         .ok()
-        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .and_then(|v| crate::time::parse_bounded_duration(&v, Duration::ZERO).ok())
         .unwrap_or(std::time::Duration::from_secs(2));
     let worker = crate::context::Actor::from_env(tool).lease_owner();
     match deliver(store, &target, budget, &worker) {

@@ -51,6 +51,9 @@ pub fn default_db_path() -> PathBuf {
     }
 }
 
+/// The longest busy timeout accepted: an hour, in milliseconds.
+pub const MAX_BUSY_TIMEOUT_MS: u64 = 3_600_000;
+
 /// `BUILDSTATE_BUSY_TIMEOUT` in milliseconds, or the default.
 pub fn busy_timeout_from_env() -> Result<Duration> {
     match std::env::var("BUILDSTATE_BUSY_TIMEOUT") {
@@ -58,10 +61,13 @@ pub fn busy_timeout_from_env() -> Result<Duration> {
         Ok(v) => v
             .trim()
             .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms <= MAX_BUSY_TIMEOUT_MS)
             .map(Duration::from_millis)
-            .map_err(|_| {
+            .ok_or_else(|| {
                 Error::InvalidInput(format!(
-                    "invalid BUILDSTATE_BUSY_TIMEOUT '{v}': give a whole number of milliseconds"
+                    "invalid BUILDSTATE_BUSY_TIMEOUT '{}': give a whole number of milliseconds from 0 to {MAX_BUSY_TIMEOUT_MS} (an hour)",
+                    crate::redact::redact(&v).chars().take(64).collect::<String>().escape_debug()
                 ))
             }),
     }
@@ -86,11 +92,13 @@ impl Store {
         Store::open_with(path, DEFAULT_BUSY_TIMEOUT)
     }
 
-    /// Open an existing database; a missing file is [`Error::NoDatabase`], and nothing
-    /// is created. Every command but init-state opens this way, so that a mistyped
+    /// Open an existing database; a missing or empty file is [`Error::NoDatabase`], and
+    /// nothing is created or changed. Every command but init-state opens this way, so that a mistyped
     /// `--db` is an error instead of a fresh, empty database.
     pub fn open_existing(path: &Path, busy_timeout: Duration) -> Result<Store> {
-        if !path.exists() {
+        // An empty file (`: > x.db`, a failed copy) is no database either: SQLite would
+        // take it for a new one and write a schema into it.
+        if std::fs::metadata(path).map_or(true, |m| m.is_file() && m.len() == 0) {
             return Err(Error::NoDatabase(path.to_path_buf()));
         }
         Store::open_with(path, busy_timeout)
@@ -103,6 +111,8 @@ impl Store {
                 source,
             })?;
         }
+        // SQLite takes milliseconds as an i32: keep any caller's value within range.
+        let busy_timeout = busy_timeout.min(Duration::from_millis(MAX_BUSY_TIMEOUT_MS));
         let conn = Connection::open(path)?;
         conn.busy_timeout(busy_timeout)?;
         let mut store = Store {
@@ -378,7 +388,8 @@ impl Store {
         wait: Duration,
         before_commit: impl FnOnce(&Connection, &Build) -> Result<()>,
     ) -> Result<bool> {
-        self.conn.busy_timeout(wait)?;
+        self.conn
+            .busy_timeout(wait.min(Duration::from_millis(MAX_BUSY_TIMEOUT_MS)))?;
         let renewed = (|| -> Result<bool> {
             let tx = self
                 .conn

@@ -189,3 +189,56 @@ def test_pipeline_and_tasks_reference_only_what_exists() -> None:
     dockerfile = (ROOT / "concourse" / "Dockerfile").read_text()
     for step in ("check", "in", "out"):
         assert f"/opt/resource/{step}" in dockerfile
+
+
+def test_the_resource_keeps_to_its_folder_and_its_secrets(moto: dict[str, str], assets: Path, tmp_path: Path) -> None:
+    """File params stay in the put's folder, credentials are checked before use and never
+    echoed, `in` fetches exactly the version asked for, and a huge error_file is cut."""
+    src = source(moto, "img-5", "concourse-e")
+    put_dir = tmp_path / "put"
+    put_dir.mkdir()
+    outside = tmp_path / "outside-id"
+    outside.write_text("img-5-outside-secret\n")
+    (put_dir / "link-out").symlink_to(outside)
+    env = {"BUILD_ID": "1", "BUILD_NAME": "1", "BUILD_JOB_NAME": "j", "BUILD_PIPELINE_NAME": "p", "BUILD_TEAM_NAME": "t"}
+    assert run_step(assets, "out", {"source": src, "params": {"action": "init", "cloud": "aws", "image": "rhel9"}}, put_dir, env).returncode == 0
+    escapes = [
+        {"action": "meta", "build_id_file": "../outside-id", "meta": {"k": "v"}},
+        {"action": "meta", "build_id_file": "/etc/passwd", "meta": {"k": "v"}},
+        {"action": "meta", "build_id_file": "../../../../../../etc/passwd", "meta": {"k": "v"}},
+        {"action": "meta", "build_id_file": "link-out", "meta": {"k": "v"}},
+        {"action": "fail", "state": 5, "error_file": "/etc/passwd"},
+    ]
+    for params in escapes:
+        r = run_step(assets, "out", {"source": src, "params": params}, put_dir, env)
+        assert r.returncode == 8 and r.stdout == "", (params, r.returncode, r.stderr)
+        assert "inside the put's folder" in r.stderr, r.stderr
+        assert "root:" not in r.stderr and "outside-secret" not in r.stderr, r.stderr
+    # Nothing of /etc/passwd was stored: the build is as init left it.
+    (put_dir / "in").mkdir()
+    r = run_step(assets, "in", {"source": src, "version": {"build_id": "img-5", "serial": "1"}}, put_dir / "in", env)
+    assert r.returncode == 0, r.stderr
+    assert "root:" not in (put_dir / "in" / "snapshot.json").read_text()
+
+    # Credentials: a NUL byte and a value a client would quote are refused, never shown.
+    for creds, code in ((dict(moto, AWS_SECRET_ACCESS_KEY="wJalrSECRETvalue\0x"), 8), (dict(moto, AWS_ALLOW_HTTP="notabool-SECRET"), None)):
+        r = run_step(assets, "check", {"source": dict(src, credentials=creds)})
+        assert r.returncode not in (0, 101, 134) and (code is None or r.returncode == code), (r.returncode, r.stderr)
+        assert "wJalrSECRETvalue" not in r.stderr and "notabool-SECRET" not in r.stderr and "panicked" not in r.stderr, r.stderr
+
+    # A huge error_file: its last 64 KiB are kept, and the cut is said.
+    (put_dir / "big.txt").write_text("x" * (10 * 1024 * 1024) + "\nthe real error at the end\n")
+    r = run_step(assets, "out", {"source": src, "params": {"action": "fail", "state": 5, "error_file": "big.txt"}}, put_dir, env)
+    assert r.returncode == 0, r.stderr
+    serial = json.loads(r.stdout)["version"]["serial"]
+    (put_dir / "in2").mkdir()
+    r = run_step(assets, "in", {"source": src, "version": {"build_id": "img-5", "serial": serial}}, put_dir / "in2", env)
+    assert r.returncode == 0, r.stderr
+    snap = (put_dir / "in2" / "snapshot.json").read_text()
+    assert len(snap) < 512 * 1024 and "the real error at the end" in snap and "were left out" in snap
+
+    # `in` for an older version fails clearly instead of labelling the newest state with
+    # it; serial 0 is never a version.
+    for version, want in (("1", "has moved on to serial"), ("0", "serial of 1 or more")):
+        r = run_step(assets, "in", {"source": src, "version": {"build_id": "img-5", "serial": version}}, put_dir / "in2", env)
+        assert r.returncode == 8 and r.stdout == "" and want in r.stderr, (version, r.stderr)

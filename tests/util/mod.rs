@@ -59,6 +59,8 @@ pub fn bin(name: &str) -> PathBuf {
         "check-state" => PathBuf::from(env!("CARGO_BIN_EXE_check-state")),
         "run-state" => PathBuf::from(env!("CARGO_BIN_EXE_run-state")),
         "sync-cloud" => PathBuf::from(env!("CARGO_BIN_EXE_sync-cloud")),
+        "monitor" => PathBuf::from(env!("CARGO_BIN_EXE_monitor")),
+        "concourse-resource" => PathBuf::from(env!("CARGO_BIN_EXE_concourse-resource")),
         other => panic!("unknown binary {other}"),
     }
 }
