@@ -328,7 +328,7 @@ impl InitRequest {
             if v.trim().is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
                 return Err(Error::InvalidInput(format!(
                     "invalid {what} '{}': give a non-empty name of at most 128 characters",
-                    redact(v).escape_debug()
+                    echo(v)
                 )));
             }
         }
@@ -429,7 +429,7 @@ pub fn validate_meta_key(key: &str) -> Result<()> {
     } else {
         Err(Error::InvalidInput(format!(
             "invalid metadata key '{}': use 1 to 64 letters, digits or '_', not starting with a digit",
-            redact(key).escape_debug()
+            echo(key)
         )))
     }
 }
@@ -439,7 +439,7 @@ pub fn parse_meta_pair(text: &str) -> Result<(String, String)> {
     let Some((k, v)) = text.split_once('=') else {
         return Err(Error::InvalidInput(format!(
             "invalid metadata '{}': write it as KEY=VALUE",
-            redact(text).escape_debug()
+            echo(text)
         )));
     };
     validate_meta_key(k)?;
@@ -673,6 +673,18 @@ fn finish_state(b: &mut Build, plan: &Plan, state: u8) {
     } else {
         Status::Pending
     };
+}
+
+/// A `start` repeated by the worker that holds the state's live lease (a retried
+/// pipeline step, a re-run script): nothing to do. The store answers with the build as
+/// it is and writes nothing: no new attempt, no event, and no takeover that did not
+/// happen.
+pub fn is_repeated_start(b: &Build, t: &Transition, ctx: &Ctx<'_>) -> bool {
+    matches!(t, Transition::Start { state } if b.active_state == Some(*state))
+        && b.status == Status::Running
+        && ctx.owner.is_some()
+        && b.lease_owner.as_deref() == ctx.owner
+        && lease_live(b, ctx.now)
 }
 
 /// Apply a transition to a build. Pure; see the module documentation.

@@ -318,8 +318,10 @@ pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
 }
 
 /// Write `text` to `path` the node_exporter textfile way: a temporary file beside it,
-/// renamed over it, so the collector never reads half a file.
+/// renamed over it, so the collector never reads half a file. Its mode is 0666 less the
+/// umask, like any file a user writes (node_exporter rarely runs as root).
 pub fn write_textfile(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -330,6 +332,7 @@ pub fn write_textfile(path: &std::path::Path, text: &str) -> Result<()> {
     };
     let mut tmp = tempfile::Builder::new()
         .prefix(".buildstate-metrics")
+        .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(io)?;
     std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io)?;

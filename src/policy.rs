@@ -23,7 +23,7 @@ impl Category {
         text.parse().map_err(|_| {
             crate::Error::InvalidInput(format!(
                 "invalid category '{}': use transient, persistent or unknown",
-                text.escape_debug()
+                crate::model::echo(text)
             ))
         })
     }

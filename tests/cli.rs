@@ -44,6 +44,60 @@ fn a_missing_database_is_an_error_and_nothing_creates_one_but_init() {
 }
 
 #[test]
+fn a_start_repeated_by_the_lease_holder_writes_nothing() {
+    let env = Env::new();
+    env.init("img-1");
+    env.run("update-state", &["img-1", "start", "5", "--owner", "W1"])
+        .ok();
+    let before = env.state("img-1");
+    let again = env
+        .run(
+            "update-state",
+            &["img-1", "start", "5", "--owner", "W1", "--json"],
+        )
+        .ok()
+        .json();
+    assert_eq!(
+        (again["serial"].as_u64(), again["attempt"].as_u64()),
+        (Some(2), Some(1)),
+        "{again}"
+    );
+    assert_eq!(
+        env.state("img-1"),
+        before,
+        "a repeated start wrote something"
+    );
+    // Another owner is still refused while the lease lives.
+    env.run("update-state", &["img-1", "start", "5", "--owner", "W2"])
+        .code(exit::BUSY);
+}
+
+#[test]
+fn a_huge_bad_value_is_named_not_printed() {
+    let env = Env::new();
+    env.init("img-1");
+    let huge = "x".repeat(100_000);
+    for (tool, args) in [
+        ("update-state", vec![huge.as_str(), "meta", "k=v"]),
+        ("update-state", vec!["img-1", "meta", huge.as_str()]),
+        ("check-state", vec![huge.as_str()]),
+    ] {
+        let r = env.run(tool, &args);
+        assert_eq!(r.code, exit::INVALID_INPUT, "{tool}");
+        assert!(
+            r.stderr.len() < 2000,
+            "{tool} echoed {} bytes",
+            r.stderr.len()
+        );
+        assert!(
+            r.stderr.contains("(100000 characters)") || r.stderr.contains("characters)"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
 fn an_empty_file_is_no_database_and_stays_empty() {
     let env = Env::new();
     std::fs::write(&env.db, b"").unwrap();
@@ -51,11 +105,18 @@ fn an_empty_file_is_no_database_and_stays_empty() {
         ("check-state", vec!["real"]),
         ("update-state", vec!["real", "start", "5"]),
         ("run-state", vec!["real", "5", "--", "true"]),
-        ("sync-cloud", vec!["--remote", "file:///tmp/bs-empty", "status"]),
+        (
+            "sync-cloud",
+            vec!["--remote", "file:///tmp/bs-empty", "status"],
+        ),
     ] {
         let r = env.run(tool, &args).code(exit::NO_DATABASE);
         assert!(r.stderr.contains("no database at"), "{tool}: {}", r.stderr);
-        assert_eq!(std::fs::metadata(&env.db).unwrap().len(), 0, "{tool} wrote into it");
+        assert_eq!(
+            std::fs::metadata(&env.db).unwrap().len(),
+            0,
+            "{tool} wrote into it"
+        );
         for suffix in ["-wal", "-shm"] {
             let side = format!("{}{suffix}", env.db.display());
             assert!(!std::path::Path::new(&side).exists(), "{tool} left {side}");

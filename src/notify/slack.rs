@@ -269,6 +269,9 @@ pub struct Delivered {
     pub gave_up: u32,
     /// Alerts still due when the budget ran out.
     pub left: u64,
+    /// The last delivery error met (redacted), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The delay before retry `n` (1-based) of a failed delivery: `first` doubling, at most
@@ -370,6 +373,7 @@ pub fn deliver(
             }
             Sent::RateLimited(wait) => {
                 let error = format!("rate limited by Slack: retry after {}s", wait.as_secs());
+                report.last_error = Some(error.clone());
                 settle(
                     store,
                     Settle::Retry {
@@ -383,6 +387,7 @@ pub fn deliver(
                 break; // the channel is saturated: the rest waits too
             }
             Sent::Transient(error) if alert.attempts + 1 < MAX_ATTEMPTS => {
+                report.last_error = Some(crate::redact::redact(&error).into_owned());
                 let at = now + retry_delay(first_retry_delay(), alert.attempts + 1);
                 settle(
                     store,
@@ -396,6 +401,7 @@ pub fn deliver(
                 report.retried += 1;
             }
             Sent::Transient(error) | Sent::Refused(error) => {
+                report.last_error = Some(crate::redact::redact(&error).into_owned());
                 settle(store, Settle::GaveUp { error: &error }, now)?;
                 report.gave_up += 1;
             }
@@ -445,8 +451,14 @@ pub fn deliver_after_write(tool: &str, store: &mut crate::sync::Writer) {
     let worker = crate::context::Actor::from_env(tool).lease_owner();
     match deliver(store, &target, budget, &worker) {
         Ok(r) if r.gave_up > 0 => eprintln!(
-            "{tool}: warning: {} Slack alert(s) could not be delivered and were given up (see `monitor status`)",
-            r.gave_up
+            "{tool}: warning: {} Slack alert(s) could not be delivered and were given up (see `monitor status`): {}",
+            r.gave_up,
+            r.last_error.as_deref().unwrap_or("no detail")
+        ),
+        Ok(r) if r.retried > 0 || r.left > 0 => eprintln!(
+            "{tool}: warning: {} Slack alert(s) not delivered yet ({}); they stay queued for `monitor deliver` or the next command",
+            r.retried.max(u32::try_from(r.left).unwrap_or(u32::MAX)),
+            r.last_error.as_deref().unwrap_or("the time budget ran out")
         ),
         Ok(_) => {}
         Err(e) => eprintln!(

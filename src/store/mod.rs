@@ -308,6 +308,9 @@ impl Store {
         // before it, whatever this machine's clock says (durations stay >= 0).
         let now = now.max(build.updated_at);
         let ctx = &Ctx { now, ..*ctx };
+        if crate::model::is_repeated_start(&build, t, ctx) {
+            return Ok(build);
+        }
         let plan = load_plan(&tx, &build.plan_hash)?;
         let change = apply(&build, &plan, t, ctx)?;
         let b = &change.build;

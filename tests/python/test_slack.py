@@ -207,8 +207,10 @@ def test_slack_down_never_blocks_and_every_alert_arrives_once_after(slack: Recei
     for mode in ("500", "hang"):
         slack.mode = mode
         for i in range(3):
-            # Each returns (exit 0) despite Slack: the budget bounds the wait.
-            env.block(f"{mode}-{i}")
+            # Each returns (exit 0) despite Slack: the budget bounds the wait; and says so.
+            r = env.block(f"{mode}-{i}")
+            assert "warning" in r.stderr and "not delivered yet" in r.stderr, r.stderr
+            assert "webhooksecret" not in r.stderr
     assert slack.messages == []
     assert all(a[2] == "pending" for a in env.alerts()) and len(env.alerts()) == 6
     slack.release.set()
@@ -312,6 +314,9 @@ def test_monitor_check_status_wait_and_metrics(tmp_path: Path) -> None:
         assert line in metrics, metrics
     assert 'buildstate_state_duration_seconds_count{state="5"} 1' in metrics
     assert [p.name for p in textfile.parent.iterdir()] == ["buildstate.prom"]  # no temp file left
+    # Readable by a node_exporter that does not run as this user: 0666 less the umask.
+    subprocess.run(["sh", "-c", 'umask 022; exec "$@"', "sh", str(TARGET / "monitor"), "metrics", "--textfile", str(textfile)], env=env.env, check=True, timeout=60)
+    assert textfile.stat().st_mode & 0o777 == 0o644
 
 
 def test_remote_mode_alerts_travel_with_the_build_and_each_is_sent_once(slack: Receiver, tmp_path: Path) -> None:
