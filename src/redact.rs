@@ -1,222 +1,156 @@
 //! Secret redaction, applied to every message before it is stored or sent.
 //!
-//! The patterns favour keeping an error message readable: each one needs a marker that
-//! makes a secret likely (a key prefix, a `password=` name, credentials inside a URL,
-//! an Authorization scheme), so ordinary text such as "basic validation failed" or an
+//! The rules are data, in `src/redact-rules.toml`: each has an id, keywords for a fast
+//! prefilter, a pattern, the capture groups that are the secret, and samples that must
+//! and must not be redacted (a test runs them all). Each pattern needs a marker that
+//! makes a secret likely (a key prefix, a `password=` name, credentials inside a URL, an
+//! Authorization scheme), so ordinary text such as "basic validation failed" or an
 //! apostrophe survives untouched.
+//!
+//! One pass of an Aho-Corasick automaton over the lower-cased text finds which rules'
+//! keywords occur; only those rules' patterns are compiled (once per process) and run.
+//! A message with no keyword costs that one pass.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use regex::{Captures, Regex};
+use serde::Deserialize;
 
 /// What a redacted secret is replaced with.
 pub const MARK: &str = "[REDACTED]";
 
+/// The rules, as shipped.
+pub const RULES_TOML: &str = include_str!("redact-rules.toml");
+
+/// One rule of `src/redact-rules.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    pub id: String,
+    pub keywords: Vec<String>,
+    pub regex: String,
+    #[serde(default = "whole_match")]
+    pub groups: Vec<usize>,
+    #[serde(default)]
+    pub min_len: usize,
+    #[serde(default)]
+    pub needs: String,
+    #[serde(default)]
+    pub catch: Vec<String>,
+    #[serde(default)]
+    pub keep: Vec<String>,
+}
+
+fn whole_match() -> Vec<usize> {
+    vec![0]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    rule: Vec<RuleDef>,
+}
+
 struct Rule {
-    /// Cheap literal test (on the lower-cased text): the regex is compiled and run only
-    /// when it passes. Compiling all patterns costs milliseconds, more than a whole
-    /// transition, and most messages hold no secret at all.
-    triggers: &'static [&'static str],
-    pattern: &'static str,
+    def: RuleDef,
     re: OnceLock<Regex>,
-    replace: fn(&Captures) -> String,
+}
+
+struct Rules {
+    rules: Vec<Rule>,
+    /// Every keyword, and the rule it belongs to.
+    keywords: aho_corasick::AhoCorasick,
+    owner: Vec<usize>,
+}
+
+/// The shipped rules, parsed on first use.
+pub fn rule_defs() -> impl Iterator<Item = &'static RuleDef> {
+    rules().rules.iter().map(|r| &r.def)
+}
+
+fn rules() -> &'static Rules {
+    static RULES: OnceLock<Rules> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let file: RuleFile =
+            toml::from_str(RULES_TOML).expect("src/redact-rules.toml parses (a test checks it)");
+        let mut words = Vec::new();
+        let mut owner = Vec::new();
+        for (i, r) in file.rule.iter().enumerate() {
+            for k in &r.keywords {
+                words.push(k.to_ascii_lowercase());
+                owner.push(i);
+            }
+        }
+        let keywords = aho_corasick::AhoCorasick::new(&words).expect("keywords build an automaton");
+        Rules {
+            rules: file
+                .rule
+                .into_iter()
+                .map(|def| Rule {
+                    def,
+                    re: OnceLock::new(),
+                })
+                .collect(),
+            keywords,
+            owner,
+        }
+    })
 }
 
 impl Rule {
-    const fn new(
-        triggers: &'static [&'static str],
-        pattern: &'static str,
-        replace: fn(&Captures) -> String,
-    ) -> Rule {
-        Rule {
-            triggers,
-            pattern,
-            re: OnceLock::new(),
-            replace,
-        }
-    }
-
     fn regex(&self) -> &Regex {
-        self.re
-            .get_or_init(|| Regex::new(self.pattern).expect("redaction patterns compile"))
+        self.re.get_or_init(|| {
+            Regex::new(&self.def.regex).expect("redaction patterns compile (a test checks them)")
+        })
+    }
+
+    /// The match with its secret groups replaced, or unchanged when none qualifies.
+    fn replace(&self, c: &Captures<'_>) -> String {
+        let whole = c.get(0).expect("group 0 always takes part");
+        let mut spans: Vec<(usize, usize)> = self
+            .def
+            .groups
+            .iter()
+            .filter_map(|g| c.get(*g))
+            .filter(|m| m.len() >= self.def.min_len.max(1))
+            .filter(|m| {
+                self.def.needs.is_empty()
+                    || m.as_str().chars().any(|ch| self.def.needs.contains(ch))
+            })
+            .map(|m| (m.start() - whole.start(), m.end() - whole.start()))
+            .collect();
+        spans.sort_unstable();
+        let text = whole.as_str();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (a, b) in spans {
+            if a < at {
+                continue;
+            }
+            out.push_str(&text[at..a]);
+            out.push_str(MARK);
+            at = b;
+        }
+        out.push_str(&text[at..]);
+        out
     }
 }
-
-const AWS_KEY_PREFIXES: &[&str] = &[
-    "akia", "asia", "agpa", "aida", "aroa", "aipa", "anpa", "anva",
-];
-const SECRET_NAMES: &[&str] = &[
-    "password",
-    "passwd",
-    "pwd",
-    "pass",
-    "token",
-    "secret",
-    "api_key",
-    "apikey",
-    "private_key",
-    "privatekey",
-    "access_key",
-    "accesskey",
-    "credential",
-];
-
-/// Names whose value is a secret, as a regex alternation: `db_password`, `vault_pass`,
-/// `ansible_become_pass`, `aws_session_token`, `client_secret`, `--db-password`, ...
-/// A prefix must end in `_` or `-`, so `bypass=` or `compass:` are left alone.
-macro_rules! secret_name {
-    () => {
-        r"(?:[a-z0-9_\-]*[_\-])?(?:password|passwd|pwd|pass|token|secret|api_?key|apikey|private_?key|client_?secret|access_?key|session_?token|credentials?)"
-    };
-}
-
-static RULES: [Rule; 17] = [
-    // PEM private keys: the whole block, whatever the key type.
-    Rule::new(
-        &["private key-----"],
-        r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY)-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|$)",
-        |c| format!("-----BEGIN {}-----{MARK}-----END {}-----", &c[1], &c[1]),
-    ),
-    // Slack incoming-webhook and workflow URLs, with or without the scheme: the whole
-    // path is the secret.
-    Rule::new(
-        &["hooks.slack.com"],
-        r"(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]+",
-        |_| format!("https://hooks.slack.com/{MARK}"),
-    ),
-    // Slack tokens: bot, user, app, refresh, configuration.
-    Rule::new(
-        &["xox", "xapp-"],
-        r"(?-u:\b)(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{8,}",
-        |_| MARK.to_string(),
-    ),
-    // GitHub tokens: classic (ghp_, gho_, ghu_, ghs_, ghr_) and fine-grained.
-    Rule::new(
-        &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
-        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})",
-        |_| MARK.to_string(),
-    ),
-    // Signed URLs: S3 presigned (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token),
-    // Azure SAS (sig=), GCS (X-Goog-Signature).
-    Rule::new(
-        &["x-amz-", "sig=", "x-goog-signature"],
-        r"(?i)((?:[?&;]|\b)(?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|sig)=)[^&\s'\x22]+",
-        |c| format!("{}{MARK}", &c[1]),
-    ),
-    // Azure storage connection strings: AccountKey=...; SharedAccessSignature=...
-    Rule::new(
-        &["accountkey", "sharedaccesssignature"],
-        r"(?i)((?:AccountKey|SharedAccessSignature)=)[^;\s'\x22]+",
-        |c| format!("{}{MARK}", &c[1]),
-    ),
-    // user:password@ inside any URL.
-    Rule::new(
-        &["://"],
-        r"(?i)(?-u:\b)([a-z][a-z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@",
-        |c| format!("{}{}:{MARK}@", &c[1], &c[2]),
-    ),
-    // Authorization headers and bare Bearer tokens.
-    Rule::new(
-        &["authorization"],
-        r#"(?i)(?-u:\b)(authorization\s*[:=]\s*(?:bearer|basic|token)\s+)[^\s,;'"]+"#,
-        |c| format!("{}{MARK}", &c[1]),
-    ),
-    Rule::new(
-        &["bearer"],
-        r"(?i)(?-u:\b)(bearer\s+)[A-Za-z0-9\-._~+/]{8,}=*",
-        |c| format!("{}{MARK}", &c[1]),
-    ),
-    // "Basic <base64>": only when the token looks like base64 of user:pass.
-    Rule::new(
-        &["basic"],
-        r"(?-u:\b)(Basic\s+)([A-Za-z0-9+/]{8,}={0,2})",
-        |c| {
-            let token = &c[2];
-            let base64ish = token.len() % 4 == 0
-                && token
-                    .chars()
-                    .any(|ch| ch.is_ascii_digit() || matches!(ch, '=' | '+' | '/'));
-            if base64ish {
-                format!("{}{MARK}", &c[1])
-            } else {
-                c[0].to_string()
-            }
-        },
-    ),
-    // AWS secret access keys, named: aws_secret_access_key = ..., "SecretAccessKey": "..."
-    Rule::new(
-        &["secret"],
-        r#"(?i)(?-u:\b)((?:aws_?)?secret_?access_?key["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{16,}"#,
-        |c| format!("{}{MARK}", &c[1]),
-    ),
-    // AWS access key ids.
-    Rule::new(
-        AWS_KEY_PREFIXES,
-        r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16}(?-u:\b)",
-        |_| MARK.to_string(),
-    ),
-    // name=value and name = value pairs whose name says secret (ini, env, Ansible
-    // extra vars: ansible_become_pass=..., vault_pass=..., aws_session_token = ...).
-    Rule::new(
-        SECRET_NAMES,
-        concat!(
-            r"(?i)(?-u:\b)(",
-            secret_name!(),
-            r"[ \t]*=[ \t]*)(\x22[^\x22]*\x22|'[^']*'|[^\s&;,'\x22]+)"
-        ),
-        |c| format!("{}{MARK}", &c[1]),
-    ),
-    // The same in JSON: "password": "...".
-    Rule::new(
-        SECRET_NAMES,
-        concat!(
-            r#"(?i)("(?:"#,
-            secret_name!(),
-            r#")"\s*:\s*)"(?:[^"\\]|\\.)*""#
-        ),
-        |c| format!("{}\"{MARK}\"", &c[1]),
-    ),
-    // YAML and log style, unquoted: `password: hunter2`.
-    Rule::new(
-        SECRET_NAMES,
-        concat!(
-            r"(?i)(?-u:\b)(",
-            secret_name!(),
-            r"[ \t]*:[ \t]+)(\x22[^\x22\n]{2,}\x22|'[^'\n]{2,}'|[^\s'\x22{}\[\],][^\s,]*)"
-        ),
-        |c| format!("{}{MARK}", &c[1]),
-    ),
-    // Command-line flags: --password hunter2, --token=abc, -p is too ambiguous to touch.
-    Rule::new(
-        SECRET_NAMES,
-        concat!(
-            r"(?i)((?:^|\s)--",
-            secret_name!(),
-            r"(?:[ \t]+|=))(\x22[^\x22]*\x22|'[^']*'|[^\s'\x22]+)"
-        ),
-        |c| format!("{}{MARK}", &c[1]),
-    ),
-    // Private key material inline in JSON (GCP service-account keys).
-    Rule::new(
-        &["private_key_id"],
-        r#"(?i)("private_key_id"\s*:\s*)"[^"]*""#,
-        |c| format!("{}\"{MARK}\"", &c[1]),
-    ),
-];
 
 /// Return `text` with every secret that a rule recognises replaced by [`MARK`].
 /// Borrows when nothing matched, which is the common case.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    let mut out: Cow<'_, str> = Cow::Borrowed(text);
+    let all = rules();
     let lower = text.to_ascii_lowercase();
-    for rule in RULES.iter() {
-        if !rule.triggers.iter().any(|t| lower.contains(t)) {
-            continue;
-        }
+    let mut hit = vec![false; all.rules.len()];
+    for m in all.keywords.find_overlapping_iter(&lower) {
+        hit[all.owner[m.pattern().as_usize()]] = true;
+    }
+    let mut out: Cow<'_, str> = Cow::Borrowed(text);
+    for (rule, _) in all.rules.iter().zip(&hit).filter(|(_, h)| **h) {
         let re = rule.regex();
         if re.is_match(&out) {
-            let replaced = re.replace_all(&out, |c: &Captures| (rule.replace)(c));
+            let replaced = re.replace_all(&out, |c: &Captures<'_>| rule.replace(c));
             // A rule may decide a match is not a secret after all and keep it.
             if replaced != out {
                 out = Cow::Owned(replaced.into_owned());
@@ -228,7 +162,63 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, rule_defs, MARK};
+
+    /// The rules file's own samples: each `catch` loses every secret its rule sees in it,
+    /// each `keep` passes every rule untouched. A rule without both is refused.
+    #[test]
+    fn every_rule_catches_its_samples_and_keeps_the_rest() {
+        let mut ids = std::collections::BTreeSet::new();
+        for r in rule_defs() {
+            assert!(ids.insert(r.id.as_str()), "rule id {} is used twice", r.id);
+            let re = regex::Regex::new(&r.regex).unwrap_or_else(|e| panic!("{}: {e}", r.id));
+            assert!(!r.keywords.is_empty(), "{}: no keywords", r.id);
+            assert!(
+                r.keywords.iter().all(|k| *k == k.to_ascii_lowercase()),
+                "{}: keywords are matched against lower-cased text",
+                r.id
+            );
+            assert!(
+                !r.catch.is_empty() && !r.keep.is_empty(),
+                "{}: needs samples of both kinds",
+                r.id
+            );
+            for sample in &r.catch {
+                let secrets: Vec<&str> = re
+                    .captures_iter(sample)
+                    .flat_map(|c| {
+                        r.groups
+                            .iter()
+                            .filter_map(|g| c.get(*g).map(|m| m.as_str()))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                assert!(
+                    !secrets.is_empty(),
+                    "{}: does not match its sample {sample:?}",
+                    r.id
+                );
+                let out = redact(sample);
+                assert!(out.contains(MARK), "{}: {sample:?} -> {out:?}", r.id);
+                for secret in secrets {
+                    assert!(
+                        !out.contains(secret),
+                        "{}: {secret:?} survived in {out:?}",
+                        r.id
+                    );
+                }
+            }
+            for sample in &r.keep {
+                assert_eq!(
+                    redact(sample),
+                    sample.as_str(),
+                    "{}: a keep sample changed",
+                    r.id
+                );
+            }
+        }
+        assert!(ids.len() >= 30, "only {} rules", ids.len());
+    }
 
     #[test]
     fn secrets_are_redacted() {
@@ -311,7 +301,7 @@ mod tests {
             ("user token xoxp-11111-22222-33333-abcdef", "user token [REDACTED]"),
             (
                 "posting to hooks.slack.com/services/T000/B000/XXXXXXXXXXXX",
-                "posting to https://hooks.slack.com/[REDACTED]",
+                "posting to hooks.slack.com/[REDACTED]",
             ),
             (
                 "git clone with ghp_abcdefghijklmnopqrstuvwxyz0123456789",
@@ -339,7 +329,29 @@ mod tests {
             ),
             (
                 "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA (cut off",
-                "-----BEGIN OPENSSH PRIVATE KEY-----[REDACTED]-----END OPENSSH PRIVATE KEY-----",
+                "-----BEGIN OPENSSH PRIVATE KEY-----[REDACTED]",
+            ),
+            // Issue 14: each of these passed through before.
+            ("token glpat-xxxxxxxxxxxxxxxxxxxx expired", "token [REDACTED] expired"),
+            (
+                "id eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX2hlcmU ok",
+                "id [REDACTED] ok",
+            ),
+            (
+                r#"{"auths": {"r.example.com": {"auth": "dXNlcjpwdw=="}}}"#,
+                r#"{"auths": {"r.example.com": {"auth": "[REDACTED]"}}}"#,
+            ),
+            (
+                "//registry.npmjs.org/:_authToken=f1e2d3c4-b5a6",
+                "//registry.npmjs.org/:_authToken=[REDACTED]",
+            ),
+            (
+                "sshpass -p 'hunter 2' ssh root@h",
+                "sshpass -p [REDACTED] ssh root@h",
+            ),
+            (
+                "curl -u admin:s3cr3t https://nexus/x",
+                "curl -u admin:[REDACTED] https://nexus/x",
             ),
         ];
         for (input, want) in cases {

@@ -432,6 +432,18 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
     }
 }
 
+/// How much stderr before the kept tail is read too, for redaction to see a secret whole.
+const REDACT_CONTEXT: usize = 64 * 1024;
+
+/// The last `n` bytes of `text`, on a character boundary.
+fn last_bytes(text: &str, n: usize) -> &str {
+    let mut start = text.len().saturating_sub(n);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 /// Spawn the command and watch it: heartbeat, timeout, signals. `Err` carries the message
 /// when the command could not be started at all.
 fn spawn_and_watch(
@@ -469,10 +481,12 @@ fn spawn_and_watch(
         }
     };
 
-    // Copy stderr through unchanged while keeping its last `tail_bytes`.
-    let tail = Arc::new(Mutex::new(VecDeque::<u8>::with_capacity(opts.tail_bytes)));
+    // Copy stderr through unchanged while keeping its last `tail_bytes`, and some more
+    // before them: secrets are redacted before the tail is cut, so that a private key
+    // whose first lines fall off the cut is still recognised as one.
+    let keep = opts.tail_bytes.saturating_add(REDACT_CONTEXT);
+    let tail = Arc::new(Mutex::new(VecDeque::<u8>::with_capacity(keep.min(1 << 20))));
     let mut pipe = child.stderr.take().expect("stderr is piped");
-    let keep = opts.tail_bytes;
     let tail_w = Arc::clone(&tail);
     let (copied, copier_done) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -536,6 +550,7 @@ fn spawn_and_watch(
     let tail = tail.lock().expect("tail lock");
     let (a, b) = tail.as_slices();
     let tail = String::from_utf8_lossy(&[a, b].concat()).into_owned();
+    let tail = last_bytes(&crate::redact::redact(&tail), opts.tail_bytes).to_string();
     Ok(Finished {
         exit_code: status.code(),
         signal: status.signal(),

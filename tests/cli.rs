@@ -574,6 +574,88 @@ fn secrets_never_reach_the_database() {
     }
 }
 
+/// Issue 14: six kinds of secret that reached the database, the alert outbox (so Slack),
+/// the remote snapshot and every output. None does now.
+#[test]
+fn token_formats_and_command_line_passwords_reach_nothing_we_write() {
+    let env = Env::new();
+    let remote = env.path("remote");
+    let url = format!("file://{}", remote.display());
+    let secrets = [
+        (
+            "glpat-AbCdEfGhIjKlMnOpQrSt",
+            "remote: token glpat-AbCdEfGhIjKlMnOpQrSt expired",
+        ),
+        (
+            "eyJzdWIiOiIxMjM0NTY3ODkwIn0",
+            "id token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlXzEyMw rejected",
+        ),
+        (
+            "dXNlcjpzM2NyM3QtcGFzcw==",
+            r#"{"auths": {"reg.example.com": {"auth": "dXNlcjpzM2NyM3QtcGFzcw=="}}}"#,
+        ),
+        (
+            "f1e2d3c4-b5a6-4978",
+            "//registry.npmjs.org/:_authToken=f1e2d3c4-b5a6-4978",
+        ),
+        (
+            "Hunter2sshpass",
+            "sshpass -p 'Hunter2sshpass' ssh root@10.0.0.5: permission denied",
+        ),
+        (
+            "Curl5ecret",
+            "curl -fsS -u admin:Curl5ecret https://nexus.example.com/x: 401",
+        ),
+    ];
+    let mut c = env.command("init-state");
+    c.env("BUILDSTATE_REMOTE", &url)
+        .args(["b1", "--cloud", "aws", "--image", "rhel9"]);
+    env.run_with(&mut c, None).ok();
+    let message: String = secrets.iter().map(|(_, m)| format!("{m}\n")).collect();
+    let mut c = env.command("update-state");
+    c.env("BUILDSTATE_REMOTE", &url).args([
+        "b1",
+        "fail",
+        "5",
+        "--category",
+        "persistent",
+        "--error",
+        &message,
+        "--json",
+    ]);
+    let out = env.run_with(&mut c, None).ok();
+    let history = env.run("check-state", &["b1", "--history"]).stdout;
+    let json = env
+        .run("check-state", &["b1", "--history", "--json"])
+        .stdout;
+    for (secret, _) in secrets {
+        for (what, text) in [
+            ("update-state --json", &out.stdout),
+            ("update-state stderr", &out.stderr),
+            ("check-state --history", &history),
+            ("check-state --json", &json),
+        ] {
+            assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
+        }
+        for file in [
+            env.db.clone(),
+            std::path::PathBuf::from(format!("{}-wal", env.db.display())),
+            remote.join("builds/b1.json"),
+        ] {
+            assert!(
+                !util::file_contains(&file, secret.as_bytes()),
+                "{secret} found in {}",
+                file.display()
+            );
+        }
+    }
+    // The blocked alert (its payload is what Slack gets) is queued, redacted like the rest.
+    assert!(util::file_contains(
+        &remote.join("builds/b1.json"),
+        b"\"blocked\""
+    ));
+}
+
 #[test]
 fn whole_plan_to_completion_with_history() {
     let env = Env::new();

@@ -550,3 +550,38 @@ fn manual_commands_refuse_nonsense_and_write_nothing() {
     assert_eq!(j["status"], "cancelled");
     run_state(&env, &["b", "--next", "--", "true"]).code(exit::BLOCKED);
 }
+
+#[test]
+fn a_private_key_on_stderr_is_redacted_before_the_tail_is_cut() {
+    let env = setup();
+    // A 39 KB private key: the default 16 KiB tail starts in its middle, without the
+    // BEGIN line. Pseudo-random base64 lines of 64 characters, as PEM has them.
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut pem = String::from("-----BEGIN RSA PRIVATE KEY-----\n");
+    for _ in 0..600 {
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            pem.push(alphabet[(x % 64) as usize] as char);
+        }
+        pem.push('\n');
+    }
+    pem.push_str("-----END RSA PRIVATE KEY-----\n");
+    let key = env.write("key.pem", &pem);
+    let cmd = format!(
+        "cat '{}' >&2; echo 'deploy failed: bad key' >&2; exit 1",
+        key.display()
+    );
+    run_state(&env, &["b", "0", "--", "sh", "-c", &cmd]);
+    let h = env.state("b")["history"].clone();
+    let text = h.to_string();
+    let body_line = pem.lines().nth(300).unwrap();
+    assert!(!text.contains(body_line), "a key line was stored");
+    assert!(
+        !pem.lines().skip(1).take(600).any(|l| text.contains(l)),
+        "some key line was stored"
+    );
+    assert!(text.contains("deploy failed: bad key"), "{text}");
+}
