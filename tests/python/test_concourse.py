@@ -16,7 +16,7 @@ import pytest
 import yaml
 from concoursetools.testing import FileTestResourceWrapper
 
-from test_sync import free_port, make_bucket, s3_env, start, stop
+from test_sync import free_port, make_bucket, moto_behind_a_faulty_proxy, s3_env, start, stop  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
@@ -242,3 +242,25 @@ def test_the_resource_keeps_to_its_folder_and_its_secrets(moto: dict[str, str], 
     for version, want in (("1", "has moved on to serial"), ("0", "serial of 1 or more")):
         r = run_step(assets, "in", {"source": src, "version": {"build_id": "img-5", "serial": version}}, put_dir / "in2", env)
         assert r.returncode == 8 and r.stdout == "" and want in r.stderr, (version, r.stderr)
+
+
+def test_a_put_whose_answer_was_lost_is_reported_once_as_written(moto_behind_a_faulty_proxy, assets: Path, tmp_path: Path) -> None:
+    """The put goes through the same write path: a conditional PUT that reached the
+    server but whose answer was lost is found by its write id, reported once."""
+    proxy, env = moto_behind_a_faulty_proxy
+    creds = {k: v for k, v in env.items() if k.startswith("AWS_")}
+    src = {"remote": "s3://builds/concourse-lost", "build_id": "img-9", "credentials": creds}
+    build_env = {"BUILD_ID": "7", "BUILD_NAME": "7", "BUILD_JOB_NAME": "j", "BUILD_PIPELINE_NAME": "p", "BUILD_TEAM_NAME": "t", "BUILDSTATE_REMOTE_TIMEOUT": "3s"}
+    assert run_step(assets, "out", {"source": src, "params": {"action": "init", "cloud": "aws", "image": "rhel9"}}, tmp_path, build_env).returncode == 0
+    for fault in ("drop", "retried"):
+        before = proxy.faults
+        proxy.arm(fault)
+        action = {"action": "start", "state": 5} if fault == "drop" else {"action": "complete", "state": 5}
+        r = run_step(assets, "out", {"source": src, "params": action}, tmp_path, build_env)
+        assert proxy.faults == before + 1
+        assert r.returncode == 0, (fault, r.stderr)
+    (tmp_path / "in").mkdir()
+    r = run_step(assets, "in", {"source": src, "version": {"build_id": "img-9", "serial": "3"}}, tmp_path / "in", build_env)
+    assert r.returncode == 0, r.stderr
+    kinds = [e["kind"] for e in json.loads((tmp_path / "in" / "history.json").read_text())]
+    assert kinds == ["init", "start", "complete"], kinds
