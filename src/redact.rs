@@ -1,15 +1,15 @@
 //! Secret redaction, applied to every message before it is stored or sent.
 //!
-//! The rules are data, in `src/redact-rules.toml`: each has an id, keywords for a fast
+//! The rules are data, in `src/redact-rules.json`: each has an id, keywords for a fast
 //! prefilter, a pattern, the capture groups that are the secret, and samples that must
 //! and must not be redacted (a test runs them all). Each pattern needs a marker that
 //! makes a secret likely (a key prefix, a `password=` name, credentials inside a URL, an
 //! Authorization scheme), so ordinary text such as "basic validation failed" or an
 //! apostrophe survives untouched.
 //!
-//! One pass of an Aho-Corasick automaton over the lower-cased text finds which rules'
-//! keywords occur; only those rules' patterns are compiled (once per process) and run.
-//! A message with no keyword costs that one pass.
+//! The keywords say which rules can apply (one substring search each for a short message,
+//! one Aho-Corasick pass for a long one); only those rules' patterns are compiled (once per
+//! process) and run. A message with no keyword costs just the search.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -21,9 +21,9 @@ use serde::Deserialize;
 pub const MARK: &str = "[REDACTED]";
 
 /// The rules, as shipped.
-pub const RULES_TOML: &str = include_str!("redact-rules.toml");
+pub const RULES_JSON: &str = include_str!("redact-rules.json");
 
-/// One rule of `src/redact-rules.toml`.
+/// One rule of `src/redact-rules.json`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleDef {
@@ -49,6 +49,8 @@ fn whole_match() -> Vec<usize> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
+    #[allow(dead_code)]
+    about: Vec<String>,
     rule: Vec<RuleDef>,
 }
 
@@ -59,9 +61,11 @@ struct Rule {
 
 struct Rules {
     rules: Vec<Rule>,
-    /// Every keyword, and the rule it belongs to.
-    keywords: aho_corasick::AhoCorasick,
+    /// Every keyword, and (at the same index) the rule it belongs to.
+    words: Vec<String>,
     owner: Vec<usize>,
+    /// All keywords at once, for long messages; built when first needed.
+    automaton: OnceLock<aho_corasick::AhoCorasick>,
 }
 
 /// The shipped rules, parsed on first use.
@@ -72,8 +76,8 @@ pub fn rule_defs() -> impl Iterator<Item = &'static RuleDef> {
 fn rules() -> &'static Rules {
     static RULES: OnceLock<Rules> = OnceLock::new();
     RULES.get_or_init(|| {
-        let file: RuleFile =
-            toml::from_str(RULES_TOML).expect("src/redact-rules.toml parses (a test checks it)");
+        let file: RuleFile = serde_json::from_str(RULES_JSON)
+            .expect("src/redact-rules.json parses (a test checks it)");
         let mut words = Vec::new();
         let mut owner = Vec::new();
         for (i, r) in file.rule.iter().enumerate() {
@@ -82,7 +86,6 @@ fn rules() -> &'static Rules {
                 owner.push(i);
             }
         }
-        let keywords = aho_corasick::AhoCorasick::new(&words).expect("keywords build an automaton");
         Rules {
             rules: file
                 .rule
@@ -92,10 +95,37 @@ fn rules() -> &'static Rules {
                     re: OnceLock::new(),
                 })
                 .collect(),
-            keywords,
+            words,
+            automaton: OnceLock::new(),
             owner,
         }
     })
+}
+
+/// Below this many bytes a message is searched keyword by keyword; above, with one
+/// Aho-Corasick pass (building the automaton costs about a hundred such searches).
+const SHORT: usize = 4096;
+
+impl Rules {
+    /// Which rules have a keyword in `lower`.
+    fn hits(&self, lower: &str) -> Vec<bool> {
+        let mut hit = vec![false; self.rules.len()];
+        if lower.len() < SHORT {
+            for (w, i) in self.words.iter().zip(&self.owner) {
+                if !hit[*i] && lower.contains(w.as_str()) {
+                    hit[*i] = true;
+                }
+            }
+        } else {
+            let ac = self.automaton.get_or_init(|| {
+                aho_corasick::AhoCorasick::new(&self.words).expect("keywords build an automaton")
+            });
+            for m in ac.find_overlapping_iter(lower) {
+                hit[self.owner[m.pattern().as_usize()]] = true;
+            }
+        }
+        hit
+    }
 }
 
 impl Rule {
@@ -142,10 +172,7 @@ impl Rule {
 pub fn redact(text: &str) -> Cow<'_, str> {
     let all = rules();
     let lower = text.to_ascii_lowercase();
-    let mut hit = vec![false; all.rules.len()];
-    for m in all.keywords.find_overlapping_iter(&lower) {
-        hit[all.owner[m.pattern().as_usize()]] = true;
-    }
+    let hit = all.hits(&lower);
     let mut out: Cow<'_, str> = Cow::Borrowed(text);
     for (rule, _) in all.rules.iter().zip(&hit).filter(|(_, h)| **h) {
         let re = rule.regex();
