@@ -12,9 +12,18 @@ short_description: Advance buildstate build states as plays run, and record task
 description:
   - Records an image build's progress in a buildstate database, the same SQLite file that
     the C(init-state), C(check-state) and C(run-state) commands use.
-  - A play with the play variable C(buildstate_state) advances that state. The state is
-    started when the play starts, and completed or failed when the play ends, judged from
-    the playbook's statistics; rescued and ignored failures do not fail it.
+  - A play with the variable C(buildstate_state) (in C(vars), C(vars_files) or extra vars,
+    templated as Ansible does) advances that state. The state is started when the play's
+    first task other than C(meta) and fact gathering starts, and completed or failed when
+    the play ends (after its last batch under C(serial)), judged from the playbook's
+    statistics; rescued and ignored failures do not fail it. A play that runs no such task
+    (C(--limit), C(--tags), C(--start-at-task)) records nothing and says so.
+  - Re-running a playbook resumes it. A play whose state is already completed is reported
+    in one line and records nothing; the state that is due (an interrupted or failed state
+    whose retry is due) is started when its play starts; later plays are recorded as
+    usual. A play the build refuses (out of order, a retry not yet due) is reported and
+    not recorded, and the plays after it still are.
+  - Check mode (C(--check), or a play with C(check_mode) set) records nothing and says so.
   - When no play sets C(buildstate_state), the O(state) option maps the whole playbook to
     one state.
   - A failure message names every failed or unreachable host with the task and the
@@ -120,6 +129,7 @@ import signal
 import sys
 import time
 
+from ansible import context
 from ansible.plugins.callback import CallbackBase
 
 try:
@@ -127,6 +137,11 @@ try:
 except ImportError as _error:  # reported as a warning (or strict failure) at playbook start
     buildstate = None
     _IMPORT_ERROR = str(_error)
+
+# Tasks that are no work of the play's own: they neither start its state nor count as work.
+NO_WORK_ACTIONS = frozenset(
+    ("meta", "ansible.builtin.meta", "ansible.legacy.meta", "gather_facts", "ansible.builtin.gather_facts", "setup", "ansible.builtin.setup", "ansible.legacy.setup")
+)
 
 # One host's line in a failure message, and the whole message, at most.
 MAX_HOST_CHARS = 1000
@@ -159,6 +174,10 @@ class CallbackModule(CallbackBase):
         self._task_started = {}  # (host, task uuid) -> time.monotonic()
         self._previous_handlers = {}
         self._pid = os.getpid()
+        self._pending = None  # (state, label): the play's state, started at its first task
+        self._play_uuid = None  # the play being run (its batches share it under serial)
+        self._check = False  # ansible-playbook --check: record nothing
+        self._play_check = False  # the current play runs in check mode: record nothing of it
 
     def set_options(self, task_keys=None, var_options=None, direct=None):
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -217,15 +236,32 @@ class CallbackModule(CallbackBase):
 
     # --- states ----------------------------------------------------------------------------
 
+    def _say(self, message):
+        self._display.display("buildstate: " + message)
+
     def _begin(self, state, label):
         store = self._record("open the database", self._open)
         if store is None:
             return
-        self._record("record the context", store.set_context, {"ansible_run": label})
-        started = self._record(
-            "start state %s" % state, store.start, self._build_id, state, lease_ttl_ms=int(self._lease_ttl) * 1000
+        report = self._record("read the build", store.decide, self._build_id)
+        if report is None:
+            return
+        current = report.get("current_state")
+        done = report.get("status") == "completed" or (
+            current is not None and state <= current and report.get("active_state") != state
         )
-        if started is None:
+        if done:
+            self._say("%s: state %s is already completed (the build is at %s); nothing recorded" % (label, state, current))
+            return
+        self._record("record the context", store.set_context, {"ansible_run": label})
+        try:
+            store.start(self._build_id, state, lease_ttl_ms=int(self._lease_ttl) * 1000)
+        except (buildstate.RefusedError, buildstate.LeasedError, buildstate.LeaseLostError) as e:
+            # This play's state cannot start now; the build and the plays after it are fine.
+            self._display.warning("buildstate: %s: state %s is not recorded: %s" % (label, state, e))
+            return
+        except Exception as e:
+            self._trouble("could not start state %s: %s" % (state, e))
             return
         self._active, self._label = state, label
         self._baseline = self._snapshot()
@@ -238,6 +274,10 @@ class CallbackModule(CallbackBase):
 
     def _finish(self):
         """Complete or fail the active state, judged from the statistics since it began."""
+        if self._pending is not None:
+            state, label = self._pending
+            self._pending = None
+            self._say("%s ran no task: state %s is not recorded" % (label, state))
         if self._active is None:
             return
         state, self._active = self._active, None
@@ -277,6 +317,11 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_start(self, playbook):
         self._stats = self._find_stats()
+        self._check = bool((context.CLIARGS or {}).get("check"))
+        if self._check:
+            self._say("check mode: no build state or task result is recorded")
+            self._off = True
+            return
         self._install_signal_handlers()
         if self._playbook_state is not None:
             self._begin(int(self._playbook_state), "playbook '%s'" % os.path.basename(playbook._file_name))
@@ -288,16 +333,62 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_play_start(self, play):
         if self._playbook_state is not None:
             return  # the whole playbook is one state
+        uuid = getattr(play, "_uuid", None)
+        if uuid is not None and uuid == self._play_uuid:
+            return  # the next batch of a rolling (serial) play: the same state goes on
         self._finish()
-        state = (getattr(play, "vars", None) or {}).get("buildstate_state")
+        self._play_uuid = uuid
+        self._play_check = getattr(play, "check_mode", None) is True
+        label = "play '%s'" % play.get_name()
+        state = self._play_state(play, label)
         if state is None:
             return
-        try:
-            state = int(state)
-        except (TypeError, ValueError):
-            self._trouble("play '%s': buildstate_state must be a state number, not %r" % (play.get_name(), state))
+        if self._check or self._play_check:
+            self._say("%s: check mode, state %s is not recorded" % (label, state))
             return
-        self._begin(state, "play '%s'" % play.get_name())
+        self._pending = (state, label)
+
+    def _play_state(self, play, label):
+        """The play's buildstate_state, resolved as Ansible resolves variables (vars,
+        vars_files, extra vars, templating); None when it has none or it is not a state."""
+        raw = (getattr(play, "vars", None) or {}).get("buildstate_state")
+        value = raw
+        try:
+            manager = getattr(play, "_variable_manager", None)
+            if manager is not None:
+                from ansible.template import Templar
+
+                variables = manager.get_vars(play=play)
+                if "buildstate_state" in variables:
+                    value = Templar(loader=play._loader, variables=variables).template(variables["buildstate_state"])
+        except Exception as e:
+            self._display.warning("buildstate: %s: could not resolve buildstate_state (%s); the play is not recorded" % (label, e))
+            return None
+        if value is None:
+            return None
+        try:
+            state = int(str(value).strip())
+        except (TypeError, ValueError):
+            state = None
+        if state is None or not 0 <= state <= 100:
+            self._display.warning("buildstate: %s: buildstate_state must be a state number from 0 to 100, not %r; the play is not recorded" % (label, value))
+            return None
+        return state
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._start_pending(task)
+
+    def v2_playbook_on_handler_task_start(self, task):
+        self._start_pending(task)
+
+    def _start_pending(self, task):
+        """The play's state starts with its first task that is work of its own."""
+        if self._pending is None:
+            return
+        if getattr(task, "action", None) in NO_WORK_ACTIONS or getattr(task, "implicit", False) or getattr(task, "check_mode", None) is True:
+            return
+        (state, label), self._pending = self._pending, None
+        self._begin(state, label)
 
     def v2_playbook_on_stats(self, stats):
         self._stats = self._stats or stats
@@ -352,8 +443,10 @@ class CallbackModule(CallbackBase):
         return _bounded(text, MAX_HOST_CHARS)
 
     def _task(self, result, status, message=None):
-        if not self._record_tasks or self._off or self._store is None:
+        if not self._record_tasks or self._off or self._store is None or self._play_check:
             return
+        if getattr(result.task, "check_mode", None) is True:
+            return  # a preview of a task is no result of it
         host, task = result.host.get_name(), result.task
         started = self._task_started.pop((host, task._uuid), None)
         duration = int((time.monotonic() - started) * 1000) if started is not None else None
