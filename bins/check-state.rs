@@ -46,6 +46,18 @@ fn run(args: &Args) -> Result<i32> {
     let now = store.now()?;
     store.refresh(&args.build_id)?;
     let report = Report::load(Some(&store), &args.build_id, &plan, now, args.history)?;
+    if !report.exists {
+        // Exit code and output stay "start a new build"; a person who mistyped an id
+        // learns which builds it may have meant.
+        let similar = buildstate::report::similar_builds(&store, &args.build_id)?;
+        if !similar.is_empty() {
+            eprintln!(
+                "check-state: note: there is no build '{}' here; similar ids: {}",
+                args.build_id,
+                similar.join(", ")
+            );
+        }
+    }
     if let Some(dir) = &args.output {
         report.write_output(dir)?;
     }

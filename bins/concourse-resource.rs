@@ -2,15 +2,35 @@
 //! same binary; it looks at the name it was run as), or run as
 //! `concourse-resource check|in|out [DIR]`. Logic: buildstate::concourse.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use buildstate::concourse::{check, fetch, put, Request};
 use buildstate::{Error, Result};
 
-fn run() -> Result<serde_json::Value> {
+const HELP: &str = "\
+The buildstate Concourse resource (docs/concourse.md).
+
+Installed as /opt/resource/check, /opt/resource/in and /opt/resource/out, it is run by
+Concourse with the request as JSON on stdin; or run it as:
+
+  concourse-resource check          < request.json
+  concourse-resource in DEST        < request.json
+  concourse-resource out SRC        < request.json
+
+stdout carries only the JSON answer; messages go to stderr. Exit codes: docs/exit-codes.md.
+Options: --help (this text), --json (errors also as JSON on stdout).
+";
+
+fn run() -> Result<Option<serde_json::Value>> {
     let mut args: Vec<String> = std::env::args().collect();
+    // Options never reach the steps: --help answers before stdin is read.
+    if args.iter().skip(1).any(|a| a == "--help" || a == "-h") {
+        buildstate::cli::out(format_args!("{HELP}"))?;
+        return Ok(None);
+    }
+    args.retain(|a| a != "--json");
     let called = PathBuf::from(args.first().cloned().unwrap_or_default());
     let name = called
         .file_name()
@@ -50,14 +70,31 @@ fn run() -> Result<serde_json::Value> {
             "unknown step '{other}': use check, in or out"
         ))),
     }
+    .map(Some)
 }
 
 fn main() -> ExitCode {
+    let json = std::env::args().skip(1).any(|a| a == "--json");
     // stdout carries only the answer; everything for people went to stderr.
-    match run().and_then(|answer| buildstate::cli::outln(format_args!("{answer}"))) {
+    let answered = run().and_then(|answer| match answer {
+        Some(a) => buildstate::cli::outln(format_args!("{a}")),
+        None => Ok(()),
+    });
+    match answered {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("\x1b[31merror:\x1b[0m {e}");
+            // Colour only for a person at a terminal; Concourse's build log gets plain text.
+            if std::io::stderr().is_terminal() {
+                eprintln!("\x1b[31merror:\x1b[0m {e}");
+            } else {
+                eprintln!("error: {e}");
+            }
+            if json {
+                let body = serde_json::json!({
+                    "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code()}
+                });
+                let _ = buildstate::cli::outln(format_args!("{body}"));
+            }
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }

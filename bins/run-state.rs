@@ -19,8 +19,10 @@ use buildstate::{time, Result};
 /// BUILDSTATE_ATTEMPT in its environment.
 ///
 /// Exit codes: 0 completed; 10 nothing left (--next); 11 another worker holds the build;
-/// 12 a retry is scheduled later than --max-wait; 13 needs a person; 128+N interrupted by
-/// signal N (recorded; the attempt does not count). See docs/exit-codes.md.
+/// 12 a retry is scheduled later than --max-wait; 13 needs a person; 14 this worker lost
+/// its lease while the command ran (it was stopped, nothing more recorded); 20 this
+/// machine's clock is too far from the remote's; 128+N interrupted by signal N (recorded;
+/// the attempt does not count). See docs/exit-codes.md.
 #[derive(clap::Parser)]
 #[command(
     version,

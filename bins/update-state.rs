@@ -56,6 +56,7 @@ struct Args {
 enum Action {
     /// Record that a state started (a new attempt of it), taking the build's lease
     Start {
+        /// The state's number in the build's plan (0 to 100)
         #[arg(value_name = "STATE")]
         state: u8,
         /// How long the lease lives; nothing renews it, so past this the state counts as
@@ -66,6 +67,7 @@ enum Action {
     },
     /// Record that a state completed; it becomes the build's current state
     Complete {
+        /// The state's number in the build's plan (0 to 100)
         #[arg(value_name = "STATE")]
         state: u8,
         /// Fencing: refuse (exit 14) unless this attempt is still the one running under
@@ -75,6 +77,7 @@ enum Action {
     },
     /// Record that a state failed; the current state stays at the last completed one
     Fail {
+        /// The state's number in the build's plan (0 to 100)
         #[arg(value_name = "STATE")]
         state: u8,
         /// What went wrong (stored verbatim, secrets redacted)
@@ -88,7 +91,8 @@ enum Action {
         /// Read the message from a file, or '-' for stdin (for messages over argv's 128 KiB)
         #[arg(long, value_name = "FILE")]
         error_file: Option<PathBuf>,
-        /// What kind of failure this is [default: decided by the plan's rules]
+        /// What kind of failure this is: transient, persistent or unknown [default:
+        /// decided by the plan's rules]
         #[arg(long, value_name = "CATEGORY", value_parser = parse_category)]
         category: Option<Category>,
         /// The failed command's exit code (used to classify the failure)
@@ -107,6 +111,7 @@ enum Action {
     /// Allow one more attempt of a waiting or blocked state now, even after its policy's
     /// attempts are used up
     Retry {
+        /// The state's number in the build's plan (0 to 100)
         #[arg(value_name = "STATE")]
         state: u8,
         /// Why (recorded with who did it)
@@ -115,6 +120,7 @@ enum Action {
     },
     /// Mark the next (or the failed) state done without running it
     Skip {
+        /// The state's number in the build's plan (0 to 100)
         #[arg(value_name = "STATE")]
         state: u8,
         /// Why (recorded with who did it)

@@ -94,12 +94,27 @@ pub fn parse<T: clap::Parser>(tool: &str) -> std::result::Result<T, ExitCode> {
                 .any(|a| a == "--json");
             // clap quotes the offending argument, which may be a secret typed in the
             // wrong place.
-            let message = crate::redact::redact(&e.render().to_string()).into_owned();
+            let mut message = crate::redact::redact(&e.render().to_string()).into_owned();
+            // run-state's command goes after `--`; without it, its first word looks like
+            // an unknown argument.
+            if tool == "run-state"
+                && e.kind() == ErrorKind::UnknownArgument
+                && !std::env::args_os().any(|a| a == "--")
+            {
+                message.push_str(
+                    "tip: the command to run goes after --: run-state BUILD_ID STATE -- COMMAND [ARGS...]\n",
+                );
+            }
             if json {
+                // The error and what it names (clap puts missing arguments on the lines
+                // after the first), up to the usage line.
                 let first = message
                     .lines()
-                    .next()
-                    .unwrap_or("")
+                    .take_while(|l| !l.starts_with("Usage:"))
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
                     .trim_start_matches("error: ")
                     .to_string();
                 let body = serde_json::json!({

@@ -353,6 +353,31 @@ fn history_table(events: &[Event]) -> String {
     out
 }
 
+/// Build ids in `store` that look like `id` (a typo of it: close in edit distance, or the
+/// same letters and digits), at most five, closest first.
+pub fn similar_builds(store: &crate::store::Store, id: &str) -> crate::Result<Vec<String>> {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let want = squash(id);
+    let mut close: Vec<(usize, String)> = store
+        .build_serials()?
+        .into_iter()
+        .map(|(b, _)| b)
+        .filter(|b| b != id)
+        .filter_map(|b| {
+            let d = strsim::levenshtein(&b, id);
+            let limit = (id.len() / 4).clamp(1, 3);
+            (d <= limit || squash(&b) == want).then_some((d, b))
+        })
+        .collect();
+    close.sort();
+    Ok(close.into_iter().take(5).map(|(_, b)| b).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::shell_quote;

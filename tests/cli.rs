@@ -1107,3 +1107,62 @@ fn error_paths_that_echo_input_redact_it() {
     }
     assert!(!r.stdout.contains("hunter2pw"), "{}", r.stdout);
 }
+
+/// Issue 18, what a new user tripped on.
+#[test]
+fn usage_errors_and_typos_say_what_to_do() {
+    let env = Env::new();
+    env.init("img-42");
+    // The missing argument is named in --json too.
+    let r = env.run("check-state", &["--json"]).code(exit::USAGE);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("<BUILD_ID>"),
+        "{}",
+        r.stdout
+    );
+    // A command without `--` before it gets the tip.
+    let r = env
+        .run("run-state", &["img-42", "5", "true"])
+        .code(exit::USAGE);
+    assert!(r.stderr.contains("goes after --"), "{}", r.stderr);
+    // A mistyped build id: still "start" (exit 0), with the similar ids on stderr.
+    let r = env.run("check-state", &["img42"]).ok();
+    assert!(r.stderr.contains("similar ids: img-42"), "{}", r.stderr);
+    assert!(env
+        .run("check-state", &["zzz-unrelated"])
+        .ok()
+        .stderr
+        .is_empty());
+}
+
+#[test]
+fn the_concourse_resource_answers_help_without_stdin_and_without_colour() {
+    let bin = util::bin("concourse-resource");
+    let mut child = std::process::Command::new(&bin)
+        .arg("--help")
+        .stdin(std::process::Stdio::piped()) // held open: reading it would hang
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    util::poll_until("--help to answer", || child.try_wait().unwrap().is_some());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("concourse-resource check"));
+    let out = std::process::Command::new(&bin)
+        .args(["check", "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::INVALID_INPUT), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in a log: {stderr:?}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["error"]["kind"], "invalid_input");
+}
