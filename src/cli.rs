@@ -94,7 +94,19 @@ pub fn parse<T: clap::Parser>(tool: &str) -> std::result::Result<T, ExitCode> {
                 .any(|a| a == "--json");
             // clap quotes the offending argument, which may be a secret typed in the
             // wrong place.
-            let mut message = crate::redact::redact(&e.render().to_string()).into_owned();
+            // clap quotes the offending value whole: cut long lines as errors elsewhere do.
+            let mut message: String = crate::redact::redact(&e.render().to_string())
+                .lines()
+                .map(|l| {
+                    let n = l.chars().count();
+                    if n > 4 * crate::redact::MAX_ECHO {
+                        let head: String = l.chars().take(4 * crate::redact::MAX_ECHO).collect();
+                        format!("{head}... ({n} characters)\n")
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
             // run-state's command goes after `--`; without it, its first word looks like
             // an unknown argument.
             if tool == "run-state"
@@ -212,7 +224,7 @@ pub fn stderr_tail(s: &str) -> std::result::Result<usize, String> {
         .ok_or_else(|| {
             format!(
                 "'{}': give a number of bytes from 0 to {MAX_STDERR_TAIL}",
-                s.escape_debug()
+                crate::redact::echo(s)
             )
         })
 }
@@ -223,5 +235,5 @@ pub fn factor(s: &str) -> std::result::Result<f64, String> {
         .parse::<f64>()
         .ok()
         .filter(|f| f.is_finite() && (1.0..=1000.0).contains(f))
-        .ok_or_else(|| format!("'{}': give a number from 1 to 1000", s.escape_debug()))
+        .ok_or_else(|| format!("'{}': give a number from 1 to 1000", crate::redact::echo(s)))
 }

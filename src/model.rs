@@ -402,22 +402,7 @@ pub fn validate_build_id(id: &str) -> Result<()> {
     }
 }
 
-/// The most of a bad input an error message repeats.
-pub const MAX_ECHO: usize = 80;
-
-/// A bad input as an error message repeats it: redacted, escaped, and cut to
-/// [`MAX_ECHO`] characters (a 100 KB value is named, not printed).
-pub fn echo(text: &str) -> String {
-    let red = redact(text);
-    let n = red.chars().count();
-    let shown: String = red.chars().take(MAX_ECHO).collect::<String>();
-    let shown = shown.escape_debug().to_string();
-    if n > MAX_ECHO {
-        format!("{shown}... ({n} characters)")
-    } else {
-        shown
-    }
-}
+pub use crate::redact::{echo, MAX_ECHO};
 
 /// Metadata keys become shell variables in `resume-metadata`, so they must be identifiers.
 pub fn validate_meta_key(key: &str) -> Result<()> {

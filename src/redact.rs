@@ -187,6 +187,23 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     out
 }
 
+/// The most of a bad input an error message repeats.
+pub const MAX_ECHO: usize = 80;
+
+/// A bad input as an error message repeats it: redacted, escaped, and cut to
+/// [`MAX_ECHO`] characters (a 100 KB value is named, not printed).
+pub fn echo(text: &str) -> String {
+    let red = redact(text);
+    let n = red.chars().count();
+    let shown: String = red.chars().take(MAX_ECHO).collect::<String>();
+    let shown = shown.escape_debug().to_string();
+    if n > MAX_ECHO {
+        format!("{shown}... ({n} characters)")
+    } else {
+        shown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{redact, rule_defs, MARK};

@@ -353,7 +353,7 @@ pub fn max_clock_skew() -> Result<Option<std::time::Duration>> {
             .ok_or_else(|| {
                 Error::InvalidInput(format!(
                     "invalid BUILDSTATE_MAX_CLOCK_SKEW '{}': give a duration up to 1h (e.g. 5s), or off",
-                    crate::redact::redact(&v).escape_debug()
+                    crate::redact::echo(&v)
                 ))
             }),
     }

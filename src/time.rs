@@ -36,19 +36,19 @@ pub fn parse_bounded_duration(text: &str, min: Duration) -> std::result::Result<
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
         format!(
             "'{}' is not a duration ({e}); write it like 90s, 5m or 1h 30m",
-            text.escape_debug()
+            crate::redact::echo(text)
         )
     })?;
     if d > MAX_DURATION {
         return Err(format!(
             "'{}' is longer than the 366 days accepted",
-            text.trim().escape_debug()
+            crate::redact::echo(text.trim())
         ));
     }
     if d < min {
         return Err(format!(
             "'{}' is shorter than the {} accepted",
-            text.trim().escape_debug(),
+            crate::redact::echo(text.trim()),
             format_duration(min)
         ));
     }

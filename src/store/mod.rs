@@ -67,7 +67,7 @@ pub fn busy_timeout_from_env() -> Result<Duration> {
             .ok_or_else(|| {
                 Error::InvalidInput(format!(
                     "invalid BUILDSTATE_BUSY_TIMEOUT '{}': give a whole number of milliseconds from 0 to {MAX_BUSY_TIMEOUT_MS} (an hour)",
-                    crate::redact::redact(&v).chars().take(64).collect::<String>().escape_debug()
+                    crate::redact::echo(&v)
                 ))
             }),
     }
