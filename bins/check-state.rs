@@ -9,14 +9,19 @@ use buildstate::report::Report;
 use buildstate::Result;
 
 /// Print what a pipeline should do next with a build, and exit with a code a task can
-/// gate on: 0 go ahead (start, resume, retry), 10 already completed, 11 in progress
-/// elsewhere, 12 wait for a scheduled retry, 13 needs a person. An unknown build id
-/// is "start a new build", not an error; a missing database file is (exit 9), since
-/// only init-state creates one. Details: docs/exit-codes.md.
+/// gate on: 0 go ahead (start, resume, retry, rerun), 10 already completed, 11 in
+/// progress elsewhere, 12 wait for a scheduled retry, 13 needs a person. An unknown
+/// build id is "start a new build", not an error; a missing database file is (exit 9),
+/// since only init-state creates one. Details: docs/exit-codes.md.
+///
+/// When the plan declares inputs, a completed state whose inputs changed since it
+/// completed is stale and the decision is `rerun` from the earliest stale state, naming
+/// what changed (docs/plan.md#inputs); --verify also checks completed states against
+/// reality with their verify commands.
 #[derive(clap::Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  check-state img-42\n  check-state img-42 --json | jq -r .decision\n  check-state img-42 --output state/ && . state/resume-metadata && echo \"$RESUME_STATE\""
+    after_help = "Examples:\n  check-state img-42\n  check-state img-42 --json | jq -r .decision\n  check-state img-42 --output state/ && . state/resume-metadata && echo \"$RESUME_STATE\"\n  check-state img-42 --plan\n  check-state img-42 --verify --inputs-root ~/src/image-pipeline"
 )]
 struct Args {
     /// The build id
@@ -31,21 +36,86 @@ struct Args {
     #[arg(long)]
     history: bool,
 
+    /// Show every state of the plan with its status and why it would run or be skipped
+    /// (done, stale, drifted, forced, pending): a dry run
+    #[arg(long)]
+    plan: bool,
+
     /// The plan to report for a build that does not exist yet [default: built-in]
     #[arg(long, value_name = "FILE", env = "BUILDSTATE_PLAN")]
-    plan: Option<PathBuf>,
+    plan_file: Option<PathBuf>,
+
+    /// The directory the plan's input globs are relative to [default: the working
+    /// directory]
+    #[arg(long, value_name = "DIR", env = "BUILDSTATE_INPUTS_ROOT")]
+    inputs_root: Option<PathBuf>,
+
+    /// Do not compare the inputs of completed states: report the recorded state only
+    #[arg(long, conflicts_with = "verify")]
+    no_inputs: bool,
+
+    /// Run the verify commands of completed states, in order; a failure is recorded as
+    /// drift and its state reruns (this writes to the build's history)
+    #[arg(long)]
+    verify: bool,
+
+    /// How long each verify command may run
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = buildstate::cli::positive_duration)]
+    verify_timeout: std::time::Duration,
 
     #[command(flatten)]
     common: Common,
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let plan = Plan::load(args.plan.as_deref())?;
+    let plan = Plan::load(args.plan_file.as_deref())?;
     buildstate::model::validate_build_id(&args.build_id)?;
     let mut store = args.common.writer(false)?;
     let now = store.now()?;
     store.refresh(&args.build_id)?;
-    let report = Report::load(Some(&store), &args.build_id, &plan, now, args.history)?;
+    let mut report = Report::load(Some(&store), &args.build_id, &plan, now, args.history)?;
+    if let (Some(b), false) = (store.build(&args.build_id)?, args.no_inputs) {
+        let plan = store.plan(&b.plan_hash)?;
+        let root = args.inputs_root.as_deref();
+        let mut stale = buildstate::inputs::stale_of(&store, &b, &plan, root, args.plan)?;
+        if args.verify {
+            let actor = buildstate::context::Actor::from_env("check-state");
+            let quiet = args.common.json;
+            let results = buildstate::verify::verify_build(
+                &mut store,
+                &args.build_id,
+                stale.first().map(|s| s.state),
+                args.verify_timeout,
+                &actor,
+                &|label, checked| {
+                    if !quiet {
+                        eprintln!(
+                            "check-state: verify {label}: {} ({})",
+                            checked.how,
+                            buildstate::time::format_duration(checked.duration)
+                        );
+                    }
+                },
+            )?;
+            if results.is_empty() {
+                eprintln!("check-state: note: no completed state has a verify command to run");
+            } else {
+                stale = buildstate::inputs::stale_of(&store, &b, &plan, root, args.plan)?;
+            }
+            report = Report::load(Some(&store), &args.build_id, &plan, now, args.history)?;
+        }
+        report = report.with_stale(&b, &plan, now, stale);
+        if args.plan {
+            let events = store.events(&args.build_id)?;
+            let view = buildstate::report::PlanView::of(&report, &b, &plan, &events);
+            if args.common.json {
+                buildstate::cli::outln(format_args!("{}", view.to_json()))?;
+            } else {
+                buildstate::cli::out(format_args!("{}", view.human()))?;
+            }
+            return Ok(view.exit_code);
+        }
+    }
     if !report.exists {
         // Exit code and output stay "start a new build"; a person who mistyped an id
         // learns which builds it may have meant.

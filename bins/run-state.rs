@@ -15,8 +15,13 @@ use buildstate::{time, Result};
 /// heartbeat, enforces the state's timeout, forwards SIGINT/SIGTERM to the command, keeps
 /// the (redacted) end of stderr as the failure message, classifies the failure, and then
 /// retries in this process when the next attempt is due within --max-wait, or records the
-/// scheduled retry and exits. The command gets BUILDSTATE_BUILD_ID, BUILDSTATE_STATE and
-/// BUILDSTATE_ATTEMPT in its environment.
+/// scheduled retry and exits. The command gets BUILDSTATE_BUILD_ID, BUILDSTATE_STATE,
+/// BUILDSTATE_ATTEMPT and the build's metadata (`BUILDSTATE_META_<KEY>`) in its environment.
+///
+/// A state's `requires` command (in the plan) runs first; if it fails the state is
+/// blocked as `prerequisite` without using an attempt. The state's declared inputs are
+/// hashed before the command runs and recorded when it completes; a completed state runs
+/// again only when it is stale (its inputs changed, or its verify failed).
 ///
 /// Exit codes: 0 completed; 10 nothing left (--next); 11 another worker holds the build;
 /// 12 a retry is scheduled later than --max-wait; 13 needs a person; 14 this worker lost
@@ -68,6 +73,11 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "16384", value_parser = buildstate::cli::stderr_tail)]
     stderr_tail: usize,
 
+    /// The directory the plan's input globs are relative to [default: the working
+    /// directory]
+    #[arg(long, value_name = "DIR", env = "BUILDSTATE_INPUTS_ROOT")]
+    inputs_root: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     common: Common,
 
@@ -88,6 +98,7 @@ fn run_state(args: &Args) -> Result<i32> {
         timeout: args.timeout,
         kill_grace: args.kill_grace,
         tail_bytes: args.stderr_tail,
+        inputs_root: args.inputs_root.clone(),
     };
     let outcome = run(&mut store, &opts, &Actor::from_env("run-state"));
     buildstate::cli::deliver_after_write("run-state", &mut store);

@@ -1,5 +1,5 @@
 //! update-state: record one transition of a build (start, complete, fail, meta), or a
-//! person's intervention (retry, skip, rollback, cancel).
+//! person's intervention (retry, skip, rollback, cancel, force, reset).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -17,8 +17,10 @@ use clap::Subcommand;
 ///
 /// A failure is classified (transient, persistent, unknown) by the plan's rules unless
 /// --category says, and the state's retry policy then schedules a retry or blocks the
-/// build for a person (docs/retries.md). retry, skip, rollback and cancel are for people:
-/// each records who did it and why. A refused transition (unknown build, state not in the
+/// build for a person (docs/retries.md). retry, skip, rollback, cancel, force and reset
+/// are for people: each records who did it and why. `complete` records the state's
+/// inputs when the plan declares them; `start` of a completed state whose inputs changed
+/// reruns it (docs/plan.md#inputs). A refused transition (unknown build, state not in the
 /// plan, out of order, moving backwards, retry not due) writes nothing and exits with a
 /// distinct code: docs/exit-codes.md.
 #[derive(clap::Parser)]
@@ -33,7 +35,9 @@ use clap::Subcommand;
   some-command 2>&1 | update-state img-42 fail 15 --error-file -
   update-state img-42 meta ami_id=ami-0abc git_sha=1a2b3c
   update-state img-42 retry 10 --reason \"opened port 22 in the security group\"
-  update-state img-42 rollback --to 60 --reason \"hardening broke sshd\""
+  update-state img-42 rollback --to 60 --reason \"hardening broke sshd\"
+  update-state img-42 force 20 --reason \"users role fixed upstream\"
+  update-state img-42 reset --reason \"new base image\""
 )]
 struct Args {
     /// The build id given to init-state
@@ -42,6 +46,17 @@ struct Args {
 
     #[command(subcommand)]
     action: Action,
+
+    /// The directory the plan's input globs are relative to: `complete` records the
+    /// state's inputs, `start` of a completed state whose inputs changed reruns it
+    /// [default: the working directory]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "BUILDSTATE_INPUTS_ROOT",
+        global = true
+    )]
+    inputs_root: Option<PathBuf>,
 
     /// The lease holder: `start` takes the build's lease for it, and while that lease
     /// lives only the same owner may complete or fail the state (default: USER@HOST)
@@ -137,6 +152,30 @@ enum Action {
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
+    /// Mark STATE and every state after it to run again (--all: the whole build);
+    /// history is kept and the force is recorded with who did it and why
+    Force {
+        /// The first state to run again (a completed one, or the failed one)
+        #[arg(
+            value_name = "STATE",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        state: Option<u8>,
+        /// Every state runs again
+        #[arg(long)]
+        all: bool,
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Start the build over: every state runs again, in a new epoch (check-state shows
+    /// it); the history of earlier epochs is kept
+    Reset {
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
     /// Stop the build for good: check-state reports it blocked and nothing can start
     Cancel {
         /// Why (recorded with who did it)
@@ -173,7 +212,7 @@ fn read_message(path: &PathBuf) -> Result<String> {
 fn transition(action: &Action) -> Result<Transition> {
     Ok(match action {
         Action::Start { state, .. } => Transition::Start { state: *state },
-        Action::Complete { state, .. } => Transition::Complete { state: *state },
+        Action::Complete { state, .. } => Transition::complete(*state),
         Action::Fail {
             state,
             error,
@@ -214,11 +253,21 @@ fn transition(action: &Action) -> Result<Transition> {
         Action::Cancel { reason } => Transition::Cancel {
             reason: reason.clone(),
         },
+        Action::Force { state, reason, .. } => Transition::Reopen {
+            from: *state,
+            reason: reason.clone(),
+            why: buildstate::model::Reopen::Force,
+        },
+        Action::Reset { reason } => Transition::Reopen {
+            from: None,
+            reason: reason.clone(),
+            why: buildstate::model::Reopen::Reset,
+        },
     })
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let t = transition(&args.action)?;
+    let mut t = transition(&args.action)?;
     buildstate::model::validate_build_id(&args.build_id)?;
     let mut store = args.common.writer(false)?;
     let actor = Actor::from_env("update-state");
@@ -246,6 +295,29 @@ fn run(args: &Args) -> Result<i32> {
         Action::Complete { attempt, .. } | Action::Fail { attempt, .. } => ctx.fence = *attempt,
         _ => {}
     }
+    match &mut t {
+        Transition::Start { state } => {
+            buildstate::inputs::rerun_if_stale(
+                &mut store,
+                &args.build_id,
+                *state,
+                args.inputs_root.as_deref(),
+                &actor,
+                &ctx,
+            )?;
+        }
+        Transition::Complete { state, inputs } => {
+            store.refresh(&args.build_id)?;
+            *inputs = buildstate::inputs::for_completion(
+                &store,
+                &args.build_id,
+                *state,
+                args.inputs_root.as_deref(),
+                &[],
+            )?;
+        }
+        _ => {}
+    }
     let build = store.transition(&args.build_id, &t, &actor, &ctx)?;
     buildstate::cli::deliver_after_write("update-state", &mut store);
     let (report, plan) = Report::after_write(&store, &build, ctx.now)?;
@@ -264,7 +336,7 @@ fn run(args: &Args) -> Result<i32> {
                 .map(buildstate::time::format)
                 .unwrap_or_default()
         ),
-        Transition::Complete { state } => format!("completed {}", plan.label(*state)),
+        Transition::Complete { state, .. } => format!("completed {}", plan.label(*state)),
         Transition::Fail { state, .. } => format!(
             "recorded failure of {} (attempt {}, {})",
             plan.label(*state),
@@ -282,6 +354,17 @@ fn run(args: &Args) -> Result<i32> {
         Transition::Cancel { .. } => "cancelled".to_string(),
         Transition::Interrupt { .. } => "recorded an interruption".to_string(),
         Transition::Tasks { .. } => "recorded task results".to_string(),
+        Transition::Reopen { from, .. } => match (from, &args.action) {
+            (_, Action::Reset { .. }) => format!(
+                "started over: epoch {}, every state runs again",
+                report.epoch
+            ),
+            (Some(s), _) => format!("{} and every state after it will run again", plan.label(*s)),
+            (None, _) => "every state will run again".to_string(),
+        },
+        Transition::Unmet { .. } | Transition::Verified { .. } => {
+            unreachable!("update-state does not record these")
+        }
     };
     buildstate::cli::outln(format_args!(
         "build {}: {what}; status {} (serial {})\n  next: {}",

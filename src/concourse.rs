@@ -252,7 +252,7 @@ fn metadata(r: &Report) -> Vec<Value> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutParams {
-    /// init, start, complete, fail, meta, retry, skip, cancel
+    /// init, start, complete, fail, meta, retry, skip, cancel, force, reset
     pub action: String,
     #[serde(default)]
     pub build_id: Option<String>,
@@ -281,6 +281,34 @@ pub struct OutParams {
     /// complete in one job build match).
     #[serde(default)]
     pub owner: Option<String>,
+    /// force: every state runs again (instead of `state`).
+    #[serde(default)]
+    pub all: bool,
+    /// The folder (in the put's folder: an input such as the repository) the plan's
+    /// input globs are relative to, for complete and start (default: the put's folder).
+    #[serde(default)]
+    pub inputs_root: Option<String>,
+}
+
+/// A folder named by a param, inside the put's folder `src`.
+fn dir_in(src: &Path, rel: &str, what: &str) -> Result<std::path::PathBuf> {
+    let bad = |why: String| Error::InvalidInput(format!("{what}: {why}"));
+    let root = src
+        .canonicalize()
+        .map_err(|e| bad(format!("the put's folder {}: {e}", src.display())))?;
+    let path = root.join(rel).canonicalize().map_err(|e| {
+        bad(format!(
+            "cannot open '{}' in the put's folder: {e}",
+            crate::model::echo(rel)
+        ))
+    })?;
+    if !path.starts_with(&root) || !path.is_dir() {
+        return Err(bad(format!(
+            "'{}' is not a folder inside the put's folder; name one relative to it, without leaving it",
+            crate::model::echo(rel)
+        )));
+    }
+    Ok(path)
 }
 
 /// The largest `error_file` kept: its last 64 KiB (as run-state keeps the end of stderr).
@@ -393,7 +421,7 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
     } else {
         let t = match params.action.as_str() {
             "start" => Transition::Start { state: state()? },
-            "complete" => Transition::Complete { state: state()? },
+            "complete" => Transition::complete(state()?),
             "fail" => Transition::Fail {
                 state: state()?,
                 message: match (&params.error, &params.error_file) {
@@ -416,23 +444,68 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
             "retry" => Transition::Retry { state: state()?, reason: reason()? },
             "skip" => Transition::Skip { state: state()?, reason: reason()? },
             "cancel" => Transition::Cancel { reason: reason()? },
+            "force" => Transition::Reopen {
+                from: if params.all {
+                    if params.state.is_some() {
+                        return Err(Error::InvalidInput(
+                            "out: force takes params.state or params.all, not both".into(),
+                        ));
+                    }
+                    None
+                } else {
+                    Some(state().map_err(|_| {
+                        Error::InvalidInput(
+                            "out: action 'force' needs params.state (or params.all: true)".into(),
+                        )
+                    })?)
+                },
+                reason: reason()?,
+                why: crate::model::Reopen::Force,
+            },
+            "reset" => Transition::Reopen {
+                from: None,
+                reason: reason()?,
+                why: crate::model::Reopen::Reset,
+            },
             other => {
                 return Err(Error::InvalidInput(format!(
-                    "out: unknown action '{other}': use init, start, complete, fail, meta, retry, skip or cancel"
+                    "out: unknown action '{other}': use init, start, complete, fail, meta, retry, skip, cancel, force or reset"
                 )))
             }
         };
+        // Default: the put's folder, where Concourse puts the job's inputs.
+        let inputs_root = Some(dir_in(
+            src,
+            params.inputs_root.as_deref().unwrap_or("."),
+            "params.inputs_root",
+        )?);
         let owner = params.owner.clone().unwrap_or_else(|| job_owner(&actor));
         let mut ctx = Ctx {
             owner: Some(&owner),
             ..Ctx::live()
         };
-        if let Transition::Start { state } = t {
-            w.refresh(&id)?;
-            let b = w
-                .build(&id)?
-                .ok_or_else(|| Error::UnknownBuild(id.clone()))?;
-            ctx.lease_ttl = Some(w.plan(&b.plan_hash)?.unrenewed_lease_ttl(state));
+        let mut t = t;
+        match &mut t {
+            Transition::Start { state } => {
+                crate::inputs::rerun_if_stale(
+                    &mut w,
+                    &id,
+                    *state,
+                    inputs_root.as_deref(),
+                    &actor,
+                    &ctx,
+                )?;
+                let b = w
+                    .build(&id)?
+                    .ok_or_else(|| Error::UnknownBuild(id.clone()))?;
+                ctx.lease_ttl = Some(w.plan(&b.plan_hash)?.unrenewed_lease_ttl(*state));
+            }
+            Transition::Complete { state, inputs } => {
+                w.refresh(&id)?;
+                *inputs =
+                    crate::inputs::for_completion(&w, &id, *state, inputs_root.as_deref(), &[])?;
+            }
+            _ => {}
         }
         w.transition(&id, &t, &actor, &ctx)?
     };

@@ -77,6 +77,9 @@ pub struct Decision {
     pub not_before: Option<SystemTime>,
     /// The category of the last failure, when the decision follows one.
     pub category: Option<Category>,
+    /// Completed states that must run again, earliest first, with what changed (empty
+    /// unless a plan declares inputs or verify commands; see docs/plan.md#inputs).
+    pub stale: Vec<crate::inputs::Stale>,
 }
 
 impl Decision {
@@ -90,6 +93,7 @@ impl Decision {
             max_attempts: None,
             not_before: None,
             category: None,
+            stale: Vec::new(),
         }
     }
 
@@ -121,6 +125,37 @@ pub fn headline(message: &str, max: usize) -> String {
     } else {
         line.to_string()
     }
+}
+
+/// [`decide`], knowing which completed states are stale: a build between states (or
+/// completed) reruns from the earliest stale one. A build with a state running, waiting
+/// or blocked is decided on that state first; the stale list is reported either way.
+pub fn decide_with_stale(
+    build: Option<&Build>,
+    plan: &Plan,
+    now: SystemTime,
+    stale: Vec<crate::inputs::Stale>,
+) -> Decision {
+    let mut d = decide(build, plan, now);
+    if let (Some(b), Some(first)) = (build, stale.first()) {
+        if matches!(b.status, Status::Pending | Status::Completed) {
+            let later = stale.len() - 1;
+            let reason = format!(
+                "{}; rerun from {}{}",
+                first.sentence(),
+                plan.label(first.state),
+                match later {
+                    0 => String::new(),
+                    1 => " and the completed state after it".to_string(),
+                    n => format!(" and the {n} completed states after it"),
+                }
+            );
+            d = Decision::new(Action::Rerun, plan, Some(first.state), reason)
+                .attempt(None, plan, 1);
+        }
+    }
+    d.stale = stale;
+    d
 }
 
 /// What to do next with `build` (`None` when there is no record of it) at `now`.
@@ -213,6 +248,15 @@ pub fn decide(build: Option<&Build>, plan: &Plan, now: SystemTime) -> Decision {
                 })
             }
         }
+        Status::Blocked if b.last_category == Some(Category::Prerequisite) => {
+            let d = Decision::new(Action::Blocked, plan, Some(active), String::new())
+                .attempt(Some(b), plan, b.attempt + 1);
+            let reason = format!(
+                "the prerequisite of {label} failed, so it did not start (no attempt used): {}; fix the cause, then `update-state {id} retry {active} --reason TEXT`",
+                error()
+            );
+            category(Decision { reason, ..d })
+        }
         Status::Blocked => {
             let d = Decision::new(Action::Blocked, plan, Some(active), String::new())
                 .attempt(Some(b), plan, b.attempt);
@@ -290,7 +334,7 @@ mod tests {
     #[test]
     fn decisions_table() {
         use Transition::*;
-        let c = |state| Complete { state };
+        let c = Transition::complete;
         let fail = |state, msg: &str| Transition::fail(state, msg);
         // Complete every state of the built-in plan up to and including `last`.
         let through = |last: u8| (0..=last).step_by(5).map(c).collect::<Vec<_>>();
@@ -440,10 +484,7 @@ mod tests {
     #[test]
     fn wait_reports_when_and_category() {
         let (b, plan, last) = build_after(
-            &[
-                Transition::Complete { state: 0 },
-                Transition::fail(5, "HTTP 503"),
-            ],
+            &[Transition::complete(0), Transition::fail(5, "HTTP 503")],
             None,
         );
         let d = decide(Some(&b), &plan, last);
@@ -486,7 +527,7 @@ mod tests {
         let all: Vec<Transition> = plan
             .states
             .iter()
-            .map(|s| Transition::Complete { state: s.id })
+            .map(|s| Transition::complete(s.id))
             .collect();
         let (b, plan, _) = build_after(&all, None);
         let d = decide(Some(&b), &plan, t0());

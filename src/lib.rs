@@ -44,6 +44,7 @@ pub mod context;
 pub mod decide;
 pub mod error;
 pub mod exit;
+pub mod inputs;
 pub mod model;
 pub mod monitor;
 pub mod notify;
@@ -57,5 +58,6 @@ pub mod snapshot;
 pub mod store;
 pub mod sync;
 pub mod time;
+pub mod verify;
 
 pub use error::{Error, Result};

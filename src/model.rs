@@ -56,6 +56,18 @@ pub enum EventKind {
     Cancel,
     /// One task's result on one host (Ansible): informational, no state change.
     Task,
+    /// A person marked a state and every later one to run again (`update-state force`).
+    Force,
+    /// A person started the build over (`update-state reset`): a new epoch.
+    Reset,
+    /// A completed state's inputs changed or its verify failed: it runs again.
+    Rerun,
+    /// A state's `requires` command failed; the state is blocked, no attempt used.
+    Prerequisite,
+    /// A completed state's verify command failed (`check-state --verify`).
+    Drift,
+    /// A completed state's verify command passed.
+    Verified,
 }
 
 text_enum!(Status {
@@ -65,8 +77,18 @@ text_enum!(Status {
 text_enum!(EventKind {
     Init => "init", Start => "start", Complete => "complete", Fail => "fail", Meta => "meta",
     Interrupt => "interrupt", Takeover => "takeover", Retry => "retry", Skip => "skip",
-    Rollback => "rollback", Cancel => "cancel", Task => "task",
+    Rollback => "rollback", Cancel => "cancel", Task => "task", Force => "force",
+    Reset => "reset", Rerun => "rerun", Prerequisite => "prerequisite", Drift => "drift",
+    Verified => "verified",
 });
+
+impl EventKind {
+    /// Kinds that reopen completed states: the event's state is the first to run again
+    /// (`None`: every state).
+    pub fn reopens(self) -> bool {
+        matches!(self, EventKind::Force | EventKind::Reset | EventKind::Rerun)
+    }
+}
 
 /// The summary row of a build, derived from its events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +163,9 @@ pub struct Event {
         with = "crate::time::rfc3339::option"
     )]
     pub until: Option<SystemTime>,
+    /// On a completion: what the state's inputs were (see [`crate::inputs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<crate::inputs::Manifest>,
 }
 
 /// An event about to be appended; the store adds seq, serial, time and actor.
@@ -157,6 +182,8 @@ pub struct NewEvent {
     pub at: Option<SystemTime>,
     /// See [`Event::until`].
     pub until: Option<SystemTime>,
+    /// See [`Event::inputs`].
+    pub inputs: Option<crate::inputs::Manifest>,
 }
 
 impl NewEvent {
@@ -171,6 +198,7 @@ impl NewEvent {
             duration_ms: None,
             at: None,
             until: None,
+            inputs: None,
         }
     }
 }
@@ -183,6 +211,8 @@ pub enum Transition {
     },
     Complete {
         state: u8,
+        /// The state's inputs as hashed for this completion, if it has any.
+        inputs: Option<Box<crate::inputs::Manifest>>,
     },
     Fail {
         state: u8,
@@ -216,6 +246,24 @@ pub enum Transition {
     Cancel {
         reason: String,
     },
+    /// Completed states run again from `from` (`None`: from the first), for the reason
+    /// `why` names; history is kept.
+    Reopen {
+        from: Option<u8>,
+        reason: String,
+        why: Reopen,
+    },
+    /// The `requires` command of `state` failed: the state is blocked without using an
+    /// attempt; `message` is the command's output (redacted when recorded).
+    Unmet {
+        state: u8,
+        message: String,
+    },
+    /// Results of verify commands (`check-state --verify`); the build does not change,
+    /// but a failed one makes its state stale.
+    Verified {
+        results: Vec<VerifyResult>,
+    },
     /// Task results (Ansible), recorded for the history; the build does not change.
     /// One write however many records, so a batch costs one transaction.
     Tasks {
@@ -223,7 +271,36 @@ pub enum Transition {
     },
 }
 
+/// Why completed states run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reopen {
+    /// A person asked (`update-state force`).
+    Force,
+    /// A person started the build over (`update-state reset`).
+    Reset,
+    /// Inputs changed or a verify failed (the reason says which).
+    Stale,
+}
+
+/// One verify command's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyResult {
+    pub state: u8,
+    pub ok: bool,
+    /// Its output (the tail, redacted when recorded), or a note of success.
+    pub message: String,
+    pub duration_ms: u64,
+}
+
 impl Transition {
+    /// A completion without recorded inputs.
+    pub fn complete(state: u8) -> Transition {
+        Transition::Complete {
+            state,
+            inputs: None,
+        }
+    }
+
     /// A failure with only a message; the category comes from the plan's rules.
     pub fn fail(state: u8, message: impl Into<String>) -> Transition {
         Transition::Fail {
@@ -684,7 +761,13 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
     };
     match t {
         Transition::Start { state } => start(b, plan, ctx, state, &mut c),
-        Transition::Complete { state } => complete(b, plan, ctx, state, &mut c),
+        Transition::Complete { state, inputs } => {
+            complete(b, plan, ctx, state, &mut c)?;
+            if let Some(e) = c.events.last_mut() {
+                e.inputs = inputs.as_deref().cloned();
+            }
+            Ok(())
+        }
         Transition::Fail {
             state,
             message,
@@ -707,6 +790,11 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
         Transition::Skip { state, reason } => skip(b, plan, ctx, state, reason, &mut c),
         Transition::Rollback { to, reason } => rollback(b, plan, ctx, to, reason, &mut c),
         Transition::Tasks { records } => tasks(records, &mut c),
+        Transition::Reopen { from, reason, why } => {
+            reopen(b, plan, ctx, *from, reason, *why, &mut c)
+        }
+        Transition::Unmet { state, message } => unmet(b, plan, ctx, *state, message, &mut c),
+        Transition::Verified { results } => verified(b, plan, results, &mut c),
         Transition::Cancel { reason } => cancel(b, reason, &mut c),
     }?;
     Ok(c)
@@ -1115,6 +1203,139 @@ fn tasks(records: &[TaskRecord], c: &mut Change) -> Result<()> {
     Ok(())
 }
 
+/// Completed states run again from `from`: a person's force or reset, or stale inputs.
+/// The build goes back to the state before `from` (history kept); a reset also starts a
+/// new epoch (counted by its events).
+fn reopen(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    from: Option<u8>,
+    reason: &str,
+    why: Reopen,
+    c: &mut Change,
+) -> Result<()> {
+    let (kind, verb) = match why {
+        Reopen::Force => (EventKind::Force, "force"),
+        Reopen::Reset => (EventKind::Reset, "reset"),
+        Reopen::Stale => (EventKind::Rerun, "rerun"),
+    };
+    need_reason(reason, verb)?;
+    let id = &b.build_id;
+    if b.status == Status::Cancelled {
+        refuse_if_finished(b, verb)?;
+    }
+    if b.status == Status::Running {
+        check_lease(b, plan, ctx, verb)?;
+        return refuse(format!(
+            "build '{id}': cannot {verb} while {} is running; wait for it, or fail it first; nothing was written",
+            plan.label(b.active_state.unwrap_or_default())
+        ));
+    }
+    let first = plan.first().id;
+    let from_state = from.unwrap_or(first);
+    check_in_plan(b, plan, from_state)?;
+    let reached = b.current_state.max(b.active_state);
+    if from.is_some() && reached.is_none_or(|r| from_state > r) {
+        let next = plan.next_after(b.current_state).map(|n| n.id);
+        return refuse(format!(
+            "build '{id}': {} has not run yet (the next state is {}); it will run anyway, nothing to {verb}; nothing was written",
+            plan.label(from_state),
+            next.map_or("none".into(), |n| plan.label(n))
+        ));
+    }
+    // The state before `from` stays completed; so does the one init-state records as
+    // done (state 0 without work of its own: there is nothing to run again).
+    let keep = from
+        .and_then(|s| plan.previous(s))
+        .map(|p| p.id)
+        .or(plan.done_at_init().map(|s| s.id));
+    let event_state = if from.is_none() {
+        None
+    } else {
+        Some(from_state)
+    };
+    c.events.push(event(
+        kind,
+        event_state,
+        None,
+        Some(redact(reason).into_owned()),
+    ));
+    clear_attempt(&mut c.build);
+    c.build.current_state = keep;
+    c.build.status = if keep == Some(plan.last().id) {
+        Status::Completed
+    } else {
+        Status::Pending
+    };
+    Ok(())
+}
+
+/// A state's `requires` command failed: blocked, category prerequisite, no attempt used.
+fn unmet(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: u8,
+    message: &str,
+    c: &mut Change,
+) -> Result<()> {
+    // Refused exactly where a start would be: the state must be the one to run now.
+    let Attempt::New(_) = attempt_for(b, plan, state, "start", ctx)? else {
+        unreachable!("start always begins a new attempt")
+    };
+    let same = b.active_state == Some(state);
+    let message = redact(message).into_owned();
+    let mut e = event(
+        EventKind::Prerequisite,
+        Some(state),
+        None,
+        Some(message.clone()),
+    );
+    e.category = Some(Category::Prerequisite);
+    c.events.push(e);
+    c.build.active_state = Some(state);
+    c.build.status = Status::Blocked;
+    c.build.attempt = if same { b.attempt } else { 0 };
+    if !same {
+        c.build.first_attempt_at = None;
+        c.build.extra_attempts = 0;
+    }
+    c.build.attempt_started_at = None;
+    c.build.next_attempt_at = None;
+    c.build.last_error = Some(message);
+    c.build.last_category = Some(Category::Prerequisite);
+    c.build.blocked_reason =
+        Some("its prerequisite (`requires` in the plan) failed; no attempt was used".into());
+    c.build.lease_owner = None;
+    c.build.lease_expires_at = None;
+    Ok(())
+}
+
+/// Verify results for the history; the build does not change.
+fn verified(b: &Build, plan: &Plan, results: &[VerifyResult], c: &mut Change) -> Result<()> {
+    if results.is_empty() {
+        return Err(Error::InvalidInput("no verify results to record".into()));
+    }
+    for r in results {
+        check_in_plan(b, plan, r.state)?;
+        let kind = if r.ok {
+            EventKind::Verified
+        } else {
+            EventKind::Drift
+        };
+        let mut e = event(
+            kind,
+            Some(r.state),
+            None,
+            Some(redact(&r.message).into_owned()),
+        );
+        e.duration_ms = Some(r.duration_ms);
+        c.events.push(e);
+    }
+    Ok(())
+}
+
 /// A person stops the build for good.
 fn cancel(b: &Build, reason: &str, c: &mut Change) -> Result<()> {
     need_reason(reason, "cancel")?;
@@ -1175,6 +1396,89 @@ mod tests {
     }
 
     #[test]
+    fn force_reset_and_prerequisites_move_the_build_as_documented() {
+        let (mut b, plan) = fresh();
+        for id in [0, 5, 10] {
+            b = step(&b, &plan, Transition::complete(id));
+        }
+        let reopen = |from, why| Transition::Reopen {
+            from,
+            reason: "why".into(),
+            why,
+        };
+        // Force 5: 0 stays done, 5 is next; nothing about an attempt is left.
+        let forced = step(&b, &plan, reopen(Some(5), Reopen::Force));
+        assert_eq!(
+            (forced.current_state, forced.status),
+            (Some(0), Status::Pending)
+        );
+        // Force the first state (which has work here) or --all: nothing stays done.
+        assert_eq!(
+            step(&b, &plan, reopen(Some(0), Reopen::Force)).current_state,
+            None
+        );
+        assert_eq!(
+            step(&b, &plan, reopen(None, Reopen::Reset)).current_state,
+            None
+        );
+        // A state not run yet cannot be forced; a running build cannot be reset.
+        assert!(refused(&b, &plan, reopen(Some(20), Reopen::Force)).contains("has not run yet"));
+        let running = step(&b, &plan, Transition::Start { state: 15 });
+        assert!(refused(&running, &plan, reopen(None, Reopen::Reset)).contains("running"));
+        // A reason is required.
+        let no_reason = Transition::Reopen {
+            from: None,
+            reason: " ".into(),
+            why: Reopen::Reset,
+        };
+        assert!(matches!(
+            apply(&b, &plan, &no_reason, &Ctx::at(t0())),
+            Err(Error::InvalidInput(_))
+        ));
+        // A failed prerequisite: blocked, no attempt used; a retry then allows attempt 1.
+        let unmet = Transition::Unmet {
+            state: 15,
+            message: "no token".into(),
+        };
+        let blocked = step(&b, &plan, unmet.clone());
+        assert_eq!(
+            (
+                blocked.status,
+                blocked.active_state,
+                blocked.attempt,
+                blocked.last_category
+            ),
+            (Status::Blocked, Some(15), 0, Some(Category::Prerequisite))
+        );
+        // Only where a start would be accepted.
+        assert!(refused(
+            &b,
+            &plan,
+            Transition::Unmet {
+                state: 20,
+                message: "x".into()
+            }
+        )
+        .contains("the next state is state 15"));
+        let retried = step(
+            &blocked,
+            &plan,
+            Transition::Retry {
+                state: 15,
+                reason: "token added".into(),
+            },
+        );
+        let started = step(&retried, &plan, Transition::Start { state: 15 });
+        assert_eq!((started.status, started.attempt), (Status::Running, 1));
+        // Forcing the failed state clears it: a fresh first attempt.
+        let cleared = step(&blocked, &plan, reopen(Some(15), Reopen::Force));
+        assert_eq!(
+            (cleared.status, cleared.active_state, cleared.current_state),
+            (Status::Pending, None, Some(10))
+        );
+    }
+
+    #[test]
     fn walk_through_the_whole_plan() {
         let (mut b, plan) = fresh();
         for s in plan.states.clone() {
@@ -1183,7 +1487,7 @@ mod tests {
                 (b.status, b.active_state, b.attempt),
                 (Status::Running, Some(s.id), 1)
             );
-            b = step(&b, &plan, Transition::Complete { state: s.id });
+            b = step(&b, &plan, Transition::complete(s.id));
             assert_eq!(b.current_state, Some(s.id));
             assert_eq!(b.active_state, None);
         }
@@ -1194,7 +1498,7 @@ mod tests {
     #[test]
     fn failure_keeps_current_state_and_schedules_a_retry() {
         let (mut b, plan) = fresh();
-        b = step(&b, &plan, Transition::Complete { state: 0 });
+        b = step(&b, &plan, Transition::complete(0));
         b = at(&b, &plan, Transition::Start { state: 5 }, t0());
         let fail = Transition::Fail {
             state: 5,
@@ -1254,7 +1558,7 @@ mod tests {
             (b.attempt, b.status, b.first_attempt_at),
             (2, Status::Running, Some(t0()))
         );
-        b = step(&b, &plan, Transition::Complete { state: 5 });
+        b = step(&b, &plan, Transition::complete(5));
         assert_eq!(
             (
                 b.current_state,
@@ -1269,8 +1573,8 @@ mod tests {
     #[test]
     fn exhausted_and_persistent_failures_block_until_a_person_retries() {
         let (mut b, plan) = fresh();
-        b = step(&b, &plan, Transition::Complete { state: 0 });
-        b = step(&b, &plan, Transition::Complete { state: 5 });
+        b = step(&b, &plan, Transition::complete(0));
+        b = step(&b, &plan, Transition::complete(5));
         // green-image validation: 5 attempts 1 minute apart.
         let mut now = t0() + Duration::from_secs(3600);
         for n in 1..=5 {
@@ -1386,14 +1690,14 @@ mod tests {
             ..w1
         };
         // While its attempt is current, the holder's fenced write goes through...
-        assert!(apply(&b, &plan, &Transition::Complete { state: 0 }, &w1_done).is_ok());
+        assert!(apply(&b, &plan, &Transition::complete(0), &w1_done).is_ok());
         // ...but not with another attempt number, nor from another owner.
         let wrong = Ctx {
             fence: Some(2),
             ..w1_done
         };
         assert!(matches!(
-            apply(&b, &plan, &Transition::Complete { state: 0 }, &wrong),
+            apply(&b, &plan, &Transition::complete(0), &wrong),
             Err(Error::Fenced(_))
         ));
         // w1 stalls past its lease; w2 takes over (attempt 2) and fails.
@@ -1428,7 +1732,7 @@ mod tests {
         };
         for build in [&b2, &b3] {
             for t in [
-                Transition::Complete { state: 0 },
+                Transition::complete(0),
                 Transition::fail(0, "x"),
                 Transition::Interrupt {
                     state: 0,
@@ -1446,7 +1750,7 @@ mod tests {
         }
         // A person's write (no fence) still applies to the current attempt.
         let person = Ctx::at(late + Duration::from_secs(200));
-        assert!(apply(&b3, &plan, &Transition::Complete { state: 0 }, &person).is_ok());
+        assert!(apply(&b3, &plan, &Transition::complete(0), &person).is_ok());
     }
 
     #[test]
@@ -1473,7 +1777,7 @@ mod tests {
         };
         for t in [
             Transition::Start { state: 0 },
-            Transition::Complete { state: 0 },
+            Transition::complete(0),
             Transition::fail(0, "x"),
         ] {
             assert!(
@@ -1485,7 +1789,7 @@ mod tests {
         let done = apply(
             &b,
             &plan,
-            &Transition::Complete { state: 0 },
+            &Transition::complete(0),
             &Ctx {
                 owner: Some("w1"),
                 ..w2
@@ -1586,8 +1890,8 @@ mod tests {
             }
         )
         .contains("cannot roll back past state 0 (init)"));
-        b = step(&b, &plan, Transition::Complete { state: 5 });
-        b = step(&b, &plan, Transition::Complete { state: 10 });
+        b = step(&b, &plan, Transition::complete(5));
+        b = step(&b, &plan, Transition::complete(10));
         b = step(&b, &plan, Transition::fail(15, "Permission denied"));
         assert_eq!(b.status, Status::Blocked);
         // The failed state can be skipped.
@@ -1702,7 +2006,7 @@ mod tests {
         let c = apply(
             &b,
             &plan,
-            &Transition::Complete { state: 0 },
+            &Transition::complete(0),
             &Ctx::at(t0() + Duration::from_millis(1500)),
         )
         .unwrap();
@@ -1715,27 +2019,28 @@ mod tests {
         let (mut b, plan) = fresh();
         assert!(refused(&b, &plan, Transition::Start { state: 7 })
             .contains("state 7 is not in its plan 'classic-image-build'"));
-        assert!(refused(&b, &plan, Transition::Complete { state: 5 })
+        assert!(refused(&b, &plan, Transition::complete(5))
             .contains("the next state is state 0 (init)"));
-        b = step(&b, &plan, Transition::Complete { state: 0 });
-        b = step(&b, &plan, Transition::Complete { state: 5 });
+        b = step(&b, &plan, Transition::complete(0));
+        b = step(&b, &plan, Transition::complete(5));
         assert!(refused(&b, &plan, Transition::Start { state: 0 }).contains("move backwards"));
-        assert!(refused(&b, &plan, Transition::Complete { state: 5 }).contains("move backwards"));
+        assert!(refused(&b, &plan, Transition::complete(5)).contains("move backwards"));
         assert!(refused(&b, &plan, Transition::Start { state: 15 })
             .contains("the next state is state 10"));
         b = step(&b, &plan, Transition::Start { state: 10 });
         assert!(refused(&b, &plan, Transition::Start { state: 15 })
             .contains("state 10 (green-image-validation) is running"));
         b = step(&b, &plan, Transition::fail(10, "x"));
-        assert!(refused(&b, &plan, Transition::Complete { state: 15 })
-            .contains("failed and waits for a retry"));
+        assert!(
+            refused(&b, &plan, Transition::complete(15)).contains("failed and waits for a retry")
+        );
     }
 
     #[test]
     fn completed_build_refuses_transitions_but_takes_metadata() {
         let (mut b, plan) = fresh();
         for s in plan.states.clone() {
-            b = step(&b, &plan, Transition::Complete { state: s.id });
+            b = step(&b, &plan, Transition::complete(s.id));
         }
         assert!(refused(&b, &plan, Transition::Start { state: 100 }).contains("already completed"));
         let c = apply(

@@ -90,6 +90,65 @@ pub struct StateDef {
     /// The alerts this state raises, instead of the plan's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Vec<AlertKind>>,
+    /// What the state's result depends on: when one of these changes after the state
+    /// completed, the state is stale and runs again (docs/plan.md#inputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<InputsDef>,
+    /// A shell command that checks the state's result still holds (`check-state --verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    /// A shell command that must succeed before the state starts under run-state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<String>,
+}
+
+/// A state's declared inputs. Every field is optional; an empty declaration never goes
+/// stale.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputsDef {
+    /// Globs of files, relative to the inputs root (`--inputs-root`, default the working
+    /// directory): `ansible/roles/users/**`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// Names of environment variables whose values count (hashed; never stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Metadata keys of the build whose values count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta: Vec<String>,
+    /// Literal values (a version, a flavour): changing them in a new plan is a change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl InputsDef {
+    /// Check the declaration; the message names the bad entry.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (i, g) in self.files.iter().enumerate() {
+            crate::inputs::check_glob(g).map_err(|m| format!("files[{i}]: {m}"))?;
+        }
+        for (i, name) in self.env.iter().enumerate() {
+            let ok = !name.is_empty()
+                && name.len() <= 128
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "env[{i}]: '{}' is not an environment variable name (letters, digits, '_')",
+                    crate::redact::echo(name)
+                ));
+            }
+        }
+        for (i, key) in self.meta.iter().enumerate() {
+            crate::model::validate_meta_key(key).map_err(|e| format!("meta[{i}]: {e}"))?;
+        }
+        let total = self.files.len() + self.env.len() + self.meta.len() + self.values.len();
+        if total > 1000 {
+            return Err("more than 1000 entries: group files with globs".into());
+        }
+        Ok(())
+    }
 }
 
 impl Plan {
@@ -206,6 +265,19 @@ impl Plan {
             }
             if let Some(c) = &s.classify {
                 c.validate().map_err(|m| format!("{at}.classify.{m}"))?;
+            }
+            if let Some(i) = &s.inputs {
+                i.validate().map_err(|m| format!("{at}.inputs.{m}"))?;
+            }
+            for (field, cmd) in [("verify", &s.verify), ("requires", &s.requires)] {
+                if cmd
+                    .as_ref()
+                    .is_some_and(|c| c.trim().is_empty() || c.len() > 64 * 1024)
+                {
+                    return Err(format!(
+                        "{at}.{field}: give a shell command of 1 to 65536 characters"
+                    ));
+                }
             }
             previous = Some(s.id);
         }

@@ -13,19 +13,24 @@ pub enum Category {
     Transient,
     Persistent,
     Unknown,
+    /// A state's `requires` command failed: it did not start, no attempt was used.
+    Prerequisite,
 }
-text_enum!(Category { Transient => "transient", Persistent => "persistent", Unknown => "unknown" });
+text_enum!(Category { Transient => "transient", Persistent => "persistent", Unknown => "unknown", Prerequisite => "prerequisite" });
 
 impl Category {
     /// Parse a category a person or a caller typed (update-state --category, the Python
     /// API): the error says which names are valid.
     pub fn parse_input(text: &str) -> Result<Category, crate::Error> {
-        text.parse().map_err(|_| {
-            crate::Error::InvalidInput(format!(
-                "invalid category '{}': use transient, persistent or unknown",
-                crate::model::echo(text)
-            ))
-        })
+        text.parse()
+            .ok()
+            .filter(|c| *c != Category::Prerequisite)
+            .ok_or_else(|| {
+                crate::Error::InvalidInput(format!(
+                    "invalid category '{}': use transient, persistent or unknown",
+                    crate::model::echo(text)
+                ))
+            })
     }
 }
 

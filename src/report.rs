@@ -33,6 +33,8 @@ pub struct Report {
     pub status: Option<Status>,
     pub active_state: Option<u8>,
     pub attempt: u32,
+    /// 1, plus one for every `update-state reset` (0 when the build does not exist).
+    pub epoch: u32,
     #[serde(flatten)]
     pub decision: Decision,
     /// check-state's exit code for this decision.
@@ -73,7 +75,9 @@ impl Report {
                 let plan = store.plan(&b.plan_hash)?;
                 let metadata = store.metadata(build_id)?;
                 let history = with_history.then(|| store.events(build_id)).transpose()?;
-                Ok(Report::of(&b, &plan, metadata, history, now))
+                let mut r = Report::of(&b, &plan, metadata, history, now);
+                r.epoch = store.epoch(build_id)?;
+                Ok(r)
             }
             _ => {
                 let decision = decide(None, fallback_plan, now);
@@ -91,6 +95,7 @@ impl Report {
                     status: None,
                     active_state: None,
                     attempt: 0,
+                    epoch: 0,
                     exit_code: decision.decision.exit_code(),
                     decision,
                     last_error: None,
@@ -132,6 +137,7 @@ impl Report {
             status: Some(b.status),
             active_state: b.active_state,
             attempt: b.attempt,
+            epoch: 1,
             exit_code: decision.decision.exit_code(),
             decision,
             last_error: b.last_error.clone(),
@@ -150,8 +156,23 @@ impl Report {
     /// command (and the Python API) answers after a write.
     pub fn after_write(store: &Store, b: &Build, now: SystemTime) -> Result<(Report, Plan)> {
         let plan = store.plan(&b.plan_hash)?;
-        let report = Report::of(b, &plan, store.metadata(&b.build_id)?, None, now);
+        let mut report = Report::of(b, &plan, store.metadata(&b.build_id)?, None, now);
+        report.epoch = store.epoch(&b.build_id)?;
         Ok((report, plan))
+    }
+
+    /// The decision again, knowing which completed states are stale
+    /// ([`crate::decide::decide_with_stale`]).
+    pub fn with_stale(
+        mut self,
+        b: &Build,
+        plan: &Plan,
+        now: SystemTime,
+        stale: Vec<crate::inputs::Stale>,
+    ) -> Report {
+        self.decision = crate::decide::decide_with_stale(Some(b), plan, now, stale);
+        self.exit_code = self.decision.decision.exit_code();
+        self
     }
 
     pub fn to_json(&self) -> String {
@@ -173,7 +194,7 @@ impl Report {
             crate::decide::Action::Wait => format!("wait to retry {next}"),
             crate::decide::Action::Blocked => format!("blocked at {next}: needs a person"),
             crate::decide::Action::Busy => format!("busy: {next} is in progress"),
-            crate::decide::Action::Rerun => format!("rerun {next}: its inputs changed"),
+            crate::decide::Action::Rerun => format!("rerun from {next}: it is stale"),
             crate::decide::Action::Completed => "completed".to_string(),
         };
         format!("build {}: {what}", self.build_id)
@@ -192,6 +213,16 @@ impl Report {
             };
             let status = self.status.map_or("-", |s| s.as_str());
             let _ = writeln!(out, "  status:   {status}, last completed state {current}");
+            if self.epoch > 1 {
+                let _ = writeln!(
+                    out,
+                    "  epoch:    {} (started over by `update-state reset`)",
+                    self.epoch
+                );
+            }
+            for st in &self.decision.stale {
+                let _ = writeln!(out, "  stale:    {}", st.sentence());
+            }
             let _ = writeln!(
                 out,
                 "  build:    cloud {}, image {}, plan {}",
@@ -402,5 +433,194 @@ mod tests {
             assert_eq!(String::from_utf8(out.stdout).unwrap(), v);
         }
         assert_eq!(shell_quote("20"), "20");
+    }
+}
+
+/// One state in `check-state --plan`: where it stands and why it would run or be skipped.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub state: u8,
+    pub name: String,
+    /// done, stale, drifted, forced, pending, running, waiting, blocked, cancelled
+    pub status: &'static str,
+    pub why: String,
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub done_at: Option<SystemTime>,
+    #[serde(with = "crate::time::rfc3339::option")]
+    pub verified_at: Option<SystemTime>,
+    /// Whether the plan declares inputs, a verify and a requires command for it.
+    pub inputs: bool,
+    pub verify: bool,
+    pub requires: bool,
+}
+
+/// `check-state --plan`: the decision, and every state of the plan with its status.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    pub build_id: String,
+    pub plan: String,
+    pub epoch: u32,
+    #[serde(flatten)]
+    pub decision: Decision,
+    pub exit_code: i32,
+    pub states: Vec<PlanRow>,
+}
+
+fn who(e: &Event) -> String {
+    e.owner
+        .clone()
+        .unwrap_or_else(|| format!("{}@{}", e.actor.user, e.actor.host))
+}
+
+impl PlanView {
+    /// The plan view of `b`, whose stale states are `stale` (every one checked).
+    pub fn of(report: &Report, b: &Build, plan: &Plan, events: &[Event]) -> PlanView {
+        let stale = &report.decision.stale;
+        let mut rows = Vec::new();
+        for s in &plan.states {
+            let done = crate::inputs::last_done(events, s.id);
+            let verified = events
+                .iter()
+                .rev()
+                .take_while(|e| done.is_some_and(|d| e.seq > d.seq))
+                .find(|e| e.kind == crate::model::EventKind::Verified && e.state == Some(s.id))
+                .map(|e| e.at);
+            let completed = b.current_state.is_some_and(|c| s.id <= c);
+            let active = b.active_state == Some(s.id);
+            let (status, why) = if active && b.status != Status::Pending {
+                let st = match b.status {
+                    Status::Running => "running",
+                    Status::Waiting => "waiting",
+                    Status::Cancelled => "cancelled",
+                    _ => "blocked",
+                };
+                (st, report.decision.reason.clone())
+            } else if let Some(st) = stale.iter().find(|x| x.state == s.id).filter(|_| completed) {
+                let status = match st.kind {
+                    crate::inputs::StaleKind::Drifted => "drifted",
+                    _ => "stale",
+                };
+                (status, st.reasons.join(", "))
+            } else if completed {
+                let why = match done {
+                    Some(e) if e.kind == crate::model::EventKind::Skip => format!(
+                        "skipped at {} by {}: {}",
+                        time::format(e.at),
+                        who(e),
+                        headline(e.message.as_deref().unwrap_or(""), 120)
+                    ),
+                    Some(e) if e.kind == crate::model::EventKind::Complete => format!(
+                        "completed at {} by {}{}",
+                        time::format(e.at),
+                        who(e),
+                        match (&e.inputs, &s.inputs) {
+                            (Some(_), _) => ", inputs unchanged",
+                            (None, Some(_)) => ", inputs not recorded",
+                            _ => "",
+                        }
+                    ),
+                    _ => "recorded as done when the build was created".to_string(),
+                };
+                ("done", why)
+            } else if b.status == Status::Cancelled {
+                ("cancelled", "the build was cancelled".to_string())
+            } else {
+                // Not done: did a force, a reset or stale inputs send it back?
+                let reopened = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.kind.reopens() && e.state.is_none_or(|from| from <= s.id));
+                let ran_since = reopened.is_some_and(|r| {
+                    events.iter().any(|e| {
+                        e.seq > r.seq
+                            && e.state == Some(s.id)
+                            && e.kind == crate::model::EventKind::Complete
+                    })
+                });
+                let was_done = reopened.is_some_and(|r| {
+                    events.iter().any(|e| {
+                        e.seq < r.seq
+                            && e.state == Some(s.id)
+                            && matches!(
+                                e.kind,
+                                crate::model::EventKind::Complete | crate::model::EventKind::Skip
+                            )
+                    })
+                });
+                match reopened.filter(|_| was_done && !ran_since) {
+                    Some(r) if r.kind == crate::model::EventKind::Rerun => (
+                        "stale",
+                        format!(
+                            "runs again: {}",
+                            headline(r.message.as_deref().unwrap_or(""), 200)
+                        ),
+                    ),
+                    Some(r) => (
+                        "forced",
+                        format!(
+                            "{} at {} by {}: {}",
+                            if r.kind == crate::model::EventKind::Reset {
+                                "reset"
+                            } else {
+                                "forced"
+                            },
+                            time::format(r.at),
+                            who(r),
+                            headline(r.message.as_deref().unwrap_or(""), 120)
+                        ),
+                    ),
+                    None => ("pending", "not run yet".to_string()),
+                }
+            };
+            rows.push(PlanRow {
+                state: s.id,
+                name: s.name.clone(),
+                status,
+                why,
+                done_at: done.filter(|_| completed).map(|e| e.at),
+                verified_at: verified.filter(|_| completed),
+                inputs: s.inputs.is_some(),
+                verify: s.verify.is_some(),
+                requires: s.requires.is_some(),
+            });
+        }
+        PlanView {
+            build_id: report.build_id.clone(),
+            plan: plan.name.clone(),
+            epoch: report.epoch,
+            decision: report.decision.clone(),
+            exit_code: report.exit_code,
+            states: rows,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan view always serializes")
+    }
+
+    /// A table for people.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "build {} (plan {}, epoch {}): {}",
+            self.build_id, self.plan, self.epoch, self.decision.reason
+        );
+        let mut table = comfy_table::Table::new();
+        table.load_style(comfy_table::presets::NOTHING);
+        table.set_header(vec!["state", "name", "status", "why"]);
+        for r in &self.states {
+            table.add_row(vec![
+                r.state.to_string(),
+                r.name.clone(),
+                r.status.to_string(),
+                headline(&r.why, 160),
+            ]);
+        }
+        for line in table.to_string().lines() {
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
     }
 }

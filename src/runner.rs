@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::context::Actor;
-use crate::decide::{decide, Action, Decision};
+use crate::decide::{Action, Decision};
 use crate::model::{Ctx, Status, Transition};
 use crate::store::LeaseKeeper;
 use crate::sync::Writer;
@@ -40,6 +40,9 @@ pub struct RunOptions {
     pub kill_grace: Duration,
     /// How much of the end of stderr to keep as the failure message.
     pub tail_bytes: usize,
+    /// The directory the plan's input globs are relative to (`None`:
+    /// `BUILDSTATE_INPUTS_ROOT`, else the working directory).
+    pub inputs_root: Option<std::path::PathBuf>,
 }
 
 /// How a run ended.
@@ -261,7 +264,14 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             .build(&opts.build_id)?
             .ok_or_else(|| Error::UnknownBuild(opts.build_id.clone()))?;
         let plan = store.plan(&build.plan_hash)?;
-        let decision = decide(Some(&build), &plan, now);
+        let stale = if opts.state.is_none()
+            && matches!(build.status, Status::Pending | Status::Completed)
+        {
+            crate::inputs::stale_of(store, &build, &plan, opts.inputs_root.as_deref(), false)?
+        } else {
+            Vec::new()
+        };
+        let decision = crate::decide::decide_with_stale(Some(&build), &plan, now, stale);
 
         // Which state, and is it time?
         let state = match opts.state {
@@ -308,6 +318,17 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             lease_ttl: Some(lease_ttl),
             ..Ctx::live()
         };
+        // A completed state runs again only if it is stale: the rerun is recorded first.
+        let root = opts.inputs_root.as_deref();
+        crate::inputs::rerun_if_stale(store, &opts.build_id, state, root, actor, &ctx)?;
+        if let Some(reason) =
+            crate::verify::check_requires(store, &opts.build_id, state, actor, &ctx)?
+        {
+            return Ok(Outcome::Blocked { state, reason });
+        }
+        // The inputs the command runs with, recorded when it completes.
+        let inputs = crate::inputs::for_completion(store, &opts.build_id, state, root, &[])?;
+        let meta = store.metadata(&opts.build_id)?;
         let started =
             store.transition(&opts.build_id, &Transition::Start { state }, actor, &ctx)?;
         // Every write about this attempt carries its fencing token: if the lease is lost
@@ -326,7 +347,15 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             lease_ttl,
         )?;
         let timeout = opts.timeout.or(plan.timeout_for(state));
-        let watched = spawn_and_watch(opts, state, started.attempt, timeout, &signals, &keeper);
+        let watched = spawn_and_watch(
+            opts,
+            state,
+            started.attempt,
+            &meta,
+            timeout,
+            &signals,
+            &keeper,
+        );
         drop(keeper);
         let done = match watched {
             Ok(done) => done,
@@ -367,7 +396,8 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             });
         }
         if done.exit_code == Some(0) && !done.timed_out {
-            store.transition(&opts.build_id, &Transition::Complete { state }, actor, &ctx)?;
+            let t = Transition::Complete { state, inputs };
+            store.transition(&opts.build_id, &t, actor, &ctx)?;
             return Ok(Outcome::Completed { state });
         }
         let what = if done.timed_out {
@@ -450,6 +480,7 @@ fn spawn_and_watch(
     opts: &RunOptions,
     state: u8,
     attempt: u32,
+    meta: &std::collections::BTreeMap<String, String>,
     timeout: Option<Duration>,
     signals: &Signals,
     lease: &LeaseKeeper,
@@ -457,8 +488,7 @@ fn spawn_and_watch(
     let program = &opts.command[0];
     let mut child = Command::new(program)
         .args(&opts.command[1..])
-        .env("BUILDSTATE_BUILD_ID", &opts.build_id)
-        .env("BUILDSTATE_STATE", state.to_string())
+        .envs(crate::verify::check_env(&opts.build_id, state, meta))
         .env("BUILDSTATE_ATTEMPT", attempt.to_string())
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())

@@ -27,8 +27,11 @@ use crate::{Error, Result};
 
 /// The value of the `format` field.
 pub const FORMAT: &str = "buildstate-snapshot";
-/// The snapshot schema version this buildstate writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The newest snapshot schema version this buildstate writes and reads. A snapshot is
+/// written as version 1 unless it holds what version 1 readers do not know (input
+/// manifests, or the events of docs/plan.md#inputs), so older buildstates keep reading
+/// the builds that do not use those.
+pub const SCHEMA_VERSION: u32 = 2;
 /// The largest snapshot accepted (a 1 MB message, many times over, fits).
 pub const MAX_BYTES: usize = 256 * 1024 * 1024;
 
@@ -244,9 +247,21 @@ impl Snapshot {
         metadata: BTreeMap<String, MetaEntry>,
         events: Vec<Event>,
     ) -> Snapshot {
+        let v2 = events.iter().any(|e| {
+            e.inputs.is_some()
+                || matches!(
+                    e.kind,
+                    EventKind::Force
+                        | EventKind::Reset
+                        | EventKind::Rerun
+                        | EventKind::Prerequisite
+                        | EventKind::Drift
+                        | EventKind::Verified
+                )
+        });
         Snapshot {
             format: FORMAT.to_string(),
-            schema_version: SCHEMA_VERSION,
+            schema_version: if v2 { 2 } else { 1 },
             build_id: build.build_id.clone(),
             lineage: build.lineage.clone(),
             serial: build.serial,
@@ -345,7 +360,7 @@ impl Snapshot {
             )));
         }
         match head.schema_version {
-            Some(SCHEMA_VERSION) => {}
+            Some(1..=SCHEMA_VERSION) => {}
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(Error::InvalidSnapshot(format!(
                     "snapshot schema version {v} is newer than this buildstate reads ({SCHEMA_VERSION}): upgrade buildstate"
@@ -426,6 +441,19 @@ impl Snapshot {
             }
             if e.state.is_some_and(|s| s > crate::plan::MAX_STATE) {
                 return Err(invalid(id, format!("event {} names state > 100", e.seq)));
+            }
+            if let Some(m) = &e.inputs {
+                if e.kind != EventKind::Complete {
+                    return Err(invalid(
+                        id,
+                        format!(
+                            "event {} ({}) carries inputs; only a completion does",
+                            e.seq, e.kind
+                        ),
+                    ));
+                }
+                m.validate()
+                    .map_err(|why| invalid(id, format!("event {}: {why}", e.seq)))?;
             }
             prev_serial = e.serial;
         }
@@ -557,12 +585,45 @@ impl Snapshot {
                         ..Implied::default()
                     };
                 }
+                (EventKind::Force | EventKind::Reset | EventKind::Rerun, from) => {
+                    // As model::reopen: the state before `from` stays completed, or the
+                    // one init-state records as done.
+                    let keep = from
+                        .and_then(|s| plan.previous(s))
+                        .map(|p| p.id)
+                        .or(plan.done_at_init().map(|s| s.id));
+                    want = Implied {
+                        current: keep,
+                        status: if keep == Some(last) {
+                            Status::Completed
+                        } else {
+                            Status::Pending
+                        },
+                        ..Implied::default()
+                    };
+                }
+                (EventKind::Prerequisite, Some(s)) => {
+                    if want.active != Some(s) {
+                        want.attempt = 0;
+                    }
+                    want.active = Some(s);
+                    want.status = Status::Blocked;
+                    want.next = Some(None);
+                    want.lease = Some(None);
+                }
                 (EventKind::Cancel, _) => {
                     want.status = Status::Cancelled;
                     want.next = Some(None);
                     want.lease = Some(None);
                 }
-                (EventKind::Meta | EventKind::Task | EventKind::Takeover, _) => {}
+                (
+                    EventKind::Meta
+                    | EventKind::Task
+                    | EventKind::Takeover
+                    | EventKind::Drift
+                    | EventKind::Verified,
+                    _,
+                ) => {}
                 (kind, None) => {
                     return Err(invalid(
                         id,
@@ -670,7 +731,7 @@ impl Default for Implied {
 mod tests {
     use super::*;
     use crate::context::Actor;
-    use crate::model::{Ctx, InitRequest, Transition};
+    use crate::model::{Ctx, InitRequest, Reopen, Transition};
     use crate::policy::Category;
     use crate::store::Store;
 
@@ -912,6 +973,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_build_without_new_events_is_still_written_as_version_1() {
+        let t0 = SystemTime::now();
+        let (_dir, mut store, actor) = fresh(vec![], t0);
+        let ctx = Ctx::at(t0);
+        store
+            .transition("b", &Transition::complete(5), &actor, &ctx)
+            .unwrap();
+        assert_eq!(store.snapshot("b").unwrap().schema_version, 1);
+        let force = Transition::Reopen {
+            from: Some(5),
+            reason: "again".into(),
+            why: Reopen::Force,
+        };
+        store.transition("b", &force, &actor, &ctx).unwrap();
+        let snap = store.snapshot("b").unwrap();
+        assert_eq!(snap.schema_version, 2);
+        let back = Snapshot::from_json(&snap.to_json()).unwrap();
+        assert_eq!(back.build.current_state, Some(0));
+        // A manifest on an event other than a completion is refused.
+        let mut v: serde_json::Value = serde_json::from_slice(&snap.to_json()).unwrap();
+        let last = v["events"].as_array().unwrap().len() - 1;
+        v["events"][last]["inputs"] = serde_json::json!({"v": 1, "digest": "ab".repeat(32)});
+        let err = Snapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("only a completion does"), "{err}");
+        // So is a malformed one on a completion.
+        v["events"][last]["inputs"] = serde_json::Value::Null;
+        v["events"][last - 1]["inputs"] = serde_json::json!({"v": 1, "digest": "nothex"});
+        let err = Snapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("inputs digest"), "{err}");
+    }
+
     fn persistent(state: u8, message: &str) -> Transition {
         Transition::Fail {
             state,
@@ -939,9 +1032,21 @@ mod tests {
                 // Hours apart, so leases expire and retries come due.
                 ..Ctx::at(t0 + std::time::Duration::from_secs(3600 * (i as u64 + 1)))
             };
-            let t = match op % 11 {
+            let t = match op % 15 {
                 0 | 1 => Transition::Start { state },
-                2 => Transition::Complete { state },
+                2 if pick % 2 == 1 => Transition::Complete {
+                    state,
+                    inputs: Some(Box::new(crate::inputs::Manifest {
+                        v: crate::inputs::MANIFEST_VERSION,
+                        digest: "ab".repeat(32),
+                        globs: vec!["roles/**".into()],
+                        files: [("roles/a.yml".to_string(), "0123456789abcdef".to_string())].into(),
+                        env: [("V".to_string(), "unset".to_string())].into(),
+                        meta: Default::default(),
+                        values: None,
+                    })),
+                },
+                2 => Transition::complete(state),
                 3 => Transition::fail(state, "connection refused"),
                 4 => persistent(state, "no such file"),
                 5 => Transition::Interrupt {
@@ -963,8 +1068,30 @@ mod tests {
                 9 => Transition::Meta {
                     pairs: vec![("k".into(), format!("{i}"))],
                 },
-                _ => Transition::Cancel {
+                10 => Transition::Cancel {
                     reason: "stop".into(),
+                },
+                11 => Transition::Reopen {
+                    from: (pick % 3 != 0).then_some(state),
+                    reason: "again".into(),
+                    why: [Reopen::Force, Reopen::Stale][*pick as usize % 2],
+                },
+                12 => Transition::Reopen {
+                    from: None,
+                    reason: "over".into(),
+                    why: Reopen::Reset,
+                },
+                13 => Transition::Unmet {
+                    state,
+                    message: "no token".into(),
+                },
+                _ => Transition::Verified {
+                    results: vec![crate::model::VerifyResult {
+                        state,
+                        ok: pick % 2 == 0,
+                        message: "v".into(),
+                        duration_ms: 1,
+                    }],
                 },
             };
             if store.transition("b", &t, &actor, &ctx).is_ok() {

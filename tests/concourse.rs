@@ -130,3 +130,92 @@ fn check_in_out_over_a_folder_remote() {
     assert_eq!(history[1]["actor"]["context"]["BUILD_JOB_NAME"], "bake");
     assert!(dest.join("snapshot.json").exists() && dest.join("resume-metadata").exists());
 }
+
+/// Issue 16 through the put: inputs recorded on complete (relative to `inputs_root`, a
+/// folder of the put), a stale state rerun by `start`, and `force` and `reset`.
+#[test]
+fn put_records_inputs_reruns_stale_states_and_forces() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join("repo/roles/users")).unwrap();
+    std::fs::write(work.join("repo/roles/users/main.yml"), "users: [ops]\n").unwrap();
+    std::fs::write(
+        work.join("plan.toml"),
+        "name = \"p\"\n[[state]]\nid = 0\nname = \"init\"\nexpected = \"1m\"\n[[state]]\nid = 10\nname = \"users\"\nexpected = \"1m\"\ninputs = { files = [\"roles/**\"] }\n[[state]]\nid = 20\nname = \"publish\"\nexpected = \"1m\"\n",
+    )
+    .unwrap();
+    let source = json!({
+        "remote": format!("file://{}/remote", dir.path().display()),
+        "build_id": "img-2",
+        "plan": "plan.toml",
+    });
+    let put = |params: Value| {
+        step(
+            "out",
+            &json!({"source": source, "params": params}),
+            Some(&work),
+            Some(7),
+        )
+    };
+    let ok = |params: Value| {
+        let (code, out, err) = put(params);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()["version"].clone()
+    };
+    ok(json!({"action": "init", "cloud": "aws", "image": "rhel9"}));
+    ok(json!({"action": "start", "state": 10, "inputs_root": "repo"}));
+    ok(json!({"action": "complete", "state": 10, "inputs_root": "repo"}));
+    std::fs::write(
+        work.join("repo/roles/users/main.yml"),
+        "users: [ops, dev]\n",
+    )
+    .unwrap();
+    ok(json!({"action": "start", "state": 10, "inputs_root": "repo"}));
+    ok(json!({"action": "complete", "state": 10, "inputs_root": "repo"}));
+    ok(json!({"action": "force", "state": 10, "reason": "users role fixed upstream"}));
+    let last = ok(json!({"action": "reset", "reason": "new base image"}));
+
+    let dest = dir.path().join("dest");
+    let (code, _, err) = step(
+        "in",
+        &json!({"source": source, "version": last}),
+        Some(&dest),
+        Some(8),
+    );
+    assert_eq!(code, 0, "{err}");
+    let history: Value =
+        serde_json::from_slice(&std::fs::read(dest.join("history.json")).unwrap()).unwrap();
+    let events = history.as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["init", "start", "complete", "rerun", "start", "complete", "force", "reset"]
+    );
+    assert_eq!(events[2]["inputs"]["files"].as_object().unwrap().len(), 1);
+    assert!(events[3]["message"]
+        .as_str()
+        .unwrap()
+        .contains("roles/users/main.yml changed"));
+    assert_eq!(events[6]["message"], "users role fixed upstream");
+    assert_eq!(events[6]["actor"]["context"]["BUILD_JOB_NAME"], "bake");
+
+    // Bad params are refused with exit 8, nothing written.
+    for (params, says) in [
+        (
+            json!({"action": "force", "state": 10, "all": true, "reason": "x"}),
+            "not both",
+        ),
+        (
+            json!({"action": "force", "reason": "x"}),
+            "needs params.state",
+        ),
+        (
+            json!({"action": "complete", "state": 10, "inputs_root": "../.."}),
+            "inputs_root",
+        ),
+    ] {
+        let (code, out, err) = put(params);
+        assert_eq!((code, out.as_str()), (8, ""), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+}

@@ -62,10 +62,31 @@ class Store:
     @property
     def owner(self) -> str:
         """This Store's name as a lease holder."""
-    def start(self, build_id: str, state: int, *, lease_ttl_ms: int = 60000) -> Report:
+    def start(
+        self,
+        build_id: str,
+        state: int,
+        *,
+        lease_ttl_ms: int = 60000,
+        inputs_root: str | os.PathLike[str] | None = None,
+    ) -> Report:
         """Start ``state`` holding the build's lease, renewed in the background until this
-        Store completes, fails or interrupts it."""
-    def complete(self, build_id: str, state: int) -> Report: ...
+        Store completes, fails or interrupts it. A completed state starts again only when
+        it is stale (the rerun is recorded first)."""
+    def complete(
+        self,
+        build_id: str,
+        state: int,
+        *,
+        inputs: list[str] | None = None,
+        inputs_root: str | os.PathLike[str] | None = None,
+    ) -> Report:
+        """Complete ``state``, recording the SHA-256 of its declared inputs and of the
+        files matching ``inputs`` (globs relative to ``inputs_root``)."""
+    def force(self, build_id: str, state: int | None = None, *, reason: str) -> Report:
+        """Mark ``state`` and every later state (None: every state) to run again."""
+    def reset(self, build_id: str, *, reason: str) -> Report:
+        """Start the build over in a new epoch; history is kept."""
     def fail(
         self,
         build_id: str,
@@ -92,7 +113,13 @@ class Store:
     def flush(self) -> None:
         """Wait until every queued task result is written; raise the first task-write
         error since the last call (transitions never fail because of one)."""
-    def decide(self, build_id: str) -> Report: ...
+    def decide(
+        self,
+        build_id: str,
+        *,
+        inputs: bool = True,
+        inputs_root: str | os.PathLike[str] | None = None,
+    ) -> Report: ...
     def events(self, build_id: str) -> list[dict[str, Any]]: ...
 
 def default_db_path() -> Path: ...

@@ -172,7 +172,7 @@ impl Store {
     fn apply(&self, py: Python<'_>, build_id: &str, t: Transition) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
             let finishing = match &t {
-                Transition::Complete { state }
+                Transition::Complete { state, .. }
                 | Transition::Fail { state, .. }
                 | Transition::Interrupt { state, .. } => Some(*state),
                 _ => None,
@@ -323,13 +323,18 @@ impl Store {
     /// third of `lease_ttl_ms` until this Store completes, fails or interrupts the state.
     /// If this process dies, the lease runs out and another worker may take over; a
     /// finishing write after that raises LeaseLostError and records nothing.
-    #[pyo3(signature = (build_id, state, *, lease_ttl_ms=60_000))]
+    ///
+    /// A completed state starts again only when it is stale (its inputs under
+    /// `inputs_root`, default BUILDSTATE_INPUTS_ROOT or the working directory, changed,
+    /// or its verify failed): the rerun is recorded first.
+    #[pyo3(signature = (build_id, state, *, lease_ttl_ms=60_000, inputs_root=None))]
     fn start(
         &self,
         py: Python<'_>,
         build_id: &str,
         state: u8,
         lease_ttl_ms: u64,
+        inputs_root: Option<PathBuf>,
     ) -> PyResult<Py<PyAny>> {
         let ttl = Duration::from_millis(lease_ttl_ms);
         if ttl < Duration::from_millis(300) || ttl > buildstate::time::MAX_DURATION {
@@ -358,6 +363,19 @@ impl Store {
                 lease_ttl: Some(ttl),
                 ..Ctx::live()
             };
+            {
+                self.flush_tasks_before_transition();
+                let actor = self.actor.lock().expect("actor lock").clone();
+                let mut w = self.inner.lock().expect("store lock");
+                buildstate::inputs::rerun_if_stale(
+                    &mut w,
+                    build_id,
+                    state,
+                    inputs_root.as_deref(),
+                    &actor,
+                    &ctx,
+                )?;
+            }
             let (build, report) = self.write(build_id, &Transition::Start { state }, &ctx)?;
             let keeper = {
                 let w = self.inner.lock().expect("store lock");
@@ -390,9 +408,68 @@ impl Store {
         self.owner.clone()
     }
 
-    /// Record that `state` completed.
-    fn complete(&self, py: Python<'_>, build_id: &str, state: u8) -> PyResult<Py<PyAny>> {
-        self.apply(py, build_id, Transition::Complete { state })
+    /// Record that `state` completed, with the SHA-256 of its inputs: those the plan
+    /// declares plus the files matching `inputs` (globs relative to `inputs_root`, default
+    /// BUILDSTATE_INPUTS_ROOT or the working directory), such as the roles a play loaded.
+    #[pyo3(signature = (build_id, state, *, inputs=None, inputs_root=None))]
+    fn complete(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        state: u8,
+        inputs: Option<Vec<String>>,
+        inputs_root: Option<PathBuf>,
+    ) -> PyResult<Py<PyAny>> {
+        let manifest = py
+            .detach(|| {
+                let mut w = self.inner.lock().expect("store lock");
+                w.refresh(build_id)?;
+                buildstate::inputs::for_completion(
+                    &w,
+                    build_id,
+                    state,
+                    inputs_root.as_deref(),
+                    inputs.as_deref().unwrap_or_default(),
+                )
+            })
+            .map_err(|e| to_py(py, e))?;
+        self.apply(
+            py,
+            build_id,
+            Transition::Complete {
+                state,
+                inputs: manifest,
+            },
+        )
+    }
+
+    /// Mark `state` and every later state to run again (`state=None`: every state), as
+    /// `update-state force`; `reason` is recorded with who did it.
+    #[pyo3(signature = (build_id, state=None, *, reason))]
+    fn force(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        state: Option<u8>,
+        reason: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let t = Transition::Reopen {
+            from: state,
+            reason: reason.to_string(),
+            why: buildstate::model::Reopen::Force,
+        };
+        self.apply(py, build_id, t)
+    }
+
+    /// Start the build over in a new epoch, as `update-state reset`.
+    #[pyo3(signature = (build_id, *, reason))]
+    fn reset(&self, py: Python<'_>, build_id: &str, reason: &str) -> PyResult<Py<PyAny>> {
+        let t = Transition::Reopen {
+            from: None,
+            reason: reason.to_string(),
+            why: buildstate::model::Reopen::Reset,
+        };
+        self.apply(py, build_id, t)
     }
 
     /// Record that `state` failed; the category is classified when not given.
@@ -504,19 +581,28 @@ impl Store {
     }
 
     /// The build's report with the decision: what check-state --json prints. An unknown
-    /// build gives `{"exists": false, "decision": "start", ...}`.
-    fn decide(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
+    /// build gives `{"exists": false, "decision": "start", ...}`. Stale states (changed
+    /// inputs under `inputs_root`) make it `rerun`, unless `inputs=False`.
+    #[pyo3(signature = (build_id, *, inputs=true, inputs_root=None))]
+    fn decide(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        inputs: bool,
+        inputs_root: Option<PathBuf>,
+    ) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
             self.flush_tasks_before_transition();
             let mut store = self.inner.lock().expect("store lock");
             store.refresh(build_id)?;
-            let report = Report::load(
-                Some(&store),
-                build_id,
-                &Plan::from_env()?,
-                std::time::SystemTime::now(),
-                false,
-            )?;
+            let now = std::time::SystemTime::now();
+            let mut report = Report::load(Some(&store), build_id, &Plan::from_env()?, now, false)?;
+            if let (Some(b), true) = (store.build(build_id)?, inputs) {
+                let plan = store.plan(&b.plan_hash)?;
+                let stale =
+                    buildstate::inputs::stale_of(&store, &b, &plan, inputs_root.as_deref(), false)?;
+                report = report.with_stale(&b, &plan, now, stale);
+            }
             Ok(report.to_json())
         });
         let text = result.map_err(|e| to_py(py, e))?;

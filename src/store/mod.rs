@@ -435,6 +435,82 @@ impl Store {
     pub fn metadata(&self, build_id: &str) -> Result<BTreeMap<String, String>> {
         load_meta(&self.conn, build_id)
     }
+
+    /// The build's epoch: 1, plus one for every `update-state reset`.
+    pub fn epoch(&self, build_id: &str) -> Result<u32> {
+        let resets: u32 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM events WHERE build_id = :id AND kind = 'reset'")?
+            .query_row(named_params! {":id": build_id}, |r| r.get(0))?;
+        Ok(resets + 1)
+    }
+
+    /// This machine's cached digests of the files under `root` (see [`crate::inputs`]).
+    pub fn file_cache(&self, root: &Path) -> Result<crate::inputs::FileCache> {
+        let lo = format!("{}/", root.display());
+        let hi = format!("{}0", root.display());
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT path, size, mtime_ns, ctime_ns, ino, digest, hashed_ns FROM input_cache
+             WHERE path >= :lo AND path < :hi",
+        )?;
+        let rows = stmt.query_map(named_params! {":lo": lo, ":hi": hi}, |r| {
+            let digest: Vec<u8> = r.get(5)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                crate::inputs::Stat {
+                    size: r.get(1)?,
+                    mtime_ns: r.get(2)?,
+                    ctime_ns: r.get(3)?,
+                    ino: r.get(4)?,
+                },
+                digest,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut cache = crate::inputs::FileCache::default();
+        for row in rows {
+            let (path, stat, digest, hashed_ns) = row?;
+            // A damaged row is a cache miss, not an error.
+            if let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) {
+                cache.entries.insert(
+                    path,
+                    crate::inputs::CacheEntry {
+                        stat,
+                        digest,
+                        hashed_ns,
+                    },
+                );
+            }
+        }
+        Ok(cache)
+    }
+
+    /// Keep the digests computed since `file_cache` loaded it. Best effort: a cache that
+    /// cannot be written (a busy or read-only database) only costs hashing next time.
+    pub fn save_file_cache(&self, cache: &mut crate::inputs::FileCache) {
+        if cache.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut cache.dirty);
+        let saved = (|| -> Result<()> {
+            let conn = self.conn.unchecked_transaction()?;
+            let mut stmt = conn.prepare_cached(
+                "INSERT OR REPLACE INTO input_cache (path, size, mtime_ns, ctime_ns, ino, digest, hashed_ns)
+                 VALUES (:path, :size, :mtime, :ctime, :ino, :digest, :hashed)",
+            )?;
+            for (path, e) in &dirty {
+                stmt.execute(named_params! {
+                    ":path": path, ":size": e.stat.size, ":mtime": e.stat.mtime_ns,
+                    ":ctime": e.stat.ctime_ns, ":ino": e.stat.ino, ":digest": &e.digest[..],
+                    ":hashed": e.hashed_ns,
+                })?;
+            }
+            drop(stmt);
+            conn.commit()?;
+            Ok(())
+        })();
+        let _ = saved;
+    }
 }
 
 /// Tests only (debug builds): `BUILDSTATE_TEST_FAIL_COMMIT=1` makes a write's commit fail
@@ -533,7 +609,7 @@ fn load_plan(conn: &Connection, hash: &str) -> Result<Plan> {
 fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, serial, at, kind, state, attempt, message, category, exit_code,
-                duration_ms, actor, owner, write_id, until
+                duration_ms, actor, owner, write_id, until, inputs
          FROM events WHERE build_id = :id ORDER BY seq",
     )?;
     let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
@@ -553,6 +629,7 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
                 r.get::<_, Option<String>>(11)?,
                 r.get::<_, Option<String>>(12)?,
                 r.get::<_, Option<String>>(13)?,
+                r.get::<_, Option<String>>(14)?,
             ),
         ))
     })?;
@@ -570,7 +647,7 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
             exit_code,
             duration_ms,
             actor,
-            (owner, write_id, until),
+            (owner, write_id, until, inputs),
         ) = row?;
         out.push(Event {
             seq,
@@ -588,6 +665,10 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
             owner,
             write_id,
             until: until.as_deref().map(time::parse).transpose()?,
+            inputs: inputs
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|e| Error::Corrupt(format!("event {seq} inputs: {e}")))?,
         });
     }
     Ok(out)
@@ -656,9 +737,9 @@ fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
 
 /// One event row; shared by every write and by snapshot imports.
 const INSERT_EVENT: &str = "INSERT INTO events (build_id, seq, serial, at, kind, state,
-    attempt, message, category, exit_code, duration_ms, actor, owner, write_id, until)
+    attempt, message, category, exit_code, duration_ms, actor, owner, write_id, until, inputs)
     VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
-    :exit_code, :duration, :actor, :owner, :write_id, :until)";
+    :exit_code, :duration, :actor, :owner, :write_id, :until, :inputs)";
 
 /// One metadata value with the serial that set it.
 const UPSERT_META: &str = "INSERT INTO build_meta (build_id, key, value, updated_serial)
@@ -698,6 +779,7 @@ fn append_events(
             ":message": e.message, ":category": e.category.map(|c| c.as_str()),
             ":exit_code": e.exit_code, ":duration": e.duration_ms, ":actor": actor,
             ":owner": tag.owner, ":write_id": tag.write_id, ":until": e.until.map(time::format),
+            ":inputs": e.inputs.as_ref().map(|m| serde_json::to_string(m).expect("a manifest always serializes")),
         })?;
     }
     Ok(())

@@ -362,6 +362,7 @@ fn insert_events(tx: &rusqlite::Transaction<'_>, build_id: &str, events: &[Event
             ":exit_code": e.exit_code, ":duration": e.duration_ms,
             ":actor": serde_json::to_string(&e.actor).expect("an actor always serializes"),
             ":owner": e.owner, ":write_id": e.write_id, ":until": e.until.map(time::format),
+            ":inputs": e.inputs.as_ref().map(|m| serde_json::to_string(m).expect("a manifest always serializes")),
         })?;
     }
     Ok(())
@@ -422,7 +423,7 @@ mod tests {
             Imported::UpToDate { serial: 2 }
         );
 
-        step(&mut a, Transition::Complete { state: 5 });
+        step(&mut a, Transition::complete(5));
         step(
             &mut a,
             Transition::Meta {

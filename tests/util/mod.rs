@@ -92,10 +92,15 @@ impl Env {
 
     /// A command for `name` with a clean environment and `--db` set.
     pub fn command(&self, name: &str) -> Command {
+        self.command_on(name, &self.db)
+    }
+
+    /// [`Env::command`] on another database: another machine's.
+    pub fn command_on(&self, name: &str, db: &Path) -> Command {
         let mut c = Command::new(bin(name));
         clear_env(&mut c);
         c.env("HOME", self.dir.path()).current_dir(self.dir.path());
-        c.arg("--db").arg(&self.db);
+        c.arg("--db").arg(db);
         c
     }
 

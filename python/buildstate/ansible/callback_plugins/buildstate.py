@@ -29,6 +29,12 @@ description:
   - A failure message names every failed or unreachable host with the task and the
     module's message (secrets redacted, size bounded). If every failing host was
     unreachable, the failure is classified as transient.
+  - A completed state records the SHA-256 of its inputs, the plan's declared ones and
+    the files of the roles and task files its play loaded (relative to O(inputs_root)).
+    When one of them changes, the state is stale; re-running the playbook runs its play
+    again (and every later one), and C(check-state) decides C(rerun).
+  - O(force) (or the extra variable C(buildstate_force)) marks a state and every later
+    one to run again before the first play starts, as C(update-state force).
   - Task results are recorded as events (task, host, status, duration) when
     O(record_tasks) is on. SIGINT or SIGTERM marks the running state as interrupted.
   - Trouble of its own (a missing or locked database, an unknown build) prints one warning
@@ -112,6 +118,36 @@ options:
     ini:
       - section: callback_buildstate
         key: record_tasks
+  inputs_root:
+    description:
+      - The directory the plan's input globs, and the role and task files recorded, are
+        relative to. Defaults to the working directory, as for the commands.
+    type: path
+    env:
+      - name: BUILDSTATE_INPUTS_ROOT
+    ini:
+      - section: callback_buildstate
+        key: inputs_root
+  force:
+    description:
+      - A state number, or C(all), to run again from, before the first play starts
+        (recorded with O(force_reason) and who ran the playbook). The extra variable
+        C(buildstate_force) does the same.
+    type: str
+    env:
+      - name: BUILDSTATE_FORCE
+    ini:
+      - section: callback_buildstate
+        key: force
+  force_reason:
+    description: Why O(force) is given, recorded with it.
+    type: str
+    default: forced from ansible-playbook
+    env:
+      - name: BUILDSTATE_FORCE_REASON
+    ini:
+      - section: callback_buildstate
+        key: force_reason
   busy_timeout:
     description: Milliseconds to wait for another writer before giving up.
     type: int
@@ -178,6 +214,9 @@ class CallbackModule(CallbackBase):
         self._play_uuid = None  # the play being run (its batches share it under serial)
         self._check = False  # ansible-playbook --check: record nothing
         self._play_check = False  # the current play runs in check mode: record nothing of it
+        self._inputs = set()  # globs of the role and task files the active state's play loaded
+        self._forced = False  # the force option has been applied
+        self._playbook_file = None  # its own tasks are not an input of one play's state
 
     def set_options(self, task_keys=None, var_options=None, direct=None):
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -190,6 +229,9 @@ class CallbackModule(CallbackBase):
         self._cloud = self.get_option("cloud")
         self._image = self.get_option("image")
         self._lease_ttl = self.get_option("lease_ttl")
+        self._inputs_root = self.get_option("inputs_root")
+        self._force = self.get_option("force")
+        self._force_reason = self.get_option("force_reason")
 
     # --- trouble handling: never break a playbook unless asked to -------------------------
 
@@ -243,19 +285,22 @@ class CallbackModule(CallbackBase):
         store = self._record("open the database", self._open)
         if store is None:
             return
-        report = self._record("read the build", store.decide, self._build_id)
+        report = self._record("read the build", store.decide, self._build_id, inputs_root=self._inputs_root)
         if report is None:
             return
         current = report.get("current_state")
         done = report.get("status") == "completed" or (
             current is not None and state <= current and report.get("active_state") != state
         )
+        rerun_from = report.get("next_state") if report.get("decision") == "rerun" else None
+        if done and rerun_from is not None and state >= rerun_from:
+            done = False  # stale: start() records the rerun and runs it again
         if done:
             self._say("%s: state %s is already completed (the build is at %s); nothing recorded" % (label, state, current))
             return
         self._record("record the context", store.set_context, {"ansible_run": label})
         try:
-            store.start(self._build_id, state, lease_ttl_ms=int(self._lease_ttl) * 1000)
+            store.start(self._build_id, state, lease_ttl_ms=int(self._lease_ttl) * 1000, inputs_root=self._inputs_root)
         except (buildstate.RefusedError, buildstate.LeasedError, buildstate.LeaseLostError) as e:
             # This play's state cannot start now; the build and the plays after it are fine.
             self._display.warning("buildstate: %s: state %s is not recorded: %s" % (label, state, e))
@@ -292,7 +337,15 @@ class CallbackModule(CallbackBase):
         else:  # no statistics object found: fall back on what the callbacks told us
             failed = [(h, 0 if u else 1, 1 if u else 0) for h, (_, _, u) in self._problems.items()]
         if not failed:
-            self._record("complete state %s" % state, self._store.complete, self._build_id, state)
+            inputs, self._inputs = sorted(self._inputs), set()
+            self._record(
+                "complete state %s" % state,
+                self._store.complete,
+                self._build_id,
+                state,
+                inputs=inputs,
+                inputs_root=self._inputs_root,
+            )
             return
         # One line, so that one-line summaries (check-state, history) show every host.
         details = []
@@ -317,6 +370,8 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_start(self, playbook):
         self._stats = self._find_stats()
+        name = getattr(playbook, "_file_name", None)
+        self._playbook_file = os.path.realpath(name) if name else None
         self._check = bool((context.CLIARGS or {}).get("check"))
         if self._check:
             self._say("check mode: no build state or task result is recorded")
@@ -324,6 +379,7 @@ class CallbackModule(CallbackBase):
             return
         self._install_signal_handlers()
         if self._playbook_state is not None:
+            self._apply_force(None)
             self._begin(int(self._playbook_state), "playbook '%s'" % os.path.basename(playbook._file_name))
         else:
             # Open now: trouble is reported at the start, and task results are recorded
@@ -332,17 +388,24 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_play_start(self, play):
         if self._playbook_state is not None:
-            return  # the whole playbook is one state
+            # The whole playbook is one state: every play's roles are its inputs.
+            for role in self._roles(play):
+                self._add_input(getattr(role, "_role_path", None), directory=True)
+            return
         uuid = getattr(play, "_uuid", None)
         if uuid is not None and uuid == self._play_uuid:
             return  # the next batch of a rolling (serial) play: the same state goes on
         self._finish()
+        self._apply_force(play)
         self._play_uuid = uuid
         self._play_check = getattr(play, "check_mode", None) is True
         label = "play '%s'" % play.get_name()
         state = self._play_state(play, label)
         if state is None:
             return
+        self._inputs = set()
+        for role in self._roles(play):
+            self._add_input(getattr(role, "_role_path", None), directory=True)
         if self._check or self._play_check:
             self._say("%s: check mode, state %s is not recorded" % (label, state))
             return
@@ -377,9 +440,89 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._start_pending(task)
+        self._add_task_file(task)
 
     def v2_playbook_on_handler_task_start(self, task):
         self._start_pending(task)
+        self._add_task_file(task)
+
+    def v2_playbook_on_include(self, included_file):
+        self._add_input(getattr(included_file, "_filename", None))
+
+    # --- inputs: the files a state's play loaded ---------------------------------------------
+
+    @staticmethod
+    def _roles(play):
+        roles = []
+        try:
+            for role in play.get_roles() or []:
+                roles.append(role)
+                roles.extend(role.get_all_dependencies() or [])
+        except Exception:
+            pass
+        return roles
+
+    def _add_task_file(self, task):
+        try:
+            path = task.get_path()  # "file:line"
+        except Exception:
+            return
+        if path:
+            self._add_input(path.rsplit(":", 1)[0])
+
+    def _add_input(self, path, directory=False):
+        """Record `path` (a role's directory: every file under it) as an input of the
+        play's state, as a glob relative to the inputs root; paths outside it are left out."""
+        if not path or self._off:
+            return
+        root = os.path.realpath(self._inputs_root or os.getcwd())
+        full = os.path.realpath(path)
+        if not directory and not os.path.isfile(full):
+            return
+        if full == self._playbook_file:
+            return  # every play's tasks are in it: an edit would make every state stale
+        rel = os.path.relpath(full, root)
+        if rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel):
+            return
+        glob = "".join("[%s]" % c if c in "*?[]{}\\" else c for c in rel.replace(os.sep, "/"))
+        if not directory and any(g.endswith("/**") and glob.startswith(g[:-2]) for g in self._inputs):
+            return  # a task file of a role already recorded whole
+        self._inputs.add(glob + "/**" if directory else glob)
+
+    def _apply_force(self, play):
+        """Apply the force option (or -e buildstate_force=N) once, before any state starts."""
+        if self._forced or self._off or self._check:
+            return
+        self._forced = True
+        force = self._force
+        try:
+            extra = getattr(getattr(play, "_variable_manager", None), "extra_vars", None) or {}
+            force = extra.get("buildstate_force", force)
+        except Exception:
+            pass
+        if force is None or str(force).strip() == "":
+            return
+        store = self._record("open the database", self._open)
+        if store is None:
+            return
+        text = str(force).strip()
+        if text.lower() == "all":
+            state = None
+        else:
+            try:
+                state = int(text)
+            except ValueError:
+                self._trouble("buildstate_force must be a state number or 'all', not %r" % text)
+                return
+        try:
+            store.force(self._build_id, state, reason=self._force_reason)
+        except (buildstate.RefusedError, buildstate.InvalidInputError) as e:
+            self._display.warning("buildstate: force %s is not recorded: %s" % (text, e))
+            return
+        except Exception as e:
+            self._trouble("could not force %s: %s" % (text, e))
+            return
+        self._say("forced %s to run again: %s" % ("every state" if state is None else "state %d and every later state" % state, self._force_reason))
 
     def _start_pending(self, task):
         """The play's state starts with its first task that is work of its own."""

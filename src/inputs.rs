@@ -1,0 +1,902 @@
+//! Inputs of states: what a completed state depended on (files, environment variables,
+//! metadata, literal values), hashed with SHA-256 when it completes, so that a later
+//! change makes it stale and the build reruns from there.
+//!
+//! A completion records a [`Manifest`]: the SHA-256 of all inputs together (the
+//! comparison), plus a short digest per file, variable and key (to *name* what changed).
+//! Files are found by globs relative to an inputs root, and their digests are kept in a
+//! local cache keyed by path, size, mtime, ctime and inode (as git's index does), so a
+//! check of an unchanged tree reads no file. See docs/plan.md#inputs and
+//! docs/decisions.md.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Build, Event, EventKind};
+use crate::plan::{InputsDef, Plan};
+use crate::{Error, Result};
+
+/// The manifest format written by this buildstate.
+pub const MANIFEST_VERSION: u32 = 1;
+/// Hex digits of the per-entry digests kept to name a change (64 bits).
+const SHORT: usize = 16;
+/// The most reasons listed for one stale state.
+const MAX_REASONS: usize = 5;
+
+/// What a state's inputs were when it completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub v: u32,
+    /// SHA-256 over every input (full per-file digests included): equal digests mean
+    /// unchanged inputs.
+    pub digest: String,
+    /// The file globs hashed: the plan's, then those a caller discovered (the Ansible
+    /// callback's roles), relative to the inputs root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub globs: Vec<String>,
+    /// Path (relative to the root, '/'-separated) to the first 16 hex digits of its SHA-256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// Variable name to a short salted digest of its value, or `unset`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Metadata key to a short salted digest of its value, or `unset`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// A short digest of the literal values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Refuse a glob that is not relative to the root, or climbs out of it.
+pub fn check_glob(glob: &str) -> std::result::Result<(), String> {
+    let echo = crate::redact::echo(glob);
+    if glob.trim().is_empty() || glob.len() > 4096 {
+        return Err("give a glob of 1 to 4096 characters".into());
+    }
+    if glob.starts_with('/') || glob.split('/').any(|c| c == "..") || glob.contains('\0') {
+        return Err(format!(
+            "'{echo}' must be relative to the inputs root and stay inside it (no leading '/', no '..')"
+        ));
+    }
+    globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("'{echo}' is not a valid glob: {}", e.kind()))?;
+    Ok(())
+}
+
+impl Manifest {
+    /// Check a manifest read from outside (a snapshot).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.v != MANIFEST_VERSION {
+            return Err(format!(
+                "inputs manifest version {} (this buildstate reads {MANIFEST_VERSION})",
+                self.v
+            ));
+        }
+        if !is_hex(&self.digest, 64) {
+            return Err("inputs digest is not a SHA-256 in lower-case hex".into());
+        }
+        for g in &self.globs {
+            check_glob(g).map_err(|m| format!("inputs glob: {m}"))?;
+        }
+        for (path, d) in &self.files {
+            check_glob(path).map_err(|m| format!("inputs file: {m}"))?;
+            if !is_hex(d, SHORT) {
+                return Err(format!(
+                    "inputs file {path}: digest is not {SHORT} hex digits"
+                ));
+            }
+        }
+        for (k, d) in self.env.iter().chain(&self.meta) {
+            if k.is_empty() || k.len() > 128 || !(d == "unset" || is_hex(d, SHORT)) {
+                return Err(format!(
+                    "inputs entry '{}' is malformed",
+                    crate::redact::echo(k)
+                ));
+            }
+        }
+        if self.values.as_deref().is_some_and(|d| !is_hex(d, SHORT)) {
+            return Err("inputs values digest is malformed".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where inputs are read from: the root of the file globs, the environment and the
+/// build's metadata.
+pub struct Sources<'a> {
+    pub root: PathBuf,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub meta: &'a BTreeMap<String, String>,
+    /// Salts the digests of variables and metadata (the build's lineage), so a stored
+    /// digest of a short secret cannot be looked up in a precomputed table.
+    pub salt: &'a str,
+}
+
+/// The inputs root: `dir`, else `BUILDSTATE_INPUTS_ROOT`, else the working directory.
+/// It must be a directory.
+pub fn root(dir: Option<&Path>) -> Result<PathBuf> {
+    let (root, from) = match dir {
+        Some(d) => (d.to_path_buf(), "--inputs-root"),
+        None => match std::env::var_os("BUILDSTATE_INPUTS_ROOT").filter(|v| !v.is_empty()) {
+            Some(v) => (PathBuf::from(v), "BUILDSTATE_INPUTS_ROOT"),
+            None => (
+                std::env::current_dir().map_err(|source| Error::Io {
+                    path: ".".into(),
+                    source,
+                })?,
+                "the working directory",
+            ),
+        },
+    };
+    if !root.is_dir() {
+        return Err(Error::InvalidInput(format!(
+            "invalid inputs root '{}' ({from}): not a directory; give the checkout the plan's input globs are relative to",
+            crate::redact::echo(&root.display().to_string())
+        )));
+    }
+    Ok(root)
+}
+
+/// One file's identity as the file system reports it: when all of it is unchanged, the
+/// cached digest is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+}
+
+impl Stat {
+    fn of(m: &std::fs::Metadata) -> Stat {
+        Stat {
+            size: m.len(),
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+            ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// A cached digest and when it was computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub stat: Stat,
+    pub digest: [u8; 32],
+    /// When the file was hashed (ns since the epoch).
+    pub hashed_ns: i64,
+}
+
+/// File digests by absolute path; the store loads and saves it (local only, never
+/// synced: paths and inodes belong to this machine).
+#[derive(Debug, Default)]
+pub struct FileCache {
+    pub entries: HashMap<String, CacheEntry>,
+    /// Entries added or replaced since loading.
+    pub dirty: Vec<(String, CacheEntry)>,
+}
+
+/// A file changed within this long of being hashed might change again within the same
+/// timestamp tick (coarse file systems): such entries are not trusted.
+const RACY_NS: i64 = 2_000_000_000;
+
+impl FileCache {
+    fn lookup(&self, path: &str, stat: &Stat) -> Option<[u8; 32]> {
+        let e = self.entries.get(path)?;
+        (e.stat == *stat
+            && stat.mtime_ns < e.hashed_ns - RACY_NS
+            && stat.ctime_ns < e.hashed_ns - RACY_NS)
+            .then_some(e.digest)
+    }
+}
+
+/// The directory a glob's matches all lie under: its leading components without glob
+/// characters.
+fn glob_base(glob: &str) -> PathBuf {
+    let mut base = PathBuf::new();
+    let parts: Vec<&str> = glob.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if last || part.contains(['*', '?', '[', '{', '\\']) {
+            break;
+        }
+        base.push(part);
+    }
+    base
+}
+
+/// Files under `root` matching `globs`: relative path ('/'-separated) to absolute path
+/// and stat. Symbolic links to files count as the file they point to; links to
+/// directories are not followed.
+fn find_files(root: &Path, globs: &[String]) -> Result<BTreeMap<String, (PathBuf, Stat)>> {
+    let mut found = BTreeMap::new();
+    let io = |path: &Path, source: std::io::Error| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    for glob in globs {
+        let matcher = globset::GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| Error::InvalidInput(format!("invalid input glob '{glob}': {e}")))?
+            .compile_matcher();
+        let base = root.join(glob_base(glob));
+        if !base.exists() {
+            continue;
+        }
+        for entry in walkdir::WalkDir::new(&base).sort_by_file_name() {
+            let entry = entry.map_err(|e| {
+                let path = e.path().unwrap_or(&base).to_path_buf();
+                let source = e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("file system loop"));
+                io(&path, source)
+            })?;
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                continue;
+            }
+            let Ok(rel) = entry.path().strip_prefix(root) else {
+                continue;
+            };
+            let Some(rel) = rel.to_str() else {
+                return Err(Error::InvalidInput(format!(
+                    "input file '{}' has a name that is not UTF-8: rename it",
+                    entry.path().display()
+                )));
+            };
+            if !matcher.is_match(rel) || found.contains_key(rel) {
+                continue;
+            }
+            let meta = if ft.is_symlink() {
+                match std::fs::metadata(entry.path()) {
+                    Ok(m) if m.is_file() => m,
+                    // A link to a directory, or a dangling link: not a file input.
+                    _ => continue,
+                }
+            } else {
+                entry.metadata().map_err(|e| {
+                    io(
+                        entry.path(),
+                        e.into_io_error()
+                            .unwrap_or_else(|| std::io::Error::other("stat failed")),
+                    )
+                })?
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            found.insert(
+                rel.to_string(),
+                (entry.path().to_path_buf(), Stat::of(&meta)),
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// SHA-256 of a file's content, read in blocks.
+pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// Hash the files the cache cannot vouch for, on every core.
+fn hash_all(todo: &[(&str, &PathBuf)]) -> Result<Vec<[u8; 32]>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(todo.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out = vec![[0u8; 32]; todo.len()];
+    type Done = Result<Vec<(usize, [u8; 32])>>;
+    let results: Vec<Done> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((_, path)) = todo.get(i) else {
+                            return Ok(mine);
+                        };
+                        let d = hash_file(path).map_err(|source| Error::Io {
+                            path: path.to_path_buf(),
+                            source,
+                        })?;
+                        mine.push((i, d));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(Error::Corrupt("a hashing thread panicked".into())))
+            })
+            .collect()
+    });
+    for r in results {
+        for (i, d) in r? {
+            out[i] = d;
+        }
+    }
+    Ok(out)
+}
+
+fn salted(salt: &str, kind: &str, name: &str, value: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [salt, kind, name, value] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Add length-prefixed parts to the overall digest.
+fn feed(h: &mut Sha256, parts: &[&[u8]]) {
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+}
+
+/// Salted short digests of named values (variables, metadata), fed to `all` in full.
+fn named(
+    all: &mut Sha256,
+    salt: &str,
+    kind: &str,
+    names: &[String],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        let short = match lookup(name) {
+            Some(v) => {
+                let d = salted(salt, kind, name, &v);
+                feed(all, &[kind.as_bytes(), name.as_bytes(), &d]);
+                hex(&d[..SHORT / 2])
+            }
+            None => {
+                feed(all, &[kind.as_bytes(), name.as_bytes(), b"unset"]);
+                "unset".to_string()
+            }
+        };
+        out.insert(name.clone(), short);
+    }
+    out
+}
+
+/// Hash the inputs `def` declares plus `extra_globs` (files a caller discovered).
+pub fn compute(
+    def: &InputsDef,
+    extra_globs: &[String],
+    src: &Sources<'_>,
+    cache: &mut FileCache,
+) -> Result<Manifest> {
+    let mut globs: Vec<String> = def.files.clone();
+    for g in extra_globs {
+        check_glob(g).map_err(|m| Error::InvalidInput(format!("input glob: {m}")))?;
+        if !globs.contains(g) {
+            globs.push(g.clone());
+        }
+    }
+    let found = find_files(&src.root, &globs)?;
+    let mut digests: BTreeMap<&str, [u8; 32]> = BTreeMap::new();
+    let mut todo: Vec<(&str, &PathBuf)> = Vec::new();
+    let keys: Vec<String> = found
+        .values()
+        .map(|(abs, _)| abs.to_string_lossy().into_owned())
+        .collect();
+    for ((rel, (abs, stat)), key) in found.iter().zip(&keys) {
+        match cache.lookup(key, stat) {
+            Some(d) => {
+                digests.insert(rel, d);
+            }
+            None => todo.push((rel, abs)),
+        }
+    }
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    for ((rel, abs), d) in todo.iter().zip(hash_all(&todo)?) {
+        digests.insert(rel, d);
+        let stat = found[*rel].1;
+        let entry = CacheEntry {
+            stat,
+            digest: d,
+            hashed_ns: now_ns,
+        };
+        let key = abs.to_string_lossy().into_owned();
+        cache.entries.insert(key.clone(), entry);
+        cache.dirty.push((key, entry));
+    }
+
+    let mut all = Sha256::new();
+    let mut m = Manifest {
+        v: MANIFEST_VERSION,
+        digest: String::new(),
+        globs,
+        files: BTreeMap::new(),
+        env: BTreeMap::new(),
+        meta: BTreeMap::new(),
+        values: None,
+    };
+    for (rel, d) in &digests {
+        feed(&mut all, &[b"f", rel.as_bytes(), d]);
+        m.files.insert(rel.to_string(), hex(&d[..SHORT / 2]));
+    }
+    m.env = named(&mut all, src.salt, "env", &def.env, |n| (src.env)(n));
+    m.meta = named(&mut all, src.salt, "meta", &def.meta, |k| {
+        src.meta.get(k).cloned()
+    });
+    if !def.values.is_empty() {
+        let mut h = Sha256::new();
+        for v in &def.values {
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+        let d: [u8; 32] = h.finalize().into();
+        feed(&mut all, &[b"values", &d]);
+        m.values = Some(hex(&d[..SHORT / 2]));
+    }
+    m.digest = hex(&all.finalize());
+    Ok(m)
+}
+
+/// What changed between two manifests, for people: "ansible/roles/users/tasks/main.yml
+/// changed", "environment IMAGE_VERSION changed".
+pub fn changes(old: &Manifest, new: &Manifest) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, d) in &new.files {
+        match old.files.get(path) {
+            None => out.push(format!("{path} added")),
+            Some(o) if o != d => out.push(format!("{path} changed")),
+            _ => {}
+        }
+    }
+    for path in old.files.keys() {
+        if !new.files.contains_key(path) {
+            out.push(format!("{path} removed"));
+        }
+    }
+    for (what, o, n) in [
+        ("environment variable", &old.env, &new.env),
+        ("metadata", &old.meta, &new.meta),
+    ] {
+        for (k, d) in n {
+            if o.get(k) != Some(d) {
+                out.push(format!("{what} {k} changed"));
+            }
+        }
+    }
+    if old.values != new.values {
+        out.push("the plan's values changed".into());
+    }
+    if out.is_empty() && old.digest != new.digest {
+        out.push("an input changed".into());
+    }
+    if out.len() > MAX_REASONS {
+        let more = out.len() - MAX_REASONS;
+        out.truncate(MAX_REASONS);
+        out.push(format!("and {more} more"));
+    }
+    out
+}
+
+/// Whether a state's inputs changed. When it recorded files and not one of them is under
+/// the root now, the root is far more likely wrong than every file deleted: that is an
+/// error, not a rerun of hours of work.
+fn compare(
+    state: u8,
+    old: &Manifest,
+    new: &Manifest,
+    src: &Sources<'_>,
+) -> Result<Option<(StaleKind, Vec<String>)>> {
+    if !old.files.is_empty() && new.files.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "none of the input files state {state} completed with ({}) is under the inputs root {}: run from the checkout they are relative to, or pass --inputs-root DIR (BUILDSTATE_INPUTS_ROOT); --no-inputs skips the comparison",
+            old.globs.join(", "),
+            src.root.display()
+        )));
+    }
+    Ok((new.digest != old.digest).then(|| (StaleKind::Changed, changes(old, new))))
+}
+
+/// Why a completed state no longer counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleKind {
+    /// Its inputs changed since it completed.
+    Changed,
+    /// Its verify command failed since it completed.
+    Drifted,
+    /// An earlier state is stale.
+    After,
+}
+
+/// A completed state that must run again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stale {
+    pub state: u8,
+    pub name: String,
+    pub kind: StaleKind,
+    /// What changed, one entry each ("ansible/roles/users/tasks/main.yml changed").
+    pub reasons: Vec<String>,
+}
+
+impl Stale {
+    /// "state 20 ansible-users: ansible/roles/users/tasks/main.yml changed"
+    pub fn sentence(&self) -> String {
+        format!(
+            "state {} {}: {}",
+            self.state,
+            self.name,
+            self.reasons.join(", ")
+        )
+    }
+}
+
+/// The event that made `state` done last (complete, skip, or init), if any.
+pub fn last_done(events: &[Event], state: u8) -> Option<&Event> {
+    events.iter().rev().find(|e| {
+        e.state == Some(state)
+            && matches!(
+                e.kind,
+                EventKind::Complete | EventKind::Skip | EventKind::Init
+            )
+    })
+}
+
+/// The completed states of `b` that are stale, in plan order. The first is where the
+/// build reruns from; every completed state after it follows (kind `After`). With
+/// `every` the inputs of the later states are checked too, to say what changed in each
+/// (the plan view); otherwise hashing stops at the first stale state.
+pub fn stale_states(
+    b: &Build,
+    plan: &Plan,
+    events: &[Event],
+    src: &Sources<'_>,
+    cache: &mut FileCache,
+    every: bool,
+) -> Result<Vec<Stale>> {
+    let Some(current) = b.current_state else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<Stale> = Vec::new();
+    for s in plan.states.iter().filter(|s| s.id <= current) {
+        let first_found = out.first().map(|f| f.state);
+        if first_found.is_some() && !every {
+            out.push(Stale {
+                state: s.id,
+                name: s.name.clone(),
+                kind: StaleKind::After,
+                reasons: vec![format!(
+                    "after stale state {}",
+                    first_found.unwrap_or_default()
+                )],
+            });
+            continue;
+        }
+        let Some(done) = last_done(events, s.id) else {
+            continue;
+        };
+        let drift = events
+            .iter()
+            .rev()
+            .take_while(|e| e.seq > done.seq)
+            .find(|e| e.kind == EventKind::Drift && e.state == Some(s.id));
+        let own = if let Some(d) = drift {
+            Some((
+                StaleKind::Drifted,
+                vec![format!(
+                    "verify failed: {}",
+                    crate::decide::headline(d.message.as_deref().unwrap_or("no output"), 200)
+                )],
+            ))
+        } else if let (Some(old), Some(def)) = (done.inputs.as_ref(), s.inputs.as_ref()) {
+            let extra: Vec<String> = old
+                .globs
+                .iter()
+                .filter(|g| !def.files.contains(g))
+                .cloned()
+                .collect();
+            let new = compute(def, &extra, src, cache)?;
+            compare(s.id, old, &new, src)?
+        } else if let Some(old) = done.inputs.as_ref() {
+            // Discovered inputs only (the callback's roles), no declaration in the plan.
+            let new = compute(&InputsDef::default(), &old.globs, src, cache)?;
+            compare(s.id, old, &new, src)?
+        } else {
+            None
+        };
+        match (own, first_found) {
+            (Some((kind, reasons)), _) => out.push(Stale {
+                state: s.id,
+                name: s.name.clone(),
+                kind,
+                reasons,
+            }),
+            (None, Some(first)) => out.push(Stale {
+                state: s.id,
+                name: s.name.clone(),
+                kind: StaleKind::After,
+                reasons: vec![format!("after stale state {first}")],
+            }),
+            (None, None) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The process environment, as input sources see it.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The manifest to record with the completion of `state`: its declared inputs plus
+/// `extra_globs`, hashed under `root` (resolved only when there is something to hash).
+/// `None` when the state has no inputs.
+pub fn for_completion(
+    store: &crate::store::Store,
+    build_id: &str,
+    state: u8,
+    root_dir: Option<&Path>,
+    extra_globs: &[String],
+) -> Result<Option<Box<Manifest>>> {
+    let Some(b) = store.build(build_id)? else {
+        return Ok(None);
+    };
+    let plan = store.plan(&b.plan_hash)?;
+    let def = plan.state(state).and_then(|s| s.inputs.clone());
+    if def.is_none() && extra_globs.is_empty() {
+        return Ok(None);
+    }
+    let def = def.unwrap_or_default();
+    let root = root(root_dir)?;
+    let meta = store.metadata(build_id)?;
+    let mut cache = store.file_cache(&root)?;
+    let src = Sources {
+        root,
+        env: &process_env,
+        meta: &meta,
+        salt: &b.lineage,
+    };
+    let m = compute(&def, extra_globs, &src, &mut cache)?;
+    store.save_file_cache(&mut cache);
+    Ok(Some(Box::new(m)))
+}
+
+/// Whether any completed state of the plan could go stale: declared inputs or a verify
+/// command, or inputs recorded by a caller (checked by the events).
+fn may_go_stale(plan: &Plan, events: &[Event]) -> bool {
+    plan.states
+        .iter()
+        .any(|s| s.inputs.is_some() || s.verify.is_some())
+        || events
+            .iter()
+            .any(|e| e.inputs.is_some() || e.kind == EventKind::Drift)
+}
+
+/// The stale completed states of `b` (see [`stale_states`]), judged against the files
+/// under `root_dir` (default: `BUILDSTATE_INPUTS_ROOT`, else the working directory).
+pub fn stale_of(
+    store: &crate::store::Store,
+    b: &Build,
+    plan: &Plan,
+    root_dir: Option<&Path>,
+    every: bool,
+) -> Result<Vec<Stale>> {
+    if b.current_state.is_none() {
+        return Ok(Vec::new());
+    }
+    let events = store.events(&b.build_id)?;
+    if !may_go_stale(plan, &events) {
+        return Ok(Vec::new());
+    }
+    let needs_files = events.iter().any(|e| {
+        e.inputs
+            .as_ref()
+            .is_some_and(|m| !m.globs.is_empty() || !m.files.is_empty())
+    });
+    let root = if needs_files {
+        root(root_dir)?
+    } else {
+        root_dir.map(Path::to_path_buf).unwrap_or_default()
+    };
+    let meta = store.metadata(&b.build_id)?;
+    let mut cache = if needs_files {
+        store.file_cache(&root)?
+    } else {
+        FileCache::default()
+    };
+    let src = Sources {
+        root,
+        env: &process_env,
+        meta: &meta,
+        salt: &b.lineage,
+    };
+    let stale = stale_states(b, plan, &events, &src, &mut cache, every)?;
+    store.save_file_cache(&mut cache);
+    Ok(stale)
+}
+
+/// Before `state` starts: if it is a completed state that is stale (the first one), the
+/// build is reopened from it (a `rerun` event naming what changed), so that it may run
+/// again. Nothing happens for a state that is not completed. Returns whether it reopened.
+pub fn rerun_if_stale(
+    w: &mut crate::sync::Writer,
+    build_id: &str,
+    state: u8,
+    root_dir: Option<&Path>,
+    actor: &crate::context::Actor,
+    ctx: &crate::model::Ctx<'_>,
+) -> Result<bool> {
+    w.refresh(build_id)?;
+    let Some(b) = w.build(build_id)? else {
+        return Ok(false);
+    };
+    if b.current_state.is_none_or(|c| state > c)
+        || matches!(
+            b.status,
+            crate::model::Status::Running | crate::model::Status::Cancelled
+        )
+    {
+        return Ok(false);
+    }
+    let plan = w.plan(&b.plan_hash)?;
+    let stale = stale_of(w, &b, &plan, root_dir, false)?;
+    let Some(first) = stale.first().filter(|f| f.state == state) else {
+        return Ok(false);
+    };
+    let t = crate::model::Transition::Reopen {
+        from: Some(state),
+        reason: first.sentence(),
+        why: crate::model::Reopen::Stale,
+    };
+    let ctx = crate::model::Ctx {
+        lease_ttl: None,
+        fence: None,
+        ..*ctx
+    };
+    w.transition(build_id, &t, actor, &ctx)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src<'a>(root: &Path, meta: &'a BTreeMap<String, String>) -> Sources<'a> {
+        Sources {
+            root: root.to_path_buf(),
+            env: &|n| (n == "IMAGE_VERSION").then(|| "9.4".to_string()),
+            meta,
+            salt: "lineage-1",
+        }
+    }
+
+    #[test]
+    fn a_changed_file_is_named_and_an_unchanged_tree_reads_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let role = dir.path().join("roles/users/tasks");
+        std::fs::create_dir_all(&role).unwrap();
+        std::fs::write(role.join("main.yml"), "- name: users\n").unwrap();
+        std::fs::write(dir.path().join("roles/users/README"), "x").unwrap();
+        std::fs::write(dir.path().join("other.txt"), "not an input").unwrap();
+        let def = InputsDef {
+            files: vec!["roles/users/**".into()],
+            env: vec!["IMAGE_VERSION".into(), "NOT_SET_HERE".into()],
+            meta: vec!["git_sha".into()],
+            values: vec!["rhel9".into()],
+        };
+        let meta = BTreeMap::from([("git_sha".to_string(), "abc".to_string())]);
+        let mut cache = FileCache::default();
+        let a = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        assert_eq!(
+            a.files.keys().collect::<Vec<_>>(),
+            ["roles/users/README", "roles/users/tasks/main.yml"]
+        );
+        assert_eq!(a.env["NOT_SET_HERE"], "unset");
+        assert!(a.validate().is_ok());
+        assert_eq!(cache.dirty.len(), 2);
+        // The same inputs give the same digest; the value of a variable is not stored.
+        let b = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        assert_eq!(a, b);
+        assert!(!serde_json::to_string(&a).unwrap().contains("9.4"));
+        // An edit is named.
+        std::fs::write(role.join("main.yml"), "- name: users, edited\n").unwrap();
+        let c = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        assert_ne!(a.digest, c.digest);
+        assert_eq!(changes(&a, &c), ["roles/users/tasks/main.yml changed"]);
+        // Metadata and added/removed files too.
+        let meta2 = BTreeMap::from([("git_sha".to_string(), "def".to_string())]);
+        std::fs::remove_file(dir.path().join("roles/users/README")).unwrap();
+        std::fs::write(role.join("new.yml"), "x").unwrap();
+        let d = compute(&def, &[], &src(dir.path(), &meta2), &mut cache).unwrap();
+        assert_eq!(
+            changes(&c, &d),
+            [
+                "roles/users/tasks/new.yml added",
+                "roles/users/README removed",
+                "metadata git_sha changed"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_cache_is_trusted_only_for_an_unchanged_and_settled_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.txt");
+        std::fs::write(&f, "one").unwrap();
+        let def = InputsDef {
+            files: vec!["*.txt".into()],
+            ..InputsDef::default()
+        };
+        let meta = BTreeMap::new();
+        // A cache entry that claims another content for the file as it is now: used
+        // only once the file is older than the entry by more than the racy window.
+        let stat = Stat::of(&std::fs::metadata(&f).unwrap());
+        let mut cache = FileCache::default();
+        let key = f.to_string_lossy().into_owned();
+        let fake = CacheEntry {
+            stat,
+            digest: [7; 32],
+            hashed_ns: stat.mtime_ns.max(stat.ctime_ns) + 1,
+        };
+        cache.entries.insert(key.clone(), fake);
+        let racy = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        assert_eq!(racy.files["a.txt"], hex(&Sha256::digest(b"one")[..8]));
+        cache.entries.insert(
+            key,
+            CacheEntry {
+                hashed_ns: fake.hashed_ns + 10 * RACY_NS,
+                ..fake
+            },
+        );
+        let trusted = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        assert_eq!(trusted.files["a.txt"], hex(&[7; 8]));
+    }
+
+    #[test]
+    fn globs_that_leave_the_root_are_refused() {
+        for g in ["/etc/**", "../x/**", "a/../../b", ""] {
+            assert!(check_glob(g).is_err(), "{g}");
+        }
+        assert!(check_glob("ansible/roles/users/**").is_ok());
+        assert_eq!(
+            glob_base("ansible/roles/*/tasks/**"),
+            PathBuf::from("ansible/roles")
+        );
+        assert_eq!(glob_base("main.yml"), PathBuf::new());
+    }
+}

@@ -1,0 +1,265 @@
+//! Checks against reality: a state's `verify` command (does its result still hold?) and
+//! its `requires` command (may it start?). Both are shell commands from the plan, run
+//! with the build's identity and metadata in the environment, under a timeout, their
+//! output (stdout and stderr together) kept as a redacted tail.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::context::Actor;
+use crate::model::{Ctx, Status, Transition, VerifyResult};
+use crate::sync::Writer;
+use crate::{Error, Result};
+
+/// How much of a check's output is kept.
+pub const OUTPUT_TAIL: usize = 16 * 1024;
+
+/// The default time a verify or requires command may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How a check command ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    pub ok: bool,
+    /// "exited with code 1", "timed out after 10s", "passed".
+    pub how: String,
+    /// The end of its output, redacted.
+    pub output: String,
+    pub duration: Duration,
+}
+
+impl Checked {
+    /// One message: how it ended, then its output.
+    pub fn message(&self) -> String {
+        let out = self.output.trim_end();
+        if out.is_empty() {
+            self.how.clone()
+        } else {
+            let last = out
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            format!("{}: {}\n--- output ---\n{out}", self.how, last.trim())
+        }
+    }
+}
+
+/// The environment a check runs with: the build's id, the state, and its metadata as
+/// `BUILDSTATE_META_<KEY>` (as `check-state --output` writes them).
+pub fn check_env(
+    build_id: &str,
+    state: u8,
+    meta: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("BUILDSTATE_BUILD_ID".to_string(), build_id.to_string()),
+        ("BUILDSTATE_STATE".to_string(), state.to_string()),
+    ];
+    for (k, v) in meta {
+        env.push((format!("BUILDSTATE_META_{k}"), v.clone()));
+    }
+    env
+}
+
+/// Run `command` with `sh -c`, stdin closed, under `timeout` (then its whole process
+/// group gets SIGTERM, and SIGKILL 5 s later).
+pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> Result<Checked> {
+    let begun = Instant::now();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        // One stream: the output reads as the command printed it.
+        .arg(format!("exec 2>&1\n{command}"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Io {
+            path: "sh".into(),
+            source,
+        })?;
+    let pgid = child.id() as libc::pid_t;
+    let mut pipe = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let keep = OUTPUT_TAIL * 4;
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * keep {
+                tail.drain(..tail.len() - keep);
+            }
+        }
+        tail
+    });
+    let mut timed_out = false;
+    let mut kill_at = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|source| Error::Io {
+            path: "sh".into(),
+            source,
+        })? {
+            break status;
+        }
+        let now = Instant::now();
+        if !timed_out && now.duration_since(begun) >= timeout {
+            timed_out = true;
+            // SAFETY: killpg has no memory-safety preconditions.
+            unsafe { libc::killpg(pgid, libc::SIGTERM) };
+            kill_at = Some(now + Duration::from_secs(5));
+        }
+        if kill_at.is_some_and(|k| now >= k) {
+            // SAFETY: as above.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Whatever the command left running in its group goes with it.
+    // SAFETY: as above; a group already gone fails with ESRCH.
+    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    let tail = reader.join().unwrap_or_default();
+    let text = String::from_utf8_lossy(&tail);
+    let redacted = crate::redact::redact(&text);
+    let mut start = redacted.len().saturating_sub(OUTPUT_TAIL);
+    while !redacted.is_char_boundary(start) {
+        start += 1;
+    }
+    let output = redacted[start..].to_string();
+    let duration = begun.elapsed();
+    let how = if timed_out {
+        format!("timed out after {}", crate::time::format_duration(timeout))
+    } else if status.success() {
+        "passed".to_string()
+    } else {
+        match (
+            status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&status),
+        ) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => format!("killed by {}", crate::runner::signal_name(s)),
+            _ => "failed".to_string(),
+        }
+    };
+    Ok(Checked {
+        ok: status.success() && !timed_out,
+        how,
+        output,
+        duration,
+    })
+}
+
+/// `check-state --verify`: run the verify commands of the build's completed states, in
+/// plan order, up to (not including) the first stale one, stopping at the first that
+/// fails; record the results in one write (`verified` and `drift` events). `progress`
+/// hears each result as it comes. Returns the results (empty: nothing to verify).
+pub fn verify_build(
+    w: &mut Writer,
+    build_id: &str,
+    stale_from: Option<u8>,
+    timeout: Duration,
+    actor: &Actor,
+    progress: &dyn Fn(&str, &Checked),
+) -> Result<Vec<VerifyResult>> {
+    let b = w
+        .build(build_id)?
+        .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+    let plan = w.plan(&b.plan_hash)?;
+    let meta = w.metadata(build_id)?;
+    let Some(current) = b.current_state else {
+        return Ok(Vec::new());
+    };
+    let events = w.events(build_id)?;
+    let mut results = Vec::new();
+    for s in plan.states.iter().filter(|s| s.id <= current) {
+        if stale_from.is_some_and(|f| s.id >= f) {
+            break;
+        }
+        let Some(cmd) = &s.verify else { continue };
+        // A skipped state was never built: there is nothing to verify.
+        if crate::inputs::last_done(&events, s.id)
+            .is_none_or(|e| e.kind != crate::model::EventKind::Complete)
+        {
+            continue;
+        }
+        let checked = run_check(cmd, &check_env(build_id, s.id, &meta), timeout)?;
+        progress(&plan.label(s.id), &checked);
+        results.push(VerifyResult {
+            state: s.id,
+            ok: checked.ok,
+            message: if checked.ok {
+                format!(
+                    "verify passed in {}",
+                    crate::time::format_duration(checked.duration)
+                )
+            } else {
+                checked.message()
+            },
+            duration_ms: u64::try_from(checked.duration.as_millis()).unwrap_or(u64::MAX),
+        });
+        if !checked.ok {
+            break;
+        }
+    }
+    if !results.is_empty() {
+        let t = Transition::Verified {
+            results: results.clone(),
+        };
+        w.transition(build_id, &t, actor, &Ctx::live())?;
+    }
+    Ok(results)
+}
+
+/// Before run-state starts `state`: run its `requires` command, if any. A failure is
+/// recorded (the state blocked as `prerequisite`, no attempt used) and returned.
+pub fn check_requires(
+    w: &mut Writer,
+    build_id: &str,
+    state: u8,
+    actor: &Actor,
+    ctx: &Ctx<'_>,
+) -> Result<Option<String>> {
+    let b = w
+        .build(build_id)?
+        .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+    let plan = w.plan(&b.plan_hash)?;
+    let Some(cmd) = plan.state(state).and_then(|s| s.requires.clone()) else {
+        return Ok(None);
+    };
+    if b.status == Status::Running && b.active_state == Some(state) {
+        // Its lease holder is working on it; the start that follows says so.
+        return Ok(None);
+    }
+    let meta = w.metadata(build_id)?;
+    let timeout = plan
+        .timeout_for(state)
+        .unwrap_or(DEFAULT_TIMEOUT)
+        .min(DEFAULT_TIMEOUT);
+    let checked = run_check(&cmd, &check_env(build_id, state, &meta), timeout)?;
+    if checked.ok {
+        return Ok(None);
+    }
+    let message = format!(
+        "prerequisite `{}` {}",
+        crate::decide::headline(&cmd, 200),
+        checked.message()
+    );
+    let t = Transition::Unmet {
+        state,
+        message: message.clone(),
+    };
+    let ctx = Ctx {
+        lease_ttl: None,
+        fence: None,
+        ..*ctx
+    };
+    w.transition(build_id, &t, actor, &ctx)?;
+    Ok(Some(message))
+}

@@ -1,0 +1,419 @@
+//! Issue 16: a completed state stays done only while its inputs and its result hold.
+//! A real plan with declared inputs and verify/requires commands, driven through the
+//! commands as a pipeline drives them: edits make the right state stale (the file named),
+//! a failed verify is drift, a failed prerequisite blocks without using an attempt, and
+//! force, force --all and reset are recorded with who and why; also through a file://
+//! remote, judged from a second machine's database.
+
+mod util;
+
+use serde_json::Value;
+use util::Env;
+
+const PLAN: &str = r#"
+name = "image-with-inputs"
+
+[[state]]
+id = 0
+name = "init"
+expected = "1m"
+
+[[state]]
+id = 10
+name = "base"
+expected = "1m"
+inputs = { files = ["base/*.ks"] }
+
+[[state]]
+id = 20
+name = "ansible-users"
+expected = "1m"
+inputs = { files = ["ansible/roles/users/**"], env = ["IMAGE_VERSION"], meta = ["git_sha"], values = ["rhel9"] }
+verify = "test -f users-built"
+
+[[state]]
+id = 30
+name = "publish"
+expected = "1m"
+requires = "test -n \"$PUBLISH_TOKEN\" || { echo 'no PUBLISH_TOKEN in the environment' >&2; exit 3; }"
+"#;
+
+fn setup() -> Env {
+    let e = Env::new();
+    std::fs::create_dir_all(e.path("ansible/roles/users/tasks")).unwrap();
+    std::fs::create_dir_all(e.path("base")).unwrap();
+    e.write("ansible/roles/users/tasks/main.yml", "- name: users\n");
+    e.write("ansible/roles/users/defaults.yml", "users: [ops]\n");
+    e.write("base/rhel9.ks", "lang en_US\n");
+    e.write("plan.toml", PLAN);
+    e.run(
+        "init-state",
+        &[
+            "img-1",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--plan",
+            "plan.toml",
+            "--meta",
+            "git_sha=abc123",
+        ],
+    )
+    .ok();
+    e
+}
+
+/// run-state with IMAGE_VERSION (an input of state 20) set as a pipeline would.
+fn run_state(e: &Env, args: &[&str], version: &str) -> util::Run {
+    e.run_with(
+        e.command("run-state")
+            .args(args)
+            .env("IMAGE_VERSION", version),
+        None,
+    )
+}
+
+fn check(e: &Env, args: &[&str], version: &str) -> Value {
+    let r = e.run_with(
+        e.command("check-state")
+            .arg("img-1")
+            .arg("--json")
+            .args(args)
+            .env("IMAGE_VERSION", version),
+        None,
+    );
+    assert!(r.code == 0 || (10..=13).contains(&r.code), "{}", r.stderr);
+    r.json()
+}
+
+fn kinds(v: &Value) -> Vec<String> {
+    v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Build states 10 and 20 (state 20 leaves the file its verify looks for).
+fn build_to_20(e: &Env) {
+    run_state(e, &["img-1", "10", "--", "true"], "9.4").ok();
+    run_state(e, &["img-1", "20", "--", "touch", "users-built"], "9.4").ok();
+}
+
+#[test]
+fn an_edited_input_reruns_its_state_and_names_the_file() {
+    let e = setup();
+    build_to_20(&e);
+    // Unchanged: no rerun.
+    let d = check(&e, &[], "9.4");
+    assert_eq!(d["decision"], "resume");
+    assert_eq!(d["next_state"], 30);
+    assert_eq!(d["stale"], serde_json::json!([]));
+
+    // Edit the users role: state 20 reruns, and the file is named.
+    e.write(
+        "ansible/roles/users/tasks/main.yml",
+        "- name: users, edited\n",
+    );
+    let d = check(&e, &[], "9.4");
+    assert_eq!(d["decision"], "rerun", "{d}");
+    assert_eq!(d["next_state"], 20);
+    assert_eq!(d["exit_code"], 0);
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("state 20 ansible-users: ansible/roles/users/tasks/main.yml changed"),
+        "{reason}"
+    );
+    assert_eq!(d["stale"][0]["kind"], "changed");
+    assert_eq!(
+        d["stale"][0]["reasons"],
+        serde_json::json!(["ansible/roles/users/tasks/main.yml changed"])
+    );
+    // --no-inputs reports the recorded state only.
+    let d = check(&e, &["--no-inputs"], "9.4");
+    assert_eq!(d["decision"], "resume");
+
+    // The environment variable is an input too (its value is never stored).
+    e.write("ansible/roles/users/tasks/main.yml", "- name: users\n");
+    assert_eq!(check(&e, &[], "9.4")["decision"], "resume");
+    let d = check(&e, &[], "9.5");
+    assert_eq!(
+        d["stale"][0]["reasons"],
+        serde_json::json!(["environment variable IMAGE_VERSION changed"])
+    );
+    let all = std::fs::read(&e.db).unwrap();
+    assert!(
+        !all.windows(3).any(|w| w == b"9.4"),
+        "a variable's value reached the database"
+    );
+
+    // An earlier state's input: it and every completed state after it are stale.
+    e.write("base/rhel9.ks", "lang de_DE\n");
+    let d = check(&e, &[], "9.4");
+    assert_eq!(d["next_state"], 10);
+    assert_eq!(
+        d["stale"][0]["reasons"],
+        serde_json::json!(["base/rhel9.ks changed"])
+    );
+    assert_eq!(d["stale"][1]["state"], 20);
+    assert_eq!(d["stale"][1]["kind"], "after");
+
+    // run-state --next reruns state 10, recording why, then runs on normally.
+    run_state(&e, &["img-1", "--next", "--", "true"], "9.4").ok();
+    let h = e.state("img-1");
+    let rerun = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ev| ev["kind"] == "rerun")
+        .expect("a rerun event")
+        .clone();
+    assert_eq!(rerun["state"], 10);
+    assert!(rerun["message"]
+        .as_str()
+        .unwrap()
+        .contains("base/rhel9.ks changed"));
+    let d = check(&e, &[], "9.4");
+    assert_eq!(
+        (d["decision"].as_str(), d["next_state"].as_u64()),
+        (Some("resume"), Some(20))
+    );
+    assert_eq!(d["stale"], serde_json::json!([]));
+}
+
+#[test]
+fn a_failed_verify_is_drift_and_its_state_reruns() {
+    let e = setup();
+    build_to_20(&e);
+    let ok = e.run_with(
+        e.command("check-state")
+            .args(["img-1", "--verify"])
+            .env("IMAGE_VERSION", "9.4"),
+        None,
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(
+        ok.stderr
+            .contains("verify state 20 (ansible-users): passed"),
+        "{}",
+        ok.stderr
+    );
+    assert!(kinds(&e.state("img-1")).contains(&"verified".to_string()));
+
+    // Reality changed under the recorded state.
+    std::fs::remove_file(e.path("users-built")).unwrap();
+    let d = check(&e, &["--verify"], "9.4");
+    assert_eq!(d["decision"], "rerun");
+    assert_eq!(d["next_state"], 20);
+    assert_eq!(d["stale"][0]["kind"], "drifted");
+    let h = e.state("img-1");
+    let drift = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|ev| ev["kind"] == "drift")
+        .expect("a drift event")
+        .clone();
+    assert_eq!(drift["state"], 20);
+    assert!(drift["message"]
+        .as_str()
+        .unwrap()
+        .contains("exited with code 1"));
+    // Without --verify the recorded drift still counts.
+    assert_eq!(check(&e, &[], "9.4")["decision"], "rerun");
+    // The plan view says so.
+    let plan = check(&e, &["--plan"], "9.4");
+    let row = |id: u64| {
+        plan["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["state"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row(10)["status"], "done");
+    assert_eq!(row(20)["status"], "drifted");
+    assert_eq!(row(30)["status"], "pending");
+    // Rerunning fixes it.
+    run_state(
+        &e,
+        &["img-1", "--next", "--", "touch", "users-built"],
+        "9.4",
+    )
+    .ok();
+    assert_eq!(check(&e, &["--verify"], "9.4")["next_state"], 30);
+}
+
+#[test]
+fn a_failed_prerequisite_blocks_without_using_an_attempt() {
+    let e = setup();
+    build_to_20(&e);
+    let r = run_state(&e, &["img-1", "30", "--", "touch", "published"], "9.4").code(13);
+    assert!(r.stderr.contains("no PUBLISH_TOKEN"), "{}", r.stderr);
+    assert!(!e.path("published").exists(), "the state's command ran");
+    let d = e.state("img-1");
+    assert_eq!(d["status"], "blocked");
+    assert_eq!(d["last_category"], "prerequisite");
+    assert_eq!(d["attempt"], 0);
+    let last = d["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "prerequisite");
+    assert_eq!(last["attempt"], Value::Null);
+    assert!(d["reason"].as_str().unwrap().contains("prerequisite"));
+    // A person fixes it: the first real attempt is attempt 1.
+    e.run(
+        "update-state",
+        &["img-1", "retry", "30", "--reason", "token added"],
+    )
+    .ok();
+    e.run_with(
+        e.command("run-state")
+            .args(["img-1", "30", "--", "touch", "published"])
+            .env("PUBLISH_TOKEN", "t0ken"),
+        None,
+    )
+    .ok();
+    let d = e.state("img-1");
+    assert_eq!(d["status"], "completed");
+    let complete = d["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (complete["kind"].as_str(), complete["attempt"].as_u64()),
+        (Some("complete"), Some(1))
+    );
+}
+
+#[test]
+fn force_force_all_and_reset_are_recorded_with_who_and_why() {
+    let e = setup();
+    build_to_20(&e);
+    e.run(
+        "update-state",
+        &[
+            "img-1",
+            "force",
+            "20",
+            "--reason",
+            "users role fixed upstream",
+        ],
+    )
+    .ok();
+    let d = check(&e, &[], "9.4");
+    assert_eq!(
+        (d["decision"].as_str(), d["next_state"].as_u64()),
+        (Some("resume"), Some(20))
+    );
+    let plan = check(&e, &["--plan"], "9.4");
+    assert_eq!(plan["states"][2]["status"], "forced");
+    assert!(plan["states"][2]["why"]
+        .as_str()
+        .unwrap()
+        .contains("users role fixed upstream"));
+    assert_eq!(plan["states"][1]["status"], "done");
+
+    // Forcing a state that has not run is refused, and writes nothing.
+    let serial = e.state("img-1")["serial"].clone();
+    let r = e.run("update-state", &["img-1", "force", "30", "--reason", "x"]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("has not run yet"), "{}", r.stderr);
+    assert_eq!(e.state("img-1")["serial"], serial);
+
+    run_state(&e, &["img-1", "20", "--", "touch", "users-built"], "9.4").ok();
+    e.run(
+        "update-state",
+        &["img-1", "force", "--all", "--reason", "new base image"],
+    )
+    .ok();
+    let d = check(&e, &[], "9.4");
+    assert_eq!(d["next_state"], 10);
+    assert_eq!(d["current_state"], 0);
+
+    e.run(
+        "update-state",
+        &["img-1", "reset", "--reason", "start over"],
+    )
+    .ok();
+    let d = e.state("img-1");
+    assert_eq!(d["epoch"], 2);
+    let h = d["history"].as_array().unwrap();
+    for (kind, why) in [("force", "new base image"), ("reset", "start over")] {
+        let ev = h.iter().rev().find(|ev| ev["kind"] == kind).unwrap();
+        assert_eq!(ev["message"], why);
+        assert_eq!(ev["actor"]["tool"], "update-state");
+    }
+    assert!(h
+        .iter()
+        .any(|ev| ev["kind"] == "force" && ev["state"] == 20));
+    // History is kept: the completions of the first epoch are still there.
+    assert!(h.iter().filter(|ev| ev["kind"] == "complete").count() >= 3);
+    let text = e.run("check-state", &["img-1"]).ok();
+    assert!(text.stdout.contains("epoch:    2"), "{}", text.stdout);
+}
+
+#[test]
+fn the_same_through_a_file_remote_seen_from_another_machine() {
+    let e = setup();
+    let remote = format!("file://{}", e.path("remote").display());
+    std::fs::create_dir_all(e.path("remote")).unwrap();
+    e.run("sync-cloud", &["--remote", &remote, "push", "img-1"])
+        .ok();
+    let on = |db: &str, tool: &str, args: &[&str]| {
+        let mut c = e.command_on(tool, std::path::Path::new(db));
+        c.args(["--remote", &remote])
+            .args(args)
+            .env("IMAGE_VERSION", "9.4");
+        e.run_with(&mut c, None)
+    };
+    let db1 = e.path("worker1.db").display().to_string();
+    let db2 = e.path("cron.db").display().to_string();
+    on(&db1, "run-state", &["img-1", "10", "--", "true"]).ok();
+    on(&db1, "run-state", &["img-1", "20", "--", "true"]).ok();
+    // Another machine, with a database of its own, sees the recorded inputs.
+    let d = on(&db2, "check-state", &["img-1", "--json"]).ok().json();
+    assert_eq!(d["next_state"], 30);
+    e.write("ansible/roles/users/defaults.yml", "users: [ops, dev]\n");
+    let d = on(&db2, "check-state", &["img-1", "--json"]).ok().json();
+    assert_eq!(d["decision"], "rerun");
+    assert_eq!(
+        d["stale"][0]["reasons"],
+        serde_json::json!(["ansible/roles/users/defaults.yml changed"])
+    );
+    // It reruns there, and the first worker sees that.
+    on(&db2, "run-state", &["img-1", "--next", "--", "true"]).ok();
+    let d = on(&db1, "check-state", &["img-1", "--json", "--history"])
+        .ok()
+        .json();
+    assert_eq!(d["next_state"], 30);
+    assert!(kinds(&d).contains(&"rerun".to_string()));
+}
+
+#[test]
+fn a_plan_whose_inputs_leave_the_root_is_refused() {
+    let e = Env::new();
+    e.write(
+        "bad.toml",
+        "name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\ninputs = { files = [\"../../etc/**\"] }\n",
+    );
+    let r = e.run(
+        "init-state",
+        &["b", "--cloud", "aws", "--image", "x", "--plan", "bad.toml"],
+    );
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("state[0] (id 0).inputs.files[0]"),
+        "{}",
+        r.stderr
+    );
+    e.write(
+        "typo.toml",
+        "name = \"p\"\n[[state]]\nid = 0\nname = \"a\"\nexpected = \"1m\"\ninputs = { file = [\"x\"] }\n",
+    );
+    let r = e.run(
+        "init-state",
+        &["b", "--cloud", "aws", "--image", "x", "--plan", "typo.toml"],
+    );
+    assert_eq!(r.code, 6);
+    assert!(r.stderr.contains("unknown field `file`"), "{}", r.stderr);
+}
