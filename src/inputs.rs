@@ -160,19 +160,21 @@ pub fn root(dir: Option<&Path>) -> Result<PathBuf> {
 /// cached digest is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
     pub size: u64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
-    pub ino: u64,
 }
 
 impl Stat {
     fn of(m: &std::fs::Metadata) -> Stat {
         Stat {
+            dev: m.dev(),
+            ino: m.ino(),
             size: m.len(),
             mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
             ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
-            ino: m.ino(),
         }
     }
 }
@@ -186,112 +188,181 @@ pub struct CacheEntry {
     pub hashed_ns: i64,
 }
 
-/// File digests by absolute path; the store loads and saves it (local only, never
-/// synced: paths and inodes belong to this machine).
+/// File digests by device and inode, for one inputs root; the store loads and saves it
+/// as one record (local only, never synced: inodes belong to this machine). Keyed by
+/// inode rather than path, a renamed file keeps its digest and a lookup needs no path.
 #[derive(Debug, Default)]
 pub struct FileCache {
-    pub entries: HashMap<String, CacheEntry>,
-    /// Entries added or replaced since loading.
-    pub dirty: Vec<(String, CacheEntry)>,
+    pub entries: HashMap<(u64, u64), CacheEntry>,
+    /// Whether an entry was added or replaced since loading.
+    pub dirty: bool,
 }
 
 /// A file changed within this long of being hashed might change again within the same
 /// timestamp tick (coarse file systems): such entries are not trusted.
 const RACY_NS: i64 = 2_000_000_000;
+/// The bytes of one cache entry: six 64-bit numbers and the digest.
+const ENTRY_BYTES: usize = 6 * 8 + 32;
+/// The most entries kept for one root (the oldest go first).
+const MAX_CACHE_ENTRIES: usize = 1_000_000;
 
 impl FileCache {
-    fn lookup(&self, path: &str, stat: &Stat) -> Option<[u8; 32]> {
-        let e = self.entries.get(path)?;
-        (e.stat == *stat
-            && stat.mtime_ns < e.hashed_ns - RACY_NS
-            && stat.ctime_ns < e.hashed_ns - RACY_NS)
-            .then_some(e.digest)
+    fn lookup(&self, stat: &Stat) -> Option<[u8; 32]> {
+        let e = self.entries.get(&(stat.dev, stat.ino))?;
+        let settled =
+            stat.mtime_ns < e.hashed_ns - RACY_NS && stat.ctime_ns < e.hashed_ns - RACY_NS;
+        (e.stat == *stat && settled).then_some(e.digest)
+    }
+
+    fn insert(&mut self, e: CacheEntry) {
+        self.entries.insert((e.stat.dev, e.stat.ino), e);
+        self.dirty = true;
+    }
+
+    /// Read the stored form; anything malformed is dropped (a cache miss, not an error).
+    pub fn from_bytes(bytes: &[u8]) -> FileCache {
+        let mut entries = HashMap::with_capacity(bytes.len() / ENTRY_BYTES);
+        for rec in bytes.chunks_exact(ENTRY_BYTES) {
+            let n = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&rec[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(b)
+            };
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(&rec[48..]);
+            let stat = Stat {
+                dev: n(0),
+                ino: n(1),
+                size: n(2),
+                mtime_ns: n(3) as i64,
+                ctime_ns: n(4) as i64,
+            };
+            entries.insert(
+                (stat.dev, stat.ino),
+                CacheEntry {
+                    stat,
+                    digest,
+                    hashed_ns: n(5) as i64,
+                },
+            );
+        }
+        FileCache {
+            entries,
+            dirty: false,
+        }
+    }
+
+    /// The stored form: fixed-size little-endian records, newest first when cut.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut all: Vec<&CacheEntry> = self.entries.values().collect();
+        if all.len() > MAX_CACHE_ENTRIES {
+            all.sort_by_key(|e| std::cmp::Reverse(e.hashed_ns));
+            all.truncate(MAX_CACHE_ENTRIES);
+        }
+        let mut out = Vec::with_capacity(all.len() * ENTRY_BYTES);
+        for e in all {
+            let s = e.stat;
+            for n in [
+                s.dev,
+                s.ino,
+                s.size,
+                s.mtime_ns as u64,
+                s.ctime_ns as u64,
+                e.hashed_ns as u64,
+            ] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            out.extend_from_slice(&e.digest);
+        }
+        out
     }
 }
 
 /// The directory a glob's matches all lie under: its leading components without glob
 /// characters.
-fn glob_base(glob: &str) -> PathBuf {
-    let mut base = PathBuf::new();
+fn glob_base(glob: &str) -> String {
     let parts: Vec<&str> = glob.split('/').collect();
+    let mut base = Vec::new();
     for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        if last || part.contains(['*', '?', '[', '{', '\\']) {
+        if i + 1 == parts.len() || part.contains(['*', '?', '[', '{', '\\']) {
             break;
         }
-        base.push(part);
+        base.push(*part);
     }
-    base
+    base.join("/")
 }
 
-/// Files under `root` matching `globs`: relative path ('/'-separated) to absolute path
-/// and stat. Symbolic links to files count as the file they point to; links to
-/// directories are not followed.
-fn find_files(root: &Path, globs: &[String]) -> Result<BTreeMap<String, (PathBuf, Stat)>> {
-    let mut found = BTreeMap::new();
-    let io = |path: &Path, source: std::io::Error| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+/// Files under `root` matching `globs`, sorted by their path relative to the root
+/// ('/'-separated), with their stat. Symbolic links to files count as the file they
+/// point to; links to directories are not followed.
+fn find_files(root: &Path, globs: &[String]) -> Result<Vec<(String, Stat)>> {
+    let mut found = Vec::new();
     for glob in globs {
         let matcher = globset::GlobBuilder::new(glob)
             .literal_separator(true)
             .build()
             .map_err(|e| Error::InvalidInput(format!("invalid input glob '{glob}': {e}")))?
             .compile_matcher();
-        let base = root.join(glob_base(glob));
-        if !base.exists() {
-            continue;
-        }
-        for entry in walkdir::WalkDir::new(&base).sort_by_file_name() {
-            let entry = entry.map_err(|e| {
-                let path = e.path().unwrap_or(&base).to_path_buf();
-                let source = e
-                    .into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("file system loop"));
-                io(&path, source)
-            })?;
-            let ft = entry.file_type();
-            if ft.is_dir() {
-                continue;
-            }
-            let Ok(rel) = entry.path().strip_prefix(root) else {
-                continue;
-            };
-            let Some(rel) = rel.to_str() else {
-                return Err(Error::InvalidInput(format!(
-                    "input file '{}' has a name that is not UTF-8: rename it",
-                    entry.path().display()
-                )));
-            };
-            if !matcher.is_match(rel) || found.contains_key(rel) {
-                continue;
-            }
-            let meta = if ft.is_symlink() {
-                match std::fs::metadata(entry.path()) {
-                    Ok(m) if m.is_file() => m,
-                    // A link to a directory, or a dangling link: not a file input.
-                    _ => continue,
-                }
-            } else {
-                entry.metadata().map_err(|e| {
-                    io(
-                        entry.path(),
-                        e.into_io_error()
-                            .unwrap_or_else(|| std::io::Error::other("stat failed")),
-                    )
-                })?
-            };
-            if !meta.is_file() {
-                continue;
-            }
-            found.insert(
-                rel.to_string(),
-                (entry.path().to_path_buf(), Stat::of(&meta)),
-            );
+        let base = glob_base(glob);
+        let dir = root.join(&base);
+        // A base that is missing (or not a directory) holds no match.
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            walk(&dir, &base, &matcher, &mut found)?;
         }
     }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.dedup_by(|a, b| a.0 == b.0);
     Ok(found)
+}
+
+/// One directory of [`find_files`]: entries are stat'ed relative to the directory, and
+/// only files that match.
+fn walk(
+    dir: &Path,
+    rel: &str,
+    matcher: &globset::GlobMatcher,
+    out: &mut Vec<(String, Stat)>,
+) -> Result<()> {
+    let io = |path: &Path, source: std::io::Error| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(Error::InvalidInput(format!(
+                "input file '{}' has a name that is not UTF-8: rename it",
+                entry.path().display()
+            )));
+        };
+        let path_rel = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = entry.file_type().map_err(|e| io(&entry.path(), e))?;
+        if ft.is_dir() {
+            walk(&entry.path(), &path_rel, matcher, out)?;
+            continue;
+        }
+        if !matcher.is_match(&path_rel) {
+            continue;
+        }
+        let meta = if ft.is_symlink() {
+            match std::fs::metadata(entry.path()) {
+                Ok(m) if m.is_file() => m,
+                // A link to a directory, or a dangling link: not a file input.
+                _ => continue,
+            }
+        } else if ft.is_file() {
+            entry.metadata().map_err(|e| io(&entry.path(), e))?
+        } else {
+            continue;
+        };
+        out.push((path_rel, Stat::of(&meta)));
+    }
+    Ok(())
 }
 
 /// SHA-256 of a file's content, read in blocks.
@@ -309,14 +380,17 @@ pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
-/// Hash the files the cache cannot vouch for, on every core.
-fn hash_all(todo: &[(&str, &PathBuf)]) -> Result<Vec<[u8; 32]>> {
+/// Hash the files at `paths`, on every core.
+fn hash_all(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8)
-        .min(todo.len().max(1));
+        .min(paths.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut out = vec![[0u8; 32]; todo.len()];
+    let mut out = vec![[0u8; 32]; paths.len()];
     type Done = Result<Vec<(usize, [u8; 32])>>;
     let results: Vec<Done> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -325,7 +399,7 @@ fn hash_all(todo: &[(&str, &PathBuf)]) -> Result<Vec<[u8; 32]>> {
                     let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((_, path)) = todo.get(i) else {
+                        let Some(path) = paths.get(i) else {
                             return Ok(mine);
                         };
                         let d = hash_file(path).map_err(|source| Error::Io {
@@ -396,12 +470,23 @@ fn named(
     out
 }
 
+/// How much of a manifest [`compute`] fills in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything, per-file digests included: what a completion records.
+    Full,
+    /// The overall digest (and the small maps), not the per-file digests: enough to tell
+    /// whether anything changed, without 10,000 allocations for a big tree.
+    Digest,
+}
+
 /// Hash the inputs `def` declares plus `extra_globs` (files a caller discovered).
 pub fn compute(
     def: &InputsDef,
     extra_globs: &[String],
     src: &Sources<'_>,
     cache: &mut FileCache,
+    detail: Detail,
 ) -> Result<Manifest> {
     let mut globs: Vec<String> = def.files.clone();
     for g in extra_globs {
@@ -411,34 +496,30 @@ pub fn compute(
         }
     }
     let found = find_files(&src.root, &globs)?;
-    let mut digests: BTreeMap<&str, [u8; 32]> = BTreeMap::new();
-    let mut todo: Vec<(&str, &PathBuf)> = Vec::new();
-    let keys: Vec<String> = found
-        .values()
-        .map(|(abs, _)| abs.to_string_lossy().into_owned())
-        .collect();
-    for ((rel, (abs, stat)), key) in found.iter().zip(&keys) {
-        match cache.lookup(key, stat) {
-            Some(d) => {
-                digests.insert(rel, d);
+    let mut digests: Vec<[u8; 32]> = Vec::with_capacity(found.len());
+    let mut todo: Vec<usize> = Vec::new();
+    for (i, (_, stat)) in found.iter().enumerate() {
+        match cache.lookup(stat) {
+            Some(d) => digests.push(d),
+            None => {
+                digests.push([0; 32]);
+                todo.push(i);
             }
-            None => todo.push((rel, abs)),
         }
     }
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-    for ((rel, abs), d) in todo.iter().zip(hash_all(&todo)?) {
-        digests.insert(rel, d);
-        let stat = found[*rel].1;
-        let entry = CacheEntry {
-            stat,
-            digest: d,
-            hashed_ns: now_ns,
-        };
-        let key = abs.to_string_lossy().into_owned();
-        cache.entries.insert(key.clone(), entry);
-        cache.dirty.push((key, entry));
+    if !todo.is_empty() {
+        let paths: Vec<PathBuf> = todo.iter().map(|&i| src.root.join(&found[i].0)).collect();
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        for (&i, d) in todo.iter().zip(hash_all(&paths)?) {
+            digests[i] = d;
+            cache.insert(CacheEntry {
+                stat: found[i].1,
+                digest: d,
+                hashed_ns: now_ns,
+            });
+        }
     }
 
     let mut all = Sha256::new();
@@ -451,9 +532,11 @@ pub fn compute(
         meta: BTreeMap::new(),
         values: None,
     };
-    for (rel, d) in &digests {
+    for ((rel, _), d) in found.iter().zip(&digests) {
         feed(&mut all, &[b"f", rel.as_bytes(), d]);
-        m.files.insert(rel.to_string(), hex(&d[..SHORT / 2]));
+        if detail == Detail::Full {
+            m.files.insert(rel.clone(), hex(&d[..SHORT / 2]));
+        }
     }
     m.env = named(&mut all, src.salt, "env", &def.env, |n| (src.env)(n));
     m.meta = named(&mut all, src.salt, "meta", &def.meta, |k| {
@@ -577,6 +660,30 @@ pub fn last_done(events: &[Event], state: u8) -> Option<&Event> {
     })
 }
 
+/// An event as the staleness check reads it ([`crate::store::Store::marks`]): inits,
+/// completions, skips and drifts, the inputs left as stored text and parsed only as far
+/// as needed.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub seq: u64,
+    pub kind: EventKind,
+    pub state: Option<u8>,
+    pub message: Option<String>,
+    pub inputs: Option<String>,
+}
+
+/// The part of a stored manifest a comparison needs first.
+#[derive(Deserialize)]
+struct Head {
+    digest: String,
+    #[serde(default)]
+    globs: Vec<String>,
+}
+
+fn corrupt(seq: u64, e: serde_json::Error) -> Error {
+    Error::Corrupt(format!("event {seq} inputs: {e}"))
+}
+
 /// The completed states of `b` that are stale, in plan order. The first is where the
 /// build reruns from; every completed state after it follows (kind `After`). With
 /// `every` the inputs of the later states are checked too, to say what changed in each
@@ -584,7 +691,7 @@ pub fn last_done(events: &[Event], state: u8) -> Option<&Event> {
 pub fn stale_states(
     b: &Build,
     plan: &Plan,
-    events: &[Event],
+    marks: &[Mark],
     src: &Sources<'_>,
     cache: &mut FileCache,
     every: bool,
@@ -595,26 +702,30 @@ pub fn stale_states(
     let mut out: Vec<Stale> = Vec::new();
     for s in plan.states.iter().filter(|s| s.id <= current) {
         let first_found = out.first().map(|f| f.state);
-        if first_found.is_some() && !every {
-            out.push(Stale {
-                state: s.id,
-                name: s.name.clone(),
-                kind: StaleKind::After,
-                reasons: vec![format!(
-                    "after stale state {}",
-                    first_found.unwrap_or_default()
-                )],
-            });
+        let after = |first: u8| Stale {
+            state: s.id,
+            name: s.name.clone(),
+            kind: StaleKind::After,
+            reasons: vec![format!("after stale state {first}")],
+        };
+        if let (Some(first), false) = (first_found, every) {
+            out.push(after(first));
             continue;
         }
-        let Some(done) = last_done(events, s.id) else {
+        let Some(done) = marks.iter().rev().find(|m| {
+            m.state == Some(s.id)
+                && matches!(
+                    m.kind,
+                    EventKind::Complete | EventKind::Skip | EventKind::Init
+                )
+        }) else {
             continue;
         };
-        let drift = events
+        let drift = marks
             .iter()
             .rev()
-            .take_while(|e| e.seq > done.seq)
-            .find(|e| e.kind == EventKind::Drift && e.state == Some(s.id));
+            .take_while(|m| m.seq > done.seq)
+            .find(|m| m.kind == EventKind::Drift && m.state == Some(s.id));
         let own = if let Some(d) = drift {
             Some((
                 StaleKind::Drifted,
@@ -623,19 +734,24 @@ pub fn stale_states(
                     crate::decide::headline(d.message.as_deref().unwrap_or("no output"), 200)
                 )],
             ))
-        } else if let (Some(old), Some(def)) = (done.inputs.as_ref(), s.inputs.as_ref()) {
-            let extra: Vec<String> = old
+        } else if let (Some(raw), EventKind::Complete) = (done.inputs.as_deref(), done.kind) {
+            let head: Head = serde_json::from_str(raw).map_err(|e| corrupt(done.seq, e))?;
+            let def = s.inputs.clone().unwrap_or_default();
+            let extra: Vec<String> = head
                 .globs
                 .iter()
                 .filter(|g| !def.files.contains(g))
                 .cloned()
                 .collect();
-            let new = compute(def, &extra, src, cache)?;
-            compare(s.id, old, &new, src)?
-        } else if let Some(old) = done.inputs.as_ref() {
-            // Discovered inputs only (the callback's roles), no declaration in the plan.
-            let new = compute(&InputsDef::default(), &old.globs, src, cache)?;
-            compare(s.id, old, &new, src)?
+            let now = compute(&def, &extra, src, cache, Detail::Digest)?;
+            if now.digest == head.digest {
+                None
+            } else {
+                // Changed: now name what, from the full manifests.
+                let old: Manifest = serde_json::from_str(raw).map_err(|e| corrupt(done.seq, e))?;
+                let new = compute(&def, &extra, src, cache, Detail::Full)?;
+                compare(s.id, &old, &new, src)?
+            }
         } else {
             None
         };
@@ -646,12 +762,7 @@ pub fn stale_states(
                 kind,
                 reasons,
             }),
-            (None, Some(first)) => out.push(Stale {
-                state: s.id,
-                name: s.name.clone(),
-                kind: StaleKind::After,
-                reasons: vec![format!("after stale state {first}")],
-            }),
+            (None, Some(first)) => out.push(after(first)),
             (None, None) => {}
         }
     }
@@ -691,20 +802,16 @@ pub fn for_completion(
         meta: &meta,
         salt: &b.lineage,
     };
-    let m = compute(&def, extra_globs, &src, &mut cache)?;
-    store.save_file_cache(&mut cache);
+    let m = compute(&def, extra_globs, &src, &mut cache, Detail::Full)?;
+    store.save_file_cache(&src.root, &mut cache);
     Ok(Some(Box::new(m)))
 }
 
-/// Whether any completed state of the plan could go stale: declared inputs or a verify
-/// command, or inputs recorded by a caller (checked by the events).
-fn may_go_stale(plan: &Plan, events: &[Event]) -> bool {
-    plan.states
+/// Whether any completed state could be stale: inputs recorded, or a drift.
+fn may_go_stale(marks: &[Mark]) -> bool {
+    marks
         .iter()
-        .any(|s| s.inputs.is_some() || s.verify.is_some())
-        || events
-            .iter()
-            .any(|e| e.inputs.is_some() || e.kind == EventKind::Drift)
+        .any(|m| m.inputs.is_some() || m.kind == EventKind::Drift)
 }
 
 /// The stale completed states of `b` (see [`stale_states`]), judged against the files
@@ -719,15 +826,11 @@ pub fn stale_of(
     if b.current_state.is_none() {
         return Ok(Vec::new());
     }
-    let events = store.events(&b.build_id)?;
-    if !may_go_stale(plan, &events) {
+    let marks = store.marks(&b.build_id)?;
+    if !may_go_stale(&marks) {
         return Ok(Vec::new());
     }
-    let needs_files = events.iter().any(|e| {
-        e.inputs
-            .as_ref()
-            .is_some_and(|m| !m.globs.is_empty() || !m.files.is_empty())
-    });
+    let needs_files = marks.iter().any(|m| m.inputs.is_some());
     let root = if needs_files {
         root(root_dir)?
     } else {
@@ -745,8 +848,8 @@ pub fn stale_of(
         meta: &meta,
         salt: &b.lineage,
     };
-    let stale = stale_states(b, plan, &events, &src, &mut cache, every)?;
-    store.save_file_cache(&mut cache);
+    let stale = stale_states(b, plan, &marks, &src, &mut cache, every)?;
+    store.save_file_cache(&src.root, &mut cache);
     Ok(stale)
 }
 
@@ -821,28 +924,51 @@ mod tests {
         };
         let meta = BTreeMap::from([("git_sha".to_string(), "abc".to_string())]);
         let mut cache = FileCache::default();
-        let a = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        let a = compute(&def, &[], &src(dir.path(), &meta), &mut cache, Detail::Full).unwrap();
         assert_eq!(
             a.files.keys().collect::<Vec<_>>(),
             ["roles/users/README", "roles/users/tasks/main.yml"]
         );
         assert_eq!(a.env["NOT_SET_HERE"], "unset");
         assert!(a.validate().is_ok());
-        assert_eq!(cache.dirty.len(), 2);
+        assert!(cache.dirty && cache.entries.len() == 2);
+        // The cache survives its stored form.
+        let back = FileCache::from_bytes(&cache.to_bytes());
+        assert_eq!(back.entries, cache.entries);
+        // Only the digest: the same digest, no per-file names.
+        let light = compute(
+            &def,
+            &[],
+            &src(dir.path(), &meta),
+            &mut cache,
+            Detail::Digest,
+        )
+        .unwrap();
+        assert_eq!(
+            (light.digest.as_str(), light.files.len()),
+            (a.digest.as_str(), 0)
+        );
         // The same inputs give the same digest; the value of a variable is not stored.
-        let b = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        let b = compute(&def, &[], &src(dir.path(), &meta), &mut cache, Detail::Full).unwrap();
         assert_eq!(a, b);
         assert!(!serde_json::to_string(&a).unwrap().contains("9.4"));
         // An edit is named.
         std::fs::write(role.join("main.yml"), "- name: users, edited\n").unwrap();
-        let c = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        let c = compute(&def, &[], &src(dir.path(), &meta), &mut cache, Detail::Full).unwrap();
         assert_ne!(a.digest, c.digest);
         assert_eq!(changes(&a, &c), ["roles/users/tasks/main.yml changed"]);
         // Metadata and added/removed files too.
         let meta2 = BTreeMap::from([("git_sha".to_string(), "def".to_string())]);
         std::fs::remove_file(dir.path().join("roles/users/README")).unwrap();
         std::fs::write(role.join("new.yml"), "x").unwrap();
-        let d = compute(&def, &[], &src(dir.path(), &meta2), &mut cache).unwrap();
+        let d = compute(
+            &def,
+            &[],
+            &src(dir.path(), &meta2),
+            &mut cache,
+            Detail::Full,
+        )
+        .unwrap();
         assert_eq!(
             changes(&c, &d),
             [
@@ -867,14 +993,14 @@ mod tests {
         // only once the file is older than the entry by more than the racy window.
         let stat = Stat::of(&std::fs::metadata(&f).unwrap());
         let mut cache = FileCache::default();
-        let key = f.to_string_lossy().into_owned();
+        let key = (stat.dev, stat.ino);
         let fake = CacheEntry {
             stat,
             digest: [7; 32],
             hashed_ns: stat.mtime_ns.max(stat.ctime_ns) + 1,
         };
-        cache.entries.insert(key.clone(), fake);
-        let racy = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        cache.entries.insert(key, fake);
+        let racy = compute(&def, &[], &src(dir.path(), &meta), &mut cache, Detail::Full).unwrap();
         assert_eq!(racy.files["a.txt"], hex(&Sha256::digest(b"one")[..8]));
         cache.entries.insert(
             key,
@@ -883,7 +1009,8 @@ mod tests {
                 ..fake
             },
         );
-        let trusted = compute(&def, &[], &src(dir.path(), &meta), &mut cache).unwrap();
+        let trusted =
+            compute(&def, &[], &src(dir.path(), &meta), &mut cache, Detail::Full).unwrap();
         assert_eq!(trusted.files["a.txt"], hex(&[7; 8]));
     }
 

@@ -447,69 +447,65 @@ impl Store {
 
     /// This machine's cached digests of the files under `root` (see [`crate::inputs`]).
     pub fn file_cache(&self, root: &Path) -> Result<crate::inputs::FileCache> {
-        let lo = format!("{}/", root.display());
-        let hi = format!("{}0", root.display());
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT path, size, mtime_ns, ctime_ns, ino, digest, hashed_ns FROM input_cache
-             WHERE path >= :lo AND path < :hi",
-        )?;
-        let rows = stmt.query_map(named_params! {":lo": lo, ":hi": hi}, |r| {
-            let digest: Vec<u8> = r.get(5)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                crate::inputs::Stat {
-                    size: r.get(1)?,
-                    mtime_ns: r.get(2)?,
-                    ctime_ns: r.get(3)?,
-                    ino: r.get(4)?,
-                },
-                digest,
-                r.get::<_, i64>(6)?,
-            ))
-        })?;
-        let mut cache = crate::inputs::FileCache::default();
-        for row in rows {
-            let (path, stat, digest, hashed_ns) = row?;
-            // A damaged row is a cache miss, not an error.
-            if let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) {
-                cache.entries.insert(
-                    path,
-                    crate::inputs::CacheEntry {
-                        stat,
-                        digest,
-                        hashed_ns,
-                    },
-                );
-            }
-        }
-        Ok(cache)
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT entries FROM input_cache WHERE root = :root")?
+            .query_row(named_params! {":root": root.to_string_lossy()}, |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(blob.map_or_else(crate::inputs::FileCache::default, |b| {
+            crate::inputs::FileCache::from_bytes(&b)
+        }))
     }
 
     /// Keep the digests computed since `file_cache` loaded it. Best effort: a cache that
-    /// cannot be written (a busy or read-only database) only costs hashing next time.
-    pub fn save_file_cache(&self, cache: &mut crate::inputs::FileCache) {
-        if cache.dirty.is_empty() {
+    /// cannot be written (a busy or read-only database) only costs hashing next time, and
+    /// concurrent writers of one root's cache each keep a valid one (the last wins).
+    pub fn save_file_cache(&self, root: &Path, cache: &mut crate::inputs::FileCache) {
+        if !cache.dirty {
             return;
         }
-        let dirty = std::mem::take(&mut cache.dirty);
-        let saved = (|| -> Result<()> {
-            let conn = self.conn.unchecked_transaction()?;
-            let mut stmt = conn.prepare_cached(
-                "INSERT OR REPLACE INTO input_cache (path, size, mtime_ns, ctime_ns, ino, digest, hashed_ns)
-                 VALUES (:path, :size, :mtime, :ctime, :ino, :digest, :hashed)",
-            )?;
-            for (path, e) in &dirty {
-                stmt.execute(named_params! {
-                    ":path": path, ":size": e.stat.size, ":mtime": e.stat.mtime_ns,
-                    ":ctime": e.stat.ctime_ns, ":ino": e.stat.ino, ":digest": &e.digest[..],
-                    ":hashed": e.hashed_ns,
-                })?;
-            }
-            drop(stmt);
-            conn.commit()?;
-            Ok(())
-        })();
-        let _ = saved;
+        cache.dirty = false;
+        let _ = self.conn.execute(
+            "INSERT OR REPLACE INTO input_cache (root, entries, updated_at)
+             VALUES (:root, :entries, :now)",
+            named_params! {
+                ":root": root.to_string_lossy(), ":entries": cache.to_bytes(),
+                ":now": time::format(SystemTime::now()),
+            },
+        );
+    }
+
+    /// The events a staleness check reads: inits, completions (with their inputs as
+    /// stored), skips and drifts, oldest first.
+    pub fn marks(&self, build_id: &str) -> Result<Vec<crate::inputs::Mark>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, kind, state, message, inputs FROM events
+             WHERE build_id = :id AND kind IN ('init', 'complete', 'skip', 'drift')
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<u8>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, kind, state, message, inputs) = row?;
+            out.push(crate::inputs::Mark {
+                seq,
+                kind: kind.parse()?,
+                state,
+                message,
+                inputs,
+            });
+        }
+        Ok(out)
     }
 }
 
