@@ -27,6 +27,10 @@ pub struct Row {
     pub age_seconds: u64,
     /// The lease holder of a running state.
     pub holder: Option<String>,
+    /// Since the build's last passing verify (`check-state --verify`); left out when it
+    /// never passed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_seconds_ago: Option<u64>,
     #[serde(skip)]
     serial: u64,
     #[serde(skip)]
@@ -89,6 +93,7 @@ fn rows(store: &Store, filter: &str, now: SystemTime) -> Result<Vec<Row>> {
             attempt,
             age_seconds: now.duration_since(updated).unwrap_or_default().as_secs(),
             holder,
+            verified_seconds_ago: None,
             serial,
             plan_hash,
             started: when(started)?,
@@ -106,12 +111,31 @@ pub fn status(store: &Store, now: SystemTime) -> Result<Vec<Row>> {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    let mut stmt = store.connection().prepare(
+    // When each build last passed its verify commands: joined only when some build ever
+    // did (the partial index answers that at once), so fleets without verify commands
+    // pay nothing for the column.
+    let any_verified: bool = store.connection().query_row(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE kind = 'verified')",
+        [],
+        |r| r.get(0),
+    )?;
+    let verified = if any_verified {
+        "(SELECT MAX(0, CAST(:now - (julianday(v.at) - 2440587.5) * 86400.0 AS INTEGER)))"
+    } else {
+        "NULL"
+    };
+    let join = if any_verified {
+        "LEFT JOIN (SELECT build_id AS vid, MAX(at) AS at FROM events WHERE kind = 'verified'
+                    GROUP BY build_id) v ON v.vid = builds.build_id"
+    } else {
+        ""
+    };
+    let mut stmt = store.connection().prepare(&format!(
         "SELECT build_id, status, current_state, active_state, attempt,
                 MAX(0, CAST(:now - (julianday(updated_at) - 2440587.5) * 86400.0 AS INTEGER)),
-                lease_owner
-         FROM builds ORDER BY build_id",
-    )?;
+                lease_owner, {verified}
+         FROM builds {join} ORDER BY build_id"
+    ))?;
     let raw = stmt.query_map(named_params! {":now": now_s}, |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -121,11 +145,12 @@ pub fn status(store: &Store, now: SystemTime) -> Result<Vec<Row>> {
             r.get::<_, u32>(4)?,
             r.get::<_, i64>(5)?,
             r.get::<_, Option<String>>(6)?,
+            r.get::<_, Option<i64>>(7)?,
         ))
     })?;
     let mut out = Vec::with_capacity(1024);
     for row in raw {
-        let (build_id, status, current_state, active_state, attempt, age, holder) = row?;
+        let (build_id, status, current_state, active_state, attempt, age, holder, verified) = row?;
         out.push(Row {
             build_id,
             status: status.parse()?,
@@ -134,6 +159,7 @@ pub fn status(store: &Store, now: SystemTime) -> Result<Vec<Row>> {
             attempt,
             age_seconds: u64::try_from(age).unwrap_or(0),
             holder,
+            verified_seconds_ago: verified.map(|v| u64::try_from(v).unwrap_or(0)),
             serial: 0,
             plan_hash: String::new(),
             started: None,

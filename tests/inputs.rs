@@ -201,6 +201,15 @@ fn a_failed_verify_is_drift_and_its_state_reruns() {
         ok.stderr
     );
     assert!(kinds(&e.state("img-1")).contains(&"verified".to_string()));
+    // monitor status shows when each build was last verified.
+    let rows = e.run("monitor", &["status", "--json"]).ok().json();
+    assert_eq!(rows[0]["build_id"], "img-1");
+    assert!(rows[0]["verified_seconds_ago"].as_u64().is_some(), "{rows}");
+    let table = e.run("monitor", &["status"]).ok().stdout;
+    assert!(
+        table.lines().next().unwrap().contains("verified"),
+        "{table}"
+    );
 
     // Reality changed under the recorded state.
     std::fs::remove_file(e.path("users-built")).unwrap();

@@ -9,3 +9,5 @@ CREATE TABLE input_cache (
     entries BLOB NOT NULL,
     updated_at TEXT NOT NULL
 ) STRICT, WITHOUT ROWID;
+-- monitor status shows when each build last passed its verify commands.
+CREATE INDEX events_verified ON events(build_id, at) WHERE kind = 'verified';

@@ -268,7 +268,7 @@ class CallbackModule(CallbackBase):
         if create:
             # Creates the build, or confirms an existing one has this identity.
             store.init(self._build_id, self._cloud, self._image)
-        elif not store.decide(self._build_id)["exists"]:
+        elif not store.decide(self._build_id, inputs=False)["exists"]:
             raise RuntimeError(
                 "build %r is not in %s: create it with init-state first, or set BUILDSTATE_CLOUD and BUILDSTATE_IMAGE so that the callback creates it"
                 % (self._build_id, store.path)
