@@ -23,6 +23,33 @@ stdout carries only the JSON answer; messages go to stderr. Exit codes: docs/exi
 Options: --help (this text), --json (errors also as JSON on stdout).
 ";
 
+/// The command line for `--generate` (completions, man page): the same as HELP says.
+fn command() -> clap::Command {
+    use clap::{Arg, ArgAction, Command};
+    let json = || {
+        Arg::new("json")
+            .long("json")
+            .action(ArgAction::SetTrue)
+            .help("Errors also as JSON on stdout")
+    };
+    Command::new("concourse-resource")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("The buildstate Concourse resource: check, in and out, with the request as JSON on stdin")
+        .long_about(HELP)
+        .arg(json())
+        .subcommand(Command::new("check").about("List new versions of the build (request on stdin)"))
+        .subcommand(
+            Command::new("in")
+                .about("Fetch one version into DEST: decision.json, resume-metadata, snapshot.json, history.json")
+                .arg(Arg::new("DEST").required(true).value_hint(clap::ValueHint::DirPath)),
+        )
+        .subcommand(
+            Command::new("out")
+                .about("Perform one transition through the remote; files named by params are in SRC")
+                .arg(Arg::new("SRC").required(true).value_hint(clap::ValueHint::DirPath)),
+        )
+}
+
 fn run() -> Result<Option<serde_json::Value>> {
     let mut args: Vec<String> = std::env::args().collect();
     // Options never reach the steps: --help answers before stdin is read.
@@ -74,6 +101,9 @@ fn run() -> Result<Option<serde_json::Value>> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = buildstate::cli::generate(command(), "concourse-resource") {
+        return code;
+    }
     let json = std::env::args().skip(1).any(|a| a == "--json");
     // stdout carries only the answer; everything for people went to stderr.
     let answered = run().and_then(|answer| match answer {

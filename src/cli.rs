@@ -66,10 +66,59 @@ impl Common {
     }
 }
 
+/// `COMMAND --generate bash|zsh|fish|man`: print the command's shell completion script or
+/// man page (roff), made from the same clap definition as `--help`, and exit 0; what
+/// `scripts/install` installs. `None` when the command line asks for something else.
+pub fn generate(cmd: clap::Command, tool: &'static str) -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_none_or(|a| a != "--generate") {
+        return None;
+    }
+    let what = args.next().map(|a| a.to_string_lossy().into_owned());
+    let mut cmd = cmd.name(tool).bin_name(tool);
+    let mut buf: Vec<u8> = Vec::new();
+    let shell = match what.as_deref() {
+        Some("bash") => Some(clap_complete::Shell::Bash),
+        Some("zsh") => Some(clap_complete::Shell::Zsh),
+        Some("fish") => Some(clap_complete::Shell::Fish),
+        Some("man") => None,
+        other => {
+            eprintln!(
+                "{tool}: error: --generate takes bash, zsh, fish or man, not '{}'",
+                crate::redact::echo(other.unwrap_or(""))
+            );
+            return Some(ExitCode::from(exit::USAGE as u8));
+        }
+    };
+    let rendered = match shell {
+        Some(shell) => {
+            clap_complete::generate(shell, &mut cmd, tool, &mut buf);
+            Ok(())
+        }
+        None => clap_mangen::Man::new(cmd).render(&mut buf),
+    };
+    let written = rendered
+        .map_err(|source| crate::Error::Io {
+            path: "man page".into(),
+            source,
+        })
+        .and_then(|()| out(format_args!("{}", String::from_utf8_lossy(&buf))));
+    Some(match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: error: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    })
+}
+
 /// Parse the command line. Usage errors follow `--json` like every other error: with
 /// it, stdout carries `{"error": {"kind": "usage", ...}}`; the message goes to stderr and
 /// the exit code is 2. `--help` and `--version` print as usual.
-pub fn parse<T: clap::Parser>(tool: &str) -> std::result::Result<T, ExitCode> {
+pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, ExitCode> {
+    if let Some(code) = generate(T::command(), tool) {
+        return Err(code);
+    }
     match T::try_parse() {
         Ok(args) => Ok(args),
         Err(e) => {

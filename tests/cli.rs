@@ -1170,3 +1170,78 @@ fn the_concourse_resource_answers_help_without_stdin_and_without_colour() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["error"]["kind"], "invalid_input");
 }
+
+/// Issue 18: `scripts/install` puts a man page and bash, zsh and fish completions next to
+/// every command, generated from the clap definitions; each man page names every flag
+/// the command's --help shows.
+#[test]
+fn every_command_gets_completions_and_a_man_page_naming_every_flag() {
+    let prefix = tempfile::tempdir().unwrap();
+    let bindir = util::bin("init-state").parent().unwrap().to_path_buf();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/install"))
+        .arg("--from")
+        .arg(&bindir)
+        .arg("--prefix")
+        .arg(prefix.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flag = regex::Regex::new(r"--[a-z][a-z0-9-]*").unwrap();
+    for c in [
+        "init-state",
+        "check-state",
+        "update-state",
+        "run-state",
+        "sync-cloud",
+        "monitor",
+        "concourse-resource",
+    ] {
+        let share = prefix.path().join("share");
+        let man = std::fs::read_to_string(share.join(format!("man/man1/{c}.1"))).unwrap();
+        assert!(man.contains(&format!(".TH {c} 1")), "{c}: {}", &man[..200]);
+        let man = man.replace("\\-", "-");
+        let help = util::Env::new().run(c, &["--help"]);
+        assert_eq!(help.code, 0, "{c}: {}", help.stderr);
+        for f in flag.find_iter(&help.stdout) {
+            assert!(
+                man.contains(f.as_str()),
+                "{c}: the man page does not name {}",
+                f.as_str()
+            );
+        }
+        for (dir, file, needle) in [
+            (
+                "bash-completion/completions",
+                c.to_string(),
+                format!("complete -F _{}", c.replace('-', "__")),
+            ),
+            (
+                "zsh/site-functions",
+                format!("_{c}"),
+                format!("#compdef {c}"),
+            ),
+            (
+                "fish/vendor_completions.d",
+                format!("{c}.fish"),
+                format!("complete -c {c}"),
+            ),
+        ] {
+            let text = std::fs::read_to_string(share.join(dir).join(&file)).unwrap();
+            assert!(
+                text.contains(&needle),
+                "{c}: {dir}/{file} lacks '{needle}':\n{}",
+                &text[..text.len().min(400)]
+            );
+        }
+        assert!(prefix.path().join("bin").join(c).is_file());
+    }
+    // A wrong request is a usage error, not an empty file.
+    let r = util::Env::new().run("check-state", &["--generate", "powershell2"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}

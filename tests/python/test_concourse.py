@@ -189,6 +189,9 @@ def test_pipeline_and_tasks_reference_only_what_exists() -> None:
     dockerfile = (ROOT / "concourse" / "Dockerfile").read_text()
     for step in ("check", "in", "out"):
         assert f"/opt/resource/{step}" in dockerfile
+    # ...and the man pages and completions of every command (issue 18).
+    assert "scripts/install --from target/release --prefix /out" in dockerfile
+    assert "COPY --from=build /out/share /usr/local/share" in dockerfile
 
 
 def test_the_resource_keeps_to_its_folder_and_its_secrets(moto: dict[str, str], assets: Path, tmp_path: Path) -> None:
