@@ -1,0 +1,1 @@
+../../../../python/buildstate/ansible/callback_plugins/buildstate.py
