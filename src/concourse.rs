@@ -290,21 +290,25 @@ pub struct OutParams {
     pub inputs_root: Option<String>,
 }
 
-/// A folder named by a param, inside the put's folder `src`.
-fn dir_in(src: &Path, rel: &str, what: &str) -> Result<std::path::PathBuf> {
+/// A path named by a param: inside the put's folder `src` once `..` and symbolic links
+/// are resolved, and a folder (`dir`) or a file. The error names the param, never the
+/// content.
+fn inside(src: &Path, rel: &str, what: &str, dir: bool) -> Result<std::path::PathBuf> {
     let bad = |why: String| Error::InvalidInput(format!("{what}: {why}"));
+    let kind = if dir { "folder" } else { "file" };
     let root = src
         .canonicalize()
         .map_err(|e| bad(format!("the put's folder {}: {e}", src.display())))?;
     let path = root.join(rel).canonicalize().map_err(|e| {
         bad(format!(
-            "cannot open '{}' in the put's folder: {e}",
+            "cannot read '{}' in the put's folder: {e}",
             crate::model::echo(rel)
         ))
     })?;
-    if !path.starts_with(&root) || !path.is_dir() {
+    let right_kind = if dir { path.is_dir() } else { path.is_file() };
+    if !path.starts_with(&root) || !right_kind {
         return Err(bad(format!(
-            "'{}' is not a folder inside the put's folder; name one relative to it, without leaving it",
+            "'{}' is not a {kind} inside the put's folder; name one relative to it, without leaving it",
             crate::model::echo(rel)
         )));
     }
@@ -320,21 +324,7 @@ pub const MAX_ERROR_FILE: u64 = 64 * 1024;
 fn read_in(src: &Path, rel: &str, what: &str, max: u64, tail: bool) -> Result<String> {
     use std::io::{Read, Seek};
     let bad = |why: String| Error::InvalidInput(format!("{what}: {why}"));
-    let root = src
-        .canonicalize()
-        .map_err(|e| bad(format!("the put's folder {}: {e}", src.display())))?;
-    let path = root.join(rel).canonicalize().map_err(|e| {
-        bad(format!(
-            "cannot read '{}' in the put's folder: {e}",
-            crate::model::echo(rel)
-        ))
-    })?;
-    if !path.starts_with(&root) || !path.is_file() {
-        return Err(bad(format!(
-            "'{}' is not a file inside the put's folder; name one relative to it, without leaving it",
-            crate::model::echo(rel)
-        )));
-    }
+    let path = inside(src, rel, what, false)?;
     let mut f = std::fs::File::open(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut note = String::new();
@@ -474,10 +464,11 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
             }
         };
         // Default: the put's folder, where Concourse puts the job's inputs.
-        let inputs_root = Some(dir_in(
+        let inputs_root = Some(inside(
             src,
             params.inputs_root.as_deref().unwrap_or("."),
             "params.inputs_root",
+            true,
         )?);
         let owner = params.owner.clone().unwrap_or_else(|| job_owner(&actor));
         let mut ctx = Ctx {

@@ -43,16 +43,22 @@ def check_state(tmp_path: Path, db: Path) -> dict:
     return json.loads(r.stdout)
 
 
-def steps(store: buildstate.Store) -> list[tuple]:
-    return [(e["kind"], e["state"]) for e in store.events(BUILD) if e["kind"] in ("start", "complete", "rerun", "force")]
-
-
-def test_a_role_edit_makes_its_state_stale_and_the_playbook_reruns_it(tmp_path: Path, db: Path, store: buildstate.Store) -> None:
+def first_run(tmp_path: Path, db: Path) -> dict[str, str]:
+    """Two roles and a task file, and the playbook's first run over them; its environment."""
     role(tmp_path, "base", "base")
     role(tmp_path, "users", "users")
     (tmp_path / "packages.yml").write_text("- name: packages task\n  ansible.builtin.debug:\n    msg: packages\n")
     env = base_env(db, BUILDSTATE_INPUTS_ROOT=str(tmp_path))
     run(tmp_path, env)
+    return env
+
+
+def steps(store: buildstate.Store) -> list[tuple]:
+    return [(e["kind"], e["state"]) for e in store.events(BUILD) if e["kind"] in ("start", "complete", "rerun", "force")]
+
+
+def test_a_role_edit_makes_its_state_stale_and_the_playbook_reruns_it(tmp_path: Path, db: Path, store: buildstate.Store) -> None:
+    env = first_run(tmp_path, db)
     assert steps(store)[-6:] == [("start", 15), ("complete", 15), ("start", 20), ("complete", 20), ("start", 25), ("complete", 25)]
     recorded = {e["state"]: e["inputs"]["globs"] for e in store.events(BUILD) if e["kind"] == "complete" and e.get("inputs")}
     assert recorded[15] == ["roles/base/**"], recorded  # its task file is under the role
@@ -88,11 +94,7 @@ def test_a_role_edit_makes_its_state_stale_and_the_playbook_reruns_it(tmp_path: 
 
 
 def test_force_through_the_callback_and_the_api(tmp_path: Path, db: Path, store: buildstate.Store) -> None:
-    role(tmp_path, "base", "base")
-    role(tmp_path, "users", "users")
-    (tmp_path / "packages.yml").write_text("- name: packages task\n  ansible.builtin.debug:\n    msg: packages\n")
-    env = base_env(db, BUILDSTATE_INPUTS_ROOT=str(tmp_path))
-    run(tmp_path, env)
+    env = first_run(tmp_path, db)
     before = len(steps(store))
     r = run(tmp_path, env, "-e", "buildstate_force=20")
     assert "forced state 20 and every later state to run again" in r.stdout + r.stderr, r.stdout
