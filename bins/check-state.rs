@@ -139,7 +139,7 @@ fn run(args: &Args) -> Result<i32> {
     Ok(report.exit_code)
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = match buildstate::cli::parse::<Args>("check-state") {
         Ok(args) => args,
         Err(code) => return code,

@@ -51,7 +51,10 @@ fn command() -> clap::Command {
 }
 
 fn run() -> Result<Option<serde_json::Value>> {
-    let mut args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = buildstate::cli::args()
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     // Options never reach the steps: --help answers before stdin is read.
     if args.iter().skip(1).any(|a| a == "--help" || a == "-h") {
         buildstate::cli::out(format_args!("{HELP}"))?;
@@ -100,11 +103,14 @@ fn run() -> Result<Option<serde_json::Value>> {
     .map(Some)
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     if let Some(code) = buildstate::cli::generate(command(), "concourse-resource") {
         return code;
     }
-    let json = std::env::args().skip(1).any(|a| a == "--json");
+    let json = buildstate::cli::args()
+        .iter()
+        .skip(1)
+        .any(|a| a == "--json");
     // stdout carries only the answer; everything for people went to stderr.
     let answered = run().and_then(|answer| match answer {
         Some(a) => buildstate::cli::outln(format_args!("{a}")),

@@ -97,7 +97,7 @@ fn run(args: &Args) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = match buildstate::cli::parse::<Args>("init-state") {
         Ok(args) => args,
         Err(code) => return code,

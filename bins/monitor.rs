@@ -347,7 +347,7 @@ fn run(args: &Args) -> Result<i32> {
     }
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = match buildstate::cli::parse::<Args>("monitor") {
         Ok(args) => args,
         Err(code) => return code,

@@ -140,7 +140,7 @@ fn run_state(args: &Args) -> Result<i32> {
     Ok(code)
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = match buildstate::cli::parse::<Args>("run-state") {
         Ok(args) => args,
         Err(code) => return code,

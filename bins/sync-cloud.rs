@@ -322,7 +322,7 @@ fn print_status(args: &Args, rows: &[StatusRow]) -> Result<()> {
     buildstate::cli::outln(format_args!("{table}"))
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = match buildstate::cli::parse::<Args>("sync-cloud") {
         Ok(args) => args,
         Err(code) => return code,

@@ -66,11 +66,27 @@ impl Common {
     }
 }
 
+/// Set by the all-in-one `buildstate` executable when it was run as `buildstate COMMAND
+/// ARGS...`: the command's arguments then start one place later.
+static SHIFTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// `buildstate COMMAND ARGS...`: from now on [`args`] leaves out `buildstate`.
+pub fn shift_command_name() {
+    let _ = SHIFTED.set(true);
+}
+
+/// The command line as the running command sees it: its name first, then its arguments
+/// (also when it runs inside the all-in-one `buildstate` executable).
+pub fn args() -> Vec<std::ffi::OsString> {
+    let skip = usize::from(SHIFTED.get().copied().unwrap_or(false));
+    std::env::args_os().skip(skip).collect()
+}
+
 /// `COMMAND --generate bash|zsh|fish|man`: print the command's shell completion script or
 /// man page (roff), made from the same clap definition as `--help`, and exit 0; what
 /// `scripts/install` installs. `None` when the command line asks for something else.
 pub fn generate(cmd: clap::Command, tool: &'static str) -> Option<ExitCode> {
-    let mut args = std::env::args_os().skip(1);
+    let mut args = args().into_iter().skip(1);
     if args.next().is_none_or(|a| a != "--generate") {
         return None;
     }
@@ -119,7 +135,7 @@ pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, Exit
     if let Some(code) = generate(T::command(), tool) {
         return Err(code);
     }
-    match T::try_parse() {
+    match T::try_parse_from(args()) {
         Ok(args) => Ok(args),
         Err(e) => {
             use clap::error::ErrorKind;
@@ -137,7 +153,8 @@ pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, Exit
                 };
                 return Err(ExitCode::from(code as u8));
             }
-            let json = std::env::args_os()
+            let json = args()
+                .into_iter()
                 .skip(1)
                 .take_while(|a| a != "--")
                 .any(|a| a == "--json");
@@ -147,6 +164,28 @@ pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, Exit
             let mut message: String = crate::redact::redact(&e.render().to_string())
                 .lines()
                 .map(|l| {
+                    // clap lists in the usage line the options it found, also those that
+                    // came from the environment (BUILDSTATE_DB, BUILDSTATE_REMOTE), which
+                    // then read as if they were required: only what was typed is shown.
+                    let l = if l.starts_with("Usage:") {
+                        let typed = args();
+                        let mut l = l.to_string();
+                        for (flag, shown) in
+                            [("--db", " --db <PATH>"), ("--remote", " --remote <URL>")]
+                        {
+                            let given = typed.iter().any(|a| {
+                                a.to_str().is_some_and(|a| {
+                                    a == flag || a.starts_with(&format!("{flag}="))
+                                })
+                            });
+                            if !given {
+                                l = l.replacen(shown, "", 1);
+                            }
+                        }
+                        l
+                    } else {
+                        l.to_string()
+                    };
                     let n = l.chars().count();
                     if n > 4 * crate::redact::MAX_ECHO {
                         let head: String = l.chars().take(4 * crate::redact::MAX_ECHO).collect();
@@ -160,7 +199,7 @@ pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, Exit
             // an unknown argument.
             if tool == "run-state"
                 && e.kind() == ErrorKind::UnknownArgument
-                && !std::env::args_os().any(|a| a == "--")
+                && !args().iter().any(|a| a == "--")
             {
                 message.push_str(
                     "tip: the command to run goes after --: run-state BUILD_ID STATE -- COMMAND [ARGS...]\n",

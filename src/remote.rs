@@ -120,9 +120,21 @@ fn remote_error(name: &str, what: &str, e: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// Install ring's crypto as the process's TLS provider (once; later calls do nothing).
+/// Every HTTPS client (the object stores', Slack's) is built after it: reqwest, built
+/// without a provider of its own, panics otherwise (docs/decisions.md).
+pub fn ensure_tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl Remote {
     /// Parse a remote URL and set up its client (no request is made yet).
     pub fn open(url: &str, opts: RemoteOptions) -> Result<Remote> {
+        ensure_tls();
         let bad = |why: String| {
             Error::InvalidInput(format!(
                 "invalid remote '{}': {why}; use s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or file:///path",

@@ -1245,3 +1245,122 @@ fn every_command_gets_completions_and_a_man_page_naming_every_flag() {
     let r = util::Env::new().run("check-state", &["--generate", "powershell2"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
+
+/// Issue 18: one executable, `buildstate`, runs every command under its name (a link),
+/// or as `buildstate COMMAND`; the Concourse steps by their names too. Same answers as
+/// the single-command executables.
+#[test]
+fn the_one_executable_runs_each_command_by_the_name_it_is_called() {
+    let e = Env::new();
+    let one = std::path::PathBuf::from(env!("CARGO_BIN_EXE_buildstate"));
+    let links = e.path("bin");
+    std::fs::create_dir_all(&links).unwrap();
+    for name in [
+        "init-state",
+        "check-state",
+        "update-state",
+        "run-state",
+        "sync-cloud",
+        "monitor",
+        "concourse-resource",
+        "check",
+    ] {
+        std::os::unix::fs::symlink(&one, links.join(name)).unwrap();
+    }
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let mut c = std::process::Command::new(program);
+        c.env_remove("BUILDSTATE_DB")
+            .env_remove("BUILDSTATE_REMOTE");
+        c.args(args).env("BUILDSTATE_DB", &e.db);
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let db = e.db.to_str().unwrap();
+    let (code, _, err) = run(
+        &links.join("init-state"),
+        &["img-1", "--cloud", "aws", "--image", "rhel9", "--db", db],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &one,
+        &["update-state", "img-1", "complete", "5", "--db", db],
+    );
+    assert_eq!(code, 0, "{err}");
+    for program in [links.join("check-state"), one.clone()] {
+        let args: &[&str] = if program == one {
+            &["check-state", "img-1", "--json", "--db", db]
+        } else {
+            &["img-1", "--json", "--db", db]
+        };
+        let (code, out, err) = run(&program, args);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["current_state"].as_u64(), v["next_state"].as_u64()),
+            (Some(5), Some(10))
+        );
+    }
+    // --help and usage errors name the command, not the executable.
+    // (The environment line shows a value when the variable is set: not compared.)
+    let same = |text: String| {
+        text.lines()
+            .filter(|l| !l.contains("[env: BUILDSTATE_DB="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let single = same(e.run("check-state", &["--help"]).stdout);
+    assert_eq!(
+        same(run(&links.join("check-state"), &["--db", db, "--help"]).1),
+        single
+    );
+    assert_eq!(
+        same(run(&one, &["check-state", "--db", db, "--help"]).1),
+        single
+    );
+    let (code, _, err) = run(&one, &["check-state", "--bogus"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("Usage: check-state"), "{err}");
+    // The Concourse step by its name.
+    let (code, out, _) = run(&links.join("check"), &["--help"]);
+    assert!(
+        code == 0 && out.contains("concourse-resource check"),
+        "{out}"
+    );
+    // Unknown and missing commands are usage errors that list the commands.
+    let (code, _, err) = run(&one, &["frobnicate"]);
+    assert!(
+        code == 2 && err.contains("unknown command 'frobnicate'") && err.contains("check-state"),
+        "{err}"
+    );
+    let (code, out, _) = run(&one, &["--list"]);
+    assert_eq!((code, out.lines().count()), (0, 7));
+}
+
+/// Issue 18: with BUILDSTATE_DB (or BUILDSTATE_REMOTE) set, a usage error's usage line
+/// does not show `--db <PATH>` as if it were required; typed, it is shown as typed.
+#[test]
+fn usage_lines_show_only_the_options_typed() {
+    let e = Env::new();
+    let mut c = std::process::Command::new(util::bin("check-state"));
+    c.env("BUILDSTATE_DB", &e.db).env(
+        "BUILDSTATE_REMOTE",
+        format!("file://{}", e.dir.path().display()),
+    );
+    let out = c.output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let usage = err.lines().find(|l| l.starts_with("Usage:")).unwrap();
+    assert_eq!(usage, "Usage: check-state <BUILD_ID>", "{err}");
+    let r = e.run("check-state", &[]);
+    let usage = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap()
+        .to_string();
+    assert!(usage.contains("--db <PATH>"), "{usage}");
+}

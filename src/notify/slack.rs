@@ -308,6 +308,7 @@ pub fn deliver(
             path: "tokio runtime".into(),
             source,
         })?;
+    crate::remote::ensure_tls();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()

@@ -37,11 +37,12 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def assets(tmp_path: Path) -> Path:
-    """/opt/resource as the image lays it out: check, in and out are the one binary."""
+    """/opt/resource as the image lays it out: check, in and out are links to the one
+    executable, buildstate, which runs the step it was called as."""
     d = tmp_path / "opt-resource"
     d.mkdir()
     for step in ("check", "in", "out"):
-        (d / step).symlink_to(TARGET / "concourse-resource")
+        (d / step).symlink_to(TARGET / "buildstate")
     return d
 
 
@@ -190,7 +191,9 @@ def test_pipeline_and_tasks_reference_only_what_exists() -> None:
     for step in ("check", "in", "out"):
         assert f"/opt/resource/{step}" in dockerfile
     # ...and the man pages and completions of every command (issue 18).
+    assert "cargo build --release --locked --bin buildstate" in dockerfile
     assert "scripts/install --from target/release --prefix /out" in dockerfile
+    assert "COPY --from=build /out/bin/ /usr/local/bin/" in dockerfile
     assert "COPY --from=build /out/share /usr/local/share" in dockerfile
 
 
