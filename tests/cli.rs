@@ -1171,6 +1171,17 @@ fn the_concourse_resource_answers_help_without_stdin_and_without_colour() {
     assert_eq!(j["error"]["kind"], "invalid_input");
 }
 
+/// Every command, by its installed name.
+const COMMANDS: [&str; 7] = [
+    "init-state",
+    "check-state",
+    "update-state",
+    "run-state",
+    "sync-cloud",
+    "monitor",
+    "concourse-resource",
+];
+
 /// Issue 18: `scripts/install` puts a man page and bash, zsh and fish completions next to
 /// every command, generated from the clap definitions; each man page names every flag
 /// the command's --help shows.
@@ -1193,15 +1204,7 @@ fn every_command_gets_completions_and_a_man_page_naming_every_flag() {
         String::from_utf8_lossy(&out.stderr)
     );
     let flag = regex::Regex::new(r"--[a-z][a-z0-9-]*").unwrap();
-    for c in [
-        "init-state",
-        "check-state",
-        "update-state",
-        "run-state",
-        "sync-cloud",
-        "monitor",
-        "concourse-resource",
-    ] {
+    for c in COMMANDS {
         let share = prefix.path().join("share");
         let man = std::fs::read_to_string(share.join(format!("man/man1/{c}.1"))).unwrap();
         assert!(man.contains(&format!(".TH {c} 1")), "{c}: {}", &man[..200]);
@@ -1255,16 +1258,7 @@ fn the_one_executable_runs_each_command_by_the_name_it_is_called() {
     let one = std::path::PathBuf::from(env!("CARGO_BIN_EXE_buildstate"));
     let links = e.path("bin");
     std::fs::create_dir_all(&links).unwrap();
-    for name in [
-        "init-state",
-        "check-state",
-        "update-state",
-        "run-state",
-        "sync-cloud",
-        "monitor",
-        "concourse-resource",
-        "check",
-    ] {
+    for name in COMMANDS.iter().chain(&["check"]) {
         std::os::unix::fs::symlink(&one, links.join(name)).unwrap();
     }
     let run = |program: &std::path::Path, args: &[&str]| {
