@@ -156,9 +156,13 @@ impl Keys {
             std::env::var_os("BUILDSTATE_SNAPSHOT_KEY_FILE").filter(|p| !p.is_empty())
         {
             let path = std::path::PathBuf::from(path);
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
+            // A setting that names no readable file is bad input, like a malformed key:
+            // say which variable, and never read on without the keys.
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "BUILDSTATE_SNAPSHOT_KEY_FILE names '{}', which cannot be read ({e}): point it at the key file, or unset it",
+                    crate::redact::echo(&path.display().to_string())
+                ))
             })?;
             return Keys::parse(&text, "BUILDSTATE_SNAPSHOT_KEY_FILE").map(Some);
         }

@@ -1358,3 +1358,26 @@ fn usage_lines_show_only_the_options_typed() {
         .to_string();
     assert!(usage.contains("--db <PATH>"), "{usage}");
 }
+
+/// A snapshot key file that cannot be read is bad input (exit 8) naming the variable,
+/// not an I/O failure, and nothing is read or written without the keys.
+#[test]
+fn an_unreadable_snapshot_key_file_is_named() {
+    let e = Env::new();
+    e.init("b1");
+    let remote = format!("file://{}", e.path("remote").display());
+    std::fs::create_dir_all(e.path("remote")).unwrap();
+    let r = e.run_with(
+        e.command("check-state")
+            .args(["b1", "--remote", &remote])
+            .env("BUILDSTATE_SNAPSHOT_KEY_FILE", e.path("no-such-key")),
+        None,
+    );
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("BUILDSTATE_SNAPSHOT_KEY_FILE") && r.stderr.contains("no-such-key"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_dir(e.path("remote")).unwrap().count(), 0);
+}
