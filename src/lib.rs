@@ -38,6 +38,7 @@ macro_rules! text_enum {
 }
 
 #[cfg(feature = "cli")]
+pub mod alerts;
 pub mod cli;
 pub mod concourse;
 pub mod context;

@@ -7,6 +7,7 @@
 //! instead of failing with "database is locked".
 
 mod lease;
+pub mod outbox;
 mod recorder;
 mod schema;
 mod snapshot;
@@ -331,9 +332,9 @@ impl Store {
         upsert_meta(&tx, &change.build, &change.meta)?;
         // Alerts go into the outbox in the same transaction: one is never lost, and a
         // refused write raises none.
-        crate::notify::enqueue(
+        outbox::enqueue(
             &tx,
-            &crate::notify::for_change(&build, &change, &plan, actor),
+            &crate::alerts::for_change(&build, &change, &plan, actor),
             now,
         )?;
         before_commit(&tx, &change.build)?;

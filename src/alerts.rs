@@ -1,0 +1,143 @@
+//! Which alerts a transition raises, and the facts each carries: pure, computed inside
+//! the write's transaction by the store (which queues them in its outbox, see
+//! [`crate::store::outbox`]) and delivered later by [`crate::notify`]. The alert kinds
+//! a plan raises are configured in it (`alerts = [...]`).
+
+use crate::context::Actor;
+use crate::model::{Build, Change, EventKind, Status};
+use crate::plan::Plan;
+use crate::policy::AlertKind;
+use crate::time;
+
+/// An alert about to be queued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAlert {
+    pub kind: AlertKind,
+    pub build_id: Option<String>,
+    /// The same key is queued once: a repeated cause does not alert twice.
+    pub dedupe_key: String,
+    /// The facts a message is made of, already redacted (no secret ever gets here).
+    pub payload: serde_json::Value,
+}
+
+/// The last `max` characters of a (redacted) error message, on a char boundary.
+pub fn tail(text: &str, max: usize) -> String {
+    let n = text.chars().count();
+    if n <= max {
+        text.to_string()
+    } else {
+        format!("…{}", text.chars().skip(n - max).collect::<String>())
+    }
+}
+
+/// The Concourse build page, when the actor ran inside Concourse.
+pub fn concourse_url(actor: &Actor) -> Option<String> {
+    let c = &actor.context;
+    if let Some(u) = c.get("BUILD_URL") {
+        return Some(u.clone());
+    }
+    let get = |k: &str| c.get(k);
+    Some(format!(
+        "{}/teams/{}/pipelines/{}/jobs/{}/builds/{}",
+        get("ATC_EXTERNAL_URL")?.trim_end_matches('/'),
+        get("BUILD_TEAM_NAME")?,
+        get("BUILD_PIPELINE_NAME")?,
+        get("BUILD_JOB_NAME")?,
+        get("BUILD_NAME")?
+    ))
+}
+
+/// The facts of an alert about `b`.
+pub fn payload(
+    kind: AlertKind,
+    b: &Build,
+    plan: &Plan,
+    actor: &Actor,
+    reason: Option<&str>,
+) -> serde_json::Value {
+    let state = match kind {
+        AlertKind::Completed | AlertKind::Rollback => b.current_state,
+        _ => b.active_state.or(b.current_state),
+    };
+    serde_json::json!({
+        "kind": kind.as_str(),
+        "build_id": b.build_id,
+        "cloud": b.cloud,
+        "image": b.image,
+        "serial": b.serial,
+        "state": state,
+        "state_name": state.and_then(|s| plan.state(s)).map(|s| s.name.clone()),
+        "attempt": (b.attempt > 0).then_some(b.attempt),
+        "max_attempts": b.active_state.map(|s| crate::model::attempts_allowed(b, plan, s)),
+        "category": b.last_category.map(|c| c.as_str()),
+        "reason": reason,
+        "error_tail": b.last_error.as_deref().map(|e| tail(e, 1500)),
+        "who": actor.summary(),
+        "host": actor.host,
+        "concourse_url": concourse_url(actor),
+        "at": time::format(b.updated_at),
+    })
+}
+
+/// The alerts a transition causes, as the plan configures them.
+pub fn for_change(before: &Build, change: &Change, plan: &Plan, actor: &Actor) -> Vec<NewAlert> {
+    let after = &change.build;
+    let mut kinds = Vec::new();
+    let became = |s: Status| after.status == s && before.status != s;
+    if became(Status::Blocked) {
+        kinds.push((AlertKind::Blocked, after.blocked_reason.clone()));
+    }
+    if became(Status::Completed) {
+        kinds.push((AlertKind::Completed, None));
+    }
+    if became(Status::Cancelled) {
+        let why = change.events.iter().find(|e| e.kind == EventKind::Cancel);
+        kinds.push((AlertKind::Cancelled, why.and_then(|e| e.message.clone())));
+    }
+    for e in &change.events {
+        match e.kind {
+            EventKind::Rollback => kinds.push((AlertKind::Rollback, e.message.clone())),
+            EventKind::Takeover => kinds.push((AlertKind::Takeover, e.message.clone())),
+            _ => {}
+        }
+    }
+    let state = after
+        .active_state
+        .or(after.current_state)
+        .unwrap_or_default();
+    kinds
+        .into_iter()
+        .filter(|(k, _)| plan.alerts_for(state).contains(k))
+        .map(|(kind, reason)| NewAlert {
+            kind,
+            build_id: Some(after.build_id.clone()),
+            dedupe_key: format!("{}:{}:{}", after.build_id, after.serial, kind),
+            payload: payload(kind, after, plan, actor, reason.as_deref()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concourse_links_and_tails() {
+        let env = |k: &str| match k {
+            "ATC_EXTERNAL_URL" => Some("https://ci.example.com/".to_string()),
+            "BUILD_TEAM_NAME" => Some("main".to_string()),
+            "BUILD_PIPELINE_NAME" => Some("images".to_string()),
+            "BUILD_JOB_NAME" => Some("bake".to_string()),
+            "BUILD_NAME" => Some("42".to_string()),
+            _ => None,
+        };
+        let a = Actor::from_lookup("update-state", env);
+        assert_eq!(
+            concourse_url(&a).as_deref(),
+            Some("https://ci.example.com/teams/main/pipelines/images/jobs/bake/builds/42")
+        );
+        assert_eq!(concourse_url(&Actor::from_lookup("t", |_| None)), None);
+        assert_eq!(tail("abcdef", 3), "…def");
+        assert_eq!(tail("héllo", 10), "héllo");
+    }
+}
