@@ -37,8 +37,8 @@ macro_rules! text_enum {
     };
 }
 
-#[cfg(feature = "cli")]
 pub mod alerts;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod concourse;
 pub mod context;
