@@ -1244,12 +1244,7 @@ fn reopen(
             next.map_or("none".into(), |n| plan.label(n))
         ));
     }
-    // The state before `from` stays completed; so does the one init-state records as
-    // done (state 0 without work of its own: there is nothing to run again).
-    let keep = from
-        .and_then(|s| plan.previous(s))
-        .map(|p| p.id)
-        .or(plan.done_at_init().map(|s| s.id));
+    let keep = plan.kept_when_reopened(from);
     let event_state = if from.is_none() {
         None
     } else {

@@ -368,6 +368,16 @@ impl Plan {
             .unwrap_or(&AlertKind::ALL)
     }
 
+    /// The last completed state once states are reopened from `from` (`None`: every
+    /// state): the state before it stays completed, and so does the one init-state
+    /// records as done (state 0 without work of its own: nothing to run again). One rule
+    /// for the transition (`model`) and the snapshot replay that checks it.
+    pub fn kept_when_reopened(&self, from: Option<u8>) -> Option<u8> {
+        from.and_then(|s| self.previous(s))
+            .map(|p| p.id)
+            .or(self.done_at_init().map(|s| s.id))
+    }
+
     /// The state before `id` in plan order.
     pub fn previous(&self, id: u8) -> Option<&StateDef> {
         self.states.iter().rev().find(|s| s.id < id)

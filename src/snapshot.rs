@@ -590,12 +590,7 @@ impl Snapshot {
                     };
                 }
                 (EventKind::Force | EventKind::Reset | EventKind::Rerun, from) => {
-                    // As model::reopen: the state before `from` stays completed, or the
-                    // one init-state records as done.
-                    let keep = from
-                        .and_then(|s| plan.previous(s))
-                        .map(|p| p.id)
-                        .or(plan.done_at_init().map(|s| s.id));
+                    let keep = plan.kept_when_reopened(from);
                     want = Implied {
                         current: keep,
                         status: if keep == Some(last) {
