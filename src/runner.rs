@@ -138,7 +138,7 @@ fn sleep_until(until: SystemTime, signals: &Signals) -> Option<i32> {
     }
 }
 
-fn kill_group(pgid: u32, sig: i32) {
+pub(crate) fn kill_group(pgid: u32, sig: i32) {
     // The child leads its own process group (see `spawn`), so its children get it too.
     // SAFETY: killpg has no memory-safety preconditions; a stale group id fails with ESRCH.
     unsafe {
@@ -466,7 +466,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
 const REDACT_CONTEXT: usize = 64 * 1024;
 
 /// The last `n` bytes of `text`, on a character boundary.
-fn last_bytes(text: &str, n: usize) -> &str {
+pub(crate) fn last_bytes(text: &str, n: usize) -> &str {
     let mut start = text.len().saturating_sub(n);
     while !text.is_char_boundary(start) {
         start += 1;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::context::Actor;
 use crate::model::{Ctx, Status, Transition, VerifyResult};
+use crate::runner::{kill_group, last_bytes};
 use crate::sync::Writer;
 use crate::{Error, Result};
 
@@ -83,7 +84,7 @@ pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> 
             path: "sh".into(),
             source,
         })?;
-    let pgid = child.id() as libc::pid_t;
+    let pgid = child.id();
     let mut pipe = child.stdout.take().expect("stdout is piped");
     let reader = std::thread::spawn(move || {
         let keep = OUTPUT_TAIL * 4;
@@ -112,27 +113,20 @@ pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> 
         let now = Instant::now();
         if !timed_out && now.duration_since(begun) >= timeout {
             timed_out = true;
-            // SAFETY: killpg has no memory-safety preconditions.
-            unsafe { libc::killpg(pgid, libc::SIGTERM) };
+            kill_group(pgid, libc::SIGTERM);
             kill_at = Some(now + Duration::from_secs(5));
         }
         if kill_at.is_some_and(|k| now >= k) {
-            // SAFETY: as above.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            kill_group(pgid, libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     // Whatever the command left running in its group goes with it.
-    // SAFETY: as above; a group already gone fails with ESRCH.
-    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    kill_group(pgid, libc::SIGKILL);
     let tail = reader.join().unwrap_or_default();
     let text = String::from_utf8_lossy(&tail);
     let redacted = crate::redact::redact(&text);
-    let mut start = redacted.len().saturating_sub(OUTPUT_TAIL);
-    while !redacted.is_char_boundary(start) {
-        start += 1;
-    }
-    let output = redacted[start..].to_string();
+    let output = last_bytes(&redacted, OUTPUT_TAIL).to_string();
     let duration = begun.elapsed();
     let how = if timed_out {
         format!("timed out after {}", crate::time::format_duration(timeout))
