@@ -429,10 +429,15 @@ fn hash_all(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
 
 fn salted(salt: &str, kind: &str, name: &str, value: &str) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [salt, kind, name, value] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
+    feed(
+        &mut h,
+        &[
+            salt.as_bytes(),
+            kind.as_bytes(),
+            name.as_bytes(),
+            value.as_bytes(),
+        ],
+    );
     h.finalize().into()
 }
 
@@ -544,10 +549,8 @@ pub fn compute(
     });
     if !def.values.is_empty() {
         let mut h = Sha256::new();
-        for v in &def.values {
-            h.update((v.len() as u64).to_le_bytes());
-            h.update(v.as_bytes());
-        }
+        let values: Vec<&[u8]> = def.values.iter().map(|v| v.as_bytes()).collect();
+        feed(&mut h, &values);
         let d: [u8; 32] = h.finalize().into();
         feed(&mut all, &[b"values", &d]);
         m.values = Some(hex(&d[..SHORT / 2]));
