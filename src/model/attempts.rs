@@ -1,0 +1,237 @@
+//! Leases, fencing and the attempt arithmetic a transition checks before it applies.
+
+use std::time::SystemTime;
+
+use crate::plan::Plan;
+use crate::{time, Error, Result};
+
+use super::transition::refuse;
+use super::*;
+
+pub(super) fn lease_live(b: &Build, now: SystemTime) -> bool {
+    b.lease_owner.is_some() && b.lease_expires_at.is_some_and(|t| t > now)
+}
+
+/// Refuse when another live holder has the lease.
+pub(super) fn check_lease(b: &Build, plan: &Plan, ctx: &Ctx<'_>, verb: &str) -> Result<()> {
+    if lease_live(b, ctx.now) && b.lease_owner.as_deref() != ctx.owner {
+        return Err(Error::Leased(format!(
+            "build '{}': cannot {verb}: {} is held by {} until {}; wait for it to finish, or for its lease to expire if its worker died (if you are that worker, pass --owner with its name)",
+            b.build_id,
+            plan.label(b.active_state.unwrap_or_default()),
+            b.lease_owner.as_deref().unwrap_or("?"),
+            b.lease_expires_at.map(time::format).unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// A leased worker's late write: refuse it unless its attempt is still the one running
+/// under its lease. This is what keeps a worker that was paused past its lease (and taken
+/// over) from recording a result for an attempt that is no longer its own.
+pub(super) fn check_fence(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: u8,
+    verb: &str,
+) -> Result<()> {
+    let Some(attempt) = ctx.fence else {
+        return Ok(());
+    };
+    let current = b.status == Status::Running
+        && b.active_state == Some(state)
+        && b.attempt == attempt
+        && b.lease_owner.is_some()
+        && b.lease_owner.as_deref() == ctx.owner;
+    if current {
+        return Ok(());
+    }
+    let id = &b.build_id;
+    let now = match (b.status, b.active_state) {
+        (Status::Running, Some(a)) if a == state => format!(
+            "attempt {} of it is running under the lease of {}",
+            b.attempt,
+            b.lease_owner.as_deref().unwrap_or("nobody")
+        ),
+        (Status::Running, Some(a)) => format!("{} is running", plan.label(a)),
+        (Status::Waiting, Some(a)) => format!(
+            "{} failed at attempt {} and waits for a retry",
+            plan.label(a),
+            b.attempt
+        ),
+        (Status::Blocked, Some(a)) => format!("{} is blocked", plan.label(a)),
+        (status, _) => format!(
+            "the build is {status}, last completed state {}",
+            b.current_state.map_or("none".into(), |s| s.to_string())
+        ),
+    };
+    Err(Error::Fenced(format!(
+        "build '{id}': cannot {verb} {} attempt {attempt}: this worker's lease is no longer current ({now}); its lease probably expired and another worker took over. Nothing was written; see `check-state {id} --history`",
+        plan.label(state)
+    )))
+}
+
+/// How a state transition relates to the build's active attempt.
+pub(super) enum Attempt {
+    /// The state is running and this call finishes that attempt.
+    Current(u32),
+    /// This call begins attempt N (implicitly, for complete/fail without a start).
+    New(u32),
+}
+
+pub(super) fn refuse_if_finished(b: &Build, verb: &str) -> Result<()> {
+    let id = &b.build_id;
+    match b.status {
+        Status::Completed => refuse(format!(
+            "build '{id}' is already completed (last state {}); nothing to {verb}: use a new build id to build again",
+            b.current_state.map_or("none".into(), |s| s.to_string())
+        )),
+        Status::Cancelled => refuse(format!(
+            "build '{id}' was cancelled; nothing to {verb}: use a new build id to build again"
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn check_in_plan(b: &Build, plan: &Plan, state: u8) -> Result<()> {
+    if plan.state(state).is_none() {
+        return refuse(format!(
+            "build '{}': state {state} is not in its plan '{}' (states: {}); nothing was written",
+            b.build_id,
+            plan.name,
+            plan.ids()
+        ));
+    }
+    Ok(())
+}
+
+/// "attempt 3 of 5" for the active state.
+pub fn attempts_allowed(b: &Build, plan: &Plan, state: u8) -> u32 {
+    crate::policy::max_attempts(plan.retry_for(state)).saturating_add(b.extra_attempts)
+}
+
+pub(super) fn attempt_for(
+    b: &Build,
+    plan: &Plan,
+    state: u8,
+    verb: &str,
+    ctx: &Ctx<'_>,
+) -> Result<Attempt> {
+    let id = &b.build_id;
+    check_in_plan(b, plan, state)?;
+    refuse_if_finished(b, verb)?;
+    if verb != "start" {
+        check_fence(b, plan, ctx, state, verb)?;
+    }
+    let label = plan.label(state);
+    if let Some(active) = b.active_state {
+        if active == state {
+            return match b.status {
+                Status::Running => {
+                    check_lease(b, plan, ctx, &format!("{verb} {label}"))?;
+                    Ok(if verb == "start" {
+                        Attempt::New(b.attempt + 1)
+                    } else {
+                        Attempt::Current(b.attempt)
+                    })
+                }
+                Status::Waiting => match b.next_attempt_at {
+                    Some(due) if due > ctx.now => refuse(format!(
+                        "build '{id}': the retry of {label} is not due until {} (attempt {} of {}); wait, or allow it now with `update-state {id} retry {state} --reason TEXT`; nothing was written",
+                        time::format(due),
+                        b.attempt + 1,
+                        attempts_allowed(b, plan, state)
+                    )),
+                    _ => Ok(Attempt::New(b.attempt + 1)),
+                },
+                Status::Blocked => refuse(format!(
+                    "build '{id}': {label} is blocked: {}; a person can allow another attempt with `update-state {id} retry {state} --reason TEXT` or skip it with `update-state {id} skip {state} --reason TEXT`; nothing was written",
+                    b.blocked_reason.as_deref().unwrap_or("it needs a person")
+                )),
+                _ => Ok(Attempt::New(b.attempt + 1)),
+            };
+        }
+        let (doing, what) = match b.status {
+            Status::Running => {
+                check_lease(b, plan, ctx, &format!("{verb} {label}"))?;
+                (
+                    "is running",
+                    format!("complete or fail it first (`update-state {id} complete {active}`)"),
+                )
+            }
+            Status::Waiting => (
+                "failed and waits for a retry",
+                format!("retry or skip it first (`update-state {id} skip {active} --reason TEXT`)"),
+            ),
+            _ => (
+                "is blocked",
+                format!(
+                    "retry or skip it first (`update-state {id} retry {active} --reason TEXT`)"
+                ),
+            ),
+        };
+        return refuse(format!(
+            "build '{id}': cannot {verb} {label}: {} {doing}; {what}; nothing was written",
+            plan.label(active)
+        ));
+    }
+    match plan.next_after(b.current_state) {
+        Some(next) if next.id == state => Ok(Attempt::New(1)),
+        Some(next) => {
+            if b.current_state.is_some_and(|c| state <= c) {
+                refuse(format!(
+                    "build '{id}': cannot {verb} {label}: that would move backwards, since {} is already completed; the next state is {} (to go back on purpose: `update-state {id} rollback --to STATE --reason TEXT`); nothing was written",
+                    plan.label(b.current_state.unwrap_or_default()),
+                    plan.label(next.id)
+                ))
+            } else {
+                refuse(format!(
+                    "build '{id}': cannot {verb} {label}: the next state is {}; complete it first (or `update-state {id} skip {} --reason TEXT`); nothing was written",
+                    plan.label(next.id),
+                    next.id
+                ))
+            }
+        }
+        None => refuse(format!(
+            "build '{id}': every state of its plan is completed; nothing to {verb}"
+        )),
+    }
+}
+
+pub(super) fn elapsed_ms(since: Option<SystemTime>, now: SystemTime) -> Option<u64> {
+    since.map(|s| {
+        now.duration_since(s)
+            .unwrap_or_default()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    })
+}
+
+/// Clear everything about the active attempt: the state is done with (completed or skipped)
+/// or abandoned (rollback, cancel).
+pub(super) fn clear_attempt(b: &mut Build) {
+    b.active_state = None;
+    b.attempt = 0;
+    b.attempt_started_at = None;
+    b.first_attempt_at = None;
+    b.next_attempt_at = None;
+    b.extra_attempts = 0;
+    b.blocked_reason = None;
+    b.lease_owner = None;
+    b.lease_expires_at = None;
+    b.last_error = None;
+    b.last_category = None;
+}
+
+/// Mark `state` done (completed or skipped).
+pub(super) fn finish_state(b: &mut Build, plan: &Plan, state: u8) {
+    clear_attempt(b);
+    b.current_state = Some(state);
+    b.status = if state == plan.last().id {
+        Status::Completed
+    } else {
+        Status::Pending
+    };
+}

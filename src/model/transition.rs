@@ -1,0 +1,822 @@
+//! What a caller asks of a build and the pure function that answers it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::plan::Plan;
+use crate::policy::Category;
+use crate::redact::redact;
+use crate::{time, Error, Result};
+
+use super::attempts::*;
+use super::*;
+
+/// What a caller asks of a build.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Start {
+        state: u8,
+    },
+    Complete {
+        state: u8,
+        /// The state's inputs as hashed for this completion, if it has any.
+        inputs: Option<Box<crate::inputs::Manifest>>,
+    },
+    Fail {
+        state: u8,
+        message: String,
+        /// `None`: classify from the plan's rules.
+        category: Option<Category>,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+    /// The running command was stopped by SIGINT/SIGTERM (e.g. an aborted CI job).
+    Interrupt {
+        state: u8,
+        signal: String,
+    },
+    Meta {
+        pairs: Vec<(String, String)>,
+    },
+    Retry {
+        state: u8,
+        reason: String,
+    },
+    Skip {
+        state: u8,
+        reason: String,
+    },
+    Rollback {
+        to: Option<u8>,
+        reason: String,
+    },
+    Cancel {
+        reason: String,
+    },
+    /// Completed states run again from `from` (`None`: from the first), for the reason
+    /// `why` names; history is kept.
+    Reopen {
+        from: Option<u8>,
+        reason: String,
+        why: Reopen,
+    },
+    /// The `requires` command of `state` failed: the state is blocked without using an
+    /// attempt; `message` is the command's output (redacted when recorded).
+    Unmet {
+        state: u8,
+        message: String,
+    },
+    /// Results of verify commands (`check-state --verify`); the build does not change,
+    /// but a failed one makes its state stale.
+    Verified {
+        results: Vec<VerifyResult>,
+    },
+    /// Task results (Ansible), recorded for the history; the build does not change.
+    /// One write however many records, so a batch costs one transaction.
+    Tasks {
+        records: Vec<TaskRecord>,
+    },
+}
+
+/// Why completed states run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reopen {
+    /// A person asked (`update-state force`).
+    Force,
+    /// A person started the build over (`update-state reset`).
+    Reset,
+    /// Inputs changed or a verify failed (the reason says which).
+    Stale,
+}
+
+/// One verify command's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyResult {
+    pub state: u8,
+    pub ok: bool,
+    /// Its output (the tail, redacted when recorded), or a note of success.
+    pub message: String,
+    pub duration_ms: u64,
+}
+
+impl Transition {
+    /// A completion without recorded inputs.
+    pub fn complete(state: u8) -> Transition {
+        Transition::Complete {
+            state,
+            inputs: None,
+        }
+    }
+
+    /// A failure with only a message; the category comes from the plan's rules.
+    pub fn fail(state: u8, message: impl Into<String>) -> Transition {
+        Transition::Fail {
+            state,
+            message: message.into(),
+            category: None,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+        }
+    }
+}
+
+/// When a transition happens and who asks: the clock, randomness and identity come in
+/// from outside so that [`apply`] stays pure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ctx<'a> {
+    pub now: SystemTime,
+    /// A draw in [0, 1) for backoff jitter.
+    pub jitter: f64,
+    /// The lease holder making the call (run-state), if any.
+    pub owner: Option<&'a str>,
+    /// On `start`, take the lease for this long (needs `owner`).
+    pub lease_ttl: Option<Duration>,
+    /// The fencing token of a leased worker finishing its attempt: complete, fail and
+    /// interrupt are refused ([`Error::Fenced`]) unless the build still runs this attempt
+    /// under `owner`'s lease. Without it (a person's update-state) they apply to whatever
+    /// attempt is current, subject to the lease check.
+    pub fence: Option<u32>,
+    /// The id recorded with this write's events ([`Event::write_id`]); the store makes
+    /// one up when none is given.
+    pub write_id: Option<&'a str>,
+}
+
+impl Ctx<'static> {
+    /// The real clock and a random jitter draw.
+    pub fn live() -> Ctx<'static> {
+        Ctx {
+            jitter: random_unit(),
+            ..Ctx::at(SystemTime::now())
+        }
+    }
+
+    /// At `now`, with no lease and a jitter draw of one half.
+    pub fn at(now: SystemTime) -> Ctx<'static> {
+        Ctx {
+            now,
+            jitter: 0.5,
+            owner: None,
+            lease_ttl: None,
+            fence: None,
+            write_id: None,
+        }
+    }
+}
+
+/// The outcome of an accepted transition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub build: Build,
+    pub events: Vec<NewEvent>,
+    /// Metadata to upsert (already redacted).
+    pub meta: Vec<(String, String)>,
+}
+
+/// A uniform draw in [0, 1) from the low 53 random bits of a v4 UUID (which has 122).
+pub fn random_unit() -> f64 {
+    let bits = uuid::Uuid::new_v4().as_u128() & ((1u128 << 53) - 1);
+    bits as f64 / (1u64 << 53) as f64
+}
+
+pub(super) fn refuse<T>(msg: String) -> Result<T> {
+    Err(Error::Refused(msg))
+}
+
+pub(super) fn need_reason(reason: &str, what: &str) -> Result<()> {
+    if reason.trim().is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{what} needs a reason: pass --reason TEXT (it is recorded with who did it)"
+        )));
+    }
+    Ok(())
+}
+/// A `start` repeated by the worker that holds the state's live lease (a retried
+/// pipeline step, a re-run script): nothing to do. The store answers with the build as
+/// it is and writes nothing: no new attempt, no event, and no takeover that did not
+/// happen.
+pub fn is_repeated_start(b: &Build, t: &Transition, ctx: &Ctx<'_>) -> bool {
+    matches!(t, Transition::Start { state } if b.active_state == Some(*state))
+        && b.status == Status::Running
+        && ctx.owner.is_some()
+        && b.lease_owner.as_deref() == ctx.owner
+        && lease_live(b, ctx.now)
+}
+
+/// Apply a transition to a build. Pure; see the module documentation.
+pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Change> {
+    let mut next = b.clone();
+    next.serial = b.serial + 1;
+    next.updated_at = ctx.now;
+    let mut c = Change {
+        build: next,
+        events: Vec::new(),
+        meta: Vec::new(),
+    };
+    match t {
+        Transition::Start { state } => start(b, plan, ctx, state, &mut c),
+        Transition::Complete { state, inputs } => {
+            complete(b, plan, ctx, state, &mut c)?;
+            if let Some(e) = c.events.last_mut() {
+                e.inputs = inputs.as_deref().cloned();
+            }
+            Ok(())
+        }
+        Transition::Fail {
+            state,
+            message,
+            category,
+            exit_code,
+            signal,
+            timed_out,
+        } => {
+            let failure = crate::policy::Failure {
+                exit_code: *exit_code,
+                signal: *signal,
+                timed_out: *timed_out,
+                text: message,
+            };
+            fail(b, plan, ctx, state, category, failure, &mut c)
+        }
+        Transition::Interrupt { state, signal } => interrupt(b, plan, ctx, state, signal, &mut c),
+        Transition::Meta { pairs } => meta(pairs, &mut c),
+        Transition::Retry { state, reason } => retry(b, plan, ctx, state, reason, &mut c),
+        Transition::Skip { state, reason } => skip(b, plan, ctx, state, reason, &mut c),
+        Transition::Rollback { to, reason } => rollback(b, plan, ctx, to, reason, &mut c),
+        Transition::Tasks { records } => tasks(records, &mut c),
+        Transition::Reopen { from, reason, why } => {
+            reopen(b, plan, ctx, *from, reason, *why, &mut c)
+        }
+        Transition::Unmet { state, message } => unmet(b, plan, ctx, *state, message, &mut c),
+        Transition::Verified { results } => verified(b, plan, results, &mut c),
+        Transition::Cancel { reason } => cancel(b, reason, &mut c),
+    }?;
+    Ok(c)
+}
+
+/// A new event of `kind` with its attempt and message.
+pub(super) fn event(
+    kind: EventKind,
+    state: Option<u8>,
+    attempt: Option<u32>,
+    message: Option<String>,
+) -> NewEvent {
+    let mut e = NewEvent::new(kind, state);
+    e.attempt = attempt;
+    e.message = message;
+    e
+}
+
+/// Begin a new attempt of `state`, taking the lease when `ctx` asks for one.
+pub(super) fn start(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    c: &mut Change,
+) -> Result<()> {
+    let now = ctx.now;
+    let Attempt::New(n) = attempt_for(b, plan, *state, "start", ctx)? else {
+        unreachable!("start always begins a new attempt")
+    };
+    let same = b.active_state == Some(*state);
+    let mut note = None;
+    if same && b.status == Status::Running {
+        if b.lease_owner.is_some() {
+            c.events.push(event(
+                EventKind::Takeover,
+                Some(*state),
+                Some(b.attempt),
+                Some(format!(
+                    "the lease of {} expired at {}; attempt {} is abandoned",
+                    b.lease_owner.as_deref().unwrap_or("?"),
+                    b.lease_expires_at.map(time::format).unwrap_or_default(),
+                    b.attempt
+                )),
+            ));
+        } else {
+            note = Some(format!(
+                "restarted while attempt {} was still marked running",
+                b.attempt
+            ));
+        }
+    }
+    let mut e = event(EventKind::Start, Some(*state), Some(n), note);
+    if let (Some(_), Some(ttl)) = (ctx.owner, ctx.lease_ttl) {
+        e.until = Some(now + ttl);
+    }
+    c.events.push(e);
+    if !same {
+        c.build.first_attempt_at = Some(now);
+        c.build.extra_attempts = 0;
+    }
+    c.build.active_state = Some(*state);
+    c.build.status = Status::Running;
+    c.build.attempt = n;
+    c.build.attempt_started_at = Some(now);
+    c.build.next_attempt_at = None;
+    c.build.blocked_reason = None;
+    (c.build.lease_owner, c.build.lease_expires_at) = match (ctx.owner, ctx.lease_ttl) {
+        (Some(owner), Some(ttl)) => (Some(owner.to_string()), Some(now + ttl)),
+        _ => (None, None),
+    };
+    Ok(())
+}
+
+/// Finish the attempt of `state` successfully: it becomes the current state.
+pub(super) fn complete(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    c: &mut Change,
+) -> Result<()> {
+    let now = ctx.now;
+    let (n, started) = match attempt_for(b, plan, *state, "complete", ctx)? {
+        Attempt::Current(n) => (n, b.attempt_started_at),
+        Attempt::New(n) => (n, None),
+    };
+    let mut e = event(EventKind::Complete, Some(*state), Some(n), None);
+    e.duration_ms = elapsed_ms(started, now);
+    c.events.push(e);
+    finish_state(&mut c.build, plan, *state);
+    Ok(())
+}
+
+/// Record a failed attempt, classify it, and let the retry policy schedule a retry or block.
+pub(super) fn fail(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    category: &Option<Category>,
+    failure: crate::policy::Failure<'_>,
+    c: &mut Change,
+) -> Result<()> {
+    let now = ctx.now;
+    let (n, started) = match attempt_for(b, plan, *state, "fail", ctx)? {
+        Attempt::Current(n) => (n, b.attempt_started_at),
+        Attempt::New(n) => (n, None),
+    };
+    let same = b.active_state == Some(*state);
+    let first = if same { b.first_attempt_at } else { None }
+        .or(started)
+        .unwrap_or(now);
+    let extra = if same { b.extra_attempts } else { 0 };
+    let message = redact(failure.text).into_owned();
+    let category = category.unwrap_or_else(|| {
+        crate::policy::classify(
+            &plan.classify_rules(*state),
+            &crate::policy::Failure {
+                text: &message,
+                ..failure
+            },
+        )
+    });
+    let verdict = crate::policy::after_failure(
+        plan.retry_for(*state),
+        category,
+        n,
+        extra,
+        Some(first),
+        now,
+        ctx.jitter,
+    );
+    let mut e = event(
+        EventKind::Fail,
+        Some(*state),
+        Some(n),
+        Some(message.clone()),
+    );
+    e.category = Some(category);
+    e.exit_code = failure.exit_code;
+    e.duration_ms = elapsed_ms(started, now);
+    c.events.push(e);
+    c.build.active_state = Some(*state);
+    c.build.attempt = n;
+    c.build.attempt_started_at = None;
+    c.build.first_attempt_at = Some(first);
+    c.build.extra_attempts = extra;
+    c.build.last_error = Some(message);
+    c.build.last_category = Some(category);
+    c.build.lease_owner = None;
+    c.build.lease_expires_at = None;
+    match verdict {
+        crate::policy::Verdict::RetryAt { at, .. } => {
+            c.build.status = Status::Waiting;
+            c.build.next_attempt_at = Some(at);
+            c.build.blocked_reason = None;
+            if let Some(e) = c.events.last_mut() {
+                e.until = Some(at);
+            }
+        }
+        crate::policy::Verdict::Blocked { reason, .. } => {
+            c.build.status = Status::Blocked;
+            c.build.next_attempt_at = None;
+            c.build.blocked_reason = Some(reason);
+        }
+    }
+    Ok(())
+}
+
+/// The running command was stopped by a signal: the attempt does not count.
+pub(super) fn interrupt(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    signal: &str,
+    c: &mut Change,
+) -> Result<()> {
+    check_fence(b, plan, ctx, *state, "record an interruption of")?;
+    let now = ctx.now;
+    if b.status != Status::Running || b.active_state != Some(*state) {
+        return refuse(format!(
+            "build '{}': {} is not running; nothing to interrupt",
+            b.build_id,
+            plan.label(*state)
+        ));
+    }
+    check_lease(b, plan, ctx, "record an interruption")?;
+    let message = format!("interrupted by {signal}");
+    let mut e = event(
+        EventKind::Interrupt,
+        Some(*state),
+        Some(b.attempt),
+        Some(message.clone()),
+    );
+    e.duration_ms = elapsed_ms(b.attempt_started_at, now);
+    e.until = Some(now);
+    c.events.push(e);
+    // An interrupted attempt is not the command's fault: it does not use up one
+    // of the policy's attempts, and it may be retried at once.
+    c.build.status = Status::Waiting;
+    c.build.next_attempt_at = Some(now);
+    c.build.extra_attempts = b.extra_attempts + 1;
+    c.build.attempt_started_at = None;
+    c.build.last_error = Some(message);
+    c.build.last_category = Some(Category::Transient);
+    c.build.lease_owner = None;
+    c.build.lease_expires_at = None;
+    Ok(())
+}
+
+/// Set metadata (redacted); the state does not change.
+pub(super) fn meta(pairs: &[(String, String)], c: &mut Change) -> Result<()> {
+    if pairs.is_empty() {
+        return Err(Error::InvalidInput(
+            "no metadata given: pass one or more KEY=VALUE".into(),
+        ));
+    }
+    let mut sorted: BTreeMap<&str, String> = BTreeMap::new();
+    for (k, v) in pairs {
+        validate_meta_key(k)?;
+        sorted.insert(k, redact(v).into_owned());
+    }
+    let text = sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    c.events
+        .push(event(EventKind::Meta, None, None, Some(text)));
+    c.meta = sorted
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    Ok(())
+}
+
+/// A person allows one more attempt of a waiting or blocked state, now.
+pub(super) fn retry(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    reason: &str,
+    c: &mut Change,
+) -> Result<()> {
+    let now = ctx.now;
+    need_reason(reason, "retry")?;
+    check_in_plan(b, plan, *state)?;
+    refuse_if_finished(b, "retry")?;
+    let failed = matches!(b.status, Status::Waiting | Status::Blocked);
+    if !failed || b.active_state != Some(*state) {
+        return refuse(format!(
+            "build '{}': {} has not failed; nothing to retry (status {}{}); nothing was written",
+            b.build_id,
+            plan.label(*state),
+            b.status,
+            b.active_state
+                .map(|a| format!(", active {}", plan.label(a)))
+                .unwrap_or_default()
+        ));
+    }
+    // Exactly one more attempt, even when the policy's are used up.
+    let policy_max = crate::policy::max_attempts(plan.retry_for(*state));
+    c.build.extra_attempts = b
+        .extra_attempts
+        .max((b.attempt + 1).saturating_sub(policy_max));
+    c.build.status = Status::Waiting;
+    c.build.next_attempt_at = Some(now);
+    c.build.blocked_reason = None;
+    let mut e = event(
+        EventKind::Retry,
+        Some(*state),
+        Some(b.attempt + 1),
+        Some(redact(reason).into_owned()),
+    );
+    e.until = Some(now);
+    c.events.push(e);
+    Ok(())
+}
+
+/// A person marks the next (or the failed) state done without running it.
+pub(super) fn skip(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: &u8,
+    reason: &str,
+    c: &mut Change,
+) -> Result<()> {
+    need_reason(reason, "skip")?;
+    check_in_plan(b, plan, *state)?;
+    refuse_if_finished(b, "skip")?;
+    let ok = match b.active_state {
+        Some(a) if a == *state => {
+            if b.status == Status::Running {
+                check_lease(b, plan, ctx, &format!("skip {}", plan.label(*state)))?;
+                return refuse(format!(
+                    "build '{}': {} is running; fail it first, then skip it; nothing was written",
+                    b.build_id,
+                    plan.label(*state)
+                ));
+            }
+            true
+        }
+        Some(_) => false,
+        None => plan
+            .next_after(b.current_state)
+            .is_some_and(|n| n.id == *state),
+    };
+    if !ok {
+        let expected = b
+            .active_state
+            .or(plan.next_after(b.current_state).map(|n| n.id))
+            .map(|s| plan.label(s))
+            .unwrap_or_else(|| "none".into());
+        return refuse(format!(
+                "build '{}': cannot skip {}: only the next or the failed state can be skipped, which is {expected}; nothing was written",
+                b.build_id,
+                plan.label(*state)
+            ));
+    }
+    c.events.push(event(
+        EventKind::Skip,
+        Some(*state),
+        None,
+        Some(redact(reason).into_owned()),
+    ));
+    finish_state(&mut c.build, plan, *state);
+    Ok(())
+}
+
+/// A person moves the build back to an earlier completed state.
+pub(super) fn rollback(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    to: &Option<u8>,
+    reason: &str,
+    c: &mut Change,
+) -> Result<()> {
+    need_reason(reason, "rollback")?;
+    if b.status == Status::Cancelled {
+        refuse_if_finished(b, "roll back")?;
+    }
+    if b.status == Status::Running {
+        check_lease(b, plan, ctx, "roll back")?;
+        return refuse(format!(
+            "build '{}': cannot roll back while {} is running; fail it first; nothing was written",
+            b.build_id,
+            plan.label(b.active_state.unwrap_or_default())
+        ));
+    }
+    let Some(current) = b.current_state else {
+        return refuse(format!(
+            "build '{}': no state is completed yet; nothing to roll back",
+            b.build_id
+        ));
+    };
+    let target = match to {
+            Some(t) => {
+                check_in_plan(b, plan, *t)?;
+                if *t >= current {
+                    return refuse(format!(
+                        "build '{}': cannot roll back to {}: it is not before the last completed state, {}; nothing was written",
+                        b.build_id,
+                        plan.label(*t),
+                        plan.label(current)
+                    ));
+                }
+                *t
+            }
+            None => match plan.previous(current) {
+                Some(p) => p.id,
+                None => {
+                    return refuse(format!(
+                        "build '{}': cannot roll back past {}: it is the plan's first state; nothing was written",
+                        b.build_id,
+                        plan.label(current)
+                    ))
+                }
+            },
+        };
+    c.events.push(event(
+        EventKind::Rollback,
+        Some(target),
+        None,
+        Some(format!("from state {current}: {}", redact(reason))),
+    ));
+    clear_attempt(&mut c.build);
+    c.build.current_state = Some(target);
+    c.build.status = Status::Pending;
+    Ok(())
+}
+
+/// Task results for the history; the build does not change.
+pub(super) fn tasks(records: &[TaskRecord], c: &mut Change) -> Result<()> {
+    if records.is_empty() {
+        return Err(Error::InvalidInput("no task results to record".into()));
+    }
+    for r in records {
+        let mut text = format!("{} on {}: {}", r.status, r.host, r.task);
+        if let Some(m) = r.message.as_deref().filter(|m| !m.trim().is_empty()) {
+            text.push_str(": ");
+            text.push_str(m);
+        }
+        let mut e = event(
+            EventKind::Task,
+            r.state,
+            None,
+            Some(redact(&text).into_owned()),
+        );
+        e.duration_ms = r.duration_ms;
+        e.at = Some(r.at);
+        c.events.push(e);
+    }
+    Ok(())
+}
+
+/// Completed states run again from `from`: a person's force or reset, or stale inputs.
+/// The build goes back to the state before `from` (history kept); a reset also starts a
+/// new epoch (counted by its events).
+pub(super) fn reopen(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    from: Option<u8>,
+    reason: &str,
+    why: Reopen,
+    c: &mut Change,
+) -> Result<()> {
+    let (kind, verb) = match why {
+        Reopen::Force => (EventKind::Force, "force"),
+        Reopen::Reset => (EventKind::Reset, "reset"),
+        Reopen::Stale => (EventKind::Rerun, "rerun"),
+    };
+    need_reason(reason, verb)?;
+    let id = &b.build_id;
+    if b.status == Status::Cancelled {
+        refuse_if_finished(b, verb)?;
+    }
+    if b.status == Status::Running {
+        check_lease(b, plan, ctx, verb)?;
+        return refuse(format!(
+            "build '{id}': cannot {verb} while {} is running; wait for it, or fail it first; nothing was written",
+            plan.label(b.active_state.unwrap_or_default())
+        ));
+    }
+    let first = plan.first().id;
+    let from_state = from.unwrap_or(first);
+    check_in_plan(b, plan, from_state)?;
+    let reached = b.current_state.max(b.active_state);
+    if from.is_some() && reached.is_none_or(|r| from_state > r) {
+        let next = plan.next_after(b.current_state).map(|n| n.id);
+        return refuse(format!(
+            "build '{id}': {} has not run yet (the next state is {}); it will run anyway, nothing to {verb}; nothing was written",
+            plan.label(from_state),
+            next.map_or("none".into(), |n| plan.label(n))
+        ));
+    }
+    let keep = plan.kept_when_reopened(from);
+    let event_state = if from.is_none() {
+        None
+    } else {
+        Some(from_state)
+    };
+    c.events.push(event(
+        kind,
+        event_state,
+        None,
+        Some(redact(reason).into_owned()),
+    ));
+    clear_attempt(&mut c.build);
+    c.build.current_state = keep;
+    c.build.status = if keep == Some(plan.last().id) {
+        Status::Completed
+    } else {
+        Status::Pending
+    };
+    Ok(())
+}
+
+/// A state's `requires` command failed: blocked, category prerequisite, no attempt used.
+pub(super) fn unmet(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: u8,
+    message: &str,
+    c: &mut Change,
+) -> Result<()> {
+    // Refused exactly where a start would be: the state must be the one to run now.
+    let Attempt::New(_) = attempt_for(b, plan, state, "start", ctx)? else {
+        unreachable!("start always begins a new attempt")
+    };
+    let same = b.active_state == Some(state);
+    let message = redact(message).into_owned();
+    let mut e = event(
+        EventKind::Prerequisite,
+        Some(state),
+        None,
+        Some(message.clone()),
+    );
+    e.category = Some(Category::Prerequisite);
+    c.events.push(e);
+    c.build.active_state = Some(state);
+    c.build.status = Status::Blocked;
+    c.build.attempt = if same { b.attempt } else { 0 };
+    if !same {
+        c.build.first_attempt_at = None;
+        c.build.extra_attempts = 0;
+    }
+    c.build.attempt_started_at = None;
+    c.build.next_attempt_at = None;
+    c.build.last_error = Some(message);
+    c.build.last_category = Some(Category::Prerequisite);
+    c.build.blocked_reason =
+        Some("its prerequisite (`requires` in the plan) failed; no attempt was used".into());
+    c.build.lease_owner = None;
+    c.build.lease_expires_at = None;
+    Ok(())
+}
+
+/// Verify results for the history; the build does not change.
+pub(super) fn verified(
+    b: &Build,
+    plan: &Plan,
+    results: &[VerifyResult],
+    c: &mut Change,
+) -> Result<()> {
+    if results.is_empty() {
+        return Err(Error::InvalidInput("no verify results to record".into()));
+    }
+    for r in results {
+        check_in_plan(b, plan, r.state)?;
+        let kind = if r.ok {
+            EventKind::Verified
+        } else {
+            EventKind::Drift
+        };
+        let mut e = event(
+            kind,
+            Some(r.state),
+            None,
+            Some(redact(&r.message).into_owned()),
+        );
+        e.duration_ms = Some(r.duration_ms);
+        c.events.push(e);
+    }
+    Ok(())
+}
+
+/// A person stops the build for good.
+pub(super) fn cancel(b: &Build, reason: &str, c: &mut Change) -> Result<()> {
+    need_reason(reason, "cancel")?;
+    refuse_if_finished(b, "cancel")?;
+    c.events.push(event(
+        EventKind::Cancel,
+        b.active_state,
+        None,
+        Some(redact(reason).into_owned()),
+    ));
+    c.build.status = Status::Cancelled;
+    c.build.next_attempt_at = None;
+    c.build.lease_owner = None;
+    c.build.lease_expires_at = None;
+    c.build.attempt_started_at = None;
+    Ok(())
+}
