@@ -79,7 +79,7 @@ pub struct Decision {
     pub category: Option<Category>,
     /// Completed states that must run again, earliest first, with what changed (empty
     /// unless a plan declares inputs or verify commands; see docs/plan.md#inputs).
-    pub stale: Vec<crate::inputs::Stale>,
+    pub stale: Vec<crate::manifest::Stale>,
 }
 
 impl Decision {
@@ -134,7 +134,7 @@ pub fn decide_with_stale(
     build: Option<&Build>,
     plan: &Plan,
     now: SystemTime,
-    stale: Vec<crate::inputs::Stale>,
+    stale: Vec<crate::manifest::Stale>,
 ) -> Decision {
     let mut d = decide(build, plan, now);
     if let (Some(b), Some(first)) = (build, stale.first()) {

@@ -14,111 +14,17 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::model::{Build, Event, EventKind};
+use crate::model::{Build, EventKind};
 use crate::plan::{InputsDef, Plan};
 use crate::{Error, Result};
 
-/// The manifest format written by this buildstate.
-pub const MANIFEST_VERSION: u32 = 1;
-/// Hex digits of the per-entry digests kept to name a change (64 bits).
-const SHORT: usize = 16;
-/// The most reasons listed for one stale state.
-const MAX_REASONS: usize = 5;
-
-/// What a state's inputs were when it completed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub v: u32,
-    /// SHA-256 over every input (full per-file digests included): equal digests mean
-    /// unchanged inputs.
-    pub digest: String,
-    /// The file globs hashed: the plan's, then those a caller discovered (the Ansible
-    /// callback's roles), relative to the inputs root.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub globs: Vec<String>,
-    /// Path (relative to the root, '/'-separated) to the first 16 hex digits of its SHA-256.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub files: BTreeMap<String, String>,
-    /// Variable name to a short salted digest of its value, or `unset`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// Metadata key to a short salted digest of its value, or `unset`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub meta: BTreeMap<String, String>,
-    /// A short digest of the literal values.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub values: Option<String>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
-/// Refuse a glob that is not relative to the root, or climbs out of it.
-pub fn check_glob(glob: &str) -> std::result::Result<(), String> {
-    let echo = crate::redact::echo(glob);
-    if glob.trim().is_empty() || glob.len() > 4096 {
-        return Err("give a glob of 1 to 4096 characters".into());
-    }
-    if glob.starts_with('/') || glob.split('/').any(|c| c == "..") || glob.contains('\0') {
-        return Err(format!(
-            "'{echo}' must be relative to the inputs root and stay inside it (no leading '/', no '..')"
-        ));
-    }
-    globset::GlobBuilder::new(glob)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| format!("'{echo}' is not a valid glob: {}", e.kind()))?;
-    Ok(())
-}
-
-impl Manifest {
-    /// Check a manifest read from outside (a snapshot).
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.v != MANIFEST_VERSION {
-            return Err(format!(
-                "inputs manifest version {} (this buildstate reads {MANIFEST_VERSION})",
-                self.v
-            ));
-        }
-        if !is_hex(&self.digest, 64) {
-            return Err("inputs digest is not a SHA-256 in lower-case hex".into());
-        }
-        for g in &self.globs {
-            check_glob(g).map_err(|m| format!("inputs glob: {m}"))?;
-        }
-        for (path, d) in &self.files {
-            check_glob(path).map_err(|m| format!("inputs file: {m}"))?;
-            if !is_hex(d, SHORT) {
-                return Err(format!(
-                    "inputs file {path}: digest is not {SHORT} hex digits"
-                ));
-            }
-        }
-        for (k, d) in self.env.iter().chain(&self.meta) {
-            if k.is_empty() || k.len() > 128 || !(d == "unset" || is_hex(d, SHORT)) {
-                return Err(format!(
-                    "inputs entry '{}' is malformed",
-                    crate::redact::echo(k)
-                ));
-            }
-        }
-        if self.values.as_deref().is_some_and(|d| !is_hex(d, SHORT)) {
-            return Err("inputs values digest is malformed".into());
-        }
-        Ok(())
-    }
-}
+pub use crate::manifest::{
+    changes, check_glob, last_done, Manifest, Mark, Stale, StaleKind, MANIFEST_VERSION,
+};
+use crate::manifest::{hex, SHORT};
 
 /// Where inputs are read from: the root of the file globs, the environment and the
 /// build's metadata.
@@ -217,6 +123,22 @@ impl FileCache {
     fn insert(&mut self, e: CacheEntry) {
         self.entries.insert((e.stat.dev, e.stat.ino), e);
         self.dirty = true;
+    }
+
+    /// This machine's cache for `root`, kept in the database (an empty one if none).
+    pub fn load(store: &crate::store::Store, root: &Path) -> Result<FileCache> {
+        Ok(store
+            .file_cache_bytes(root)?
+            .map_or_else(FileCache::default, |b| FileCache::from_bytes(&b)))
+    }
+
+    /// Keep the digests computed since `load`, if any (best effort, see
+    /// [`crate::store::Store::save_file_cache_bytes`]).
+    pub fn save(&mut self, store: &crate::store::Store, root: &Path) {
+        if self.dirty {
+            self.dirty = false;
+            store.save_file_cache_bytes(root, &self.to_bytes());
+        }
     }
 
     /// Read the stored form; anything malformed is dropped (a cache miss, not an error).
@@ -559,46 +481,6 @@ pub fn compute(
     Ok(m)
 }
 
-/// What changed between two manifests, for people: "ansible/roles/users/tasks/main.yml
-/// changed", "environment IMAGE_VERSION changed".
-pub fn changes(old: &Manifest, new: &Manifest) -> Vec<String> {
-    let mut out = Vec::new();
-    for (path, d) in &new.files {
-        match old.files.get(path) {
-            None => out.push(format!("{path} added")),
-            Some(o) if o != d => out.push(format!("{path} changed")),
-            _ => {}
-        }
-    }
-    for path in old.files.keys() {
-        if !new.files.contains_key(path) {
-            out.push(format!("{path} removed"));
-        }
-    }
-    for (what, o, n) in [
-        ("environment variable", &old.env, &new.env),
-        ("metadata", &old.meta, &new.meta),
-    ] {
-        for (k, d) in n {
-            if o.get(k) != Some(d) {
-                out.push(format!("{what} {k} changed"));
-            }
-        }
-    }
-    if old.values != new.values {
-        out.push("the plan's values changed".into());
-    }
-    if out.is_empty() && old.digest != new.digest {
-        out.push("an input changed".into());
-    }
-    if out.len() > MAX_REASONS {
-        let more = out.len() - MAX_REASONS;
-        out.truncate(MAX_REASONS);
-        out.push(format!("and {more} more"));
-    }
-    out
-}
-
 /// Whether a state's inputs changed. When it recorded files and not one of them is under
 /// the root now, the root is far more likely wrong than every file deleted: that is an
 /// error, not a rerun of hours of work.
@@ -616,63 +498,6 @@ fn compare(
         )));
     }
     Ok((new.digest != old.digest).then(|| (StaleKind::Changed, changes(old, new))))
-}
-
-/// Why a completed state no longer counts as done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StaleKind {
-    /// Its inputs changed since it completed.
-    Changed,
-    /// Its verify command failed since it completed.
-    Drifted,
-    /// An earlier state is stale.
-    After,
-}
-
-/// A completed state that must run again.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Stale {
-    pub state: u8,
-    pub name: String,
-    pub kind: StaleKind,
-    /// What changed, one entry each ("ansible/roles/users/tasks/main.yml changed").
-    pub reasons: Vec<String>,
-}
-
-impl Stale {
-    /// "state 20 ansible-users: ansible/roles/users/tasks/main.yml changed"
-    pub fn sentence(&self) -> String {
-        format!(
-            "state {} {}: {}",
-            self.state,
-            self.name,
-            self.reasons.join(", ")
-        )
-    }
-}
-
-/// The event that made `state` done last (complete, skip, or init), if any.
-pub fn last_done(events: &[Event], state: u8) -> Option<&Event> {
-    events.iter().rev().find(|e| {
-        e.state == Some(state)
-            && matches!(
-                e.kind,
-                EventKind::Complete | EventKind::Skip | EventKind::Init
-            )
-    })
-}
-
-/// An event as the staleness check reads it ([`crate::store::Store::marks`]): inits,
-/// completions, skips and drifts, the inputs left as stored text and parsed only as far
-/// as needed.
-#[derive(Debug, Clone)]
-pub struct Mark {
-    pub seq: u64,
-    pub kind: EventKind,
-    pub state: Option<u8>,
-    pub message: Option<String>,
-    pub inputs: Option<String>,
 }
 
 /// The part of a stored manifest a comparison needs first.
@@ -798,7 +623,7 @@ pub fn for_completion(
     let def = def.unwrap_or_default();
     let root = root(root_dir)?;
     let meta = store.metadata(build_id)?;
-    let mut cache = store.file_cache(&root)?;
+    let mut cache = FileCache::load(store, &root)?;
     let src = Sources {
         root,
         env: &process_env,
@@ -806,7 +631,7 @@ pub fn for_completion(
         salt: &b.lineage,
     };
     let m = compute(&def, extra_globs, &src, &mut cache, Detail::Full)?;
-    store.save_file_cache(&src.root, &mut cache);
+    cache.save(store, &src.root);
     Ok(Some(Box::new(m)))
 }
 
@@ -841,7 +666,7 @@ pub fn stale_of(
     };
     let meta = store.metadata(&b.build_id)?;
     let mut cache = if needs_files {
-        store.file_cache(&root)?
+        FileCache::load(store, &root)?
     } else {
         FileCache::default()
     };
@@ -852,7 +677,7 @@ pub fn stale_of(
         salt: &b.lineage,
     };
     let stale = stale_states(b, plan, &marks, &src, &mut cache, every)?;
-    store.save_file_cache(&src.root, &mut cache);
+    cache.save(store, &src.root);
     Ok(stale)
 }
 

@@ -46,6 +46,7 @@ pub mod decide;
 pub mod error;
 pub mod exit;
 pub mod inputs;
+pub mod manifest;
 pub mod model;
 pub mod monitor;
 pub mod notify;

@@ -126,7 +126,7 @@ impl InputsDef {
     /// Check the declaration; the message names the bad entry.
     pub fn validate(&self) -> std::result::Result<(), String> {
         for (i, g) in self.files.iter().enumerate() {
-            crate::inputs::check_glob(g).map_err(|m| format!("files[{i}]: {m}"))?;
+            crate::manifest::check_glob(g).map_err(|m| format!("files[{i}]: {m}"))?;
         }
         for (i, name) in self.env.iter().enumerate() {
             let ok = !name.is_empty()

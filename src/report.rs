@@ -168,7 +168,7 @@ impl Report {
         b: &Build,
         plan: &Plan,
         now: SystemTime,
-        stale: Vec<crate::inputs::Stale>,
+        stale: Vec<crate::manifest::Stale>,
     ) -> Report {
         self.decision = crate::decide::decide_with_stale(Some(b), plan, now, stale);
         self.exit_code = self.decision.decision.exit_code();
@@ -478,7 +478,7 @@ impl PlanView {
         let stale = &report.decision.stale;
         let mut rows = Vec::new();
         for s in &plan.states {
-            let done = crate::inputs::last_done(events, s.id);
+            let done = crate::manifest::last_done(events, s.id);
             let verified = events
                 .iter()
                 .rev()
@@ -497,7 +497,7 @@ impl PlanView {
                 (st, report.decision.reason.clone())
             } else if let Some(st) = stale.iter().find(|x| x.state == s.id).filter(|_| completed) {
                 let status = match st.kind {
-                    crate::inputs::StaleKind::Drifted => "drifted",
+                    crate::manifest::StaleKind::Drifted => "drifted",
                     _ => "stale",
                 };
                 (status, st.reasons.join(", "))

@@ -1035,8 +1035,8 @@ mod tests {
                 0 | 1 => Transition::Start { state },
                 2 if pick % 2 == 1 => Transition::Complete {
                     state,
-                    inputs: Some(Box::new(crate::inputs::Manifest {
-                        v: crate::inputs::MANIFEST_VERSION,
+                    inputs: Some(Box::new(crate::manifest::Manifest {
+                        v: crate::manifest::MANIFEST_VERSION,
                         digest: "ab".repeat(32),
                         globs: vec!["roles/**".into()],
                         files: [("roles/a.yml".to_string(), "0123456789abcdef".to_string())].into(),

@@ -178,7 +178,7 @@ pub fn verify_build(
         }
         let Some(cmd) = &s.verify else { continue };
         // A skipped state was never built: there is nothing to verify.
-        if crate::inputs::last_done(&events, s.id)
+        if crate::manifest::last_done(&events, s.id)
             .is_none_or(|e| e.kind != crate::model::EventKind::Complete)
         {
             continue;

@@ -159,7 +159,7 @@ pub struct Event {
     pub until: Option<SystemTime>,
     /// On a completion: what the state's inputs were (see [`crate::inputs`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<crate::inputs::Manifest>,
+    pub inputs: Option<crate::manifest::Manifest>,
 }
 
 /// An event about to be appended; the store adds seq, serial, time and actor.
@@ -177,7 +177,7 @@ pub struct NewEvent {
     /// See [`Event::until`].
     pub until: Option<SystemTime>,
     /// See [`Event::inputs`].
-    pub inputs: Option<crate::inputs::Manifest>,
+    pub inputs: Option<crate::manifest::Manifest>,
 }
 
 impl NewEvent {

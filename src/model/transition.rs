@@ -20,7 +20,7 @@ pub enum Transition {
     Complete {
         state: u8,
         /// The state's inputs as hashed for this completion, if it has any.
-        inputs: Option<Box<crate::inputs::Manifest>>,
+        inputs: Option<Box<crate::manifest::Manifest>>,
     },
     Fail {
         state: u8,

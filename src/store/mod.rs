@@ -446,33 +446,27 @@ impl Store {
         Ok(resets + 1)
     }
 
-    /// This machine's cached digests of the files under `root` (see [`crate::inputs`]).
-    pub fn file_cache(&self, root: &Path) -> Result<crate::inputs::FileCache> {
-        let blob: Option<Vec<u8>> = self
+    /// This machine's cached digests of the files under `root`, as the bytes
+    /// [`crate::inputs::FileCache`] wrote (the store keeps them, inputs reads them).
+    pub fn file_cache_bytes(&self, root: &Path) -> Result<Option<Vec<u8>>> {
+        Ok(self
             .conn
             .prepare_cached("SELECT entries FROM input_cache WHERE root = :root")?
             .query_row(named_params! {":root": root.to_string_lossy()}, |r| {
                 r.get(0)
             })
-            .optional()?;
-        Ok(blob.map_or_else(crate::inputs::FileCache::default, |b| {
-            crate::inputs::FileCache::from_bytes(&b)
-        }))
+            .optional()?)
     }
 
-    /// Keep the digests computed since `file_cache` loaded it. Best effort: a cache that
-    /// cannot be written (a busy or read-only database) only costs hashing next time, and
-    /// concurrent writers of one root's cache each keep a valid one (the last wins).
-    pub fn save_file_cache(&self, root: &Path, cache: &mut crate::inputs::FileCache) {
-        if !cache.dirty {
-            return;
-        }
-        cache.dirty = false;
+    /// Keep a root's cached digests. Best effort: a cache that cannot be written (a busy
+    /// or read-only database) only costs hashing next time, and concurrent writers of one
+    /// root's cache each keep a valid one (the last wins).
+    pub fn save_file_cache_bytes(&self, root: &Path, entries: &[u8]) {
         let _ = self.conn.execute(
             "INSERT OR REPLACE INTO input_cache (root, entries, updated_at)
              VALUES (:root, :entries, :now)",
             named_params! {
-                ":root": root.to_string_lossy(), ":entries": cache.to_bytes(),
+                ":root": root.to_string_lossy(), ":entries": entries,
                 ":now": time::format(SystemTime::now()),
             },
         );
@@ -480,7 +474,7 @@ impl Store {
 
     /// The events a staleness check reads: inits, completions (with their inputs as
     /// stored), skips and drifts, oldest first.
-    pub fn marks(&self, build_id: &str) -> Result<Vec<crate::inputs::Mark>> {
+    pub fn marks(&self, build_id: &str) -> Result<Vec<crate::manifest::Mark>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, kind, state, message, inputs FROM events
              WHERE build_id = :id AND kind IN ('init', 'complete', 'skip', 'drift')
@@ -498,7 +492,7 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (seq, kind, state, message, inputs) = row?;
-            out.push(crate::inputs::Mark {
+            out.push(crate::manifest::Mark {
                 seq,
                 kind: kind.parse()?,
                 state,

@@ -1,0 +1,205 @@
+//! What a completed state depended on, as recorded (a [`Manifest`]), and why a
+//! completed state is stale: the pure side of inputs. Finding and hashing the files, and
+//! the cache that spares it, live in [`crate::inputs`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Event, EventKind};
+
+/// The manifest format written by this buildstate.
+pub const MANIFEST_VERSION: u32 = 1;
+/// Hex digits of the per-entry digests kept to name a change (64 bits).
+pub(crate) const SHORT: usize = 16;
+/// The most reasons listed for one stale state.
+const MAX_REASONS: usize = 5;
+
+/// What a state's inputs were when it completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub v: u32,
+    /// SHA-256 over every input (full per-file digests included): equal digests mean
+    /// unchanged inputs.
+    pub digest: String,
+    /// The file globs hashed: the plan's, then those a caller discovered (the Ansible
+    /// callback's roles), relative to the inputs root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub globs: Vec<String>,
+    /// Path (relative to the root, '/'-separated) to the first 16 hex digits of its SHA-256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// Variable name to a short salted digest of its value, or `unset`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Metadata key to a short salted digest of its value, or `unset`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// A short digest of the literal values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<String>,
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Refuse a glob that is not relative to the root, or climbs out of it.
+pub fn check_glob(glob: &str) -> std::result::Result<(), String> {
+    let echo = crate::redact::echo(glob);
+    if glob.trim().is_empty() || glob.len() > 4096 {
+        return Err("give a glob of 1 to 4096 characters".into());
+    }
+    if glob.starts_with('/') || glob.split('/').any(|c| c == "..") || glob.contains('\0') {
+        return Err(format!(
+            "'{echo}' must be relative to the inputs root and stay inside it (no leading '/', no '..')"
+        ));
+    }
+    globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("'{echo}' is not a valid glob: {}", e.kind()))?;
+    Ok(())
+}
+
+impl Manifest {
+    /// Check a manifest read from outside (a snapshot).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.v != MANIFEST_VERSION {
+            return Err(format!(
+                "inputs manifest version {} (this buildstate reads {MANIFEST_VERSION})",
+                self.v
+            ));
+        }
+        if !is_hex(&self.digest, 64) {
+            return Err("inputs digest is not a SHA-256 in lower-case hex".into());
+        }
+        for g in &self.globs {
+            check_glob(g).map_err(|m| format!("inputs glob: {m}"))?;
+        }
+        for (path, d) in &self.files {
+            check_glob(path).map_err(|m| format!("inputs file: {m}"))?;
+            if !is_hex(d, SHORT) {
+                return Err(format!(
+                    "inputs file {path}: digest is not {SHORT} hex digits"
+                ));
+            }
+        }
+        for (k, d) in self.env.iter().chain(&self.meta) {
+            if k.is_empty() || k.len() > 128 || !(d == "unset" || is_hex(d, SHORT)) {
+                return Err(format!(
+                    "inputs entry '{}' is malformed",
+                    crate::redact::echo(k)
+                ));
+            }
+        }
+        if self.values.as_deref().is_some_and(|d| !is_hex(d, SHORT)) {
+            return Err("inputs values digest is malformed".into());
+        }
+        Ok(())
+    }
+}
+
+/// What changed between two manifests, for people: "ansible/roles/users/tasks/main.yml
+/// changed", "environment IMAGE_VERSION changed".
+pub fn changes(old: &Manifest, new: &Manifest) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, d) in &new.files {
+        match old.files.get(path) {
+            None => out.push(format!("{path} added")),
+            Some(o) if o != d => out.push(format!("{path} changed")),
+            _ => {}
+        }
+    }
+    for path in old.files.keys() {
+        if !new.files.contains_key(path) {
+            out.push(format!("{path} removed"));
+        }
+    }
+    for (what, o, n) in [
+        ("environment variable", &old.env, &new.env),
+        ("metadata", &old.meta, &new.meta),
+    ] {
+        for (k, d) in n {
+            if o.get(k) != Some(d) {
+                out.push(format!("{what} {k} changed"));
+            }
+        }
+    }
+    if old.values != new.values {
+        out.push("the plan's values changed".into());
+    }
+    if out.is_empty() && old.digest != new.digest {
+        out.push("an input changed".into());
+    }
+    if out.len() > MAX_REASONS {
+        let more = out.len() - MAX_REASONS;
+        out.truncate(MAX_REASONS);
+        out.push(format!("and {more} more"));
+    }
+    out
+}
+
+/// Why a completed state no longer counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleKind {
+    /// Its inputs changed since it completed.
+    Changed,
+    /// Its verify command failed since it completed.
+    Drifted,
+    /// An earlier state is stale.
+    After,
+}
+
+/// A completed state that must run again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stale {
+    pub state: u8,
+    pub name: String,
+    pub kind: StaleKind,
+    /// What changed, one entry each ("ansible/roles/users/tasks/main.yml changed").
+    pub reasons: Vec<String>,
+}
+
+impl Stale {
+    /// "state 20 ansible-users: ansible/roles/users/tasks/main.yml changed"
+    pub fn sentence(&self) -> String {
+        format!(
+            "state {} {}: {}",
+            self.state,
+            self.name,
+            self.reasons.join(", ")
+        )
+    }
+}
+
+/// The event that made `state` done last (complete, skip, or init), if any.
+pub fn last_done(events: &[Event], state: u8) -> Option<&Event> {
+    events.iter().rev().find(|e| {
+        e.state == Some(state)
+            && matches!(
+                e.kind,
+                EventKind::Complete | EventKind::Skip | EventKind::Init
+            )
+    })
+}
+
+/// An event as the staleness check reads it ([`crate::store::Store::marks`]): inits,
+/// completions, skips and drifts, the inputs left as stored text and parsed only as far
+/// as needed.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub seq: u64,
+    pub kind: EventKind,
+    pub state: Option<u8>,
+    pub message: Option<String>,
+    pub inputs: Option<String>,
+}
