@@ -5,6 +5,15 @@
 //! is derived from it inside the same SQLite transaction ([`store::Store`]). The pure
 //! function [`decide::decide`] tells a pipeline what to do next.
 //!
+//! The tree shows the layers; a layer imports only those below it (tests/layers.rs):
+//! - [`domain`]: pure decisions and formats (plan, policy, model, decide, alerts,
+//!   manifest, snapshot), no I/O beyond reading the clock and environment;
+//! - [`store`]: the SQLite database;
+//! - [`share`]: the remote (object storage) and writing through it;
+//! - [`notify`]: delivering alerts (Slack);
+//! - [`app`]: what the commands do (run, verify, hash inputs, monitor, report, the
+//!   Concourse resource, the command-line glue).
+//!
 //! The binaries in `bins/` are thin: they parse arguments, call this crate, and map the
 //! result to an exit code from [`exit`]. All logic lives here so that the binaries, the
 //! Python module and the Ansible callback agree by construction.
@@ -37,29 +46,20 @@ macro_rules! text_enum {
     };
 }
 
-pub mod alerts;
-#[cfg(feature = "cli")]
-pub mod cli;
-pub mod concourse;
-pub mod context;
-pub mod decide;
+pub mod app;
+pub mod domain;
 pub mod error;
 pub mod exit;
-pub mod inputs;
-pub mod manifest;
-pub mod model;
-pub mod monitor;
 pub mod notify;
-pub mod plan;
-pub mod policy;
-pub mod redact;
-pub mod remote;
-pub mod report;
-pub mod runner;
-pub mod snapshot;
+pub mod share;
 pub mod store;
-pub mod sync;
-pub mod time;
-pub mod verify;
 
+// Every module by its short name too (`buildstate::plan`, `crate::store`), as the
+// binaries, the Python extension and the docs name them; the folders above are the
+// layers, lowest first: domain, store, share, notify, app (README "Layout").
+#[cfg(feature = "cli")]
+pub use app::cli;
+pub use app::{concourse, inputs, monitor, report, runner, verify};
+pub use domain::{alerts, context, decide, manifest, model, plan, policy, redact, snapshot, time};
 pub use error::{Error, Result};
+pub use share::{remote, sync};

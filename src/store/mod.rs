@@ -6,9 +6,7 @@
 //! transition survives a power cut) and a busy timeout, so concurrent writers queue up
 //! instead of failing with "database is locked".
 
-mod lease;
 pub mod outbox;
-mod recorder;
 mod schema;
 mod snapshot;
 
@@ -24,8 +22,6 @@ use crate::plan::Plan;
 use crate::time;
 use crate::{Error, Result};
 
-pub use lease::LeaseKeeper;
-pub use recorder::TaskRecorder;
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::{remote_mark_in, set_remote_mark_in, snapshot_in, Imported, RemoteMark};
 

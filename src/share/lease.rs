@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::Store;
+use crate::store::Store;
 use crate::{Error, Result};
 
 /// The longest a renewal waits for another writer: short, so that one slow writer costs

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::context::Actor;
 use crate::decide::{Action, Decision};
 use crate::model::{Ctx, Status, Transition};
-use crate::store::LeaseKeeper;
+use crate::share::LeaseKeeper;
 use crate::sync::Writer;
 use crate::{exit, time, Error, Result};
 

@@ -485,7 +485,7 @@ mod tests {
 
     #[test]
     fn demo_plan_matches_the_built_in_one() {
-        let demo = Plan::from_toml(include_str!("../scripts/demo-plan.toml"), "demo").unwrap();
+        let demo = Plan::from_toml(include_str!("../../scripts/demo-plan.toml"), "demo").unwrap();
         let ids = |p: &Plan| {
             p.states
                 .iter()

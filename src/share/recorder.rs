@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use backon::{BlockingRetryable, ExponentialBuilder};
 
-use super::Store;
 use crate::context::Actor;
 use crate::model::{Ctx, TaskRecord, Transition};
+use crate::store::Store;
 use crate::{Error, Result};
 
 /// At most this many results in one transaction.

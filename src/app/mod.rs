@@ -1,0 +1,13 @@
+//! What the commands do, on top of the lower layers: run a state under its retry policy
+//! ([`runner`]), check recorded state against reality ([`verify`], [`inputs`]), watch
+//! the fleet ([`monitor`], [`report`]), the Concourse resource ([`concourse`]) and the
+//! command-line glue shared by the binaries.
+
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod concourse;
+pub mod inputs;
+pub mod monitor;
+pub mod report;
+pub mod runner;
+pub mod verify;
