@@ -80,12 +80,29 @@ enum Command {
     },
 }
 
+/// The database the subcommand reads. In remote mode (--remote, BUILDSTATE_REMOTE) the
+/// remote is the truth and the local database a cache of it, created when missing and
+/// brought up to date first; only builds whose objects changed since the last pull are
+/// fetched (`sync::pull_all`). A build that cannot be pulled is named on stderr with
+/// `unpulled` (what that means for this subcommand) and the rest go on.
+fn fleet(args: &Args, unpulled: &str) -> Result<buildstate::sync::Writer> {
+    let mut store = args.common.writer(false)?;
+    if store.is_remote() {
+        for (id, r) in store.pull_all(&|_, _| {})? {
+            if let Err(e) = r {
+                eprintln!("monitor: warning: build '{id}' was not pulled ({unpulled}): {e}");
+            }
+        }
+    }
+    Ok(store)
+}
+
 fn run(args: &Args) -> Result<i32> {
     let now = SystemTime::now();
     let json = args.common.json;
     match &args.command {
         Command::Check { factor } => {
-            let store = args.common.open()?;
+            let store = fleet(args, "not checked")?;
             let findings = monitor::check(&store, now, *factor)?;
             if json {
                 buildstate::cli::outln(format_args!(
@@ -113,19 +130,7 @@ fn run(args: &Args) -> Result<i32> {
         Command::Deliver { budget, retention } => {
             // Remote mode: the alerts travel with their builds; the local database is a
             // cache of the remote (created when missing), brought up to date first.
-            let mut store = args.common.writer(false)?;
-            if store.is_remote() {
-                let failed = store
-                    .pull_all(&|_, _| {})?
-                    .into_iter()
-                    .filter_map(|(id, r)| r.err().map(|e| (id, e)))
-                    .collect::<Vec<_>>();
-                for (id, e) in &failed {
-                    eprintln!(
-                        "monitor: warning: build '{id}' was not pulled, its alerts wait: {e}"
-                    );
-                }
-            }
+            let mut store = fleet(args, "its alerts wait")?;
             let target = Target::from_env()?.ok_or_else(|| {
                 Error::InvalidInput(
                     "Slack is not configured: set BUILDSTATE_SLACK_WEBHOOK_URL (or _FILE), or BUILDSTATE_SLACK_TOKEN (or _FILE) and BUILDSTATE_SLACK_CHANNEL".into(),
@@ -147,7 +152,7 @@ fn run(args: &Args) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Status => {
-            let store = args.common.open()?;
+            let store = fleet(args, "shown as last pulled")?;
             let rows = monitor::status(&store, now)?;
             if json {
                 buildstate::cli::outln(format_args!(
@@ -336,7 +341,7 @@ fn run(args: &Args) -> Result<i32> {
             }
         }
         Command::Metrics { textfile } => {
-            let store = args.common.open()?;
+            let store = fleet(args, "counted as last pulled")?;
             let text = monitor::metrics(&store, now)?;
             match textfile {
                 Some(path) => monitor::write_textfile(path, &text)?,

@@ -127,11 +127,12 @@ fn with_progress<T>(args: &Args, work: impl FnOnce(Progress<'_>) -> Result<T>) -
 fn report_many(args: &Args, verb: &str, results: Vec<(String, Result<Synced>)>) -> Result<i32> {
     let mut code = exit::OK;
     let mut rows = Vec::new();
-    let (mut ok, mut failed) = (0, 0);
+    let (mut ok, mut failed, mut unchanged) = (0, 0, 0);
     for (id, r) in results {
         match r {
             Ok(s) => {
                 ok += 1;
+                unchanged += usize::from(s.fetched == Some(false));
                 if !args.common.json {
                     buildstate::cli::outln(format_args!("{id}: {}", s.outcome))?;
                 }
@@ -153,7 +154,12 @@ fn report_many(args: &Args, verb: &str, results: Vec<(String, Result<Synced>)>) 
     if args.common.json {
         buildstate::cli::outln(format_args!("{}", serde_json::Value::Array(rows)))?;
     } else {
-        eprintln!("sync-cloud: {verb} {ok} build(s), {failed} failed");
+        let skipped = if unchanged > 0 {
+            format!(" ({unchanged} not fetched: unchanged since the last pull)")
+        } else {
+            String::new()
+        };
+        eprintln!("sync-cloud: {verb} {ok} build(s){skipped}, {failed} failed");
     }
     Ok(code)
 }

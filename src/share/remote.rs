@@ -456,6 +456,14 @@ impl Remote {
 
     /// The build ids with a snapshot on the remote, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
+        Ok(self.list_tagged()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// The build ids with a snapshot on the remote, sorted, each with the ETag the
+    /// listing gives (object stores; `None` for a folder, whose tags are its content's
+    /// digest): a tag equal to the one last synced means the object has not changed
+    /// since, and need not be fetched ([`crate::sync::pull_all`]).
+    pub fn list_tagged(&self) -> Result<Vec<(String, Option<String>)>> {
         let mut ids = match &self.backend {
             Backend::Folder { dir, .. } => {
                 let builds = dir.join("builds");
@@ -468,7 +476,7 @@ impl Remote {
                             e.file_name()
                                 .to_str()
                                 .and_then(|n| n.strip_suffix(".json"))
-                                .map(str::to_string)
+                                .map(|id| (id.to_string(), None))
                         })
                         .collect(),
                 }
@@ -484,13 +492,13 @@ impl Remote {
                         .filename()
                         .and_then(|n| n.strip_suffix(".json"))
                     {
-                        out.push(id.to_string());
+                        out.push((id.to_string(), meta.e_tag.clone()));
                     }
                 }
                 Ok::<_, Error>(out)
             })?,
         };
-        ids.retain(|id| crate::model::validate_build_id(id).is_ok());
+        ids.retain(|(id, _)| crate::model::validate_build_id(id).is_ok());
         ids.sort();
         Ok(ids)
     }
@@ -624,6 +632,12 @@ fn folder_path(dir: &std::path::Path, build_id: &str) -> PathBuf {
 }
 
 /// A short content hash serves as the ETag of a folder object.
+/// Whether two ETags name the same object version. Servers quote them in headers and
+/// not always in listings (Azure), so quotes do not count.
+pub fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
 fn content_etag(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     format!(

@@ -27,6 +27,10 @@ pub struct Synced {
     pub outcome: &'static str,
     pub local_serial: Option<u64>,
     pub remote_serial: Option<u64>,
+    /// Pulls only: whether the object was fetched (`false`: its listed ETag was the one
+    /// last synced, so nothing had changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<bool>,
 }
 
 /// Push one build. `force`: a person chose the local side of a divergence; the write is
@@ -47,6 +51,7 @@ pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> 
                 outcome: "unchanged",
                 local_serial: Some(snap.serial),
                 remote_serial: Some(m.serial),
+                fetched: None,
             });
         }
         mark.map(|m| m.etag)
@@ -62,6 +67,7 @@ pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> 
                     outcome: "pushed",
                     local_serial: Some(snap.serial),
                     remote_serial: Some(snap.serial),
+                    fetched: None,
                 });
             }
         },
@@ -72,6 +78,7 @@ pub fn push(store: &mut Store, remote: &Remote, build_id: &str, force: bool) -> 
         outcome: "pushed",
         local_serial: Some(snap.serial),
         remote_serial: Some(snap.serial),
+        fetched: None,
     })
 }
 
@@ -158,6 +165,7 @@ pub fn push_all(
                     outcome: "unchanged",
                     local_serial: Some(snap.serial),
                     remote_serial: Some(m.serial),
+                    fetched: None,
                 }),
             )),
             m => {
@@ -182,6 +190,7 @@ pub fn push_all(
                 outcome: "pushed",
                 local_serial: Some(snap.serial),
                 remote_serial: Some(snap.serial),
+                fetched: None,
             })
         });
         out.push((id, r));
@@ -232,20 +241,56 @@ fn import_fetched(
         outcome,
         local_serial: Some(local),
         remote_serial: Some(snap.serial),
+        fetched: Some(true),
     })
 }
 
-/// Pull every build on the remote.
+/// Pull every build on the remote. A build whose object's listed ETag is the one last
+/// synced here, with the same lineage and no newer remote serial than the local one, is
+/// not fetched: the object has not changed since, so pulling it would change nothing
+/// (on S3, Azure and GCS a run over unchanged builds costs the listing alone).
 pub fn pull_all(
     store: &mut Store,
     remote: &Remote,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<(String, Result<Synced>)>> {
-    let ids = remote.list()?;
-    let fetched = remote.get_many(&ids, PARALLEL);
-    let total = ids.len();
-    let mut out = Vec::new();
-    for (i, (id, f)) in ids.into_iter().zip(fetched).enumerate() {
+    let listed = remote.list_tagged()?;
+    let marks = store.remote_marks(remote.name())?;
+    let total = listed.len();
+    let mut out = Vec::with_capacity(total);
+    let mut todo = Vec::new();
+    for (id, tag) in listed {
+        let unchanged = match (tag, marks.get(&id)) {
+            (Some(tag), Some((mark, local, lineage))) => {
+                crate::remote::same_etag(&tag, &mark.etag)
+                    && *lineage == mark.lineage
+                    && *local >= mark.serial
+            }
+            _ => false,
+        };
+        if unchanged {
+            let (mark, local, _) = &marks[&id];
+            out.push((
+                id.clone(),
+                Ok(Synced {
+                    outcome: if *local == mark.serial {
+                        "up_to_date"
+                    } else {
+                        "local_ahead"
+                    },
+                    build_id: id,
+                    local_serial: Some(*local),
+                    remote_serial: Some(mark.serial),
+                    fetched: Some(false),
+                }),
+            ));
+            progress(out.len(), total);
+        } else {
+            todo.push(id);
+        }
+    }
+    let fetched = remote.get_many(&todo, PARALLEL);
+    for (id, f) in todo.into_iter().zip(fetched) {
         let r = match f {
             Ok(Some(f)) => import_fetched(store, remote, &id, f, false),
             Ok(None) => Err(Error::NotOnRemote {
@@ -254,9 +299,10 @@ pub fn pull_all(
             }),
             Err(e) => Err(e),
         };
-        progress(i + 1, total);
         out.push((id, r));
+        progress(out.len(), total);
     }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

@@ -162,6 +162,34 @@ impl Store {
         set_remote_mark_in(&self.conn, remote, build_id, mark)
     }
 
+    /// For every build synced with `remote`: its mark and the local serial and lineage,
+    /// in one query (what `pull --all` compares with a listing to skip unchanged builds).
+    pub fn remote_marks(
+        &self,
+        remote: &str,
+    ) -> Result<BTreeMap<String, (RemoteMark, u64, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.build_id, r.etag, r.serial, r.lineage, b.serial, b.lineage
+             FROM remote_sync r JOIN builds b ON b.build_id = r.build_id
+             WHERE r.remote = :remote",
+        )?;
+        let rows = stmt.query_map(named_params! {":remote": remote}, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (
+                    RemoteMark {
+                        etag: r.get(1)?,
+                        serial: r.get(2)?,
+                        lineage: r.get(3)?,
+                    },
+                    r.get(4)?,
+                    r.get(5)?,
+                ),
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Every build id with its serial, in id order.
     pub fn build_serials(&self) -> Result<Vec<(String, u64)>> {
         let mut stmt = self

@@ -219,6 +219,45 @@ def test_push_all_and_pull_all(server: Server, tmp_path: Path) -> None:
     assert {s["build_id"] for s in status if s["state"] == "in_sync"} >= set(ids)
 
 
+def test_the_fleet_from_a_machine_with_no_database(server: Server, tmp_path: Path) -> None:
+    """Issue 17: monitor with a remote treats the local database as a cache it creates
+    and refreshes, and a second look fetches only the builds whose objects changed (the
+    listing's ETags against the last synced ones)."""
+    a = Worker(tmp_path, "a", server.url, server.env)
+    ids = [f"fleet-{server.name}-{i}" for i in range(5)]
+    for i in ids:
+        a.run("init-state", i, "--cloud", "aws", "--image", "rhel9")
+    a.run("sync-cloud", "push", "--all")
+    cron = Worker(tmp_path, "cron", server.url, server.env, remote_mode=True)
+    assert not cron.db.exists()
+    rows = {r["build_id"]: r for r in json.loads(cron.run("monitor", "status", "--json").stdout)}
+    assert set(ids) <= set(rows) and cron.db.exists()
+    assert all(rows[i]["current_state"] == 0 for i in ids)
+
+    def pull() -> dict[str, dict]:
+        r = cron.run("sync-cloud", "pull", "--all", "--json")
+        return {p["build_id"]: p for p in json.loads(r.stdout)}
+
+    again = pull()
+    assert [again[i]["fetched"] for i in ids] == [False] * 5, again
+    assert {again[i]["outcome"] for i in ids} == {"up_to_date"}
+    a.run("update-state", ids[2], "complete", "5")
+    a.run("sync-cloud", "push", ids[2])
+    changed = pull()
+    assert [i for i in ids if changed[i]["fetched"]] == [ids[2]], changed
+    assert changed[ids[2]]["outcome"] == "fast_forward"
+    a.run("update-state", ids[3], "complete", "5")
+    a.run("sync-cloud", "push", ids[3])
+    rows = {r["build_id"]: r for r in json.loads(cron.run("monitor", "status", "--json").stdout)}
+    assert [rows[i]["current_state"] for i in ids] == [0, 0, 5, 5, 0]
+    r = cron.run("sync-cloud", "pull", "--all")
+    assert "not fetched: unchanged since the last pull" in r.stderr
+    # check and metrics read the same cache
+    cron.run("monitor", "check")
+    metrics = dict(line.rsplit(" ", 1) for line in cron.run("monitor", "metrics").stdout.splitlines() if not line.startswith("#"))
+    assert int(metrics['buildstate_builds{status="pending"}']) >= len(ids)
+
+
 def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     a = Worker(tmp_path, "a", f"file://{remote}", {})
