@@ -72,11 +72,36 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = buildstate::cli::positive_duration)]
         interval: Duration,
     },
-    /// Prometheus metrics, on stdout or into a node_exporter textfile
+    /// Statistics over a window: per state, runs, success rate, attempts per success,
+    /// p50/p95 duration against the plan's expected, time waiting for retries and for
+    /// people, top failure categories and error lines; per build, total time and time
+    /// lost to retries
+    Stats {
+        /// The window: events at most this old
+        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::positive_duration)]
+        since: Duration,
+        /// Only builds for this cloud
+        #[arg(long, value_name = "CLOUD")]
+        cloud: Option<String>,
+        /// Only builds of this image
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// Only builds of the plan with this name
+        #[arg(long, value_name = "NAME")]
+        plan: Option<String>,
+        /// How many builds the table lists, most time lost first (--json lists all)
+        #[arg(long, value_name = "N", default_value = "10")]
+        builds: usize,
+    },
+    /// Prometheus metrics, on stdout or into a node_exporter textfile: builds by status,
+    /// durations, retries, alerts, and the figures of `monitor stats` over a window
     Metrics {
         /// Write here (temporary file + rename) instead of stdout
         #[arg(long, value_name = "PATH")]
         textfile: Option<PathBuf>,
+        /// The window of the buildstate_state_* figures
+        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::positive_duration)]
+        since: Duration,
     },
 }
 
@@ -340,9 +365,38 @@ fn run(args: &Args) -> Result<i32> {
                 );
             }
         }
-        Command::Metrics { textfile } => {
+        Command::Stats {
+            since,
+            cloud,
+            image,
+            plan,
+            builds,
+        } => {
+            let store = fleet(args, "left out of the figures")?;
+            let filter = buildstate::stats::Filter {
+                cloud: cloud.clone(),
+                image: image.clone(),
+                plan: plan.clone(),
+            };
+            let from = now.checked_sub(*since).unwrap_or(SystemTime::UNIX_EPOCH);
+            let stats = buildstate::stats::stats(&store, from, &filter, now)?;
+            if json {
+                buildstate::cli::outln(format_args!(
+                    "{}",
+                    serde_json::to_string(&stats).expect("serializes")
+                ))?;
+            } else {
+                buildstate::cli::out(format_args!("{}", stats.text(*builds)))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Metrics { textfile, since } => {
             let store = fleet(args, "counted as last pulled")?;
-            let text = monitor::metrics(&store, now)?;
+            let mut text = monitor::metrics(&store, now)?;
+            let from = now.checked_sub(*since).unwrap_or(SystemTime::UNIX_EPOCH);
+            let stats =
+                buildstate::stats::stats(&store, from, &buildstate::stats::Filter::default(), now)?;
+            text.push_str(&stats.prometheus(*since));
             match textfile {
                 Some(path) => monitor::write_textfile(path, &text)?,
                 None => buildstate::cli::out(format_args!("{text}"))?,

@@ -162,6 +162,10 @@ fn a_table_of_extreme_values_never_panics() {
             ],
         ),
         ("monitor", vec!["metrics", "--textfile", &dir]),
+        ("monitor", vec!["stats", "--since", "999999999y"]),
+        ("monitor", vec!["stats", "--since", "0s"]),
+        ("monitor", vec!["stats", "--builds", "-1"]),
+        ("monitor", vec!["stats", "--plan", "it's\n\u{7f}"]),
         ("sync-cloud", vec!["--remote", "s3://", "push", "B"]),
         ("sync-cloud", vec!["--remote", &long, "push", "B"]),
         (
@@ -284,6 +288,10 @@ proptest::proptest! {
             ("monitor", &["deliver"], "--budget"),
             ("monitor", &["deliver"], "--retention"),
             ("monitor", &["wait", "B", "--until", "5"], "--timeout"),
+            ("monitor", &["stats"], "--since"),
+            ("monitor", &["stats"], "--builds"),
+            ("monitor", &["stats"], "--image"),
+            ("monitor", &["metrics"], "--since"),
             ("init-state", &["C", "--cloud", "aws", "--image", "x"], "--meta"),
             ("check-state", &["B"], "--output"),
         ];

@@ -10,4 +10,5 @@ pub mod inputs;
 pub mod monitor;
 pub mod report;
 pub mod runner;
+pub mod stats;
 pub mod verify;
