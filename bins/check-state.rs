@@ -73,6 +73,11 @@ fn run(args: &Args) -> Result<i32> {
     let mut store = args.common.writer(false)?;
     let now = store.now()?;
     store.refresh(&args.build_id)?;
+    if store.build(&args.build_id)?.is_none() {
+        if let Some(a) = store.archived(&args.build_id)? {
+            return Err(a.error());
+        }
+    }
     let mut report = Report::load(Some(&store), &args.build_id, &plan, now, args.history)?;
     if let (Some(b), false) = (store.build(&args.build_id)?, args.no_inputs) {
         let plan = store.plan(&b.plan_hash)?;

@@ -93,6 +93,27 @@ enum Command {
         #[arg(long, value_name = "N", default_value = "10")]
         builds: usize,
     },
+    /// Move old completed and cancelled builds to the remote's archive/ prefix: each
+    /// snapshot is written create-only, read back and compared, then the build leaves
+    /// this database in one transaction; a run killed half-way loses nothing and a
+    /// rerun finishes the job
+    Archive {
+        /// Archive builds completed (last written) longer ago than this
+        #[arg(long, value_name = "DURATION", value_parser = buildstate::cli::duration)]
+        completed_before: Option<Duration>,
+        /// Archive builds cancelled longer ago than this
+        #[arg(long, value_name = "DURATION", value_parser = buildstate::cli::duration)]
+        cancelled_before: Option<Duration>,
+        /// Then VACUUM the database to give the space back (rewrites the whole file)
+        #[arg(long)]
+        vacuum: bool,
+    },
+    /// Bring an archived build back whole (history, metadata, serial) from the remote's
+    /// archive
+    Unarchive {
+        #[arg(value_name = "BUILD_ID")]
+        build_id: String,
+    },
     /// Prometheus metrics, on stdout or into a node_exporter textfile: builds by status,
     /// durations, retries, alerts, and the figures of `monitor stats` over a window
     Metrics {
@@ -120,6 +141,19 @@ fn fleet(args: &Args, unpulled: &str) -> Result<buildstate::sync::Writer> {
         }
     }
     Ok(store)
+}
+
+/// The remote archive and unarchive use: --remote / BUILDSTATE_REMOTE, required.
+fn archive_remote(args: &Args) -> Result<buildstate::remote::Remote> {
+    args.common.open_remote()?.ok_or_else(|| {
+        Error::InvalidInput(
+            "archiving needs a remote to keep the builds: pass --remote URL or set BUILDSTATE_REMOTE (a file:// folder works like any other)".into(),
+        )
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn run(args: &Args) -> Result<i32> {
@@ -387,6 +421,83 @@ fn run(args: &Args) -> Result<i32> {
                 ))?;
             } else {
                 buildstate::cli::out(format_args!("{}", stats.text(*builds)))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Archive {
+            completed_before,
+            cancelled_before,
+            vacuum,
+        } => {
+            if completed_before.is_none() && cancelled_before.is_none() {
+                return Err(Error::InvalidInput(
+                    "say which builds to archive: --completed-before DURATION and/or --cancelled-before DURATION (e.g. 30d)".into(),
+                ));
+            }
+            let remote = archive_remote(args)?;
+            let mut store = args.common.open()?;
+            let cutoff = |d: &Option<Duration>| {
+                d.map(|d| now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH))
+            };
+            let report = buildstate::cli::with_progress(json, |p| {
+                buildstate::archive::archive(
+                    &mut store,
+                    &remote,
+                    cutoff(completed_before),
+                    cutoff(cancelled_before),
+                    *vacuum,
+                    p,
+                )
+            })?;
+            for (id, why) in &report.failed {
+                eprintln!("monitor: {id}: not archived: {why}");
+            }
+            for (id, why) in &report.skipped {
+                eprintln!("monitor: {id}: left here: {why}");
+            }
+            if json {
+                buildstate::cli::outln(format_args!(
+                    "{}",
+                    serde_json::to_string(&report).expect("serializes")
+                ))?;
+            } else {
+                buildstate::cli::outln(format_args!(
+                    "archived {} of {} matching build(s) to {}; database {} -> {}{}",
+                    report.archived.len(),
+                    report.matched,
+                    remote.name(),
+                    mib(report.size_before_bytes),
+                    mib(report.size_after_bytes),
+                    if report.vacuumed {
+                        " (vacuumed)"
+                    } else {
+                        " (space is reused by new rows; --vacuum gives it back to the disk)"
+                    }
+                ))?;
+            }
+            Ok(if report.failed.is_empty() {
+                exit::OK
+            } else {
+                exit::REMOTE
+            })
+        }
+        Command::Unarchive { build_id } => {
+            let remote = archive_remote(args)?;
+            let mut store = args.common.create()?;
+            let r = buildstate::archive::unarchive(&mut store, &remote, build_id)?;
+            if json {
+                buildstate::cli::outln(format_args!(
+                    "{}",
+                    serde_json::to_string(&r).expect("serializes")
+                ))?;
+            } else {
+                buildstate::cli::outln(format_args!(
+                    "build {}: back from the archive of {} (serial {}, {} events)",
+                    r.build_id,
+                    remote.name(),
+                    r.serial,
+                    r.events
+                ))?;
             }
             Ok(exit::OK)
         }

@@ -107,22 +107,6 @@ fn remote(args: &Args) -> Result<Remote> {
     Remote::open(url, RemoteOptions::from_env()?)
 }
 
-type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
-
-/// Run `--all` work with a progress bar on stderr when it is a terminal (and not --json).
-fn with_progress<T>(args: &Args, work: impl FnOnce(Progress<'_>) -> Result<T>) -> Result<T> {
-    let bar = indicatif::ProgressBar::new(0);
-    if args.common.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let result = work(&|done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    });
-    bar.finish_and_clear();
-    result
-}
-
 /// Print one line per build, or a JSON array; exit with the first failure's code.
 fn report_many(args: &Args, verb: &str, results: Vec<(String, Result<Synced>)>) -> Result<i32> {
     let mut code = exit::OK;
@@ -194,7 +178,9 @@ fn run(args: &Args) -> Result<i32> {
         } => {
             let mut store = args.common.open()?;
             if *all {
-                let results = with_progress(args, |p| sync::push_all(&mut store, &remote, p))?;
+                let results = buildstate::cli::with_progress(args.common.json, |p| {
+                    sync::push_all(&mut store, &remote, p)
+                })?;
                 return report_many(args, "pushed", results);
             }
             let id = build_id.as_deref().expect("clap requires a build or --all");
@@ -208,7 +194,9 @@ fn run(args: &Args) -> Result<i32> {
             // A pull may create the database: it is how a fresh worker gets its state.
             let mut store = args.common.create()?;
             if *all {
-                let results = with_progress(args, |p| sync::pull_all(&mut store, &remote, p))?;
+                let results = buildstate::cli::with_progress(args.common.json, |p| {
+                    sync::pull_all(&mut store, &remote, p)
+                })?;
                 return report_many(args, "pulled", results);
             }
             let id = build_id.as_deref().expect("clap requires a build or --all");

@@ -61,6 +61,18 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The build left this database for a remote's archive (`monitor archive`).
+    #[error("{0}")]
+    Archived(Box<ArchivedAt>),
+
+    /// `monitor unarchive` of a build the remote's archive does not hold.
+    #[error("remote {remote} has no archived build '{build_id}' (no {object}): check the build id and the remote it was archived to (`check-state {build_id}` on the database that archived it says where)")]
+    NotArchived {
+        build_id: String,
+        remote: String,
+        object: String,
+    },
+
     /// The remote has no copy of the build.
     #[error("remote {remote} has no copy of build '{build_id}': push it from the database that has it (`sync-cloud push {build_id}`)")]
     NotOnRemote { build_id: String, remote: String },
@@ -133,7 +145,10 @@ impl Error {
     /// The exit code documented for this kind of error in `docs/exit-codes.md`.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::UnknownBuild(_) | Error::NotOnRemote { .. } => exit::UNKNOWN_BUILD,
+            Error::UnknownBuild(_)
+            | Error::NotOnRemote { .. }
+            | Error::Archived(_)
+            | Error::NotArchived { .. } => exit::UNKNOWN_BUILD,
             Error::Conflict { .. } => exit::CONFLICT,
             Error::Refused(_) => exit::REFUSED,
             Error::Leased(_) => exit::BUSY,
@@ -155,7 +170,10 @@ impl Error {
     /// A stable machine-readable name for `--json` error output.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::UnknownBuild(_) | Error::NotOnRemote { .. } => "unknown_build",
+            Error::UnknownBuild(_) | Error::NotOnRemote { .. } | Error::NotArchived { .. } => {
+                "unknown_build"
+            }
+            Error::Archived(_) => "archived",
             Error::Conflict { .. } => "conflict",
             Error::Refused(_) => "refused",
             Error::Leased(_) => "leased",
@@ -173,5 +191,26 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Corrupt(_) => "corrupt",
         }
+    }
+}
+
+/// Where an archived build went ([`Error::Archived`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedAt {
+    pub build_id: String,
+    pub serial: u64,
+    pub status: String,
+    pub remote: String,
+    pub object: String,
+    pub at: String,
+}
+
+impl std::fmt::Display for ArchivedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "build '{}' is archived: its snapshot (serial {}, {}) went to remote {} as {} at {}; bring it back with `monitor unarchive {} --remote {}`",
+            self.build_id, self.serial, self.status, self.remote, self.object, self.at, self.build_id, self.remote
+        )
     }
 }

@@ -325,3 +325,20 @@ pub fn factor(s: &str) -> std::result::Result<f64, String> {
         .filter(|f| f.is_finite() && (1.0..=1000.0).contains(f))
         .ok_or_else(|| format!("'{}': give a number from 1 to 1000", crate::redact::echo(s)))
 }
+
+/// How long work reports where it is: `(done, total)`.
+pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+/// Run `work` with a progress bar on stderr when it is a terminal (not with --json).
+pub fn with_progress<T>(json: bool, work: impl FnOnce(Progress<'_>) -> Result<T>) -> Result<T> {
+    let bar = indicatif::ProgressBar::new(0);
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let result = work(&|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    result
+}

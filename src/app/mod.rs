@@ -3,6 +3,7 @@
 //! the fleet ([`monitor`], [`report`]), the Concourse resource ([`concourse`]) and the
 //! command-line glue shared by the binaries.
 
+pub mod archive;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod concourse;

@@ -192,6 +192,7 @@ impl Report {
             crate::decide::Action::Resume => format!("resume at {next}"),
             crate::decide::Action::Retry => format!("retry {next}"),
             crate::decide::Action::Wait => format!("wait to retry {next}"),
+            crate::decide::Action::Blocked if next.is_empty() => "needs a person".to_string(),
             crate::decide::Action::Blocked => format!("blocked at {next}: needs a person"),
             crate::decide::Action::Busy => format!("busy: {next} is in progress"),
             crate::decide::Action::Rerun => format!("rerun from {next}: it is stale"),

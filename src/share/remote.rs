@@ -505,52 +505,88 @@ impl Remote {
 
     /// Store a whole-database backup under `backups/NAME` (create-only).
     pub fn put_backup(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
-        match &self.backend {
-            Backend::Folder { dir, .. } => {
-                let path = dir.join("backups").join(name);
-                write_new_file(&self.name, &path, &bytes)
-            }
-            Backend::Object { store, prefix } => self.rt.block_on(async {
-                let key = prefix.clone().join("backups").join(name);
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                };
-                store
-                    .put_opts(&key, bytes.into(), opts)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| match e {
-                        object_store::Error::AlreadyExists { .. } => Error::RemoteChanged(format!(
-                            "remote {}: backup '{name}' exists already; choose another name",
-                            self.name
-                        )),
-                        e => remote_error(&self.name, "upload the backup", e),
-                    })
-            }),
+        if self.put_new(&["backups", name], bytes, "upload the backup")? {
+            Ok(())
+        } else {
+            Err(Error::RemoteChanged(format!(
+                "remote {}: backup '{name}' exists already; choose another name",
+                self.name
+            )))
         }
     }
 
     /// Read a backup written by [`Remote::put_backup`].
     pub fn get_backup(&self, name: &str) -> Result<Vec<u8>> {
-        let missing =
-            || Error::InvalidInput(format!("remote {}: there is no backup '{name}'", self.name));
+        self.get_named(&["backups", name], "read the backup")?
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("remote {}: there is no backup '{name}'", self.name))
+            })
+    }
+
+    /// Where an archived build's snapshot lives, relative to the remote's root.
+    pub fn archive_key(build_id: &str) -> String {
+        format!("archive/builds/{build_id}.json")
+    }
+
+    /// Write an archived build's snapshot under `archive/builds/ID.json`, create-only:
+    /// `false` when an object is there already (the caller compares it).
+    pub fn put_archive(&self, build_id: &str, bytes: Vec<u8>) -> Result<bool> {
+        crate::model::validate_build_id(build_id)?;
+        let file = format!("{build_id}.json");
+        self.put_new(&["archive", "builds", &file], bytes, "write the archive")
+    }
+
+    /// Read an archived build's snapshot, if there is one.
+    pub fn get_archive(&self, build_id: &str) -> Result<Option<Vec<u8>>> {
+        crate::model::validate_build_id(build_id)?;
+        let file = format!("{build_id}.json");
+        self.get_named(&["archive", "builds", &file], "read the archive")
+    }
+
+    /// Write the object at `parts` (relative to the root) only if none is there: `false`
+    /// when one is.
+    fn put_new(&self, parts: &[&str], bytes: Vec<u8>, what: &str) -> Result<bool> {
         match &self.backend {
-            Backend::Folder { dir, .. } => match std::fs::read(dir.join("backups").join(name)) {
-                Ok(b) => Ok(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
-                Err(e) => Err(remote_error(&self.name, "read the backup", e)),
-            },
+            Backend::Folder { dir, .. } => {
+                let path = parts.iter().fold(dir.clone(), |p, part| p.join(part));
+                write_new_file(&self.name, &path, &bytes)
+            }
             Backend::Object { store, prefix } => self.rt.block_on(async {
-                let key = prefix.clone().join("backups").join(name);
+                let key = parts.iter().fold(prefix.clone(), |p, part| p.join(*part));
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                match store.put_opts(&key, bytes.into(), opts).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                    Err(e) => Err(remote_error(&self.name, what, e)),
+                }
+            }),
+        }
+    }
+
+    /// Read the object at `parts` (relative to the root), if there is one.
+    fn get_named(&self, parts: &[&str], what: &str) -> Result<Option<Vec<u8>>> {
+        match &self.backend {
+            Backend::Folder { dir, .. } => {
+                let path = parts.iter().fold(dir.clone(), |p, part| p.join(part));
+                match std::fs::read(path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(remote_error(&self.name, what, e)),
+                }
+            }
+            Backend::Object { store, prefix } => self.rt.block_on(async {
+                let key = parts.iter().fold(prefix.clone(), |p, part| p.join(*part));
                 match store.get(&key).await {
                     Ok(r) => r
                         .bytes()
                         .await
-                        .map(|b| b.to_vec())
-                        .map_err(|e| remote_error(&self.name, "read the backup", e)),
-                    Err(object_store::Error::NotFound { .. }) => Err(missing()),
-                    Err(e) => Err(remote_error(&self.name, "read the backup", e)),
+                        .map(|b| Some(b.to_vec()))
+                        .map_err(|e| remote_error(&self.name, what, e)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(remote_error(&self.name, what, e)),
                 }
             }),
         }
@@ -631,13 +667,13 @@ fn folder_path(dir: &std::path::Path, build_id: &str) -> PathBuf {
     dir.join("builds").join(format!("{build_id}.json"))
 }
 
-/// A short content hash serves as the ETag of a folder object.
 /// Whether two ETags name the same object version. Servers quote them in headers and
 /// not always in listings (Azure), so quotes do not count.
 pub fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
 
+/// A short content hash serves as the ETag of a folder object.
 fn content_etag(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     format!(
@@ -759,18 +795,13 @@ fn replace_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> 
     place_file(name, path, bytes, false).map(|_| ())
 }
 
-fn write_new_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("backups live in a folder");
+/// Create `path` (and its folder) with `bytes` if nothing is there: `false` if something
+/// is.
+fn write_new_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<bool> {
+    let dir = path.parent().expect("remote objects live in a folder");
     std::fs::create_dir_all(dir)
         .map_err(|e| remote_error(name, &format!("create {}", dir.display()), e))?;
-    if place_file(name, path, bytes, true)? {
-        Ok(())
-    } else {
-        Err(Error::RemoteChanged(format!(
-            "remote {name}: backup {} exists already; choose another name",
-            path.display()
-        )))
-    }
+    place_file(name, path, bytes, true)
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ pub const PARALLEL: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Synced {
     pub build_id: String,
-    /// pushed, unchanged, created, fast_forward, up_to_date, local_ahead, replaced
+    /// pushed, unchanged, created, fast_forward, up_to_date, local_ahead, replaced,
+    /// archived (a pull of a build archived from here: not brought back)
     pub outcome: &'static str,
     pub local_serial: Option<u64>,
     pub remote_serial: Option<u64>,
@@ -226,6 +227,19 @@ fn import_fetched(
             "the object for build '{build_id}' holds build '{}'",
             snap.build_id
         )));
+    }
+    // A build archived from here is not brought back by a pull of the copy it was
+    // archived from (remote mode leaves that copy); a newer copy is a build that went on.
+    if let Some(a) = store.archived(build_id)? {
+        if a.lineage == snap.lineage && snap.serial <= a.serial {
+            return Ok(Synced {
+                build_id: build_id.to_string(),
+                outcome: "archived",
+                local_serial: None,
+                remote_serial: Some(snap.serial),
+                fetched: Some(true),
+            });
+        }
     }
     let outcome = store.import(&snap, take_remote)?;
     record(store, remote, &snap, fetched.etag)?;

@@ -6,6 +6,7 @@
 //! transition survives a power cut) and a busy timeout, so concurrent writers queue up
 //! instead of failing with "database is locked".
 
+mod archive;
 pub mod outbox;
 mod schema;
 mod snapshot;
@@ -22,6 +23,7 @@ use crate::plan::Plan;
 use crate::time;
 use crate::{Error, Result};
 
+pub use archive::{Archived, Removed};
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::{remote_mark_in, set_remote_mark_in, snapshot_in, Imported, RemoteMark};
 
@@ -190,6 +192,10 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(a) = archive::archived_in(&tx, &req.build_id)? {
+            // A new build under an archived id would fork its history.
+            return Err(a.error());
+        }
         if let Some(existing) = load_build(&tx, &req.build_id)? {
             let conflict =
                 |field: &str, existing: String, requested: String, hint| Error::Conflict {
@@ -299,8 +305,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let build =
-            load_build(&tx, build_id)?.ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+        let build = load_build(&tx, build_id)?.ok_or_else(|| archive::missing(&tx, build_id))?;
         // A build's time never runs backwards: a write is never earlier than the one
         // before it, whatever this machine's clock says (durations stay >= 0).
         let now = now.max(build.updated_at);

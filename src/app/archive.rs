@@ -1,0 +1,165 @@
+//! `monitor archive` and `monitor unarchive`: old completed and cancelled builds move to
+//! the remote's `archive/` prefix and leave the working tables; any one comes back whole.
+//!
+//! For each build: its snapshot is written create-only to `archive/builds/ID.json`, read
+//! back and compared byte for byte, and only then removed locally, in one transaction
+//! ([`Store::remove_archived`]). A run killed anywhere loses nothing: before the write
+//! the build is untouched; after it, a rerun finds the object, checks that it is this
+//! build's snapshot byte for byte, and goes on. See docs/fleet.md.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::remote::Remote;
+use crate::store::{Archived, Removed, Store};
+use crate::{time, Error, Result};
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Builds that matched the age and status filters.
+    pub matched: usize,
+    pub archived: Vec<String>,
+    /// Builds written to the archive but changed before they could be removed (archive
+    /// them again later), with why.
+    pub skipped: Vec<(String, String)>,
+    /// Builds that could not be archived, with the error; they stay as they were.
+    pub failed: Vec<(String, String)>,
+    pub size_before_bytes: u64,
+    pub size_after_bytes: u64,
+    pub vacuumed: bool,
+}
+
+/// Archive the builds completed before `completed` or cancelled before `cancelled`.
+/// `progress(done, total)` after each build.
+pub fn archive(
+    store: &mut Store,
+    remote: &Remote,
+    completed: Option<SystemTime>,
+    cancelled: Option<SystemTime>,
+    vacuum: bool,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Report> {
+    let mut report = Report {
+        size_before_bytes: store.size_bytes(),
+        ..Report::default()
+    };
+    let ids = store.archive_candidates(completed, cancelled)?;
+    report.matched = ids.len();
+    for (i, id) in ids.iter().enumerate() {
+        match archive_one(store, remote, id) {
+            Ok(Removed::Yes) => report.archived.push(id.clone()),
+            Ok(Removed::Changed) => report.skipped.push((
+                id.clone(),
+                "it changed while it was archived; the next run archives it again".into(),
+            )),
+            Ok(Removed::Gone) => {
+                report
+                    .skipped
+                    .push((id.clone(), "another run archived it".into()));
+            }
+            Err(e) => report.failed.push((id.clone(), e.to_string())),
+        }
+        progress(i + 1, ids.len());
+    }
+    if vacuum {
+        store.vacuum()?;
+        report.vacuumed = true;
+    }
+    report.size_after_bytes = store.size_bytes();
+    Ok(report)
+}
+
+fn archive_one(store: &mut Store, remote: &Remote, id: &str) -> Result<Removed> {
+    let snap = store.snapshot(id)?;
+    let bytes = remote.encode(&snap);
+    let key = Remote::archive_key(id);
+    let written = remote.put_archive(id, bytes.clone())?;
+    let back = remote.get_archive(id)?.ok_or_else(|| {
+        Error::Remote(format!(
+            "remote {}: {key} was written but cannot be read back; the build stays here",
+            remote.name()
+        ))
+    })?;
+    if back != bytes {
+        return Err(Error::RemoteChanged(if written {
+            format!(
+                "remote {}: {key} reads back different from what was written; the build stays here",
+                remote.name()
+            )
+        } else {
+            let theirs = remote.decode(&back).map(|s| s.serial).ok();
+            format!(
+                "remote {}: {key} exists and holds another copy of build '{id}' (serial {}, this one {}): it was archived before, brought back and changed; move that object aside, then archive again. The build stays here",
+                remote.name(),
+                theirs.map_or("unreadable".into(), |s| s.to_string()),
+                snap.serial
+            )
+        }));
+    }
+    kill_point();
+    store.remove_archived(&Archived {
+        build_id: id.to_string(),
+        lineage: snap.lineage.clone(),
+        serial: snap.serial,
+        status: snap.build.status.to_string(),
+        remote: remote.name().to_string(),
+        object: key,
+        archived_at: time::format(SystemTime::now()),
+    })
+}
+
+/// Debug builds only: `BUILDSTATE_TEST_KILL_AFTER_ARCHIVED=N` kills this process with
+/// SIGKILL after the Nth build's snapshot is safe on the remote and before it is
+/// removed here, the worst moment for a kill -9 (tests/archive.rs; docs/decisions.md).
+fn kill_point() {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("BUILDSTATE_TEST_KILL_AFTER_ARCHIVED")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        if DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= n {
+            // SAFETY: kill(2) on this process with a valid signal number.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// What `unarchive` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    pub build_id: String,
+    pub serial: u64,
+    pub events: usize,
+}
+
+/// Bring an archived build back whole from `remote`: history, metadata, serial. Works
+/// on a database that never had it too (another machine's archive).
+pub fn unarchive(store: &mut Store, remote: &Remote, build_id: &str) -> Result<Restored> {
+    crate::model::validate_build_id(build_id)?;
+    let bytes = remote
+        .get_archive(build_id)?
+        .ok_or_else(|| Error::NotArchived {
+            build_id: build_id.to_string(),
+            remote: remote.name().to_string(),
+            object: Remote::archive_key(build_id),
+        })?;
+    let snap = remote.decode(&bytes)?;
+    if snap.build_id != build_id {
+        return Err(Error::InvalidSnapshot(format!(
+            "the archive object for build '{build_id}' holds build '{}'",
+            snap.build_id
+        )));
+    }
+    store.import(&snap, false)?;
+    store.forget_archived(build_id)?;
+    Ok(Restored {
+        build_id: build_id.to_string(),
+        serial: snap.serial,
+        events: snap.events.len(),
+    })
+}

@@ -1,0 +1,182 @@
+//! Archiving in the store: which builds may go, removing one whole in one transaction
+//! once its snapshot is safe on the remote, and remembering where it went. The history is
+//! append-only; the one exception is this path, which opens `archive_gate` for one build
+//! inside its own transaction (schema v7).
+
+use std::time::SystemTime;
+
+use rusqlite::{named_params, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+use super::Store;
+use crate::{time, Error, Result};
+
+/// Where an archived build went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Archived {
+    pub build_id: String,
+    pub lineage: String,
+    pub serial: u64,
+    pub status: String,
+    /// The remote's name (no credentials).
+    pub remote: String,
+    /// The object's key under the remote's root.
+    pub object: String,
+    pub archived_at: String,
+}
+
+/// Why a build that matched was left in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Yes,
+    /// It changed since its snapshot was archived (a new serial): archive it again later.
+    Changed,
+    /// It is not here any more (another run archived it).
+    Gone,
+}
+
+impl Archived {
+    /// The error that says where the build went.
+    pub fn error(&self) -> Error {
+        Error::Archived(Box::new(crate::error::ArchivedAt {
+            build_id: self.build_id.clone(),
+            serial: self.serial,
+            status: self.status.clone(),
+            remote: self.remote.clone(),
+            object: self.object.clone(),
+            at: self.archived_at.clone(),
+        }))
+    }
+}
+
+impl Store {
+    /// Builds completed before `completed` or cancelled before `cancelled` (by their last
+    /// write), oldest first. Their alerts stay in the outbox (rows of their own, delivered
+    /// and pruned as before).
+    pub fn archive_candidates(
+        &self,
+        completed: Option<SystemTime>,
+        cancelled: Option<SystemTime>,
+    ) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT build_id FROM builds
+             WHERE (status = 'completed' AND updated_at < :completed)
+                OR (status = 'cancelled' AND updated_at < :cancelled)
+             ORDER BY updated_at, build_id",
+        )?;
+        let ids = stmt
+            .query_map(
+                named_params! {
+                    ":completed": completed.map(time::format),
+                    ":cancelled": cancelled.map(time::format),
+                },
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
+    /// Remove a build whose snapshot at `serial` is archived as `record` says, in one
+    /// transaction: its events, metadata and sync marks, then its summary; the record is
+    /// kept. Nothing is removed when the build changed since (another serial).
+    pub fn remove_archived(&mut self, record: &Archived) -> Result<Removed> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let serial: Option<u64> = tx
+            .query_row(
+                "SELECT serial FROM builds WHERE build_id = :id",
+                named_params! {":id": record.build_id},
+                |r| r.get(0),
+            )
+            .optional()?;
+        match serial {
+            None => return Ok(Removed::Gone),
+            Some(s) if s != record.serial => return Ok(Removed::Changed),
+            Some(_) => {}
+        }
+        let id = named_params! {":id": record.build_id};
+        tx.execute("INSERT INTO archive_gate (build_id) VALUES (:id)", id)?;
+        tx.execute("DELETE FROM events WHERE build_id = :id", id)?;
+        tx.execute("DELETE FROM archive_gate WHERE build_id = :id", id)?;
+        tx.execute("DELETE FROM build_meta WHERE build_id = :id", id)?;
+        tx.execute("DELETE FROM remote_sync WHERE build_id = :id", id)?;
+        tx.execute("DELETE FROM builds WHERE build_id = :id", id)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO archived
+                 (build_id, lineage, serial, status, remote, object, archived_at)
+             VALUES (:id, :lineage, :serial, :status, :remote, :object, :at)",
+            named_params! {
+                ":id": record.build_id, ":lineage": record.lineage, ":serial": record.serial,
+                ":status": record.status, ":remote": record.remote, ":object": record.object,
+                ":at": record.archived_at,
+            },
+        )?;
+        tx.commit()?;
+        Ok(Removed::Yes)
+    }
+
+    /// Where `build_id` was archived, if it was (and is not back).
+    pub fn archived(&self, build_id: &str) -> Result<Option<Archived>> {
+        archived_in(&self.conn, build_id)
+    }
+
+    /// Forget the archive record of a build that is back (unarchived).
+    pub fn forget_archived(&self, build_id: &str) -> Result<()> {
+        if self.build(build_id)?.is_none() {
+            return Err(Error::UnknownBuild(build_id.to_string()));
+        }
+        self.conn.execute(
+            "DELETE FROM archived WHERE build_id = :id",
+            named_params! {":id": build_id},
+        )?;
+        Ok(())
+    }
+
+    /// The database file's size in bytes, WAL included, and whether `VACUUM` ran.
+    pub fn size_bytes(&self) -> u64 {
+        let main = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        main + std::fs::metadata(wal).map_or(0, |m| m.len())
+    }
+
+    /// `VACUUM`: give the space of removed rows back to the file system (rewrites the
+    /// whole database; only when asked).
+    pub fn vacuum(&self) -> Result<()> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
+        Ok(())
+    }
+}
+
+/// [`Store::archived`] on a connection (or transaction) of the caller's.
+pub(super) fn archived_in(conn: &rusqlite::Connection, build_id: &str) -> Result<Option<Archived>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT build_id, lineage, serial, status, remote, object, archived_at
+             FROM archived WHERE build_id = :id",
+        )?
+        .query_row(named_params! {":id": build_id}, |r| {
+            Ok(Archived {
+                build_id: r.get(0)?,
+                lineage: r.get(1)?,
+                serial: r.get(2)?,
+                status: r.get(3)?,
+                remote: r.get(4)?,
+                object: r.get(5)?,
+                archived_at: r.get(6)?,
+            })
+        })
+        .optional()?)
+}
+
+/// The error for a build that is not here: where it went if it was archived, else
+/// unknown.
+pub(super) fn missing(conn: &rusqlite::Connection, build_id: &str) -> Error {
+    match archived_in(conn, build_id) {
+        Ok(Some(a)) => a.error(),
+        Ok(None) => Error::UnknownBuild(build_id.to_string()),
+        Err(e) => e,
+    }
+}

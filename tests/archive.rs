@@ -1,0 +1,240 @@
+//! `monitor archive` and `monitor unarchive` (issue 17) on a file:// remote with the real
+//! binaries: a round trip that gives back the same history and the same snapshot bytes,
+//! what check-state and init-state say of an archived build, a kill -9 at the worst
+//! moment, and the history still append-only outside the archive path.
+
+mod util;
+
+use std::os::unix::process::ExitStatusExt;
+
+use buildstate::exit;
+use util::Env;
+
+const PLAN: &str =
+    "name = \"two\"\n[[state]]\nid = 0\nname = \"init\"\nexpected = \"1m\"\n[[state]]\nid = 5\nname = \"build\"\nexpected = \"1m\"\n";
+
+fn completed(env: &Env, id: &str) {
+    let plan = env.write("plan.toml", PLAN);
+    let plan = plan.to_str().unwrap();
+    env.run(
+        "init-state",
+        &[id, "--cloud", "aws", "--image", "rhel9", "--plan", plan],
+    )
+    .ok();
+    env.run("update-state", &[id, "start", "5"]).ok();
+    env.run("update-state", &[id, "meta", "ami=ami-1 it's"])
+        .ok();
+    env.run("update-state", &[id, "complete", "5"]).ok();
+}
+
+fn history(env: &Env, id: &str) -> serde_json::Value {
+    env.run("check-state", &[id, "--history", "--json"])
+        .code(exit::COMPLETED)
+        .json()
+}
+
+#[test]
+fn archive_and_unarchive_round_trip() {
+    let env = Env::new();
+    let remote_dir = env.path("remote");
+    let remote = format!("file://{}", remote_dir.display());
+    completed(&env, "a1");
+    completed(&env, "a2");
+    env.init("c1");
+    env.run("update-state", &["c1", "cancel", "--reason", "not needed"])
+        .ok();
+    env.init("p1");
+    let before = history(&env, "a1");
+    let r = env.run("check-state", &["c1"]).code(exit::BLOCKED);
+    assert!(
+        r.stdout.starts_with("build c1: needs a person\n"),
+        "{}",
+        r.stdout
+    );
+
+    // Nothing asked: a clear refusal; no remote: another.
+    let r = env
+        .run("monitor", &["archive", "--remote", &remote])
+        .code(exit::INVALID_INPUT);
+    assert!(r.stderr.contains("--completed-before"), "{}", r.stderr);
+    let r = env
+        .run("monitor", &["archive", "--completed-before", "0s"])
+        .code(exit::INVALID_INPUT);
+    assert!(r.stderr.contains("needs a remote"), "{}", r.stderr);
+
+    // Completed builds only: the cancelled and the pending one stay.
+    let report = env
+        .run(
+            "monitor",
+            &[
+                "archive",
+                "--completed-before",
+                "0s",
+                "--remote",
+                &remote,
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(report["archived"], serde_json::json!(["a1", "a2"]));
+    assert!(report["size_before_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(report["vacuumed"], false);
+    let object = remote_dir.join("archive/builds/a1.json");
+    let archived_bytes = std::fs::read(&object).unwrap();
+
+    // Where it went, from check-state (text and JSON) and init-state.
+    let r = env.run("check-state", &["a1"]).code(exit::UNKNOWN_BUILD);
+    assert!(
+        r.stderr.contains("is archived") && r.stderr.contains("monitor unarchive a1 --remote"),
+        "{}",
+        r.stderr
+    );
+    let r = env
+        .run("check-state", &["a1", "--json"])
+        .code(exit::UNKNOWN_BUILD);
+    assert_eq!(r.json()["error"]["kind"], "archived");
+    let r = env
+        .run("init-state", &["a1", "--cloud", "aws", "--image", "rhel9"])
+        .code(exit::UNKNOWN_BUILD);
+    assert!(r.stderr.contains("is archived"), "{}", r.stderr);
+    let r = env
+        .run("update-state", &["a1", "meta", "k=v"])
+        .code(exit::UNKNOWN_BUILD);
+    assert!(r.stderr.contains("is archived"), "{}", r.stderr);
+    let status = env.run("monitor", &["status", "--json"]).ok().json();
+    let ids: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["build_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c1", "p1"]);
+
+    // Back whole: the same history, metadata verbatim.
+    let r = env
+        .run("monitor", &["unarchive", "a1", "--remote", &remote])
+        .ok();
+    assert!(r.stdout.contains("back from the archive"), "{}", r.stdout);
+    assert_eq!(history(&env, "a1"), before);
+    let state = env.state("a1");
+    assert_eq!(state["metadata"]["ami"], "ami-1 it's");
+    // ... and its snapshot is byte-identical: archiving it again finds the object there
+    // and equal to what it would write, so the build goes again and the object is
+    // untouched.
+    let again = env
+        .run(
+            "monitor",
+            &[
+                "archive",
+                "--completed-before",
+                "0s",
+                "--cancelled-before",
+                "0s",
+                "--remote",
+                &remote,
+                "--vacuum",
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(again["archived"], serde_json::json!(["a1", "c1"]));
+    assert_eq!(again["vacuumed"], true);
+    assert_eq!(std::fs::read(&object).unwrap(), archived_bytes);
+
+    // Another machine brings a build back from the archive into a new database.
+    let other = env.path("other.db");
+    let mut c = env.command_on("monitor", &other);
+    c.args(["unarchive", "a2", "--remote", &remote]);
+    env.run_with(&mut c, None).ok();
+    let mut c = env.command_on("check-state", &other);
+    c.args(["a2"]);
+    env.run_with(&mut c, None).code(exit::COMPLETED);
+
+    // Not in the archive: named as such.
+    let r = env
+        .run("monitor", &["unarchive", "nope", "--remote", &remote])
+        .code(exit::UNKNOWN_BUILD);
+    assert!(
+        r.stderr.contains("no archived build 'nope'"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_kill_at_the_worst_moment_loses_nothing_and_a_rerun_finishes() {
+    let env = Env::new();
+    let remote_dir = env.path("remote");
+    let remote = format!("file://{}", remote_dir.display());
+    let ids: Vec<String> = (0..30).map(|i| format!("b{i:02}")).collect();
+    let mut histories = Vec::new();
+    for id in &ids {
+        completed(&env, id);
+        histories.push(history(&env, id));
+    }
+    // SIGKILL right after the 10th snapshot is safe on the remote, before it is removed
+    // here (a debug-build test hook).
+    let mut c = env.command("monitor");
+    c.env("BUILDSTATE_TEST_KILL_AFTER_ARCHIVED", "10").args([
+        "archive",
+        "--completed-before",
+        "0s",
+        "--remote",
+        &remote,
+    ]);
+    let status = c.status().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    let archived = std::fs::read_dir(remote_dir.join("archive/builds"))
+        .unwrap()
+        .count();
+    assert_eq!(archived, 10);
+    let here = env.run("monitor", &["status", "--json"]).ok().json();
+    assert_eq!(
+        here.as_array().unwrap().len(),
+        21,
+        "9 removed, the 10th still here"
+    );
+
+    // The rerun finishes the job: the 10th is found on the remote, equal, and removed.
+    let report = env
+        .run(
+            "monitor",
+            &[
+                "archive",
+                "--completed-before",
+                "0s",
+                "--remote",
+                &remote,
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(report["archived"].as_array().unwrap().len(), 21);
+    assert_eq!(report["failed"], serde_json::json!([]));
+    let here = env.run("monitor", &["status", "--json"]).ok().json();
+    assert_eq!(here, serde_json::json!([]));
+    // Every build comes back whole.
+    for (id, h) in ids.iter().zip(&histories) {
+        env.run("monitor", &["unarchive", id, "--remote", &remote])
+            .ok();
+        assert_eq!(&history(&env, id), h, "{id}");
+    }
+}
+
+#[test]
+fn the_history_stays_append_only_outside_the_archive_path() {
+    let env = Env::new();
+    completed(&env, "a1");
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    let err = conn
+        .execute("DELETE FROM events WHERE build_id = 'a1'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let err = conn
+        .execute("UPDATE events SET message = 'x' WHERE build_id = 'a1'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
