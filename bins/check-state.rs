@@ -54,6 +54,10 @@ struct Args {
     #[arg(long, conflicts_with = "verify")]
     no_inputs: bool,
 
+    /// Also write the build's timeline as one self-contained HTML file (docs/fleet.md)
+    #[arg(long, value_name = "FILE")]
+    html: Option<std::path::PathBuf>,
+
     /// Run the verify commands of completed states, in order; a failure is recorded as
     /// drift and its state reruns (this writes to the build's history)
     #[arg(long)]
@@ -132,6 +136,26 @@ fn run(args: &Args) -> Result<i32> {
                 similar.join(", ")
             );
         }
+    }
+    if let Some(path) = &args.html {
+        if !report.exists {
+            return Err(buildstate::Error::UnknownBuild(args.build_id.clone()));
+        }
+        let line = buildstate::timeline::line(&store, &args.build_id, now)?;
+        let (attention, _) = buildstate::monitor::findings(&store, now, 3.0)?;
+        let attention: Vec<_> = attention
+            .into_iter()
+            .filter(|f| f.build_id == args.build_id)
+            .collect();
+        let page = buildstate::timeline::page(
+            &format!("buildstate: build {}", args.build_id),
+            &[line],
+            None,
+            &attention,
+            now,
+        );
+        buildstate::timeline::write(path, &page)?;
+        eprintln!("check-state: wrote {}", path.display());
     }
     if let Some(dir) = &args.output {
         report.write_output(dir)?;

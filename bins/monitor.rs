@@ -93,6 +93,29 @@ enum Command {
         #[arg(long, value_name = "N", default_value = "10")]
         builds: usize,
     },
+    /// Write one self-contained HTML file: a timeline of each build's states (a bar per
+    /// attempt, the waits between), the statistics as charts, and the builds that need
+    /// attention
+    Report {
+        /// The file to write (replaced whole)
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+        /// The window: builds and events at most this old
+        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::positive_duration)]
+        since: Duration,
+        /// Only builds for this cloud
+        #[arg(long, value_name = "CLOUD")]
+        cloud: Option<String>,
+        /// Only builds of this image
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// Only builds of the plan with this name
+        #[arg(long, value_name = "NAME")]
+        plan: Option<String>,
+        /// How many builds the timeline shows, the most recently written first
+        #[arg(long, value_name = "N", default_value = "50")]
+        builds: usize,
+    },
     /// Move old completed and cancelled builds to the remote's archive/ prefix: each
     /// snapshot is written create-only, read back and compared, then the build leaves
     /// this database in one transaction; a run killed half-way loses nothing and a
@@ -421,6 +444,58 @@ fn run(args: &Args) -> Result<i32> {
                 ))?;
             } else {
                 buildstate::cli::out(format_args!("{}", stats.text(*builds)))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Report {
+            html,
+            since,
+            cloud,
+            image,
+            plan,
+            builds,
+        } => {
+            let store = fleet(args, "left out of the report")?;
+            let filter = buildstate::stats::Filter {
+                cloud: cloud.clone(),
+                image: image.clone(),
+                plan: plan.clone(),
+            };
+            let from = now.checked_sub(*since).unwrap_or(SystemTime::UNIX_EPOCH);
+            let stats = buildstate::stats::stats(&store, from, &filter, now)?;
+            let mut recent = Vec::new();
+            for b in &stats.per_build {
+                if let Some(build) = store.build(&b.build_id)? {
+                    recent.push((build.updated_at, b.build_id.clone()));
+                }
+            }
+            recent.sort_by(|a, b| b.cmp(a));
+            recent.truncate(*builds);
+            let mut lines = Vec::new();
+            for (_, id) in &recent {
+                lines.push(buildstate::timeline::line(&store, id, now)?);
+            }
+            let (attention, _) = monitor::findings(&store, now, 3.0)?;
+            let page = buildstate::timeline::page(
+                &format!("buildstate: builds since {}", stats.since),
+                &lines,
+                Some(&stats),
+                &attention,
+                now,
+            );
+            buildstate::timeline::write(html, &page)?;
+            if json {
+                buildstate::cli::outln(format_args!(
+                    "{}",
+                    serde_json::json!({"html": html, "builds": lines.len(), "attention": attention.len()})
+                ))?;
+            } else {
+                buildstate::cli::outln(format_args!(
+                    "wrote {}: {} build(s) in the timeline, {} needing attention",
+                    html.display(),
+                    lines.len(),
+                    attention.len()
+                ))?;
             }
             Ok(exit::OK)
         }

@@ -41,7 +41,7 @@ need_venv() {
         step "creating $VENV"
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/python" -c 'import ansible, maturin, pytest, moto, azure.storage.blob, jsonschema, concoursetools' 2>/dev/null \
+    if ! "$VENV/bin/python" -c 'import ansible, maturin, pytest, moto, azure.storage.blob, jsonschema, concoursetools, selenium' 2>/dev/null \
         || [ ! -x "$VENV/bin/weed" ]; then
         step "installing ansible-core, maturin, pytest and the test servers into $VENV (pip)"
         "$VENV/bin/pip" install -q --upgrade pip

@@ -162,6 +162,30 @@ fn a_table_of_extreme_values_never_panics() {
             ],
         ),
         ("monitor", vec!["metrics", "--textfile", &dir]),
+        ("monitor", vec!["report", "--html", &dir]),
+        (
+            "monitor",
+            vec!["report", "--html", "/nonexistent/dir/r.html"],
+        ),
+        (
+            "monitor",
+            vec!["report", "--html", "r.html", "--builds", "0"],
+        ),
+        ("check-state", vec!["B", "--html", &dir]),
+        (
+            "monitor",
+            vec![
+                "archive",
+                "--completed-before",
+                "999999999y",
+                "--remote",
+                "file:///dev/null",
+            ],
+        ),
+        (
+            "monitor",
+            vec!["unarchive", "../x", "--remote", "file:///tmp"],
+        ),
         ("monitor", vec!["stats", "--since", "999999999y"]),
         ("monitor", vec!["stats", "--since", "0s"]),
         ("monitor", vec!["stats", "--builds", "-1"]),

@@ -12,4 +12,5 @@ pub mod monitor;
 pub mod report;
 pub mod runner;
 pub mod stats;
+pub mod timeline;
 pub mod verify;

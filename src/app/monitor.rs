@@ -200,6 +200,18 @@ impl Plans<'_> {
 /// than `factor` times their state's expected duration, or whose lease expired with
 /// nobody taking over. A stuck build is alerted once per episode (its serial).
 pub fn check(store: &Store, now: SystemTime, factor: f64) -> Result<Vec<Finding>> {
+    let (findings, alerts) = findings(store, now, factor)?;
+    notify::enqueue(store.connection(), &alerts, now)?;
+    Ok(findings)
+}
+
+/// What [`check`] finds, and the stuck alerts it would queue, without writing anything
+/// (the HTML report reads it).
+pub fn findings(
+    store: &Store,
+    now: SystemTime,
+    factor: f64,
+) -> Result<(Vec<Finding>, Vec<NewAlert>)> {
     let mut plans = Plans {
         store,
         cache: HashMap::new(),
@@ -256,8 +268,7 @@ pub fn check(store: &Store, now: SystemTime, factor: f64) -> Result<Vec<Finding>
             });
         }
     }
-    notify::enqueue(store.connection(), &alerts, now)?;
-    Ok(findings)
+    Ok((findings, alerts))
 }
 
 /// Prometheus text exposition of the database: builds by status, per-state durations

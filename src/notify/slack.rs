@@ -122,8 +122,33 @@ fn cut(s: &str, max: usize) -> String {
     }
 }
 
+/// Where the HTML reports are published (`BUILDSTATE_REPORT_URL`, an http(s) URL): each
+/// alert about a build links `BASE/BUILD.html` (docs/fleet.md).
+pub fn report_base_from_env() -> Result<Option<String>> {
+    match std::env::var("BUILDSTATE_REPORT_URL") {
+        Err(_) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => {
+            let ok = (v.starts_with("https://") || v.starts_with("http://"))
+                && v.len() <= 2000
+                && !v
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "<>|\"".contains(c));
+            if ok {
+                Ok(Some(v.trim_end_matches('/').to_string()))
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "BUILDSTATE_REPORT_URL '{}' is not an http(s) URL without spaces, <, > or |: give where the reports are published, e.g. https://reports.example.com/builds",
+                    crate::redact::echo(&v)
+                )))
+            }
+        }
+    }
+}
+
 /// The Block Kit message for an alert, with a plain `text` fallback (notifications).
-pub fn message(alert: &Claimed) -> Value {
+/// `report_base`: where the HTML reports are published, to link the build's timeline.
+pub fn message(alert: &Claimed, report_base: Option<&str>) -> Value {
     let p = &alert.payload;
     let s = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
     let build = s("build_id").unwrap_or_else(|| "(no build)".into());
@@ -175,6 +200,10 @@ pub fn message(alert: &Claimed) -> Value {
     }
     if let Some(u) = s("concourse_url") {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&format!("<{}|Concourse build>", esc(&u)), 3000)}}));
+    }
+    if let (Some(base), Some(id)) = (report_base, s("build_id")) {
+        // Build ids are [A-Za-z0-9._-]: safe in a URL path as they are.
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("<{}/{}.html|Timeline of {}>", esc(base), esc(&id), esc(&id))}}));
     }
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("buildstate alert {} · {}", alert.id, esc(&s("at").unwrap_or_default()))}]}));
     json!({"text": text, "blocks": blocks})
@@ -300,6 +329,7 @@ pub fn deliver(
     worker: &str,
 ) -> Result<Delivered> {
     let shared = store.is_remote();
+    let report_base = report_base_from_env()?;
     let deadline = Instant::now() + budget;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -351,7 +381,7 @@ pub fn deliver(
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(200), Duration::from_secs(10));
         let thread = thread_ts(store, &alert, target)?;
-        let body = message(&alert);
+        let body = message(&alert, report_base.as_deref());
         last_send = Some(Instant::now());
         let sent = rt.block_on(async {
             tokio::time::timeout(timeout, send(&client, target, body, thread.as_deref()))
@@ -487,7 +517,7 @@ mod tests {
             }),
             attempts: 0,
         };
-        let m = message(&alert);
+        let m = message(&alert, None);
         assert_eq!(
             m["text"],
             "Build img-1 needs a person at state 10 (green-image-validation)"

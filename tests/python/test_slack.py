@@ -187,7 +187,7 @@ def test_a_blocked_build_alerts_at_once_with_the_documented_payload(slack: Recei
     env = Env(tmp_path, slack)
     concourse = {"ATC_EXTERNAL_URL": "https://ci.example.com", "BUILD_TEAM_NAME": "main", "BUILD_PIPELINE_NAME": "images", "BUILD_JOB_NAME": "bake", "BUILD_NAME": "42"}
     env.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9", "--plan", str(env.plan))
-    r = env.run("update-state", "img-1", "fail", "5", "--error", "sshd said 'Permission denied'; password=hunter2", **concourse)
+    r = env.run("update-state", "img-1", "fail", "5", "--error", "sshd said 'Permission denied'; password=hunter2", BUILDSTATE_REPORT_URL="https://reports.example.com/builds/", **concourse)
     assert slack.problems == [], slack.problems
     assert len(slack.messages) == 1, slack.messages
     m = slack.messages[0]
@@ -195,11 +195,17 @@ def test_a_blocked_build_alerts_at_once_with_the_documented_payload(slack: Recei
     assert m["text"] == "Build img-1 needs a person at state 5 (kickstart)"
     for want in ("Attempt*\\n1 of 1", "persistent", "Permission denied", "https://ci.example.com/teams/main/pipelines/images/jobs/bake/builds/42", "update-state"):
         assert want in text, want
+    # The build's timeline is linked where the reports are published (docs/fleet.md).
+    assert {"type": "mrkdwn", "text": "<https://reports.example.com/builds/img-1.html|Timeline of img-1>"} in [b.get("text") for b in m["blocks"]]
     # Secrets: redacted in the message; the webhook URL appears nowhere we write.
     assert "hunter2" not in text
     for out in (r.stdout, r.stderr, env.db.read_bytes().decode("latin-1")):
         assert "webhooksecret" not in out and "hunter2" not in out
     assert [a[1:3] for a in env.alerts()] == [("blocked", "delivered")]
+    # A report URL that is not one: monitor deliver says so (exit 8).
+    env.block("img-2")
+    r = env.run("monitor", "deliver", check=8, BUILDSTATE_REPORT_URL="reports <here>")
+    assert "BUILDSTATE_REPORT_URL" in r.stderr
 
 
 def test_slack_down_never_blocks_and_every_alert_arrives_once_after(slack: Receiver, tmp_path: Path) -> None:

@@ -1,0 +1,119 @@
+"""The HTML report (issue 17) in a real browser: Debian's headless Chromium, driven by
+Selenium, loads the file written by `monitor report --html` and `check-state --html`,
+finds the timeline, the charts and the table of builds needing attention, logs no
+console error, and a screenshot is written for a person to look at
+(target/report-screenshots/). The file needs no network: nothing in it points outside
+it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+SHOTS = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "report-screenshots"
+
+
+def run(env: dict[str, str], tool: str, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([str(TARGET / tool), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == code, f"{tool} {args}: exit {r.returncode}, wanted {code}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def browser() -> webdriver.Chrome:
+    chromium = shutil.which("chromium")
+    driver_bin = shutil.which("chromedriver")
+    if not chromium or not driver_bin:
+        pytest.fail("chromium and chromedriver are needed (scripts/test installs Debian's chromium and chromium-driver)")
+    opts = Options()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    yield d
+    d.quit()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDSTATE_")}
+    env.update(HOME=str(tmp_path), BUILDSTATE_DB=str(tmp_path / "state.db"))
+    run(env, "init-state", "img-ok", "--cloud", "aws", "--image", "rhel9")
+    for s in ("5", "10"):
+        run(env, "update-state", "img-ok", "start", s)
+        run(env, "update-state", "img-ok", "complete", s)
+    run(env, "init-state", "img-<b>&'", "--cloud", "aws", "--image", "rhel9", code=8)  # an id that is not one
+    run(env, "init-state", "img-retry", "--cloud", "aws", "--image", "rhel9")
+    run(env, "update-state", "img-retry", "start", "5")
+    run(env, "update-state", "img-retry", "fail", "5", "--error", "mirror <script>alert(1)</script> timed out", "--exit-code", "28")
+    run(env, "update-state", "img-retry", "retry", "5", "--reason", "mirror back")
+    run(env, "update-state", "img-retry", "start", "5")
+    run(env, "update-state", "img-retry", "complete", "5")
+    run(env, "init-state", "img-blocked", "--cloud", "aws", "--image", "ubuntu")
+    run(env, "update-state", "img-blocked", "start", "5")
+    run(env, "update-state", "img-blocked", "fail", "5", "--error", "permission denied", "--category", "persistent")
+    return env
+
+
+def load(browser: webdriver.Chrome, page: Path, shot: str) -> None:
+    browser.get(page.as_uri())
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SHOTS / shot)), "no screenshot"
+    assert (SHOTS / shot).stat().st_size > 10_000
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == [], errors
+
+
+def self_contained(html: str) -> None:
+    # No script, and nothing fetched from anywhere: no src/href to another document.
+    assert "<script" not in html.lower().replace("&lt;script", "")
+    assert not re.search(r'(src|href)\s*=\s*"(?!#)', html), re.findall(r'(?:src|href)\s*=\s*"[^"]*"', html)
+
+
+def test_the_fleet_report_in_chromium(browser: webdriver.Chrome, fleet: dict[str, str], tmp_path: Path) -> None:
+    page = tmp_path / "fleet.html"
+    r = run(fleet, "monitor", "report", "--html", str(page))
+    assert str(page) in r.stdout
+    html = page.read_text()
+    self_contained(html)
+    load(browser, page, "fleet.png")
+    bars = browser.find_elements(By.CSS_SELECTOR, "#timeline rect.bar")
+    kinds = {b.get_attribute("class").split()[1] for b in bars}
+    assert {"ok", "failed", "retry-wait", "person-wait"} <= kinds, kinds
+    builds = {b.get_attribute("data-build") for b in bars}
+    assert builds == {"img-ok", "img-retry", "img-blocked"}
+    # who/where on hover: each bar carries its tooltip
+    title = bars[0].find_element(By.TAG_NAME, "title").get_attribute("textContent")
+    assert "started by" in title and "@" in title
+    attention = browser.find_elements(By.CSS_SELECTOR, "#attention tr")
+    assert len(attention) == 2 and "img-blocked" in attention[1].text, [a.text for a in attention]
+    assert browser.find_elements(By.CSS_SELECTOR, "#success-chart rect.chart-bar")
+    assert browser.find_elements(By.CSS_SELECTOR, "#duration-chart rect.expected")
+    # the hostile message is text in the page, not markup
+    assert not browser.find_elements(By.CSS_SELECTOR, "body script")
+    assert "<script>alert(1)</script>" in browser.find_element(By.ID, "attempts").text
+
+
+def test_one_build_report_in_chromium(browser: webdriver.Chrome, fleet: dict[str, str], tmp_path: Path) -> None:
+    page = tmp_path / "one.html"
+    run(fleet, "check-state", "img-retry", "--html", str(page))
+    html = page.read_text()
+    self_contained(html)
+    load(browser, page, "one-build.png")
+    bars = browser.find_elements(By.CSS_SELECTOR, "#timeline rect.bar")
+    assert {b.get_attribute("data-build") for b in bars} == {"img-retry"}
+    assert [b.get_attribute("class") for b in bars] == ["bar failed", "bar retry-wait", "bar ok"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "#attempts tr")
+    assert len(rows) == 4  # header + the three bars
