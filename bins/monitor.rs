@@ -35,6 +35,41 @@ struct Args {
     common: Common,
 }
 
+/// Which history `stats` and `report` read.
+#[derive(clap::Args)]
+struct Window {
+    /// The window: events at most this old
+    #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::positive_duration)]
+    since: Duration,
+    /// Only builds for this cloud
+    #[arg(long, value_name = "CLOUD")]
+    cloud: Option<String>,
+    /// Only builds of this image
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// Only builds of the plan with this name
+    #[arg(long, value_name = "NAME")]
+    plan: Option<String>,
+}
+
+impl Window {
+    fn stats(
+        &self,
+        store: &buildstate::store::Store,
+        now: SystemTime,
+    ) -> Result<buildstate::stats::Stats> {
+        let filter = buildstate::stats::Filter {
+            cloud: self.cloud.clone(),
+            image: self.image.clone(),
+            plan: self.plan.clone(),
+        };
+        let from = now
+            .checked_sub(self.since)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        buildstate::stats::stats(store, from, &filter, now)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Find blocked and stuck builds; queue a stuck alert once per episode; exit 13 if a
@@ -77,18 +112,8 @@ enum Command {
     /// people, top failure categories and error lines; per build, total time and time
     /// lost to retries
     Stats {
-        /// The window: events at most this old
-        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::positive_duration)]
-        since: Duration,
-        /// Only builds for this cloud
-        #[arg(long, value_name = "CLOUD")]
-        cloud: Option<String>,
-        /// Only builds of this image
-        #[arg(long, value_name = "IMAGE")]
-        image: Option<String>,
-        /// Only builds of the plan with this name
-        #[arg(long, value_name = "NAME")]
-        plan: Option<String>,
+        #[command(flatten)]
+        window: Window,
         /// How many builds the table lists, most time lost first (--json lists all)
         #[arg(long, value_name = "N", default_value = "10")]
         builds: usize,
@@ -100,18 +125,8 @@ enum Command {
         /// The file to write (replaced whole)
         #[arg(long, value_name = "FILE")]
         html: PathBuf,
-        /// The window: builds and events at most this old
-        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::positive_duration)]
-        since: Duration,
-        /// Only builds for this cloud
-        #[arg(long, value_name = "CLOUD")]
-        cloud: Option<String>,
-        /// Only builds of this image
-        #[arg(long, value_name = "IMAGE")]
-        image: Option<String>,
-        /// Only builds of the plan with this name
-        #[arg(long, value_name = "NAME")]
-        plan: Option<String>,
+        #[command(flatten)]
+        window: Window,
         /// How many builds the timeline shows, the most recently written first
         #[arg(long, value_name = "N", default_value = "50")]
         builds: usize,
@@ -422,21 +437,9 @@ fn run(args: &Args) -> Result<i32> {
                 );
             }
         }
-        Command::Stats {
-            since,
-            cloud,
-            image,
-            plan,
-            builds,
-        } => {
+        Command::Stats { window, builds } => {
             let store = fleet(args, "left out of the figures")?;
-            let filter = buildstate::stats::Filter {
-                cloud: cloud.clone(),
-                image: image.clone(),
-                plan: plan.clone(),
-            };
-            let from = now.checked_sub(*since).unwrap_or(SystemTime::UNIX_EPOCH);
-            let stats = buildstate::stats::stats(&store, from, &filter, now)?;
+            let stats = window.stats(&store, now)?;
             if json {
                 buildstate::cli::outln(format_args!(
                     "{}",
@@ -449,20 +452,11 @@ fn run(args: &Args) -> Result<i32> {
         }
         Command::Report {
             html,
-            since,
-            cloud,
-            image,
-            plan,
+            window,
             builds,
         } => {
             let store = fleet(args, "left out of the report")?;
-            let filter = buildstate::stats::Filter {
-                cloud: cloud.clone(),
-                image: image.clone(),
-                plan: plan.clone(),
-            };
-            let from = now.checked_sub(*since).unwrap_or(SystemTime::UNIX_EPOCH);
-            let stats = buildstate::stats::stats(&store, from, &filter, now)?;
+            let stats = window.stats(&store, now)?;
             let mut recent = Vec::new();
             for b in &stats.per_build {
                 if let Some(build) = store.build(&b.build_id)? {
