@@ -52,6 +52,30 @@ fn archive_and_unarchive_round_trip() {
         r.stdout
     );
 
+    // An unwritable remote: the first failure stops the run (exit 17), nothing leaves.
+    let blocked = env.write("not-a-folder", "x");
+    let bad = format!("file://{}/sub", blocked.display());
+    let r = env
+        .run(
+            "monitor",
+            &[
+                "archive",
+                "--completed-before",
+                "0s",
+                "--remote",
+                &bad,
+                "--json",
+            ],
+        )
+        .code(exit::REMOTE);
+    let failed = r.json()["failed"].as_array().unwrap().clone();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(
+        failed[1][1].as_str().unwrap().contains("not attempted"),
+        "{failed:?}"
+    );
+    assert_eq!(history(&env, "a1"), before);
+
     // Nothing asked: a clear refusal; no remote: another.
     let r = env
         .run("monitor", &["archive", "--remote", &remote])

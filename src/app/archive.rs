@@ -59,6 +59,19 @@ pub fn archive(
                     .skipped
                     .push((id.clone(), "another run archived it".into()));
             }
+            Err(e @ Error::Remote(_)) => {
+                // The remote is unavailable: the rest would fail alike, each after its
+                // timeout. Stop; a rerun goes on from here.
+                report.failed.push((id.clone(), e.to_string()));
+                for rest in &ids[i + 1..] {
+                    report.failed.push((
+                        rest.clone(),
+                        "not attempted: the remote was unavailable".into(),
+                    ));
+                }
+                progress(ids.len(), ids.len());
+                break;
+            }
             Err(e) => report.failed.push((id.clone(), e.to_string())),
         }
         progress(i + 1, ids.len());
