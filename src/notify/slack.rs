@@ -321,7 +321,9 @@ fn first_retry_delay() -> Duration {
 /// Deliver due alerts for at most `budget`. `worker` names this deliverer in its claims.
 ///
 /// In remote mode the alerts that travel with their builds are claimed and settled
-/// through the remote ([`super::claim_shared`]); otherwise the local outbox's.
+/// through the remote ([`super::claim_shared`]), then this machine's own outbox's (a
+/// remote-mode `monitor check` queues its stuck alerts there); in local mode only the
+/// local outbox's.
 pub fn deliver(
     store: &mut crate::sync::Writer,
     target: &Target,
@@ -362,16 +364,21 @@ pub fn deliver(
         // The claim outlives the request's timeout, so no other deliverer takes it while
         // this one may still be sending it.
         let until = wall + Duration::from_secs(60);
-        let claimed = if shared {
-            super::claim_shared(store, worker, wall, until)?
-        } else {
-            claim(store.connection(), worker, wall, until)?
+        // In remote mode the alerts that travel with builds first, then this machine's
+        // own (monitor check's stuck alerts, which belong to no snapshot).
+        let claimed = match shared {
+            true => super::claim_shared(store, worker, wall, until)?.map(|a| (a, true)),
+            false => None,
         };
-        let Some(alert) = claimed else {
+        let claimed = match claimed {
+            Some(c) => Some(c),
+            None => claim(store.connection(), worker, wall, until)?.map(|a| (a, false)),
+        };
+        let Some((alert, travels)) = claimed else {
             break;
         };
         let settle = |store: &mut crate::sync::Writer, outcome: Settle<'_>, now| {
-            if shared {
+            if travels {
                 super::settle_shared(store, &alert, worker, outcome, now)
             } else {
                 settle(store.connection(), alert.id, worker, outcome, now).map(|_| ())
@@ -438,9 +445,10 @@ pub fn deliver(
             }
         }
     }
+    // Local mode leaves alerts that travel with builds to a deliverer in remote mode.
     report.left = store.connection().query_row(
         "SELECT COUNT(*) FROM alerts WHERE state = 'pending' AND next_try_at <= :now
-           AND shared = :shared",
+           AND (shared = 0 OR :shared)",
         named_params! {":now": crate::time::format(SystemTime::now()), ":shared": shared},
         |r| r.get(0),
     )?;

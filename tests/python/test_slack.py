@@ -371,3 +371,27 @@ def test_remote_mode_alerts_travel_with_the_build_and_each_is_sent_once(slack: R
     assert len(slack.messages) == len(builds)
     snap = json.loads((tmp_path / "remote" / "builds" / "img-0.json").read_text())
     assert [(a["kind"], a["state"]) for a in snap["alerts"]] == [("blocked", "delivered")]
+
+
+def test_a_remote_mode_cron_host_checks_and_delivers_stuck_alerts(slack: Receiver, tmp_path: Path) -> None:
+    """Issue 17: `monitor check` with a remote on a host with no database finds a stuck
+    build in its cache and queues the alert there; `monitor deliver` with the same remote
+    sends it (the alerts that travel with builds first, then the host's own)."""
+    remote = f"file://{tmp_path / 'remote'}"
+    (tmp_path / "worker").mkdir()
+    worker = Env(tmp_path / "worker", None)
+    worker.env["BUILDSTATE_REMOTE"] = remote
+    worker.run("init-state", "dead-1", "--cloud", "aws", "--image", "rhel9", "--plan", str(worker.plan))
+    worker.run("update-state", "dead-1", "start", "5", "--lease-ttl", "1s")
+    (tmp_path / "cron").mkdir()
+    cron = Env(tmp_path / "cron", slack)
+    cron.env["BUILDSTATE_REMOTE"] = remote
+    deadline = time.monotonic() + 60
+    while "dead-1" not in cron.run("monitor", "check", check=None).stdout:
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.3)
+    assert [a[1:3] for a in cron.alerts()] == [("stuck", "pending")]
+    r = cron.run("monitor", "deliver", "--json")
+    assert json.loads(r.stdout)["delivered"] == 1, r.stdout
+    assert [m["text"] for m in slack.messages] == [m["text"] for m in slack.messages if "dead-1" in m["text"]] != []
+    assert [a[1:3] for a in cron.alerts()] == [("stuck", "delivered")]
