@@ -275,7 +275,7 @@ pub fn pull_all(
     let mut todo = Vec::new();
     for (id, tag) in listed {
         let unchanged = match (tag, marks.get(&id)) {
-            (Some(tag), Some((mark, local, lineage))) => {
+            (Some(tag), Some((mark, local, lineage, _))) => {
                 crate::remote::same_etag(&tag, &mark.etag)
                     && *lineage == mark.lineage
                     && *local >= mark.serial
@@ -283,11 +283,13 @@ pub fn pull_all(
             _ => false,
         };
         if unchanged {
-            let (mark, local, _) = &marks[&id];
+            let (mark, local, _, archived) = &marks[&id];
             out.push((
                 id.clone(),
                 Ok(Synced {
-                    outcome: if *local == mark.serial {
+                    outcome: if *archived {
+                        "archived"
+                    } else if *local == mark.serial {
                         "up_to_date"
                     } else {
                         "local_ahead"
@@ -580,6 +582,7 @@ impl Writer {
             }
             // We wrote or read it there before, and now it is gone: say so, rather than
             // losing every conditional write to an object that no longer exists.
+            None if self.store.archived(build_id)?.is_some() => {}
             None => {
                 if let Some(m) = self.store.remote_mark(remote.name(), build_id)? {
                     return Err(Error::RemoteChanged(format!(

@@ -77,8 +77,9 @@ impl Store {
     }
 
     /// Remove a build whose snapshot at `serial` is archived as `record` says, in one
-    /// transaction: its events, metadata and sync marks, then its summary; the record is
-    /// kept. Nothing is removed when the build changed since (another serial).
+    /// transaction: its events and metadata, then its summary; the record is kept, and so
+    /// are its sync marks (a pull of an unchanged remote copy then skips it without
+    /// fetching). Nothing is removed when the build changed since (another serial).
     pub fn remove_archived(&mut self, record: &Archived) -> Result<Removed> {
         let tx = self
             .conn
@@ -100,7 +101,6 @@ impl Store {
         tx.execute("DELETE FROM events WHERE build_id = :id", id)?;
         tx.execute("DELETE FROM archive_gate WHERE build_id = :id", id)?;
         tx.execute("DELETE FROM build_meta WHERE build_id = :id", id)?;
-        tx.execute("DELETE FROM remote_sync WHERE build_id = :id", id)?;
         tx.execute("DELETE FROM builds WHERE build_id = :id", id)?;
         tx.execute(
             "INSERT OR REPLACE INTO archived

@@ -162,16 +162,21 @@ impl Store {
         set_remote_mark_in(&self.conn, remote, build_id, mark)
     }
 
-    /// For every build synced with `remote`: its mark and the local serial and lineage,
-    /// in one query (what `pull --all` compares with a listing to skip unchanged builds).
+    /// For every build synced with `remote`: its mark, the local serial and lineage, and
+    /// whether the build is archived from here (then the archived serial and lineage),
+    /// in one query: what `pull --all` compares with a listing to skip unchanged builds.
     pub fn remote_marks(
         &self,
         remote: &str,
-    ) -> Result<BTreeMap<String, (RemoteMark, u64, String)>> {
+    ) -> Result<BTreeMap<String, (RemoteMark, u64, String, bool)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.build_id, r.etag, r.serial, r.lineage, b.serial, b.lineage
-             FROM remote_sync r JOIN builds b ON b.build_id = r.build_id
-             WHERE r.remote = :remote",
+            "SELECT r.build_id, r.etag, r.serial, r.lineage,
+                    COALESCE(b.serial, a.serial), COALESCE(b.lineage, a.lineage),
+                    b.build_id IS NULL
+             FROM remote_sync r
+             LEFT JOIN builds b ON b.build_id = r.build_id
+             LEFT JOIN archived a ON a.build_id = r.build_id
+             WHERE r.remote = :remote AND (b.build_id IS NOT NULL OR a.build_id IS NOT NULL)",
         )?;
         let rows = stmt.query_map(named_params! {":remote": remote}, |r| {
             Ok((
@@ -184,6 +189,7 @@ impl Store {
                     },
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
                 ),
             ))
         })?;

@@ -256,6 +256,16 @@ def test_the_fleet_from_a_machine_with_no_database(server: Server, tmp_path: Pat
     cron.run("monitor", "check")
     metrics = dict(line.rsplit(" ", 1) for line in cron.run("monitor", "metrics").stdout.splitlines() if not line.startswith("#"))
     assert int(metrics['buildstate_builds{status="pending"}']) >= len(ids)
+    # A build archived from the cron host's cache stays archived, and is not fetched
+    # again while its remote copy is unchanged.
+    a.run("update-state", ids[4], "cancel", "--reason", "superseded")
+    a.run("sync-cloud", "push", ids[4])
+    assert pull()[ids[4]]["outcome"] == "fast_forward"
+    report = json.loads(cron.run("monitor", "archive", "--cancelled-before", "0s", "--json").stdout)
+    assert ids[4] in report["archived"], report
+    after = pull()
+    assert (after[ids[4]]["outcome"], after[ids[4]]["fetched"]) == ("archived", False), after[ids[4]]
+    assert "is archived" in cron.run("check-state", ids[4], check=3).stderr
 
 
 def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
