@@ -262,3 +262,60 @@ fn the_history_stays_append_only_outside_the_archive_path() {
         .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
 }
+
+#[test]
+fn archiving_still_works_after_a_person_took_the_remote_side() {
+    // pull --take-remote replaces a build's history through the same gate; the trigger
+    // that guards the history must be the same afterwards (it once was re-created
+    // without the gate, and archiving then failed for good).
+    let env = Env::new();
+    let shared = format!("file://{}", env.path("shared").display());
+    let archive = format!("file://{}", env.path("archive").display());
+    completed(&env, "a1");
+    env.run("sync-cloud", &["--remote", &shared, "push", "a1"])
+        .ok();
+    let other = env.path("other.db");
+    let on_other = |args: &[&str]| {
+        let mut c = env.command_on("sync-cloud", &other);
+        c.arg("--remote").arg(&shared).args(args);
+        env.run_with(&mut c, None)
+    };
+    on_other(&["pull", "a1"]).ok();
+    let mut c = env.command_on("update-state", &other);
+    c.args(["a1", "meta", "side=other"]);
+    env.run_with(&mut c, None).ok();
+    on_other(&["push", "a1"]).ok();
+    env.run("update-state", &["a1", "meta", "side=here"]).ok();
+    env.run("sync-cloud", &["--remote", &shared, "pull", "a1"])
+        .code(exit::DIVERGED);
+    env.run(
+        "sync-cloud",
+        &["--remote", &shared, "pull", "a1", "--take-remote"],
+    )
+    .ok();
+    assert_eq!(env.state("a1")["metadata"]["side"], "other");
+    let report = env
+        .run(
+            "monitor",
+            &[
+                "archive",
+                "--completed-before",
+                "0s",
+                "--remote",
+                &archive,
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(report["archived"], serde_json::json!(["a1"]), "{report}");
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'events_append_only_delete'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sql.contains("archive_gate"), "{sql}");
+}

@@ -97,21 +97,20 @@ impl Store {
                     }
                 } else if take_remote {
                     // Events are append-only for every other write; this one person's
-                    // choice lifts the rule for one build, inside this transaction.
-                    tx.execute_batch("DROP TRIGGER events_append_only_delete")?;
+                    // choice opens the gate for one build, inside this transaction (as
+                    // archiving does, schema v7).
+                    let gate = named_params! {":id": id};
+                    tx.execute("INSERT INTO archive_gate (build_id) VALUES (:id)", gate)?;
                     for table in ["events", "build_meta", "remote_sync"] {
                         tx.execute(
                             &format!("DELETE FROM {table} WHERE build_id = :id"),
                             named_params! {":id": id},
                         )?;
                     }
+                    tx.execute("DELETE FROM archive_gate WHERE build_id = :id", gate)?;
                     tx.execute(
                         "DELETE FROM builds WHERE build_id = :id",
                         named_params! {":id": id},
-                    )?;
-                    tx.execute_batch(
-                        "CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
-                         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
                     )?;
                     write_whole(&tx, snap)?;
                     Imported::Replaced {
