@@ -229,3 +229,45 @@ fn stats_over_known_transitions() {
         assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
     }
 }
+
+#[test]
+fn report_and_metrics_refuse_to_replace_what_is_not_a_file() {
+    // Written as a temporary file renamed over the path: over a device (/dev/null as
+    // root), a pipe or a directory that would replace it. Checked here on a pipe.
+    let env = util::Env::new();
+    env.init("b1");
+    let fifo = env.path("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let fifo_s = fifo.to_str().unwrap();
+    for args in [
+        vec!["monitor", "report", "--html", fifo_s],
+        vec!["monitor", "metrics", "--textfile", fifo_s],
+        vec!["check-state", "b1", "--html", fifo_s],
+    ] {
+        let r = env
+            .run(args[0], &args[1..])
+            .code(buildstate::exit::INVALID_INPUT);
+        assert!(
+            r.stderr.contains("not a regular file"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
+    // A regular file is replaced whole.
+    let page = env.path("page.html");
+    std::fs::write(&page, "old").unwrap();
+    env.run("monitor", &["report", "--html", page.to_str().unwrap()])
+        .ok();
+    assert!(std::fs::read_to_string(&page)
+        .unwrap()
+        .starts_with("<!DOCTYPE html>"));
+}

@@ -358,7 +358,23 @@ pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
 /// renamed over it, so the collector never reads half a file. Its mode is 0666 less the
 /// umask, like any file a user writes (node_exporter rarely runs as root).
 pub fn write_textfile(path: &std::path::Path, text: &str) -> Result<()> {
+    write_whole(path, text.as_bytes(), ".buildstate-metrics")
+}
+
+/// Write `path` whole or not at all: a temporary file (`prefix`, mode 0666 less the
+/// umask) beside it, then renamed over it. A path that exists and is not a regular file
+/// (a directory, a device such as /dev/null, a symlink, a pipe) is refused: renaming over
+/// it would replace it, not write into it.
+pub fn write_whole(path: &std::path::Path, bytes: &[u8], prefix: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_file() {
+            return Err(crate::Error::InvalidInput(format!(
+                "{} exists and is not a regular file (a directory, device, symlink or pipe): give the path of a file to write",
+                crate::redact::echo(&path.display().to_string())
+            )));
+        }
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -368,11 +384,11 @@ pub fn write_textfile(path: &std::path::Path, text: &str) -> Result<()> {
         source,
     };
     let mut tmp = tempfile::Builder::new()
-        .prefix(".buildstate-metrics")
+        .prefix(prefix)
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(io)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io)?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }

@@ -360,18 +360,8 @@ pub fn page(
     markup.into_string()
 }
 
-/// Write `html` to `path` whole (a temporary file beside it, then renamed).
+/// Write `html` to `path` whole (a temporary file beside it, then renamed); see
+/// [`crate::monitor::write_whole`].
 pub fn write(path: &std::path::Path, html: &str) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let io = |source| crate::Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut tmp, html.as_bytes()).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    crate::monitor::write_whole(path, html.as_bytes(), ".buildstate-report")
 }
