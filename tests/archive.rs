@@ -176,6 +176,27 @@ fn archive_and_unarchive_round_trip() {
     c.args(["a2"]);
     env.run_with(&mut c, None).code(exit::COMPLETED);
 
+    // A damaged archive object: named, nothing written, the build stays archived.
+    let c1 = remote_dir.join("archive/builds/c1.json");
+    let good = std::fs::read(&c1).unwrap();
+    std::fs::write(
+        &c1,
+        String::from_utf8(good.clone())
+            .unwrap()
+            .replace("\"cancel\"", "\"cancelx\""),
+    )
+    .unwrap();
+    let r = env
+        .run("monitor", &["unarchive", "c1", "--remote", &remote])
+        .code(exit::INVALID_SNAPSHOT);
+    assert!(
+        r.stderr.contains("archive/builds/c1.json") && r.stderr.contains("stays archived"),
+        "{}",
+        r.stderr
+    );
+    env.run("check-state", &["c1"]).code(exit::UNKNOWN_BUILD);
+    std::fs::write(&c1, good).unwrap();
+
     // Not in the archive: named as such.
     let r = env
         .run("monitor", &["unarchive", "nope", "--remote", &remote])

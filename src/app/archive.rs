@@ -161,7 +161,14 @@ pub fn unarchive(store: &mut Store, remote: &Remote, build_id: &str) -> Result<R
             remote: remote.name().to_string(),
             object: Remote::archive_key(build_id),
         })?;
-    let snap = remote.decode(&bytes)?;
+    let snap = remote.decode(&bytes).map_err(|e| match e {
+        Error::InvalidSnapshot(why) => Error::InvalidSnapshot(format!(
+            "{} on remote {} is not a snapshot this buildstate accepts ({why}); nothing was written and the build stays archived: restore the object from a copy, or check BUILDSTATE_SNAPSHOT_KEY if it was signed",
+            Remote::archive_key(build_id),
+            remote.name()
+        )),
+        other => other,
+    })?;
     if snap.build_id != build_id {
         return Err(Error::InvalidSnapshot(format!(
             "the archive object for build '{build_id}' holds build '{}'",
