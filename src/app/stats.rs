@@ -111,6 +111,23 @@ struct BuildAcc {
     wait: Option<Wait>,
 }
 
+impl BuildAcc {
+    /// End the open wait, if any, at `at`: its time goes to its state's retry or person
+    /// wait, and to the build's time lost.
+    fn close_wait(&mut self, at: SystemTime, acc: &mut BTreeMap<u8, Acc>) {
+        if let Some(w) = self.wait.take() {
+            let ms = ms_between(w.since, at);
+            let a = acc.entry(w.state).or_default();
+            if w.person {
+                a.person_wait_ms += ms;
+            } else {
+                a.retry_wait_ms += ms;
+            }
+            self.lost_ms += ms;
+        }
+    }
+}
+
 /// An error line as counted: its first line, trimmed to 200 characters, with every run
 /// of digits replaced by `N` (attempt counts, ports, sizes and times differ; the error
 /// does not).
@@ -215,16 +232,7 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
     let finish = |b: BuildAcc, out: &mut Vec<BuildStats>, acc: &mut BTreeMap<u8, Acc>| {
         let mut b = b;
         // A wait still open at the end of the history lasts until now.
-        if let Some(w) = b.wait.take() {
-            let ms = ms_between(w.since, now);
-            let a = acc.entry(w.state).or_default();
-            if w.person {
-                a.person_wait_ms += ms;
-            } else {
-                a.retry_wait_ms += ms;
-            }
-            b.lost_ms += ms;
-        }
+        b.close_wait(now, acc);
         let end = if b.finished { b.last } else { Some(now) };
         out.push(BuildStats {
             build_id: b.id,
@@ -279,15 +287,7 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
         );
         if let Some(w) = &b.wait {
             if person_decision || (!w.person && kind == "start") {
-                let ms = ms_between(w.since, at);
-                let a = acc.entry(w.state).or_default();
-                if w.person {
-                    a.person_wait_ms += ms;
-                } else {
-                    a.retry_wait_ms += ms;
-                }
-                b.lost_ms += ms;
-                b.wait = None;
+                b.close_wait(at, &mut acc);
             }
         }
         let Some(state) = state else { continue };
