@@ -27,6 +27,23 @@ fn completed(env: &Env, id: &str) {
     env.run("update-state", &[id, "complete", "5"]).ok();
 }
 
+/// `monitor archive --completed-before 0s --remote REMOTE --json`, which must succeed.
+fn archive_json(env: &Env, remote: &str) -> serde_json::Value {
+    env.run(
+        "monitor",
+        &[
+            "archive",
+            "--completed-before",
+            "0s",
+            "--remote",
+            remote,
+            "--json",
+        ],
+    )
+    .ok()
+    .json()
+}
+
 fn history(env: &Env, id: &str) -> serde_json::Value {
     env.run("check-state", &[id, "--history", "--json"])
         .code(exit::COMPLETED)
@@ -87,20 +104,7 @@ fn archive_and_unarchive_round_trip() {
     assert!(r.stderr.contains("needs a remote"), "{}", r.stderr);
 
     // Completed builds only: the cancelled and the pending one stay.
-    let report = env
-        .run(
-            "monitor",
-            &[
-                "archive",
-                "--completed-before",
-                "0s",
-                "--remote",
-                &remote,
-                "--json",
-            ],
-        )
-        .ok()
-        .json();
+    let report = archive_json(&env, &remote);
     assert_eq!(report["archived"], serde_json::json!(["a1", "a2"]));
     assert!(report["size_before_bytes"].as_u64().unwrap() > 0);
     assert_eq!(report["vacuumed"], false);
@@ -243,20 +247,7 @@ fn a_kill_at_the_worst_moment_loses_nothing_and_a_rerun_finishes() {
     );
 
     // The rerun finishes the job: the 10th is found on the remote, equal, and removed.
-    let report = env
-        .run(
-            "monitor",
-            &[
-                "archive",
-                "--completed-before",
-                "0s",
-                "--remote",
-                &remote,
-                "--json",
-            ],
-        )
-        .ok()
-        .json();
+    let report = archive_json(&env, &remote);
     assert_eq!(report["archived"].as_array().unwrap().len(), 21);
     assert_eq!(report["failed"], serde_json::json!([]));
     let here = env.run("monitor", &["status", "--json"]).ok().json();
@@ -315,20 +306,7 @@ fn archiving_still_works_after_a_person_took_the_remote_side() {
     )
     .ok();
     assert_eq!(env.state("a1")["metadata"]["side"], "other");
-    let report = env
-        .run(
-            "monitor",
-            &[
-                "archive",
-                "--completed-before",
-                "0s",
-                "--remote",
-                &archive,
-                "--json",
-            ],
-        )
-        .ok()
-        .json();
+    let report = archive_json(&env, &archive);
     assert_eq!(report["archived"], serde_json::json!(["a1"]), "{report}");
     let conn = rusqlite::Connection::open(&env.db).unwrap();
     let sql: String = conn
