@@ -1,4 +1,5 @@
-//! monitor: the cron job that watches builds, delivers alerts and exports metrics.
+//! monitor: the cron job that watches builds, delivers alerts, exports metrics, gives
+//! statistics and reports, and archives old builds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use buildstate::{exit, monitor, Error, Result};
 use clap::Subcommand;
 
 /// Watch builds: find the ones that need a person or look stuck, deliver queued Slack
-/// alerts, show a status table, wait for a build, and export Prometheus metrics.
+/// alerts, show a status table, wait for a build, export Prometheus metrics, give
+/// statistics and an HTML timeline, and archive old builds to the remote.
 ///
 /// Cron-ready: `monitor check` prints nothing and exits 0 when all is well, and exits 13
 /// when something needs a person (each finding on stdout). Every subcommand has --json.
@@ -24,8 +26,12 @@ use clap::Subcommand;
     after_help = "Examples (crontab):
   */5 * * * *  monitor check && monitor deliver
   * * * * *    monitor metrics --textfile /var/lib/node_exporter/buildstate.prom
+  0 3 * * *    monitor archive --completed-before 30d --cancelled-before 7d --remote s3://bucket/builds
   monitor status
-  monitor wait img-42 --until completed --timeout 3h"
+  monitor wait img-42 --until completed --timeout 3h
+  monitor stats --since 7d
+  monitor report --html builds.html
+With --remote URL (or BUILDSTATE_REMOTE) the database is a cache of the remote (docs/fleet.md)."
 )]
 struct Args {
     #[command(subcommand)]
