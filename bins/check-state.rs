@@ -142,7 +142,8 @@ fn run(args: &Args) -> Result<i32> {
             return Err(buildstate::Error::UnknownBuild(args.build_id.clone()));
         }
         let line = buildstate::timeline::line(&store, &args.build_id, now)?;
-        let (attention, _) = buildstate::monitor::findings(&store, now, 3.0)?;
+        let (attention, _) =
+            buildstate::monitor::findings(&store, now, buildstate::monitor::STUCK_FACTOR)?;
         let attention: Vec<_> = attention
             .into_iter()
             .filter(|f| f.build_id == args.build_id)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use buildstate::cli::{finish, Common};
 use buildstate::model::Status;
 use buildstate::notify::slack::{deliver, Target};
-use buildstate::{exit, monitor, Error, Result};
+use buildstate::{exit, monitor, time, Error, Result};
 use clap::Subcommand;
 
 /// Watch builds: find the ones that need a person or look stuck, deliver queued Slack
@@ -69,10 +69,7 @@ impl Window {
             image: self.image.clone(),
             plan: self.plan.clone(),
         };
-        let from = now
-            .checked_sub(self.since)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        buildstate::stats::stats(store, from, &filter, now)
+        buildstate::stats::stats(store, time::ago(now, self.since), &filter, now)
     }
 }
 
@@ -82,7 +79,7 @@ enum Command {
     /// person is needed
     Check {
         /// Running longer than this many times its state's expected duration is stuck
-        #[arg(long, value_name = "X", default_value = "3", value_parser = buildstate::cli::factor)]
+        #[arg(long, value_name = "X", default_value_t = monitor::STUCK_FACTOR, value_parser = buildstate::cli::factor)]
         factor: f64,
     },
     /// Deliver queued alerts to Slack, within a time budget; drop old delivered ones.
@@ -475,7 +472,7 @@ fn run(args: &Args) -> Result<i32> {
             for (_, id) in &recent {
                 lines.push(buildstate::timeline::line(&store, id, now)?);
             }
-            let (attention, _) = monitor::findings(&store, now, 3.0)?;
+            let (attention, _) = monitor::findings(&store, now, monitor::STUCK_FACTOR)?;
             let page = buildstate::timeline::page(
                 &format!("buildstate: builds since {}", stats.since),
                 &lines,
@@ -511,9 +508,7 @@ fn run(args: &Args) -> Result<i32> {
             }
             let remote = archive_remote(args)?;
             let mut store = args.common.open()?;
-            let cutoff = |d: &Option<Duration>| {
-                d.map(|d| now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH))
-            };
+            let cutoff = |d: &Option<Duration>| d.map(|d| time::ago(now, d));
             let report = buildstate::cli::with_progress(json, |p| {
                 buildstate::archive::archive(
                     &mut store,
@@ -579,9 +574,12 @@ fn run(args: &Args) -> Result<i32> {
         Command::Metrics { textfile, since } => {
             let store = fleet(args, "counted as last pulled")?;
             let mut text = monitor::metrics(&store, now)?;
-            let from = now.checked_sub(*since).unwrap_or(SystemTime::UNIX_EPOCH);
-            let stats =
-                buildstate::stats::stats(&store, from, &buildstate::stats::Filter::default(), now)?;
+            let stats = buildstate::stats::stats(
+                &store,
+                time::ago(now, *since),
+                &buildstate::stats::Filter::default(),
+                now,
+            )?;
             text.push_str(&stats.prometheus(*since));
             match textfile {
                 Some(path) => monitor::write_textfile(path, &text)?,

@@ -205,6 +205,10 @@ pub fn check(store: &Store, now: SystemTime, factor: f64) -> Result<Vec<Finding>
     Ok(findings)
 }
 
+/// `monitor check`'s default: a state running longer than this many times its expected
+/// duration is stuck (the HTML report uses it too).
+pub const STUCK_FACTOR: f64 = 3.0;
+
 /// What [`check`] finds, and the stuck alerts it would queue, without writing anything
 /// (the HTML report reads it).
 pub fn findings(

@@ -26,6 +26,11 @@ pub fn truncate_millis(t: SystemTime) -> SystemTime {
     }
 }
 
+/// `d` before `now`, or the epoch when that is earlier (a window's or an age's start).
+pub fn ago(now: SystemTime, d: Duration) -> SystemTime {
+    now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// The longest duration anything accepts (flags, plan fields, environment): 366 days.
 /// Longer would overflow time arithmetic, and no build state waits that long.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);

@@ -193,7 +193,7 @@ pub fn settle(
 
 /// Forget delivered and given-up alerts older than `keep`.
 pub fn prune(store: &crate::store::Store, keep: Duration, now: SystemTime) -> Result<usize> {
-    let before = now.checked_sub(keep).unwrap_or(SystemTime::UNIX_EPOCH);
+    let before = time::ago(now, keep);
     Ok(store.connection().execute(
         "DELETE FROM alerts WHERE state != 'pending' AND created_at < :before",
         named_params! {":before": time::format(before)},
