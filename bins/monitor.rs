@@ -291,7 +291,7 @@ fn run(args: &Args) -> Result<i32> {
                     "-".into()
                 }
             };
-            let mut w = [5usize, 6, 5, 7, 3, 8];
+            let mut w = [5usize, 6, 5, 7, 3, if show_verified { 8 } else { 0 }];
             for (r, (state, age, verified)) in rows.iter().zip(&derived) {
                 w[0] = w[0].max(r.build_id.len());
                 w[1] = w[1].max(r.status.as_str().len());
@@ -308,46 +308,36 @@ fn run(args: &Args) -> Result<i32> {
             let written = (|| -> std::io::Result<()> {
                 use std::io::Write;
                 // One formatted write per line (a write per cell costs 10% more with
-                // 100,000 rows); the verified column only when shown.
+                // 100,000 rows); the verified column and its separator are empty (width
+                // 0) when not shown.
+                let sep = if show_verified { "  " } else { "" };
                 let mut line = |c: [&str; 7]| {
-                    if show_verified {
-                        writeln!(
-                            out,
-                            "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {:<f$}  {}",
-                            c[0],
-                            c[1],
-                            c[2],
-                            c[3],
-                            c[4],
-                            c[5],
-                            c[6],
-                            a = w[0],
-                            b = w[1],
-                            c = w[2],
-                            d = w[3],
-                            e = w[4],
-                            f = w[5]
-                        )
-                    } else {
-                        writeln!(
-                            out,
-                            "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {}",
-                            c[0],
-                            c[1],
-                            c[2],
-                            c[3],
-                            c[4],
-                            c[6],
-                            a = w[0],
-                            b = w[1],
-                            c = w[2],
-                            d = w[3],
-                            e = w[4]
-                        )
-                    }
+                    writeln!(
+                        out,
+                        "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {:<f$}{sep}{}",
+                        c[0],
+                        c[1],
+                        c[2],
+                        c[3],
+                        c[4],
+                        c[5],
+                        c[6],
+                        a = w[0],
+                        b = w[1],
+                        c = w[2],
+                        d = w[3],
+                        e = w[4],
+                        f = w[5]
+                    )
                 };
                 line([
-                    "build", "status", "state", "attempt", "age", "verified", "held by",
+                    "build",
+                    "status",
+                    "state",
+                    "attempt",
+                    "age",
+                    if show_verified { "verified" } else { "" },
+                    "held by",
                 ])?;
                 for (r, (state, age, verified)) in rows.iter().zip(&derived) {
                     let holder = r.holder.as_deref().unwrap_or("-");
