@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::named_params;
 use serde::Serialize;
 
+use crate::model::EventKind;
 use crate::plan::Plan;
 use crate::store::Store;
 use crate::{time, Result};
@@ -277,30 +278,26 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
         let at = time::parse(text(r, 1)?.unwrap_or_default())?;
         b.first.get_or_insert(at);
         b.last = Some(at);
-        let kind = text(r, 2)?.unwrap_or_default();
+        let kind: EventKind = text(r, 2)?.unwrap_or_default().parse()?;
         let state: Option<u8> = r.get(3)?;
         // What closes an open wait: the next attempt closes a retry wait; a person's
         // decision closes a person wait.
-        let person_decision = matches!(
-            kind,
-            "retry" | "skip" | "cancel" | "rollback" | "force" | "reset"
-        );
         if let Some(w) = &b.wait {
-            if person_decision || (!w.person && kind == "start") {
+            if kind.decided_by_person() || (!w.person && kind == EventKind::Start) {
                 b.close_wait(at, &mut acc);
             }
         }
         let Some(state) = state else { continue };
         match kind {
-            "start" => acc.entry(state).or_default().runs += 1,
-            "complete" => {
+            EventKind::Start => acc.entry(state).or_default().runs += 1,
+            EventKind::Complete => {
                 let a = acc.entry(state).or_default();
                 a.successes += 1;
                 if let Some(d) = r.get::<_, Option<u64>>(6)? {
                     a.durations_ms.push(d);
                 }
             }
-            "fail" => {
+            EventKind::Fail => {
                 let a = acc.entry(state).or_default();
                 a.failures += 1;
                 b.failures += 1;
@@ -318,7 +315,7 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
                     person: !retry_scheduled,
                 });
             }
-            "prerequisite" => {
+            EventKind::Prerequisite => {
                 b.wait = Some(Wait {
                     state,
                     since: at,

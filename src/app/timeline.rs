@@ -49,15 +49,7 @@ pub fn segments(
     let mut open: Option<(&Event, u8)> = None;
     let mut wait: Option<(SystemTime, u8, bool, String)> = None;
     for e in events {
-        let person = matches!(
-            e.kind,
-            EventKind::Retry
-                | EventKind::Skip
-                | EventKind::Cancel
-                | EventKind::Rollback
-                | EventKind::Force
-                | EventKind::Reset
-        );
+        let person = e.kind.decided_by_person();
         if let Some((since, state, is_person, why)) = &wait {
             if person || (!is_person && e.kind == EventKind::Start) {
                 out.push(Segment {

@@ -82,6 +82,20 @@ impl EventKind {
     pub fn reopens(self) -> bool {
         matches!(self, EventKind::Force | EventKind::Reset | EventKind::Rerun)
     }
+
+    /// A person's decision about a build (what ends its wait for a person, in the
+    /// statistics and the timeline).
+    pub fn decided_by_person(self) -> bool {
+        matches!(
+            self,
+            EventKind::Retry
+                | EventKind::Skip
+                | EventKind::Cancel
+                | EventKind::Rollback
+                | EventKind::Force
+                | EventKind::Reset
+        )
+    }
 }
 
 /// The summary row of a build, derived from its events.
