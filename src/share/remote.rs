@@ -505,7 +505,7 @@ impl Remote {
 
     /// Store a whole-database backup under `backups/NAME` (create-only).
     pub fn put_backup(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
-        if self.put_new(&["backups", name], bytes, "upload the backup")? {
+        if self.put_new(&format!("backups/{name}"), bytes, "upload the backup")? {
             Ok(())
         } else {
             Err(Error::RemoteChanged(format!(
@@ -517,7 +517,7 @@ impl Remote {
 
     /// Read a backup written by [`Remote::put_backup`].
     pub fn get_backup(&self, name: &str) -> Result<Vec<u8>> {
-        self.get_named(&["backups", name], "read the backup")?
+        self.get_named(&format!("backups/{name}"), "read the backup")?
             .ok_or_else(|| {
                 Error::InvalidInput(format!("remote {}: there is no backup '{name}'", self.name))
             })
@@ -532,27 +532,22 @@ impl Remote {
     /// `false` when an object is there already (the caller compares it).
     pub fn put_archive(&self, build_id: &str, bytes: Vec<u8>) -> Result<bool> {
         crate::model::validate_build_id(build_id)?;
-        let file = format!("{build_id}.json");
-        self.put_new(&["archive", "builds", &file], bytes, "write the archive")
+        self.put_new(&Self::archive_key(build_id), bytes, "write the archive")
     }
 
     /// Read an archived build's snapshot, if there is one.
     pub fn get_archive(&self, build_id: &str) -> Result<Option<Vec<u8>>> {
         crate::model::validate_build_id(build_id)?;
-        let file = format!("{build_id}.json");
-        self.get_named(&["archive", "builds", &file], "read the archive")
+        self.get_named(&Self::archive_key(build_id), "read the archive")
     }
 
-    /// Write the object at `parts` (relative to the root) only if none is there: `false`
-    /// when one is.
-    fn put_new(&self, parts: &[&str], bytes: Vec<u8>, what: &str) -> Result<bool> {
+    /// Write the object at `key` ('/'-separated, relative to the root) only if none is
+    /// there: `false` when one is.
+    fn put_new(&self, key: &str, bytes: Vec<u8>, what: &str) -> Result<bool> {
         match &self.backend {
-            Backend::Folder { dir, .. } => {
-                let path = parts.iter().fold(dir.clone(), |p, part| p.join(part));
-                write_new_file(&self.name, &path, &bytes)
-            }
+            Backend::Folder { dir, .. } => write_new_file(&self.name, &dir.join(key), &bytes),
             Backend::Object { store, prefix } => self.rt.block_on(async {
-                let key = parts.iter().fold(prefix.clone(), |p, part| p.join(*part));
+                let key = key.split('/').fold(prefix.clone(), |p, part| p.join(part));
                 let opts = PutOptions {
                     mode: PutMode::Create,
                     ..Default::default()
@@ -566,19 +561,16 @@ impl Remote {
         }
     }
 
-    /// Read the object at `parts` (relative to the root), if there is one.
-    fn get_named(&self, parts: &[&str], what: &str) -> Result<Option<Vec<u8>>> {
+    /// Read the object at `key` ('/'-separated, relative to the root), if there is one.
+    fn get_named(&self, key: &str, what: &str) -> Result<Option<Vec<u8>>> {
         match &self.backend {
-            Backend::Folder { dir, .. } => {
-                let path = parts.iter().fold(dir.clone(), |p, part| p.join(part));
-                match std::fs::read(path) {
-                    Ok(b) => Ok(Some(b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(remote_error(&self.name, what, e)),
-                }
-            }
+            Backend::Folder { dir, .. } => match std::fs::read(dir.join(key)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(remote_error(&self.name, what, e)),
+            },
             Backend::Object { store, prefix } => self.rt.block_on(async {
-                let key = parts.iter().fold(prefix.clone(), |p, part| p.join(*part));
+                let key = key.split('/').fold(prefix.clone(), |p, part| p.join(part));
                 match store.get(&key).await {
                     Ok(r) => r
                         .bytes()
