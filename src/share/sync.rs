@@ -259,6 +259,14 @@ fn import_fetched(
     })
 }
 
+/// Whether the object listed with `etag` is the copy last synced, so that pulling it
+/// would change nothing here (same lineage, no newer serial than this database's).
+fn unchanged(m: &crate::store::Marked, etag: &str) -> bool {
+    crate::remote::same_etag(etag, &m.mark.etag)
+        && m.lineage == m.mark.lineage
+        && m.serial >= m.mark.serial
+}
+
 /// Pull every build on the remote. A build whose object's listed ETag is the one last
 /// synced here, with the same lineage and no newer remote serial than the local one, is
 /// not fetched: the object has not changed since, so pulling it would change nothing
@@ -274,36 +282,31 @@ pub fn pull_all(
     let mut out = Vec::with_capacity(total);
     let mut todo = Vec::new();
     for (id, tag) in listed {
-        let unchanged = match (tag, marks.get(&id)) {
-            (Some(tag), Some((mark, local, lineage, _))) => {
-                crate::remote::same_etag(&tag, &mark.etag)
-                    && *lineage == mark.lineage
-                    && *local >= mark.serial
-            }
-            _ => false,
-        };
-        if unchanged {
-            let (mark, local, _, archived) = &marks[&id];
-            out.push((
-                id.clone(),
-                Ok(Synced {
-                    outcome: if *archived {
-                        "archived"
-                    } else if *local == mark.serial {
-                        "up_to_date"
-                    } else {
-                        "local_ahead"
-                    },
-                    build_id: id,
-                    local_serial: Some(*local),
-                    remote_serial: Some(mark.serial),
-                    fetched: Some(false),
-                }),
-            ));
-            progress(out.len(), total);
-        } else {
+        let unchanged = tag
+            .as_deref()
+            .and_then(|tag| marks.get(&id).filter(|m| unchanged(m, tag)));
+        let Some(m) = unchanged else {
             todo.push(id);
-        }
+            continue;
+        };
+        let outcome = if m.archived {
+            "archived"
+        } else if m.serial == m.mark.serial {
+            "up_to_date"
+        } else {
+            "local_ahead"
+        };
+        out.push((
+            id.clone(),
+            Ok(Synced {
+                build_id: id,
+                outcome,
+                local_serial: Some(m.serial),
+                remote_serial: Some(m.mark.serial),
+                fetched: Some(false),
+            }),
+        ));
+        progress(out.len(), total);
     }
     let fetched = remote.get_many(&todo, PARALLEL);
     for (id, f) in todo.into_iter().zip(fetched) {

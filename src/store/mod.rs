@@ -25,7 +25,7 @@ use crate::{Error, Result};
 
 pub use archive::{Archived, Removed};
 pub use schema::SCHEMA_VERSION;
-pub use snapshot::{remote_mark_in, set_remote_mark_in, snapshot_in, Imported, RemoteMark};
+pub use snapshot::{remote_mark_in, set_remote_mark_in, snapshot_in, Imported, Marked, RemoteMark};
 
 /// How long a writer waits for another writer before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -27,6 +27,16 @@ pub enum Imported {
     Replaced { from: u64, to: u64 },
 }
 
+/// A build's sync mark for one remote, beside what this database holds of the build:
+/// its serial and lineage here, or as archived from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marked {
+    pub mark: RemoteMark,
+    pub serial: u64,
+    pub lineage: String,
+    pub archived: bool,
+}
+
 /// The last remote copy this database saw of a build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteMark {
@@ -161,13 +171,9 @@ impl Store {
         set_remote_mark_in(&self.conn, remote, build_id, mark)
     }
 
-    /// For every build synced with `remote`: its mark, the local serial and lineage, and
-    /// whether the build is archived from here (then the archived serial and lineage),
+    /// For every build synced with `remote`: its mark and what this database holds of it,
     /// in one query: what `pull --all` compares with a listing to skip unchanged builds.
-    pub fn remote_marks(
-        &self,
-        remote: &str,
-    ) -> Result<BTreeMap<String, (RemoteMark, u64, String, bool)>> {
+    pub fn remote_marks(&self, remote: &str) -> Result<BTreeMap<String, Marked>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT r.build_id, r.etag, r.serial, r.lineage,
                     COALESCE(b.serial, a.serial), COALESCE(b.lineage, a.lineage),
@@ -180,16 +186,16 @@ impl Store {
         let rows = stmt.query_map(named_params! {":remote": remote}, |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                (
-                    RemoteMark {
+                Marked {
+                    mark: RemoteMark {
                         etag: r.get(1)?,
                         serial: r.get(2)?,
                         lineage: r.get(3)?,
                     },
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ),
+                    serial: r.get(4)?,
+                    lineage: r.get(5)?,
+                    archived: r.get(6)?,
+                },
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
