@@ -27,6 +27,7 @@ use clap::Subcommand;
   */5 * * * *  monitor check && monitor deliver
   * * * * *    monitor metrics --textfile /var/lib/node_exporter/buildstate.prom
   0 3 * * *    monitor archive --completed-before 30d --cancelled-before 7d --remote s3://bucket/builds
+  0 4 * * *    monitor prune-tasks --older-than 30d
   monitor status
   monitor wait img-42 --until completed --timeout 3h
   monitor stats --since 7d
@@ -148,6 +149,15 @@ enum Command {
         /// Then VACUUM the database to give the space back (rewrites the whole file)
         #[arg(long)]
         vacuum: bool,
+    },
+    /// Task results' own retention: remove the task results (one per Ansible task and
+    /// host) recorded longer ago than --older-than from every build, archived or not;
+    /// one write per build records how many left (a `pruned` event). States, attempts
+    /// and every other event stay
+    PruneTasks {
+        /// Remove task results recorded longer ago than this
+        #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::duration)]
+        older_than: Duration,
     },
     /// Bring an archived build back whole (history, metadata, serial) from the remote's
     /// archive
@@ -540,6 +550,34 @@ fn run(args: &Args) -> Result<i32> {
             } else {
                 exit::REMOTE
             })
+        }
+        Command::PruneTasks { older_than } => {
+            // Remote mode: each build's removal is a write through the remote.
+            let mut store = fleet(args, "its task results stay")?;
+            let actor = buildstate::context::Actor::from_env("monitor");
+            let before = time::ago(now, *older_than);
+            let report = buildstate::cli::with_progress(json, |p| {
+                buildstate::archive::prune_tasks(&mut store, before, &actor, p)
+            })?;
+            for (id, why) in &report.failed {
+                eprintln!("monitor: {id}: task results not pruned: {why}");
+            }
+            if json {
+                buildstate::cli::outln(format_args!(
+                    "{}",
+                    serde_json::to_string(&report).expect("serializes")
+                ))?;
+            } else {
+                let removed: u64 = report.pruned.iter().map(|(_, n)| n).sum();
+                buildstate::cli::outln(format_args!(
+                    "removed {removed} task result(s) recorded before {} from {} build(s); database {} -> {} (space is reused by new rows)",
+                    time::format(before),
+                    report.pruned.len(),
+                    mib(report.size_before_bytes),
+                    mib(report.size_after_bytes),
+                ))?;
+            }
+            Ok(report.failure_code.unwrap_or(exit::OK))
         }
         Command::Unarchive { build_id } => {
             let remote = archive_remote(args)?;

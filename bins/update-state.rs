@@ -354,6 +354,7 @@ fn run(args: &Args) -> Result<i32> {
         Transition::Cancel { .. } => "cancelled".to_string(),
         Transition::Interrupt { .. } => "recorded an interruption".to_string(),
         Transition::Tasks { .. } => "recorded task results".to_string(),
+        Transition::PruneTasks { count, .. } => format!("removed {count} old task results"),
         Transition::Reopen { from, .. } => match (from, &args.action) {
             (_, Action::Reset { .. }) => format!(
                 "started over: epoch {}, every state runs again",

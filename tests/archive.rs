@@ -318,3 +318,171 @@ fn archiving_still_works_after_a_person_took_the_remote_side() {
         .unwrap();
     assert!(sql.contains("archive_gate"), "{sql}");
 }
+
+/// Task results of `id` recorded `days` ago each, written through the library as the
+/// Ansible callback writes them (one batch).
+fn tasks(db: &std::path::Path, id: &str, days: &[u64]) {
+    use buildstate::model::{Ctx, TaskRecord, Transition};
+    let now = std::time::SystemTime::now();
+    let records = days
+        .iter()
+        .enumerate()
+        .map(|(i, d)| TaskRecord {
+            state: Some(5),
+            task: format!("task {i} ({d} days old)"),
+            host: "web-1".into(),
+            status: "ok".into(),
+            duration_ms: Some(10),
+            message: None,
+            at: now - std::time::Duration::from_secs(d * 86_400),
+        })
+        .collect();
+    let mut store = buildstate::store::Store::open(db).unwrap();
+    let actor = buildstate::context::Actor::from_env("test");
+    store
+        .transition(id, &Transition::Tasks { records }, &actor, &Ctx::live())
+        .unwrap();
+}
+
+/// (seq, kind, message) of every event of `id`, as check-state shows them.
+fn events(r: &serde_json::Value) -> Vec<(u64, String, String)> {
+    r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["kind"].as_str().unwrap().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn task_results_follow_their_own_retention() {
+    let env = Env::new();
+    env.init("t1");
+    env.run("update-state", &["t1", "start", "5"]).ok();
+    tasks(&env.db, "t1", &[40, 35, 31, 2, 0]);
+    env.run("update-state", &["t1", "meta", "ami=ami-1"]).ok();
+    tasks(&env.db, "t1", &[45]);
+    env.init("t2");
+    tasks(&env.db, "t2", &[1]);
+    let before = events(&env.state("t1"));
+    let prune = |args: &[&str]| {
+        let mut a = vec!["prune-tasks", "--json"];
+        a.extend_from_slice(args);
+        env.run("monitor", &a).ok().json()
+    };
+
+    let r = prune(&["--older-than", "30d"]);
+    assert_eq!(r["matched"], 1, "{r}");
+    assert_eq!(r["pruned"], serde_json::json!([["t1", 4]]), "{r}");
+    assert_eq!(r["failed"], serde_json::json!([]), "{r}");
+
+    // The four old task results left; every other event stayed as it was, numbers
+    // included, and one `pruned` event says what left and who did it.
+    let after = events(&env.state("t1"));
+    let old = |m: &str| {
+        ["40 days", "35 days", "31 days", "45 days"]
+            .iter()
+            .any(|d| m.contains(d))
+    };
+    let kept: Vec<_> = before.iter().filter(|(_, _, m)| !old(m)).cloned().collect();
+    assert_eq!(after[..after.len() - 1], kept[..], "{after:?}");
+    assert_eq!(before.len() - 4 + 1, after.len());
+    let (seq, kind, message) = after.last().unwrap();
+    assert_eq!((*seq, kind.as_str()), (before.len() as u64 + 1, "pruned"));
+    assert!(
+        message.starts_with("4 task result(s) recorded before "),
+        "{message}"
+    );
+    // t2's task result is a day old: untouched, no write.
+    assert_eq!(events(&env.state("t2")).len(), 2);
+
+    // Nothing old is left: a second run writes nothing.
+    let serial = env.state("t1")["serial"].clone();
+    let r = prune(&["--older-than", "30d"]);
+    assert_eq!(
+        (r["matched"].clone(), r["pruned"].clone()),
+        (0.into(), serde_json::json!([]))
+    );
+    assert_eq!(env.state("t1")["serial"], serial);
+
+    // The build goes on, and travels with its gaps: a second database pulls the same
+    // history from a file:// remote, and the snapshot is schema version 3.
+    env.run("update-state", &["t1", "complete", "5"]).ok();
+    let remote = format!("file://{}", env.path("remote").display());
+    env.run("sync-cloud", &["--remote", &remote, "push", "t1"])
+        .ok();
+    let object = std::fs::read(env.path("remote/builds/t1.json")).unwrap();
+    let snap: serde_json::Value = serde_json::from_slice(&object).unwrap();
+    assert_eq!(snap["schema_version"], 3);
+    let other = env.path("other.db");
+    let mut c = env.command_on("sync-cloud", &other);
+    c.args(["--remote", &remote, "pull", "t1"]);
+    env.run_with(&mut c, None).ok();
+    let mut c = env.command_on("check-state", &other);
+    c.args(["t1", "--history", "--json"]);
+    let theirs = env.run_with(&mut c, None).json();
+    assert_eq!(events(&theirs), events(&env.state("t1")));
+
+    // Outside retention and archiving the history stays append-only.
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    let err = conn
+        .execute(
+            "DELETE FROM events WHERE build_id = 't1' AND kind = 'task'",
+            [],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
+
+#[test]
+fn pruning_through_the_remote_reaches_every_machine() {
+    // Remote mode: a cron host with no database prunes through the remote; a worker
+    // that holds the old task results drops them on its next pull and writes on.
+    let env = Env::new();
+    let remote = format!("file://{}", env.path("shared").display());
+    env.init("r1");
+    tasks(&env.db, "r1", &[60, 50, 1]);
+    env.run("sync-cloud", &["--remote", &remote, "push", "r1"])
+        .ok();
+    let on = |db: &std::path::Path, name: &str, args: &[&str]| {
+        let mut c = env.command_on(name, db);
+        c.env("BUILDSTATE_REMOTE", &remote).args(args);
+        env.run_with(&mut c, None)
+    };
+    let cron = env.path("cron.db");
+    let r = on(
+        &cron,
+        "monitor",
+        &["prune-tasks", "--older-than", "30d", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(r["pruned"], serde_json::json!([["r1", 2]]), "{r}");
+    let object = std::fs::read(env.path("shared/builds/r1.json")).unwrap();
+    let snap: serde_json::Value = serde_json::from_slice(&object).unwrap();
+    let kinds: Vec<&str> = snap["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["init", "task", "pruned"]);
+
+    // This database still has all three; its next write (remote mode) pulls the
+    // pruned copy first, drops the two, and lands on top.
+    assert_eq!(events(&env.state("r1")).len(), 4);
+    on(&env.db, "update-state", &["r1", "meta", "after=prune"]).ok();
+    let here = events(&env.state("r1"));
+    let seqs: Vec<u64> = here.iter().map(|e| e.0).collect();
+    assert_eq!(seqs, [1, 4, 5, 6], "{here:?}");
+    let mut c = env.command_on("check-state", &cron);
+    c.env("BUILDSTATE_REMOTE", &remote)
+        .args(["r1", "--history", "--json"]);
+    assert_eq!(events(&env.run_with(&mut c, None).json()), here);
+}

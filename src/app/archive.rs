@@ -6,6 +6,11 @@
 //! ([`Store::remove_archived`]). A run killed anywhere loses nothing: before the write
 //! the build is untouched; after it, a rerun finds the object, checks that it is this
 //! build's snapshot byte for byte, and goes on. See docs/fleet.md.
+//!
+//! `monitor prune-tasks` is the task results' own retention: in each build that holds
+//! task results older than a cut-off, one write removes them and appends a `pruned`
+//! event that says how many and up to when (locally, or through the remote in remote
+//! mode, like any other write).
 
 use std::time::SystemTime;
 
@@ -79,6 +84,72 @@ pub fn archive(
     if vacuum {
         store.vacuum()?;
         report.vacuumed = true;
+    }
+    report.size_after_bytes = store.size_bytes();
+    Ok(report)
+}
+
+/// What a task-results retention run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruned {
+    /// The cut-off: task results recorded before it were removed.
+    #[serde(with = "crate::time::rfc3339")]
+    pub before: SystemTime,
+    /// Builds that held older task results.
+    pub matched: usize,
+    /// Per build pruned: how many task results left.
+    pub pruned: Vec<(String, u64)>,
+    /// Builds that could not be pruned, with the error; they stay as they were.
+    pub failed: Vec<(String, String)>,
+    /// The exit code of the first failure.
+    #[serde(skip)]
+    pub failure_code: Option<i32>,
+    pub size_before_bytes: u64,
+    pub size_after_bytes: u64,
+}
+
+/// Remove the task results recorded before `before` from every build that has some,
+/// one write per build (`pruned` event). `progress(done, total)` after each build.
+pub fn prune_tasks(
+    store: &mut crate::sync::Writer,
+    before: SystemTime,
+    actor: &crate::context::Actor,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Pruned> {
+    // Stored to the millisecond: the cut-off the `pruned` event keeps is this one.
+    let before = time::truncate_millis(before);
+    let mut report = Pruned {
+        before,
+        matched: 0,
+        pruned: Vec::new(),
+        failed: Vec::new(),
+        failure_code: None,
+        size_before_bytes: store.size_bytes(),
+        size_after_bytes: 0,
+    };
+    let ids = store.builds_with_tasks_before(before)?;
+    report.matched = ids.len();
+    for (i, id) in ids.iter().enumerate() {
+        let t = crate::model::Transition::PruneTasks { before, count: 0 };
+        match store.transition(id, &t, actor, &crate::model::Ctx::live()) {
+            Ok(b) => {
+                // The write's own event says how many left (none: nothing was old any
+                // more once the remote's copy was pulled).
+                let events = store.events(id)?;
+                let n = events
+                    .last()
+                    .filter(|e| e.serial == b.serial && e.until == Some(before))
+                    .and_then(crate::model::pruned_count);
+                if let Some(n) = n {
+                    report.pruned.push((id.clone(), n));
+                }
+            }
+            Err(e) => {
+                report.failure_code.get_or_insert(e.exit_code());
+                report.failed.push((id.clone(), e.to_string()));
+            }
+        }
+        progress(i + 1, ids.len());
     }
     report.size_after_bytes = store.size_bytes();
     Ok(report)

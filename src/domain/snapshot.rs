@@ -12,7 +12,8 @@
 //! [`Snapshot::validate`] trusts nothing: a snapshot read from a bucket may be truncated,
 //! hand-edited or hostile. It checks the format and schema version, that the plan hashes
 //! to what it claims and is a valid plan, that the events are numbered 1..n with serials
-//! that step by at most one from 1 to the snapshot's serial, and that the summary agrees
+//! that step by at most one from 1 to the snapshot's serial (numbers may be missing only
+//! before a `pruned` event: task results removed by retention), and that the summary agrees
 //! with the history. Nothing is written before all of it holds.
 
 use std::collections::BTreeMap;
@@ -28,10 +29,11 @@ use crate::{Error, Result};
 /// The value of the `format` field.
 pub const FORMAT: &str = "buildstate-snapshot";
 /// The newest snapshot schema version this buildstate writes and reads. A snapshot is
-/// written as version 1 unless it holds what version 1 readers do not know (input
-/// manifests, or the events of docs/plan.md#inputs), so older buildstates keep reading
-/// the builds that do not use those.
-pub const SCHEMA_VERSION: u32 = 2;
+/// written as version 1 unless it holds what version 1 readers do not know (version 2:
+/// input manifests, or the events of docs/plan.md#inputs; version 3: task results
+/// pruned by retention, which leave gaps in the numbering), so older buildstates keep
+/// reading the builds that do not use those.
+pub const SCHEMA_VERSION: u32 = 3;
 /// The largest snapshot accepted (a 1 MB message, many times over, fits).
 pub const MAX_BYTES: usize = 256 * 1024 * 1024;
 
@@ -239,6 +241,51 @@ pub struct MetaEntry {
     pub serial: u64,
 }
 
+/// The seq of the last `pruned` event (0 if none): numbers below it may be missing.
+fn last_pruned(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::Pruned)
+        .map_or(0, |e| e.seq)
+}
+
+/// How two copies of one build's history compare, event by event by number (`seq`), up
+/// to the shorter one's last event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Histories {
+    /// They agree wherever both hold an event, and an event only one holds is a task
+    /// result the other pruned (it holds a later `pruned` event). `pruned_there`: the
+    /// numbers of the events `mine` holds that `theirs` pruned.
+    Agree { pruned_there: Vec<u64> },
+    /// They differ, first at event `at`.
+    Differ { at: u64 },
+}
+
+/// Compare `mine` with `theirs` (see [`Histories`]).
+pub fn compare(mine: &[Event], theirs: &[Event]) -> Histories {
+    let last = |h: &[Event]| h.last().map_or(0, |e| e.seq);
+    let limit = last(mine).min(last(theirs));
+    let (pruned_mine, pruned_theirs) = (last_pruned(mine), last_pruned(theirs));
+    let mut pruned_there = Vec::new();
+    let (mut a, mut b) = (mine.iter().peekable(), theirs.iter().peekable());
+    loop {
+        let (sa, sb) = (a.peek().map(|e| e.seq), b.peek().map(|e| e.seq));
+        let at = sa.unwrap_or(u64::MAX).min(sb.unwrap_or(u64::MAX));
+        if at > limit {
+            return Histories::Agree { pruned_there };
+        }
+        match (a.next_if(|e| e.seq == at), b.next_if(|e| e.seq == at)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), None) if x.kind == EventKind::Task && at < pruned_theirs => {
+                pruned_there.push(at)
+            }
+            (None, Some(y)) if y.kind == EventKind::Task && at < pruned_mine => {}
+            _ => return Histories::Differ { at },
+        }
+    }
+}
+
 fn invalid(build: &str, message: impl std::fmt::Display) -> Error {
     Error::InvalidSnapshot(format!("snapshot of build '{build}': {message}"))
 }
@@ -263,9 +310,16 @@ impl Snapshot {
                         | EventKind::Verified
                 )
         });
+        let v3 = events.iter().any(|e| e.kind == EventKind::Pruned);
         Snapshot {
             format: FORMAT.to_string(),
-            schema_version: if v2 { 2 } else { 1 },
+            schema_version: if v3 {
+                3
+            } else if v2 {
+                2
+            } else {
+                1
+            },
             build_id: build.build_id.clone(),
             lineage: build.lineage.clone(),
             serial: build.serial,
@@ -415,26 +469,34 @@ impl Snapshot {
                 return Err(invalid(id, format!("state {s} is not in the plan")));
             }
         }
-        // The history: seq 1..n, serials from 1 stepping by at most one up to `serial`.
+        // The history: seq 1..n, serials from 1 stepping by at most one up to `serial`;
+        // numbers may be missing only before a `pruned` event (task results removed by
+        // retention), and serials may jump only across such a gap.
         let Some(first) = self.events.first() else {
             return Err(invalid(id, "no events"));
         };
-        if first.kind != EventKind::Init || first.serial != 1 {
-            return Err(invalid(id, "the first event is not the init at serial 1"));
+        if first.kind != EventKind::Init || first.serial != 1 || first.seq != 1 {
+            return Err(invalid(
+                id,
+                "the first event is not the init at seq 1, serial 1",
+            ));
         }
+        let pruned_before = last_pruned(&self.events);
         let mut prev_serial = 0;
-        for (i, e) in self.events.iter().enumerate() {
-            if e.seq != i as u64 + 1 {
+        let mut prev_seq = 0;
+        for e in &self.events {
+            let gap = e.seq > prev_seq + 1 && e.seq <= pruned_before;
+            if e.seq != prev_seq + 1 && !gap {
                 return Err(invalid(
                     id,
                     format!(
-                        "event {} has seq {}: events must be numbered 1..n",
-                        i + 1,
+                        "event {} follows event {prev_seq}: events are numbered 1..n, with gaps only where a later `pruned` event removed task results",
                         e.seq
                     ),
                 ));
             }
-            if e.serial < prev_serial || e.serial > prev_serial + 1 {
+            prev_seq = e.seq;
+            if e.serial < prev_serial || (e.serial > prev_serial + 1 && !gap) {
                 return Err(invalid(
                     id,
                     format!(
@@ -618,6 +680,7 @@ impl Snapshot {
                 (
                     EventKind::Meta
                     | EventKind::Task
+                    | EventKind::Pruned
                     | EventKind::Takeover
                     | EventKind::Drift
                     | EventKind::Verified,
@@ -1004,6 +1067,95 @@ mod tests {
         assert!(err.to_string().contains("inputs digest"), "{err}");
     }
 
+    /// Build `b` with task results two days and one hour old (seq 3 and 4) and a meta
+    /// write (seq 5), then the old result pruned (seq 6); the snapshot before the prune.
+    fn pruned(store: &mut Store, actor: &Actor) -> Snapshot {
+        let now = SystemTime::now();
+        let task = |name: &str, age: u64| crate::model::TaskRecord {
+            state: Some(5),
+            task: name.into(),
+            host: "h".into(),
+            status: "ok".into(),
+            duration_ms: None,
+            message: None,
+            at: now - std::time::Duration::from_secs(age),
+        };
+        for t in [
+            Transition::Start { state: 5 },
+            Transition::Tasks {
+                records: vec![task("old", 2 * 86_400), task("new", 3600)],
+            },
+            Transition::Meta {
+                pairs: vec![("k".into(), "v".into())],
+            },
+        ] {
+            store.transition("b", &t, actor, &Ctx::live()).unwrap();
+        }
+        let before = store.snapshot("b").unwrap();
+        let prune = Transition::PruneTasks {
+            before: now - std::time::Duration::from_secs(86_400),
+            count: 0,
+        };
+        store.transition("b", &prune, actor, &Ctx::live()).unwrap();
+        before
+    }
+
+    #[test]
+    fn numbers_may_be_missing_only_where_task_results_were_pruned() {
+        let (_dir, mut store, actor) = fresh(vec![], SystemTime::now());
+        let full = pruned(&mut store, &actor).events;
+        let snap = store.snapshot("b").unwrap();
+        let seqs: Vec<u64> = snap.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 4, 5, 6]);
+        assert_eq!(snap.schema_version, 3);
+        assert_eq!(Snapshot::from_json(&snap.to_json()).unwrap(), snap);
+
+        // Without the `pruned` event the same gap is refused, and so is a serial that
+        // jumps where no number is missing.
+        let mut v: serde_json::Value = serde_json::from_slice(&snap.to_json()).unwrap();
+        v["events"][4]["kind"] = "meta".into();
+        let err = Snapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("gaps only where"), "{err}");
+        let mut v: serde_json::Value = serde_json::from_slice(&snap.to_json()).unwrap();
+        v["events"][1]["serial"] = 3.into();
+        let err = Snapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("contiguous"), "{err}");
+
+        // Against the history before the prune: the missing task result is one the
+        // pruned side removed, whichever side compares; a missing meta write (any kind
+        // but a task result) is a different history.
+        let agree = |pruned_there: Vec<u64>| Histories::Agree { pruned_there };
+        assert_eq!(compare(&full, &snap.events), agree(vec![3]));
+        assert_eq!(compare(&snap.events, &full), agree(vec![]));
+        let mut hostile = snap.events.clone();
+        hostile.remove(3); // the meta write, seq 5
+        assert_eq!(compare(&full, &hostile), Histories::Differ { at: 5 });
+    }
+
+    #[test]
+    fn a_remote_copy_that_pruned_more_than_task_results_is_a_divergence() {
+        let (_dir, mut store, actor) = fresh(vec![], SystemTime::now());
+        let before = pruned(&mut store, &actor);
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = Store::open(&dir.path().join("other.db")).unwrap();
+        other.import(&before, false).unwrap();
+        // A copy that also dropped the meta write (which leaves the summary as it was):
+        // valid on its own, but not this build's history. Refused, nothing written.
+        let mut hostile = store.snapshot("b").unwrap();
+        hostile.events.remove(3);
+        hostile.validate().unwrap();
+        let err = other.import(&hostile, false).unwrap_err();
+        assert!(
+            matches!(&err, Error::Diverged(m) if m.contains("first different event: seq 5")),
+            "{err:?}"
+        );
+        assert_eq!(other.events("b").unwrap(), before.events);
+        // The honest copy fast-forwards: the old result leaves, the prune arrives.
+        let honest = store.snapshot("b").unwrap();
+        other.import(&honest, false).unwrap();
+        assert_eq!(other.snapshot("b").unwrap(), honest);
+    }
+
     fn persistent(state: u8, message: &str) -> Transition {
         Transition::Fail {
             state,
@@ -1031,7 +1183,7 @@ mod tests {
                 // Hours apart, so leases expire and retries come due.
                 ..Ctx::at(t0 + std::time::Duration::from_secs(3600 * (i as u64 + 1)))
             };
-            let t = match op % 15 {
+            let t = match op % 17 {
                 0 | 1 => Transition::Start { state },
                 2 if pick % 2 == 1 => Transition::Complete {
                     state,
@@ -1083,6 +1235,21 @@ mod tests {
                 13 => Transition::Unmet {
                     state,
                     message: "no token".into(),
+                },
+                14 => Transition::Tasks {
+                    records: vec![crate::model::TaskRecord {
+                        state: Some(state),
+                        task: "t".into(),
+                        host: "h".into(),
+                        status: "ok".into(),
+                        duration_ms: None,
+                        message: None,
+                        at: ctx.now - std::time::Duration::from_secs(3600 * *pick as u64),
+                    }],
+                },
+                15 => Transition::PruneTasks {
+                    before: ctx.now - std::time::Duration::from_secs(3600 * *pick as u64),
+                    count: 0,
                 },
                 _ => Transition::Verified {
                     results: vec![crate::model::VerifyResult {

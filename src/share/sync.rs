@@ -122,11 +122,14 @@ fn landed_anyway(
             Err(error)
         };
     }
-    let n = ours.events.len();
+    let last = |s: &Snapshot| s.events.last().map_or(0, |e| e.seq);
     let holds_ours = theirs.lineage == ours.lineage
         && theirs.serial >= ours.serial
-        && theirs.events.len() >= n
-        && theirs.events[..n] == ours.events[..];
+        && last(&theirs) >= last(ours)
+        && matches!(
+            crate::snapshot::compare(&ours.events, &theirs.events),
+            crate::snapshot::Histories::Agree { .. }
+        );
     if !holds_ours {
         return Err(error);
     }
@@ -356,9 +359,11 @@ pub fn status(store: &Store, remote: &Remote) -> Result<Vec<StatusRow>> {
                         None => "remote_only",
                         Some(_) => {
                             let mine = store.snapshot(&id)?;
-                            let n = mine.events.len().min(snap.events.len());
-                            if mine.lineage != snap.lineage || mine.events[..n] != snap.events[..n]
-                            {
+                            let agree = matches!(
+                                crate::snapshot::compare(&mine.events, &snap.events),
+                                crate::snapshot::Histories::Agree { .. }
+                            );
+                            if mine.lineage != snap.lineage || !agree {
                                 "diverged"
                             } else if mine.serial == snap.serial {
                                 "in_sync"

@@ -76,6 +76,20 @@ impl Store {
         Ok(ids)
     }
 
+    /// Builds holding task results recorded before `before` (retention), by id.
+    pub fn builds_with_tasks_before(&self, before: SystemTime) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT build_id FROM events
+             WHERE kind = 'task' AND at < :before ORDER BY build_id",
+        )?;
+        let ids = stmt
+            .query_map(named_params! {":before": time::format(before)}, |r| {
+                r.get(0)
+            })?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
     /// Remove a build whose snapshot at `serial` is archived as `record` says, in one
     /// transaction: its events and metadata, then its summary; the record is kept, and so
     /// are its sync marks (a pull of an unchanged remote copy then skips it without
@@ -97,9 +111,10 @@ impl Store {
             Some(_) => {}
         }
         let id = named_params! {":id": record.build_id};
-        tx.execute("INSERT INTO archive_gate (build_id) VALUES (:id)", id)?;
-        tx.execute("DELETE FROM events WHERE build_id = :id", id)?;
-        tx.execute("DELETE FROM archive_gate WHERE build_id = :id", id)?;
+        remove_events(&tx, &record.build_id, &|conn| {
+            conn.execute("DELETE FROM events WHERE build_id = :id", id)?;
+            Ok(())
+        })?;
         tx.execute("DELETE FROM build_meta WHERE build_id = :id", id)?;
         tx.execute("DELETE FROM builds WHERE build_id = :id", id)?;
         tx.execute(
@@ -148,6 +163,59 @@ impl Store {
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
         Ok(())
     }
+}
+
+/// How many task results of `build_id` were recorded before `before` (retention).
+pub(super) fn old_tasks(
+    conn: &rusqlite::Connection,
+    build_id: &str,
+    before: SystemTime,
+) -> Result<u64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM events WHERE build_id = :id AND kind = 'task' AND at < :before",
+        )?
+        .query_row(
+            named_params! {":id": build_id, ":before": time::format(before)},
+            |r| r.get(0),
+        )?)
+}
+
+/// Remove the `count` task results [`old_tasks`] counted, inside the caller's
+/// transaction (which has just appended the `pruned` event that says so): the history's
+/// one other way out besides archiving, through the same gate.
+pub(super) fn prune_tasks(
+    conn: &rusqlite::Connection,
+    build_id: &str,
+    before: SystemTime,
+    count: u64,
+) -> Result<()> {
+    remove_events(conn, build_id, &|conn| {
+        let n = conn.execute(
+            "DELETE FROM events WHERE build_id = :id AND kind = 'task' AND at < :before",
+            named_params! {":id": build_id, ":before": time::format(before)},
+        )?;
+        if n as u64 != count {
+            return Err(Error::Corrupt(format!(
+                "build '{build_id}': counted {count} old task results but found {n} to remove; nothing was written"
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// Run `delete` with the append-only gate open for `build_id` (schema v7): the
+/// caller's transaction opens and closes it, so no other write ever sees it open.
+pub(super) fn remove_events(
+    conn: &rusqlite::Connection,
+    build_id: &str,
+    delete: &dyn Fn(&rusqlite::Connection) -> Result<()>,
+) -> Result<()> {
+    let id = named_params! {":id": build_id};
+    conn.execute("INSERT INTO archive_gate (build_id) VALUES (:id)", id)?;
+    delete(conn)?;
+    conn.execute("DELETE FROM archive_gate WHERE build_id = :id", id)?;
+    Ok(())
 }
 
 /// [`Store::archived`] on a connection (or transaction) of the caller's.

@@ -313,6 +313,23 @@ impl Store {
         if crate::model::is_repeated_start(&build, t, ctx) {
             return Ok(build);
         }
+        // Retention counts what it removes inside this transaction; nothing to remove
+        // is nothing to write.
+        let counted;
+        let t = match t {
+            Transition::PruneTasks { before, .. } => {
+                let count = archive::old_tasks(&tx, build_id, *before)?;
+                if count == 0 {
+                    return Ok(build);
+                }
+                counted = Transition::PruneTasks {
+                    before: *before,
+                    count,
+                };
+                &counted
+            }
+            t => t,
+        };
         let plan = load_plan(&tx, &build.plan_hash)?;
         let change = apply(&build, &plan, t, ctx)?;
         let b = &change.build;
@@ -330,6 +347,9 @@ impl Store {
             write_id: &write_id,
         };
         append_events(&tx, &change.build, &change.events, actor, &tag, now)?;
+        if let Transition::PruneTasks { before, count } = t {
+            archive::prune_tasks(&tx, build_id, *before, *count)?;
+        }
         upsert_meta(&tx, &change.build, &change.meta)?;
         // Alerts go into the outbox in the same transaction: one is never lost, and a
         // refused write raises none.

@@ -8,7 +8,7 @@ use rusqlite::{named_params, OptionalExtension, TransactionBehavior};
 
 use super::{insert_build, load_build, load_events, load_plan, update_summary, Store};
 use crate::model::{Build, Event};
-use crate::snapshot::{AlertEntry, MetaEntry, Snapshot};
+use crate::snapshot::{AlertEntry, Histories, MetaEntry, Snapshot};
 use crate::{time, Error, Result};
 
 /// What an import did.
@@ -75,9 +75,10 @@ impl Store {
             Some(l) => {
                 let events = load_events(&tx, id)?;
                 let same_lineage = l.lineage == snap.lineage;
-                let n = events.len().min(snap.events.len());
-                let shared = same_lineage && events[..n] == snap.events[..n];
-                if shared && l.serial == snap.serial && events.len() == snap.events.len() {
+                let compared = crate::snapshot::compare(&events, &snap.events);
+                let shared = same_lineage && matches!(compared, Histories::Agree { .. });
+                let last = |h: &[Event]| h.last().map_or(0, |e| e.seq);
+                if shared && l.serial == snap.serial && last(&events) == last(&snap.events) {
                     // The same history; the lease holder may have renewed its lease
                     // through the remote since (a heartbeat is not a new serial).
                     let renewed = snap.build.lease_owner.is_some()
@@ -100,7 +101,10 @@ impl Store {
                         remote: snap.serial,
                     }
                 } else if shared && l.serial < snap.serial {
-                    append_from(&tx, snap, l, events.len())?;
+                    if let Histories::Agree { pruned_there } = &compared {
+                        prune_as_there(&tx, id, pruned_there)?;
+                    }
+                    append_from(&tx, snap, l, last(&events))?;
                     Imported::FastForward {
                         from: l.serial,
                         to: snap.serial,
@@ -110,14 +114,13 @@ impl Store {
                     // choice opens the gate for one build, inside this transaction (as
                     // archiving does, schema v7).
                     let gate = named_params! {":id": id};
-                    tx.execute("INSERT INTO archive_gate (build_id) VALUES (:id)", gate)?;
-                    for table in ["events", "build_meta", "remote_sync"] {
-                        tx.execute(
-                            &format!("DELETE FROM {table} WHERE build_id = :id"),
-                            named_params! {":id": id},
-                        )?;
+                    super::archive::remove_events(&tx, id, &|conn| {
+                        conn.execute("DELETE FROM events WHERE build_id = :id", gate)?;
+                        Ok(())
+                    })?;
+                    for table in ["build_meta", "remote_sync"] {
+                        tx.execute(&format!("DELETE FROM {table} WHERE build_id = :id"), gate)?;
                     }
-                    tx.execute("DELETE FROM archive_gate WHERE build_id = :id", gate)?;
                     tx.execute(
                         "DELETE FROM builds WHERE build_id = :id",
                         named_params! {":id": id},
@@ -130,14 +133,13 @@ impl Store {
                 } else {
                     let why = if same_lineage {
                         format!(
-                            "the histories diverged (local serial {}, remote serial {}, different events after seq {})",
+                            "the histories diverged (local serial {}, remote serial {}, first different event: seq {})",
                             l.serial,
                             snap.serial,
-                            events
-                                .iter()
-                                .zip(&snap.events)
-                                .take_while(|(a, b)| a == b)
-                                .count()
+                            match compared {
+                                Histories::Differ { at } => at,
+                                Histories::Agree { .. } => last(&events).min(last(&snap.events)) + 1,
+                            }
                         )
                     } else {
                         format!(
@@ -373,15 +375,33 @@ fn write_whole(tx: &rusqlite::Transaction<'_>, snap: &Snapshot) -> Result<()> {
     write_meta(tx, snap)
 }
 
-/// Append the snapshot's events after the first `have`, and take its summary and
-/// metadata. The local lease goes: the attempt it covered is no longer the latest.
+/// Remove the task results the remote copy pruned (their `pruned` event comes with the
+/// events appended next), through the append-only gate.
+fn prune_as_there(tx: &rusqlite::Transaction<'_>, build_id: &str, seqs: &[u64]) -> Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    super::archive::remove_events(tx, build_id, &|conn| {
+        let mut stmt = conn.prepare_cached(
+            "DELETE FROM events WHERE build_id = :id AND seq = :seq AND kind = 'task'",
+        )?;
+        for seq in seqs {
+            stmt.execute(named_params! {":id": build_id, ":seq": seq})?;
+        }
+        Ok(())
+    })
+}
+
+/// Append the snapshot's events after event `have`, and take its summary and metadata.
+/// The local lease goes: the attempt it covered is no longer the latest.
 fn append_from(
     tx: &rusqlite::Transaction<'_>,
     snap: &Snapshot,
     local: &Build,
-    have: usize,
+    have: u64,
 ) -> Result<()> {
-    insert_events(tx, &snap.build_id, &snap.events[have..])?;
+    let start = snap.events.partition_point(|e| e.seq <= have);
+    insert_events(tx, &snap.build_id, &snap.events[start..])?;
     if update_summary(tx, &snap.build, local.serial)? != 1 {
         return Err(Error::Corrupt(format!(
             "build '{}' changed underneath the import",

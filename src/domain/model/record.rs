@@ -62,6 +62,9 @@ pub enum EventKind {
     Drift,
     /// A completed state's verify command passed.
     Verified,
+    /// Task results older than a cut-off (its `until`) left the history: retention
+    /// (`monitor prune-tasks`). Their numbers stay unused; the message says how many.
+    Pruned,
 }
 
 text_enum!(Status {
@@ -73,7 +76,7 @@ text_enum!(EventKind {
     Interrupt => "interrupt", Takeover => "takeover", Retry => "retry", Skip => "skip",
     Rollback => "rollback", Cancel => "cancel", Task => "task", Force => "force",
     Reset => "reset", Rerun => "rerun", Prerequisite => "prerequisite", Drift => "drift",
-    Verified => "verified",
+    Verified => "verified", Pruned => "pruned",
 });
 
 impl EventKind {
@@ -164,7 +167,8 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_id: Option<String>,
     /// The time the write set: the lease's expiry on a start, the next retry on a fail,
-    /// an interrupt or a retry (`None` on a fail: the state is blocked).
+    /// an interrupt or a retry (`None` on a fail: the state is blocked); on a `pruned`
+    /// event, the cut-off: task results recorded before it were removed.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

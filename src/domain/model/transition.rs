@@ -77,6 +77,13 @@ pub enum Transition {
     Tasks {
         records: Vec<TaskRecord>,
     },
+    /// Retention: the `count` task results recorded before `before` leave the history
+    /// (the store counts them and removes them in the same transaction); one `pruned`
+    /// event says so. The build does not change.
+    PruneTasks {
+        before: SystemTime,
+        count: u64,
+    },
 }
 
 /// Why completed states run again.
@@ -245,6 +252,7 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
         Transition::Skip { state, reason } => skip(b, plan, ctx, state, reason, &mut c),
         Transition::Rollback { to, reason } => rollback(b, plan, ctx, to, reason, &mut c),
         Transition::Tasks { records } => tasks(records, &mut c),
+        Transition::PruneTasks { before, count } => pruned(*before, *count, &mut c),
         Transition::Reopen { from, reason, why } => {
             reopen(b, plan, ctx, *from, reason, *why, &mut c)
         }
@@ -668,6 +676,35 @@ pub(super) fn tasks(records: &[TaskRecord], c: &mut Change) -> Result<()> {
         c.events.push(e);
     }
     Ok(())
+}
+
+/// Retention of task results: the event that says how many left and the cut-off.
+pub(super) fn pruned(before: SystemTime, count: u64, c: &mut Change) -> Result<()> {
+    if count == 0 {
+        return Err(Error::InvalidInput("no task results to prune".into()));
+    }
+    let mut e = event(
+        EventKind::Pruned,
+        None,
+        None,
+        Some(format!(
+            "{count} {PRUNED_SUFFIX} {} removed (retention)",
+            time::format(before)
+        )),
+    );
+    e.until = Some(before);
+    c.events.push(e);
+    Ok(())
+}
+
+const PRUNED_SUFFIX: &str = "task result(s) recorded before";
+
+/// How many task results a `pruned` event says it removed.
+pub fn pruned_count(e: &Event) -> Option<u64> {
+    let (n, rest) = e.message.as_deref()?.split_once(' ')?;
+    (e.kind == EventKind::Pruned && rest.starts_with(PRUNED_SUFFIX))
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 /// Completed states run again from `from`: a person's force or reset, or stale inputs.
