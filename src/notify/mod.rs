@@ -215,3 +215,68 @@ pub fn depth(conn: &Connection, now: SystemTime) -> Result<(u64, u64, Option<Dur
         .map(|t| now.duration_since(t).unwrap_or_default());
     Ok((pending, gave_up, age))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Actor;
+    use crate::model::{Ctx, InitRequest, Transition};
+    use crate::store::Store;
+
+    #[test]
+    fn delivered_and_given_up_alerts_follow_their_retention_pending_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let actor = Actor::from_env("test");
+        let now = SystemTime::now();
+        let old = now - Duration::from_secs(40 * 86_400);
+        // One cancelled-build alert each, raised 40 days ago or now, in this order.
+        for (id, at) in [
+            ("old-sent", old),
+            ("old-gave-up", old),
+            ("new-sent", now),
+            ("old-due", old),
+        ] {
+            let req = InitRequest {
+                build_id: id.into(),
+                cloud: "aws".into(),
+                image: "rhel9".into(),
+                plan: crate::plan::Plan::default_plan(),
+                meta: vec![],
+            };
+            store.init(&req, &actor, at).unwrap();
+            let cancel = Transition::Cancel {
+                reason: "stop".into(),
+            };
+            store.transition(id, &cancel, &actor, &Ctx::at(at)).unwrap();
+        }
+        let conn = store.connection();
+        let until = now + Duration::from_secs(60);
+        let outcomes = [
+            Settle::Delivered,
+            Settle::GaveUp { error: "404" },
+            Settle::Delivered,
+        ];
+        for outcome in outcomes {
+            let c = claim(conn, "w", now, until).unwrap().unwrap();
+            assert_eq!(settle(conn, c.id, "w", outcome, now).unwrap(), 1);
+        }
+        assert_eq!(
+            prune(&store, Duration::from_secs(30 * 86_400), now).unwrap(),
+            2
+        );
+        let left: Vec<(String, String)> = conn
+            .prepare("SELECT build_id, state FROM alerts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let want = [("new-sent", "delivered"), ("old-due", "pending")];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(left, want);
+    }
+}

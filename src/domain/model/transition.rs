@@ -77,11 +77,12 @@ pub enum Transition {
     Tasks {
         records: Vec<TaskRecord>,
     },
-    /// Retention: the `count` task results recorded before `before` leave the history
-    /// (the store counts them and removes them in the same transaction); one `pruned`
-    /// event says so. The build does not change.
+    /// Retention: the task results recorded before `before` leave the history; one
+    /// `pruned` event says how many. The build does not change.
     PruneTasks {
         before: SystemTime,
+        /// How many: callers pass 0, the store fills in what it counts and removes in the
+        /// same transaction (a build with none is not written).
         count: u64,
     },
 }
