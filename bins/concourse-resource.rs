@@ -2,8 +2,9 @@
 //! same binary; it looks at the name it was run as), or run as
 //! `concourse-resource check|in|out [DIR]`. Logic: buildstate::concourse.
 
+use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use buildstate::concourse::{check, fetch, put, Request};
@@ -19,66 +20,55 @@ Concourse with the request as JSON on stdin; or run it as:
   concourse-resource in DEST        < request.json
   concourse-resource out SRC        < request.json
 
-stdout carries only the JSON answer; messages go to stderr. Exit codes: docs/exit-codes.md.
-Options: --help (this text), --json (errors also as JSON on stdout).
-";
+stdout carries only the JSON answer; messages go to stderr. Exit codes: docs/exit-codes.md
+(a mistyped step or option: 2, before stdin is read).";
 
-/// The command line for `--generate` (completions, man page): the same as HELP says.
-fn command() -> clap::Command {
-    use clap::{Arg, ArgAction, Command};
-    let json = || {
-        Arg::new("json")
-            .long("json")
-            .action(ArgAction::SetTrue)
-            .help("Errors also as JSON on stdout")
-    };
-    Command::new("concourse-resource")
-        .version(env!("CARGO_PKG_VERSION"))
-        .about("The buildstate Concourse resource: check, in and out, with the request as JSON on stdin")
-        .long_about(HELP)
-        .arg(json())
-        .subcommand(Command::new("check").about("List new versions of the build (request on stdin)"))
-        .subcommand(
-            Command::new("in")
-                .about("Fetch one version into DEST: decision.json, resume-metadata, snapshot.json, history.json")
-                .arg(Arg::new("DEST").required(true).value_hint(clap::ValueHint::DirPath)),
-        )
-        .subcommand(
-            Command::new("out")
-                .about("Perform one transition through the remote; files named by params are in SRC")
-                .arg(Arg::new("SRC").required(true).value_hint(clap::ValueHint::DirPath)),
-        )
+/// The command line, checked before the request is read from stdin: a mistyped step or
+/// option is a usage error (exit 2) at once, not after a request that never comes.
+#[derive(clap::Parser)]
+#[command(
+    name = "concourse-resource",
+    version,
+    about = "The buildstate Concourse resource: check, in and out, with the request as JSON on stdin",
+    long_about = HELP
+)]
+struct Args {
+    /// Errors also as JSON on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    step: Step,
 }
 
-fn run() -> Result<Option<serde_json::Value>> {
-    let mut args: Vec<String> = buildstate::cli::args()
-        .into_iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    // Options never reach the steps: --help answers before stdin is read.
-    if args.iter().skip(1).any(|a| a == "--help" || a == "-h") {
-        buildstate::cli::out(format_args!("{HELP}"))?;
-        return Ok(None);
+#[derive(clap::Subcommand)]
+enum Step {
+    /// List new versions of the build (request on stdin)
+    Check,
+    /// Fetch one version into DEST: decision.json, resume-metadata, snapshot.json, history.json
+    In {
+        #[arg(value_name = "DEST", value_hint = clap::ValueHint::DirPath)]
+        dest: PathBuf,
+    },
+    /// Perform one transition through the remote; files named by params are in SRC
+    Out {
+        #[arg(value_name = "SRC", value_hint = clap::ValueHint::DirPath)]
+        src: PathBuf,
+    },
+}
+
+/// The arguments as the parser reads them: installed as /opt/resource/check (in, out),
+/// the step is the name Concourse ran.
+fn argv() -> Vec<OsString> {
+    let mut args = buildstate::cli::args();
+    let called = args.first().map(Path::new).and_then(Path::file_name);
+    if let Some(step) = called.filter(|n| ["check", "in", "out"].iter().any(|s| n == s)) {
+        args[0] = step.to_os_string();
+        args.insert(0, "concourse-resource".into());
     }
-    args.retain(|a| a != "--json");
-    let called = PathBuf::from(args.first().cloned().unwrap_or_default());
-    let name = called
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("")
-        .to_string();
-    let step = if matches!(name.as_str(), "check" | "in" | "out") {
-        args.remove(0);
-        name
-    } else {
-        args.remove(0);
-        if args.is_empty() {
-            return Err(Error::InvalidInput(
-                "usage: concourse-resource check|in DEST|out SRC, with the request on stdin (docs/concourse.md)".into(),
-            ));
-        }
-        args.remove(0)
-    };
+    args
+}
+
+fn run(step: &Step) -> Result<serde_json::Value> {
     let mut stdin = Vec::new();
     std::io::stdin()
         .read_to_end(&mut stdin)
@@ -87,35 +77,21 @@ fn run() -> Result<Option<serde_json::Value>> {
             source,
         })?;
     let req = Request::parse(&stdin)?;
-    let dir = || {
-        args.first()
-            .map(PathBuf::from)
-            .ok_or_else(|| Error::InvalidInput(format!("{step}: the folder argument is missing")))
-    };
-    match step.as_str() {
-        "check" => check(&req),
-        "in" => fetch(&req, &dir()?),
-        "out" => put(&req, &dir()?),
-        other => Err(Error::InvalidInput(format!(
-            "unknown step '{other}': use check, in or out"
-        ))),
+    match step {
+        Step::Check => check(&req),
+        Step::In { dest } => fetch(&req, dest),
+        Step::Out { src } => put(&req, src),
     }
-    .map(Some)
 }
 
 pub fn main() -> ExitCode {
-    if let Some(code) = buildstate::cli::generate(command(), "concourse-resource") {
-        return code;
-    }
-    let json = buildstate::cli::args()
-        .iter()
-        .skip(1)
-        .any(|a| a == "--json");
+    let args: Args = match buildstate::cli::parse_from("concourse-resource", argv()) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let json = args.json;
     // stdout carries only the answer; everything for people went to stderr.
-    let answered = run().and_then(|answer| match answer {
-        Some(a) => buildstate::cli::outln(format_args!("{a}")),
-        None => Ok(()),
-    });
+    let answered = run(&args.step).and_then(|a| buildstate::cli::outln(format_args!("{a}")));
     match answered {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1145,17 +1145,39 @@ fn usage_errors_and_typos_say_what_to_do() {
 #[test]
 fn the_concourse_resource_answers_help_without_stdin_and_without_colour() {
     let bin = util::bin("concourse-resource");
-    let mut child = std::process::Command::new(&bin)
-        .arg("--help")
-        .stdin(std::process::Stdio::piped()) // held open: reading it would hang
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    util::poll_until("--help to answer", || child.try_wait().unwrap().is_some());
-    let out = child.wait_with_output().unwrap();
+    // With stdin held open (reading it would hang): --help answers, and a mistyped
+    // option, step or folder count is a usage error, all before the request is read.
+    let answer = |args: &[&str]| {
+        let mut child = std::process::Command::new(&bin)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        util::poll_until("an answer without stdin", || {
+            child.try_wait().unwrap().is_some()
+        });
+        child.wait_with_output().unwrap()
+    };
+    let out = answer(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("concourse-resource check"));
+    for (args, says) in [
+        (&["--bogus"][..], "unexpected argument '--bogus'"),
+        (&["check", "--bogus"], "unexpected argument '--bogus'"),
+        (&["chek"], "similar subcommand exists: 'check'"),
+        (&["in"], "<DEST>"),
+        (&["out", "a", "b"], "unexpected argument 'b'"),
+    ] {
+        let out = answer(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit::USAGE), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let out = answer(&["check", "--bogus", "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["error"]["kind"], "usage");
     let out = std::process::Command::new(&bin)
         .args(["check", "--json"])
         .stdin(std::process::Stdio::null())
@@ -1209,7 +1231,13 @@ fn every_command_gets_completions_and_a_man_page_naming_every_flag() {
         let man = std::fs::read_to_string(share.join(format!("man/man1/{c}.1"))).unwrap();
         assert!(man.contains(&format!(".TH {c} 1")), "{c}: {}", &man[..200]);
         let man = man.replace("\\-", "-");
-        let help = util::Env::new().run(c, &["--help"]);
+        let env = util::Env::new();
+        let mut cmd = env.command(c);
+        if c == "concourse-resource" {
+            // It has no --db (the request's source says where the build is).
+            cmd = std::process::Command::new(util::bin(c));
+        }
+        let help = env.run_with(cmd.arg("--help"), None);
         assert_eq!(help.code, 0, "{c}: {}", help.stderr);
         for f in flag.find_iter(&help.stdout) {
             assert!(

@@ -132,10 +132,19 @@ pub fn generate(cmd: clap::Command, tool: &'static str) -> Option<ExitCode> {
 /// it, stdout carries `{"error": {"kind": "usage", ...}}`; the message goes to stderr and
 /// the exit code is 2. `--help` and `--version` print as usual.
 pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, ExitCode> {
+    parse_from(tool, args())
+}
+
+/// [`parse`] of `argv` (a command that rewrites its arguments first, as the Concourse
+/// resource does for the name it was installed under).
+pub fn parse_from<T: clap::Parser>(
+    tool: &'static str,
+    argv: Vec<std::ffi::OsString>,
+) -> std::result::Result<T, ExitCode> {
     if let Some(code) = generate(T::command(), tool) {
         return Err(code);
     }
-    match T::try_parse_from(args()) {
+    match T::try_parse_from(&argv) {
         Ok(args) => Ok(args),
         Err(e) => {
             use clap::error::ErrorKind;
@@ -153,10 +162,10 @@ pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, Exit
                 };
                 return Err(ExitCode::from(code as u8));
             }
-            let json = args()
-                .into_iter()
+            let json = argv
+                .iter()
                 .skip(1)
-                .take_while(|a| a != "--")
+                .take_while(|a| *a != "--")
                 .any(|a| a == "--json");
             // clap quotes the offending argument, which may be a secret typed in the
             // wrong place.
@@ -168,7 +177,7 @@ pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, Exit
                     // came from the environment (BUILDSTATE_DB, BUILDSTATE_REMOTE), which
                     // then read as if they were required: only what was typed is shown.
                     let l = if l.starts_with("Usage:") {
-                        let typed = args();
+                        let typed = &argv;
                         let mut l = l.to_string();
                         for (flag, shown) in
                             [("--db", " --db <PATH>"), ("--remote", " --remote <URL>")]
@@ -199,7 +208,7 @@ pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, Exit
             // an unknown argument.
             if tool == "run-state"
                 && e.kind() == ErrorKind::UnknownArgument
-                && !args().iter().any(|a| a == "--")
+                && !argv.iter().any(|a| a == "--")
             {
                 message.push_str(
                     "tip: the command to run goes after --: run-state BUILD_ID STATE -- COMMAND [ARGS...]\n",
