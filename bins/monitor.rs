@@ -203,6 +203,14 @@ fn archive_remote(args: &Args) -> Result<buildstate::remote::Remote> {
     })
 }
 
+/// Print `value` as one line of JSON (every subcommand's --json answer).
+fn json_line(value: &impl serde::Serialize) -> Result<()> {
+    buildstate::cli::outln(format_args!(
+        "{}",
+        serde_json::to_string(value).expect("serializes")
+    ))
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -215,10 +223,7 @@ fn run(args: &Args) -> Result<i32> {
             let store = fleet(args, "not checked")?;
             let findings = monitor::check(&store, now, *factor)?;
             if json {
-                buildstate::cli::outln(format_args!(
-                    "{}",
-                    serde_json::to_string(&findings).expect("serializes")
-                ))?;
+                json_line(&findings)?;
             } else {
                 for f in &findings {
                     let state = f
@@ -265,10 +270,7 @@ fn run(args: &Args) -> Result<i32> {
             let store = fleet(args, "shown as last pulled")?;
             let rows = monitor::status(&store, now)?;
             if json {
-                buildstate::cli::outln(format_args!(
-                    "{}",
-                    serde_json::to_string(&rows).expect("serializes")
-                ))?;
+                json_line(&rows)?;
                 return Ok(exit::OK);
             }
             // A plain fixed-width table, written in one buffered pass with no string per
@@ -444,10 +446,7 @@ fn run(args: &Args) -> Result<i32> {
             let store = fleet(args, "left out of the figures")?;
             let stats = window.stats(&store, now)?;
             if json {
-                buildstate::cli::outln(format_args!(
-                    "{}",
-                    serde_json::to_string(&stats).expect("serializes")
-                ))?;
+                json_line(&stats)?;
             } else {
                 buildstate::cli::out(format_args!("{}", stats.text(*builds)))?;
             }
@@ -526,10 +525,7 @@ fn run(args: &Args) -> Result<i32> {
                 eprintln!("monitor: {id}: left here: {why}");
             }
             if json {
-                buildstate::cli::outln(format_args!(
-                    "{}",
-                    serde_json::to_string(&report).expect("serializes")
-                ))?;
+                json_line(&report)?;
             } else {
                 buildstate::cli::outln(format_args!(
                     "archived {} of {} matching build(s) to {}; database {} -> {}{}",
@@ -563,10 +559,7 @@ fn run(args: &Args) -> Result<i32> {
                 eprintln!("monitor: {id}: task results not pruned: {why}");
             }
             if json {
-                buildstate::cli::outln(format_args!(
-                    "{}",
-                    serde_json::to_string(&report).expect("serializes")
-                ))?;
+                json_line(&report)?;
             } else {
                 let removed: u64 = report.pruned.iter().map(|(_, n)| n).sum();
                 buildstate::cli::outln(format_args!(
@@ -584,10 +577,7 @@ fn run(args: &Args) -> Result<i32> {
             let mut store = args.common.create()?;
             let r = buildstate::archive::unarchive(&mut store, &remote, build_id)?;
             if json {
-                buildstate::cli::outln(format_args!(
-                    "{}",
-                    serde_json::to_string(&r).expect("serializes")
-                ))?;
+                json_line(&r)?;
             } else {
                 buildstate::cli::outln(format_args!(
                     "build {}: back from the archive of {} (serial {}, {} events)",
