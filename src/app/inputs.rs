@@ -693,6 +693,22 @@ pub fn rerun_if_stale(
     ctx: &crate::model::Ctx<'_>,
 ) -> Result<bool> {
     w.refresh(build_id)?;
+    rerun_if_stale_here(w, build_id, state, root_dir, None, actor, ctx)
+}
+
+/// [`rerun_if_stale`] judged on this database's copy as it is, for a caller that has
+/// just brought it up to date (run-state, at the top of each round), with the stale
+/// states it already found for this copy (`known`), if any: no second pull, no second
+/// hash. The write itself still goes through the remote in remote mode.
+pub fn rerun_if_stale_here(
+    w: &mut crate::sync::Writer,
+    build_id: &str,
+    state: u8,
+    root_dir: Option<&Path>,
+    known: Option<&[crate::manifest::Stale]>,
+    actor: &crate::context::Actor,
+    ctx: &crate::model::Ctx<'_>,
+) -> Result<bool> {
     let Some(b) = w.build(build_id)? else {
         return Ok(false);
     };
@@ -704,8 +720,15 @@ pub fn rerun_if_stale(
     {
         return Ok(false);
     }
-    let plan = w.plan(&b.plan_hash)?;
-    let stale = stale_of(w, &b, &plan, root_dir, false)?;
+    let found;
+    let stale = match known {
+        Some(k) => k,
+        None => {
+            let plan = w.plan(&b.plan_hash)?;
+            found = stale_of(w, &b, &plan, root_dir, false)?;
+            &found
+        }
+    };
     let Some(first) = stale.first().filter(|f| f.state == state) else {
         return Ok(false);
     };

@@ -264,14 +264,18 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             .build(&opts.build_id)?
             .ok_or_else(|| Error::UnknownBuild(opts.build_id.clone()))?;
         let plan = store.plan(&build.plan_hash)?;
-        let stale = if opts.state.is_none()
-            && matches!(build.status, Status::Pending | Status::Completed)
-        {
-            crate::inputs::stale_of(store, &build, &plan, opts.inputs_root.as_deref(), false)?
-        } else {
-            Vec::new()
-        };
-        let decision = crate::decide::decide_with_stale(Some(&build), &plan, now, stale);
+        // Judged once per round on the copy just pulled: the decision and the rerun
+        // below share it (None: not judged, the rerun judges for an explicit state).
+        let stale = (opts.state.is_none()
+            && matches!(build.status, Status::Pending | Status::Completed))
+        .then(|| crate::inputs::stale_of(store, &build, &plan, opts.inputs_root.as_deref(), false))
+        .transpose()?;
+        let decision = crate::decide::decide_with_stale(
+            Some(&build),
+            &plan,
+            now,
+            stale.clone().unwrap_or_default(),
+        );
 
         // Which state, and is it time?
         let state = match opts.state {
@@ -320,7 +324,15 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
         };
         // A completed state runs again only if it is stale: the rerun is recorded first.
         let root = opts.inputs_root.as_deref();
-        crate::inputs::rerun_if_stale(store, &opts.build_id, state, root, actor, &ctx)?;
+        crate::inputs::rerun_if_stale_here(
+            store,
+            &opts.build_id,
+            state,
+            root,
+            stale.as_deref(),
+            actor,
+            &ctx,
+        )?;
         if let Some(reason) =
             crate::verify::check_requires(store, &opts.build_id, state, actor, &ctx)?
         {
