@@ -304,7 +304,8 @@ pub fn pull_all(
             Ok(Synced {
                 build_id: id,
                 outcome,
-                local_serial: Some(m.serial),
+                // An archived build is not in this database, fetched or not.
+                local_serial: (!m.archived).then_some(m.serial),
                 remote_serial: Some(m.mark.serial),
                 fetched: Some(false),
             }),

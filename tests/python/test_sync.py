@@ -22,6 +22,8 @@ from typing import Iterator
 import jsonschema
 import pytest
 
+import buildstate
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 VENV_BIN = Path(sys.executable).parent
@@ -264,7 +266,7 @@ def test_the_fleet_from_a_machine_with_no_database(server: Server, tmp_path: Pat
     report = json.loads(cron.run("monitor", "archive", "--cancelled-before", "0s", "--json").stdout)
     assert ids[4] in report["archived"], report
     after = pull()
-    assert (after[ids[4]]["outcome"], after[ids[4]]["fetched"]) == ("archived", False), after[ids[4]]
+    assert (after[ids[4]]["outcome"], after[ids[4]]["fetched"], after[ids[4]]["local_serial"]) == ("archived", False, None), after[ids[4]]
     assert "is archived" in cron.run("check-state", ids[4], check=3).stderr
 
 
@@ -287,6 +289,18 @@ def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
     w.run("update-state", "img-2", "cancel", "--reason", "not needed")
     snapshot = json.loads((remote / "builds" / "img-2.json").read_text())
     assert snapshot["signature"]["alg"] == "hmac-sha256" and snapshot["alerts"][0]["kind"] == "cancelled"
+    jsonschema.validate(snapshot, schema, format_checker=jsonschema.FormatChecker())
+    # Task results pruned by retention: schema version 3, numbers missing below the
+    # pruned event.
+    a.run("init-state", "img-3", "--cloud", "aws", "--image", "rhel9")
+    store = buildstate.Store(str(a.db))
+    store.task("img-3", "install packages", "web-1", "ok", state=5)
+    store.flush()
+    a.run("monitor", "prune-tasks", "--older-than", "0s")
+    a.run("sync-cloud", "push", "img-3")
+    snapshot = json.loads((remote / "builds" / "img-3.json").read_text())
+    assert snapshot["schema_version"] == 3 and [e["kind"] for e in snapshot["events"]] == ["init", "pruned"], snapshot
+    assert [e["seq"] for e in snapshot["events"]] == [1, 3]
     jsonschema.validate(snapshot, schema, format_checker=jsonschema.FormatChecker())
 
 
