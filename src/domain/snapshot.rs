@@ -262,10 +262,22 @@ pub enum Histories {
     Differ { at: u64 },
 }
 
+impl Histories {
+    /// Whether the two histories agree (see [`Histories::Agree`]).
+    pub fn agree(&self) -> bool {
+        matches!(self, Histories::Agree { .. })
+    }
+}
+
+/// The number of a history's last event (0 for none): where task results were pruned,
+/// more than the number of events it holds.
+pub fn last_seq(events: &[Event]) -> u64 {
+    events.last().map_or(0, |e| e.seq)
+}
+
 /// Compare `mine` with `theirs` (see [`Histories`]).
 pub fn compare(mine: &[Event], theirs: &[Event]) -> Histories {
-    let last = |h: &[Event]| h.last().map_or(0, |e| e.seq);
-    let limit = last(mine).min(last(theirs));
+    let limit = last_seq(mine).min(last_seq(theirs));
     let (pruned_mine, pruned_theirs) = (last_pruned(mine), last_pruned(theirs));
     let mut pruned_there = Vec::new();
     let (mut a, mut b) = (mine.iter().peekable(), theirs.iter().peekable());

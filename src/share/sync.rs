@@ -122,14 +122,11 @@ fn landed_anyway(
             Err(error)
         };
     }
-    let last = |s: &Snapshot| s.events.last().map_or(0, |e| e.seq);
+    let last = |s: &Snapshot| crate::snapshot::last_seq(&s.events);
     let holds_ours = theirs.lineage == ours.lineage
         && theirs.serial >= ours.serial
         && last(&theirs) >= last(ours)
-        && matches!(
-            crate::snapshot::compare(&ours.events, &theirs.events),
-            crate::snapshot::Histories::Agree { .. }
-        );
+        && crate::snapshot::compare(&ours.events, &theirs.events).agree();
     if !holds_ours {
         return Err(error);
     }
@@ -360,11 +357,8 @@ pub fn status(store: &Store, remote: &Remote) -> Result<Vec<StatusRow>> {
                         None => "remote_only",
                         Some(_) => {
                             let mine = store.snapshot(&id)?;
-                            let agree = matches!(
-                                crate::snapshot::compare(&mine.events, &snap.events),
-                                crate::snapshot::Histories::Agree { .. }
-                            );
-                            if mine.lineage != snap.lineage || !agree {
+                            let histories = crate::snapshot::compare(&mine.events, &snap.events);
+                            if mine.lineage != snap.lineage || !histories.agree() {
                                 "diverged"
                             } else if mine.serial == snap.serial {
                                 "in_sync"

@@ -8,7 +8,7 @@ use rusqlite::{named_params, OptionalExtension, TransactionBehavior};
 
 use super::{insert_build, load_build, load_events, load_plan, update_summary, Store};
 use crate::model::{Build, Event};
-use crate::snapshot::{AlertEntry, Histories, MetaEntry, Snapshot};
+use crate::snapshot::{last_seq, AlertEntry, Histories, MetaEntry, Snapshot};
 use crate::{time, Error, Result};
 
 /// What an import did.
@@ -76,9 +76,9 @@ impl Store {
                 let events = load_events(&tx, id)?;
                 let same_lineage = l.lineage == snap.lineage;
                 let compared = crate::snapshot::compare(&events, &snap.events);
-                let shared = same_lineage && matches!(compared, Histories::Agree { .. });
-                let last = |h: &[Event]| h.last().map_or(0, |e| e.seq);
-                if shared && l.serial == snap.serial && last(&events) == last(&snap.events) {
+                let shared = same_lineage && compared.agree();
+                let (here, there) = (last_seq(&events), last_seq(&snap.events));
+                if shared && l.serial == snap.serial && here == there {
                     // The same history; the lease holder may have renewed its lease
                     // through the remote since (a heartbeat is not a new serial).
                     let renewed = snap.build.lease_owner.is_some()
@@ -104,7 +104,7 @@ impl Store {
                     if let Histories::Agree { pruned_there } = &compared {
                         prune_as_there(&tx, id, pruned_there)?;
                     }
-                    append_from(&tx, snap, l, last(&events))?;
+                    append_from(&tx, snap, l, here)?;
                     Imported::FastForward {
                         from: l.serial,
                         to: snap.serial,
@@ -138,7 +138,7 @@ impl Store {
                             snap.serial,
                             match compared {
                                 Histories::Differ { at } => at,
-                                Histories::Agree { .. } => last(&events).min(last(&snap.events)) + 1,
+                                Histories::Agree { .. } => here.min(there) + 1,
                             }
                         )
                     } else {
