@@ -135,10 +135,10 @@ pub fn prune_tasks(
             Ok(b) => {
                 // The write's own event says how many left (none: nothing was old any
                 // more once the remote's copy was pulled).
-                let events = store.events(id)?;
-                let n = events
+                let n = store
+                    .events_since(id, b.serial)?
                     .last()
-                    .filter(|e| e.serial == b.serial && e.until == Some(before))
+                    .filter(|e| e.until == Some(before))
                     .and_then(crate::model::pruned_count);
                 if let Some(n) = n {
                     report.pruned.push((id.clone(), n));

@@ -454,6 +454,11 @@ impl Store {
         load_events(&self.conn, build_id)
     }
 
+    /// The events of the writes from `serial` on (one write's: its serial).
+    pub fn events_since(&self, build_id: &str, serial: u64) -> Result<Vec<Event>> {
+        load_events_since(&self.conn, build_id, serial)
+    }
+
     pub fn metadata(&self, build_id: &str) -> Result<BTreeMap<String, String>> {
         load_meta(&self.conn, build_id)
     }
@@ -619,12 +624,16 @@ fn load_plan(conn: &Connection, hash: &str) -> Result<Plan> {
 }
 
 fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
+    load_events_since(conn, build_id, 0)
+}
+
+fn load_events_since(conn: &Connection, build_id: &str, serial: u64) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, serial, at, kind, state, attempt, message, category, exit_code,
                 duration_ms, actor, owner, write_id, until, inputs
-         FROM events WHERE build_id = :id ORDER BY seq",
+         FROM events WHERE build_id = :id AND serial >= :serial ORDER BY seq",
     )?;
-    let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
+    let rows = stmt.query_map(named_params! {":id": build_id, ":serial": serial}, |r| {
         Ok((
             r.get::<_, u64>(0)?,
             r.get::<_, u64>(1)?,
