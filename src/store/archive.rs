@@ -78,10 +78,9 @@ impl Store {
 
     /// Builds holding task results recorded before `before` (retention), by id.
     pub fn builds_with_tasks_before(&self, before: SystemTime) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT DISTINCT build_id FROM events
-             WHERE kind = 'task' AND at < :before ORDER BY build_id",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT DISTINCT build_id FROM events WHERE {OLD_TASKS} ORDER BY build_id"
+        ))?;
         let ids = stmt
             .query_map(named_params! {":before": time::format(before)}, |r| {
                 r.get(0)
@@ -165,6 +164,10 @@ impl Store {
     }
 }
 
+/// Which events retention removes: task results recorded before `:before`. Counting,
+/// finding and removing them must agree, so all three use this.
+const OLD_TASKS: &str = "kind = 'task' AND at < :before";
+
 /// How many task results of `build_id` were recorded before `before` (retention).
 pub(super) fn old_tasks(
     conn: &rusqlite::Connection,
@@ -172,9 +175,9 @@ pub(super) fn old_tasks(
     before: SystemTime,
 ) -> Result<u64> {
     Ok(conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM events WHERE build_id = :id AND kind = 'task' AND at < :before",
-        )?
+        .prepare_cached(&format!(
+            "SELECT COUNT(*) FROM events WHERE build_id = :id AND {OLD_TASKS}"
+        ))?
         .query_row(
             named_params! {":id": build_id, ":before": time::format(before)},
             |r| r.get(0),
@@ -192,7 +195,7 @@ pub(super) fn prune_tasks(
 ) -> Result<()> {
     remove_events(conn, build_id, &|conn| {
         let n = conn.execute(
-            "DELETE FROM events WHERE build_id = :id AND kind = 'task' AND at < :before",
+            &format!("DELETE FROM events WHERE build_id = :id AND {OLD_TASKS}"),
             named_params! {":id": build_id, ":before": time::format(before)},
         )?;
         if n as u64 != count {
