@@ -23,6 +23,9 @@
 macro_rules! text_enum {
     ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
         impl $t {
+            /// Every value, in the order declared.
+            pub const ALL: &'static [$t] = &[$(<$t>::$v),+];
+
             pub fn as_str(self) -> &'static str {
                 match self { $(<$t>::$v => $s),+ }
             }

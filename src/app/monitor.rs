@@ -292,14 +292,7 @@ pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
             counts.insert(s, n);
         }
     }
-    for s in [
-        "pending",
-        "running",
-        "waiting",
-        "blocked",
-        "completed",
-        "cancelled",
-    ] {
+    for s in crate::model::Status::ALL.iter().map(|s| s.as_str()) {
         let _ = writeln!(
             out,
             "buildstate_builds{{status=\"{s}\"}} {}",

@@ -365,7 +365,7 @@ impl Plan {
         self.state(id)
             .and_then(|s| s.alerts.as_deref())
             .or(self.alerts.as_deref())
-            .unwrap_or(&AlertKind::ALL)
+            .unwrap_or(AlertKind::ALL)
     }
 
     /// The last completed state once states are reopened from `from` (`None`: every

@@ -170,17 +170,6 @@ text_enum!(AlertKind {
     Rollback => "rollback", Takeover => "takeover", Stuck => "stuck",
 });
 
-impl AlertKind {
-    pub const ALL: [AlertKind; 6] = [
-        AlertKind::Blocked,
-        AlertKind::Completed,
-        AlertKind::Cancelled,
-        AlertKind::Rollback,
-        AlertKind::Takeover,
-        AlertKind::Stuck,
-    ];
-}
-
 /// Rules that put a failure into a [`Category`]. A plan has a global set (`[classify]`) and
 /// each state may add its own (`classify = {...}`); the state's rules are consulted first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

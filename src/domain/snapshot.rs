@@ -1001,14 +1001,7 @@ mod tests {
                     }),
                 ),
             ];
-            for other in [
-                "pending",
-                "running",
-                "waiting",
-                "blocked",
-                "completed",
-                "cancelled",
-            ] {
+            for other in Status::ALL.iter().map(|s| s.as_str()) {
                 if other != status.as_str() {
                     edits.push((
                         "status",
