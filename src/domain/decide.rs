@@ -310,11 +310,8 @@ mod tests {
     fn build_after(ts: &[Transition], ctx: Option<Ctx<'_>>) -> (Build, Plan, SystemTime) {
         let plan = Plan::default_plan_with_work_at_0();
         let req = InitRequest {
-            build_id: "b".into(),
-            cloud: "aws".into(),
-            image: "rhel9".into(),
             plan: plan.clone(),
-            meta: vec![],
+            ..InitRequest::sample("b")
         };
         let mut b = req.new_build("l".into(), t0()).0;
         let base = ctx.unwrap_or(Ctx {

@@ -815,11 +815,8 @@ mod tests {
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let actor = Actor::from_env("test");
         let req = InitRequest {
-            build_id: "b".into(),
-            cloud: "aws".into(),
-            image: "rhel9".into(),
-            plan: Plan::default_plan(),
             meta,
+            ..InitRequest::sample("b")
         };
         store.init(&req, &actor, at).unwrap();
         (dir, store, actor)

@@ -237,14 +237,7 @@ mod tests {
             ("new-sent", now),
             ("old-due", old),
         ] {
-            let req = InitRequest {
-                build_id: id.into(),
-                cloud: "aws".into(),
-                image: "rhel9".into(),
-                plan: crate::plan::Plan::default_plan(),
-                meta: vec![],
-            };
-            store.init(&req, &actor, at).unwrap();
+            store.init(&InitRequest::sample(id), &actor, at).unwrap();
             let cancel = Transition::Cancel {
                 reason: "stop".into(),
             };

@@ -173,7 +173,6 @@ fn write_loop(mut store: crate::sync::Writer, rx: Receiver<Msg>, error: Arc<Mute
 mod tests {
     use super::*;
     use crate::model::InitRequest;
-    use crate::plan::Plan;
     use std::time::SystemTime;
 
     #[test]
@@ -183,11 +182,8 @@ mod tests {
         let mut store = Store::open(&path).unwrap();
         let actor = Actor::from_env("test");
         let req = InitRequest {
-            build_id: "b".into(),
-            cloud: "aws".into(),
             image: "x".into(),
-            plan: Plan::default_plan(),
-            meta: vec![],
+            ..InitRequest::sample("b")
         };
         store.init(&req, &actor, SystemTime::now()).unwrap();
         let rec = TaskRecorder::start(&path, None, Duration::from_secs(5)).unwrap();

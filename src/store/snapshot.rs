@@ -442,16 +442,12 @@ mod tests {
     use super::*;
     use crate::context::Actor;
     use crate::model::{Ctx, InitRequest, Transition};
-    use crate::plan::Plan;
     use std::time::SystemTime;
 
     fn init(store: &mut Store, id: &str) {
         let req = InitRequest {
-            build_id: id.into(),
-            cloud: "aws".into(),
-            image: "rhel9".into(),
-            plan: Plan::default_plan(),
             meta: vec![("git".into(), "abc".into())],
+            ..InitRequest::sample(id)
         };
         store
             .init(&req, &Actor::from_env("t"), SystemTime::now())

@@ -241,6 +241,21 @@ pub struct InitRequest {
     pub meta: Vec<(String, String)>,
 }
 
+#[cfg(test)]
+impl InitRequest {
+    /// What tests start from: build `build_id` of the default plan, cloud aws, image
+    /// rhel9, no metadata (override fields with `..InitRequest::sample(id)`).
+    pub(crate) fn sample(build_id: &str) -> InitRequest {
+        InitRequest {
+            build_id: build_id.into(),
+            cloud: "aws".into(),
+            image: "rhel9".into(),
+            plan: Plan::default_plan(),
+            meta: vec![],
+        }
+    }
+}
+
 impl InitRequest {
     pub fn validate(&self) -> Result<()> {
         validate_build_id(&self.build_id)?;

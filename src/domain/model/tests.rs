@@ -15,11 +15,8 @@ fn t0() -> SystemTime {
 fn fresh() -> (Build, Plan) {
     let plan = Plan::default_plan_with_work_at_0();
     let req = InitRequest {
-        build_id: "b1".into(),
-        cloud: "aws".into(),
-        image: "rhel9".into(),
         plan: plan.clone(),
-        meta: vec![],
+        ..InitRequest::sample("b1")
     };
     (req.new_build("lin".into(), t0()).0, plan)
 }
@@ -285,11 +282,8 @@ fn exhausted_and_persistent_failures_block_until_a_person_retries() {
 #[test]
 fn init_records_state_0_as_done_unless_it_has_work() {
     let req = |plan: Plan| InitRequest {
-        build_id: "b".into(),
-        cloud: "aws".into(),
-        image: "rhel9".into(),
         plan,
-        meta: vec![],
+        ..InitRequest::sample("b")
     };
     let (b, e) = req(Plan::default_plan()).new_build("l".into(), t0());
     assert_eq!((b.current_state, b.status), (Some(0), Status::Pending));
