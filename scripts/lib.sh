@@ -31,6 +31,35 @@ need_rust() {
     done
 }
 
+# static_release: how to build the release executable as users install it
+# (scripts/install, the Concourse image, scripts/bench). Where the host's C library is
+# glibc, `buildstate` is linked statically (+crt-static): no dynamic loader, libgcc_s or
+# libm to load each time a command starts (docs/decisions.md, "A static executable").
+# That needs an explicit --target, so that build scripts and derive macros, which must
+# stay dynamic, do not get the flag. Sets RELEASE_ARGS (extra cargo arguments),
+# RELEASE_ENV (variables for `env` to run cargo with; nothing is exported, so later
+# cargo runs without --target are not affected) and RELEASE_SUBDIR (where cargo puts
+# the executable, under the target directory).
+static_release() {
+    local host var
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    RELEASE_ARGS=()
+    RELEASE_ENV=()
+    RELEASE_SUBDIR=release
+    case $host in
+        *-linux-gnu*)
+            RELEASE_ARGS=(--target "$host")
+            RELEASE_SUBDIR=$host/release
+            # RUSTFLAGS, when set, takes precedence over the target's flags: add ours to it.
+            if [ -n "${RUSTFLAGS:-}" ]; then
+                RELEASE_ENV=("RUSTFLAGS=$RUSTFLAGS -C target-feature=+crt-static")
+            else
+                var=CARGO_TARGET_$(tr 'a-z.-' 'A-Z__' <<<"$host")_RUSTFLAGS
+                RELEASE_ENV=("$var=${!var:+${!var} }-C target-feature=+crt-static")
+            fi ;;
+    esac
+}
+
 # The project's Python environment (.venv): ansible-core, maturin and pytest, pinned to
 # what runs on Python 3.11, and the buildstate extension built from this tree into it.
 VENV=${VENV:-$PWD/.venv}
