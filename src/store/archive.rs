@@ -110,10 +110,7 @@ impl Store {
             Some(_) => {}
         }
         let id = named_params! {":id": record.build_id};
-        remove_events(&tx, &record.build_id, &|conn| {
-            conn.execute("DELETE FROM events WHERE build_id = :id", id)?;
-            Ok(())
-        })?;
+        remove_all_events(&tx, &record.build_id)?;
         tx.execute("DELETE FROM build_meta WHERE build_id = :id", id)?;
         tx.execute("DELETE FROM builds WHERE build_id = :id", id)?;
         tx.execute(
@@ -219,6 +216,18 @@ pub(super) fn remove_events(
     delete(conn)?;
     conn.execute("DELETE FROM archive_gate WHERE build_id = :id", id)?;
     Ok(())
+}
+
+/// Remove every event of `build_id` through the gate (archiving it, or a person's
+/// choice of the remote copy replacing it), inside the caller's transaction.
+pub(super) fn remove_all_events(conn: &rusqlite::Connection, build_id: &str) -> Result<()> {
+    remove_events(conn, build_id, &|conn| {
+        conn.execute(
+            "DELETE FROM events WHERE build_id = :id",
+            named_params! {":id": build_id},
+        )?;
+        Ok(())
+    })
 }
 
 /// [`Store::archived`] on a connection (or transaction) of the caller's.

@@ -114,10 +114,7 @@ impl Store {
                     // choice opens the gate for one build, inside this transaction (as
                     // archiving does, schema v7).
                     let gate = named_params! {":id": id};
-                    super::archive::remove_events(&tx, id, &|conn| {
-                        conn.execute("DELETE FROM events WHERE build_id = :id", gate)?;
-                        Ok(())
-                    })?;
+                    super::archive::remove_all_events(&tx, id)?;
                     for table in ["build_meta", "remote_sync"] {
                         tx.execute(&format!("DELETE FROM {table} WHERE build_id = :id"), gate)?;
                     }
