@@ -264,15 +264,11 @@ fn a_kill_at_the_worst_moment_loses_nothing_and_a_rerun_finishes() {
 fn the_history_stays_append_only_outside_the_archive_path() {
     let env = Env::new();
     completed(&env, "a1");
-    let conn = rusqlite::Connection::open(&env.db).unwrap();
-    let err = conn
-        .execute("DELETE FROM events WHERE build_id = 'a1'", [])
-        .unwrap_err();
-    assert!(err.to_string().contains("append-only"), "{err}");
-    let err = conn
-        .execute("UPDATE events SET message = 'x' WHERE build_id = 'a1'", [])
-        .unwrap_err();
-    assert!(err.to_string().contains("append-only"), "{err}");
+    util::assert_append_only(&env.db, "DELETE FROM events WHERE build_id = 'a1'");
+    util::assert_append_only(
+        &env.db,
+        "UPDATE events SET message = 'x' WHERE build_id = 'a1'",
+    );
 }
 
 #[test]
@@ -430,14 +426,10 @@ fn task_results_follow_their_own_retention() {
     assert_eq!(events(&theirs), events(&env.state("t1")));
 
     // Outside retention and archiving the history stays append-only.
-    let conn = rusqlite::Connection::open(&env.db).unwrap();
-    let err = conn
-        .execute(
-            "DELETE FROM events WHERE build_id = 't1' AND kind = 'task'",
-            [],
-        )
-        .unwrap_err();
-    assert!(err.to_string().contains("append-only"), "{err}");
+    util::assert_append_only(
+        &env.db,
+        "DELETE FROM events WHERE build_id = 't1' AND kind = 'task'",
+    );
 }
 
 #[test]

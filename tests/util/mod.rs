@@ -156,6 +156,15 @@ pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
     }
 }
 
+/// Run `sql` on the database at `db` and assert that the history's append-only trigger
+/// refuses it.
+#[track_caller]
+pub fn assert_append_only(db: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let err = conn.execute(sql, []).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+}
+
 /// Poll `done` every 50 ms until it holds; fail after 30 s, naming `what`. Tests wait
 /// for a state this way instead of sleeping a guessed time.
 #[track_caller]
