@@ -19,6 +19,15 @@ BUILD = "img-1"
 CLEARED = [k for k in os.environ if k.startswith(("BUILDSTATE_", "ANSIBLE_", "BUILD_"))]
 
 
+@pytest.fixture(autouse=True)
+def scratch_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the test starts keeps its scratch files in the test's own folder: Ansible's
+    AnsiballZ payloads, which a play killed on purpose leaves behind, among them."""
+    scratch = tmp_path / "scratch-tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "state.db"
