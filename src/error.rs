@@ -131,6 +131,18 @@ fn sqlite_message(e: &rusqlite::Error) -> String {
         if matches!(f.code, rusqlite::ErrorCode::NotADatabase) {
             return format!("{e}: the file is not a buildstate database; pass another --db");
         }
+        if matches!(f.code, rusqlite::ErrorCode::DiskFull) {
+            return format!(
+                "database error: {e}: nothing was recorded (the transaction was rolled back); \
+                 free space on the file system that holds the database, then run the command again"
+            );
+        }
+        if matches!(f.code, rusqlite::ErrorCode::SystemIoFailure) {
+            return format!(
+                "database error: {e}: nothing was recorded (the transaction was rolled back); \
+                 check the disk and file system that hold the database, then run the command again"
+            );
+        }
     }
     format!("database error: {e}")
 }
@@ -212,5 +224,33 @@ impl std::fmt::Display for ArchivedAt {
             "build '{}' is archived: its snapshot (serial {}, {}) went to remote {} as {} at {}; bring it back with `monitor unarchive {} --remote {}`",
             self.build_id, self.serial, self.status, self.remote, self.object, self.at, self.build_id, self.remote
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real "database or disk is full" from SQLite (a page limit stands in for the
+    /// disk): the message says nothing was recorded and what to do; exit 7.
+    #[test]
+    fn a_full_disk_says_nothing_was_recorded_and_what_to_do() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v TEXT); PRAGMA max_page_count = 2;")
+            .unwrap();
+        let big = "x".repeat(64 * 1024);
+        let err: Error = conn
+            .execute("INSERT INTO t (v) VALUES (?1)", [&big])
+            .unwrap_err()
+            .into();
+        let msg = err.to_string();
+        assert!(msg.contains("database or disk is full"), "{msg}");
+        assert!(msg.contains("nothing was recorded"), "{msg}");
+        assert!(msg.contains("free space"), "{msg}");
+        assert_eq!(err.exit_code(), exit::DATABASE);
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
     }
 }
