@@ -72,6 +72,42 @@ fn a_start_repeated_by_the_lease_holder_writes_nothing() {
         .code(exit::BUSY);
 }
 
+/// An owner that says nothing (`BUILDSTATE_OWNER=` set empty, spaces) or spans lines
+/// would be recorded on every event and matched for the lease: refused, nothing written.
+#[test]
+fn a_blank_or_multiline_lease_owner_is_refused_and_nothing_is_written() {
+    let env = Env::new();
+    env.init("img-1");
+    let before = env.state("img-1");
+    for bad in ["", "   ", "w1\nw2"] {
+        let r = env
+            .run_with(
+                env.command("update-state")
+                    .args(["img-1", "start", "5"])
+                    .env("BUILDSTATE_OWNER", bad),
+                None,
+            )
+            .code(exit::INVALID_INPUT);
+        assert!(
+            r.stderr.contains("invalid lease owner") && r.stderr.contains("BUILDSTATE_OWNER"),
+            "{bad:?}: {}",
+            r.stderr
+        );
+    }
+    env.run("update-state", &["img-1", "meta", "k=v", "--owner", ""])
+        .code(exit::INVALID_INPUT);
+    assert_eq!(
+        env.state("img-1"),
+        before,
+        "a refused owner wrote something"
+    );
+    env.run(
+        "update-state",
+        &["img-1", "start", "5", "--owner", "concourse:images/bake#42"],
+    )
+    .ok();
+}
+
 #[test]
 fn a_huge_bad_value_is_named_not_printed() {
     let env = Env::new();

@@ -339,6 +339,25 @@ pub fn validate_build_id(id: &str) -> Result<()> {
 
 pub use crate::redact::{echo, MAX_ECHO};
 
+/// A lease holder's name (`--owner`, `BUILDSTATE_OWNER`, the Concourse `owner` param) is
+/// compared for equality and printed in one-line messages: it must say something and
+/// fit on a line.
+pub fn validate_owner(owner: &str) -> Result<()> {
+    let ok = !owner.trim().is_empty()
+        && owner.chars().count() <= 256
+        && !owner.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "invalid lease owner '{}': use 1 to 256 characters, not only spaces and no control \
+             characters (--owner, BUILDSTATE_OWNER or the resource's `owner` param; unset, it \
+             is USER@HOST)",
+            echo(owner)
+        )))
+    }
+}
+
 /// Metadata keys become shell variables in `resume-metadata`, so they must be identifiers.
 pub fn validate_meta_key(key: &str) -> Result<()> {
     let ok = (1..=64).contains(&key.len())

@@ -741,3 +741,37 @@ fn inputs_are_validated() {
         );
     }
 }
+
+#[test]
+fn a_lease_owner_must_say_something_on_one_line() {
+    let (b, plan) = fresh();
+    let long = "o".repeat(257);
+    for bad in ["", "  ", "a\nb", "tab\there", long.as_str()] {
+        let ctx = Ctx {
+            owner: Some(bad),
+            ..Ctx::at(t0())
+        };
+        assert!(
+            matches!(
+                apply(&b, &plan, &Transition::Start { state: 0 }, &ctx),
+                Err(Error::InvalidInput(m)) if m.contains("invalid lease owner")
+            ),
+            "{bad:?}"
+        );
+    }
+    let fine = "o".repeat(256);
+    for good in [
+        "w1",
+        "concourse:images/bake#42",
+        "ünïcode@host",
+        fine.as_str(),
+    ] {
+        let ctx = Ctx {
+            owner: Some(good),
+            lease_ttl: Some(Duration::from_secs(30)),
+            ..Ctx::at(t0())
+        };
+        let started = apply(&b, &plan, &Transition::Start { state: 0 }, &ctx).unwrap();
+        assert_eq!(started.build.lease_owner.as_deref(), Some(good));
+    }
+}

@@ -214,6 +214,9 @@ pub fn is_repeated_start(b: &Build, t: &Transition, ctx: &Ctx<'_>) -> bool {
 
 /// Apply a transition to a build. Pure; see the module documentation.
 pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Change> {
+    if let Some(owner) = ctx.owner {
+        validate_owner(owner)?;
+    }
     let mut next = b.clone();
     next.serial = b.serial + 1;
     next.updated_at = ctx.now;
