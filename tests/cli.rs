@@ -1173,6 +1173,57 @@ fn usage_errors_and_typos_say_what_to_do() {
         .is_empty());
 }
 
+/// A bad value that came from the environment is blamed on its variable (never echoing
+/// a value clap would not); one typed on the command line is not.
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable() {
+    let env = Env::new();
+    env.init("img-42");
+    let out = std::process::Command::new(util::bin("check-state"))
+        .args(["img-42", "--json"])
+        .env("BUILDSTATE_DB", "")
+        .env("HOME", env.path(""))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(exit::USAGE));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tip: the value comes from BUILDSTATE_DB, which is set but empty"),
+        "{stderr}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = j["error"]["message"].as_str().unwrap();
+    assert!(message.contains("BUILDSTATE_DB"), "{message}");
+    assert!(!message.contains("For more information"), "{message}");
+    for (var, value, args, says) in [
+        (
+            "BUILDSTATE_INPUTS_ROOT",
+            "",
+            &["img-42", "--next", "--", "true"][..],
+            "BUILDSTATE_INPUTS_ROOT, which is set but empty",
+        ),
+        (
+            "BUILDSTATE_LEASE_TTL",
+            "5x",
+            &["img-42", "--next", "--", "true"],
+            "BUILDSTATE_LEASE_TTL: fix it there, or pass --lease-ttl",
+        ),
+    ] {
+        let r = env
+            .run_with(env.command("run-state").args(args).env(var, value), None)
+            .code(exit::USAGE);
+        assert!(r.stderr.contains(says), "{var}: {}", r.stderr);
+    }
+    // Typed on the command line: clap's own message, no tip.
+    let r = env
+        .run(
+            "run-state",
+            &["img-42", "--next", "--lease-ttl", "5x", "--", "true"],
+        )
+        .code(exit::USAGE);
+    assert!(!r.stderr.contains("tip:"), "{}", r.stderr);
+}
+
 #[test]
 fn the_concourse_resource_answers_help_without_stdin_and_without_colour() {
     let bin = util::bin("concourse-resource");

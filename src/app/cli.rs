@@ -214,18 +214,26 @@ pub fn parse_from<T: clap::Parser>(
                     "tip: the command to run goes after --: run-state BUILD_ID STATE -- COMMAND [ARGS...]\n",
                 );
             }
+            // A value read from the environment looks typed: say where it came from.
+            let env_tip = env_source_tip(&T::command(), &e, &argv);
+            if let Some(tip) = &env_tip {
+                message.push_str(tip);
+            }
             if json {
                 // The error and what it names (clap puts missing arguments on the lines
                 // after the first), up to the usage line.
                 let first = message
                     .lines()
-                    .take_while(|l| !l.starts_with("Usage:"))
+                    .take_while(|l| {
+                        !l.starts_with("Usage:") && !l.starts_with("For more information")
+                    })
                     .map(str::trim)
                     .filter(|l| !l.is_empty())
                     .collect::<Vec<_>>()
                     .join(" ")
                     .trim_start_matches("error: ")
-                    .to_string();
+                    .to_string()
+                    + &env_tip.map_or_else(String::new, |t| format!(" ({})", t.trim()));
                 let body = serde_json::json!({
                     "error": {"kind": "usage", "message": first, "exit_code": exit::USAGE}
                 });
@@ -235,6 +243,48 @@ pub fn parse_from<T: clap::Parser>(
             Err(ExitCode::from(exit::USAGE as u8))
         }
     }
+}
+
+/// When clap refuses an option's value that the command line did not give, the value
+/// came from the option's environment variable (`BUILDSTATE_DB=` set but empty, say):
+/// a tip naming the variable, never its value.
+fn env_source_tip(
+    cmd: &clap::Command,
+    e: &clap::Error,
+    argv: &[std::ffi::OsString],
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = shown.split_whitespace().next()?.strip_prefix("--")?;
+    let flag = format!("--{long}");
+    let typed = argv.iter().skip(1).take_while(|a| *a != "--").any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if typed {
+        return None;
+    }
+    fn find<'a>(cmd: &'a clap::Command, long: &str) -> Option<&'a clap::Arg> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .or_else(|| cmd.get_subcommands().find_map(|c| find(c, long)))
+    }
+    let var = find(cmd, long)?.get_env()?;
+    let value = std::env::var_os(var)?;
+    let var = var.to_string_lossy();
+    Some(if value.is_empty() {
+        format!("tip: the value comes from {var}, which is set but empty: set it, or unset it\n")
+    } else {
+        format!("tip: the value comes from {var}: fix it there, or pass {flag}\n")
+    })
 }
 
 /// Print a line of a command's output on stdout. A reader that went away (EPIPE: `| head`)
