@@ -1173,6 +1173,39 @@ fn usage_errors_and_typos_say_what_to_do() {
         .is_empty());
 }
 
+/// `--help` names the variables but never prints their values: a remote URL can carry
+/// credentials, and the caller's settings are not documentation.
+#[test]
+fn help_names_the_variables_without_their_values() {
+    let env = Env::new();
+    for args in [
+        &["init-state", "--help"][..],
+        &["check-state", "--help"],
+        &["update-state", "--help"],
+        &["update-state", "b1", "start", "--help"],
+        &["run-state", "--help"],
+        &["sync-cloud", "push", "--help"],
+        &["monitor", "status", "--help"],
+    ] {
+        let r = env
+            .run_with(
+                env.command(args[0])
+                    .args(&args[1..])
+                    .env("BUILDSTATE_REMOTE", "s3://AKIAEXAMPLE:hunter2pw@bucket/x")
+                    .env("BUILDSTATE_OWNER", "owner-hunter2pw")
+                    .env("BUILDSTATE_INPUTS_ROOT", "/srv/hunter2pw"),
+                None,
+            )
+            .ok();
+        assert!(
+            r.stdout.contains("[env: BUILDSTATE_REMOTE]"),
+            "{args:?}: {}",
+            r.stdout
+        );
+        assert!(!r.stdout.contains("hunter2pw"), "{args:?}: {}", r.stdout);
+    }
+}
+
 /// A bad value that came from the environment is blamed on its variable (never echoing
 /// a value clap would not); one typed on the command line is not.
 #[test]

@@ -141,10 +141,15 @@ pub fn parse_from<T: clap::Parser>(
     tool: &'static str,
     argv: Vec<std::ffi::OsString>,
 ) -> std::result::Result<T, ExitCode> {
-    if let Some(code) = generate(T::command(), tool) {
+    let cmd = hide_env_values(T::command());
+    if let Some(code) = generate(cmd.clone(), tool) {
         return Err(code);
     }
-    match T::try_parse_from(&argv) {
+    match cmd
+        .clone()
+        .try_get_matches_from(&argv)
+        .and_then(|m| T::from_arg_matches(&m))
+    {
         Ok(args) => Ok(args),
         Err(e) => {
             use clap::error::ErrorKind;
@@ -215,7 +220,7 @@ pub fn parse_from<T: clap::Parser>(
                 );
             }
             // A value read from the environment looks typed: say where it came from.
-            let env_tip = env_source_tip(&T::command(), &e, &argv);
+            let env_tip = env_source_tip(&cmd, &e, &argv);
             if let Some(tip) = &env_tip {
                 message.push_str(tip);
             }
@@ -243,6 +248,13 @@ pub fn parse_from<T: clap::Parser>(
             Err(ExitCode::from(exit::USAGE as u8))
         }
     }
+}
+
+/// `--help` names each option's variable but never shows its value: a remote URL may
+/// carry credentials, and a value from the caller's environment is not documentation.
+fn hide_env_values(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| a.hide_env_values(true))
+        .mut_subcommands(hide_env_values)
 }
 
 /// When clap refuses an option's value that the command line did not give, the value
