@@ -85,13 +85,13 @@ pub fn args() -> Vec<std::ffi::OsString> {
 /// `COMMAND --generate bash|zsh|fish|man`: print the command's shell completion script or
 /// man page (roff), made from the same clap definition as `--help`, and exit 0; what
 /// `scripts/install` installs. `None` when the command line asks for something else.
-pub fn generate(cmd: clap::Command, tool: &'static str) -> Option<ExitCode> {
+pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
     let mut args = args().into_iter().skip(1);
     if args.next().is_none_or(|a| a != "--generate") {
         return None;
     }
     let what = args.next().map(|a| a.to_string_lossy().into_owned());
-    let mut cmd = cmd.name(tool).bin_name(tool);
+    let mut cmd = cmd.clone().name(tool).bin_name(tool);
     let mut buf: Vec<u8> = Vec::new();
     let shell = match what.as_deref() {
         Some("bash") => Some(clap_complete::Shell::Bash),
@@ -141,13 +141,12 @@ pub fn parse_from<T: clap::Parser>(
     tool: &'static str,
     argv: Vec<std::ffi::OsString>,
 ) -> std::result::Result<T, ExitCode> {
-    let cmd = hide_env_values(T::command());
-    if let Some(code) = generate(cmd.clone(), tool) {
+    let mut cmd = hide_env_values(T::command());
+    if let Some(code) = generate(&cmd, tool) {
         return Err(code);
     }
     match cmd
-        .clone()
-        .try_get_matches_from(&argv)
+        .try_get_matches_from_mut(&argv)
         .and_then(|m| T::from_arg_matches(&m))
     {
         Ok(args) => Ok(args),
@@ -182,17 +181,11 @@ pub fn parse_from<T: clap::Parser>(
                     // came from the environment (BUILDSTATE_DB, BUILDSTATE_REMOTE), which
                     // then read as if they were required: only what was typed is shown.
                     let l = if l.starts_with("Usage:") {
-                        let typed = &argv;
                         let mut l = l.to_string();
                         for (flag, shown) in
                             [("--db", " --db <PATH>"), ("--remote", " --remote <URL>")]
                         {
-                            let given = typed.iter().any(|a| {
-                                a.to_str().is_some_and(|a| {
-                                    a == flag || a.starts_with(&format!("{flag}="))
-                                })
-                            });
-                            if !given {
+                            if !typed(&argv, flag) {
                                 l = l.replacen(shown, "", 1);
                             }
                         }
@@ -250,6 +243,15 @@ pub fn parse_from<T: clap::Parser>(
     }
 }
 
+/// Whether the command line itself gives `flag` (`--db PATH` or `--db=PATH`), before
+/// any `--` that starts a command's own arguments.
+fn typed(argv: &[std::ffi::OsString], flag: &str) -> bool {
+    argv.iter().skip(1).take_while(|a| *a != "--").any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.strip_prefix(flag).is_some_and(|v| v.starts_with('=')))
+    })
+}
+
 /// `--help` names each option's variable but never shows its value: a remote URL may
 /// carry credentials, and a value from the caller's environment is not documentation.
 fn hide_env_values(cmd: clap::Command) -> clap::Command {
@@ -277,11 +279,7 @@ fn env_source_tip(
     };
     let long = shown.split_whitespace().next()?.strip_prefix("--")?;
     let flag = format!("--{long}");
-    let typed = argv.iter().skip(1).take_while(|a| *a != "--").any(|a| {
-        a.to_str()
-            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
-    });
-    if typed {
+    if typed(argv, &flag) {
         return None;
     }
     fn find<'a>(cmd: &'a clap::Command, long: &str) -> Option<&'a clap::Arg> {
