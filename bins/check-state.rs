@@ -74,6 +74,9 @@ struct Args {
 fn run(args: &Args) -> Result<i32> {
     let plan = Plan::load(args.plan_file.as_deref())?;
     buildstate::model::validate_build_id(&args.build_id)?;
+    if let Some(dir) = &args.output {
+        buildstate::report::check_output_dir(dir)?;
+    }
     let mut store = args.common.writer(false)?;
     let now = store.now()?;
     store.refresh(&args.build_id)?;

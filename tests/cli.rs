@@ -780,6 +780,27 @@ fn output_dir_files_can_be_sourced() {
         String::from_utf8(o.stdout).unwrap(),
         "10|resume|it's $HOME|2"
     );
+    let mut names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["decision.json", "resume-metadata"],
+        "temporary files left"
+    );
+    // A path that is a file, not a directory: refused up front (exit 8), left alone.
+    let file = env.write("not-a-dir", "keep me");
+    let r = env
+        .run("check-state", &["b1", "--output", file.to_str().unwrap()])
+        .code(exit::INVALID_INPUT);
+    assert!(
+        r.stderr.contains("exists and is not a directory"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
 
 #[test]

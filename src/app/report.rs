@@ -304,23 +304,33 @@ impl Report {
     }
 
     /// Write `decision.json` and `resume-metadata` into `dir` (created if missing). Each
-    /// file is written to a temporary name and renamed, so a reader never sees half.
+    /// file is written whole under a temporary name of its own and renamed, so a reader
+    /// never sees half, also with two writers at once.
     pub fn write_output(&self, dir: &Path) -> Result<()> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        check_output_dir(dir)?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         for (name, body) in [
             ("decision.json", self.to_json() + "\n"),
             ("resume-metadata", self.resume_metadata()),
         ] {
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let dst = dir.join(name);
-            std::fs::write(&tmp, body).map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+            crate::monitor::write_whole(&dir.join(name), body.as_bytes(), ".buildstate-output")?;
         }
         Ok(())
+    }
+}
+
+/// `check-state --output DIR` takes a directory (created if missing): a path that
+/// exists as anything else is refused before any work (exit 8).
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(Error::InvalidInput(format!(
+            "--output {}: exists and is not a directory: give a directory (it is created if missing)",
+            crate::redact::echo(&dir.display().to_string())
+        ))),
+        _ => Ok(()),
     }
 }
 
