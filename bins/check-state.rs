@@ -75,7 +75,7 @@ fn run(args: &Args) -> Result<i32> {
     let plan = Plan::load(args.plan_file.as_deref())?;
     buildstate::model::validate_build_id(&args.build_id)?;
     if let Some(dir) = &args.output {
-        buildstate::report::check_output_dir(dir)?;
+        buildstate::report::check_output_dir(dir, "--output")?;
     }
     let mut store = args.common.writer(false)?;
     let now = store.now()?;

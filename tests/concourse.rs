@@ -129,6 +129,35 @@ fn check_in_out_over_a_folder_remote() {
         serde_json::from_slice(&std::fs::read(dest.join("history.json")).unwrap()).unwrap();
     assert_eq!(history[1]["actor"]["context"]["BUILD_JOB_NAME"], "bake");
     assert!(dest.join("snapshot.json").exists() && dest.join("resume-metadata").exists());
+
+    // A destination that is a file, and a blank `owner` param: refused (exit 8), nothing
+    // written to the file or the remote.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "keep").unwrap();
+    let (code, _, err) = step(
+        "in",
+        &json!({"source": source, "version": v4}),
+        Some(&file),
+        Some(6),
+    );
+    assert_eq!(code, buildstate::exit::INVALID_INPUT, "{err}");
+    assert!(err.contains("exists and is not a directory"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    let (code, _, err) = step(
+        "out",
+        &json!({"source": source, "params": {"action": "retry", "state": 10, "reason": "x", "owner": " "}}),
+        Some(&work),
+        Some(7),
+    );
+    assert_eq!(code, buildstate::exit::INVALID_INPUT, "{err}");
+    assert!(err.contains("invalid lease owner"), "{err}");
+    let (_, out, _) = step(
+        "check",
+        &json!({"source": source, "version": v4}),
+        None,
+        None,
+    );
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([v4]));
 }
 
 /// Issue 16 through the put: inputs recorded on complete (relative to `inputs_root`, a

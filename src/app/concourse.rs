@@ -179,6 +179,7 @@ pub fn check(req: &Request) -> Result<Value> {
 /// `in DEST`: decision.json, resume-metadata, snapshot.json and history.json of the
 /// version's build.
 pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
+    crate::report::check_output_dir(dest, "in: the destination")?;
     let v = req
         .version
         .as_ref()
@@ -213,10 +214,6 @@ pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
             report.serial
         )));
     }
-    std::fs::create_dir_all(dest).map_err(|source| Error::Io {
-        path: dest.into(),
-        source,
-    })?;
     report.write_output(dest)?;
     let write = |name: &str, bytes: Vec<u8>| {
         std::fs::write(dest.join(name), bytes).map_err(|source| Error::Io {

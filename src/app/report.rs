@@ -307,7 +307,6 @@ impl Report {
     /// file is written whole under a temporary name of its own and renamed, so a reader
     /// never sees half, also with two writers at once.
     pub fn write_output(&self, dir: &Path) -> Result<()> {
-        check_output_dir(dir)?;
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
             source,
@@ -322,12 +321,13 @@ impl Report {
     }
 }
 
-/// `check-state --output DIR` takes a directory (created if missing): a path that
-/// exists as anything else is refused before any work (exit 8).
-pub fn check_output_dir(dir: &Path) -> Result<()> {
+/// Where [`Report::write_output`] writes (`what`: "--output", "in's destination") must
+/// be a directory or nothing yet (it is created): a path that exists as anything else is
+/// refused before any work (exit 8).
+pub fn check_output_dir(dir: &Path, what: &str) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(meta) if !meta.is_dir() => Err(Error::InvalidInput(format!(
-            "--output {}: exists and is not a directory: give a directory (it is created if missing)",
+            "{what} {}: exists and is not a directory: give a directory (it is created if missing)",
             crate::redact::echo(&dir.display().to_string())
         ))),
         _ => Ok(()),
