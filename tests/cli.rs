@@ -952,6 +952,24 @@ fn database_from_env_var_and_bad_databases() {
         r.stderr
     );
 
+    // A directory: named as such, for init-state and the rest alike; nothing created.
+    let dir = env.path("sub");
+    for args in [
+        &["init-state", "b1", "--cloud", "aws", "--image", "x"][..],
+        &["check-state", "b1"],
+    ] {
+        let r = env
+            .run_with(env.command_on(args[0], &dir).args(&args[1..]), None)
+            .code(exit::DATABASE);
+        assert!(
+            r.stderr.contains("is a directory, not a database file")
+                && r.stderr.contains("buildstate.db"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(!dir.join("buildstate.db").exists());
+
     // A file that is not SQLite at all.
     let junk = env.write("junk.db", &"not sqlite ".repeat(100));
     let mut cmd = std::process::Command::new(util::bin("check-state"));

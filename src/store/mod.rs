@@ -104,6 +104,16 @@ impl Store {
     }
 
     pub fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
+        // SQLite would only say "unable to open database file".
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::Database {
+                path: path.to_path_buf(),
+                message: format!(
+                    "is a directory, not a database file: give the file's path (e.g. --db {})",
+                    path.join("buildstate.db").display()
+                ),
+            });
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 path: dir.to_path_buf(),
