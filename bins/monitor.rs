@@ -398,11 +398,25 @@ fn run(args: &Args) -> Result<i32> {
             };
             let mut store = args.common.writer(false)?;
             let start = Instant::now();
+            let mut first = true;
             loop {
                 store.refresh(build_id)?;
                 let b = store
                     .build(build_id)?
                     .ok_or_else(|| Error::UnknownBuild(build_id.clone()))?;
+                // A state the build's plan does not have (a typo) is never reached:
+                // said at once, not after the whole timeout.
+                if let (Some(s), true) = (target, first) {
+                    let plan = store.plan(&b.plan_hash)?;
+                    if plan.state(s).is_none() {
+                        return Err(Error::InvalidInput(format!(
+                            "--until {s}: build '{build_id}' has no state {s}: its plan '{}' has states {}",
+                            plan.name,
+                            plan.ids()
+                        )));
+                    }
+                }
+                first = false;
                 let reached = match target {
                     None => b.status == Status::Completed,
                     Some(s) => b.current_state.is_some_and(|c| c >= s),

@@ -1245,6 +1245,40 @@ fn help_names_the_variables_without_their_values() {
     }
 }
 
+/// `monitor wait --until` a state the build's plan does not have is refused at once
+/// (exit 8), not waited on until the timeout.
+#[test]
+fn monitor_wait_refuses_a_state_the_plan_does_not_have() {
+    let env = Env::new();
+    env.init("img-42");
+    let r = env
+        .run(
+            "monitor",
+            &["wait", "img-42", "--until", "7", "--timeout", "5s"],
+        )
+        .code(exit::INVALID_INPUT);
+    assert!(
+        r.stderr.contains("has no state 7") && r.stderr.contains("0, 5, 10"),
+        "{}",
+        r.stderr
+    );
+    let r = env
+        .run(
+            "monitor",
+            &[
+                "wait",
+                "img-42",
+                "--until",
+                "0",
+                "--timeout",
+                "10m",
+                "--json",
+            ],
+        )
+        .ok();
+    assert_eq!(r.json()["outcome"], "reached");
+}
+
 /// A bad value that came from the environment is blamed on its variable (never echoing
 /// a value clap would not); one typed on the command line is not.
 #[test]
