@@ -1,8 +1,7 @@
 //! update-state: record one transition of a build (start, complete, fail, meta), or a
 //! person's intervention (retry, skip, rollback, cancel, force, reset).
 
-use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use buildstate::cli::{finish, Common};
@@ -103,7 +102,8 @@ enum Action {
             conflicts_with = "error_file"
         )]
         error: Option<String>,
-        /// Read the message from a file, or '-' for stdin (for messages over argv's 128 KiB)
+        /// Read the message from a file, or '-' for stdin (for messages over argv's 128 KiB).
+        /// At most 4 MiB: a longer file gives its end, a longer stdin is refused
         #[arg(long, value_name = "FILE")]
         error_file: Option<PathBuf>,
         /// What kind of failure this is: transient, persistent or unknown [default:
@@ -189,24 +189,28 @@ fn parse_category(s: &str) -> std::result::Result<Category, String> {
     Category::parse_input(s).map_err(|e| e.to_string())
 }
 
-fn read_message(path: &PathBuf) -> Result<String> {
-    let io = |source| Error::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin().read_to_end(&mut bytes).map_err(io)?;
-    } else {
-        bytes = std::fs::read(path).map_err(io)?;
-    }
-    String::from_utf8(bytes).map_err(|e| {
+fn read_message(path: &Path) -> Result<String> {
+    let (note, bytes) = buildstate::cli::read_limited(
+        path,
+        "--error-file",
+        buildstate::cli::MAX_MESSAGE_FILE,
+        true,
+    )?;
+    let text = String::from_utf8(bytes).map_err(|e| {
         Error::InvalidInput(format!(
             "the message in {} is not UTF-8 (invalid byte at offset {}): convert it first",
             path.display(),
             e.utf8_error().valid_up_to()
         ))
-    })
+    })?;
+    if !note.is_empty() {
+        eprintln!(
+            "update-state: note: {} is longer than {} bytes: its end is recorded",
+            path.display(),
+            buildstate::cli::MAX_MESSAGE_FILE
+        );
+    }
+    Ok(note + &text)
 }
 
 fn transition(action: &Action) -> Result<Transition> {

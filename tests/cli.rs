@@ -570,6 +570,62 @@ fn non_utf8_error_file_is_refused() {
     assert_eq!(fingerprint(&env, "b1"), (1, 1));
 }
 
+/// `--error-file` reads at most 4 MiB: a longer file keeps its end (from a character
+/// boundary, saying how much was left out); a longer stream, a folder or a missing
+/// file is refused with exit 8 and nothing written.
+#[test]
+fn error_file_is_bounded_and_bad_ones_are_refused() {
+    let env = Env::new();
+    env.init("b1");
+    let max = buildstate::cli::MAX_MESSAGE_FILE as usize;
+    // Two-byte characters after an odd-sized head: the cut falls inside one.
+    let body = format!("x{}THE END", "é".repeat(max / 2 + 1000));
+    let f = env.write("long.log", &body);
+    let r = env
+        .run(
+            "update-state",
+            &["b1", "fail", "5", "--error-file", f.to_str().unwrap()],
+        )
+        .ok();
+    assert!(r.stderr.contains("its end is recorded"), "{}", r.stderr);
+    let j = env.state("b1");
+    let stored = j["last_error"].as_str().unwrap();
+    let (note, kept) = stored.split_once('\n').unwrap();
+    let left_out: usize = note
+        .strip_prefix("[... the first ")
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{note}"));
+    assert!(
+        note.ends_with(&format!("of {} were left out]", body.len())),
+        "{note}"
+    );
+    assert_eq!(left_out + kept.len(), body.len());
+    assert!(kept.len() <= max && kept.len() >= max - 3);
+    assert!(kept.starts_with('é') && body.ends_with(kept));
+    let before = fingerprint(&env, "b1");
+    let dir = env.path("");
+    for (path, says) in [
+        (dir.to_str().unwrap(), "Is a directory"),
+        ("/nonexistent/log", "No such file"),
+        ("/dev/zero", "more than 4194304 bytes from /dev/zero"),
+    ] {
+        let r = env
+            .run("update-state", &["b1", "fail", "5", "--error-file", path])
+            .code(exit::INVALID_INPUT);
+        assert!(r.stderr.contains(says), "{path}: {}", r.stderr);
+    }
+    let r = env
+        .run_stdin(
+            "update-state",
+            &["b1", "fail", "5", "--error-file", "-"],
+            &vec![b'y'; max + 1],
+        )
+        .code(exit::INVALID_INPUT);
+    assert!(r.stderr.contains("on standard input"), "{}", r.stderr);
+    assert_eq!(fingerprint(&env, "b1"), before);
+}
+
 #[test]
 fn secrets_never_reach_the_database() {
     let env = Env::new();

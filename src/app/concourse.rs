@@ -319,29 +319,8 @@ pub const MAX_ERROR_FILE: u64 = 64 * 1024;
 /// `..` and symbolic links). At most `max` bytes are read: the last ones when `tail`,
 /// else a longer file is refused. The file's content is never repeated in an error.
 fn read_in(src: &Path, rel: &str, what: &str, max: u64, tail: bool) -> Result<String> {
-    use std::io::{Read, Seek};
-    let bad = |why: String| Error::InvalidInput(format!("{what}: {why}"));
     let path = inside(src, rel, what, false)?;
-    let mut f = std::fs::File::open(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut note = String::new();
-    if len > max {
-        if !tail {
-            return Err(bad(format!(
-                "the file is {len} bytes, more than the {max} accepted"
-            )));
-        }
-        f.seek(std::io::SeekFrom::Start(len - max))
-            .map_err(|e| bad(format!("cannot read it: {e}")))?;
-        note = format!(
-            "[... the first {} bytes of {len} were left out]\n",
-            len - max
-        );
-    }
-    let mut bytes = Vec::new();
-    f.take(max)
-        .read_to_end(&mut bytes)
-        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let (note, bytes) = crate::cli::read_limited(&path, what, max, tail)?;
     Ok(note + &String::from_utf8_lossy(&bytes))
 }
 
