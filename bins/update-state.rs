@@ -190,10 +190,10 @@ fn parse_category(s: &str) -> std::result::Result<Category, String> {
 }
 
 fn read_message(path: &Path) -> Result<String> {
-    let (note, bytes) = buildstate::cli::read_limited(
+    let (note, bytes) = buildstate::files::read_limited(
         path,
         "--error-file",
-        buildstate::cli::MAX_MESSAGE_FILE,
+        buildstate::files::MAX_MESSAGE_FILE,
         true,
     )?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -207,7 +207,7 @@ fn read_message(path: &Path) -> Result<String> {
         eprintln!(
             "update-state: note: {} is longer than {} bytes: its end is recorded",
             path.display(),
-            buildstate::cli::MAX_MESSAGE_FILE
+            buildstate::files::MAX_MESSAGE_FILE
         );
     }
     Ok(note + &text)

@@ -62,7 +62,9 @@ pub mod store;
 // layers, lowest first: domain, store, share, notify, app (README "Layout").
 #[cfg(feature = "cli")]
 pub use app::cli;
-pub use app::{archive, concourse, inputs, monitor, report, runner, stats, timeline, verify};
+pub use app::{
+    archive, concourse, files, inputs, monitor, report, runner, stats, timeline, verify,
+};
 pub use domain::{alerts, context, decide, manifest, model, plan, policy, redact, snapshot, time};
 pub use error::{Error, Result};
 pub use share::{remote, sync};

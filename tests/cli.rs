@@ -577,7 +577,7 @@ fn non_utf8_error_file_is_refused() {
 fn error_file_is_bounded_and_bad_ones_are_refused() {
     let env = Env::new();
     env.init("b1");
-    let max = buildstate::cli::MAX_MESSAGE_FILE as usize;
+    let max = buildstate::files::MAX_MESSAGE_FILE as usize;
     // Two-byte characters after an odd-sized head: the cut falls inside one.
     let body = format!("x{}THE END", "é".repeat(max / 2 + 1000));
     let f = env.write("long.log", &body);

@@ -320,7 +320,7 @@ pub const MAX_ERROR_FILE: u64 = 64 * 1024;
 /// else a longer file is refused. The file's content is never repeated in an error.
 fn read_in(src: &Path, rel: &str, what: &str, max: u64, tail: bool) -> Result<String> {
     let path = inside(src, rel, what, false)?;
-    let (note, bytes) = crate::cli::read_limited(&path, what, max, tail)?;
+    let (note, bytes) = crate::files::read_limited(&path, what, max, tail)?;
     Ok(note + &String::from_utf8_lossy(&bytes))
 }
 

@@ -7,6 +7,7 @@ pub mod archive;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod concourse;
+pub mod files;
 pub mod inputs;
 pub mod monitor;
 pub mod report;

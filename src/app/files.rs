@@ -1,0 +1,77 @@
+//! Files a command is given to read (`update-state fail --error-file`, the Concourse
+//! resource's `error_file`), read within a bound. Not behind the `cli` feature: the
+//! Concourse resource's logic is in the crate the Python extension builds too.
+
+use crate::{Error, Result};
+
+/// The most of `update-state fail --error-file` kept: its last 4 MiB (a 1 MB message is
+/// stored verbatim; a whole build log is not what a failure record is for).
+pub const MAX_MESSAGE_FILE: u64 = 4 * 1024 * 1024;
+
+/// Read at most `max` bytes of `path` (`-`: standard input) for `what` (the flag or
+/// param that named it). A longer regular file gives its last `max` bytes when `tail`
+/// (from a character boundary), after a note saying how many were left out; anything
+/// else longer (a stream, or `tail` off) is refused. Errors are [`Error::InvalidInput`]
+/// naming `what` and never repeat the content.
+pub fn read_limited(
+    path: &std::path::Path,
+    what: &str,
+    max: u64,
+    tail: bool,
+) -> Result<(String, Vec<u8>)> {
+    use std::io::{Read, Seek};
+    let bad = |why: String| Error::InvalidInput(format!("{what}: {why}"));
+    let unreadable = |e: std::io::Error| bad(format!("cannot read {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(max + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > max {
+            return Err(bad(format!(
+                "more than {max} bytes on standard input: pass the end of it (`tail -c {max}`)"
+            )));
+        }
+        return Ok((String::new(), bytes));
+    }
+    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = f.metadata().map_err(unreadable)?;
+    // (bytes left out, of how many)
+    let mut cut = None;
+    if meta.is_file() && meta.len() > max {
+        let len = meta.len();
+        if !tail {
+            return Err(bad(format!(
+                "the file is {len} bytes, more than the {max} accepted"
+            )));
+        }
+        f.seek(std::io::SeekFrom::Start(len - max))
+            .map_err(unreadable)?;
+        cut = Some((len - max, len));
+    }
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > max {
+        // Not a regular file (a device, a pipe): its length was not known up front.
+        return Err(bad(format!(
+            "more than {max} bytes from {}: pass the end of it (`tail -c {max}`)",
+            path.display()
+        )));
+    }
+    let note = cut.map_or_else(String::new, |(left_out, len)| {
+        // The cut may fall inside a character: start at the next one.
+        let skip = bytes
+            .iter()
+            .take(3)
+            .take_while(|b| (**b & 0xC0) == 0x80)
+            .count();
+        bytes.drain(..skip);
+        format!(
+            "[... the first {} bytes of {len} were left out]\n",
+            left_out + skip as u64
+        )
+    });
+    Ok((note, bytes))
+}
