@@ -31,7 +31,7 @@ def run(env: dict[str, str], tool: str, *args: str, code: int = 0) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def browser() -> webdriver.Chrome:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> webdriver.Chrome:
     chromium = shutil.which("chromium")
     driver_bin = shutil.which("chromedriver")
     if not chromium or not driver_bin:
@@ -41,7 +41,10 @@ def browser() -> webdriver.Chrome:
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    # Chromium's own scratch (its singleton folders) stays in the test's folder.
+    scratch = tmp_path_factory.mktemp("chromium")
+    service = Service(driver_bin, env={**os.environ, "TMPDIR": str(scratch)})
+    d = webdriver.Chrome(service=service, options=opts)
     yield d
     d.quit()
 

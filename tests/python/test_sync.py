@@ -61,7 +61,10 @@ class Server:
 
 def start(cmd: list[str], port: int, tmp: Path, what: str) -> subprocess.Popen:
     log = tmp / f"{what}.log"
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+    # The server's own scratch (SeaweedFS's filer store; its logs go to -logdir) stays in
+    # its folder. SeaweedFS's sockets are always in /tmp.
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp, env=env, start_new_session=True)
     wait_for_port(port, proc, log, what)
     return proc
 
@@ -111,7 +114,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     elif request.param == "seaweedfs":
         data = tmp / "data"
         data.mkdir()
-        cmd = [str(VENV_BIN / "weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}"]
+        cmd = [str(VENV_BIN / "weed"), f"-logdir={tmp}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}"]
         proc = start(cmd, port, tmp, "seaweedfs")
         make_bucket(port, "builds")
         srv = Server("seaweedfs", "s3://builds/state", s3_env(port))
