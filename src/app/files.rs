@@ -50,11 +50,13 @@ pub fn read_limited(
             .map_err(unreadable)?;
         cut = Some((len - max, len));
     }
-    f.take(max + 1)
+    // Cut: exactly the last `max` bytes as of the length read above (a log still being
+    // written to may have grown since). Otherwise one byte more tells a longer one.
+    f.take(if cut.is_some() { max } else { max + 1 })
         .read_to_end(&mut bytes)
         .map_err(unreadable)?;
     if bytes.len() as u64 > max {
-        // Not a regular file (a device, a pipe): its length was not known up front.
+        // Not a regular file (a device, a pipe), or one that grew past `max` while read.
         return Err(bad(format!(
             "more than {max} bytes from {}: pass the end of it (`tail -c {max}`)",
             path.display()
