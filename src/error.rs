@@ -131,16 +131,19 @@ fn sqlite_message(e: &rusqlite::Error) -> String {
         if matches!(f.code, rusqlite::ErrorCode::NotADatabase) {
             return format!("{e}: the file is not a buildstate database; pass another --db");
         }
-        if matches!(f.code, rusqlite::ErrorCode::DiskFull) {
+        let todo = match f.code {
+            rusqlite::ErrorCode::DiskFull => {
+                Some("free space on the file system that holds the database")
+            }
+            rusqlite::ErrorCode::SystemIoFailure => {
+                Some("check the disk and file system that hold the database")
+            }
+            _ => None,
+        };
+        if let Some(todo) = todo {
             return format!(
                 "database error: {e}: nothing was recorded (the transaction was rolled back); \
-                 free space on the file system that holds the database, then run the command again"
-            );
-        }
-        if matches!(f.code, rusqlite::ErrorCode::SystemIoFailure) {
-            return format!(
-                "database error: {e}: nothing was recorded (the transaction was rolled back); \
-                 check the disk and file system that hold the database, then run the command again"
+                 {todo}, then run the command again"
             );
         }
     }

@@ -321,7 +321,7 @@ impl Report {
     }
 }
 
-/// Where [`Report::write_output`] writes (`what`: "--output", "in's destination") must
+/// Where [`Report::write_output`] writes (`what`: "--output", "in: the destination") must
 /// be a directory or nothing yet (it is created): a path that exists as anything else is
 /// refused before any work (exit 8).
 pub fn check_output_dir(dir: &Path, what: &str) -> Result<()> {
