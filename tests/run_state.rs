@@ -1,5 +1,7 @@
 //! run-state against real commands: flaky, persistent, slow, interrupted and killed.
-//! Nothing here asserts on timing; waits poll for a state with a generous bound.
+//! Waits poll for a state with a generous bound. Recorded times are checked against what
+//! really happened: a command of known duration must be recorded as taking at least that
+//! long (lower bounds hold on any machine; upper bounds are generous).
 
 mod util;
 
@@ -584,4 +586,141 @@ fn a_private_key_on_stderr_is_redacted_before_the_tail_is_cut() {
         "some key line was stored"
     );
     assert!(text.contains("deploy failed: bad key"), "{text}");
+}
+
+/// A plan whose times the tests below know: a 3-second retry delay without jitter, and a
+/// prerequisite that takes 3 seconds.
+const TIMED: &str = r#"
+name = "timed"
+[[state]]
+id = 5
+name = "sleeper"
+expected = "2s"
+retry = { policy = "immediate", max_attempts = 3, delay = "3s" }
+
+[[state]]
+id = 10
+name = "gated"
+expected = "1s"
+requires = "sleep 3"
+"#;
+
+fn timed_setup() -> Env {
+    let env = Env::new();
+    let plan = env.write("plan.toml", TIMED);
+    let plan = plan.to_str().unwrap();
+    env.run(
+        "init-state",
+        &["b", "--cloud", "aws", "--image", "x", "--plan", plan],
+    )
+    .code(exit::OK);
+    env
+}
+
+fn millis(at: &serde_json::Value) -> u128 {
+    let t = humantime::parse_rfc3339(at.as_str().expect("a time")).expect("an RFC 3339 time");
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+}
+
+/// The events of `kind` in the build's history, oldest first.
+fn events<'a>(j: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
+    j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_command_of_known_duration_is_recorded_as_taking_that_long() {
+    let env = timed_setup();
+    run_state(&env, &["b", "5", "--", "sleep", "2"]).code(exit::OK);
+    let j = env.state("b");
+    let (start, done) = (events(&j, "start")[0], events(&j, "complete")[0]);
+    let took = millis(&done["at"]) - millis(&start["at"]);
+    assert!(
+        (2000..20_000).contains(&took),
+        "complete {took} ms after start"
+    );
+    // The duration is what the event times say, not an estimate of its own.
+    let duration = done["duration_ms"].as_u64().unwrap() as u128;
+    assert!(
+        duration.abs_diff(took) <= 1,
+        "duration {duration} ms, times {took} ms"
+    );
+
+    // The statistics built from these events say the same.
+    let stats = env
+        .run("monitor", &["stats", "--json"])
+        .code(exit::OK)
+        .json();
+    let p50 = stats["states"][0]["p50_seconds"].as_f64().unwrap();
+    assert!((2.0..20.0).contains(&p50), "p50 {p50} s");
+}
+
+#[test]
+fn a_retry_waits_its_delay_from_the_failure_not_from_the_start() {
+    let env = timed_setup();
+    let fails_late = [
+        "b",
+        "5",
+        "--max-wait",
+        "0s",
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; exit 1",
+    ];
+    run_state(&env, &fails_late).code(exit::WAIT);
+    let j = env.state("b");
+    let (start, fail) = (events(&j, "start")[0], events(&j, "fail")[0]);
+    let failed_at = millis(&fail["at"]);
+    assert!(failed_at - millis(&start["at"]) >= 2000, "{start} {fail}");
+    let due = millis(&j["not_before"]) - failed_at;
+    assert!(
+        (2990..=3010).contains(&due),
+        "retry due {due} ms after the failure"
+    );
+    // Asked at once, the retry is not due yet: the wait is counted from the failure.
+    run_state(&env, &fails_late).code(exit::WAIT);
+    assert_eq!(events(&env.state("b"), "start").len(), 1);
+}
+
+#[test]
+fn the_lease_starts_when_the_state_starts_not_before_its_prerequisite() {
+    let env = timed_setup();
+    let began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    env.run("update-state", &["b", "complete", "5"])
+        .code(exit::OK);
+    // The prerequisite takes 3 s, longer than the 2-second lease.
+    let mut first = env.command("run-state");
+    first
+        .args(["b", "10", "--lease-ttl", "2s", "--", "sleep", "4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = first.spawn().unwrap();
+    let j = wait_for(&env, "state 10 to start", |j| j["status"] == "running");
+    let start = events(&j, "start")[0];
+    assert!(
+        millis(&start["at"]) - began >= 3000,
+        "start stamped before its prerequisite ran: {start}"
+    );
+    let until = millis(&j["lease_expires_at"]);
+    assert!(
+        until > millis(&start["at"]) + 1000,
+        "lease {until} for a start at {start}"
+    );
+    // A second worker (run-state's owner is its own process) finds the lease live and leaves the state alone.
+    let mut second = env.command("run-state");
+    second.args(["b", "10", "--", "true"]);
+    env.run_with(&mut second, None).code(exit::BUSY);
+    assert_eq!(first.wait().unwrap().code(), Some(exit::OK));
+    let j = env.state("b");
+    assert_eq!(j["current_state"], 10);
+    assert_eq!(events(&j, "start").len(), 1, "{}", j["history"]);
 }

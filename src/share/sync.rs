@@ -402,6 +402,23 @@ pub struct Writer {
     clock_offset: Option<i64>,
 }
 
+/// This machine's clock corrected by its offset from the remote's (ms it runs ahead; 0
+/// in local mode or with the skew check off).
+#[derive(Clone, Copy)]
+struct Clock(i64);
+
+impl Clock {
+    fn now(self) -> std::time::SystemTime {
+        let now = std::time::SystemTime::now();
+        let off = std::time::Duration::from_millis(self.0.unsigned_abs());
+        if self.0 > 0 {
+            now - off
+        } else {
+            now + off
+        }
+    }
+}
+
 /// The default of `BUILDSTATE_MAX_CLOCK_SKEW`.
 pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -447,12 +464,18 @@ impl Writer {
     /// ahead would take over live leases, one behind would skip backoffs, so it neither
     /// writes nor decides.
     pub fn now(&mut self) -> Result<std::time::SystemTime> {
-        let now = std::time::SystemTime::now();
+        Ok(self.clock()?.now())
+    }
+
+    /// The clock this writer's writes are stamped by (see [`Writer::now`]): measured and
+    /// checked once, then read at each write, so that a write made after a two-hour
+    /// command is stamped when it is made.
+    fn clock(&mut self) -> Result<Clock> {
         let Some(remote) = &self.remote else {
-            return Ok(now);
+            return Ok(Clock(0));
         };
         let Some(bound) = max_clock_skew()? else {
-            return Ok(now);
+            return Ok(Clock(0));
         };
         let offset = match self.clock_offset {
             Some(o) => o,
@@ -472,7 +495,7 @@ impl Writer {
                 crate::time::format_duration(bound),
             )));
         }
-        Ok(if offset > 0 { now - off } else { now + off })
+        Ok(Clock(offset))
     }
 
     pub fn is_remote(&self) -> bool {
@@ -607,13 +630,20 @@ impl Writer {
         actor: &crate::context::Actor,
         ctx: &crate::model::Ctx<'_>,
     ) -> Result<crate::model::Build> {
+        // Every write is stamped when it is made, inside its transaction, whatever time
+        // the caller's context was built at: a complete after a two-hour command says
+        // so, its backoff counts from the failure, a start's lease from the start.
+        let clock = self.clock()?;
         if self.remote.is_none() {
-            return self.store.transition(build_id, t, actor, ctx);
+            return self.store.transition_stamped(
+                build_id,
+                t,
+                actor,
+                ctx,
+                || clock.now(),
+                |_, _| Ok(()),
+            );
         }
-        let ctx = &crate::model::Ctx {
-            now: self.now()?,
-            ..*ctx
-        };
         let mut pause = std::time::Duration::from_millis(20);
         for _ in 0..RACE_TRIES {
             self.refresh(build_id)?;
@@ -622,11 +652,18 @@ impl Writer {
             // What the remote accepted, if it did: from then on the write has happened,
             // whatever becomes of the local commit.
             let pushed = std::cell::RefCell::new(None);
-            let written = store.transition_with(build_id, t, actor, ctx, |conn, b| {
-                push_in(conn, remote, b, Appended::Events)?;
-                pushed.replace(Some(b.clone()));
-                Ok(())
-            });
+            let written = store.transition_stamped(
+                build_id,
+                t,
+                actor,
+                ctx,
+                || clock.now(),
+                |conn, b| {
+                    push_in(conn, remote, b, Appended::Events)?;
+                    pushed.replace(Some(b.clone()));
+                    Ok(())
+                },
+            );
             let written = match (written, pushed.into_inner()) {
                 (Err(e), Some(b)) => {
                     // The remote is the truth in remote mode; this database is a cache

@@ -287,7 +287,7 @@ impl Store {
         })
     }
 
-    /// Apply one transition in one transaction; returns the build as written.
+    /// Apply one transition in one transaction, at `ctx.now`; returns the build as written.
     pub fn transition(
         &mut self,
         build_id: &str,
@@ -295,26 +295,29 @@ impl Store {
         actor: &Actor,
         ctx: &Ctx<'_>,
     ) -> Result<Build> {
-        self.transition_with(build_id, t, actor, ctx, |_, _| Ok(()))
+        let now = ctx.now;
+        self.transition_stamped(build_id, t, actor, ctx, || now, |_, _| Ok(()))
     }
 
-    /// [`Store::transition`], with `before_commit` run inside the write's transaction once
-    /// the new row and events are in place: if it fails, nothing is written. Remote mode
-    /// pushes the build's snapshot there, so the local write lands only if the remote
-    /// accepted it.
-    pub fn transition_with(
+    /// [`Store::transition`], stamped by `clock`, read once the write holds the database
+    /// (after any wait for another writer) instead of `ctx.now`: the time the write is
+    /// made. `before_commit` runs inside the write's transaction once the new row and
+    /// events are in place: if it fails, nothing is written. Remote mode pushes the
+    /// build's snapshot there, so the local write lands only if the remote accepted it.
+    pub fn transition_stamped(
         &mut self,
         build_id: &str,
         t: &Transition,
         actor: &Actor,
         ctx: &Ctx<'_>,
+        clock: impl FnOnce() -> SystemTime,
         before_commit: impl FnOnce(&Connection, &Build) -> Result<()>,
     ) -> Result<Build> {
-        let now = ctx.now;
         crate::model::validate_build_id(build_id)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = clock();
         let build = load_build(&tx, build_id)?.ok_or_else(|| archive::missing(&tx, build_id))?;
         // A build's time never runs backwards: a write is never earlier than the one
         // before it, whatever this machine's clock says (durations stay >= 0).
