@@ -63,7 +63,7 @@ pub mod store;
 #[cfg(feature = "cli")]
 pub use app::cli;
 pub use app::{
-    archive, concourse, files, inputs, monitor, report, runner, stats, timeline, verify,
+    archive, concourse, files, inputs, monitor, procs, report, runner, stats, timeline, verify,
 };
 pub use domain::{alerts, context, decide, manifest, model, plan, policy, redact, snapshot, time};
 pub use error::{Error, Result};

@@ -724,3 +724,74 @@ fn the_lease_starts_when_the_state_starts_not_before_its_prerequisite() {
     assert_eq!(j["current_state"], 10);
     assert_eq!(events(&j, "start").len(), 1, "{}", j["history"]);
 }
+
+/// Run `cmd` to its end as a pipeline does (reading its output to end-of-file); how long
+/// that took.
+fn timed(env: &Env, cmd: &mut Command) -> (util::Run, std::time::Duration) {
+    let begun = std::time::Instant::now();
+    let r = env.run_with(cmd, None);
+    (r, begun.elapsed())
+}
+
+#[test]
+fn a_timeout_holds_whatever_the_command_started_outside_its_group() {
+    let env = timed_setup();
+    // `setsid` leaves run-state's process group and keeps its stdout open: the group kill
+    // missed it and the caller read the output until it ended by itself.
+    let leak = env.path("leaked.pid");
+    let cmd = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 25' & sleep 1000",
+        leak.display()
+    );
+    let mut c = env.command("run-state");
+    c.args([
+        "b",
+        "5",
+        "--timeout",
+        "2s",
+        "--kill-grace",
+        "1s",
+        "--max-wait",
+        "0s",
+    ])
+    .args(["--", "sh", "-c", &cmd]);
+    let (r, took) = timed(&env, &mut c);
+    assert_eq!(r.code, exit::WAIT, "{}", r.stderr);
+    assert!(took.as_secs() < 10, "run-state returned after {took:?}");
+    let pid = std::fs::read_to_string(&leak).unwrap();
+    wait_gone(&pid, "the setsid child");
+    let fail = events(&env.state("b"), "fail")[0].clone();
+    assert!(
+        fail["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2s"),
+        "{fail}"
+    );
+}
+
+#[test]
+fn a_verify_timeout_holds_whatever_the_check_started_outside_its_group() {
+    let env = Env::new();
+    let plan = env.write(
+        "plan.toml",
+        "name = \"v\"\n[[state]]\nid = 5\nname = \"k\"\nexpected = \"1s\"\nverify = \"setsid sleep 30 & sleep 1000\"\n",
+    );
+    let plan = plan.to_str().unwrap();
+    env.run(
+        "init-state",
+        &["b", "--cloud", "aws", "--image", "x", "--plan", plan],
+    )
+    .code(exit::OK);
+    env.run("update-state", &["b", "complete", "5"])
+        .code(exit::OK);
+    let mut c = env.command("check-state");
+    c.args(["b", "--verify", "--verify-timeout", "2s", "--json"]);
+    let (r, took) = timed(&env, &mut c);
+    assert!(
+        took.as_secs() < 12,
+        "check-state --verify returned after {took:?}: {}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("timed out after 2s"), "{}", r.stdout);
+}

@@ -10,6 +10,7 @@ pub mod concourse;
 pub mod files;
 pub mod inputs;
 pub mod monitor;
+pub mod procs;
 pub mod report;
 pub mod runner;
 pub mod stats;

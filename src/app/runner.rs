@@ -498,10 +498,14 @@ fn spawn_and_watch(
     lease: &LeaseKeeper,
 ) -> std::result::Result<Finished, String> {
     let program = &opts.command[0];
+    // What the command starts outside its process group carries this token, so that a
+    // timeout, a signal or a lost lease ends that too (crate::procs).
+    let tracked = crate::procs::Tracked::new();
     let mut child = Command::new(program)
         .args(&opts.command[1..])
         .envs(crate::verify::check_env(&opts.build_id, state, meta))
         .env("BUILDSTATE_ATTEMPT", attempt.to_string())
+        .env(tracked.env().0, tracked.env().1)
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
@@ -563,28 +567,40 @@ fn spawn_and_watch(
             }
         }
         let now = Instant::now();
+        let stop = |sig| {
+            kill_group(pgid, sig);
+            tracked.signal(sig);
+        };
         if let Some(sig) = signals.take() {
             interrupted = Some(sig);
-            kill_group(pgid, sig);
+            stop(sig);
             kill_at.get_or_insert(now + opts.kill_grace);
         }
         if let Some(limit) = timeout {
             if !timed_out && interrupted.is_none() && now.duration_since(begun) >= limit {
                 timed_out = true;
-                kill_group(pgid, libc::SIGTERM);
+                stop(libc::SIGTERM);
                 kill_at = Some(now + opts.kill_grace);
             }
         }
         if !lease_lost && lease.lost() {
             lease_lost = true;
-            kill_group(pgid, libc::SIGTERM);
+            stop(libc::SIGTERM);
             kill_at = Some(now + opts.kill_grace);
         }
         if kill_at.is_some_and(|k| now >= k) {
-            kill_group(pgid, libc::SIGKILL);
+            stop(libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // A command that was stopped takes everything it started with it, in its group or
+    // not, within what is left of the grace: nothing of it outlives run-state to race
+    // the next attempt or hold the caller's output open. (A command that ended by
+    // itself keeps what it started on purpose.)
+    if let Some(k) = kill_at {
+        kill_group(pgid, libc::SIGKILL);
+        tracked.end_all(k.saturating_duration_since(Instant::now()));
+    }
     drop(reaper);
     // A background process the command left behind may hold stderr open for ever:
     // give the copier a moment to drain, then go on with what it has.

@@ -66,15 +66,23 @@ pub fn check_env(
     env
 }
 
+/// After the timeout's SIGTERM, how long a check has before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
 /// Run `command` with `sh -c`, stdin closed, under `timeout` (then its whole process
-/// group gets SIGTERM, and SIGKILL 5 s later).
+/// group and whatever it started outside the group get SIGTERM, and SIGKILL
+/// [`KILL_GRACE`] later). It returns within the timeout and the grace, whatever its
+/// children do: what it left running is ended when it ends, and output still held open
+/// by a child that escaped even that is not waited for.
 pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> Result<Checked> {
     let begun = Instant::now();
+    let tracked = crate::procs::Tracked::new();
     let mut child = Command::new("sh")
         .arg("-c")
         // One stream: the output reads as the command printed it.
         .arg(format!("exec 2>&1\n{command}"))
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .env(tracked.env().0, tracked.env().1)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -86,20 +94,24 @@ pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> 
         })?;
     let pgid = child.id();
     let mut pipe = child.stdout.take().expect("stdout is piped");
-    let reader = std::thread::spawn(move || {
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let tail_w = std::sync::Arc::clone(&tail);
+    let (read_all, reader_done) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
         let keep = OUTPUT_TAIL * 4;
-        let mut tail: Vec<u8> = Vec::new();
         let mut buf = [0u8; 8192];
         while let Ok(n) = pipe.read(&mut buf) {
             if n == 0 {
                 break;
             }
+            let mut tail = tail_w.lock().unwrap_or_else(|e| e.into_inner());
             tail.extend_from_slice(&buf[..n]);
             if tail.len() > 2 * keep {
-                tail.drain(..tail.len() - keep);
+                let excess = tail.len() - keep;
+                tail.drain(..excess);
             }
         }
-        tail
+        let _ = read_all.send(());
     });
     let mut timed_out = false;
     let mut kill_at = None;
@@ -114,16 +126,22 @@ pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> 
         if !timed_out && now.duration_since(begun) >= timeout {
             timed_out = true;
             kill_group(pgid, libc::SIGTERM);
-            kill_at = Some(now + Duration::from_secs(5));
+            tracked.signal(libc::SIGTERM);
+            kill_at = Some(now + KILL_GRACE);
         }
         if kill_at.is_some_and(|k| now >= k) {
             kill_group(pgid, libc::SIGKILL);
+            tracked.signal(libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    // Whatever the command left running in its group goes with it.
+    // Whatever the command left running goes with it: in its group, and outside it.
     kill_group(pgid, libc::SIGKILL);
-    let tail = reader.join().unwrap_or_default();
+    tracked.signal(libc::SIGKILL);
+    // A child that cleared its environment may still hold the output open: read what
+    // came for a moment more, then go on with it.
+    let _ = reader_done.recv_timeout(Duration::from_secs(1));
+    let tail = std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner()));
     let text = String::from_utf8_lossy(&tail);
     let redacted = crate::redact::redact(&text);
     let output = last_bytes(&redacted, OUTPUT_TAIL).to_string();
