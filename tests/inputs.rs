@@ -426,3 +426,75 @@ fn a_plan_whose_inputs_leave_the_root_is_refused() {
     assert_eq!(r.code, 6);
     assert!(r.stderr.contains("unknown field `file`"), "{}", r.stderr);
 }
+
+#[test]
+fn a_stray_name_that_is_not_utf8_beside_the_inputs_is_none_of_ours() {
+    use std::os::unix::ffi::OsStrExt;
+    let e = setup();
+    build_to_20(&e);
+    // Under the glob's base (base/*.ks), but not a match: it blocks nothing.
+    let stray = e
+        .path("base")
+        .join(std::ffi::OsStr::from_bytes(b"notes-\xff.txt"));
+    std::fs::write(&stray, "x").unwrap();
+    let v = check(&e, &[], "9.4");
+    assert_eq!(v["stale"], serde_json::json!([]), "{v}");
+    // A match whose name cannot be recorded is refused, naming it.
+    let matched = e
+        .path("base")
+        .join(std::ffi::OsStr::from_bytes(b"k-\xff.ks"));
+    std::fs::write(&matched, "x").unwrap();
+    let r = e.run_with(
+        e.command("check-state")
+            .args(["img-1", "--json"])
+            .env("IMAGE_VERSION", "9.4"),
+        None,
+    );
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("k-\u{fffd}.ks") && r.stderr.contains("not UTF-8"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_kernel_file_linked_into_the_inputs_cannot_hang_hashing() {
+    // /proc/kmsg is a regular file of size 0 whose read waits for the next kernel
+    // message; a link to it among the inputs once hung every decision.
+    assert!(
+        std::fs::File::open("/proc/kmsg").is_ok(),
+        "this test needs /proc/kmsg readable (Linux, as root)"
+    );
+    let e = setup();
+    build_to_20(&e);
+    std::os::unix::fs::symlink("/proc/kmsg", e.path("ansible/roles/users/kmsg")).unwrap();
+    let mut child = e
+        .command("check-state")
+        .args(["img-1", "--json"])
+        .env("IMAGE_VERSION", "9.4")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let begun = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if begun.elapsed().as_secs() >= 20 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("check-state hung hashing a link to /proc/kmsg");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // The link is an input (a link to a file counts as the file, read to the size it
+    // has): new since state 20 completed, so state 20 reruns.
+    assert_eq!(status.code(), Some(0));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "rerun", "{v}");
+    assert_eq!(v["next_state"], 20, "{v}");
+}

@@ -229,7 +229,7 @@ fn find_files(root: &Path, globs: &[String]) -> Result<Vec<(String, Stat)>> {
         let dir = root.join(&base);
         // A base that is missing (or not a directory) holds no match.
         if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-            walk(&dir, &base, &matcher, &mut found)?;
+            walk(&dir, Path::new(&base), &matcher, &mut found)?;
         }
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
@@ -238,10 +238,11 @@ fn find_files(root: &Path, globs: &[String]) -> Result<Vec<(String, Stat)>> {
 }
 
 /// One directory of [`find_files`]: entries are stat'ed relative to the directory, and
-/// only files that match.
+/// only files that match. A name that is not UTF-8 is refused only where a glob matches
+/// it: one the globs cannot match (a stray file beside the inputs) is none of ours.
 fn walk(
     dir: &Path,
-    rel: &str,
+    rel: &Path,
     matcher: &globset::GlobMatcher,
     out: &mut Vec<(String, Stat)>,
 ) -> Result<()> {
@@ -251,18 +252,7 @@ fn walk(
     };
     for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let entry = entry.map_err(|e| io(dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            return Err(Error::InvalidInput(format!(
-                "input file '{}' has a name that is not UTF-8: rename it",
-                entry.path().display()
-            )));
-        };
-        let path_rel = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
+        let path_rel = rel.join(entry.file_name());
         let ft = entry.file_type().map_err(|e| io(&entry.path(), e))?;
         if ft.is_dir() {
             walk(&entry.path(), &path_rel, matcher, out)?;
@@ -271,10 +261,17 @@ fn walk(
         if !matcher.is_match(&path_rel) {
             continue;
         }
+        let Some(name) = path_rel.to_str() else {
+            return Err(Error::InvalidInput(format!(
+                "input file '{}' matches an input glob but has a name that is not UTF-8: rename it",
+                entry.path().display()
+            )));
+        };
         let meta = if ft.is_symlink() {
             match std::fs::metadata(entry.path()) {
                 Ok(m) if m.is_file() => m,
-                // A link to a directory, or a dangling link: not a file input.
+                // A link to a directory, a FIFO or a device, or a dangling link: not a
+                // file input.
                 _ => continue,
             }
         } else if ft.is_file() {
@@ -282,14 +279,30 @@ fn walk(
         } else {
             continue;
         };
-        out.push((path_rel, Stat::of(&meta)));
+        out.push((name.to_string(), Stat::of(&meta)));
     }
     Ok(())
 }
 
-/// SHA-256 of a file's content, read in blocks.
+/// SHA-256 of a file's content, read in blocks, up to the size the file has when it is
+/// opened. Only a regular file is read, opened without blocking (a FIFO put in its place
+/// since it was found must not hang the open), and never past that size: a file that
+/// grows as it is read, or a kernel file whose read waits for ever (they report size
+/// 0), cannot hold hashing up.
 pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut f = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (an input is a file's content)",
+        ));
+    }
+    let mut f = f.take(meta.len());
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
