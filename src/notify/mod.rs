@@ -26,6 +26,22 @@ pub struct Claimed {
     pub attempts: u32,
 }
 
+/// Whether an alert is due and unclaimed: what [`claim`] (and, with `shared`,
+/// [`claim_shared`]) would find. Asked before waiting out Slack's gap between two
+/// messages, so that a command that sent its one alert does not then wait for nothing.
+pub fn any_due(conn: &Connection, now: SystemTime, shared: bool) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM alerts
+               WHERE state = 'pending' AND next_try_at <= :now AND (shared = 0 OR :shared)
+                 AND (claimed_until IS NULL OR claimed_until <= :now))",
+        )?
+        .query_row(
+            named_params! {":now": time::format(now), ":shared": shared},
+            |r| r.get(0),
+        )?)
+}
+
 /// Claim the oldest due alert for `worker` until `until`: one statement, so two
 /// deliverers never claim the same alert.
 pub fn claim(

@@ -113,7 +113,72 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Cut to `max` characters (Slack's limits: 3000 per section text, 2000 per field).
+/// How many characters `c` takes once escaped by [`esc`].
+fn escaped_len(c: char) -> usize {
+    match c {
+        '&' => 5,
+        '<' | '>' => 4,
+        _ => 1,
+    }
+}
+
+/// `s` escaped for mrkdwn, in at most `max` characters (Slack's limits: 3000 per section
+/// text, 2000 per field): the cut is made before escaping, so the result never ends in a
+/// broken entity, and it counts what escaping adds, so it never exceeds `max`. A cut text
+/// ends in `…`.
+fn fit(s: &str, max: usize) -> String {
+    if s.chars().map(escaped_len).sum::<usize>() <= max {
+        return esc(s);
+    }
+    let mut used = 1; // the `…`
+    let kept: String = s
+        .chars()
+        .take_while(|&c| {
+            used += escaped_len(c);
+            used <= max
+        })
+        .collect();
+    format!("{}…", esc(&kept))
+}
+
+/// [`fit`], keeping the end of `s` (an error's last lines say most): a cut text starts
+/// with `…`.
+fn fit_end(s: &str, max: usize) -> String {
+    if s.chars().map(escaped_len).sum::<usize>() <= max {
+        return esc(s);
+    }
+    let mut used = 1;
+    let mut kept: Vec<char> = s
+        .chars()
+        .rev()
+        .take_while(|&c| {
+            used += escaped_len(c);
+            used <= max
+        })
+        .collect();
+    kept.reverse();
+    format!("…{}", esc(&kept.into_iter().collect::<String>()))
+}
+
+/// A field: its bold label, then its value, within Slack's 2000 characters.
+fn field(label: &str, value: &str) -> Value {
+    let head = format!("*{label}*\n");
+    let value = fit(value, 2000 - head.chars().count());
+    json!({"type": "mrkdwn", "text": format!("{head}{value}")})
+}
+
+/// Whether `v` may be a link in a message: an http(s) URL of at most 2000 characters
+/// without white space, control characters or the characters that end a Slack link
+/// (`<`, `>`, `|`) or a JSON string (`"`). A `javascript:` or other scheme never is.
+pub fn is_link(v: &str) -> bool {
+    (v.starts_with("https://") || v.starts_with("http://"))
+        && v.len() <= 2000
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>|\"".contains(c))
+}
+
+/// Cut plain text to `max` characters (a header's 150, the notification text).
 fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
@@ -129,12 +194,7 @@ pub fn report_base_from_env() -> Result<Option<String>> {
         Err(_) => Ok(None),
         Ok(v) if v.trim().is_empty() => Ok(None),
         Ok(v) => {
-            let ok = (v.starts_with("https://") || v.starts_with("http://"))
-                && v.len() <= 2000
-                && !v
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || "<>|\"".contains(c));
-            if ok {
+            if is_link(&v) {
                 Ok(Some(v.trim_end_matches('/').to_string()))
             } else {
                 Err(Error::InvalidInput(format!(
@@ -170,51 +230,96 @@ pub fn message(alert: &Claimed, report_base: Option<&str>) -> Value {
         other => (":information_source:", other.to_string()),
     };
     let text = cut(&format!("Build {build} {headline}"), 150);
-    let mut fields = vec![json!({"type": "mrkdwn", "text": format!("*State*\n{}", esc(&state))})];
+    let mut fields = vec![field("State", &state)];
     if let (Some(a), Some(m)) = (
         p.get("attempt").and_then(Value::as_u64),
         p.get("max_attempts").and_then(Value::as_u64),
     ) {
-        fields.push(json!({"type": "mrkdwn", "text": format!("*Attempt*\n{a} of {m}")}));
+        fields.push(field("Attempt", &format!("{a} of {m}")));
     }
     if let Some(c) = s("category") {
-        fields.push(json!({"type": "mrkdwn", "text": format!("*Category*\n{}", esc(&c))}));
+        fields.push(field("Category", &c));
     }
     if let (Some(cloud), Some(image)) = (s("cloud"), s("image")) {
-        fields.push(json!({"type": "mrkdwn", "text": cut(&format!("*Image*\n{} on {}", esc(&image), esc(&cloud)), 2000)}));
+        fields.push(field("Image", &format!("{image} on {cloud}")));
     }
     if let Some(w) = s("who") {
-        fields.push(json!({"type": "mrkdwn", "text": cut(&format!("*Who*\n{}", esc(&w)), 2000)}));
+        fields.push(field("Who", &w));
     }
     let mut blocks = vec![
         json!({"type": "header", "text": {"type": "plain_text", "text": cut(&format!("{} {text}", icon), 150), "emoji": true}}),
         json!({"type": "section", "fields": fields}),
     ];
     if let Some(r) = s("reason") {
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&format!("*Why:* {}", esc(&r)), 3000)}}));
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Why:* {}", fit(&r, 3000 - 7))}}));
     }
     if let Some(e) = s("error_tail") {
         // The tail of the (already redacted) error, in a code block that fits Slack's limit.
-        let body = super::tail(&e.replace("```", "'''"), 2900);
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{}```", esc(&body))}}));
+        let body = fit_end(&e.replace("```", "'''"), 3000 - 6);
+        blocks.push(
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{body}```")}}),
+        );
     }
-    if let Some(u) = s("concourse_url") {
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&format!("<{}|Concourse build>", esc(&u)), 3000)}}));
+    // A link from the pipeline's environment (BUILD_URL) or another machine's snapshot:
+    // only an http(s) URL becomes one.
+    if let Some(u) = s("concourse_url").filter(|u| is_link(u)) {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("<{}|Concourse build>", esc(&u))}}));
     }
     if let (Some(base), Some(id)) = (report_base, s("build_id")) {
         // Build ids are [A-Za-z0-9._-]: safe in a URL path as they are.
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("<{}/{}.html|Timeline of {}>", esc(base), esc(&id), esc(&id))}}));
     }
-    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("buildstate alert {} · {}", alert.id, esc(&s("at").unwrap_or_default()))}]}));
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("buildstate alert {} · {}", alert.id, fit(&s("at").unwrap_or_default(), 100))}]}));
     json!({"text": text, "blocks": blocks})
+}
+
+/// The same alert as plain text without blocks: what is sent when Slack refuses the
+/// Block Kit message as malformed, so that someone still hears of it.
+pub fn plain_message(alert: &Claimed) -> Value {
+    let blocks = message(alert, None);
+    let headline = blocks["text"].as_str().unwrap_or_default().to_string();
+    let p = &alert.payload;
+    let s = |k: &str| {
+        p.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let why = fit(&s("reason"), 1000);
+    let tail = fit_end(&s("error_tail"), 1500);
+    let text = format!(
+        "{}\n{why}\n{tail}\n(buildstate alert {})",
+        esc(&headline),
+        alert.id
+    );
+    json!({"text": text.trim_end()})
 }
 
 /// How one send went.
 enum Sent {
-    Ok { ts: Option<String> },
+    Ok {
+        ts: Option<String>,
+    },
     RateLimited(Duration),
     Transient(String),
     Refused(String),
+    /// Slack refused the message's content (its blocks, its length): a plain-text
+    /// message may still go through.
+    Malformed(String),
+}
+
+/// The errors by which Slack says the message itself is at fault (webhooks answer them
+/// with 400 as the body, chat.postMessage as `error`).
+fn malformed(error: &str) -> bool {
+    let e = error.trim();
+    e.starts_with("invalid_blocks")
+        || [
+            "invalid_payload",
+            "msg_too_long",
+            "no_text",
+            "invalid_attachments",
+        ]
+        .contains(&e)
 }
 
 async fn send(
@@ -262,6 +367,12 @@ async fn send(
         return Sent::Transient(format!("Slack answered {status}"));
     }
     if !status.is_success() {
+        if malformed(&text) {
+            return Sent::Malformed(format!(
+                "Slack refused the message: {status} {}",
+                cut(&text, 200)
+            ));
+        }
         return Sent::Refused(format!(
             "Slack refused the message: {status} {}",
             cut(&text, 200)
@@ -282,6 +393,8 @@ async fn send(
                     .unwrap_or("no error given");
                 if err == "ratelimited" {
                     Sent::RateLimited(Duration::from_secs(30))
+                } else if malformed(err) {
+                    Sent::Malformed(format!("Slack refused the message: {err}"))
                 } else {
                     Sent::Refused(format!("Slack refused the message: {err}"))
                 }
@@ -352,8 +465,11 @@ pub fn deliver(
         if now >= deadline {
             break;
         }
-        // Keep to about one message a second per channel.
+        // Keep to about one message a second per channel, but wait only for a message.
         if let Some(t) = last_send {
+            if !super::any_due(store.connection(), SystemTime::now(), shared)? {
+                break;
+            }
             let next = t + CHANNEL_GAP;
             if next >= deadline {
                 break;
@@ -390,11 +506,24 @@ pub fn deliver(
         let thread = thread_ts(store, &alert, target)?;
         let body = message(&alert, report_base.as_deref());
         last_send = Some(Instant::now());
-        let sent = rt.block_on(async {
-            tokio::time::timeout(timeout, send(&client, target, body, thread.as_deref()))
-                .await
-                .unwrap_or_else(|_| Sent::Transient("Slack did not answer in time".into()))
-        });
+        let send_one = |body: Value| {
+            rt.block_on(async {
+                tokio::time::timeout(timeout, send(&client, target, body, thread.as_deref()))
+                    .await
+                    .unwrap_or_else(|_| Sent::Transient("Slack did not answer in time".into()))
+            })
+        };
+        let sent = match send_one(body) {
+            // Its blocks were refused: the same alert as plain text, at once, rather
+            // than an alert nobody hears.
+            Sent::Malformed(error) => match send_one(plain_message(&alert)) {
+                Sent::Malformed(plain_error) => {
+                    Sent::Refused(format!("{error}; as plain text too: {plain_error}"))
+                }
+                other => other,
+            },
+            other => other,
+        };
         let now = SystemTime::now();
         match sent {
             Sent::Ok { ts } => {
@@ -438,7 +567,7 @@ pub fn deliver(
                 )?;
                 report.retried += 1;
             }
-            Sent::Transient(error) | Sent::Refused(error) => {
+            Sent::Transient(error) | Sent::Refused(error) | Sent::Malformed(error) => {
                 report.last_error = Some(crate::redact::redact(&error).into_owned());
                 settle(store, Settle::GaveUp { error: &error }, now)?;
                 report.gave_up += 1;
@@ -539,6 +668,138 @@ mod tests {
         }
         assert!(text.contains("Attempt*\\n5 of 5"));
         assert!(text.contains("buildstate alert 7"));
+    }
+
+    fn blocked(error_tail: &str, reason: &str, concourse_url: &str) -> Claimed {
+        Claimed {
+            id: 9,
+            build_id: Some("img-1".into()),
+            kind: "blocked".into(),
+            payload: json!({
+                "build_id": "img-1", "state": 5, "state_name": "kickstart",
+                "attempt": 1, "max_attempts": 1, "category": "persistent",
+                "reason": reason, "error_tail": error_tail, "who": reason,
+                "concourse_url": concourse_url, "cloud": "aws", "image": reason,
+                "at": "2026-11-22T10:00:00.000Z",
+            }),
+            attempts: 0,
+        }
+    }
+
+    /// Slack's documented limits, and escaping that never leaves a broken entity.
+    fn assert_within_slack_limits(m: &Value) {
+        let blocks = m["blocks"].as_array().unwrap();
+        assert!(!blocks.is_empty() && blocks.len() <= 50);
+        assert!(m["text"].as_str().unwrap().chars().count() <= 150);
+        let mut mrkdwn = Vec::new();
+        for b in blocks {
+            match b["type"].as_str().unwrap() {
+                "header" => assert!(b["text"]["text"].as_str().unwrap().chars().count() <= 150),
+                "section" => {
+                    if let Some(t) = b["text"]["text"].as_str() {
+                        assert!(
+                            t.chars().count() <= 3000,
+                            "section of {}",
+                            t.chars().count()
+                        );
+                        mrkdwn.push(t);
+                    }
+                    for f in b["fields"].as_array().into_iter().flatten() {
+                        let t = f["text"].as_str().unwrap();
+                        assert!(t.chars().count() <= 2000, "field of {}", t.chars().count());
+                        mrkdwn.push(t);
+                    }
+                }
+                "context" => mrkdwn.push(b["elements"][0]["text"].as_str().unwrap()),
+                other => panic!("block type {other}"),
+            }
+        }
+        for t in mrkdwn {
+            for (i, _) in t.match_indices('&') {
+                let rest = &t[i..];
+                assert!(
+                    ["&amp;", "&lt;", "&gt;"]
+                        .iter()
+                        .any(|e| rest.starts_with(e)),
+                    "a broken entity in {t:?}"
+                );
+            }
+            // The only markup is ours: a link's angle brackets.
+            let links = t.matches("|Concourse build>").count() + t.matches("|Timeline of ").count();
+            assert!(t.matches('<').count() <= links, "markup in {t:?}");
+        }
+    }
+
+    #[test]
+    fn markup_heavy_errors_fit_after_escaping() {
+        // Cut to 2,900 characters and then escaped, this was 11,600: Slack's 400.
+        let m = message(&blocked(&"<&>".repeat(1000), &"&".repeat(5000), ""), None);
+        assert_within_slack_limits(&m);
+        let text = m.to_string();
+        assert!(text.contains("&lt;&amp;&gt;"), "{text}");
+    }
+
+    #[test]
+    fn only_http_links_become_links() {
+        for bad in [
+            "javascript:alert(1)",
+            "https://x/<script>",
+            "https://a b",
+            "https://x|y",
+            "data:text/html,x",
+        ] {
+            let m = message(&blocked("e", "r", bad), None);
+            assert!(!m.to_string().contains("Concourse build"), "{bad}: {m}");
+        }
+        let m = message(
+            &blocked("e", "r", "https://ci.example.com/builds/42?a=1&b=2"),
+            None,
+        );
+        assert!(m
+            .to_string()
+            .contains("<https://ci.example.com/builds/42?a=1&amp;b=2|Concourse build>"));
+    }
+
+    #[test]
+    fn the_plain_text_fallback_fits_too() {
+        let big = "é<&>".repeat(300_000);
+        let m = plain_message(&blocked(&big, &big, "javascript:x"));
+        let t = m["text"].as_str().unwrap();
+        assert!(t.chars().count() <= 3000, "{}", t.chars().count());
+        assert!(m.get("blocks").is_none());
+        assert!(t.starts_with("Build img-1 needs a person at state 5 (kickstart)"));
+        assert!(t.ends_with("(buildstate alert 9)"));
+    }
+
+    #[test]
+    fn slack_errors_that_blame_the_message_are_told_apart() {
+        for e in [
+            "invalid_blocks",
+            "invalid_blocks_format",
+            "invalid_payload",
+            "msg_too_long",
+        ] {
+            assert!(malformed(e), "{e}");
+        }
+        for e in ["channel_not_found", "invalid_auth", "no_service", ""] {
+            assert!(!malformed(e), "{e}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
+        #[test]
+        fn every_payload_fits_slack_whatever_the_error_says(
+            chunks in proptest::collection::vec("[<>&`*_~|a-zé漢🙂\\n ]{0,64}", 0..80),
+            repeat in 1usize..20_000,
+        ) {
+            // Up to about 1 MB of markup, multibyte characters and backticks.
+            let text: String = chunks.concat().repeat(repeat.min(1 + 1_000_000 / (1 + chunks.concat().len())));
+            let m = message(&blocked(&text, &text, &text), Some("https://reports.example.com"));
+            assert_within_slack_limits(&m);
+            let p = plain_message(&blocked(&text, &text, &text));
+            proptest::prop_assert!(p["text"].as_str().unwrap().chars().count() <= 3000);
+        }
     }
 
     #[test]

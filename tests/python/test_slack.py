@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
@@ -42,7 +46,7 @@ class Receiver(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.lock = threading.Lock()
-        self.mode = "ok"  # ok, 429, 500, refuse, hang
+        self.mode = "ok"  # ok, 429, 500, refuse, refuse_blocks, hang
         self.retry_after = "1"
         self.messages: list[dict] = []
         self.problems: list[str] = []
@@ -99,6 +103,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     p.append("section: text or fields")
             if t == "context" and not 0 < len(b["elements"]) <= 10:
                 p.append("context: 1 to 10 elements")
+            # Slack's own SDK models: every limit they know of.
+            try:
+                Block.parse(b).validate_json()
+            except (SlackObjectFormationError, KeyError, TypeError) as e:
+                p.append(f"slack_sdk: {t}: {e}")
         if web_api:
             if not payload.get("channel"):
                 p.append("chat.postMessage: channel is required")
@@ -123,13 +132,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(500, "internal error")
         if mode == "refuse":
             return self.reply(400, "invalid_payload")
+        payload = json.loads(raw)
+        if mode == "refuse_blocks" and "blocks" in payload:
+            return self.reply(400, "invalid_blocks")
         problems = []
         if not self.headers.get("Content-Type", "").startswith("application/json"):
             problems.append("Content-Type must be application/json")
         if web_api and self.headers.get("Authorization") != f"Bearer {TOKEN}":
             problems.append("chat.postMessage: Authorization: Bearer <token> is required")
-        payload = json.loads(raw)
-        problems += self.check(payload, web_api)
+        if "blocks" in payload or mode != "refuse_blocks":
+            problems += self.check(payload, web_api)
+        elif not 0 < len(payload.get("text", "")) <= 4000:
+            problems.append("a plain-text message: text of 1 to 4000 characters")
         with srv.lock:
             srv.problems += problems
             srv.messages.append(dict(payload, _at=time.monotonic(), _path=self.path))
@@ -395,3 +409,64 @@ def test_a_remote_mode_cron_host_checks_and_delivers_stuck_alerts(slack: Receive
     assert json.loads(r.stdout)["delivered"] == 1, r.stdout
     assert [m["text"] for m in slack.messages] == [m["text"] for m in slack.messages if "dead-1" in m["text"]] != []
     assert [a[1:3] for a in cron.alerts()] == [("stuck", "delivered")]
+
+
+def _block_with_error_file(env: Env, build: str, error: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env.run("init-state", build, "--cloud", "aws", "--image", "rhel9", "--plan", str(env.plan))
+    f = env.tmp / f"{build}.err"
+    f.write_text(error, encoding="utf-8")
+    return env.run("update-state", build, "fail", "5", "--error-file", str(f), **extra)
+
+
+def test_markup_heavy_and_huge_errors_reach_slack_within_its_limits(slack: Receiver, tmp_path: Path) -> None:
+    """Issue 25: an error tail heavy with <, > and & was cut, then escaped, past Slack's
+    3,000 characters: 400 invalid_blocks, and the alert was given up."""
+    env = Env(tmp_path, slack)
+    errors = ["<&>" * 2000, "&" * 4000 + "\nlast line <b>", ("é漢🙂<&> " * 150_000)[:1_000_000]]
+    for i, error in enumerate(errors):
+        r = _block_with_error_file(env, f"img-{i}", error)
+        assert "given up" not in r.stderr and "not delivered" not in r.stderr, r.stderr
+    assert slack.problems == [], slack.problems
+    assert len(slack.messages) == len(errors)
+    assert all("blocks" in m for m in slack.messages)
+    assert [a[2] for a in env.alerts()] == ["delivered"] * len(errors)
+
+
+_texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=300)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(_texts, max_size=8), repeat=st.integers(1, 3000))
+def test_every_payload_is_valid_block_kit_whatever_the_error_says(slack: Receiver, tmp_path_factory: pytest.TempPathFactory, chunks: list[str], repeat: int) -> None:
+    """Random error texts (markup, multibyte, up to about 1 MB), each through a real
+    update-state and a real delivery, validated by slack_sdk's Block Kit models."""
+    env = Env(tmp_path_factory.mktemp("slack"), slack)
+    before = len(slack.messages)
+    error = "".join(chunks) * repeat
+    if not error.strip():
+        error = "failed"
+    r = _block_with_error_file(env, "img-1", error[:1_000_000])
+    assert slack.problems == [], slack.problems
+    assert len(slack.messages) == before + 1, r.stderr
+    assert [a[2] for a in env.alerts()] == ["delivered"]
+
+
+def test_an_alert_refused_as_malformed_goes_again_as_plain_text(slack: Receiver, tmp_path: Path) -> None:
+    env = Env(tmp_path, slack)
+    slack.mode = "refuse_blocks"
+    r = env.block("img-1")
+    assert "given up" not in r.stderr, r.stderr
+    (m,) = slack.messages
+    assert "blocks" not in m and m["text"].startswith("Build img-1 needs a person at state 5 (kickstart)"), m
+    assert "hunter2" not in m["text"] and "[REDACTED]" in m["text"], m
+    assert [a[2] for a in env.alerts()] == ["delivered"]
+    assert slack.problems == []
+
+
+def test_a_link_from_the_environment_must_be_http(slack: Receiver, tmp_path: Path) -> None:
+    env = Env(tmp_path, slack)
+    env.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9", "--plan", str(env.plan))
+    env.run("update-state", "img-1", "fail", "5", "--error", "boom", BUILD_URL="javascript:alert(document.cookie)")
+    (m,) = slack.messages
+    assert "javascript" not in json.dumps(m) and "Concourse build" not in json.dumps(m), m
+    assert slack.problems == []
