@@ -135,7 +135,11 @@ fn run_state(args: &Args) -> Result<i32> {
         });
         buildstate::cli::outln(format_args!("{body}"))?;
     } else {
-        eprintln!("run-state: build {}: {text}", args.build_id);
+        eprintln!(
+            "run-state: build {}: {}",
+            args.build_id,
+            buildstate::redact::printable(&text)
+        );
     }
     Ok(code)
 }

@@ -1653,3 +1653,34 @@ fn an_unreadable_snapshot_key_file_is_named() {
     );
     assert_eq!(std::fs::read_dir(e.path("remote")).unwrap().count(), 0);
 }
+
+#[test]
+fn stored_control_and_bidi_characters_cannot_rewrite_what_a_person_reads() {
+    let env = Env::new();
+    env.init("b");
+    let error = "real cause\r\x1b[Kall good \u{202e}gnp.exe\u{85}x";
+    env.run("update-state", &["b", "start", "5"]).ok();
+    env.run("update-state", &["b", "fail", "5", "--error", error])
+        .ok();
+    let human = env.run("check-state", &["b"]).stdout;
+    assert!(
+        !human.contains(['\r', '\x1b', '\u{202e}', '\u{85}']),
+        "{human:?}"
+    );
+    assert!(
+        human.contains(r"real cause\u000d\u001b[Kall good \u202egnp.exe\u0085x"),
+        "{human}"
+    );
+    // JSON keeps the exact text.
+    let j = env.run("check-state", &["b", "--json"]).json();
+    assert_eq!(j["last_error"], error);
+    // So does the page: the character is shown, not obeyed.
+    let page = env.path("b.html");
+    env.run("check-state", &["b", "--html", page.to_str().unwrap()]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains(['\u{202e}', '\x1b']),
+        "raw control in the page"
+    );
+    assert!(html.contains(r"\u202egnp.exe"));
+}

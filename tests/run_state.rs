@@ -795,3 +795,26 @@ fn a_verify_timeout_holds_whatever_the_check_started_outside_its_group() {
     );
     assert!(r.stdout.contains("timed out after 2s"), "{}", r.stdout);
 }
+
+#[test]
+fn a_failed_prerequisite_is_printed_redacted() {
+    let env = Env::new();
+    let plan = env.write(
+        "plan.toml",
+        "name = \"p\"\n[[state]]\nid = 5\nname = \"db\"\nexpected = \"1s\"\nrequires = \"PGPASSWORD=hunter2xyz psql -h db -c 'select 1' 2>/dev/null || false\"\n",
+    );
+    let plan = plan.to_str().unwrap();
+    env.run(
+        "init-state",
+        &["b", "--cloud", "aws", "--image", "x", "--plan", plan],
+    )
+    .code(exit::OK);
+    let r = run_state(&env, &["b", "5", "--", "true"]).code(exit::BLOCKED);
+    assert!(
+        r.stderr.contains("prerequisite `PGPASSWORD=[REDACTED]"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("hunter2xyz"), "{}", r.stderr);
+    assert!(!env.state("b").to_string().contains("hunter2xyz"));
+}

@@ -118,11 +118,20 @@ pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
             path: "man page".into(),
             source,
         })
-        .and_then(|()| out(format_args!("{}", String::from_utf8_lossy(&buf))));
+        .and_then(|()| {
+            write_out(
+                format_args!("{}", String::from_utf8_lossy(&buf)),
+                false,
+                false,
+            )
+        });
     Some(match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{tool}: error: {e}");
+            eprintln!(
+                "{tool}: error: {}",
+                crate::redact::printable(&e.to_string())
+            );
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     })
@@ -303,19 +312,47 @@ fn env_source_tip(
 /// full disk, `>/dev/full`) is [`Error::Output`] (exit 21), whose message says that
 /// what was asked was done: output is only ever printed after the write it reports.
 pub fn outln(args: std::fmt::Arguments<'_>) -> Result<()> {
-    write_out(args, true)
+    write_out(args, true, true)
 }
 
 /// [`outln`] without the newline.
 pub fn out(args: std::fmt::Arguments<'_>) -> Result<()> {
-    write_out(args, false)
+    write_out(args, false, true)
 }
 
-fn write_out(args: std::fmt::Arguments<'_>, newline: bool) -> Result<()> {
+/// Writes through to stdout with what must not reach a terminal as it is shown escaped
+/// ([`crate::redact::printable`]): stored text (an error message with `\r\x1b[K`, a
+/// name with U+202E) cannot rewrite or reorder what a person reads. JSON keeps its exact
+/// text: the escape in a JSON string is the character itself.
+struct Printable<W: std::io::Write>(W, Option<std::io::Error>);
+
+impl<W: std::io::Write> std::fmt::Write for Printable<W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0
+            .write_all(crate::redact::printable(s).as_bytes())
+            .map_err(|e| {
+                self.1 = Some(e);
+                std::fmt::Error
+            })
+    }
+}
+
+fn write_out(args: std::fmt::Arguments<'_>, newline: bool, printable: bool) -> Result<()> {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
-    let written = o
-        .write_fmt(args)
+    let written = if printable {
+        let mut p = Printable(&mut o, None);
+        match std::fmt::Write::write_fmt(&mut p, args) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(p
+                .1
+                .take()
+                .unwrap_or_else(|| std::io::Error::other("formatting failed"))),
+        }
+    } else {
+        o.write_fmt(args)
+    };
+    let written = written
         .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) })
         .and_then(|()| o.flush());
     match written {
@@ -343,7 +380,10 @@ fn report_error(tool: &str, json: bool, e: &Error) -> i32 {
         });
         let _ = outln(format_args!("{body}"));
     }
-    eprintln!("{tool}: error: {e}");
+    eprintln!(
+        "{tool}: error: {}",
+        crate::redact::printable(&e.to_string())
+    );
     code
 }
 

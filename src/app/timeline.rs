@@ -349,7 +349,13 @@ pub fn page(
             }
         }
     };
-    markup.into_string()
+    // Stored text (messages, names) cannot reorder or hide what the page shows: a U+202E
+    // or a control character is shown as `\uXXXX`.
+    let html = markup.into_string();
+    match crate::redact::printable(&html) {
+        std::borrow::Cow::Borrowed(_) => html,
+        std::borrow::Cow::Owned(shown) => shown,
+    }
 }
 
 /// Write `html` to `path` whole (a temporary file beside it, then renamed); see

@@ -258,11 +258,13 @@ pub fn check_requires(
     if checked.ok {
         return Ok(None);
     }
-    let message = format!(
+    // Redacted here, not only when stored: run-state prints it too.
+    let message = crate::redact::redact(&format!(
         "prerequisite `{}` {}",
         crate::decide::headline(&cmd, 200),
         checked.message()
-    );
+    ))
+    .into_owned();
     let t = Transition::Unmet {
         state,
         message: message.clone(),

@@ -204,9 +204,55 @@ pub fn echo(text: &str) -> String {
     }
 }
 
+/// Whether `c` must not reach a terminal or a page as it is: control characters other
+/// than a newline and a tab (an `\r` or an escape sequence rewrites what was printed
+/// before it), C1 controls, and the characters that reorder text (U+202E shows a name
+/// backwards).
+fn unprintable(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every character that must not reach a terminal or a page as it is
+/// ([`unprintable`]) shown as `\uXXXX`: what a person reads. The same escape in a JSON
+/// string means the very character, so JSON output passed through here still carries the
+/// exact text.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    // Every such character is a C0 control, DEL, or starts with one of these bytes.
+    let suspect = |b: &u8| *b < 0x20 || *b == 0x7f || matches!(*b, 0xc2 | 0xd8 | 0xe2);
+    if !text.as_bytes().iter().any(suspect) || !text.chars().any(unprintable) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unprintable(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{redact, rule_defs, MARK};
+    use super::{printable, redact, rule_defs, MARK};
+
+    #[test]
+    fn printable_neutralises_what_rewrites_a_terminal_or_reorders_text() {
+        assert_eq!(
+            printable("plain 'text'\n\twith é and 漢"),
+            "plain 'text'\n\twith é and 漢"
+        );
+        assert!(matches!(printable("é漢🙂"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("ok\r\u{1b}[Kfaked"), "ok\\u000d\\u001b[Kfaked");
+        assert_eq!(printable("a\u{202e}txt.exe"), "a\\u202etxt.exe");
+        assert_eq!(printable("\u{85}\u{7f}\u{2066}"), "\\u0085\\u007f\\u2066");
+        // In a JSON string the escape is the character itself: the exact text survives.
+        let json = serde_json::to_string("x\u{202e}\u{85}y").unwrap();
+        let back: String = serde_json::from_str(&printable(&json)).unwrap();
+        assert_eq!(back, "x\u{202e}\u{85}y");
+    }
 
     /// The rules file's own samples: each `catch` loses every secret its rule sees in it,
     /// each `keep` passes every rule untouched. A rule without both is refused.
