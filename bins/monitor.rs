@@ -550,6 +550,8 @@ fn run(args: &Args) -> Result<i32> {
                     mib(report.size_after_bytes),
                     if report.vacuumed {
                         " (vacuumed)"
+                    } else if report.vacuum_deferred {
+                        " (vacuumed, but another process is reading the database: the space is given back once it closes and a later write checkpoints)"
                     } else {
                         " (space is reused by new rows; --vacuum gives it back to the disk)"
                     }

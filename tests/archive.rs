@@ -478,3 +478,62 @@ fn pruning_through_the_remote_reaches_every_machine() {
         .args(["r1", "--history", "--json"]);
     assert_eq!(events(&env.run_with(&mut c, None).json()), here);
 }
+
+#[test]
+fn vacuum_with_a_reader_open_says_the_space_waits_for_it() {
+    let env = Env::new();
+    let remote = format!("file://{}", env.path("remote").display());
+    for i in 0..20 {
+        completed(&env, &format!("v{i}"));
+    }
+    // Another process reading: an open read transaction holds the WAL.
+    let reader = rusqlite::Connection::open(&env.db).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT COUNT(*) FROM events;")
+        .unwrap();
+    let r = env
+        .run(
+            "monitor",
+            &[
+                "archive",
+                "--completed-before",
+                "0s",
+                "--remote",
+                &remote,
+                "--vacuum",
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(r["archived"].as_array().unwrap().len(), 20, "{r}");
+    assert_eq!(r["vacuumed"], false, "{r}");
+    assert_eq!(r["vacuum_deferred"], true, "{r}");
+    drop(reader);
+    // Without a reader the space is given back.
+    completed(&env, "w1");
+    let r = env
+        .run(
+            "monitor",
+            &[
+                "archive",
+                "--completed-before",
+                "0s",
+                "--remote",
+                &remote,
+                "--vacuum",
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(
+        (r["vacuumed"].clone(), r["vacuum_deferred"].clone()),
+        (true.into(), false.into()),
+        "{r}"
+    );
+    assert!(
+        r["size_after_bytes"].as_u64() <= r["size_before_bytes"].as_u64(),
+        "{r}"
+    );
+}

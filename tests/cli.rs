@@ -1684,3 +1684,36 @@ fn stored_control_and_bidi_characters_cannot_rewrite_what_a_person_reads() {
     );
     assert!(html.contains(r"\u202egnp.exe"));
 }
+
+#[test]
+fn an_html_page_into_a_missing_directory_is_refused_naming_it() {
+    let env = Env::new();
+    env.init("b");
+    let r = env.run("check-state", &["b", "--html", "/nonexistent/x.html"]);
+    assert_eq!(r.code, exit::INVALID_INPUT, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the directory /nonexistent does not exist"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains(".buildstate"),
+        "a temporary name leaked: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn stats_print_an_error_as_it_was_written() {
+    let env = Env::new();
+    env.init("b");
+    env.run("update-state", &["b", "start", "5"]).ok();
+    env.run(
+        "update-state",
+        &["b", "fail", "5", "--error", "it's broken \"badly\""],
+    )
+    .ok();
+    let out = env.run("monitor", &["stats"]).ok().stdout;
+    assert!(out.contains("it's broken \"badly\""), "{out}");
+}

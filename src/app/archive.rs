@@ -33,7 +33,11 @@ pub struct Report {
     pub failed: Vec<(String, String)>,
     pub size_before_bytes: u64,
     pub size_after_bytes: u64,
+    /// `--vacuum` ran and its space is back on the disk.
     pub vacuumed: bool,
+    /// `--vacuum` ran, but a reader held the database: the space comes back once it
+    /// closes and a later write checkpoints.
+    pub vacuum_deferred: bool,
 }
 
 /// Archive the builds completed before `completed` or cancelled before `cancelled`.
@@ -82,8 +86,9 @@ pub fn archive(
         progress(i + 1, ids.len());
     }
     if vacuum {
-        store.vacuum()?;
-        report.vacuumed = true;
+        let whole = store.vacuum()?;
+        report.vacuumed = whole;
+        report.vacuum_deferred = !whole;
     }
     report.size_after_bytes = store.size_bytes();
     Ok(report)

@@ -376,9 +376,33 @@ pub fn write_whole(path: &std::path::Path, bytes: &[u8], prefix: &str) -> Result
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let io = |source| crate::Error::Io {
+    let shown = |p: &std::path::Path| crate::redact::echo(&p.display().to_string());
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(crate::Error::InvalidInput(format!(
+                "cannot write {}: {} is not a directory",
+                shown(path),
+                shown(dir)
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(crate::Error::InvalidInput(format!(
+                "cannot write {}: the directory {} does not exist: create it first (mkdir -p) or give another path",
+                shown(path),
+                shown(dir)
+            )))
+        }
+        Err(_) => {}
+    }
+    // The temporary file is ours, not the caller's: errors name the file asked for, with
+    // the system's reason alone (tempfile adds its own name to it).
+    let io = |source: std::io::Error| crate::Error::Io {
         path: path.to_path_buf(),
-        source,
+        source: source.raw_os_error().map_or_else(
+            || std::io::Error::from(source.kind()),
+            std::io::Error::from_raw_os_error,
+        ),
     };
     let mut tmp = tempfile::Builder::new()
         .prefix(prefix)

@@ -457,7 +457,9 @@ impl Stats {
                 out.push_str(&format!("  {n:>6}  category {c}\n"));
             }
             for (e, n) in &s.top_errors {
-                out.push_str(&format!("  {n:>6}  {}\n", crate::redact::echo(e)));
+                // One line as it was written (stored text is redacted; what must not
+                // reach a terminal is escaped on the way out): not Rust's debug escapes.
+                out.push_str(&format!("  {n:>6}  {}\n", crate::decide::headline(e, 300)));
             }
         }
         out

@@ -153,11 +153,31 @@ impl Store {
     }
 
     /// `VACUUM`: give the space of removed rows back to the file system (rewrites the
-    /// whole database; only when asked).
-    pub fn vacuum(&self) -> Result<()> {
-        self.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
-        Ok(())
+    /// whole database; only when asked). In WAL mode the rewritten database goes to the
+    /// WAL first; `false`: another process was reading, so it could not be folded back
+    /// yet, and the files are larger until that reader closes and a later write
+    /// checkpoints.
+    pub fn vacuum(&self) -> Result<bool> {
+        // A TRUNCATE checkpoint waits for readers through the busy handler: a reader that
+        // stays would hold this for the whole busy timeout, twice. Wait a second at most.
+        let checkpoint = || -> Result<bool> {
+            self.conn.busy_timeout(std::time::Duration::from_secs(1))?;
+            let got = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                });
+            self.conn.busy_timeout(self.busy_timeout)?;
+            let (busy, log, done) = got?;
+            Ok(busy == 0 && log == done)
+        };
+        checkpoint()?;
+        self.conn.execute_batch("VACUUM")?;
+        checkpoint()
     }
 }
 
