@@ -537,3 +537,112 @@ fn vacuum_with_a_reader_open_says_the_space_waits_for_it() {
         "{r}"
     );
 }
+
+/// `monitor metrics`' counter lines (`_total`, `_count`, `_sum`), by series.
+fn counters(env: &Env) -> std::collections::BTreeMap<String, f64> {
+    let text = env.run("monitor", &["metrics"]).ok().stdout;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.contains("_total{") || l.contains("_seconds_count{") || l.contains("_seconds_sum{")
+        })
+        .map(|l| {
+            let (series, v) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn counters_never_go_backwards_across_archive_unarchive_and_pruning() {
+    let env = Env::new();
+    let remote = format!("file://{}", env.path("remote").display());
+    // r1: state 5 retried twice, then completed.
+    completed(&env, "r1");
+    let plan = env.path("plan.toml");
+    env.run(
+        "init-state",
+        &[
+            "r2",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    for _ in 0..3 {
+        env.run("update-state", &["r2", "start", "5"]).ok();
+        env.run(
+            "update-state",
+            &[
+                "r2",
+                "fail",
+                "5",
+                "--error",
+                "flaky",
+                "--category",
+                "transient",
+            ],
+        )
+        .ok();
+        env.run("update-state", &["r2", "retry", "5", "--reason", "again"])
+            .ok();
+    }
+    env.run("update-state", &["r2", "start", "5"]).ok();
+    env.run("update-state", &["r2", "complete", "5"]).ok();
+    let before = counters(&env);
+    let retries = "buildstate_retries_total{plan=\"two\",state=\"5\"}";
+    assert_eq!(before[retries], 3.0, "{before:?}");
+    let two = "buildstate_state_duration_seconds_count{plan=\"two\",state=\"5\"}";
+    assert_eq!(before[two], 2.0, "{before:?}");
+
+    // Both builds leave for the archive: every counter stays.
+    let r = archive_json(&env, &remote);
+    assert_eq!(r["archived"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(counters(&env), before);
+    // Pruning task results changes none either.
+    env.run("monitor", &["prune-tasks", "--older-than", "0s"])
+        .ok();
+    assert_eq!(counters(&env), before);
+    // One comes back: counted once, not twice.
+    env.run("monitor", &["unarchive", "r2", "--remote", &remote])
+        .ok();
+    assert_eq!(counters(&env), before);
+    // And new work counts on top.
+    env.run(
+        "update-state",
+        &["r2", "rollback", "--to", "0", "--reason", "again"],
+    )
+    .ok();
+    env.run("update-state", &["r2", "start", "5"]).ok();
+    env.run("update-state", &["r2", "complete", "5"]).ok();
+    let after = counters(&env);
+    for (series, v) in &before {
+        assert!(
+            after[series] >= *v,
+            "{series} went from {v} to {}",
+            after[series]
+        );
+    }
+
+    // promtool, Prometheus's own checker, accepts the exposition.
+    let metrics = env.run("monitor", &["metrics"]).ok().stdout;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian prometheus) is installed by scripts/test");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

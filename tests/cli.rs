@@ -1717,3 +1717,60 @@ fn stats_print_an_error_as_it_was_written() {
     let out = env.run("monitor", &["stats"]).ok().stdout;
     assert!(out.contains("it's broken \"badly\""), "{out}");
 }
+
+#[test]
+fn stats_keep_two_plans_states_of_one_number_apart() {
+    let env = Env::new();
+    for (plan, name) in [("p-alpha", "alpha"), ("p-beta", "beta")] {
+        let file = env.write(
+            &format!("{plan}.toml"),
+            &format!(
+                "name = \"{plan}\"\n[[state]]\nid = 10\nname = \"{name}\"\nexpected = \"1m\"\n"
+            ),
+        );
+        let id = format!("b-{name}");
+        env.run(
+            "init-state",
+            &[
+                &id,
+                "--cloud",
+                "aws",
+                "--image",
+                "x",
+                "--plan",
+                file.to_str().unwrap(),
+            ],
+        )
+        .ok();
+        env.run("update-state", &[&id, "start", "10"]).ok();
+        env.run("update-state", &[&id, "complete", "10"]).ok();
+    }
+    let j = env.run("monitor", &["stats", "--json"]).ok().json();
+    let states: Vec<(String, u64, String, u64)> = j["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["plan"].as_str().unwrap().to_string(),
+                s["state"].as_u64().unwrap(),
+                s["name"].as_str().unwrap().to_string(),
+                s["runs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("p-alpha".into(), 10, "alpha".into(), 1),
+            ("p-beta".into(), 10, "beta".into(), 1)
+        ]
+    );
+    let text = env.run("monitor", &["stats"]).ok().stdout;
+    assert!(text.contains("p-alpha") && text.contains("beta"), "{text}");
+    let metrics = env.run("monitor", &["metrics"]).ok().stdout;
+    assert!(
+        metrics.contains("buildstate_state_runs{plan=\"p-beta\",state=\"10\",name=\"beta\"} 1"),
+        "{metrics}"
+    );
+}

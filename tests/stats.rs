@@ -220,11 +220,11 @@ fn stats_over_known_transitions() {
         .stdout;
     for line in [
         "buildstate_stats_window_seconds 172800",
-        "buildstate_state_runs{state=\"5\",name=\"kickstart\"} 5",
-        "buildstate_state_retry_wait_seconds{state=\"5\",name=\"kickstart\"} 900",
-        "buildstate_state_person_wait_seconds{state=\"5\",name=\"kickstart\"} 3600",
-        "buildstate_state_duration_p95_seconds{state=\"5\",name=\"kickstart\"} 1800",
-        "buildstate_state_failures_by_category{state=\"5\",name=\"kickstart\",category=\"persistent\"} 1",
+        "buildstate_state_runs{plan=\"three\",state=\"5\",name=\"kickstart\"} 5",
+        "buildstate_state_retry_wait_seconds{plan=\"three\",state=\"5\",name=\"kickstart\"} 900",
+        "buildstate_state_person_wait_seconds{plan=\"three\",state=\"5\",name=\"kickstart\"} 3600",
+        "buildstate_state_duration_p95_seconds{plan=\"three\",state=\"5\",name=\"kickstart\"} 1800",
+        "buildstate_state_failures_by_category{plan=\"three\",state=\"5\",name=\"kickstart\",category=\"persistent\"} 1",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
     }

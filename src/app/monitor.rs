@@ -299,46 +299,32 @@ pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
             counts.get(s).copied().unwrap_or(0)
         );
     }
+    // Counters: what the history holds and what archived builds had counted, by plan
+    // and state, so that none goes backwards when builds leave or come back.
+    let counters = store.metric_counters()?;
+    let series = |c: &crate::store::Counter| {
+        format!(
+            "plan=\"{}\",state=\"{}\"",
+            crate::stats::label(&c.plan),
+            c.state.map_or("none".into(), |s| s.to_string())
+        )
+    };
     let _ = writeln!(
         out,
         "# HELP buildstate_state_duration_seconds Time from start to completion of a state's successful attempts.\n# TYPE buildstate_state_duration_seconds summary"
     );
-    let mut stmt = conn.prepare(
-        "SELECT state, COUNT(*), COALESCE(SUM(duration_ms), 0) FROM events
-         WHERE kind = 'complete' AND duration_ms IS NOT NULL GROUP BY state ORDER BY state",
-    )?;
-    for row in stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, Option<u8>>(0)?,
-            r.get::<_, u64>(1)?,
-            r.get::<_, u64>(2)?,
-        ))
-    })? {
-        let (state, n, ms) = row?;
-        let s = state.map_or("none".into(), |s| s.to_string());
+    for c in counters.iter().filter(|c| c.metric == "duration") {
+        let l = series(c);
         let _ = writeln!(
             out,
-            "buildstate_state_duration_seconds_sum{{state=\"{s}\"}} {:.3}",
-            ms as f64 / 1000.0
-        );
-        let _ = writeln!(
-            out,
-            "buildstate_state_duration_seconds_count{{state=\"{s}\"}} {n}"
+            "buildstate_state_duration_seconds_sum{{{l}}} {:.3}\nbuildstate_state_duration_seconds_count{{{l}}} {}",
+            c.sum_ms as f64 / 1000.0,
+            c.n
         );
     }
     let _ = writeln!(out, "# HELP buildstate_retries_total Attempts after a state's first.\n# TYPE buildstate_retries_total counter");
-    let mut stmt = conn.prepare(
-        "SELECT state, COUNT(*) FROM events WHERE kind = 'start' AND attempt > 1 GROUP BY state ORDER BY state",
-    )?;
-    for row in stmt.query_map([], |r| {
-        Ok((r.get::<_, Option<u8>>(0)?, r.get::<_, u64>(1)?))
-    })? {
-        let (state, n) = row?;
-        let _ = writeln!(
-            out,
-            "buildstate_retries_total{{state=\"{}\"}} {n}",
-            state.map_or("none".into(), |s| s.to_string())
-        );
+    for c in counters.iter().filter(|c| c.metric == "retries") {
+        let _ = writeln!(out, "buildstate_retries_total{{{}}} {}", series(c), c.n);
     }
     let (pending, gave_up, oldest) = notify::depth(conn, now)?;
     let _ = writeln!(out, "# HELP buildstate_alerts_pending Alerts waiting for delivery.\n# TYPE buildstate_alerts_pending gauge\nbuildstate_alerts_pending {pending}");

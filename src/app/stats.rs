@@ -31,6 +31,9 @@ pub struct Filter {
 /// One state's figures over the window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StateStats {
+    /// The plan's name: a state is counted per plan (state 10 of one plan and state 10
+    /// of another are different things).
+    pub plan: String,
     pub state: u8,
     pub name: String,
     /// Attempts started.
@@ -95,6 +98,9 @@ struct Acc {
     errors: HashMap<String, u64>,
 }
 
+/// A state of a plan (its name, the state's number): what the figures are kept by.
+type Key = (String, u8);
+
 /// A wait opened by a failure, closed by what ends it.
 struct Wait {
     state: u8,
@@ -104,6 +110,8 @@ struct Wait {
 
 struct BuildAcc {
     id: String,
+    /// Its plan's name.
+    plan: String,
     first: Option<SystemTime>,
     last: Option<SystemTime>,
     finished: bool,
@@ -115,10 +123,10 @@ struct BuildAcc {
 impl BuildAcc {
     /// End the open wait, if any, at `at`: its time goes to its state's retry or person
     /// wait, and to the build's time lost.
-    fn close_wait(&mut self, at: SystemTime, acc: &mut BTreeMap<u8, Acc>) {
+    fn close_wait(&mut self, at: SystemTime, acc: &mut BTreeMap<Key, Acc>) {
         if let Some(w) = self.wait.take() {
             let ms = ms_between(w.since, at);
-            let a = acc.entry(w.state).or_default();
+            let a = acc.entry((self.plan.clone(), w.state)).or_default();
             if w.person {
                 a.person_wait_ms += ms;
             } else {
@@ -216,21 +224,21 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
     }
     let mut order: Vec<(&str, usize)> = plans_by_use.into_iter().collect();
     order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    let mut names: BTreeMap<u8, (String, Duration)> = BTreeMap::new();
+    let mut names: BTreeMap<Key, (String, Duration)> = BTreeMap::new();
     for (hash, _) in &order {
         let plan: Plan = store.plan(hash)?;
         for s in &plan.states {
             names
-                .entry(s.id)
+                .entry((plan.name.clone(), s.id))
                 .or_insert_with(|| (s.name.clone(), s.expected));
         }
     }
 
-    let mut acc: BTreeMap<u8, Acc> = BTreeMap::new();
+    let mut acc: BTreeMap<Key, Acc> = BTreeMap::new();
     let mut per_build: Vec<BuildStats> = Vec::new();
     let mut events = 0u64;
     let mut cur: Option<BuildAcc> = None;
-    let finish = |b: BuildAcc, out: &mut Vec<BuildStats>, acc: &mut BTreeMap<u8, Acc>| {
+    let finish = |b: BuildAcc, out: &mut Vec<BuildStats>, acc: &mut BTreeMap<Key, Acc>| {
         let mut b = b;
         // A wait still open at the end of the history lasts until now.
         b.close_wait(now, acc);
@@ -256,7 +264,7 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
     let mut rows = stmt.query(named_params! {":since": time::format(since)})?;
     while let Some(r) = rows.next()? {
         let id = text(r, 0)?.unwrap_or_default();
-        let Some((_, finished)) = builds.get(id) else {
+        let Some((hash, finished)) = builds.get(id) else {
             continue;
         };
         if cur.as_ref().is_none_or(|c| c.id != id) {
@@ -265,6 +273,7 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
             }
             cur = Some(BuildAcc {
                 id: id.to_string(),
+                plan: plan_names.get(hash).cloned().unwrap_or_default(),
                 first: None,
                 last: None,
                 finished: *finished,
@@ -288,17 +297,18 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
             }
         }
         let Some(state) = state else { continue };
+        let key = (b.plan.clone(), state);
         match kind {
-            EventKind::Start => acc.entry(state).or_default().runs += 1,
+            EventKind::Start => acc.entry(key).or_default().runs += 1,
             EventKind::Complete => {
-                let a = acc.entry(state).or_default();
+                let a = acc.entry(key).or_default();
                 a.successes += 1;
                 if let Some(d) = r.get::<_, Option<u64>>(6)? {
                     a.durations_ms.push(d);
                 }
             }
             EventKind::Fail => {
-                let a = acc.entry(state).or_default();
+                let a = acc.entry(key).or_default();
                 a.failures += 1;
                 b.failures += 1;
                 b.lost_ms += r.get::<_, Option<u64>>(6)?.unwrap_or(0);
@@ -335,13 +345,15 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
     });
     let states = acc
         .into_iter()
-        .map(|(state, mut a)| {
+        .map(|(key, mut a)| {
             a.durations_ms.sort_unstable();
-            let (name, expected) = names.get(&state).map_or((String::new(), None), |(n, e)| {
+            let (name, expected) = names.get(&key).map_or((String::new(), None), |(n, e)| {
                 (n.clone(), Some(e.as_secs_f64()))
             });
             let decided = a.successes + a.failures;
+            let (plan, state) = key;
             StateStats {
+                plan,
                 state,
                 name,
                 runs: a.runs,
@@ -384,7 +396,9 @@ impl Stats {
         );
         let mut table = comfy_table::Table::new();
         table.load_style(comfy_table::presets::NOTHING);
-        table.set_header(vec![
+        // The plan column only when two plans' states are counted.
+        let plans = self.states.iter().any(|s| s.plan != self.states[0].plan);
+        let mut header = vec![
             "state",
             "name",
             "runs",
@@ -397,9 +411,13 @@ impl Stats {
             "expected",
             "retry wait",
             "person wait",
-        ]);
+        ];
+        if plans {
+            header.insert(0, "plan");
+        }
+        table.set_header(header);
         for s in &self.states {
-            table.add_row(vec![
+            let mut row = vec![
                 s.state.to_string(),
                 s.name.clone(),
                 s.runs.to_string(),
@@ -414,7 +432,11 @@ impl Stats {
                 secs(s.expected_seconds),
                 secs(Some(s.retry_wait_seconds)),
                 secs(Some(s.person_wait_seconds)),
-            ]);
+            ];
+            if plans {
+                row.insert(0, s.plan.clone());
+            }
+            table.add_row(row);
         }
         for line in table.to_string().lines() {
             out.push_str(line.trim_end());
@@ -449,8 +471,13 @@ impl Stats {
             }
         }
         for s in self.states.iter().filter(|s| s.failures > 0) {
+            let plan = if plans {
+                format!("plan {} ", s.plan)
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
-                "\nstate {} {} failed {} time(s):\n",
+                "\n{plan}state {} {} failed {} time(s):\n",
                 s.state, s.name, s.failures
             ));
             for (c, n) in &s.top_categories {
@@ -467,7 +494,7 @@ impl Stats {
 }
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -534,7 +561,8 @@ impl Stats {
                 if let Some(v) = get(s) {
                     let _ = writeln!(
                         out,
-                        "buildstate_state_{name}{{state=\"{}\",name=\"{}\"}} {v}",
+                        "buildstate_state_{name}{{plan=\"{}\",state=\"{}\",name=\"{}\"}} {v}",
+                        label(&s.plan),
                         s.state,
                         label(&s.name)
                     );
@@ -549,7 +577,8 @@ impl Stats {
             for (c, n) in &s.top_categories {
                 let _ = writeln!(
                     out,
-                    "buildstate_state_failures_by_category{{state=\"{}\",name=\"{}\",category=\"{}\"}} {n}",
+                    "buildstate_state_failures_by_category{{plan=\"{}\",state=\"{}\",name=\"{}\",category=\"{}\"}} {n}",
+                    label(&s.plan),
                     s.state,
                     label(&s.name),
                     label(c)

@@ -242,12 +242,18 @@ fn charts(stats: &Stats) -> Markup {
         .flat_map(|s| [s.p95_seconds, s.expected_seconds])
         .flatten()
         .fold(1.0_f64, f64::max);
+    // A state is named with its plan when two plans' states are charted.
+    let plans = stats.states.iter().any(|s| s.plan != stats.states[0].plan);
+    let label = |s: &crate::stats::StateStats| match plans {
+        true => format!("{} {} ({})", s.state, s.name, s.plan),
+        false => format!("{} {}", s.state, s.name),
+    };
     html! {
         h3 { "Success rate per state" }
         svg #success-chart width="560" height=(height) role="img" aria-label="success rate per state" {
             @for (i, s) in stats.states.iter().enumerate() {
                 @let y = 4.0 + row * i as f64;
-                text x="0" y=(y + 13.0) { (s.state) " " (s.name) }
+                text x="0" y=(y + 13.0) { (label(s)) }
                 @if let Some(r) = s.success_rate {
                     rect class="ok chart-bar" x="180" y=(y) width=(format!("{:.1}", (r * 300.0).max(1.0))) height=(row - 6.0) {
                         title { (format!("{:.0}% of {} decided attempts", r * 100.0, s.successes + s.failures)) }
@@ -261,7 +267,7 @@ fn charts(stats: &Stats) -> Markup {
             @for (i, s) in stats.states.iter().enumerate() {
                 @let y = 4.0 + row * i as f64;
                 @let scale = |v: f64| v / longest * 340.0;
-                text x="0" y=(y + 13.0) { (s.state) " " (s.name) }
+                text x="0" y=(y + 13.0) { (label(s)) }
                 @if let Some(p95) = s.p95_seconds {
                     rect class="interrupted chart-bar" x="180" y=(y) width=(format!("{:.1}", scale(p95).max(1.0))) height=(row - 6.0) {
                         title { "p95 " (time::format_duration(Duration::from_secs_f64(p95))) }

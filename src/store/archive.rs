@@ -110,6 +110,16 @@ impl Store {
             Some(_) => {}
         }
         let id = named_params! {":id": record.build_id};
+        // What its events counted stays counted (metrics' counters never go backwards).
+        tx.execute(
+            &format!(
+                "INSERT INTO metric_removed (metric, plan, state, n, sum_ms)
+                 SELECT * FROM ({COUNTED}) WHERE true
+                 ON CONFLICT (metric, plan, state)
+                 DO UPDATE SET n = n + excluded.n, sum_ms = sum_ms + excluded.sum_ms"
+            ),
+            id,
+        )?;
         remove_all_events(&tx, &record.build_id)?;
         tx.execute("DELETE FROM build_meta WHERE build_id = :id", id)?;
         tx.execute("DELETE FROM builds WHERE build_id = :id", id)?;
@@ -137,10 +147,22 @@ impl Store {
         if self.build(build_id)?.is_none() {
             return Err(Error::UnknownBuild(build_id.to_string()));
         }
-        self.conn.execute(
-            "DELETE FROM archived WHERE build_id = :id",
-            named_params! {":id": build_id},
-        )?;
+        let tx = self.conn.unchecked_transaction()?;
+        let id = named_params! {":id": build_id};
+        if tx.execute("DELETE FROM archived WHERE build_id = :id", id)? == 1 {
+            // Its events count again from the history: what they counted while it was
+            // away is taken back, so each counter stays what it was.
+            tx.execute(
+                &format!(
+                    "UPDATE metric_removed AS m
+                     SET n = MAX(0, m.n - c.n), sum_ms = MAX(0, m.sum_ms - c.sum_ms)
+                     FROM ({COUNTED}) AS c
+                     WHERE m.metric = c.metric AND m.plan = c.plan AND m.state = c.state"
+                ),
+                id,
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -180,6 +202,21 @@ impl Store {
         checkpoint()
     }
 }
+
+/// What the events of build `:id` add to the counters `monitor metrics` exports, per
+/// metric, plan name and state (-1: none): retries (starts after a state's first) and the
+/// durations of completed states. [`Store::metric_counters`] counts the same.
+pub(super) const COUNTED: &str = "
+    SELECT 'retries' AS metric, p.name AS plan, COALESCE(e.state, -1) AS state,
+           COUNT(*) AS n, 0 AS sum_ms
+    FROM events e JOIN builds b ON b.build_id = e.build_id JOIN plans p ON p.hash = b.plan_hash
+    WHERE e.build_id = :id AND e.kind = 'start' AND e.attempt > 1
+    GROUP BY 2, 3
+    UNION ALL
+    SELECT 'duration', p.name, COALESCE(e.state, -1), COUNT(*), COALESCE(SUM(e.duration_ms), 0)
+    FROM events e JOIN builds b ON b.build_id = e.build_id JOIN plans p ON p.hash = b.plan_hash
+    WHERE e.build_id = :id AND e.kind = 'complete' AND e.duration_ms IS NOT NULL
+    GROUP BY 2, 3";
 
 /// Which events retention removes: task results recorded before `:before`. Counting,
 /// finding and removing them must agree, so all three use this.
@@ -278,5 +315,54 @@ pub(super) fn missing(conn: &rusqlite::Connection, build_id: &str) -> Error {
         Ok(Some(a)) => a.error(),
         Ok(None) => Error::UnknownBuild(build_id.to_string()),
         Err(e) => e,
+    }
+}
+
+/// One exported counter: its metric ('retries' or 'duration'), plan name, state (`None`:
+/// an event without one), count and (durations) the sum in ms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    pub metric: String,
+    pub plan: String,
+    pub state: Option<u8>,
+    pub n: u64,
+    pub sum_ms: u64,
+}
+
+impl Store {
+    /// The counters `monitor metrics` exports: what the history holds, plus what builds
+    /// that left it (archived) had counted. Never lower than before, whatever is archived,
+    /// unarchived or pruned. By metric, plan and state.
+    pub fn metric_counters(&self) -> Result<Vec<Counter>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT metric, plan, state, SUM(n), SUM(sum_ms) FROM (
+                 SELECT 'retries' AS metric, p.name AS plan, x.state AS state, SUM(x.n) AS n,
+                        0 AS sum_ms
+                 FROM (SELECT build_id, COALESCE(state, -1) AS state, COUNT(*) AS n FROM events
+                       WHERE kind = 'start' AND attempt > 1 GROUP BY build_id, state) x
+                 JOIN builds b ON b.build_id = x.build_id JOIN plans p ON p.hash = b.plan_hash
+                 GROUP BY 2, 3
+                 UNION ALL
+                 SELECT 'duration', p.name, x.state, SUM(x.n), SUM(x.ms)
+                 FROM (SELECT build_id, COALESCE(state, -1) AS state, COUNT(*) AS n,
+                              COALESCE(SUM(duration_ms), 0) AS ms FROM events
+                       WHERE kind = 'complete' AND duration_ms IS NOT NULL
+                       GROUP BY build_id, state) x
+                 JOIN builds b ON b.build_id = x.build_id JOIN plans p ON p.hash = b.plan_hash
+                 GROUP BY 2, 3
+                 UNION ALL
+                 SELECT metric, plan, state, n, sum_ms FROM metric_removed
+             ) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Counter {
+                metric: r.get(0)?,
+                plan: r.get(1)?,
+                state: u8::try_from(r.get::<_, i64>(2)?).ok(),
+                n: r.get(3)?,
+                sum_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

@@ -23,7 +23,7 @@ use crate::plan::Plan;
 use crate::time;
 use crate::{Error, Result};
 
-pub use archive::{Archived, Removed};
+pub use archive::{Archived, Counter, Removed};
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::{remote_mark_in, set_remote_mark_in, snapshot_in, Imported, Marked, RemoteMark};
 

@@ -332,7 +332,7 @@ def test_monitor_check_status_wait_and_metrics(tmp_path: Path) -> None:
     metrics = textfile.read_text()
     for line in ('buildstate_builds{status="blocked"} 1', 'buildstate_builds{status="running"} 1', "buildstate_alerts_pending 2"):
         assert line in metrics, metrics
-    assert 'buildstate_state_duration_seconds_count{state="5"} 1' in metrics
+    assert 'buildstate_state_duration_seconds_count{plan="alerting",state="5"} 1' in metrics
     assert [p.name for p in textfile.parent.iterdir()] == ["buildstate.prom"]  # no temp file left
     # Readable by a node_exporter that does not run as this user: 0666 less the umask.
     subprocess.run(["sh", "-c", 'umask 022; exec "$@"', "sh", str(TARGET / "monitor"), "metrics", "--textfile", str(textfile)], env=env.env, check=True, timeout=60)
