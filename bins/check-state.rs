@@ -93,10 +93,15 @@ fn run(args: &Args) -> Result<i32> {
         if args.verify {
             let actor = buildstate::context::Actor::from_env("check-state");
             let quiet = args.common.json;
+            // Verify up to the first state whose inputs changed: a drifted state (and
+            // those after it) is verified again, so that a pass can clear the drift.
+            let changed = stale
+                .iter()
+                .find(|s| s.kind == buildstate::manifest::StaleKind::Changed);
             let results = buildstate::verify::verify_build(
                 &mut store,
                 &args.build_id,
-                stale.first().map(|s| s.state),
+                changed.map(|s| s.state),
                 args.verify_timeout,
                 &actor,
                 &|label, checked| {

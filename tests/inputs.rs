@@ -498,3 +498,85 @@ fn a_kernel_file_linked_into_the_inputs_cannot_hang_hashing() {
     assert_eq!(v["decision"], "rerun", "{v}");
     assert_eq!(v["next_state"], 20, "{v}");
 }
+
+#[test]
+fn a_verify_that_cannot_run_is_not_drift_a_drift_alerts_once_and_a_pass_clears_it() {
+    let e = Env::new();
+    e.write(
+        "plan.toml",
+        "name = \"v\"\n[[state]]\nid = 5\nname = \"image\"\nexpected = \"1m\"\nverify = \"./imgcheck\"\n",
+    );
+    e.run(
+        "init-state",
+        &["b", "--cloud", "aws", "--image", "x", "--plan", "plan.toml"],
+    )
+    .ok();
+    e.run("update-state", &["b", "start", "5"]).ok();
+    e.run("update-state", &["b", "complete", "5"]).ok();
+    let verify = |e: &Env| -> Value {
+        let r = e.run("check-state", &["b", "--verify", "--json"]);
+        assert!(r.code == 0 || r.code == 10, "exit {}: {}", r.code, r.stderr);
+        r.json()
+    };
+    let drift_alerts = |e: &Env| -> i64 {
+        rusqlite::Connection::open(&e.db)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM alerts WHERE kind = 'drift'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // The tool is not installed (exit 127): nothing is known, so nothing reruns.
+    let v = verify(&e);
+    assert_eq!(
+        (v["decision"].as_str(), v["stale"].clone()),
+        (Some("completed"), serde_json::json!([])),
+        "{v}"
+    );
+    assert_eq!(kinds(&e.state("b")).last().unwrap(), "unverified");
+    assert_eq!(drift_alerts(&e), 0);
+    e.run("monitor", &["check"]).code(0);
+
+    // Installed, and the image is gone: drift, once, however often cron looks.
+    let tool = e.write(
+        "imgcheck",
+        "#!/bin/sh\necho 'image ami-1 not found' >&2\nexit 1\n",
+    );
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&tool)
+        .status()
+        .unwrap();
+    for _ in 0..2 {
+        let v = verify(&e);
+        assert_eq!(v["decision"], "rerun", "{v}");
+        assert_eq!(v["stale"][0]["kind"], "drifted", "{v}");
+    }
+    assert_eq!(drift_alerts(&e), 1, "a drift alerts once");
+    let r = e.run("monitor", &["check", "--json"]).code(13);
+    let found = r.json();
+    assert_eq!(found[0]["what"], "drifted", "{found}");
+    assert!(
+        found[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("image ami-1 not found"),
+        "{found}"
+    );
+
+    // Reality is back: a pass clears the drift.
+    e.write("imgcheck", "#!/bin/sh\nexit 0\n");
+    let v = verify(&e);
+    assert_eq!(
+        (v["decision"].as_str(), v["stale"].clone()),
+        (Some("completed"), serde_json::json!([])),
+        "{v}"
+    );
+    e.run("monitor", &["check"]).code(0);
+    // A new drift after the pass is news: it alerts again.
+    e.write("imgcheck", "#!/bin/sh\nexit 1\n");
+    verify(&e);
+    assert_eq!(drift_alerts(&e), 2);
+}

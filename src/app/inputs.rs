@@ -562,11 +562,15 @@ pub fn stale_states(
         }) else {
             continue;
         };
+        // The latest verdict since it completed: a drift until a later verify passes.
         let drift = marks
             .iter()
             .rev()
             .take_while(|m| m.seq > done.seq)
-            .find(|m| m.kind == EventKind::Drift && m.state == Some(s.id));
+            .find(|m| {
+                matches!(m.kind, EventKind::Drift | EventKind::Verified) && m.state == Some(s.id)
+            })
+            .filter(|m| m.kind == EventKind::Drift);
         let own = if let Some(d) = drift {
             Some((
                 StaleKind::Drifted,

@@ -272,6 +272,36 @@ pub fn findings(
             });
         }
     }
+    // Drifted: a completed state whose latest verify failed, and nothing has been done
+    // about it since (no pass, no new completion of it, no rerun, force, reset or
+    // rollback). Its alert went out when the drift was recorded.
+    let mut stmt = store.connection().prepare(
+        "SELECT d.build_id, d.state, d.message FROM events d
+         WHERE d.kind = 'drift' AND NOT EXISTS (
+             SELECT 1 FROM events l WHERE l.build_id = d.build_id AND l.seq > d.seq
+               AND (l.kind IN ('rerun', 'force', 'reset', 'rollback')
+                    OR (l.state = d.state AND l.kind IN ('verified', 'complete', 'skip'))))
+         ORDER BY d.build_id, d.state",
+    )?;
+    let drifted = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<u8>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })?;
+    for row in drifted {
+        let (build_id, state, message) = row?;
+        findings.push(Finding {
+            build_id,
+            what: "drifted",
+            state,
+            reason: format!(
+                "its verify failed: {}; it reruns from there",
+                crate::decide::headline(message.as_deref().unwrap_or("no output"), 200)
+            ),
+        });
+    }
     Ok((findings, alerts))
 }
 

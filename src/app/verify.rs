@@ -25,6 +25,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     pub ok: bool,
+    /// Whether it ran to a verdict: not when it could not be run (exit 126 or 127, as a
+    /// shell says "not executable" and "not found"), timed out or was killed by a signal.
+    pub ran: bool,
     /// "exited with code 1", "timed out after 10s", "passed".
     pub how: String,
     /// The end of its output, redacted.
@@ -162,6 +165,7 @@ pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> 
     };
     Ok(Checked {
         ok: status.success() && !timed_out,
+        ran: !timed_out && status.code().is_some_and(|c| c != 126 && c != 127),
         how,
         output,
         duration,
@@ -206,13 +210,30 @@ pub fn verify_build(
         results.push(VerifyResult {
             state: s.id,
             ok: checked.ok,
+            ran: checked.ran,
+            since: events
+                .iter()
+                .rev()
+                .find(|e| {
+                    e.state == Some(s.id)
+                        && matches!(
+                            e.kind,
+                            crate::model::EventKind::Complete | crate::model::EventKind::Verified
+                        )
+                })
+                .map_or(0, |e| e.seq),
             message: if checked.ok {
                 format!(
                     "verify passed in {}",
                     crate::time::format_duration(checked.duration)
                 )
-            } else {
+            } else if checked.ran {
                 checked.message()
+            } else {
+                format!(
+                    "could not verify (nothing is known of the result): {}",
+                    checked.message()
+                )
             },
             duration_ms: u64::try_from(checked.duration.as_millis()).unwrap_or(u64::MAX),
         });

@@ -80,7 +80,13 @@ pub fn payload(
 }
 
 /// The alerts a transition causes, as the plan configures them.
-pub fn for_change(before: &Build, change: &Change, plan: &Plan, actor: &Actor) -> Vec<NewAlert> {
+pub fn for_change(
+    before: &Build,
+    change: &Change,
+    t: &crate::model::Transition,
+    plan: &Plan,
+    actor: &Actor,
+) -> Vec<NewAlert> {
     let after = &change.build;
     let mut kinds = Vec::new();
     let became = |s: Status| after.status == s && before.status != s;
@@ -105,7 +111,7 @@ pub fn for_change(before: &Build, change: &Change, plan: &Plan, actor: &Actor) -
         .active_state
         .or(after.current_state)
         .unwrap_or_default();
-    kinds
+    let mut alerts: Vec<NewAlert> = kinds
         .into_iter()
         .filter(|(k, _)| plan.alerts_for(state).contains(k))
         .map(|(kind, reason)| NewAlert {
@@ -114,7 +120,38 @@ pub fn for_change(before: &Build, change: &Change, plan: &Plan, actor: &Actor) -
             dedupe_key: format!("{}:{}:{}", after.build_id, after.serial, kind),
             payload: payload(kind, after, plan, actor, reason.as_deref()),
         })
-        .collect()
+        .collect();
+    // A drift alerts once per drift: keyed by the state's completion or last pass, not
+    // by this write, so the next cron run that finds the same drift adds nothing.
+    if let crate::model::Transition::Verified { results } = t {
+        for r in results.iter().filter(|r| r.ran && !r.ok) {
+            if !plan.alerts_for(r.state).contains(&AlertKind::Drift) {
+                continue;
+            }
+            let mut p = payload(AlertKind::Drift, after, plan, actor, None);
+            p["state"] = r.state.into();
+            p["state_name"] = plan.state(r.state).map(|s| s.name.clone()).into();
+            p["reason"] = format!(
+                "the verify of {} failed: its result no longer holds; it reruns from there",
+                plan.label(r.state)
+            )
+            .into();
+            p["error_tail"] = tail(&crate::redact::redact(&r.message), 1500).into();
+            p["attempt"] = serde_json::Value::Null;
+            p["max_attempts"] = serde_json::Value::Null;
+            p["category"] = serde_json::Value::Null;
+            alerts.push(NewAlert {
+                kind: AlertKind::Drift,
+                build_id: Some(after.build_id.clone()),
+                dedupe_key: format!(
+                    "{}:{}:{}:drift:{}",
+                    after.build_id, after.lineage, r.state, r.since
+                ),
+                payload: p,
+            });
+        }
+    }
+    alerts
 }
 
 #[cfg(test)]

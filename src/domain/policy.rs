@@ -163,11 +163,14 @@ pub enum AlertKind {
     /// `monitor check` found the build stuck (running far past its expected duration,
     /// or its lease expired with nobody taking over).
     Stuck,
+    /// `check-state --verify` (or `monitor verify`) found that a completed state's result
+    /// no longer holds: its verify command failed.
+    Drift,
 }
 
 text_enum!(AlertKind {
     Blocked => "blocked", Completed => "completed", Cancelled => "cancelled",
-    Rollback => "rollback", Takeover => "takeover", Stuck => "stuck",
+    Rollback => "rollback", Takeover => "takeover", Stuck => "stuck", Drift => "drift",
 });
 
 /// Rules that put a failure into a [`Category`]. A plan has a global set (`[classify]`) and

@@ -31,9 +31,10 @@ pub const FORMAT: &str = "buildstate-snapshot";
 /// The newest snapshot schema version this buildstate writes and reads. A snapshot is
 /// written as version 1 unless it holds what version 1 readers do not know (version 2:
 /// input manifests, or the events of docs/plan.md#inputs; version 3: task results
-/// pruned by retention, which leave gaps in the numbering), so older buildstates keep
-/// reading the builds that do not use those.
-pub const SCHEMA_VERSION: u32 = 3;
+/// pruned by retention, which leave gaps in the numbering; version 4: `unverified`
+/// events, a verify that could not run), so older buildstates keep reading the builds
+/// that do not use those.
+pub const SCHEMA_VERSION: u32 = 4;
 /// The largest snapshot accepted (a 1 MB message, many times over, fits).
 pub const MAX_BYTES: usize = 256 * 1024 * 1024;
 
@@ -323,9 +324,12 @@ impl Snapshot {
                 )
         });
         let v3 = events.iter().any(|e| e.kind == EventKind::Pruned);
+        let v4 = events.iter().any(|e| e.kind == EventKind::Unverified);
         Snapshot {
             format: FORMAT.to_string(),
-            schema_version: if v3 {
+            schema_version: if v4 {
+                4
+            } else if v3 {
                 3
             } else if v2 {
                 2
@@ -695,7 +699,8 @@ impl Snapshot {
                     | EventKind::Pruned
                     | EventKind::Takeover
                     | EventKind::Drift
-                    | EventKind::Verified,
+                    | EventKind::Verified
+                    | EventKind::Unverified,
                     _,
                 ) => {}
                 (kind, None) => {
@@ -1256,7 +1261,9 @@ mod tests {
                 _ => Transition::Verified {
                     results: vec![crate::model::VerifyResult {
                         state,
-                        ok: pick % 2 == 0,
+                        ok: pick % 3 == 0,
+                        ran: pick % 3 != 2,
+                        since: 1,
                         message: "v".into(),
                         duration_ms: 1,
                     }],

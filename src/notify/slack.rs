@@ -227,6 +227,10 @@ pub fn message(alert: &Claimed, report_base: Option<&str>) -> Value {
             format!("was taken over at {state}"),
         ),
         "stuck" => (":hourglass:", format!("looks stuck at {state}")),
+        "drift" => (
+            ":warning:",
+            format!("drifted at {state}: its verify failed"),
+        ),
         other => (":information_source:", other.to_string()),
     };
     let text = cut(&format!("Build {build} {headline}"), 150);

@@ -368,7 +368,7 @@ impl Store {
         // refused write raises none.
         outbox::enqueue(
             &tx,
-            &crate::alerts::for_change(&build, &change, &plan, actor),
+            &crate::alerts::for_change(&build, &change, t, &plan, actor),
             now,
         )?;
         before_commit(&tx, &change.build)?;
@@ -512,11 +512,11 @@ impl Store {
     }
 
     /// The events a staleness check reads: inits, completions (with their inputs as
-    /// stored), skips and drifts, oldest first.
+    /// stored), skips, drifts and passed verifies, oldest first.
     pub fn marks(&self, build_id: &str) -> Result<Vec<crate::manifest::Mark>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, kind, state, message, inputs FROM events
-             WHERE build_id = :id AND kind IN ('init', 'complete', 'skip', 'drift')
+             WHERE build_id = :id AND kind IN ('init', 'complete', 'skip', 'drift', 'verified')
              ORDER BY seq",
         )?;
         let rows = stmt.query_map(named_params! {":id": build_id}, |r| {

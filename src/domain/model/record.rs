@@ -62,6 +62,10 @@ pub enum EventKind {
     Drift,
     /// A completed state's verify command passed.
     Verified,
+    /// A completed state's verify command could not run to a verdict (not found, not
+    /// executable, timed out, killed by a signal): nothing is known of the state's
+    /// result, so it is neither drift nor a pass.
+    Unverified,
     /// Task results older than a cut-off (its `until`) left the history: retention
     /// (`monitor prune-tasks`). Their numbers stay unused; the message says how many.
     Pruned,
@@ -76,7 +80,7 @@ text_enum!(EventKind {
     Interrupt => "interrupt", Takeover => "takeover", Retry => "retry", Skip => "skip",
     Rollback => "rollback", Cancel => "cancel", Task => "task", Force => "force",
     Reset => "reset", Rerun => "rerun", Prerequisite => "prerequisite", Drift => "drift",
-    Verified => "verified", Pruned => "pruned",
+    Verified => "verified", Unverified => "unverified", Pruned => "pruned",
 });
 
 impl EventKind {

@@ -103,6 +103,13 @@ pub enum Reopen {
 pub struct VerifyResult {
     pub state: u8,
     pub ok: bool,
+    /// Whether the command ran to a verdict: `false` when it could not be run or did not
+    /// finish (exit 126 or 127, a timeout, a signal), which says nothing of the state.
+    pub ran: bool,
+    /// The number of the state's last completion or passed verify before this one: a
+    /// drift alerts once per such number (a second cron run that finds the same drift
+    /// does not alert again; a drift after a pass does).
+    pub since: u64,
     /// Its output (the tail, redacted when recorded), or a note of success.
     pub message: String,
     pub duration_ms: u64,
@@ -827,10 +834,10 @@ pub(super) fn verified(
     }
     for r in results {
         check_in_plan(b, plan, r.state)?;
-        let kind = if r.ok {
-            EventKind::Verified
-        } else {
-            EventKind::Drift
+        let kind = match (r.ok, r.ran) {
+            (true, _) => EventKind::Verified,
+            (false, true) => EventKind::Drift,
+            (false, false) => EventKind::Unverified,
         };
         let mut e = event(
             kind,
