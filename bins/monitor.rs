@@ -94,6 +94,29 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = buildstate::cli::duration)]
         retention: Duration,
     },
+    /// Run the verify commands of completed builds not verified for a while (cron):
+    /// a failure is drift (the build reruns from that state, a `drift` alert is queued
+    /// once); one that cannot run is recorded as unverified
+    ///
+    /// With --remote: pull every build first; results are written through the remote.
+    /// Exit 0 when every result holds, 13 when a build drifted.
+    #[command(
+        after_help = "Examples:\n  monitor verify --older-than 24h --concurrency 4 --budget 30m\n  monitor verify --remote s3://bucket/builds --json"
+    )]
+    Verify {
+        /// Verify builds whose last verify is older than this (or that have none)
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = buildstate::cli::duration)]
+        older_than: Duration,
+        /// How many builds to verify at once
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// Start no new build after this long
+        #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = buildstate::cli::duration)]
+        budget: Duration,
+        /// How long each verify command may run
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = buildstate::cli::duration)]
+        verify_timeout: Duration,
+    },
     /// A table of every build: status, state, attempt, age, when last verified, who
     /// holds it
     Status,
@@ -240,6 +263,63 @@ fn run(args: &Args) -> Result<i32> {
                 exit::OK
             } else {
                 exit::BLOCKED
+            })
+        }
+        Command::Verify {
+            older_than,
+            concurrency,
+            budget,
+            verify_timeout,
+        } => {
+            let mut store = fleet(args, "not verified")?;
+            let due = store.due_for_verify(time::ago(now, *older_than))?;
+            let actor = buildstate::context::Actor::from_env("monitor");
+            let report = buildstate::verify::verify_fleet(
+                &mut store,
+                &due,
+                usize::from(*concurrency),
+                *budget,
+                *verify_timeout,
+                &actor,
+                &|v| {
+                    if !json {
+                        let state = v
+                            .state
+                            .map(|s| format!(" at state {s}"))
+                            .unwrap_or_default();
+                        eprintln!(
+                            "monitor: verify {}: {}{state}{}",
+                            v.build_id,
+                            v.outcome,
+                            if v.message.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", v.message)
+                            }
+                        );
+                    }
+                },
+            )?;
+            if json {
+                json_line(&report)?;
+            } else {
+                let count = |o: &str| report.builds.iter().filter(|b| b.outcome == o).count();
+                buildstate::cli::outln(format_args!(
+                    "verified {} build(s): {} passed, {} drifted, {} unverified, {} failed; {} left for the next run",
+                    report.builds.len(),
+                    count("passed"),
+                    count("drift"),
+                    count("unverified"),
+                    count("failed"),
+                    report.left
+                ))?;
+            }
+            Ok(if report.builds.iter().any(|b| b.outcome == "drift") {
+                exit::BLOCKED
+            } else if report.builds.iter().any(|b| b.outcome == "failed") {
+                exit::INTERNAL
+            } else {
+                exit::OK
             })
         }
         Command::Deliver { budget, retention } => {

@@ -272,15 +272,15 @@ pub fn findings(
             });
         }
     }
-    // Drifted: a completed state whose latest verify failed, and nothing has been done
-    // about it since (no pass, no new completion of it, no rerun, force, reset or
-    // rollback). Its alert went out when the drift was recorded.
+    // Drifted: a completed state whose latest verify failed (its latest drift), and
+    // nothing has been done about it since (no pass, no new completion of it, no rerun,
+    // force, reset or rollback). Its alert went out when the drift was recorded.
     let mut stmt = store.connection().prepare(
         "SELECT d.build_id, d.state, d.message FROM events d
          WHERE d.kind = 'drift' AND NOT EXISTS (
              SELECT 1 FROM events l WHERE l.build_id = d.build_id AND l.seq > d.seq
                AND (l.kind IN ('rerun', 'force', 'reset', 'rollback')
-                    OR (l.state = d.state AND l.kind IN ('verified', 'complete', 'skip'))))
+                    OR (l.state = d.state AND l.kind IN ('verified', 'complete', 'skip', 'drift'))))
          ORDER BY d.build_id, d.state",
     )?;
     let drifted = stmt.query_map([], |r| {

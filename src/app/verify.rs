@@ -172,56 +172,82 @@ pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> 
     })
 }
 
-/// `check-state --verify`: run the verify commands of the build's completed states, in
-/// plan order, up to (not including) the first stale one, stopping at the first that
-/// fails; record the results in one write (`verified` and `drift` events). `progress`
-/// hears each result as it comes. Returns the results (empty: nothing to verify).
-pub fn verify_build(
-    w: &mut Writer,
+/// One verify command to run: which state, the command, its environment, and the
+/// number of the state's last completion or pass (see [`VerifyResult::since`]).
+#[derive(Debug, Clone)]
+pub struct PlannedCheck {
+    pub state: u8,
+    pub label: String,
+    pub command: String,
+    pub env: Vec<(String, String)>,
+    pub since: u64,
+}
+
+/// The verify commands of the build's completed states, in plan order, up to (not
+/// including) `stale_from`; a skipped state was never built and has none to run.
+pub fn planned_checks(
+    w: &Writer,
     build_id: &str,
     stale_from: Option<u8>,
-    timeout: Duration,
-    actor: &Actor,
-    progress: &dyn Fn(&str, &Checked),
-) -> Result<Vec<VerifyResult>> {
+) -> Result<Vec<PlannedCheck>> {
     let b = w
         .build(build_id)?
         .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
     let plan = w.plan(&b.plan_hash)?;
-    let meta = w.metadata(build_id)?;
     let Some(current) = b.current_state else {
         return Ok(Vec::new());
     };
+    let meta = w.metadata(build_id)?;
     let events = w.events(build_id)?;
-    let mut results = Vec::new();
+    let mut out = Vec::new();
     for s in plan.states.iter().filter(|s| s.id <= current) {
         if stale_from.is_some_and(|f| s.id >= f) {
             break;
         }
         let Some(cmd) = &s.verify else { continue };
-        // A skipped state was never built: there is nothing to verify.
         if crate::manifest::last_done(&events, s.id)
             .is_none_or(|e| e.kind != crate::model::EventKind::Complete)
         {
             continue;
         }
-        let checked = run_check(cmd, &check_env(build_id, s.id, &meta), timeout)?;
-        progress(&plan.label(s.id), &checked);
-        results.push(VerifyResult {
+        let since = events
+            .iter()
+            .rev()
+            .find(|e| {
+                e.state == Some(s.id)
+                    && matches!(
+                        e.kind,
+                        crate::model::EventKind::Complete | crate::model::EventKind::Verified
+                    )
+            })
+            .map_or(0, |e| e.seq);
+        out.push(PlannedCheck {
             state: s.id,
+            label: plan.label(s.id),
+            command: cmd.clone(),
+            env: check_env(build_id, s.id, &meta),
+            since,
+        });
+    }
+    Ok(out)
+}
+
+/// Run `checks` in order, stopping at the first that does not pass. `progress` hears
+/// each result as it comes.
+pub fn run_checks(
+    checks: &[PlannedCheck],
+    timeout: Duration,
+    progress: &dyn Fn(&str, &Checked),
+) -> Result<Vec<VerifyResult>> {
+    let mut results = Vec::new();
+    for c in checks {
+        let checked = run_check(&c.command, &c.env, timeout)?;
+        progress(&c.label, &checked);
+        results.push(VerifyResult {
+            state: c.state,
             ok: checked.ok,
             ran: checked.ran,
-            since: events
-                .iter()
-                .rev()
-                .find(|e| {
-                    e.state == Some(s.id)
-                        && matches!(
-                            e.kind,
-                            crate::model::EventKind::Complete | crate::model::EventKind::Verified
-                        )
-                })
-                .map_or(0, |e| e.seq),
+            since: c.since,
             message: if checked.ok {
                 format!(
                     "verify passed in {}",
@@ -241,13 +267,134 @@ pub fn verify_build(
             break;
         }
     }
+    Ok(results)
+}
+
+/// Record verify results in one write (`verified`, `drift` and `unverified` events).
+fn record(w: &mut Writer, build_id: &str, results: &[VerifyResult], actor: &Actor) -> Result<()> {
     if !results.is_empty() {
         let t = Transition::Verified {
-            results: results.clone(),
+            results: results.to_vec(),
         };
         w.transition(build_id, &t, actor, &Ctx::live())?;
     }
+    Ok(())
+}
+
+/// `check-state --verify`: run the verify commands of the build's completed states, in
+/// plan order, up to (not including) `stale_from`, stopping at the first that does not
+/// pass; record the results in one write. `progress` hears each result as it comes.
+/// Returns the results (empty: nothing to verify).
+pub fn verify_build(
+    w: &mut Writer,
+    build_id: &str,
+    stale_from: Option<u8>,
+    timeout: Duration,
+    actor: &Actor,
+    progress: &dyn Fn(&str, &Checked),
+) -> Result<Vec<VerifyResult>> {
+    let checks = planned_checks(w, build_id, stale_from)?;
+    let results = run_checks(&checks, timeout, progress)?;
+    record(w, build_id, &results, actor)?;
     Ok(results)
+}
+
+/// One build's verification in `monitor verify`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildVerified {
+    pub build_id: String,
+    /// `passed`, `drift` (the result no longer holds), `unverified` (a check could not
+    /// run to a verdict), or `failed` (it could not be recorded: `message` says why).
+    pub outcome: &'static str,
+    /// The state of the check that did not pass, if any.
+    pub state: Option<u8>,
+    pub message: String,
+}
+
+/// What `monitor verify` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FleetVerified {
+    pub builds: Vec<BuildVerified>,
+    /// Due builds not started before the budget ran out (the next run takes them).
+    pub left: usize,
+}
+
+/// `monitor verify`: verify the completed builds `due` (see
+/// [`crate::store::Store::due_for_verify`]), `concurrency` builds at a time, starting no
+/// new build after `budget`. The checks run in parallel; their results are recorded
+/// here, one write per build, as each build finishes (in remote mode through the
+/// remote). `progress` hears each build's outcome.
+pub fn verify_fleet(
+    w: &mut Writer,
+    due: &[String],
+    concurrency: usize,
+    budget: Duration,
+    timeout: Duration,
+    actor: &Actor,
+    progress: &dyn Fn(&BuildVerified),
+) -> Result<FleetVerified> {
+    let mut work = Vec::new();
+    for id in due {
+        let checks = planned_checks(w, id, None)?;
+        if !checks.is_empty() {
+            work.push((id.clone(), checks));
+        }
+    }
+    let deadline = Instant::now() + budget;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = std::sync::atomic::AtomicUsize::new(0);
+    let mut report = FleetVerified::default();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Result<Vec<VerifyResult>>)>();
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..concurrency.clamp(1, 64).min(work.len().max(1)) {
+            let tx = tx.clone();
+            let (work, next, started) = (&work, &next, &started);
+            scope.spawn(move || loop {
+                if Instant::now() >= deadline {
+                    return;
+                }
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((id, checks)) = work.get(i) else {
+                    return;
+                };
+                started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = tx.send((id.clone(), run_checks(checks, timeout, &|_, _| {})));
+            });
+        }
+        drop(tx);
+        for (id, results) in rx {
+            let done = results.and_then(|r| record(w, &id, &r, actor).map(|()| r));
+            let v = match done {
+                Err(e) => BuildVerified {
+                    build_id: id,
+                    outcome: "failed",
+                    state: None,
+                    message: e.to_string(),
+                },
+                Ok(results) => {
+                    let last = results.last();
+                    let outcome = match last {
+                        Some(r) if !r.ok && r.ran => "drift",
+                        Some(r) if !r.ok => "unverified",
+                        _ => "passed",
+                    };
+                    BuildVerified {
+                        build_id: id,
+                        outcome,
+                        state: last.filter(|r| !r.ok).map(|r| r.state),
+                        message: last
+                            .map(|r| crate::decide::headline(&r.message, 200))
+                            .unwrap_or_default(),
+                    }
+                }
+            };
+            progress(&v);
+            report.builds.push(v);
+        }
+        Ok(())
+    })?;
+    report.left = work.len() - started.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(report)
 }
 
 /// Before run-state starts `state`: run its `requires` command, if any. A failure is

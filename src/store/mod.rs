@@ -511,6 +511,27 @@ impl Store {
         );
     }
 
+    /// The completed builds whose last verify (passed, drift or could not run) is older
+    /// than `before`, or that were never verified: those `monitor verify` checks, the
+    /// longest unverified first.
+    pub fn due_for_verify(&self, before: SystemTime) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT b.build_id FROM builds b
+             LEFT JOIN (SELECT build_id, MAX(at) AS at FROM events
+                        WHERE kind IN ('verified', 'drift', 'unverified') GROUP BY build_id) v
+               ON v.build_id = b.build_id
+             WHERE b.status = 'completed' AND (v.at IS NULL OR v.at < :before)
+             ORDER BY v.at IS NOT NULL, v.at, b.build_id",
+        )?;
+        let ids = stmt
+            .query_map(
+                named_params! {":before": crate::time::format(before)},
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
     /// The events a staleness check reads: inits, completions (with their inputs as
     /// stored), skips, drifts and passed verifies, oldest first.
     pub fn marks(&self, build_id: &str) -> Result<Vec<crate::manifest::Mark>> {
