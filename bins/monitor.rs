@@ -459,6 +459,13 @@ fn run(args: &Args) -> Result<i32> {
                 "{} build(s); alerts: {pending} waiting, {gave_up} given up",
                 rows.len()
             ))?;
+            // Outcomes this machine journaled while the remote was away (docs/sync.md).
+            for j in store.waiting(None)? {
+                buildstate::cli::outln(format_args!(
+                    "journaled here, not yet shared with remote {}: build {}: {} at {}",
+                    j.remote, j.build_id, j.outcome, j.happened_at
+                ))?;
+            }
             Ok(exit::OK)
         }
         Command::Wait {

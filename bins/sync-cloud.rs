@@ -176,7 +176,11 @@ fn run(args: &Args) -> Result<i32> {
             all,
             force,
         } => {
-            let mut store = args.common.open()?;
+            // What this machine journaled while the remote was away lands first.
+            let mut w = buildstate::sync::Writer::new(args.common.open()?, Some(remote));
+            buildstate::cli::land_journal(&mut w);
+            let (mut store, remote) = w.into_parts();
+            let remote = remote.expect("given above");
             if *all {
                 let results = buildstate::cli::with_progress(args.common.json, |p| {
                     sync::push_all(&mut store, &remote, p)

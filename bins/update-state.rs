@@ -367,7 +367,7 @@ fn run(args: &Args) -> Result<i32> {
             (Some(s), _) => format!("{} and every state after it will run again", plan.label(*s)),
             (None, _) => "every state will run again".to_string(),
         },
-        Transition::Unmet { .. } | Transition::Verified { .. } => {
+        Transition::Unmet { .. } | Transition::Verified { .. } | Transition::Late { .. } => {
             unreachable!("update-state does not record these")
         }
     };

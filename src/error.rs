@@ -96,6 +96,11 @@ pub enum Error {
     #[error("{0}")]
     Remote(String),
 
+    /// An outcome could not reach the remote within its lease and is journaled on this
+    /// machine: it lands with the next command here in remote mode.
+    #[error("{0}")]
+    Journaled(String),
+
     /// Printing the output failed (a full disk, a closed file). Output is printed after
     /// the work it reports, so that work is done.
     #[error("could not write the output to stdout ({0}); what was asked was done (any write it made is recorded): see `check-state BUILD_ID`")]
@@ -175,6 +180,7 @@ impl Error {
             Error::RemoteChanged(_) => exit::REMOTE_CHANGED,
             Error::Diverged(_) => exit::DIVERGED,
             Error::Remote(_) => exit::REMOTE,
+            Error::Journaled(_) => exit::JOURNALED,
             Error::InvalidSnapshot(_) => exit::INVALID_SNAPSHOT,
             Error::ClockSkew(_) => exit::CLOCK_SKEW,
             Error::Output(_) => exit::OUTPUT,
@@ -200,6 +206,7 @@ impl Error {
             Error::RemoteChanged(_) => "remote_changed",
             Error::Diverged(_) => "diverged",
             Error::Remote(_) => "remote",
+            Error::Journaled(_) => "journaled",
             Error::InvalidSnapshot(_) => "invalid_snapshot",
             Error::ClockSkew(_) => "clock_skew",
             Error::Output(_) => "output",

@@ -57,6 +57,10 @@ pub const CLOCK_SKEW: i32 = 20;
 /// The output could not be written (a full disk, `>/dev/full`); what was asked was done,
 /// and a write is recorded. A closed pipe (`| head`) is not this: it is ignored.
 pub const OUTPUT: i32 = 21;
+/// Remote mode: the command ran and its outcome is recorded on this machine's journal,
+/// not yet on the remote, which stayed away past the worker's lease. It lands, once,
+/// with the next buildstate command here in remote mode (or `sync-cloud push`).
+pub const JOURNALED: i32 = 22;
 
 /// Every code with its name, in the order of `docs/exit-codes.md`.
 pub const ALL: &[(i32, &str)] = &[
@@ -82,4 +86,5 @@ pub const ALL: &[(i32, &str)] = &[
     (TIMEOUT, "TIMEOUT"),
     (CLOCK_SKEW, "CLOCK_SKEW"),
     (OUTPUT, "OUTPUT"),
+    (JOURNALED, "JOURNALED"),
 ];

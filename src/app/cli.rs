@@ -56,7 +56,9 @@ impl Common {
         } else {
             self.open()?
         };
-        Ok(Writer::new(store, remote))
+        let mut w = Writer::new(store, remote);
+        land_journal(&mut w);
+        Ok(w)
     }
 
     /// Open an existing database. A missing file is an error (exit 9): a mistyped
@@ -249,6 +251,35 @@ pub fn parse_from<T: clap::Parser>(
             eprint!("{tool}: {message}");
             Err(ExitCode::from(exit::USAGE as u8))
         }
+    }
+}
+
+/// Remote mode: land what this machine journaled while the remote was away, before the
+/// command does anything else (docs/sync.md); say on stderr what landed. A failure here
+/// never stops the command: what did not land stays journaled for the next one.
+pub fn land_journal(w: &mut Writer) {
+    match w.land_journal() {
+        Ok(done) => {
+            for (j, landing) in done {
+                match landing {
+                    crate::share::Landing::Landed => eprintln!(
+                        "buildstate: build '{}': the journaled outcome ({} at {}) landed on remote {}",
+                        j.build_id, j.outcome, j.happened_at, j.remote
+                    ),
+                    crate::share::Landing::Late(why) => eprintln!(
+                        "buildstate: build '{}': the journaled outcome ({} at {}) is recorded as a late result of its abandoned attempt: {why}",
+                        j.build_id, j.outcome, j.happened_at
+                    ),
+                    crate::share::Landing::NotYet(e) => eprintln!(
+                        "buildstate: warning: build '{}': the journaled outcome ({} at {}) still waits for remote {}: {e}",
+                        j.build_id, j.outcome, j.happened_at, j.remote
+                    ),
+                }
+            }
+        }
+        Err(e) => eprintln!(
+            "buildstate: warning: the journal of outcomes not yet shared could not be landed: {e}"
+        ),
     }
 }
 

@@ -56,6 +56,10 @@ pub struct Report {
     /// init only: whether this call created the build.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
+    /// Outcomes of this build journaled on this machine that wait to be shared with the
+    /// remote (remote mode, after an outage: docs/sync.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub journaled: Vec<crate::share::Waiting>,
 }
 
 impl Report {
@@ -77,6 +81,11 @@ impl Report {
                 let history = with_history.then(|| store.events(build_id)).transpose()?;
                 let mut r = Report::of(&b, &plan, metadata, history, now);
                 r.epoch = store.epoch(build_id)?;
+                r.journaled = store
+                    .journaled(None, Some(build_id))?
+                    .iter()
+                    .map(crate::share::Waiting::of)
+                    .collect();
                 Ok(r)
             }
             _ => {
@@ -107,6 +116,7 @@ impl Report {
                     metadata: BTreeMap::new(),
                     history: with_history.then(Vec::new),
                     created: None,
+                    journaled: Vec::new(),
                 })
             }
         }
@@ -149,6 +159,7 @@ impl Report {
             metadata,
             history,
             created: None,
+            journaled: Vec::new(),
         }
     }
 
@@ -223,6 +234,19 @@ impl Report {
             }
             for st in &self.decision.stale {
                 let _ = writeln!(out, "  stale:    {}", st.sentence());
+            }
+            for j in &self.journaled {
+                let _ = writeln!(
+                    out,
+                    "  journal:  {} at {} waits to be shared with remote {} (this machine keeps it; the next command here in remote mode lands it){}",
+                    j.outcome,
+                    j.happened_at,
+                    j.remote,
+                    j.last_error
+                        .as_deref()
+                        .map(|e| format!("; last try: {}", crate::decide::headline(e, 200)))
+                        .unwrap_or_default()
+                );
             }
             let _ = writeln!(
                 out,

@@ -324,7 +324,9 @@ impl Snapshot {
                 )
         });
         let v3 = events.iter().any(|e| e.kind == EventKind::Pruned);
-        let v4 = events.iter().any(|e| e.kind == EventKind::Unverified);
+        let v4 = events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Unverified | EventKind::Late));
         Snapshot {
             format: FORMAT.to_string(),
             schema_version: if v4 {
@@ -700,7 +702,8 @@ impl Snapshot {
                     | EventKind::Takeover
                     | EventKind::Drift
                     | EventKind::Verified
-                    | EventKind::Unverified,
+                    | EventKind::Unverified
+                    | EventKind::Late,
                     _,
                 ) => {}
                 (kind, None) => {

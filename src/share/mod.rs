@@ -3,10 +3,12 @@
 //! background workers that keep writing through it while a state runs (lease
 //! renewal, task results).
 
+mod journal;
 mod lease;
 mod recorder;
 pub mod remote;
 pub mod sync;
 
+pub use journal::{Landing, Waiting};
 pub use lease::LeaseKeeper;
 pub use recorder::TaskRecorder;

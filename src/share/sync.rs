@@ -396,7 +396,7 @@ pub const RACE_TRIES: u32 = 12;
 /// never both start the same state, and the local database is only a cache of the
 /// remote. Without a remote, writes are local.
 pub struct Writer {
-    store: Store,
+    pub(super) store: Store,
     remote: Option<Remote>,
     /// This machine's clock against the remote's, in ms, once measured.
     clock_offset: Option<i64>,
@@ -500,6 +500,16 @@ impl Writer {
 
     pub fn is_remote(&self) -> bool {
         self.remote.is_some()
+    }
+
+    /// The store and the remote back (a command that goes on without the Writer).
+    pub fn into_parts(self) -> (Store, Option<Remote>) {
+        (self.store, self.remote)
+    }
+
+    /// Whether this machine's clock was measured against the remote's.
+    pub(super) fn clock_offset_known(&self) -> Option<i64> {
+        self.clock_offset
     }
 
     /// A change to the build's shared record that is not a transition (an alert's claim
@@ -622,7 +632,9 @@ impl Writer {
         Ok(())
     }
 
-    /// One transition: local, or through the remote (see the type's documentation).
+    /// One transition: local, or through the remote (see the type's documentation). In
+    /// remote mode, an outcome (complete, fail, interrupt) that the remote does not take
+    /// is journaled and tried again while the lease lasts (`crate::share::journal`).
     pub fn transition(
         &mut self,
         build_id: &str,
@@ -630,20 +642,47 @@ impl Writer {
         actor: &crate::context::Actor,
         ctx: &crate::model::Ctx<'_>,
     ) -> Result<crate::model::Build> {
-        // Every write is stamped when it is made, inside its transaction, whatever time
-        // the caller's context was built at: a complete after a two-hour command says
-        // so, its backoff counts from the failure, a start's lease from the start.
-        let clock = self.clock()?;
         if self.remote.is_none() {
+            // Every write is stamped when it is made, inside its transaction, whatever
+            // time the caller's context was built at: a complete after a two-hour
+            // command says so, its backoff counts from the failure, a start's lease
+            // from the start.
+            let now = ctx.happened;
             return self.store.transition_stamped(
                 build_id,
                 t,
                 actor,
                 ctx,
-                || clock.now(),
+                || now.unwrap_or_else(std::time::SystemTime::now),
                 |_, _| Ok(()),
             );
         }
+        // When it was asked: an outcome that must wait for the remote is recorded as of
+        // then (the time its command ended), not the time it finally lands.
+        let asked = self.now_offline();
+        match self.transition_remote(build_id, t, actor, ctx) {
+            Err(Error::Remote(e)) => {
+                let ctx = crate::model::Ctx {
+                    happened: ctx.happened.or(Some(asked)),
+                    ..*ctx
+                };
+                self.hold_outcome(build_id, t, actor, &ctx, e)
+            }
+            other => other,
+        }
+    }
+
+    /// [`Writer::transition`] through the remote, once (with its lost-race retries).
+    pub(super) fn transition_remote(
+        &mut self,
+        build_id: &str,
+        t: &crate::model::Transition,
+        actor: &crate::context::Actor,
+        ctx: &crate::model::Ctx<'_>,
+    ) -> Result<crate::model::Build> {
+        let clock = self.clock()?;
+        let happened = ctx.happened;
+        let stamp = || happened.unwrap_or_else(|| clock.now());
         let mut pause = std::time::Duration::from_millis(20);
         for _ in 0..RACE_TRIES {
             self.refresh(build_id)?;
@@ -652,18 +691,11 @@ impl Writer {
             // What the remote accepted, if it did: from then on the write has happened,
             // whatever becomes of the local commit.
             let pushed = std::cell::RefCell::new(None);
-            let written = store.transition_stamped(
-                build_id,
-                t,
-                actor,
-                ctx,
-                || clock.now(),
-                |conn, b| {
-                    push_in(conn, remote, b, Appended::Events)?;
-                    pushed.replace(Some(b.clone()));
-                    Ok(())
-                },
-            );
+            let written = store.transition_stamped(build_id, t, actor, ctx, stamp, |conn, b| {
+                push_in(conn, remote, b, Appended::Events)?;
+                pushed.replace(Some(b.clone()));
+                Ok(())
+            });
             let written = match (written, pushed.into_inner()) {
                 (Err(e), Some(b)) => {
                     // The remote is the truth in remote mode; this database is a cache

@@ -7,6 +7,7 @@
 //! instead of failing with "database is locked".
 
 mod archive;
+mod journal;
 pub mod outbox;
 mod schema;
 mod snapshot;
@@ -24,6 +25,7 @@ use crate::time;
 use crate::{Error, Result};
 
 pub use archive::{Archived, Counter, Removed};
+pub use journal::Journaled;
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::{remote_mark_in, set_remote_mark_in, snapshot_in, Imported, Marked, RemoteMark};
 

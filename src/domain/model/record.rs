@@ -66,6 +66,9 @@ pub enum EventKind {
     /// executable, timed out, killed by a signal): nothing is known of the state's
     /// result, so it is neither drift nor a pass.
     Unverified,
+    /// The outcome of an abandoned attempt that landed after it was taken over or moved
+    /// past (a journaled result, see `sync-cloud`): history only.
+    Late,
     /// Task results older than a cut-off (its `until`) left the history: retention
     /// (`monitor prune-tasks`). Their numbers stay unused; the message says how many.
     Pruned,
@@ -80,7 +83,7 @@ text_enum!(EventKind {
     Interrupt => "interrupt", Takeover => "takeover", Retry => "retry", Skip => "skip",
     Rollback => "rollback", Cancel => "cancel", Task => "task", Force => "force",
     Reset => "reset", Rerun => "rerun", Prerequisite => "prerequisite", Drift => "drift",
-    Verified => "verified", Unverified => "unverified", Pruned => "pruned",
+    Verified => "verified", Unverified => "unverified", Late => "late", Pruned => "pruned",
 });
 
 impl EventKind {

@@ -72,6 +72,16 @@ pub enum Transition {
     Verified {
         results: Vec<VerifyResult>,
     },
+    /// The outcome of an attempt that could not be recorded while it was current (the
+    /// remote was away) and was taken over or moved past before it landed: kept in the
+    /// history as a late result of an abandoned attempt, never as a second truth. The
+    /// build does not change.
+    Late {
+        state: u8,
+        attempt: u32,
+        /// What the attempt's command did, and when, as the worker journaled it.
+        message: String,
+    },
     /// Task results (Ansible), recorded for the history; the build does not change.
     /// One write however many records, so a batch costs one transaction.
     Tasks {
@@ -156,6 +166,10 @@ pub struct Ctx<'a> {
     /// The id recorded with this write's events ([`Event::write_id`]); the store makes
     /// one up when none is given.
     pub write_id: Option<&'a str>,
+    /// When what this write records happened, if that was earlier than the write: a
+    /// journaled outcome landing after a remote outage is stamped with the time its
+    /// command ended, not the time it finally landed. `None`: now.
+    pub happened: Option<SystemTime>,
 }
 
 impl Ctx<'static> {
@@ -176,6 +190,7 @@ impl Ctx<'static> {
             lease_ttl: None,
             fence: None,
             write_id: None,
+            happened: None,
         }
     }
 }
@@ -263,6 +278,20 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
         Transition::Skip { state, reason } => skip(b, plan, ctx, state, reason, &mut c),
         Transition::Rollback { to, reason } => rollback(b, plan, ctx, to, reason, &mut c),
         Transition::Tasks { records } => tasks(records, &mut c),
+        Transition::Late {
+            state,
+            attempt,
+            message,
+        } => {
+            check_in_plan(b, plan, *state)?;
+            c.events.push(event(
+                EventKind::Late,
+                Some(*state),
+                Some(*attempt),
+                Some(redact(message).into_owned()),
+            ));
+            Ok(())
+        }
         Transition::PruneTasks { before, count } => pruned(*before, *count, &mut c),
         Transition::Reopen { from, reason, why } => {
             reopen(b, plan, ctx, *from, reason, *why, &mut c)
