@@ -646,3 +646,152 @@ fn counters_never_go_backwards_across_archive_unarchive_and_pruning() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_kill_during_archive_writes_leaves_no_temporary_file_on_the_remote() {
+    let env = Env::new();
+    let remote_dir = env.path("remote");
+    let remote = format!("file://{}", remote_dir.display());
+    for i in 0..40 {
+        completed(&env, &format!("k{i:02}"));
+    }
+    // SIGKILL at moments spread over the run: some land in the middle of a write.
+    for delay_ms in [30u64, 60, 90, 120, 150, 200, 250, 300] {
+        let mut c = env.command("monitor");
+        c.args(["archive", "--completed-before", "0s", "--remote", &remote])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    env.run(
+        "monitor",
+        &["archive", "--completed-before", "0s", "--remote", &remote],
+    )
+    .ok();
+    let dir = remote_dir.join("archive").join("builds");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let stray: Vec<&String> = names.iter().filter(|n| !n.ends_with(".json")).collect();
+    assert!(stray.is_empty(), "left in {}: {stray:?}", dir.display());
+    assert_eq!(names.len(), 40, "{names:?}");
+}
+
+#[test]
+fn in_remote_mode_archive_takes_the_remote_copy_as_it_is_now() {
+    let env = Env::new();
+    let remote = format!("file://{}", env.path("remote").display());
+    let on = |db: &std::path::Path, tool: &str, args: &[&str]| {
+        let mut c = env.command_on(tool, db);
+        c.env("BUILDSTATE_REMOTE", &remote).args(args);
+        env.run_with(&mut c, None)
+    };
+    let (a, b) = (env.path("a.db"), env.path("b.db"));
+    // Completed on machine a: every state done.
+    let plan = env.write(
+        "one.toml",
+        "name = \"one\"\n[[state]]\nid = 5\nname = \"bake\"\nexpected = \"1m\"\n",
+    );
+    on(
+        &a,
+        "init-state",
+        &[
+            "y",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    on(&a, "update-state", &["y", "start", "5"]).ok();
+    on(&a, "update-state", &["y", "complete", "5"]).ok();
+    // Machine b sends it back to state 5: it is no longer done.
+    on(
+        &b,
+        "update-state",
+        &["y", "force", "5", "--reason", "the AMI was deleted"],
+    )
+    .ok();
+    // Machine a's cache still says completed; the archive asks the remote first.
+    let r = on(
+        &a,
+        "monitor",
+        &["archive", "--completed-before", "0s", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(r["archived"], serde_json::json!([]), "{r}");
+    assert_eq!(r["matched"], 0, "the pulled copy is not completed: {r}");
+    assert!(!env
+        .path("remote")
+        .join("archive")
+        .join("builds")
+        .join("y.json")
+        .exists());
+    let j = on(&a, "check-state", &["y", "--json", "--history"]).json();
+    assert_eq!(j["status"], "pending", "{j}");
+}
+
+#[test]
+fn an_archived_id_cannot_gain_a_second_lineage() {
+    let env = Env::new();
+    let r1 = format!("file://{}", env.path("r1").display());
+    let r2 = format!("file://{}", env.path("r2").display());
+    completed(&env, "x");
+    archive_json(&env, &r1);
+    // Another database made its own x and shared it through another remote.
+    let other = env.path("other.db");
+    let mut c = env.command_on("init-state", &other);
+    c.args(["x", "--cloud", "gcp", "--image", "other"]);
+    env.run_with(&mut c, None).ok();
+    let mut c = env.command_on("sync-cloud", &other);
+    c.args(["--remote", &r2, "push", "x"]);
+    env.run_with(&mut c, None).ok();
+    // Pulling it here, beside the archive record of our x, is refused.
+    let r = env.run("sync-cloud", &["--remote", &r2, "pull", "x"]);
+    assert_eq!(r.code, exit::CONFLICT, "{}", r.stderr);
+    assert!(r.stderr.contains("archived"), "{}", r.stderr);
+    let j = env.run("check-state", &["x", "--json"]).json();
+    assert_eq!(j["error"]["kind"], "archived", "nothing was written: {j}");
+    // Our x comes back whole.
+    env.run("monitor", &["unarchive", "x", "--remote", &r1])
+        .ok();
+    assert_eq!(
+        env.run("check-state", &["x", "--json"]).json()["cloud"],
+        "aws"
+    );
+}
+
+#[test]
+fn a_stale_archive_object_of_the_same_build_is_replaced_by_the_newer_copy() {
+    let env = Env::new();
+    let remote = format!("file://{}", env.path("remote").display());
+    completed(&env, "x");
+    assert_eq!(
+        archive_json(&env, &remote)["archived"],
+        serde_json::json!(["x"])
+    );
+    env.run("monitor", &["unarchive", "x", "--remote", &remote])
+        .ok();
+    env.run("update-state", &["x", "meta", "note=after the archive"])
+        .ok();
+    let serial = env.run("check-state", &["x", "--json"]).json()["serial"].clone();
+    // The archive holds the older copy of this very build: the newer one replaces it.
+    let r = archive_json(&env, &remote);
+    assert_eq!(r["archived"], serde_json::json!(["x"]), "{r}");
+    env.run("monitor", &["unarchive", "x", "--remote", &remote])
+        .ok();
+    let j = env.run("check-state", &["x", "--json"]).json();
+    assert_eq!(
+        (j["serial"].clone(), j["metadata"]["note"].clone()),
+        (serial, "after the archive".into()),
+        "{j}"
+    );
+}

@@ -54,10 +54,41 @@ pub fn archive(
         size_before_bytes: store.size_bytes(),
         ..Report::default()
     };
+    // In remote mode this database is a cache: what is archived is the remote's copy as
+    // it is now, not what this machine last saw (a build forced back to pending on
+    // another machine is no longer completed).
+    // A build whose copy cannot be pulled here (or a remote that cannot be listed) is
+    // pulled again below if it is a candidate, and reported then.
+    let _ = crate::sync::pull_all(store, remote, &|_, _| {});
     let ids = store.archive_candidates(completed, cancelled)?;
     report.matched = ids.len();
+    let still_due = |store: &Store, id: &str| -> Result<bool> {
+        Ok(store.build(id)?.is_some_and(|b| match b.status {
+            crate::model::Status::Completed => completed.is_some_and(|c| b.updated_at < c),
+            crate::model::Status::Cancelled => cancelled.is_some_and(|c| b.updated_at < c),
+            _ => false,
+        }))
+    };
     for (i, id) in ids.iter().enumerate() {
-        match archive_one(store, remote, id) {
+        // Pulled once more right before it is archived: the copy that goes is the
+        // newest, and a build that went on elsewhere since stays.
+        let fresh = match remote.get(id) {
+            Ok(Some(_)) => crate::sync::pull(store, remote, id, false).map(|_| ()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if fresh.is_ok() && !still_due(store, id)? {
+            let now = store
+                .build(id)?
+                .map_or("gone".into(), |b| b.status.to_string());
+            report.skipped.push((
+                id.clone(),
+                format!("its remote copy went on (now {now}): it is not archived"),
+            ));
+            progress(i + 1, ids.len());
+            continue;
+        }
+        match fresh.and_then(|()| archive_one(store, remote, id)) {
             Ok(Removed::Yes) => report.archived.push(id.clone()),
             Ok(Removed::Changed) => report.skipped.push((
                 id.clone(),
@@ -171,6 +202,20 @@ fn archive_one(store: &mut Store, remote: &Remote, id: &str) -> Result<Removed> 
             remote.name()
         ))
     })?;
+    if back != bytes && !written {
+        // Ours, from before: archived, then brought back or left here by a write that
+        // came between the archive and the removal, and changed since. The newer copy
+        // of the same build replaces it; anything else stays as it is.
+        if let Ok(theirs) = remote.decode(&back) {
+            let newer = theirs.lineage == snap.lineage
+                && theirs.serial < snap.serial
+                && crate::snapshot::compare(&snap.events, &theirs.events).agree();
+            if newer {
+                remote.replace_archive(id, bytes.clone(), &back)?;
+                return finish_archive(store, remote, &snap, key);
+            }
+        }
+    }
     if back != bytes {
         return Err(Error::RemoteChanged(if written {
             format!(
@@ -187,9 +232,19 @@ fn archive_one(store: &mut Store, remote: &Remote, id: &str) -> Result<Removed> 
             )
         }));
     }
+    finish_archive(store, remote, &snap, key)
+}
+
+/// The snapshot is safe on the remote as `key`: remove the build here.
+fn finish_archive(
+    store: &mut Store,
+    remote: &Remote,
+    snap: &crate::snapshot::Snapshot,
+    key: String,
+) -> Result<Removed> {
     kill_point();
     store.remove_archived(&Archived {
-        build_id: id.to_string(),
+        build_id: snap.build_id.clone(),
         lineage: snap.lineage.clone(),
         serial: snap.serial,
         status: snap.build.status.to_string(),

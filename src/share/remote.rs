@@ -535,6 +535,35 @@ impl Remote {
         self.put_new(&Self::archive_key(build_id), bytes, "write the archive")
     }
 
+    /// Replace the archived snapshot of `build_id` with `bytes`, only while it still
+    /// holds `expected` (compare-and-swap: under the folder's lock, or If-Match on the
+    /// object's ETag). For a newer copy of the same build replacing a stale one.
+    pub fn replace_archive(&self, build_id: &str, bytes: Vec<u8>, expected: &[u8]) -> Result<()> {
+        crate::model::validate_build_id(build_id)?;
+        let key = Self::archive_key(build_id);
+        match &self.backend {
+            Backend::Folder { dir, lock_wait } => {
+                let _lock = FolderLock::take(&self.name, dir, *lock_wait)?;
+                let path = dir.join(&key);
+                match std::fs::read(&path) {
+                    Ok(current) if current == expected => replace_file(&self.name, &path, &bytes),
+                    _ => Err(lost_race(&self.name, path.display(), false)),
+                }
+            }
+            Backend::Object { store, prefix } => self.rt.block_on(async {
+                let k = key.split('/').fold(prefix.clone(), |p, part| p.join(part));
+                match object_get(&self.name, store, &k).await? {
+                    Some(f) if f.bytes == expected => {
+                        object_put(&self.name, store, &k, bytes, Some(&f.etag))
+                            .await
+                            .map(|_| ())
+                    }
+                    _ => Err(lost_race(&self.name, &k, false)),
+                }
+            }),
+        }
+    }
+
     /// Read an archived build's snapshot, if there is one.
     pub fn get_archive(&self, build_id: &str) -> Result<Option<Vec<u8>>> {
         crate::model::validate_build_id(build_id)?;
@@ -760,6 +789,11 @@ fn place_file(name: &str, path: &std::path::Path, bytes: &[u8], create_only: boo
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().expect("remote objects live in a folder");
     let err = |e: std::io::Error| remote_error(name, &format!("write {}", path.display()), e);
+    if create_only {
+        if let Some(placed) = place_unnamed(dir, path, bytes).map_err(err)? {
+            return Ok(placed);
+        }
+    }
     let mut tmp = tempfile::Builder::new()
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
@@ -781,6 +815,63 @@ fn place_file(name: &str, path: &std::path::Path, bytes: &[u8], create_only: boo
         .and_then(|d| d.sync_all())
         .map_err(err)?;
     Ok(true)
+}
+
+/// Create-only, without a temporary name: the file is written unnamed (`O_TMPFILE`) and
+/// linked under `path` only when whole, so a writer killed at any moment (`kill -9`
+/// during `monitor archive`) leaves nothing behind in the folder. `Ok(None)`: the file
+/// system cannot do this (NFS and others); the caller uses a named temporary file.
+fn place_unnamed(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<Option<bool>> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o666)
+        .open(dir)
+    {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOENT)
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut w = &f;
+    w.write_all(bytes)?;
+    f.sync_all()?;
+    let from = format!("/proc/self/fd/{}\0", std::os::fd::AsRawFd::as_raw_fd(&f));
+    let mut to = path.as_os_str().as_bytes().to_vec();
+    to.push(0);
+    // SAFETY: both paths are NUL-terminated byte strings that outlive the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr().cast(),
+            libc::AT_FDCWD,
+            to.as_ptr().cast(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(Some(false)),
+            // No /proc (a sandbox): fall back to a named temporary file.
+            std::io::ErrorKind::NotFound => Ok(None),
+            _ => Err(e),
+        };
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(Some(true))
 }
 
 fn replace_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {

@@ -231,6 +231,18 @@ fn import_fetched(
     // A build archived from here is not brought back by a pull of the copy it was
     // archived from (remote mode leaves that copy); a newer copy is a build that went on.
     if let Some(a) = store.archived(build_id)? {
+        // An archived id keeps its identity: another build under the same id (another
+        // remote's, a re-created one) would stand beside the archive record, and
+        // unarchive could no longer say which is which.
+        if a.lineage != snap.lineage {
+            return Err(Error::Conflict {
+                build_id: build_id.to_string(),
+                field: "lineage".into(),
+                existing: format!("{} (archived to {} as {})", a.lineage, a.remote, a.object),
+                requested: format!("{} (on remote {})", snap.lineage, remote.name()),
+                hint: "; that id belongs to a build archived from this database, so nothing was written: bring it back with `monitor unarchive ID --remote ARCHIVE`, or pull into another database",
+            });
+        }
         if a.lineage == snap.lineage && snap.serial <= a.serial {
             return Ok(Synced {
                 build_id: build_id.to_string(),
