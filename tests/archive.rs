@@ -795,3 +795,27 @@ fn a_stale_archive_object_of_the_same_build_is_replaced_by_the_newer_copy() {
         "{j}"
     );
 }
+
+#[test]
+fn an_archive_whose_times_were_edited_is_not_brought_back() {
+    let env = Env::new();
+    let remote = format!("file://{}", env.path("remote").display());
+    completed(&env, "x");
+    archive_json(&env, &remote);
+    let object = env
+        .path("remote")
+        .join("archive")
+        .join("builds")
+        .join("x.json");
+    let mut snap: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&object).unwrap()).unwrap();
+    let last = snap["events"].as_array().unwrap().len() - 1;
+    snap["events"][last]["at"] = "2000-01-01T00:00:00.000Z".into();
+    std::fs::write(&object, serde_json::to_vec(&snap).unwrap()).unwrap();
+    let r = env.run("monitor", &["unarchive", "x", "--remote", &remote]);
+    assert_eq!(r.code, exit::INVALID_SNAPSHOT, "{}", r.stderr);
+    assert!(r.stderr.contains("never runs backwards"), "{}", r.stderr);
+    // Nothing was written: it stays archived.
+    let j = env.run("check-state", &["x", "--json"]).json();
+    assert_eq!(j["error"]["kind"], "archived", "{j}");
+}

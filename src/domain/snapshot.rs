@@ -502,7 +502,30 @@ impl Snapshot {
         let pruned_before = last_pruned(&self.events);
         let mut prev_serial = 0;
         let mut prev_seq = 0;
+        // A build's time never runs backwards: every write is stamped no earlier than
+        // the one before it. Task results carry the times Ansible gave them, so they
+        // are not held to it; a step back of more than this is an edit, not a clock.
+        let mut latest: Option<(u64, SystemTime)> = None;
+        const BACKWARDS: std::time::Duration = std::time::Duration::from_secs(3600);
         for e in &self.events {
+            if e.kind != EventKind::Task {
+                if let Some((seq, at)) = latest {
+                    if e.at + BACKWARDS < at {
+                        return Err(invalid(
+                            id,
+                            format!(
+                                "event {} is dated {}, before event {seq} ({}): a build's time never runs backwards",
+                                e.seq,
+                                crate::time::format(e.at),
+                                crate::time::format(at)
+                            ),
+                        ));
+                    }
+                }
+                if latest.is_none_or(|(_, at)| e.at > at) {
+                    latest = Some((e.seq, e.at));
+                }
+            }
             let gap = e.seq > prev_seq + 1 && e.seq <= pruned_before;
             if e.seq != prev_seq + 1 && !gap {
                 return Err(invalid(
