@@ -491,8 +491,8 @@ fn vacuum_with_a_reader_open_says_the_space_waits_for_it() {
     reader
         .execute_batch("BEGIN; SELECT COUNT(*) FROM events;")
         .unwrap();
-    let r = env
-        .run(
+    let archive_vacuum = || {
+        env.run(
             "monitor",
             &[
                 "archive",
@@ -505,28 +505,16 @@ fn vacuum_with_a_reader_open_says_the_space_waits_for_it() {
             ],
         )
         .ok()
-        .json();
+        .json()
+    };
+    let r = archive_vacuum();
     assert_eq!(r["archived"].as_array().unwrap().len(), 20, "{r}");
     assert_eq!(r["vacuumed"], false, "{r}");
     assert_eq!(r["vacuum_deferred"], true, "{r}");
     drop(reader);
     // Without a reader the space is given back.
     completed(&env, "w1");
-    let r = env
-        .run(
-            "monitor",
-            &[
-                "archive",
-                "--completed-before",
-                "0s",
-                "--remote",
-                &remote,
-                "--vacuum",
-                "--json",
-            ],
-        )
-        .ok()
-        .json();
+    let r = archive_vacuum();
     assert_eq!(
         (r["vacuumed"].clone(), r["vacuum_deferred"].clone()),
         (true.into(), false.into()),
