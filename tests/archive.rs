@@ -807,3 +807,34 @@ fn an_archive_whose_times_were_edited_is_not_brought_back() {
     let j = env.run("check-state", &["x", "--json"]).json();
     assert_eq!(j["error"]["kind"], "archived", "{j}");
 }
+
+#[test]
+fn unarchive_beside_another_build_of_the_same_name_says_what_to_do() {
+    let env = Env::new();
+    let remote = format!("file://{}", env.path("remote").display());
+    completed(&env, "x");
+    archive_json(&env, &remote);
+    // Another database has its own x.
+    let other = env.path("other.db");
+    let mut c = env.command_on("init-state", &other);
+    c.args(["x", "--cloud", "gcp", "--image", "other"]);
+    env.run_with(&mut c, None).ok();
+    let mut c = env.command_on("monitor", &other);
+    c.args(["unarchive", "x", "--remote", &remote]);
+    let r = env.run_with(&mut c, None);
+    assert_eq!(r.code, exit::DIVERGED, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("holds another build named 'x'"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--db OTHER.db"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("sync-cloud"),
+        "advice that does not touch the archive: {}",
+        r.stderr
+    );
+    // The archive is as it was: the database that archived it brings it back.
+    env.run("monitor", &["unarchive", "x", "--remote", &remote])
+        .ok();
+}

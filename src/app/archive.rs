@@ -306,7 +306,30 @@ pub fn unarchive(store: &mut Store, remote: &Remote, build_id: &str) -> Result<R
             snap.build_id
         )));
     }
-    store.import(&snap, false)?;
+    store.import(&snap, false).map_err(|e| match e {
+        // The import's own advice is about a remote's working copy (pull, push): here
+        // the other side is the archive, which neither command touches.
+        Error::Diverged(_) => {
+            let here = store.build(build_id).ok().flatten();
+            let why = match &here {
+                Some(b) if b.lineage == snap.lineage => format!(
+                    "the copy of '{build_id}' in this database went on since it was archived (serial {} here, {} archived)",
+                    b.serial, snap.serial
+                ),
+                Some(b) => format!(
+                    "this database holds another build named '{build_id}' (lineage {} here, {} archived)",
+                    b.lineage, snap.lineage
+                ),
+                None => format!("this database's copy of '{build_id}' disagrees with the archive"),
+            };
+            Error::Diverged(format!(
+                "{why}; nothing was written, and the archive on remote {} is as it was. Bring the archived build back into another database (`monitor unarchive {build_id} --remote {} --db OTHER.db`), or keep the one here",
+                remote.name(),
+                remote.name()
+            ))
+        }
+        other => other,
+    })?;
     store.forget_archived(build_id)?;
     Ok(Restored {
         build_id: build_id.to_string(),
