@@ -73,8 +73,8 @@ pub fn check_env(
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Run `command` with `sh -c`, stdin closed, under `timeout` (then its whole process
-/// group and whatever it started outside the group get SIGTERM, and SIGKILL
-/// [`KILL_GRACE`] later). It returns within the timeout and the grace, whatever its
+/// group and whatever it started outside the group get SIGTERM, and SIGKILL 5 s
+/// later). It returns within the timeout and the grace, whatever its
 /// children do: what it left running is ended when it ends, and output still held open
 /// by a child that escaped even that is not waited for.
 pub fn run_check(command: &str, env: &[(String, String)], timeout: Duration) -> Result<Checked> {

@@ -214,7 +214,7 @@ fn unprintable(c: char) -> bool {
 }
 
 /// `text` with every character that must not reach a terminal or a page as it is
-/// ([`unprintable`]) shown as `\uXXXX`: what a person reads. The same escape in a JSON
+/// (see `unprintable`) shown as `\uXXXX`: what a person reads. The same escape in a JSON
 /// string means the very character, so JSON output passed through here still carries the
 /// exact text.
 pub fn printable(text: &str) -> Cow<'_, str> {
