@@ -334,35 +334,88 @@ impl Store {
     /// that left it (archived) had counted. Never lower than before, whatever is archived,
     /// unarchived or pruned. By metric, plan and state.
     pub fn metric_counters(&self) -> Result<Vec<Counter>> {
+        // One pass over the starts and completions in key order, each build's plan
+        // looked up when the build changes: a GROUP BY build and state in SQL sorts a
+        // million rows and took twice as long (docs/performance.md).
+        // Plans by number (see `names`), so that counting an event allocates nothing.
+        let mut names: Vec<String> = Vec::new();
+        let mut plans: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT b.build_id, p.name FROM builds b JOIN plans p ON p.hash = b.plan_hash",
+            )?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, name) = row?;
+                let n = names.iter().position(|x| *x == name).unwrap_or_else(|| {
+                    names.push(name);
+                    names.len() - 1
+                });
+                plans.insert(id, n);
+            }
+        }
+        // (metric, plan, state) -> (n, sum_ms); state -1: none.
+        let mut acc: std::collections::HashMap<(bool, usize, i64), (u64, u64)> =
+            std::collections::HashMap::new();
         let mut stmt = self.conn.prepare(
-            "SELECT metric, plan, state, SUM(n), SUM(sum_ms) FROM (
-                 SELECT 'retries' AS metric, p.name AS plan, x.state AS state, SUM(x.n) AS n,
-                        0 AS sum_ms
-                 FROM (SELECT build_id, COALESCE(state, -1) AS state, COUNT(*) AS n FROM events
-                       WHERE kind = 'start' AND attempt > 1 GROUP BY build_id, state) x
-                 JOIN builds b ON b.build_id = x.build_id JOIN plans p ON p.hash = b.plan_hash
-                 GROUP BY 2, 3
-                 UNION ALL
-                 SELECT 'duration', p.name, x.state, SUM(x.n), SUM(x.ms)
-                 FROM (SELECT build_id, COALESCE(state, -1) AS state, COUNT(*) AS n,
-                              COALESCE(SUM(duration_ms), 0) AS ms FROM events
-                       WHERE kind = 'complete' AND duration_ms IS NOT NULL
-                       GROUP BY build_id, state) x
-                 JOIN builds b ON b.build_id = x.build_id JOIN plans p ON p.hash = b.plan_hash
-                 GROUP BY 2, 3
-                 UNION ALL
-                 SELECT metric, plan, state, n, sum_ms FROM metric_removed
-             ) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            "SELECT build_id, kind = 'start', state, duration_ms FROM events
+             WHERE (kind = 'start' AND attempt > 1)
+                OR (kind = 'complete' AND duration_ms IS NOT NULL)",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Counter {
-                metric: r.get(0)?,
-                plan: r.get(1)?,
-                state: u8::try_from(r.get::<_, i64>(2)?).ok(),
-                n: r.get(3)?,
-                sum_ms: r.get(4)?,
-            })
+        let mut rows = stmt.query([])?;
+        let mut current: (String, usize) = (String::new(), usize::MAX);
+        while let Some(r) = rows.next()? {
+            let id = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            if id != current.0 {
+                current = (id.to_string(), plans.get(id).copied().unwrap_or(usize::MAX));
+            }
+            let start: bool = r.get(1)?;
+            let state: i64 = r.get::<_, Option<i64>>(2)?.unwrap_or(-1);
+            let e = acc.entry((start, current.1, state)).or_default();
+            e.0 += 1;
+            if !start {
+                e.1 += r.get::<_, Option<u64>>(3)?.unwrap_or(0);
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT metric, plan, state, n, sum_ms FROM metric_removed")?;
+        let removed = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, u64>(3)?,
+                r.get::<_, u64>(4)?,
+            ))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut out: std::collections::BTreeMap<(&'static str, String, i64), (u64, u64)> =
+            std::collections::BTreeMap::new();
+        let metric = |retries: bool| if retries { "retries" } else { "duration" };
+        for ((retries, plan, state), (n, sum_ms)) in acc {
+            let plan = names.get(plan).cloned().unwrap_or_default();
+            let e = out.entry((metric(retries), plan, state)).or_default();
+            e.0 += n;
+            e.1 += sum_ms;
+        }
+        for row in removed {
+            let (m, plan, state, n, sum_ms) = row?;
+            let e = out
+                .entry((metric(m == "retries"), plan, state))
+                .or_default();
+            e.0 += n;
+            e.1 += sum_ms;
+        }
+        Ok(out
+            .into_iter()
+            .map(|((metric, plan, state), (n, sum_ms))| Counter {
+                metric: metric.to_string(),
+                plan,
+                state: u8::try_from(state).ok(),
+                n,
+                sum_ms,
+            })
+            .collect())
     }
 }

@@ -1,7 +1,8 @@
--- Schema version 9: the journal of outcomes not yet shared (issue 25). In remote mode a
--- worker whose command finished while the remote was away keeps its outcome here,
--- durably, with the write id and attempt it belongs to, until it lands on the remote:
--- with the next command on this machine in remote mode, or `sync-cloud push`.
+-- Schema version 9: the journal of outcomes not yet shared (issue 25), and indexes for
+-- verdict events. In remote mode a worker whose command finished while the remote was
+-- away keeps its outcome in the journal, durably, with the write id and attempt it
+-- belongs to, until it lands on the remote: with the next command on this machine in
+-- remote mode, or `sync-cloud push`.
 CREATE TABLE journal (
     id INTEGER PRIMARY KEY,
     build_id TEXT NOT NULL,
@@ -15,3 +16,7 @@ CREATE TABLE journal (
     journaled_at TEXT NOT NULL,
     last_error TEXT                 -- why it has not landed yet (redacted)
 ) STRICT;
+-- `monitor check` lists drifted builds and `monitor verify` picks the builds whose last
+-- verdict is old: both read only verdict events, which these partial indexes hold.
+CREATE INDEX events_drift ON events(build_id, seq) WHERE kind = 'drift';
+CREATE INDEX events_verdicts ON events(build_id, at) WHERE kind IN ('verified', 'drift', 'unverified');
