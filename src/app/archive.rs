@@ -72,9 +72,9 @@ pub fn archive(
     for (i, id) in ids.iter().enumerate() {
         // Pulled once more right before it is archived: the copy that goes is the
         // newest, and a build that went on elsewhere since stays.
-        let fresh = match remote.get(id) {
-            Ok(Some(_)) => crate::sync::pull(store, remote, id, false).map(|_| ()),
-            Ok(None) => Ok(()),
+        let fresh = match crate::sync::pull(store, remote, id, false) {
+            // No working copy there: a build of this database alone.
+            Ok(_) | Err(Error::NotOnRemote { .. }) => Ok(()),
             Err(e) => Err(e),
         };
         if fresh.is_ok() && !still_due(store, id)? {

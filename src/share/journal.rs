@@ -187,13 +187,10 @@ impl Writer {
             journaled_at: std::time::SystemTime::now(),
             last_error: Some(error.clone()),
         };
-        self.store.journal(&row)?;
-        let row = self
-            .store
-            .journaled(Some(&remote), Some(build_id))?
-            .into_iter()
-            .find(|j| j.write_id == row.write_id)
-            .ok_or_else(|| Error::Corrupt("a journaled outcome was not kept".into()))?;
+        let row = Journaled {
+            id: self.store.journal(&row)?,
+            ..row
+        };
         // The lease the outcome was made under: while it lasts, nobody else may take the
         // state, so trying to land it is the right thing to do; past it, the worker goes.
         let until = self

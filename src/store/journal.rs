@@ -28,8 +28,9 @@ pub struct Journaled {
 }
 
 impl Store {
-    /// Keep an outcome (durably: its own committed transaction) until it lands.
-    pub fn journal(&self, j: &Journaled) -> Result<()> {
+    /// Keep an outcome (durably: its own committed transaction) until it lands; its id.
+    /// An outcome with the same write id is kept once (the id of the one kept).
+    pub fn journal(&self, j: &Journaled) -> Result<i64> {
         self.conn.execute(
             "INSERT OR IGNORE INTO journal (build_id, remote, write_id, outcome, owner, fence, actor,
                                             happened_at, journaled_at, last_error)
@@ -41,7 +42,11 @@ impl Store {
                 ":e": j.last_error.as_deref().map(|e| crate::redact::redact(e).into_owned()),
             },
         )?;
-        Ok(())
+        Ok(self.conn.query_row(
+            "SELECT id FROM journal WHERE write_id = :w",
+            named_params! {":w": j.write_id},
+            |r| r.get(0),
+        )?)
     }
 
     /// The outcomes waiting for `remote` (every remote: `None`), oldest first; of one
