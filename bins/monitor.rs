@@ -114,7 +114,7 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = buildstate::cli::duration)]
         budget: Duration,
         /// How long each verify command may run
-        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = buildstate::cli::duration)]
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = buildstate::cli::positive_duration)]
         verify_timeout: Duration,
     },
     /// A table of every build: status, state, attempt, age, when last verified, who

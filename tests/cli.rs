@@ -1774,3 +1774,15 @@ fn stats_keep_two_plans_states_of_one_number_apart() {
         "{metrics}"
     );
 }
+
+#[test]
+fn monitor_verify_refuses_a_zero_verify_timeout() {
+    // Every verify would time out at once and be recorded as unverified.
+    let env = Env::new();
+    env.init("b");
+    let r = env.run("monitor", &["verify", "--verify-timeout", "0s"]);
+    assert_eq!(r.code, exit::USAGE, "{}", r.stderr);
+    assert!(r.stderr.contains("--verify-timeout"), "{}", r.stderr);
+    env.run("monitor", &["verify", "--concurrency", "0"])
+        .code(exit::USAGE);
+}
