@@ -36,7 +36,8 @@ impl Tracked {
         (TOKEN_VAR, &self.token)
     }
 
-    /// The live processes that carry this token (never this process).
+    /// The live processes that carry this token (never this process; a zombie, dead and
+    /// waiting for its parent to collect it, is not live).
     pub fn pids(&self) -> Vec<libc::pid_t> {
         let me = std::process::id() as libc::pid_t;
         let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -44,6 +45,14 @@ impl Tracked {
         };
         dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
             .filter(|&pid| pid != me)
+            .filter(|pid| {
+                // "pid (comm) S ...": the state follows the last ')'.
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    s.rsplit(')').next().is_some_and(|rest| {
+                        !matches!(rest.trim_start().chars().next(), Some('Z' | 'X') | None)
+                    })
+                })
+            })
             .filter(|pid| {
                 // A process that ended meanwhile, or one we may not read, is not ours.
                 std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
@@ -119,7 +128,8 @@ mod tests {
         // Another command's token finds nothing of it.
         assert!(Tracked::new().pids().is_empty());
         t.end_all(Duration::from_secs(2));
-        for _ in 0..100 {
+        // Generous: a loaded CI machine may take a while to run the dying process.
+        for _ in 0..1000 {
             if t.pids().is_empty() {
                 return;
             }
