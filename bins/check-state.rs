@@ -1,9 +1,8 @@
 //! check-state: what should a pipeline do next with this build?
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use buildstate::cli::{finish, Common};
+use buildstate::cli::Common;
 use buildstate::plan::Plan;
 use buildstate::report::Report;
 use buildstate::Result;
@@ -177,10 +176,4 @@ fn run(args: &Args) -> Result<i32> {
     Ok(report.exit_code)
 }
 
-pub fn main() -> ExitCode {
-    let args = match buildstate::cli::parse::<Args>("check-state") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    finish("check-state", args.common.json, run(&args))
-}
+buildstate::command!("check-state", run);

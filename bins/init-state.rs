@@ -1,10 +1,9 @@
 //! init-state: create a build record, or confirm that an identical one exists.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::SystemTime;
 
-use buildstate::cli::{finish, Common};
+use buildstate::cli::Common;
 use buildstate::context::Actor;
 use buildstate::model::{parse_meta_pair, InitRequest};
 use buildstate::plan::Plan;
@@ -97,10 +96,4 @@ fn run(args: &Args) -> Result<i32> {
     Ok(exit::OK)
 }
 
-pub fn main() -> ExitCode {
-    let args = match buildstate::cli::parse::<Args>("init-state") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    finish("init-state", args.common.json, run(&args))
-}
+buildstate::command!("init-state", run);

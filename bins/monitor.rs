@@ -2,11 +2,9 @@
 //! statistics and reports, and archives old builds.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use buildstate::cli::{finish, Common};
-use buildstate::model::Status;
+use buildstate::cli::Common;
 use buildstate::notify::slack::{deliver, Target};
 use buildstate::{exit, monitor, time, Error, Result};
 use clap::Subcommand;
@@ -353,98 +351,8 @@ fn run(args: &Args) -> Result<i32> {
                 json_line(&rows)?;
                 return Ok(exit::OK);
             }
-            // A plain fixed-width table, written in one buffered pass with no string per
-            // cell: a layout engine costs 4x the query with 100,000 builds
-            // (docs/performance.md).
-            // The verified column only when some build was ever verified.
-            let show_verified = rows.iter().any(|r| r.verified_seconds_ago.is_some());
-            let derived: Vec<(String, String, String)> = rows
-                .iter()
-                .map(|r| {
-                    let state = match (r.status, r.active_state, r.current_state) {
-                        (Status::Running | Status::Waiting | Status::Blocked, Some(a), _) => {
-                            a.to_string()
-                        }
-                        (_, _, Some(c)) => format!("{c} done"),
-                        _ => "-".into(),
-                    };
-                    let verified = match (show_verified, r.verified_seconds_ago) {
-                        (true, Some(v)) => monitor::age(v),
-                        (true, None) => "-".into(),
-                        (false, _) => String::new(),
-                    };
-                    (state, monitor::age(r.age_seconds), verified)
-                })
-                .collect();
-            let attempt = |r: &monitor::Row| {
-                if r.attempt > 0 {
-                    r.attempt.to_string()
-                } else {
-                    "-".into()
-                }
-            };
-            let mut w = [5usize, 6, 5, 7, 3, if show_verified { 8 } else { 0 }];
-            for (r, (state, age, verified)) in rows.iter().zip(&derived) {
-                w[0] = w[0].max(r.build_id.len());
-                w[1] = w[1].max(r.status.as_str().len());
-                w[2] = w[2].max(state.len());
-                w[3] = w[3].max(if r.attempt > 0 {
-                    r.attempt.to_string().len()
-                } else {
-                    1
-                });
-                w[4] = w[4].max(age.len());
-                w[5] = w[5].max(verified.len());
-            }
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let written = (|| -> std::io::Result<()> {
-                use std::io::Write;
-                // One formatted write per line (a write per cell costs 10% more with
-                // 100,000 rows); the verified column and its separator are empty (width
-                // 0) when not shown.
-                let sep = if show_verified { "  " } else { "" };
-                let mut line = |c: [&str; 7]| {
-                    writeln!(
-                        out,
-                        "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {:<f$}{sep}{}",
-                        c[0],
-                        c[1],
-                        c[2],
-                        c[3],
-                        c[4],
-                        c[5],
-                        c[6],
-                        a = w[0],
-                        b = w[1],
-                        c = w[2],
-                        d = w[3],
-                        e = w[4],
-                        f = w[5]
-                    )
-                };
-                line([
-                    "build",
-                    "status",
-                    "state",
-                    "attempt",
-                    "age",
-                    if show_verified { "verified" } else { "" },
-                    "held by",
-                ])?;
-                for (r, (state, age, verified)) in rows.iter().zip(&derived) {
-                    let holder = r.holder.as_deref().unwrap_or("-");
-                    line([
-                        &r.build_id,
-                        r.status.as_str(),
-                        state,
-                        &attempt(r),
-                        age,
-                        verified,
-                        holder,
-                    ])?;
-                }
-                out.flush()
-            })();
+            let written = monitor::write_table(&mut out, &rows);
             match written {
                 // A reader that stopped early (| head) is not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::OK),
@@ -484,64 +392,21 @@ fn run(args: &Args) -> Result<i32> {
                 })?),
             };
             let mut store = args.common.writer(false)?;
-            let start = Instant::now();
-            let mut first = true;
-            loop {
-                store.refresh(build_id)?;
-                let b = store
-                    .build(build_id)?
-                    .ok_or_else(|| Error::UnknownBuild(build_id.clone()))?;
-                // A state the build's plan does not have (a typo) is never reached:
-                // said at once, not after the whole timeout.
-                if let (Some(s), true) = (target, first) {
-                    let plan = store.plan(&b.plan_hash)?;
-                    if plan.state(s).is_none() {
-                        return Err(Error::InvalidInput(format!(
-                            "--until {s}: build '{build_id}' has no state {s}: its plan '{}' has states {}",
-                            plan.name,
-                            plan.ids()
-                        )));
-                    }
-                }
-                first = false;
-                let reached = match target {
-                    None => b.status == Status::Completed,
-                    Some(s) => b.current_state.is_some_and(|c| c >= s),
-                };
-                let outcome = if reached {
-                    Some(("reached", exit::OK))
-                } else if matches!(
+            let (b, what, code) = monitor::wait(&mut store, build_id, target, *timeout, *interval)?;
+            if json {
+                buildstate::cli::outln(format_args!(
+                    "{}",
+                    serde_json::json!({"build_id": build_id, "outcome": what, "status": b.status, "current_state": b.current_state, "exit_code": code})
+                ))?;
+            } else {
+                buildstate::cli::outln(format_args!(
+                    "build {build_id}: {} (status {}, last completed state {})",
+                    what.replace('_', " "),
                     b.status,
-                    Status::Blocked | Status::Cancelled | Status::Completed
-                ) {
-                    Some(("needs_person", exit::BLOCKED))
-                } else if start.elapsed() >= *timeout {
-                    Some(("timeout", exit::TIMEOUT))
-                } else {
-                    None
-                };
-                if let Some((what, code)) = outcome {
-                    if json {
-                        buildstate::cli::outln(format_args!(
-                            "{}",
-                            serde_json::json!({"build_id": build_id, "outcome": what, "status": b.status, "current_state": b.current_state, "exit_code": code})
-                        ))?;
-                    } else {
-                        buildstate::cli::outln(format_args!(
-                            "build {build_id}: {} (status {}, last completed state {})",
-                            what.replace('_', " "),
-                            b.status,
-                            b.current_state.map_or("none".into(), |s| s.to_string())
-                        ))?;
-                    }
-                    return Ok(code);
-                }
-                std::thread::sleep(
-                    (*interval)
-                        .min(timeout.saturating_sub(start.elapsed()))
-                        .max(Duration::from_millis(10)),
-                );
+                    b.current_state.map_or("none".into(), |s| s.to_string())
+                ))?;
             }
+            Ok(code)
         }
         Command::Stats { window, builds } => {
             let store = fleet(args, "left out of the figures")?;
@@ -711,10 +576,4 @@ fn run(args: &Args) -> Result<i32> {
     }
 }
 
-pub fn main() -> ExitCode {
-    let args = match buildstate::cli::parse::<Args>("monitor") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    finish("monitor", args.common.json, run(&args))
-}
+buildstate::command!("monitor", run);

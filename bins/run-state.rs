@@ -1,10 +1,9 @@
 //! run-state: run one state's command under the state's retry policy.
 
 use std::ffi::OsString;
-use std::process::ExitCode;
 use std::time::Duration;
 
-use buildstate::cli::{finish, Common};
+use buildstate::cli::Common;
 use buildstate::context::Actor;
 use buildstate::runner::{run, Outcome, RunOptions};
 use buildstate::{time, Result};
@@ -144,10 +143,4 @@ fn run_state(args: &Args) -> Result<i32> {
     Ok(code)
 }
 
-pub fn main() -> ExitCode {
-    let args = match buildstate::cli::parse::<Args>("run-state") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    finish("run-state", args.common.json, run_state(&args))
-}
+buildstate::command!("run-state", run_state);

@@ -1,9 +1,8 @@
 //! sync-cloud: share build state through object storage.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use buildstate::cli::{finish, Common};
+use buildstate::cli::Common;
 use buildstate::remote::{Remote, RemoteOptions};
 use buildstate::sync::{self, StatusRow, Synced};
 use buildstate::{exit, Error, Result};
@@ -178,7 +177,7 @@ fn run(args: &Args) -> Result<i32> {
         } => {
             // What this machine journaled while the remote was away lands first.
             let mut w = buildstate::sync::Writer::new(args.common.open()?, Some(remote));
-            buildstate::cli::land_journal(&mut w);
+            buildstate::session::land_journal(&mut w, "buildstate");
             let (mut store, remote) = w.into_parts();
             let remote = remote.expect("given above");
             if *all {
@@ -320,10 +319,4 @@ fn print_status(args: &Args, rows: &[StatusRow]) -> Result<()> {
     buildstate::cli::outln(format_args!("{table}"))
 }
 
-pub fn main() -> ExitCode {
-    let args = match buildstate::cli::parse::<Args>("sync-cloud") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    finish("sync-cloud", args.common.json, run(&args))
-}
+buildstate::command!("sync-cloud", run);

@@ -2,13 +2,13 @@
 //! person's intervention (retry, skip, rollback, cancel, force, reset).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use buildstate::cli::{finish, Common};
+use buildstate::cli::Common;
 use buildstate::context::Actor;
-use buildstate::model::{parse_meta_pair, Ctx, Transition};
+use buildstate::model::{parse_meta_pair, Transition};
 use buildstate::policy::Category;
 use buildstate::report::Report;
+use buildstate::session::{Inputs, Session, Start};
 use buildstate::{exit, Error, Result};
 use clap::Subcommand;
 
@@ -271,7 +271,7 @@ fn transition(action: &Action) -> Result<Transition> {
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let mut t = transition(&args.action)?;
+    let t = transition(&args.action)?;
     buildstate::model::validate_build_id(&args.build_id)?;
     let mut store = args.common.writer(false)?;
     let actor = Actor::from_env("update-state");
@@ -279,52 +279,36 @@ fn run(args: &Args) -> Result<i32> {
         .owner
         .clone()
         .unwrap_or_else(|| format!("{}@{}", actor.user, actor.host));
-    let mut ctx = Ctx {
-        owner: Some(&owner),
-        ..Ctx::live()
+    let mut session = Session {
+        writer: &mut store,
+        actor: &actor,
+        owner: &owner,
     };
-    match &args.action {
-        Action::Start { state, lease_ttl } => {
-            ctx.lease_ttl = match lease_ttl {
-                Some(ttl) => Some(*ttl),
-                None => {
-                    store.refresh(&args.build_id)?;
-                    let b = store
-                        .build(&args.build_id)?
-                        .ok_or_else(|| Error::UnknownBuild(args.build_id.clone()))?;
-                    Some(store.plan(&b.plan_hash)?.unrenewed_lease_ttl(*state))
-                }
+    let root = args.inputs_root.as_deref();
+    let build = match (&args.action, &t) {
+        (Action::Start { state, lease_ttl }, _) => {
+            let start = Start {
+                state: *state,
+                lease_ttl: *lease_ttl,
+                inputs_root: root,
+                ..Start::default()
             };
+            session
+                .start(&args.build_id, &start)?
+                .running(&args.build_id)?
+                .0
         }
-        Action::Complete { attempt, .. } | Action::Fail { attempt, .. } => ctx.fence = *attempt,
-        _ => {}
-    }
-    match &mut t {
-        Transition::Start { state } => {
-            buildstate::inputs::rerun_if_stale(
-                &mut store,
-                &args.build_id,
-                *state,
-                args.inputs_root.as_deref(),
-                &actor,
-                &ctx,
-            )?;
-        }
-        Transition::Complete { state, inputs } => {
-            store.refresh(&args.build_id)?;
-            *inputs = buildstate::inputs::for_completion(
-                &store,
-                &args.build_id,
-                *state,
-                args.inputs_root.as_deref(),
-                &[],
-            )?;
-        }
-        _ => {}
-    }
-    let build = store.transition(&args.build_id, &t, &actor, &ctx)?;
+        (Action::Complete { state, attempt }, _) => session.complete(
+            &args.build_id,
+            *state,
+            Inputs::Hash { root, extra: &[] },
+            *attempt,
+        )?,
+        (Action::Fail { attempt, .. }, t) => session.record(&args.build_id, t, *attempt)?,
+        (_, t) => session.record(&args.build_id, t, None)?,
+    };
     buildstate::cli::deliver_after_write("update-state", &mut store);
-    let (report, plan) = Report::after_write(&store, &build, ctx.now)?;
+    let (report, plan) = Report::after_write(&store, &build, std::time::SystemTime::now())?;
     if args.common.json {
         buildstate::cli::outln(format_args!("{}", report.to_json()))?;
         return Ok(exit::OK);
@@ -378,10 +362,4 @@ fn run(args: &Args) -> Result<i32> {
     Ok(exit::OK)
 }
 
-pub fn main() -> ExitCode {
-    let args = match buildstate::cli::parse::<Args>("update-state") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    finish("update-state", args.common.json, run(&args))
-}
+buildstate::command!("update-state", run);

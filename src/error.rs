@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use crate::exit;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +34,11 @@ pub enum Error {
     /// expired and was taken over, or the state moved on). Nothing was written.
     #[error("{0}")]
     Fenced(String),
+
+    /// A state's `requires` command did not pass: the build is blocked on it (that is
+    /// recorded) and the state did not start.
+    #[error("{0}")]
+    Blocked(String),
 
     #[error("invalid plan {origin}: {message}")]
     InvalidPlan { origin: String, message: String },
@@ -162,58 +165,96 @@ impl Error {
             if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
     }
 
+    /// What kind of error this is: its exit code, its `--json` name, its Python
+    /// exception ([`Kind`]).
+    pub fn class(&self) -> &'static Kind {
+        match self {
+            Error::UnknownBuild(_) | Error::NotOnRemote { .. } | Error::NotArchived { .. } => {
+                &kind::UNKNOWN_BUILD
+            }
+            Error::Archived(_) => &kind::ARCHIVED,
+            Error::Conflict { .. } => &kind::CONFLICT,
+            Error::Refused(_) => &kind::REFUSED,
+            Error::Leased(_) => &kind::LEASED,
+            Error::Fenced(_) => &kind::LEASE_LOST,
+            Error::Blocked(_) => &kind::BLOCKED,
+            Error::InvalidPlan { .. } => &kind::INVALID_PLAN,
+            Error::InvalidInput(_) => &kind::INVALID_INPUT,
+            Error::NoDatabase(_) => &kind::NO_DATABASE,
+            Error::Database { .. } | Error::Sqlite(_) => &kind::DATABASE,
+            Error::RemoteChanged(_) => &kind::REMOTE_CHANGED,
+            Error::Diverged(_) => &kind::DIVERGED,
+            Error::Remote(_) => &kind::REMOTE,
+            Error::Journaled(_) => &kind::JOURNALED,
+            Error::InvalidSnapshot(_) => &kind::INVALID_SNAPSHOT,
+            Error::ClockSkew(_) => &kind::CLOCK_SKEW,
+            Error::Output(_) => &kind::OUTPUT,
+            Error::Io { .. } => &kind::IO,
+            Error::Corrupt(_) => &kind::CORRUPT,
+        }
+    }
+
     /// The exit code documented for this kind of error in `docs/exit-codes.md`.
     pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::UnknownBuild(_)
-            | Error::NotOnRemote { .. }
-            | Error::Archived(_)
-            | Error::NotArchived { .. } => exit::UNKNOWN_BUILD,
-            Error::Conflict { .. } => exit::CONFLICT,
-            Error::Refused(_) => exit::REFUSED,
-            Error::Leased(_) => exit::BUSY,
-            Error::Fenced(_) => exit::LEASE_LOST,
-            Error::InvalidPlan { .. } => exit::INVALID_PLAN,
-            Error::InvalidInput(_) => exit::INVALID_INPUT,
-            Error::NoDatabase(_) => exit::NO_DATABASE,
-            Error::Database { .. } | Error::Sqlite(_) => exit::DATABASE,
-            Error::RemoteChanged(_) => exit::REMOTE_CHANGED,
-            Error::Diverged(_) => exit::DIVERGED,
-            Error::Remote(_) => exit::REMOTE,
-            Error::Journaled(_) => exit::JOURNALED,
-            Error::InvalidSnapshot(_) => exit::INVALID_SNAPSHOT,
-            Error::ClockSkew(_) => exit::CLOCK_SKEW,
-            Error::Output(_) => exit::OUTPUT,
-            Error::Io { .. } | Error::Corrupt(_) => exit::INTERNAL,
-        }
+        self.class().exit_code
     }
 
     /// A stable machine-readable name for `--json` error output.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Error::UnknownBuild(_) | Error::NotOnRemote { .. } | Error::NotArchived { .. } => {
-                "unknown_build"
-            }
-            Error::Archived(_) => "archived",
-            Error::Conflict { .. } => "conflict",
-            Error::Refused(_) => "refused",
-            Error::Leased(_) => "leased",
-            Error::Fenced(_) => "lease_lost",
-            Error::InvalidPlan { .. } => "invalid_plan",
-            Error::InvalidInput(_) => "invalid_input",
-            Error::NoDatabase(_) => "no_database",
-            Error::Database { .. } | Error::Sqlite(_) => "database",
-            Error::RemoteChanged(_) => "remote_changed",
-            Error::Diverged(_) => "diverged",
-            Error::Remote(_) => "remote",
-            Error::Journaled(_) => "journaled",
-            Error::InvalidSnapshot(_) => "invalid_snapshot",
-            Error::ClockSkew(_) => "clock_skew",
-            Error::Output(_) => "output",
-            Error::Io { .. } => "io",
-            Error::Corrupt(_) => "corrupt",
-        }
+        self.class().name
     }
+}
+
+/// A kind of error as every front end shows it: the `"kind"` of `--json` output, the
+/// exit code (docs/exit-codes.md) and the exception the Python module raises (a subclass
+/// of `BuildstateError`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Kind {
+    pub name: &'static str,
+    pub exit_code: i32,
+    pub python: &'static str,
+    /// One line for the Python class's docstring.
+    pub doc: &'static str,
+}
+
+macro_rules! kinds {
+    ($($id:ident: $name:literal, $code:ident, $py:literal, $doc:literal;)+) => {
+        /// The error kinds, one table for every front end ([`Error::class`]).
+        pub mod kind {
+            use super::Kind;
+            $(pub const $id: Kind = Kind {
+                name: $name,
+                exit_code: crate::exit::$code,
+                python: $py,
+                doc: $doc,
+            };)+
+            /// Every kind, in the order of the table.
+            pub const ALL: &[&Kind] = &[$(&$id),+];
+        }
+    };
+}
+
+kinds! {
+    UNKNOWN_BUILD: "unknown_build", UNKNOWN_BUILD, "UnknownBuildError", "The build id is not in the database (or the remote has no copy of it).";
+    ARCHIVED: "archived", UNKNOWN_BUILD, "ArchivedError", "The build left this database for a remote's archive; the message says how to bring it back.";
+    CONFLICT: "conflict", CONFLICT, "ConflictError", "The build exists with another identity.";
+    REFUSED: "refused", REFUSED, "RefusedError", "The transition is not allowed; nothing was written.";
+    LEASED: "leased", BUSY, "LeasedError", "Another live worker holds the build's lease.";
+    LEASE_LOST: "lease_lost", LEASE_LOST, "LeaseLostError", "This Store's lease on the state is no longer current (it expired and another worker took over); nothing was written.";
+    BLOCKED: "blocked", BLOCKED, "BlockedError", "The state's prerequisite (requires) did not pass: the build is blocked on it and the state did not start.";
+    INVALID_PLAN: "invalid_plan", INVALID_PLAN, "InvalidPlanError", "The plan is invalid.";
+    INVALID_INPUT: "invalid_input", INVALID_INPUT, "InvalidInputError", "An argument has a bad value.";
+    NO_DATABASE: "no_database", NO_DATABASE, "NoDatabaseError", "There is no database file at the path (and create=False).";
+    DATABASE: "database", DATABASE, "DatabaseError", "The database cannot be used.";
+    REMOTE_CHANGED: "remote_changed", REMOTE_CHANGED, "RemoteChangedError", "Compare-and-swap lost: the remote copy changed since this database last saw it; nothing was overwritten.";
+    DIVERGED: "diverged", DIVERGED, "DivergedError", "The local and remote histories of the build diverged; nothing was written.";
+    REMOTE: "remote", REMOTE, "RemoteError", "The remote could not be used; local state is untouched.";
+    JOURNALED: "journaled", JOURNALED, "JournaledError", "The outcome is journaled on this machine: the remote stayed away longer than the lease.";
+    INVALID_SNAPSHOT: "invalid_snapshot", INVALID_SNAPSHOT, "InvalidSnapshotError", "A snapshot is invalid (truncated, altered, newer); nothing was written.";
+    CLOCK_SKEW: "clock_skew", CLOCK_SKEW, "ClockSkewError", "This machine's clock is too far from the remote's; nothing was written.";
+    OUTPUT: "output", OUTPUT, "OutputError", "The output could not be written; what was asked was done.";
+    IO: "io", INTERNAL, "FileError", "A file could not be read or written.";
+    CORRUPT: "corrupt", INTERNAL, "CorruptError", "Stored data is corrupt.";
 }
 
 /// Where an archived build went ([`Error::Archived`]).
@@ -240,6 +281,25 @@ impl std::fmt::Display for ArchivedAt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit;
+
+    /// The table is whole: every kind has its own name and Python class, and a code
+    /// from the documented list.
+    #[test]
+    fn every_kind_has_one_name_class_and_documented_code() {
+        let mut names: Vec<_> = kind::ALL.iter().map(|k| k.name).collect();
+        let mut classes: Vec<_> = kind::ALL.iter().map(|k| k.python).collect();
+        names.sort();
+        names.dedup();
+        classes.sort();
+        classes.dedup();
+        assert_eq!(names.len(), kind::ALL.len());
+        assert_eq!(classes.len(), kind::ALL.len());
+        for k in kind::ALL {
+            assert!(exit::ALL.iter().any(|(c, _)| *c == k.exit_code), "{k:?}");
+            assert!(k.python.ends_with("Error") && !k.doc.is_empty(), "{k:?}");
+        }
+    }
 
     /// A real "database or disk is full" from SQLite (a page limit stands in for the
     /// disk): the message says nothing was recorded and what to do; exit 7.

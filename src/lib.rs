@@ -5,7 +5,7 @@
 //! is derived from it inside the same SQLite transaction ([`store::Store`]). The pure
 //! function [`decide::decide`] tells a pipeline what to do next.
 //!
-//! The tree shows the layers; a layer imports only those below it (tests/layers.rs):
+//! The tree shows the layers; a layer imports only those below it (tests/it/layers.rs):
 //! - [`domain`]: pure decisions and formats (plan, policy, model, decide, alerts,
 //!   manifest, snapshot), no I/O beyond reading the clock and environment;
 //! - [`store`]: the SQLite database;
@@ -63,8 +63,11 @@ pub mod store;
 #[cfg(feature = "cli")]
 pub use app::cli;
 pub use app::{
-    archive, concourse, files, inputs, monitor, procs, report, runner, stats, timeline, verify,
+    archive, concourse, files, inputs, monitor, procs, report, runner, session, stats, timeline,
+    verify,
 };
-pub use domain::{alerts, context, decide, manifest, model, plan, policy, redact, snapshot, time};
+pub use domain::{
+    alerts, context, decide, manifest, model, plan, policy, redact, settings, snapshot, time,
+};
 pub use error::{Error, Result};
 pub use share::{remote, sync};

@@ -12,25 +12,75 @@ class BuildstateError(Exception):
     exit_code: int
     """The exit code the binaries use for this kind of error (docs/exit-codes.md)."""
     kind: str
-    """A stable name: unknown_build, conflict, refused, leased, invalid_plan, ..."""
+    """A stable name: unknown_build, conflict, refused, leased, invalid_plan, ...
+    (one subclass for each, below)."""
 
-class UnknownBuildError(BuildstateError): ...
-class ConflictError(BuildstateError): ...
-class RefusedError(BuildstateError): ...
-class LeasedError(BuildstateError): ...
+class UnknownBuildError(BuildstateError):
+    """The build id is not in the database (or the remote has no copy of it)."""
+
+class ArchivedError(BuildstateError):
+    """The build left this database for a remote's archive; the message says how to bring it back."""
+
+class ConflictError(BuildstateError):
+    """The build exists with another identity."""
+
+class RefusedError(BuildstateError):
+    """The transition is not allowed; nothing was written."""
+
+class LeasedError(BuildstateError):
+    """Another live worker holds the build's lease."""
+
 class LeaseLostError(BuildstateError):
-    """This Store's lease on the state expired and another worker took over; nothing was written."""
+    """This Store's lease on the state is no longer current (it expired and another worker took over); nothing was written."""
+
+class BlockedError(BuildstateError):
+    """The state's prerequisite (requires) did not pass: the build is blocked on it and the state did not start."""
+
+class InvalidPlanError(BuildstateError):
+    """The plan is invalid."""
+
+class InvalidInputError(BuildstateError):
+    """An argument has a bad value."""
 
 class NoDatabaseError(BuildstateError):
-    """No database file at the path (with ``create=False``)."""
+    """There is no database file at the path (and create=False)."""
 
-class InvalidPlanError(BuildstateError): ...
-class InvalidInputError(BuildstateError): ...
-class DatabaseError(BuildstateError): ...
+class DatabaseError(BuildstateError):
+    """The database cannot be used."""
+
+class RemoteChangedError(BuildstateError):
+    """Compare-and-swap lost: the remote copy changed since this database last saw it; nothing was overwritten."""
+
+class DivergedError(BuildstateError):
+    """The local and remote histories of the build diverged; nothing was written."""
+
+class RemoteError(BuildstateError):
+    """The remote could not be used; local state is untouched."""
+
+class JournaledError(BuildstateError):
+    """The outcome is journaled on this machine: the remote stayed away longer than the lease."""
+
+class InvalidSnapshotError(BuildstateError):
+    """A snapshot is invalid (truncated, altered, newer); nothing was written."""
+
+class ClockSkewError(BuildstateError):
+    """This machine's clock is too far from the remote's; nothing was written."""
+
+class OutputError(BuildstateError):
+    """The output could not be written; what was asked was done."""
+
+class FileError(BuildstateError):
+    """A file could not be read or written."""
+
+class CorruptError(BuildstateError):
+    """Stored data is corrupt."""
 
 Report = dict[str, Any]
 """What ``check-state --json`` prints: build_id, exists, status, current_state,
 decision, next_state, reason, serial, lineage, last_error, metadata, ..."""
+
+StateDone = dict[str, Any]
+"""What ``Store.state_done`` answers: ``{"done": bool, "report": Report}``."""
 
 class Store:
     """A buildstate database. Each method is one transaction; the GIL is released
@@ -120,6 +170,14 @@ class Store:
         inputs: bool = True,
         inputs_root: str | os.PathLike[str] | None = None,
     ) -> Report: ...
+    def state_done(
+        self,
+        build_id: str,
+        state: int,
+        *,
+        inputs: bool = True,
+        inputs_root: str | os.PathLike[str] | None = None,
+    ) -> StateDone: ...
     def events(self, build_id: str) -> list[dict[str, Any]]: ...
 
 def default_db_path() -> Path: ...

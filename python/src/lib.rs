@@ -4,22 +4,26 @@
 //! while the database is used.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use buildstate::context::Actor;
-use buildstate::model::{Ctx, InitRequest, TaskRecord, Transition};
+use buildstate::model::{InitRequest, TaskRecord, Transition};
 use buildstate::plan::Plan;
 use buildstate::policy::Category;
 use buildstate::remote::{Remote, RemoteOptions};
 use buildstate::report::Report;
+use buildstate::session::{Inputs, Open, Session, Start};
 use buildstate::share::{LeaseKeeper, TaskRecorder};
-use buildstate::store::{Store as CoreStore, DEFAULT_BUSY_TIMEOUT};
+use buildstate::store::DEFAULT_BUSY_TIMEOUT;
 use buildstate::sync::Writer;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
 
 create_exception!(
     _native,
@@ -27,74 +31,37 @@ create_exception!(
     PyException,
     "Base class of every buildstate error; `exit_code` and `kind` match the binaries."
 );
-create_exception!(
-    _native,
-    UnknownBuildError,
-    BuildstateError,
-    "The build id is not in the database."
-);
-create_exception!(
-    _native,
-    ConflictError,
-    BuildstateError,
-    "The build exists with another identity."
-);
-create_exception!(
-    _native,
-    RefusedError,
-    BuildstateError,
-    "The transition is not allowed; nothing was written."
-);
-create_exception!(
-    _native,
-    LeasedError,
-    BuildstateError,
-    "Another live worker holds the build's lease."
-);
-create_exception!(
-    _native,
-    LeaseLostError,
-    BuildstateError,
-    "This Store's lease on the state is no longer current (it expired and another worker took over); nothing was written."
-);
-create_exception!(
-    _native,
-    NoDatabaseError,
-    BuildstateError,
-    "There is no database file at the path (and create=False)."
-);
-create_exception!(
-    _native,
-    InvalidPlanError,
-    BuildstateError,
-    "The plan is invalid."
-);
-create_exception!(
-    _native,
-    InvalidInputError,
-    BuildstateError,
-    "An argument has a bad value."
-);
-create_exception!(
-    _native,
-    DatabaseError,
-    BuildstateError,
-    "The database cannot be used."
-);
+/// One exception class per error kind, made at import from the crate's table
+/// (`buildstate::error::kind::ALL`), each a subclass of BuildstateError.
+static CLASSES: PyOnceLock<Vec<(&'static str, Py<PyType>)>> = PyOnceLock::new();
+
+fn classes(py: Python<'_>) -> PyResult<&Vec<(&'static str, Py<PyType>)>> {
+    CLASSES.get_or_try_init(py, || {
+        let base = py.get_type::<BuildstateError>();
+        buildstate::error::kind::ALL
+            .iter()
+            .map(|k| {
+                let name = CString::new(format!("buildstate._native.{}", k.python))
+                    .expect("class names have no NUL");
+                let doc = CString::new(k.doc).expect("docs have no NUL");
+                Ok((
+                    k.name,
+                    PyErr::new_type(py, &name, Some(&doc), Some(&base), None)?,
+                ))
+            })
+            .collect()
+    })
+}
 
 fn to_py(py: Python<'_>, e: buildstate::Error) -> PyErr {
     let msg = e.to_string();
-    let err = match e.kind() {
-        "unknown_build" => UnknownBuildError::new_err(msg),
-        "conflict" => ConflictError::new_err(msg),
-        "refused" => RefusedError::new_err(msg),
-        "leased" => LeasedError::new_err(msg),
-        "lease_lost" => LeaseLostError::new_err(msg),
-        "no_database" => NoDatabaseError::new_err(msg),
-        "invalid_plan" => InvalidPlanError::new_err(msg),
-        "invalid_input" => InvalidInputError::new_err(msg),
-        "database" => DatabaseError::new_err(msg),
-        _ => BuildstateError::new_err(msg),
+    let class = classes(py)
+        .ok()
+        .and_then(|c| c.iter().find(|(name, _)| *name == e.kind()))
+        .map(|(_, class)| class.bind(py).clone());
+    let err = match class {
+        Some(class) => PyErr::from_type(class, msg),
+        None => BuildstateError::new_err(msg),
     };
     let value = err.value(py);
     let _ = value.setattr("exit_code", e.exit_code());
@@ -152,32 +119,38 @@ impl Store {
         }
     }
 
-    /// One transition, after the queued task results: the build as written and its
-    /// report as JSON (what `check-state --json` prints). Called with the GIL released.
+    /// One write through the session, after the queued task results: the build as
+    /// written and its report as JSON (what `check-state --json` prints). Called with the
+    /// GIL released.
     fn write(
         &self,
-        build_id: &str,
-        t: &Transition,
-        ctx: &Ctx<'_>,
+        f: impl FnOnce(&mut Session<'_>) -> buildstate::Result<buildstate::model::Build>,
     ) -> buildstate::Result<(buildstate::model::Build, String)> {
         self.flush_tasks_before_transition();
         let actor = self.actor.lock().expect("actor lock").clone();
         let mut store = self.inner.lock().expect("store lock");
-        let build = store.transition(build_id, t, &actor, ctx)?;
-        let report = Report::after_write(&store, &build, ctx.now)?.0.to_json();
+        let build = f(&mut Session {
+            writer: &mut store,
+            actor: &actor,
+            owner: &self.owner,
+        })?;
+        let now = std::time::SystemTime::now();
+        let report = Report::after_write(&store, &build, now)?.0.to_json();
         Ok((build, report))
     }
 
-    /// Apply a transition with the GIL released, and return the build's report as a dict.
-    /// Finishing a state this Store started carries its fencing token.
-    fn apply(&self, py: Python<'_>, build_id: &str, t: Transition) -> PyResult<Py<PyAny>> {
+    /// Finish or otherwise move a build with the GIL released, and return its report as
+    /// a dict. Finishing (`state`: complete, fail, interrupt) a state this Store started
+    /// carries its fencing token.
+    fn apply(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        finishing: Option<u8>,
+        f: impl FnOnce(&mut Session<'_>, Option<u32>) -> buildstate::Result<buildstate::model::Build>
+            + Send,
+    ) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
-            let finishing = match &t {
-                Transition::Complete { state, .. }
-                | Transition::Fail { state, .. }
-                | Transition::Interrupt { state, .. } => Some(*state),
-                _ => None,
-            };
             let held = finishing.and_then(|state| {
                 let mut held = self.held.lock().expect("held lock");
                 match held.get(build_id) {
@@ -185,12 +158,8 @@ impl Store {
                     _ => None,
                 }
             });
-            let ctx = Ctx {
-                owner: Some(&self.owner),
-                fence: held.as_ref().map(|h| h.attempt),
-                ..Ctx::live()
-            };
-            match self.write(build_id, &t, &ctx) {
+            let fence = held.as_ref().map(|h| h.attempt);
+            match self.write(|session| f(session, fence)) {
                 Ok((_, report)) => Ok(report),
                 Err(e) => {
                     // Keep the lease for another try, unless it is gone for good.
@@ -206,6 +175,37 @@ impl Store {
         });
         let text = result.map_err(|e| to_py(py, e))?;
         json_to_py(py, &text)
+    }
+
+    /// The build's report as `decide` gives it.
+    fn report(
+        &self,
+        build_id: &str,
+        inputs: bool,
+        inputs_root: Option<&std::path::Path>,
+    ) -> buildstate::Result<Report> {
+        self.flush_tasks_before_transition();
+        let mut store = self.inner.lock().expect("store lock");
+        store.refresh(build_id)?;
+        let now = std::time::SystemTime::now();
+        let mut report = Report::load(Some(&store), build_id, &Plan::from_env()?, now, false)?;
+        if let (Some(b), true) = (store.build(build_id)?, inputs) {
+            let plan = store.plan(&b.plan_hash)?;
+            let stale = buildstate::inputs::stale_of(&store, &b, &plan, inputs_root, false)?;
+            report = report.with_stale(&b, &plan, now, stale);
+        }
+        Ok(report)
+    }
+
+    /// A transition that needs nothing of the session but its owner and fencing token.
+    fn record(&self, py: Python<'_>, build_id: &str, t: Transition) -> PyResult<Py<PyAny>> {
+        let finishing = match &t {
+            Transition::Fail { state, .. } | Transition::Interrupt { state, .. } => Some(*state),
+            _ => None,
+        };
+        self.apply(py, build_id, finishing, |session, fence| {
+            session.record(build_id, &t, fence)
+        })
     }
 }
 
@@ -237,15 +237,16 @@ impl Store {
                 .ok()
                 .filter(|v| !v.is_empty())
         });
-        // In remote mode the local database is a cache of the remote: it may be created.
-        if !create && remote.is_none() && !path.exists() {
-            return Err(to_py(py, buildstate::Error::NoDatabase(path)));
-        }
+        // The variables read later (after a write) are refused now, as the commands do.
+        buildstate::session::check_env().map_err(|e| to_py(py, e))?;
         if busy_timeout_ms.is_some_and(|ms| ms > buildstate::store::MAX_BUSY_TIMEOUT_MS) {
-            return Err(InvalidInputError::new_err(format!(
-                "busy_timeout_ms: give at most {} (an hour)",
-                buildstate::store::MAX_BUSY_TIMEOUT_MS
-            )));
+            return Err(to_py(
+                py,
+                buildstate::Error::InvalidInput(format!(
+                    "busy_timeout_ms: give at most {} (an hour)",
+                    buildstate::store::MAX_BUSY_TIMEOUT_MS
+                )),
+            ));
         }
         let timeout = busy_timeout_ms.map_or(DEFAULT_BUSY_TIMEOUT, Duration::from_millis);
         let store = py
@@ -254,7 +255,13 @@ impl Store {
                     .as_deref()
                     .map(|url| Remote::open(url, RemoteOptions::from_env()?))
                     .transpose()?;
-                Ok(Writer::new(CoreStore::open_with(&path, timeout)?, remote))
+                buildstate::session::open(Open {
+                    db: path.clone(),
+                    remote,
+                    busy_timeout: timeout,
+                    create,
+                    tool: "buildstate",
+                })
             })
             .map_err(|e| to_py(py, e))?;
         let actor = Actor::from_env(tool);
@@ -339,45 +346,24 @@ impl Store {
     ) -> PyResult<Py<PyAny>> {
         let ttl = Duration::from_millis(lease_ttl_ms);
         if ttl < Duration::from_millis(300) || ttl > buildstate::time::MAX_DURATION {
-            return Err(InvalidInputError::new_err(
-                "lease_ttl_ms: give from 300 ms (so that the lease can be renewed in time) to 366 days",
-            ));
+            return Err(to_py(py, buildstate::Error::InvalidInput(
+                "lease_ttl_ms: give from 300 ms (so that the lease can be renewed in time) to 366 days".into(),
+            )));
         }
         let result = py.detach(|| -> buildstate::Result<String> {
-            // Remote mode: other machines see the lease only as the start wrote it (not our
-            // heartbeats), so it covers the state's timeout.
-            let ttl = {
-                let mut w = self.inner.lock().expect("store lock");
-                match w.is_remote() {
-                    false => ttl,
-                    true => {
-                        w.refresh(build_id)?;
-                        let b = w
-                            .build(build_id)?
-                            .ok_or_else(|| buildstate::Error::UnknownBuild(build_id.to_string()))?;
-                        ttl.max(w.plan(&b.plan_hash)?.unrenewed_lease_ttl(state))
-                    }
-                }
-            };
-            let ctx = Ctx {
-                owner: Some(&self.owner),
+            let start = Start {
+                state,
                 lease_ttl: Some(ttl),
-                ..Ctx::live()
+                renewed: true,
+                inputs_root: inputs_root.as_deref(),
+                ..Start::default()
             };
-            {
-                self.flush_tasks_before_transition();
-                let actor = self.actor.lock().expect("actor lock").clone();
-                let mut w = self.inner.lock().expect("store lock");
-                buildstate::inputs::rerun_if_stale(
-                    &mut w,
-                    build_id,
-                    state,
-                    inputs_root.as_deref(),
-                    &actor,
-                    &ctx,
-                )?;
-            }
-            let (build, report) = self.write(build_id, &Transition::Start { state }, &ctx)?;
+            let mut ttl = ttl;
+            let (build, report) = self.write(|session| {
+                let (build, taken) = session.start(build_id, &start)?.running(build_id)?;
+                ttl = taken;
+                Ok(build)
+            })?;
             let keeper = {
                 let w = self.inner.lock().expect("store lock");
                 LeaseKeeper::start(
@@ -421,27 +407,14 @@ impl Store {
         inputs: Option<Vec<String>>,
         inputs_root: Option<PathBuf>,
     ) -> PyResult<Py<PyAny>> {
-        let manifest = py
-            .detach(|| {
-                let mut w = self.inner.lock().expect("store lock");
-                w.refresh(build_id)?;
-                buildstate::inputs::for_completion(
-                    &w,
-                    build_id,
-                    state,
-                    inputs_root.as_deref(),
-                    inputs.as_deref().unwrap_or_default(),
-                )
-            })
-            .map_err(|e| to_py(py, e))?;
-        self.apply(
-            py,
-            build_id,
-            Transition::Complete {
-                state,
-                inputs: manifest,
-            },
-        )
+        let extra = inputs.unwrap_or_default();
+        self.apply(py, build_id, Some(state), |session, fence| {
+            let inputs = Inputs::Hash {
+                root: inputs_root.as_deref(),
+                extra: &extra,
+            };
+            session.complete(build_id, state, inputs, fence)
+        })
     }
 
     /// Mark `state` and every later state to run again (`state=None`: every state), as
@@ -459,7 +432,7 @@ impl Store {
             reason: reason.to_string(),
             why: buildstate::model::Reopen::Force,
         };
-        self.apply(py, build_id, t)
+        self.record(py, build_id, t)
     }
 
     /// Start the build over in a new epoch, as `update-state reset`.
@@ -470,7 +443,7 @@ impl Store {
             reason: reason.to_string(),
             why: buildstate::model::Reopen::Reset,
         };
-        self.apply(py, build_id, t)
+        self.record(py, build_id, t)
     }
 
     /// Record that `state` failed; the category is classified when not given.
@@ -492,7 +465,7 @@ impl Store {
             signal: None,
             timed_out: false,
         };
-        self.apply(py, build_id, t)
+        self.record(py, build_id, t)
     }
 
     /// Record that the running `state` was interrupted (by `signal`, e.g. "SIGINT").
@@ -507,7 +480,7 @@ impl Store {
             state,
             signal: signal.to_string(),
         };
-        self.apply(py, build_id, t)
+        self.record(py, build_id, t)
     }
 
     /// Set metadata.
@@ -520,7 +493,7 @@ impl Store {
         let t = Transition::Meta {
             pairs: pairs.into_iter().collect(),
         };
-        self.apply(py, build_id, t)
+        self.record(py, build_id, t)
     }
 
     /// Record one task result on one host (history only; the build does not change).
@@ -593,18 +566,32 @@ impl Store {
         inputs_root: Option<PathBuf>,
     ) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
-            self.flush_tasks_before_transition();
-            let mut store = self.inner.lock().expect("store lock");
-            store.refresh(build_id)?;
-            let now = std::time::SystemTime::now();
-            let mut report = Report::load(Some(&store), build_id, &Plan::from_env()?, now, false)?;
-            if let (Some(b), true) = (store.build(build_id)?, inputs) {
-                let plan = store.plan(&b.plan_hash)?;
-                let stale =
-                    buildstate::inputs::stale_of(&store, &b, &plan, inputs_root.as_deref(), false)?;
-                report = report.with_stale(&b, &plan, now, stale);
-            }
-            Ok(report.to_json())
+            Ok(self
+                .report(build_id, inputs, inputs_root.as_deref())?
+                .to_json())
+        });
+        let text = result.map_err(|e| to_py(py, e))?;
+        json_to_py(py, &text)
+    }
+
+    /// What a play (or a task) about to run `state` should do: `{"done": bool, "report":
+    /// ...}`. Done: the build is completed, or the state is at or before the current one
+    /// and not running, and not stale (as `decide`, with `inputs`); else start it (the
+    /// start records a rerun first). The callback and the state module ask this instead
+    /// of deciding themselves.
+    #[pyo3(signature = (build_id, state, *, inputs=true, inputs_root=None))]
+    fn state_done(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        state: u8,
+        inputs: bool,
+        inputs_root: Option<PathBuf>,
+    ) -> PyResult<Py<PyAny>> {
+        let result = py.detach(|| -> buildstate::Result<String> {
+            let report = self.report(build_id, inputs, inputs_root.as_deref())?;
+            let done = report.state_done(state);
+            Ok(serde_json::json!({"done": done, "report": report}).to_string())
         });
         let text = result.map_err(|e| to_py(py, e))?;
         json_to_py(py, &text)
@@ -642,15 +629,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_db_path, m)?)?;
     m.add_function(wrap_pyfunction!(redact, m)?)?;
     m.add("BuildstateError", py.get_type::<BuildstateError>())?;
-    m.add("UnknownBuildError", py.get_type::<UnknownBuildError>())?;
-    m.add("ConflictError", py.get_type::<ConflictError>())?;
-    m.add("RefusedError", py.get_type::<RefusedError>())?;
-    m.add("LeasedError", py.get_type::<LeasedError>())?;
-    m.add("LeaseLostError", py.get_type::<LeaseLostError>())?;
-    m.add("NoDatabaseError", py.get_type::<NoDatabaseError>())?;
-    m.add("InvalidPlanError", py.get_type::<InvalidPlanError>())?;
-    m.add("InvalidInputError", py.get_type::<InvalidInputError>())?;
-    m.add("DatabaseError", py.get_type::<DatabaseError>())?;
+    for (k, (_, class)) in buildstate::error::kind::ALL.iter().zip(classes(py)?) {
+        m.add(k.python, class.bind(py))?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -50,15 +50,13 @@ impl Common {
     /// a remote it must exist (see [`Common::open`]). `create`: init-state's right to
     /// create a database in local mode.
     pub fn writer(&self, create: bool) -> Result<Writer> {
-        let remote = self.open_remote()?;
-        let store = if create || remote.is_some() {
-            self.create()?
-        } else {
-            self.open()?
-        };
-        let mut w = Writer::new(store, remote);
-        land_journal(&mut w);
-        Ok(w)
+        crate::session::open(crate::session::Open {
+            db: self.db_path(),
+            remote: self.open_remote()?,
+            busy_timeout: busy_timeout_from_env()?,
+            create,
+            tool: "buildstate",
+        })
     }
 
     /// Open an existing database. A missing file is an error (exit 9): a mistyped
@@ -146,6 +144,14 @@ pub fn parse<T: clap::Parser>(tool: &'static str) -> std::result::Result<T, Exit
     parse_from(tool, args())
 }
 
+/// Whether the command line asks for `--json` (before any `--`).
+fn json_asked(argv: &[std::ffi::OsString]) -> bool {
+    argv.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json")
+}
+
 /// [`parse`] of `argv` (a command that rewrites its arguments first, as the Concourse
 /// resource does for the name it was installed under).
 pub fn parse_from<T: clap::Parser>(
@@ -160,7 +166,10 @@ pub fn parse_from<T: clap::Parser>(
         .try_get_matches_from_mut(&argv)
         .and_then(|m| T::from_arg_matches(&m))
     {
-        Ok(args) => Ok(args),
+        Ok(args) => match crate::session::check_env() {
+            Ok(()) => Ok(args),
+            Err(e) => Err(finish(tool, json_asked(&argv), Err(e))),
+        },
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(
@@ -177,11 +186,7 @@ pub fn parse_from<T: clap::Parser>(
                 };
                 return Err(ExitCode::from(code as u8));
             }
-            let json = argv
-                .iter()
-                .skip(1)
-                .take_while(|a| *a != "--")
-                .any(|a| a == "--json");
+            let json = json_asked(&argv);
             // clap quotes the offending argument, which may be a secret typed in the
             // wrong place.
             // clap quotes the offending value whole: cut long lines as errors elsewhere do.
@@ -251,35 +256,6 @@ pub fn parse_from<T: clap::Parser>(
             eprint!("{tool}: {message}");
             Err(ExitCode::from(exit::USAGE as u8))
         }
-    }
-}
-
-/// Remote mode: land what this machine journaled while the remote was away, before the
-/// command does anything else (docs/sync.md); say on stderr what landed. A failure here
-/// never stops the command: what did not land stays journaled for the next one.
-pub fn land_journal(w: &mut Writer) {
-    match w.land_journal() {
-        Ok(done) => {
-            for (j, landing) in done {
-                match landing {
-                    crate::share::Landing::Landed => eprintln!(
-                        "buildstate: build '{}': the journaled outcome ({} at {}) landed on remote {}",
-                        j.build_id, j.outcome, j.happened_at, j.remote
-                    ),
-                    crate::share::Landing::Late(why) => eprintln!(
-                        "buildstate: build '{}': the journaled outcome ({} at {}) is recorded as a late result of its abandoned attempt: {why}",
-                        j.build_id, j.outcome, j.happened_at
-                    ),
-                    crate::share::Landing::NotYet(e) => eprintln!(
-                        "buildstate: warning: build '{}': the journaled outcome ({} at {}) still waits for remote {}: {e}",
-                        j.build_id, j.outcome, j.happened_at, j.remote
-                    ),
-                }
-            }
-        }
-        Err(e) => eprintln!(
-            "buildstate: warning: the journal of outcomes not yet shared could not be landed: {e}"
-        ),
     }
 }
 
@@ -390,6 +366,45 @@ fn write_out(args: std::fmt::Arguments<'_>, newline: bool, printable: bool) -> R
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(Error::Output(e.to_string())),
+    }
+}
+
+/// A command: its name, its arguments (clap), and what it does with them.
+pub trait Command: clap::Parser {
+    const NAME: &'static str;
+    /// Whether `--json` was asked (errors are printed as JSON too).
+    fn json(&self) -> bool;
+    /// Do what was asked; the exit code, after the output is printed.
+    fn run(&self) -> Result<i32>;
+}
+
+/// A binary's `Command` impl and `main` in one line: `buildstate::command!("update-state",
+/// run);` for an `Args` with a `common: Common` field and a `fn run(&Args) -> Result<i32>`.
+#[macro_export]
+macro_rules! command {
+    ($name:literal, $run:ident) => {
+        impl $crate::cli::Command for Args {
+            const NAME: &'static str = $name;
+            fn json(&self) -> bool {
+                self.common.json
+            }
+            fn run(&self) -> $crate::Result<i32> {
+                $run(self)
+            }
+        }
+
+        pub fn main() -> std::process::ExitCode {
+            $crate::cli::main::<Args>()
+        }
+    };
+}
+
+/// Every command's `main`: parse the arguments (help, version, completions and usage
+/// errors end here), check the environment, run, and print any error.
+pub fn main<C: Command>() -> ExitCode {
+    match parse::<C>(C::NAME) {
+        Ok(args) => finish(C::NAME, args.json(), args.run()),
+        Err(code) => code,
     }
 }
 

@@ -15,11 +15,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::context::Actor;
-use crate::model::{parse_meta_pair, Ctx, InitRequest, Transition};
+use crate::model::{parse_meta_pair, InitRequest, Transition};
 use crate::plan::Plan;
 use crate::policy::Category;
 use crate::remote::{Remote, RemoteOptions};
 use crate::report::Report;
+use crate::session::{Inputs, Session, Start};
 use crate::store::Store;
 use crate::sync::Writer;
 use crate::{Error, Result};
@@ -447,34 +448,26 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
             true,
         )?);
         let owner = params.owner.clone().unwrap_or_else(|| job_owner(&actor));
-        let mut ctx = Ctx {
-            owner: Some(&owner),
-            ..Ctx::live()
+        let mut session = Session {
+            writer: &mut w,
+            actor: &actor,
+            owner: &owner,
         };
-        let mut t = t;
-        match &mut t {
+        let root = inputs_root.as_deref();
+        match t {
             Transition::Start { state } => {
-                crate::inputs::rerun_if_stale(
-                    &mut w,
-                    &id,
-                    *state,
-                    inputs_root.as_deref(),
-                    &actor,
-                    &ctx,
-                )?;
-                let b = w
-                    .build(&id)?
-                    .ok_or_else(|| Error::UnknownBuild(id.clone()))?;
-                ctx.lease_ttl = Some(w.plan(&b.plan_hash)?.unrenewed_lease_ttl(*state));
+                let start = Start {
+                    state,
+                    inputs_root: root,
+                    ..Start::default()
+                };
+                session.start(&id, &start)?.running(&id)?.0
             }
-            Transition::Complete { state, inputs } => {
-                w.refresh(&id)?;
-                *inputs =
-                    crate::inputs::for_completion(&w, &id, *state, inputs_root.as_deref(), &[])?;
+            Transition::Complete { state, .. } => {
+                session.complete(&id, state, Inputs::Hash { root, extra: &[] }, None)?
             }
-            _ => {}
+            t => session.record(&id, &t, None)?,
         }
-        w.transition(&id, &t, &actor, &ctx)?
     };
     let report = Report::after_write(&w, &build, SystemTime::now())?.0;
     crate::notify::slack::deliver_after_write("out", &mut w);

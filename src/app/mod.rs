@@ -13,6 +13,7 @@ pub mod monitor;
 pub mod procs;
 pub mod report;
 pub mod runner;
+pub mod session;
 pub mod stats;
 pub mod timeline;
 pub mod verify;

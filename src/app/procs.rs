@@ -135,6 +135,11 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("the setsid sleep outlived end_all");
+        let left: Vec<_> = t
+            .pids()
+            .iter()
+            .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+            .collect();
+        panic!("the setsid sleep outlived end_all: {left:?}");
     }
 }

@@ -63,6 +63,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether `state` is done for a front end about to run it (an Ansible play, the
+    /// state module's `complete`): the build is completed, or the state is at or before
+    /// the current one and is not the one running; unless the decision reruns it (a
+    /// stale state at or before it). Otherwise starting it is the next step (the start
+    /// records a rerun first).
+    pub fn state_done(&self, state: u8) -> bool {
+        let done = self.status == Some(Status::Completed)
+            || (self.current_state.is_some_and(|c| state <= c) && self.active_state != Some(state));
+        let rerun = self.decision.decision == crate::decide::Action::Rerun
+            && self.decision.next_state.is_some_and(|from| state >= from);
+        done && !rerun
+    }
+
     /// Report on `build_id`. `store` is `None` when the database does not exist yet;
     /// `fallback_plan` is the plan reported for a build that does not exist.
     pub fn load(

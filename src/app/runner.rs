@@ -18,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::context::Actor;
 use crate::decide::{Action, Decision};
-use crate::model::{Ctx, Status, Transition};
+use crate::model::{Status, Transition};
+use crate::session::{Inputs, Session, Start, Started};
 use crate::share::LeaseKeeper;
 use crate::sync::Writer;
 use crate::{exit, time, Error, Result};
@@ -310,49 +311,37 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             }
         }
 
-        // In remote mode other machines see the lease only as the start wrote it (their
-        // copies do not get our heartbeats), so it must cover the state's whole run.
-        let lease_ttl = if store.is_remote() {
-            opts.lease_ttl.max(plan.unrenewed_lease_ttl(state))
-        } else {
-            opts.lease_ttl
-        };
-        let ctx = Ctx {
-            owner: Some(&owner),
-            lease_ttl: Some(lease_ttl),
-            ..Ctx::live()
-        };
-        // A completed state runs again only if it is stale: the rerun is recorded first.
-        let root = opts.inputs_root.as_deref();
-        crate::inputs::rerun_if_stale_here(
-            store,
-            &opts.build_id,
-            state,
-            root,
-            stale.as_deref(),
-            actor,
-            &ctx,
-        )?;
-        if let Some(reason) =
-            crate::verify::check_requires(store, &opts.build_id, state, actor, &ctx)?
-        {
-            return Ok(Outcome::Blocked { state, reason });
-        }
-        // The inputs the command runs with, recorded when it completes.
-        let inputs = crate::inputs::for_completion(store, &opts.build_id, state, root, &[])?;
         let meta = store.metadata(&opts.build_id)?;
-        let started =
-            store.transition(&opts.build_id, &Transition::Start { state }, actor, &ctx)?;
+        let mut session = Session {
+            writer: &mut *store,
+            actor,
+            owner: &owner,
+        };
+        // Judged on the copy pulled at the top of this round; the inputs the command
+        // runs with are hashed now and recorded when it completes.
+        let start = Start {
+            state,
+            lease_ttl: Some(opts.lease_ttl),
+            renewed: true,
+            inputs_root: opts.inputs_root.as_deref(),
+            refreshed: true,
+            known_stale: stale.as_deref(),
+            hash_inputs: true,
+        };
+        let (started, lease_ttl, inputs) = match session.start(&opts.build_id, &start)? {
+            Started::Running {
+                build,
+                lease_ttl,
+                inputs,
+            } => (build, lease_ttl, inputs),
+            Started::Unmet { reason } => return Ok(Outcome::Blocked { state, reason }),
+        };
         // Every write about this attempt carries its fencing token: if the lease is lost
         // meanwhile, the store refuses the write instead of recording a stale result.
-        let ctx = Ctx {
-            owner: Some(&owner),
-            fence: Some(started.attempt),
-            ..Ctx::live()
-        };
+        let fence = Some(started.attempt);
         let keeper = LeaseKeeper::start(
-            store.path(),
-            store.remote(),
+            session.writer.path(),
+            session.writer.remote(),
             &opts.build_id,
             &owner,
             started.attempt,
@@ -382,7 +371,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
                     signal: None,
                     timed_out: false,
                 };
-                let b = store.transition(&opts.build_id, &t, actor, &ctx)?;
+                let b = session.record(&opts.build_id, &t, fence)?;
                 return Ok(Outcome::Blocked {
                     state,
                     reason: b.blocked_reason.unwrap_or_default(),
@@ -401,15 +390,14 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
                 state,
                 signal: signal_name(signal),
             };
-            store.transition(&opts.build_id, &t, actor, &ctx)?;
+            session.record(&opts.build_id, &t, fence)?;
             return Ok(Outcome::Interrupted {
                 state: Some(state),
                 signal,
             });
         }
         if done.exit_code == Some(0) && !done.timed_out {
-            let t = Transition::Complete { state, inputs };
-            store.transition(&opts.build_id, &t, actor, &ctx)?;
+            session.complete(&opts.build_id, state, Inputs::Known(inputs), fence)?;
             return Ok(Outcome::Completed { state });
         }
         let what = if done.timed_out {
@@ -441,7 +429,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             signal: done.signal,
             timed_out: done.timed_out,
         };
-        let b = store.transition(&opts.build_id, &t, actor, &ctx)?;
+        let b = session.record(&opts.build_id, &t, fence)?;
         match (b.status, b.next_attempt_at) {
             (Status::Waiting, Some(at)) => {
                 let wait = at.duration_since(SystemTime::now()).unwrap_or_default();

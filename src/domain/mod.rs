@@ -12,5 +12,6 @@ pub mod model;
 pub mod plan;
 pub mod policy;
 pub mod redact;
+pub mod settings;
 pub mod snapshot;
 pub mod time;

@@ -429,9 +429,10 @@ pub fn retry_delay(first: Duration, attempt: u32) -> Duration {
 }
 
 fn first_retry_delay() -> Duration {
-    std::env::var("BUILDSTATE_SLACK_RETRY_DELAY")
+    // Checked before the command did anything (session::check_env).
+    crate::settings::duration("BUILDSTATE_SLACK_RETRY_DELAY")
         .ok()
-        .and_then(|v| crate::time::parse_bounded_duration(&v, Duration::ZERO).ok())
+        .flatten()
         .unwrap_or(Duration::from_secs(30))
 }
 
@@ -616,9 +617,10 @@ pub fn deliver_after_write(tool: &str, store: &mut crate::sync::Writer) {
             return;
         }
     };
-    let budget = std::env::var("BUILDSTATE_SLACK_BUDGET")
+    // Checked before the command did anything (session::check_env).
+    let budget = crate::settings::duration("BUILDSTATE_SLACK_BUDGET")
         .ok()
-        .and_then(|v| crate::time::parse_bounded_duration(&v, Duration::ZERO).ok())
+        .flatten()
         .unwrap_or(std::time::Duration::from_secs(2));
     let worker = crate::context::Actor::from_env(tool).lease_owner();
     match deliver(store, &target, budget, &worker) {

@@ -436,7 +436,16 @@ pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::fro
 
 /// `BUILDSTATE_MAX_CLOCK_SKEW`: how far this machine's clock may be from the remote's in
 /// remote mode (a duration; `off` turns the check off). `None`: off.
+/// Read once per process: every clock read of a command asks it.
 pub fn max_clock_skew() -> Result<Option<std::time::Duration>> {
+    static SKEW: std::sync::OnceLock<std::result::Result<Option<std::time::Duration>, String>> =
+        std::sync::OnceLock::new();
+    SKEW.get_or_init(|| read_max_clock_skew().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Error::InvalidInput)
+}
+
+fn read_max_clock_skew() -> Result<Option<std::time::Duration>> {
     match std::env::var("BUILDSTATE_MAX_CLOCK_SKEW") {
         Err(_) => Ok(Some(DEFAULT_MAX_CLOCK_SKEW)),
         Ok(v) if v.trim().eq_ignore_ascii_case("off") => Ok(None),

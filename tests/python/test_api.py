@@ -80,6 +80,35 @@ def test_missing_database_is_not_created_when_asked(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_an_empty_file_is_no_database_as_every_command_says(tmp_path: Path) -> None:
+    # Store(create=False) opens as the commands do: an empty file (a failed copy,
+    # `: > x.db`) is refused and left as it was, not given a schema.
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    with pytest.raises(buildstate.NoDatabaseError) as e:
+        buildstate.Store(path, create=False)
+    assert e.value.exit_code == 9
+    assert path.stat().st_size == 0
+
+
+def test_start_checks_requires_as_run_state_does(db: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    flag = tmp_path / "ready"
+    plan.write_text(
+        'name = "p"\n[[state]]\nid = 5\nname = "db"\nexpected = "1s"\n'
+        f'requires = "test -e {flag} || {{ echo \'no database yet\' >&2; exit 3; }}"\n'
+    )
+    s = buildstate.Store(db)
+    s.init(BUILD, "aws", "rhel9", plan=plan)
+    with pytest.raises(buildstate.BlockedError) as e:
+        s.start(BUILD, 5)
+    assert e.value.exit_code == 13 and e.value.kind == "blocked"
+    assert "no database yet" in str(e.value)
+    report = s.decide(BUILD)
+    assert report["status"] == "blocked" and report["last_category"] == "prerequisite"
+    assert "start" not in [ev["kind"] for ev in s.events(BUILD)]
+
+
 def test_unknown_build_decides_start(db: Path) -> None:
     report = buildstate.Store(db).decide("new-one")
     assert report["exists"] is False and report["decision"] == "start"
@@ -155,3 +184,18 @@ def test_decide_honours_buildstate_plan(db: Path, tmp_path: Path, monkeypatch: p
     s = buildstate.Store(db)
     assert s.decide("nobody")["next_state"] == 40
     assert s.init(BUILD, "aws", "rhel9")["plan"] == "two"
+
+
+def test_every_error_kind_has_its_exception_class() -> None:
+    # One table in the crate (src/error.rs) makes the classes: each is exported, in the
+    # stubs, and raised with its kind and exit code.
+    stubs = (Path(buildstate.__file__).parent / "_native.pyi").read_text()
+    classes = [c for c in buildstate.__all__ if c.endswith("Error") and c != "BuildstateError"]
+    assert len(classes) >= 20
+    for name in classes:
+        cls = getattr(buildstate, name)
+        assert issubclass(cls, buildstate.BuildstateError), name
+        assert "class %s(BuildstateError):" % name in stubs, name
+    with pytest.raises(buildstate.InvalidInputError) as e:
+        buildstate.Store(busy_timeout_ms=10**9)
+    assert (e.value.kind, e.value.exit_code) == ("invalid_input", 8)

@@ -61,14 +61,17 @@ class ActionModule(ActionBase):
         check = bool(self._task.check_mode or self._play_context.check_mode)
         try:
             store = buildstate.Store(args["db"], create=False, tool="ansible", remote=args["remote"])
-            before = store.decide(build_id, inputs=False)
+            if state is None:
+                before, done = store.decide(build_id, inputs=False), False
+            else:
+                answer = store.state_done(build_id, state, inputs=False)
+                before, done = answer["report"], answer["done"]
             if not before.get("exists"):
                 return dict(result, failed=True, msg="build %r does not exist in %s: create it with init-state (or the callback) first" % (build_id, store.path))
             meta = {str(k): str(v) for k, v in (args["metadata"] or {}).items()}
             changed_meta = {k: v for k, v in meta.items() if before["metadata"].get(k) != v}
             written = ["metadata %s" % k for k in sorted(changed_meta)]
             transition = args["transition"]
-            done = before.get("current_state") is not None and state is not None and before["current_state"] >= state and before.get("active_state") != state
             if transition == "complete" and not done:
                 written.append("complete %d" % state)
             elif transition == "fail":

@@ -285,23 +285,16 @@ class CallbackModule(CallbackBase):
         store = self._record("open the database", self._open)
         if store is None:
             return
-        report = self._record("read the build", store.decide, self._build_id, inputs_root=self._inputs_root)
-        if report is None:
+        answer = self._record("read the build", store.state_done, self._build_id, state, inputs_root=self._inputs_root)
+        if answer is None:
             return
-        current = report.get("current_state")
-        done = report.get("status") == "completed" or (
-            current is not None and state <= current and report.get("active_state") != state
-        )
-        rerun_from = report.get("next_state") if report.get("decision") == "rerun" else None
-        if done and rerun_from is not None and state >= rerun_from:
-            done = False  # stale: start() records the rerun and runs it again
-        if done:
-            self._say("%s: state %s is already completed (the build is at %s); nothing recorded" % (label, state, current))
+        if answer["done"]:
+            self._say("%s: state %s is already completed (the build is at %s); nothing recorded" % (label, state, answer["report"].get("current_state")))
             return
         self._record("record the context", store.set_context, {"ansible_run": label})
         try:
             store.start(self._build_id, state, lease_ttl_ms=int(self._lease_ttl) * 1000, inputs_root=self._inputs_root)
-        except (buildstate.RefusedError, buildstate.LeasedError, buildstate.LeaseLostError) as e:
+        except (buildstate.RefusedError, buildstate.BlockedError, buildstate.LeasedError, buildstate.LeaseLostError) as e:
             # This play's state cannot start now; the build and the plays after it are fine.
             self._display.warning("buildstate: %s: state %s is not recorded: %s" % (label, state, e))
             return

@@ -5,10 +5,8 @@
 //! force, force --all and reset are recorded with who and why; also through a file://
 //! remote, judged from a second machine's database.
 
-mod util;
-
+use crate::util::Env;
 use serde_json::Value;
-use util::Env;
 
 const PLAN: &str = r#"
 name = "image-with-inputs"
@@ -65,7 +63,7 @@ fn setup() -> Env {
 }
 
 /// run-state with IMAGE_VERSION (an input of state 20) set as a pipeline would.
-fn run_state(e: &Env, args: &[&str], version: &str) -> util::Run {
+fn run_state(e: &Env, args: &[&str], version: &str) -> crate::util::Run {
     e.run_with(
         e.command("run-state")
             .args(args)

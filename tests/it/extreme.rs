@@ -3,11 +3,9 @@
 //! documented exit code and a message: never a Rust panic (exit 101) or an abort (134),
 //! and never "panicked" on stderr.
 
-mod util;
-
 use std::process::Stdio;
 
-use util::Env;
+use crate::util::Env;
 
 const HUGE: &str = "999999999999999999999999999999";
 
@@ -17,7 +15,7 @@ fn no_panic(e: &Env, tool: &str, args: &[&str], env: &[(&str, &str)], stdin: &[u
     let mut c = e.command(tool);
     if tool == "concourse-resource" {
         // Called by its step name, as Concourse does: no --db.
-        c = std::process::Command::new(util::bin(tool));
+        c = std::process::Command::new(crate::util::bin(tool));
         c.env("HOME", e.dir.path());
     }
     c.args(args).envs(env.iter().copied());

@@ -3,14 +3,12 @@
 //! object, shared folders and the umask, snapshots written with finer times, forged
 //! snapshots, signed snapshots and clocks that disagree.
 
-mod util;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use crate::util::{Env, Run};
 use buildstate::exit;
-use util::{Env, Run};
 
 struct Remote {
     _dir: tempfile::TempDir,
@@ -71,7 +69,7 @@ fn a_writer_holding_the_folder_lock_does_not_block_others_past_the_timeout() {
         .args(["sleep", "60"])
         .spawn()
         .expect("flock(1) from util-linux");
-    util::poll_until("the lock to be held", || {
+    crate::util::poll_until("the lock to be held", || {
         Command::new("flock")
             .args(["-n"])
             .arg(r.path.join(".buildstate.lock"))
@@ -171,7 +169,7 @@ fn remote_objects_and_backups_honour_the_umask() {
     let under_umask = |tool: &str, args: &[&str]| {
         let mut c = Command::new("sh");
         c.args(["-c", "umask 022; exec \"$@\"", "sh"])
-            .arg(util::bin(tool))
+            .arg(crate::util::bin(tool))
             .arg("--db")
             .arg(&a.db)
             .args(["--remote", &r.url])
@@ -299,7 +297,7 @@ fn with_a_snapshot_key_only_holders_of_the_key_can_write_what_others_believe() {
     assert_eq!(v["signature"]["alg"], "hmac-sha256");
     let raw = String::from_utf8(std::fs::read(r.object("img-1")).unwrap()).unwrap();
     assert!(!raw.contains(key) && !out.stdout.contains(key) && !out.stderr.contains(key));
-    assert!(!util::file_contains(&a.db, key.as_bytes()));
+    assert!(!crate::util::file_contains(&a.db, key.as_bytes()));
     // A machine with the key reads it.
     keyed(&b, "check-state", &["img-1"]).ok();
 
@@ -335,7 +333,7 @@ fn with_a_snapshot_key_only_holders_of_the_key_can_write_what_others_believe() {
 fn skewed(env: &Env, offset: &str, remote: Option<&Remote>, tool: &str, args: &[&str]) -> Run {
     let mut c = Command::new("faketime");
     c.args(["-f", offset])
-        .arg(util::bin(tool))
+        .arg(crate::util::bin(tool))
         .arg("--db")
         .arg(&env.db)
         .args(args);
@@ -531,7 +529,7 @@ fn a_live_worker_s_lease_stays_visible_to_every_machine_while_its_command_runs()
         release.display()
     );
     let worker = spawn_worker(&a, &r, "30s", &script);
-    util::poll_until("state 5 to start on the remote", || {
+    crate::util::poll_until("state 5 to start on the remote", || {
         r.object("b1").exists() && r.snapshot("b1")["build"]["status"] == "running"
     });
     let first = r.snapshot("b1")["build"]["lease_expires_at"]
@@ -541,8 +539,8 @@ fn a_live_worker_s_lease_stays_visible_to_every_machine_while_its_command_runs()
     let past = |t: &str| buildstate::time::parse(t).unwrap() < std::time::SystemTime::now();
     // Past the lease the start took and the plan's timeout, the remote still shows A's
     // lease, renewed: B, on another machine, must not take over.
-    util::poll_until("the first lease to run out", || past(&first));
-    util::poll_until("a renewal to reach the remote", || {
+    crate::util::poll_until("the first lease to run out", || past(&first));
+    crate::util::poll_until("a renewal to reach the remote", || {
         let now = r.snapshot("b1")["build"]["lease_expires_at"]
             .as_str()
             .unwrap_or_default()
@@ -588,7 +586,7 @@ fn a_worker_learns_at_its_next_heartbeat_that_its_build_was_cancelled_elsewhere(
         marker.display()
     );
     let worker = spawn_worker(&a, &r, "1h", &script);
-    util::poll_until("the command to run", || marker.exists());
+    crate::util::poll_until("the command to run", || marker.exists());
     on(
         &b,
         &r,

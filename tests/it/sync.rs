@@ -1,10 +1,8 @@
 //! sync-cloud on the real binary, between separate databases sharing a file:// remote.
 //! The same flows against real S3-API and Azure servers are in tests/python/test_sync.py.
 
-mod util;
-
+use crate::util::Env;
 use buildstate::exit;
-use util::Env;
 
 struct Remote {
     _dir: tempfile::TempDir,
@@ -17,7 +15,7 @@ fn remote() -> Remote {
     Remote { _dir: dir, url }
 }
 
-fn sync(env: &Env, remote: &Remote, args: &[&str]) -> util::Run {
+fn sync(env: &Env, remote: &Remote, args: &[&str]) -> crate::util::Run {
     let mut full = vec!["--remote", &remote.url];
     full.extend(args);
     env.run("sync-cloud", &full)

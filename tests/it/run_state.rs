@@ -3,13 +3,11 @@
 //! really happened: a command of known duration must be recorded as taking at least that
 //! long (lower bounds hold on any machine; upper bounds are generous).
 
-mod util;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use crate::util::Env;
 use buildstate::exit;
-use util::Env;
 
 const PLAN: &str = r#"
 name = "runner-test"
@@ -65,7 +63,7 @@ fn script(env: &Env, name: &str, body: &str) -> String {
     p.to_str().unwrap().to_string()
 }
 
-fn run_state(env: &Env, args: &[&str]) -> util::Run {
+fn run_state(env: &Env, args: &[&str]) -> crate::util::Run {
     env.run("run-state", args)
 }
 
@@ -81,7 +79,7 @@ fn spawn_run_state(env: &Env, args: &[&str]) -> Child {
 /// Poll check-state until `pred` holds on its JSON (at most 30 s, then fail).
 fn wait_for(env: &Env, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
-    util::poll_until(what, || {
+    crate::util::poll_until(what, || {
         last = env.state("b");
         pred(&last)
     });
@@ -103,7 +101,7 @@ fn alive(pid: &str) -> bool {
 
 /// Poll until `pid` is gone (at most 30 s, then fail).
 fn wait_gone(pid: &str, what: &str) {
-    util::poll_until(&format!("{what} (pid {}) to end", pid.trim()), || {
+    crate::util::poll_until(&format!("{what} (pid {}) to end", pid.trim()), || {
         !alive(pid)
     });
 }
@@ -727,7 +725,7 @@ fn the_lease_starts_when_the_state_starts_not_before_its_prerequisite() {
 
 /// Run `cmd` to its end as a pipeline does (reading its output to end-of-file); how long
 /// that took.
-fn timed(env: &Env, cmd: &mut Command) -> (util::Run, std::time::Duration) {
+fn timed(env: &Env, cmd: &mut Command) -> (crate::util::Run, std::time::Duration) {
     let begun = std::time::Instant::now();
     let r = env.run_with(cmd, None);
     (r, begun.elapsed())
@@ -828,4 +826,56 @@ fn a_failed_prerequisite_is_printed_redacted() {
     );
     assert!(!r.stderr.contains("hunter2xyz"), "{}", r.stderr);
     assert!(!env.state("b").to_string().contains("hunter2xyz"));
+}
+
+/// `requires` is part of starting a state, whichever front end starts it: update-state
+/// start (and the Concourse put, the Python Store: tests/it/concourse.rs, test_api.py) is
+/// blocked on a prerequisite that fails, exit 13, with no attempt used, as run-state is.
+#[test]
+fn update_state_start_checks_requires_as_run_state_does() {
+    let env = Env::new();
+    let flag = env.path("ready");
+    let plan = env.write(
+        "plan.toml",
+        &format!(
+            "name = \"p\"\n[[state]]\nid = 5\nname = \"db\"\nexpected = \"1s\"\nrequires = \"test -e {} || {{ echo 'no database yet' >&2; exit 3; }}\"\n",
+            flag.display()
+        ),
+    );
+    env.run(
+        "init-state",
+        &[
+            "b",
+            "--cloud",
+            "aws",
+            "--image",
+            "x",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .code(exit::OK);
+    let r = env
+        .run("update-state", &["b", "start", "5"])
+        .code(exit::BLOCKED);
+    assert!(r.stderr.contains("no database yet"), "{}", r.stderr);
+    let j = env.state("b");
+    assert_eq!(j["status"], "blocked", "{j}");
+    assert_eq!(j["last_category"], "prerequisite", "{j}");
+    let kinds: Vec<_> = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!kinds.iter().any(|k| k == "start"), "{kinds:?}");
+    // Fixed and allowed again by a person: the start goes ahead.
+    std::fs::write(&flag, "").unwrap();
+    env.run(
+        "update-state",
+        &["b", "retry", "5", "--reason", "database is up"],
+    )
+    .code(exit::OK);
+    env.run("update-state", &["b", "start", "5"]).code(exit::OK);
+    assert_eq!(env.state("b")["status"], "running");
 }

@@ -4,14 +4,12 @@
 //! shorter than the lease, longer than it, a kill -9 of the worker during it, and a
 //! takeover during it.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::util::Env;
 use buildstate::exit;
-use util::Env;
 
 const PLAN: &str = "name = \"j\"\n[[state]]\nid = 5\nname = \"bake\"\nexpected = \"1s\"\n";
 
@@ -60,7 +58,7 @@ impl Fleet {
         c
     }
 
-    fn run(&self, db: &Path, tool: &str, args: &[&str]) -> util::Run {
+    fn run(&self, db: &Path, tool: &str, args: &[&str]) -> crate::util::Run {
         self.env.run_with(self.command(db, tool).args(args), None)
     }
 
@@ -189,7 +187,7 @@ fn a_worker_killed_during_the_outage_keeps_its_journal_for_the_next_command() {
     let mut worker = worker.spawn().unwrap();
     // Once the outcome is journaled (the command ended and the remote refused it).
     let db = f.env.db.clone();
-    util::poll_until("the outcome to be journaled", || {
+    crate::util::poll_until("the outcome to be journaled", || {
         rusqlite::Connection::open(&db).ok().and_then(|c| {
             c.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get::<_, i64>(0))
                 .ok()

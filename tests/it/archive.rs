@@ -3,12 +3,10 @@
 //! what check-state and init-state say of an archived build, a kill -9 at the worst
 //! moment, and the history still append-only outside the archive path.
 
-mod util;
-
 use std::os::unix::process::ExitStatusExt;
 
+use crate::util::Env;
 use buildstate::exit;
-use util::Env;
 
 const PLAN: &str =
     "name = \"two\"\n[[state]]\nid = 0\nname = \"init\"\nexpected = \"1m\"\n[[state]]\nid = 5\nname = \"build\"\nexpected = \"1m\"\n";
@@ -264,8 +262,8 @@ fn a_kill_at_the_worst_moment_loses_nothing_and_a_rerun_finishes() {
 fn the_history_stays_append_only_outside_the_archive_path() {
     let env = Env::new();
     completed(&env, "a1");
-    util::assert_append_only(&env.db, "DELETE FROM events WHERE build_id = 'a1'");
-    util::assert_append_only(
+    crate::util::assert_append_only(&env.db, "DELETE FROM events WHERE build_id = 'a1'");
+    crate::util::assert_append_only(
         &env.db,
         "UPDATE events SET message = 'x' WHERE build_id = 'a1'",
     );
@@ -426,7 +424,7 @@ fn task_results_follow_their_own_retention() {
     assert_eq!(events(&theirs), events(&env.state("t1")));
 
     // Outside retention and archiving the history stays append-only.
-    util::assert_append_only(
+    crate::util::assert_append_only(
         &env.db,
         "DELETE FROM events WHERE build_id = 't1' AND kind = 'task'",
     );

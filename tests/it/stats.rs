@@ -2,8 +2,6 @@
 //! times: every expected figure is computed here from the times the test chose, and the
 //! binary's --json must give the same figures as the library.
 
-mod util;
-
 use std::time::{Duration, SystemTime};
 
 use buildstate::context::Actor;
@@ -88,7 +86,7 @@ fn fail(state: u8, message: &str, category: Category) -> Transition {
 
 #[test]
 fn stats_over_known_transitions() {
-    let env = util::Env::new();
+    let env = crate::util::Env::new();
     let db = env.db.clone();
     let now = SystemTime::now();
     let mut f = Fleet {
@@ -234,7 +232,7 @@ fn stats_over_known_transitions() {
 fn report_and_metrics_refuse_to_replace_what_is_not_a_file() {
     // Written as a temporary file renamed over the path: over a device (/dev/null as
     // root), a pipe or a directory that would replace it. Checked here on a pipe.
-    let env = util::Env::new();
+    let env = crate::util::Env::new();
     env.init("b1");
     let fifo = env.path("fifo");
     let status = std::process::Command::new("mkfifo")

@@ -248,3 +248,53 @@ fn put_records_inputs_reruns_stale_states_and_forces() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// A put that starts a state runs its `requires` first, as run-state and update-state
+/// do: a prerequisite that fails blocks the build (exit 13, recorded, no attempt used).
+#[test]
+fn put_start_checks_requires() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        work.join("plan.toml"),
+        "name = \"p\"\n[[state]]\nid = 10\nname = \"bake\"\nexpected = \"1m\"\nrequires = \"echo 'quota exhausted' >&2; exit 1\"\n",
+    )
+    .unwrap();
+    let source = json!({
+        "remote": format!("file://{}/remote", dir.path().display()),
+        "build_id": "img-3",
+        "plan": "plan.toml",
+    });
+    let put = |params: Value| {
+        step(
+            "out",
+            &json!({"source": source, "params": params}),
+            Some(&work),
+            Some(9),
+        )
+    };
+    let (code, _, err) = put(json!({"action": "init", "cloud": "aws", "image": "rhel9"}));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = put(json!({"action": "start", "state": 10}));
+    assert_eq!(code, 13, "{out}{err}");
+    assert!(err.contains("quota exhausted"), "{err}");
+    let (code, out, err) = step(
+        "in",
+        &json!({"source": source, "version": {"serial": "2", "build_id": "img-3"}}),
+        Some(&dir.path().join("dest")),
+        Some(10),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let history: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("dest/history.json")).unwrap())
+            .unwrap();
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"start"), "{kinds:?}");
+    assert_eq!(kinds.len(), 2, "init and the unmet prerequisite: {kinds:?}");
+}

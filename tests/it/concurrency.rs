@@ -1,9 +1,7 @@
 //! Many processes writing one database at once: no write is lost (the serial proves it)
 //! and none fails with "database is locked".
 
-mod util;
-
-use util::Env;
+use crate::util::Env;
 
 #[test]
 fn eight_processes_two_hundred_writes_each() {
