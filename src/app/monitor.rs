@@ -201,7 +201,7 @@ impl Plans<'_> {
 /// nobody taking over. A stuck build is alerted once per episode (its serial).
 pub fn check(store: &Store, now: SystemTime, factor: f64) -> Result<Vec<Finding>> {
     let (findings, alerts) = findings(store, now, factor)?;
-    notify::enqueue(store.connection(), &alerts, now)?;
+    crate::store::outbox::queue(store, &alerts, now)?;
     Ok(findings)
 }
 
@@ -356,7 +356,7 @@ pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
     for c in counters.iter().filter(|c| c.metric == "retries") {
         let _ = writeln!(out, "buildstate_retries_total{{{}}} {}", series(c), c.n);
     }
-    let (pending, gave_up, oldest) = notify::depth(conn, now)?;
+    let (pending, gave_up, oldest) = notify::depth(store, now)?;
     let _ = writeln!(out, "# HELP buildstate_alerts_pending Alerts waiting for delivery.\n# TYPE buildstate_alerts_pending gauge\nbuildstate_alerts_pending {pending}");
     let _ = writeln!(out, "# HELP buildstate_alerts_gave_up Alerts given up after their retries.\n# TYPE buildstate_alerts_gave_up gauge\nbuildstate_alerts_gave_up {gave_up}");
     let _ = writeln!(
@@ -443,12 +443,7 @@ pub fn age(secs: u64) -> String {
 
 /// How many alerts of each state the outbox holds, by delivery state.
 pub fn outbox_counts(store: &Store) -> Result<(u64, u64, u64)> {
-    Ok(store.connection().query_row(
-        "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'delivered'),
-                COUNT(*) FILTER (WHERE state = 'gave_up') FROM alerts",
-        named_params! {},
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?)
+    crate::store::outbox::counts(store)
 }
 
 /// `monitor status` for people: a plain fixed-width table with a header, written in one

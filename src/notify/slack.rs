@@ -13,10 +13,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::{named_params, OptionalExtension};
 use serde_json::{json, Value};
 
-use super::{claim, settle, Claimed, Settle};
+use super::{claim, Claimed, Settle};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -472,7 +471,7 @@ pub fn deliver(
         }
         // Keep to about one message a second per channel, but wait only for a message.
         if let Some(t) = last_send {
-            if !super::any_due(store.connection(), SystemTime::now(), shared)? {
+            if !super::any_due(store, SystemTime::now(), shared)? {
                 break;
             }
             let next = t + CHANNEL_GAP;
@@ -493,7 +492,7 @@ pub fn deliver(
         };
         let claimed = match claimed {
             Some(c) => Some(c),
-            None => claim(store.connection(), worker, wall, until)?.map(|a| (a, false)),
+            None => claim(store, worker, wall, until)?.map(|a| (a, false)),
         };
         let Some((alert, travels)) = claimed else {
             break;
@@ -502,7 +501,7 @@ pub fn deliver(
             if travels {
                 super::settle_shared(store, &alert, worker, outcome, now)
             } else {
-                settle(store.connection(), alert.id, worker, outcome, now).map(|_| ())
+                crate::store::outbox::settle_local(store, alert.id, worker, outcome, now)
             }
         };
         let timeout = deadline
@@ -535,10 +534,7 @@ pub fn deliver(
                 if let (Some(ts), None, Some(b), Target::WebApi { channel, .. }) =
                     (ts, thread, &alert.build_id, target)
                 {
-                    store.connection().execute(
-                        "INSERT OR IGNORE INTO slack_threads (build_id, channel, thread_ts) VALUES (:b, :c, :t)",
-                        named_params! {":b": b, ":c": channel, ":t": ts},
-                    )?;
+                    crate::store::outbox::record_thread(store, b, channel, &ts)?;
                 }
                 settle(store, Settle::Delivered, now)?;
                 report.delivered += 1;
@@ -580,12 +576,7 @@ pub fn deliver(
         }
     }
     // Local mode leaves alerts that travel with builds to a deliverer in remote mode.
-    report.left = store.connection().query_row(
-        "SELECT COUNT(*) FROM alerts WHERE state = 'pending' AND next_try_at <= :now
-           AND (shared = 0 OR :shared)",
-        named_params! {":now": crate::time::format(SystemTime::now()), ":shared": shared},
-        |r| r.get(0),
-    )?;
+    report.left = crate::store::outbox::due(store, SystemTime::now(), shared)?;
     Ok(report)
 }
 
@@ -594,14 +585,7 @@ fn thread_ts(store: &Store, alert: &Claimed, target: &Target) -> Result<Option<S
     let (Target::WebApi { channel, .. }, Some(build)) = (target, &alert.build_id) else {
         return Ok(None);
     };
-    Ok(store
-        .connection()
-        .query_row(
-            "SELECT thread_ts FROM slack_threads WHERE build_id = :b AND channel = :c",
-            named_params! {":b": build, ":c": channel},
-            |r| r.get(0),
-        )
-        .optional()?)
+    crate::store::outbox::thread(store, build, channel)
 }
 
 /// After a write: deliver the Slack alerts that are due, within `BUILDSTATE_SLACK_BUDGET`

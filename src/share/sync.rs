@@ -832,10 +832,7 @@ fn push_in(
 ) -> Result<()> {
     // Alerts raised in remote mode travel with the build: whichever machine delivers
     // them claims them through the remote (see crate::notify::RemoteOutbox).
-    conn.execute(
-        "UPDATE alerts SET shared = 1 WHERE build_id = :id AND shared = 0 AND state = 'pending'",
-        rusqlite::named_params! {":id": b.build_id},
-    )?;
+    crate::store::outbox::share_pending(conn, &b.build_id)?;
     let snap = crate::store::snapshot_in(conn, &b.build_id)?;
     let expected = crate::store::remote_mark_in(conn, remote.name(), &b.build_id)?.map(|m| m.etag);
     // A lost answer must not become a lost (or doubled) write: if the object holds this
