@@ -165,35 +165,6 @@ impl Error {
             if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
     }
 
-    /// What kind of error this is: its exit code, its `--json` name, its Python
-    /// exception ([`Kind`]).
-    pub fn class(&self) -> &'static Kind {
-        match self {
-            Error::UnknownBuild(_) | Error::NotOnRemote { .. } | Error::NotArchived { .. } => {
-                &kind::UNKNOWN_BUILD
-            }
-            Error::Archived(_) => &kind::ARCHIVED,
-            Error::Conflict { .. } => &kind::CONFLICT,
-            Error::Refused(_) => &kind::REFUSED,
-            Error::Leased(_) => &kind::LEASED,
-            Error::Fenced(_) => &kind::LEASE_LOST,
-            Error::Blocked(_) => &kind::BLOCKED,
-            Error::InvalidPlan { .. } => &kind::INVALID_PLAN,
-            Error::InvalidInput(_) => &kind::INVALID_INPUT,
-            Error::NoDatabase(_) => &kind::NO_DATABASE,
-            Error::Database { .. } | Error::Sqlite(_) => &kind::DATABASE,
-            Error::RemoteChanged(_) => &kind::REMOTE_CHANGED,
-            Error::Diverged(_) => &kind::DIVERGED,
-            Error::Remote(_) => &kind::REMOTE,
-            Error::Journaled(_) => &kind::JOURNALED,
-            Error::InvalidSnapshot(_) => &kind::INVALID_SNAPSHOT,
-            Error::ClockSkew(_) => &kind::CLOCK_SKEW,
-            Error::Output(_) => &kind::OUTPUT,
-            Error::Io { .. } => &kind::IO,
-            Error::Corrupt(_) => &kind::CORRUPT,
-        }
-    }
-
     /// The exit code documented for this kind of error in `docs/exit-codes.md`.
     pub fn exit_code(&self) -> i32 {
         self.class().exit_code
@@ -210,15 +181,28 @@ impl Error {
 /// of `BuildstateError`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Kind {
+    /// The `"kind"` of an error in `--json` output.
     pub name: &'static str,
-    pub exit_code: i32,
+    /// The Python exception's class name.
     pub python: &'static str,
+    /// The process's exit code (`crate::exit`).
+    pub exit_code: i32,
     /// One line for the Python class's docstring.
     pub doc: &'static str,
 }
 
 macro_rules! kinds {
-    ($($id:ident: $name:literal, $code:ident, $py:literal, $doc:literal;)+) => {
+    ($($variants:pat => $id:ident: $name:literal, $code:ident, $py:literal, $doc:literal;)+) => {
+        impl Error {
+            /// What kind of error this is (its row of the table): its exit code, its
+            /// `--json` name, its Python exception ([`Kind`]).
+            pub fn class(&self) -> &'static Kind {
+                match self {
+                    $($variants => &kind::$id,)+
+                }
+            }
+        }
+
         /// The error kinds, one table for every front end ([`Error::class`]).
         pub mod kind {
             use super::Kind;
@@ -234,27 +218,30 @@ macro_rules! kinds {
     };
 }
 
+// A row: the variants of this kind => its id: its `--json` name, exit code, Python
+// class and docstring. A variant in no row does not compile (the match is exhaustive);
+// `{ .. }` matches a variant whatever its fields.
 kinds! {
-    UNKNOWN_BUILD: "unknown_build", UNKNOWN_BUILD, "UnknownBuildError", "The build id is not in the database (or the remote has no copy of it).";
-    ARCHIVED: "archived", UNKNOWN_BUILD, "ArchivedError", "The build left this database for a remote's archive; the message says how to bring it back.";
-    CONFLICT: "conflict", CONFLICT, "ConflictError", "The build exists with another identity.";
-    REFUSED: "refused", REFUSED, "RefusedError", "The transition is not allowed; nothing was written.";
-    LEASED: "leased", BUSY, "LeasedError", "Another live worker holds the build's lease.";
-    LEASE_LOST: "lease_lost", LEASE_LOST, "LeaseLostError", "This Store's lease on the state is no longer current (it expired and another worker took over); nothing was written.";
-    BLOCKED: "blocked", BLOCKED, "BlockedError", "The state's prerequisite (requires) did not pass: the build is blocked on it and the state did not start.";
-    INVALID_PLAN: "invalid_plan", INVALID_PLAN, "InvalidPlanError", "The plan is invalid.";
-    INVALID_INPUT: "invalid_input", INVALID_INPUT, "InvalidInputError", "An argument has a bad value.";
-    NO_DATABASE: "no_database", NO_DATABASE, "NoDatabaseError", "There is no database file at the path (and create=False).";
-    DATABASE: "database", DATABASE, "DatabaseError", "The database cannot be used.";
-    REMOTE_CHANGED: "remote_changed", REMOTE_CHANGED, "RemoteChangedError", "Compare-and-swap lost: the remote copy changed since this database last saw it; nothing was overwritten.";
-    DIVERGED: "diverged", DIVERGED, "DivergedError", "The local and remote histories of the build diverged; nothing was written.";
-    REMOTE: "remote", REMOTE, "RemoteError", "The remote could not be used; local state is untouched.";
-    JOURNALED: "journaled", JOURNALED, "JournaledError", "The outcome is journaled on this machine: the remote stayed away longer than the lease.";
-    INVALID_SNAPSHOT: "invalid_snapshot", INVALID_SNAPSHOT, "InvalidSnapshotError", "A snapshot is invalid (truncated, altered, newer); nothing was written.";
-    CLOCK_SKEW: "clock_skew", CLOCK_SKEW, "ClockSkewError", "This machine's clock is too far from the remote's; nothing was written.";
-    OUTPUT: "output", OUTPUT, "OutputError", "The output could not be written; what was asked was done.";
-    IO: "io", INTERNAL, "FileError", "A file could not be read or written.";
-    CORRUPT: "corrupt", INTERNAL, "CorruptError", "Stored data is corrupt.";
+    Error::UnknownBuild { .. } | Error::NotOnRemote { .. } | Error::NotArchived { .. } => UNKNOWN_BUILD: "unknown_build", UNKNOWN_BUILD, "UnknownBuildError", "The build id is not in the database (or the remote has no copy of it).";
+    Error::Database { .. } | Error::Sqlite { .. } => DATABASE: "database", DATABASE, "DatabaseError", "The database cannot be used.";
+    Error::Archived { .. } => ARCHIVED: "archived", UNKNOWN_BUILD, "ArchivedError", "The build left this database for a remote's archive; the message says how to bring it back.";
+    Error::Conflict { .. } => CONFLICT: "conflict", CONFLICT, "ConflictError", "The build exists with another identity.";
+    Error::Refused { .. } => REFUSED: "refused", REFUSED, "RefusedError", "The transition is not allowed; nothing was written.";
+    Error::Leased { .. } => LEASED: "leased", BUSY, "LeasedError", "Another live worker holds the build's lease.";
+    Error::Fenced { .. } => LEASE_LOST: "lease_lost", LEASE_LOST, "LeaseLostError", "This Store's lease on the state is no longer current (it expired and another worker took over); nothing was written.";
+    Error::Blocked { .. } => BLOCKED: "blocked", BLOCKED, "BlockedError", "The state's prerequisite (requires) did not pass: the build is blocked on it and the state did not start.";
+    Error::InvalidPlan { .. } => INVALID_PLAN: "invalid_plan", INVALID_PLAN, "InvalidPlanError", "The plan is invalid.";
+    Error::InvalidInput { .. } => INVALID_INPUT: "invalid_input", INVALID_INPUT, "InvalidInputError", "An argument has a bad value.";
+    Error::NoDatabase { .. } => NO_DATABASE: "no_database", NO_DATABASE, "NoDatabaseError", "There is no database file at the path (and create=False).";
+    Error::RemoteChanged { .. } => REMOTE_CHANGED: "remote_changed", REMOTE_CHANGED, "RemoteChangedError", "Compare-and-swap lost: the remote copy changed since this database last saw it; nothing was overwritten.";
+    Error::Diverged { .. } => DIVERGED: "diverged", DIVERGED, "DivergedError", "The local and remote histories of the build diverged; nothing was written.";
+    Error::Remote { .. } => REMOTE: "remote", REMOTE, "RemoteError", "The remote could not be used; local state is untouched.";
+    Error::Journaled { .. } => JOURNALED: "journaled", JOURNALED, "JournaledError", "The outcome is journaled on this machine: the remote stayed away longer than the lease.";
+    Error::InvalidSnapshot { .. } => INVALID_SNAPSHOT: "invalid_snapshot", INVALID_SNAPSHOT, "InvalidSnapshotError", "A snapshot is invalid (truncated, altered, newer); nothing was written.";
+    Error::ClockSkew { .. } => CLOCK_SKEW: "clock_skew", CLOCK_SKEW, "ClockSkewError", "This machine's clock is too far from the remote's; nothing was written.";
+    Error::Output { .. } => OUTPUT: "output", OUTPUT, "OutputError", "The output could not be written; what was asked was done.";
+    Error::Io { .. } => IO: "io", INTERNAL, "FileError", "A file could not be read or written.";
+    Error::Corrupt { .. } => CORRUPT: "corrupt", INTERNAL, "CorruptError", "Stored data is corrupt.";
 }
 
 /// Where an archived build went ([`Error::Archived`]).

@@ -175,8 +175,8 @@ class Store:
         build_id: str,
         state: int,
         *,
-        inputs: bool = True,
         inputs_root: str | os.PathLike[str] | None = None,
+        inputs: bool = True,
     ) -> StateDone: ...
     def events(self, build_id: str) -> list[dict[str, Any]]: ...
 

@@ -579,14 +579,14 @@ impl Store {
     /// and not running, and not stale (as `decide`, with `inputs`); else start it (the
     /// start records a rerun first). The callback and the state module ask this instead
     /// of deciding themselves.
-    #[pyo3(signature = (build_id, state, *, inputs=true, inputs_root=None))]
+    #[pyo3(signature = (build_id, state, *, inputs_root=None, inputs=true))]
     fn state_done(
         &self,
         py: Python<'_>,
         build_id: &str,
         state: u8,
-        inputs: bool,
         inputs_root: Option<PathBuf>,
+        inputs: bool,
     ) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
             let report = self.report(build_id, inputs, inputs_root.as_deref())?;

@@ -36,10 +36,12 @@ pub fn check_env() -> Result<()> {
 
 /// Where the database is and how to open it.
 pub struct Open {
+    /// The database file (`--db`, `BUILDSTATE_DB`).
     pub db: PathBuf,
+    /// How long to wait for another writer's lock (`BUILDSTATE_BUSY_TIMEOUT`).
+    pub busy_timeout: Duration,
     /// Remote mode: the remote every write goes through (docs/sync.md).
     pub remote: Option<Remote>,
-    pub busy_timeout: Duration,
     /// init-state's right to create a database in local mode. In remote mode the local
     /// database is a cache of the remote and is created when missing either way.
     pub create: bool,

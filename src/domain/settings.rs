@@ -27,9 +27,14 @@ pub enum Unit {
 /// One environment variable.
 #[derive(Debug)]
 pub struct Var {
+    /// The variable's name; every one starts `BUILDSTATE_`.
     pub name: &'static str,
+    /// How its value is read: the unit column of README's table, and what [`var`] and
+    /// [`duration`] accept.
     pub unit: Unit,
+    /// What holds when it is unset (as README's table says it).
     pub default: &'static str,
+    /// What it does (README's table).
     pub doc: &'static str,
 }
 

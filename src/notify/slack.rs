@@ -450,13 +450,7 @@ pub fn deliver(
     let shared = store.is_remote();
     let report_base = report_base_from_env()?;
     let deadline = Instant::now() + budget;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            path: "tokio runtime".into(),
-            source,
-        })?;
+    let rt = crate::remote::runtime(&mut tokio::runtime::Builder::new_current_thread())?;
     crate::remote::ensure_tls();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))

@@ -22,93 +22,60 @@ use crate::store::Journaled;
 use crate::sync::Writer;
 use crate::{Error, Result};
 
-/// The transitions that are journaled: what a command that ran did.
+/// The transitions that are journaled: what a command that ran did (complete, fail,
+/// interrupt), stored as the transition's own JSON (`Transition`'s serde form, which
+/// only these three have).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum Outcome {
-    Complete {
-        state: u8,
-        inputs: Option<Box<crate::manifest::Manifest>>,
-    },
-    Fail {
-        state: u8,
-        message: String,
-        category: Option<crate::policy::Category>,
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        timed_out: bool,
-    },
-    Interrupt {
-        state: u8,
-        signal: String,
-    },
+#[serde(try_from = "Transition", into = "Transition")]
+struct Outcome(Transition);
+
+impl TryFrom<Transition> for Outcome {
+    type Error = String;
+    fn try_from(t: Transition) -> std::result::Result<Outcome, String> {
+        Outcome::of(&t).ok_or_else(|| "not an outcome".to_string())
+    }
+}
+
+impl From<Outcome> for Transition {
+    fn from(o: Outcome) -> Transition {
+        o.0
+    }
 }
 
 impl Outcome {
     fn of(t: &Transition) -> Option<Outcome> {
-        Some(match t.clone() {
-            Transition::Complete { state, inputs } => Outcome::Complete { state, inputs },
-            Transition::Fail {
-                state,
-                message,
-                category,
-                exit_code,
-                signal,
-                timed_out,
-            } => Outcome::Fail {
-                state,
-                message,
-                category,
-                exit_code,
-                signal,
-                timed_out,
-            },
-            Transition::Interrupt { state, signal } => Outcome::Interrupt { state, signal },
-            _ => return None,
-        })
+        matches!(
+            t,
+            Transition::Complete { .. } | Transition::Fail { .. } | Transition::Interrupt { .. }
+        )
+        .then(|| Outcome(t.clone()))
     }
 
     fn transition(self) -> Transition {
-        match self {
-            Outcome::Complete { state, inputs } => Transition::Complete { state, inputs },
-            Outcome::Fail {
-                state,
-                message,
-                category,
-                exit_code,
-                signal,
-                timed_out,
-            } => Transition::Fail {
-                state,
-                message,
-                category,
-                exit_code,
-                signal,
-                timed_out,
-            },
-            Outcome::Interrupt { state, signal } => Transition::Interrupt { state, signal },
-        }
+        self.0
     }
 
     fn state(&self) -> u8 {
-        match self {
-            Outcome::Complete { state, .. }
-            | Outcome::Fail { state, .. }
-            | Outcome::Interrupt { state, .. } => *state,
+        match &self.0 {
+            Transition::Complete { state, .. }
+            | Transition::Fail { state, .. }
+            | Transition::Interrupt { state, .. } => *state,
+            _ => unreachable!("an outcome is a complete, fail or interrupt"),
         }
     }
 
     /// For people: "completed state 5", "failed state 5: ...".
     fn describe(&self) -> String {
-        match self {
-            Outcome::Complete { state, .. } => format!("completed state {state}"),
-            Outcome::Fail { state, message, .. } => format!(
+        match &self.0 {
+            Transition::Complete { state, .. } => format!("completed state {state}"),
+            Transition::Fail { state, message, .. } => format!(
                 "failed state {state}: {}",
                 crate::decide::headline(message, 200)
             ),
-            Outcome::Interrupt { state, signal } => {
+            Transition::Interrupt { state, signal } => {
                 format!("interrupted state {state} ({signal})")
             }
+            _ => unreachable!("an outcome is a complete, fail or interrupt"),
         }
     }
 }

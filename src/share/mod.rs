@@ -5,6 +5,7 @@
 
 mod journal;
 mod lease;
+pub mod objects;
 mod recorder;
 pub mod remote;
 pub mod sync;

@@ -857,3 +857,105 @@ fn push_in(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Writer's races against an in-memory remote: no process, no server.
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::context::Actor;
+    use crate::model::{Ctx, InitRequest, Transition};
+    use crate::share::objects::Memory;
+
+    const KEY: &str = "builds/b.json";
+
+    fn worker(dir: &std::path::Path, name: &str, mem: &Arc<Memory>) -> Writer {
+        let store = Store::open(&dir.join(format!("{name}.db"))).unwrap();
+        Writer::new(store, Some(Remote::in_memory(Arc::clone(mem))))
+    }
+
+    /// Build `b` on an in-memory remote, created by worker `a`.
+    fn one_build() -> (tempfile::TempDir, Arc<Memory>, Actor, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Memory::new();
+        let actor = Actor::from_env("test");
+        let mut a = worker(dir.path(), "a", &mem);
+        a.init(
+            &InitRequest::sample("b"),
+            &actor,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        (dir, mem, actor, a)
+    }
+
+    fn meta(k: &str) -> Transition {
+        Transition::Meta {
+            pairs: vec![(k.to_string(), "v".to_string())],
+        }
+    }
+
+    fn remote_copy(mem: &Memory) -> Snapshot {
+        Snapshot::from_signed_json(&mem.object(KEY).unwrap(), None).unwrap()
+    }
+
+    fn metas(s: &Snapshot) -> usize {
+        s.events
+            .iter()
+            .filter(|e| e.kind == crate::model::EventKind::Meta)
+            .count()
+    }
+
+    /// Another worker writes between this one's pull and its put: the compare-and-swap
+    /// loses, nothing is overwritten, and the write is tried again on the newer copy.
+    #[test]
+    fn a_lost_race_is_retried_on_the_newer_copy_and_overwrites_nothing() {
+        let (dir, mem, actor, mut a) = one_build();
+        let first = mem.object(KEY).unwrap();
+        a.transition("b", &meta("from_a"), &actor, &Ctx::live())
+            .unwrap();
+        let second = mem.object(KEY).unwrap();
+        // B finds the first copy, and A's write lands just before B's put.
+        mem.set(KEY, first);
+        mem.overtake(KEY, second);
+        let mut b = worker(dir.path(), "b", &mem);
+        let built = b
+            .transition("b", &meta("from_b"), &actor, &Ctx::live())
+            .unwrap();
+        let theirs = remote_copy(&mem);
+        assert_eq!(metas(&theirs), 2, "both writes are on the remote");
+        assert_eq!(theirs.build.serial, built.serial);
+        assert_eq!(b.build("b").unwrap().unwrap().serial, built.serial);
+    }
+
+    /// The put lands but its answer is lost: the write is recorded once, here and on
+    /// the remote, and the next write goes on from the ETag that landed.
+    #[test]
+    fn a_write_that_landed_without_an_answer_is_recorded_once() {
+        let (_dir, mem, actor, mut a) = one_build();
+        mem.lose_answers(1);
+        let built = a
+            .transition("b", &meta("once"), &actor, &Ctx::live())
+            .unwrap();
+        let theirs = remote_copy(&mem);
+        assert_eq!(metas(&theirs), 1);
+        assert_eq!(theirs.build.serial, built.serial);
+        assert_eq!(
+            metas(&Snapshot::from_signed_json(&mem.object(KEY).unwrap(), None).unwrap()),
+            1
+        );
+        // The ETag that landed was remembered: the next write needs no retry.
+        a.transition("b", &meta("next"), &actor, &Ctx::live())
+            .unwrap();
+        assert_eq!(metas(&remote_copy(&mem)), 2);
+        assert_eq!(
+            a.events("b")
+                .unwrap()
+                .iter()
+                .filter(|e| e.kind == crate::model::EventKind::Meta)
+                .count(),
+            2
+        );
+    }
+}

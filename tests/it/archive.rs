@@ -5,7 +5,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 
-use crate::util::Env;
+use crate::util::{strs, Env};
 use buildstate::exit;
 
 const PLAN: &str =
@@ -129,12 +129,7 @@ fn archive_and_unarchive_round_trip() {
         .code(exit::UNKNOWN_BUILD);
     assert!(r.stderr.contains("is archived"), "{}", r.stderr);
     let status = env.run("monitor", &["status", "--json"]).ok().json();
-    let ids: Vec<&str> = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["build_id"].as_str().unwrap())
-        .collect();
+    let ids = strs(&status, "build_id");
     assert_eq!(ids, ["c1", "p1"]);
 
     // Back whole: the same history, metadata verbatim.
@@ -456,12 +451,7 @@ fn pruning_through_the_remote_reaches_every_machine() {
     assert_eq!(r["pruned"], serde_json::json!([["r1", 2]]), "{r}");
     let object = std::fs::read(env.path("shared/builds/r1.json")).unwrap();
     let snap: serde_json::Value = serde_json::from_slice(&object).unwrap();
-    let kinds: Vec<&str> = snap["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = strs(&snap["events"], "kind");
     assert_eq!(kinds, ["init", "task", "pruned"]);
 
     // This database still has all three; its next write (remote mode) pulls the
@@ -546,19 +536,7 @@ fn counters_never_go_backwards_across_archive_unarchive_and_pruning() {
     // r1: state 5 retried twice, then completed.
     completed(&env, "r1");
     let plan = env.path("plan.toml");
-    env.run(
-        "init-state",
-        &[
-            "r2",
-            "--cloud",
-            "aws",
-            "--image",
-            "rhel9",
-            "--plan",
-            plan.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    env.init_with_plan("r2", &plan).ok();
     for _ in 0..3 {
         env.run("update-state", &["r2", "start", "5"]).ok();
         env.run(

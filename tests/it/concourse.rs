@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
+use crate::util::strs;
+
 fn step(
     name: &str,
     request: &Value,
@@ -50,6 +52,16 @@ fn step(
     )
 }
 
+/// A put from the folder `work` by Concourse build `build`.
+fn put(source: &Value, work: &std::path::Path, build: u32, params: Value) -> (i32, String, String) {
+    step(
+        "out",
+        &json!({"source": source, "params": params}),
+        Some(work),
+        Some(build),
+    )
+}
+
 #[test]
 fn check_in_out_over_a_folder_remote() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,12 +79,7 @@ fn check_in_out_over_a_folder_remote() {
     );
     assert_eq!((code, out.trim()), (0, "[]"));
     let put = |params: Value, build: u32| {
-        let (code, out, err) = step(
-            "out",
-            &json!({"source": source, "params": params}),
-            Some(&work),
-            Some(build),
-        );
+        let (code, out, err) = put(&source, &work, build, params);
         assert_eq!(code, 0, "{err}");
         let v: Value = serde_json::from_str(&out).expect("stdout is one JSON document");
         assert!(v["metadata"].is_array());
@@ -178,16 +185,8 @@ fn put_records_inputs_reruns_stale_states_and_forces() {
         "build_id": "img-2",
         "plan": "plan.toml",
     });
-    let put = |params: Value| {
-        step(
-            "out",
-            &json!({"source": source, "params": params}),
-            Some(&work),
-            Some(7),
-        )
-    };
     let ok = |params: Value| {
-        let (code, out, err) = put(params);
+        let (code, out, err) = put(&source, &work, 7, params);
         assert_eq!(code, 0, "{err}");
         serde_json::from_str::<Value>(&out).unwrap()["version"].clone()
     };
@@ -243,7 +242,7 @@ fn put_records_inputs_reruns_stale_states_and_forces() {
             "inputs_root",
         ),
     ] {
-        let (code, out, err) = put(params);
+        let (code, out, err) = put(&source, &work, 7, params);
         assert_eq!((code, out.as_str()), (8, ""), "{err}");
         assert!(err.contains(says), "{err}");
     }
@@ -266,17 +265,10 @@ fn put_start_checks_requires() {
         "build_id": "img-3",
         "plan": "plan.toml",
     });
-    let put = |params: Value| {
-        step(
-            "out",
-            &json!({"source": source, "params": params}),
-            Some(&work),
-            Some(9),
-        )
-    };
-    let (code, _, err) = put(json!({"action": "init", "cloud": "aws", "image": "rhel9"}));
+    let init = json!({"action": "init", "cloud": "aws", "image": "rhel9"});
+    let (code, _, err) = put(&source, &work, 9, init);
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = put(json!({"action": "start", "state": 10}));
+    let (code, out, err) = put(&source, &work, 9, json!({"action": "start", "state": 10}));
     assert_eq!(code, 13, "{out}{err}");
     assert!(err.contains("quota exhausted"), "{err}");
     let (code, out, err) = step(
@@ -289,12 +281,7 @@ fn put_start_checks_requires() {
     let history: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("dest/history.json")).unwrap())
             .unwrap();
-    let kinds: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = strs(&history, "kind");
     assert!(!kinds.contains(&"start"), "{kinds:?}");
     assert_eq!(kinds.len(), 2, "init and the unmet prerequisite: {kinds:?}");
 }

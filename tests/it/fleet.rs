@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::util::{Env, Run};
+use crate::util::{strs, Env, Run};
 use buildstate::exit;
 
 struct Remote {
@@ -447,12 +447,7 @@ fn a_build_s_time_never_runs_backwards_and_a_backoff_is_never_skipped() {
     )
     .ok();
     let j = a.state("img-1");
-    let at: Vec<&str> = j["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["at"].as_str().unwrap())
-        .collect();
+    let at = strs(&j["history"], "at");
     let mut sorted = at.clone();
     sorted.sort();
     assert_eq!(at, sorted, "event times went backwards");
@@ -565,12 +560,7 @@ fn a_live_worker_s_lease_stays_visible_to_every_machine_while_its_command_runs()
         String::from_utf8_lossy(&done.stderr)
     );
     let h = on(&b, &r, "check-state", &["b1", "--json", "--history"]).json()["history"].clone();
-    let kinds: Vec<&str> = h
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = strs(&h, "kind");
     assert_eq!(kinds, ["init", "start", "complete"], "{h}");
 }
 
@@ -626,11 +616,6 @@ fn a_write_the_remote_accepted_is_reported_as_written_when_the_local_commit_fail
     )
     .ok();
     let h = a.state("img-1")["history"].clone();
-    let kinds: Vec<&str> = h
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = strs(&h, "kind");
     assert_eq!(kinds, ["init", "start", "complete"]);
 }

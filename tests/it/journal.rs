@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::Env;
+use crate::util::{events, Env};
 use buildstate::exit;
 
 const PLAN: &str = "name = \"j\"\n[[state]]\nid = 5\nname = \"bake\"\nexpected = \"1s\"\n";
@@ -83,15 +83,6 @@ impl Fleet {
         self.run(&other, "check-state", &["b", "--json", "--history"])
             .json()
     }
-}
-
-fn events<'a>(j: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
-    j["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .collect()
 }
 
 fn millis(at: &serde_json::Value) -> u128 {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::util::Env;
+use crate::util::{events, Env};
 use buildstate::exit;
 
 const PLAN: &str = r#"
@@ -41,19 +41,7 @@ retry = { policy = "immediate", max_attempts = 3, delay = "1s" }
 fn setup() -> Env {
     let env = Env::new();
     let plan = env.write("plan.toml", PLAN);
-    env.run(
-        "init-state",
-        &[
-            "b",
-            "--cloud",
-            "aws",
-            "--image",
-            "x",
-            "--plan",
-            plan.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    env.init_with_plan("b", &plan).ok();
     env
 }
 
@@ -606,28 +594,13 @@ requires = "sleep 3"
 fn timed_setup() -> Env {
     let env = Env::new();
     let plan = env.write("plan.toml", TIMED);
-    let plan = plan.to_str().unwrap();
-    env.run(
-        "init-state",
-        &["b", "--cloud", "aws", "--image", "x", "--plan", plan],
-    )
-    .code(exit::OK);
+    env.init_with_plan("b", &plan).code(exit::OK);
     env
 }
 
 fn millis(at: &serde_json::Value) -> u128 {
     let t = humantime::parse_rfc3339(at.as_str().expect("a time")).expect("an RFC 3339 time");
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-}
-
-/// The events of `kind` in the build's history, oldest first.
-fn events<'a>(j: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
-    j["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .collect()
 }
 
 #[test]
@@ -775,12 +748,7 @@ fn a_verify_timeout_holds_whatever_the_check_started_outside_its_group() {
         "plan.toml",
         "name = \"v\"\n[[state]]\nid = 5\nname = \"k\"\nexpected = \"1s\"\nverify = \"setsid sleep 30 & sleep 1000\"\n",
     );
-    let plan = plan.to_str().unwrap();
-    env.run(
-        "init-state",
-        &["b", "--cloud", "aws", "--image", "x", "--plan", plan],
-    )
-    .code(exit::OK);
+    env.init_with_plan("b", &plan).code(exit::OK);
     env.run("update-state", &["b", "complete", "5"])
         .code(exit::OK);
     let mut c = env.command("check-state");
@@ -812,12 +780,7 @@ fn a_failed_prerequisite_is_printed_redacted() {
         "plan.toml",
         "name = \"p\"\n[[state]]\nid = 5\nname = \"db\"\nexpected = \"1s\"\nrequires = \"PGPASSWORD=hunter2xyz psql -h db -c 'select 1' 2>/dev/null || false\"\n",
     );
-    let plan = plan.to_str().unwrap();
-    env.run(
-        "init-state",
-        &["b", "--cloud", "aws", "--image", "x", "--plan", plan],
-    )
-    .code(exit::OK);
+    env.init_with_plan("b", &plan).code(exit::OK);
     let r = run_state(&env, &["b", "5", "--", "true"]).code(exit::BLOCKED);
     assert!(
         r.stderr.contains("prerequisite `PGPASSWORD=[REDACTED]"),
@@ -842,19 +805,7 @@ fn update_state_start_checks_requires_as_run_state_does() {
             flag.display()
         ),
     );
-    env.run(
-        "init-state",
-        &[
-            "b",
-            "--cloud",
-            "aws",
-            "--image",
-            "x",
-            "--plan",
-            plan.to_str().unwrap(),
-        ],
-    )
-    .code(exit::OK);
+    env.init_with_plan("b", &plan).code(exit::OK);
     let r = env
         .run("update-state", &["b", "start", "5"])
         .code(exit::BLOCKED);
@@ -862,13 +813,7 @@ fn update_state_start_checks_requires_as_run_state_does() {
     let j = env.state("b");
     assert_eq!(j["status"], "blocked", "{j}");
     assert_eq!(j["last_category"], "prerequisite", "{j}");
-    let kinds: Vec<_> = j["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
-        .collect();
-    assert!(!kinds.iter().any(|k| k == "start"), "{kinds:?}");
+    assert!(events(&j, "start").is_empty(), "{j}");
     // Fixed and allowed again by a person: the start goes ahead.
     std::fs::write(&flag, "").unwrap();
     env.run(

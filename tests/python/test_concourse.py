@@ -16,7 +16,7 @@ import pytest
 import yaml
 from concoursetools.testing import FileTestResourceWrapper
 
-from test_sync import free_port, make_bucket, moto_behind_a_faulty_proxy, s3_env, start, stop  # noqa: F401 (a fixture)
+from test_sync import free_port, make_bucket, moto_behind_a_faulty_proxy, moto_command, s3_env, start, stop  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
@@ -27,7 +27,7 @@ VENV_BIN = Path(sys.executable).parent
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("moto")
     port = free_port()
-    proc = start([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, tmp, "moto_server")
+    proc = start(moto_command(port), port, tmp, "moto_server")
     make_bucket(port, "builds")
     try:
         yield s3_env(port)

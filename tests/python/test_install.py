@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_sync import free_port, make_bucket, s3_env, start, stop
+from test_sync import free_port, make_bucket, moto_command, s3_env, start, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 # Kept between local runs, so that a second run rebuilds only what changed; a fresh
@@ -57,7 +57,7 @@ def test_install_builds_one_static_executable_that_records_and_shares_a_build(tm
         assert PT_INTERP in headers
 
     port = free_port()
-    proc = start([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, tmp_path, "moto_server")
+    proc = start(moto_command(port), port, tmp_path, "moto_server")
     try:
         make_bucket(port, "builds")
         run_env = {k: v for k, v in env.items() if k != "CARGO_TARGET_DIR"}

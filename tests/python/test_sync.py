@@ -34,6 +34,11 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 BOUND = 90
 
 
+def moto_command(port: int) -> list[str]:
+    """moto_server on 127.0.0.1:port, its conditional writes atomic (see moto_atomic.py)."""
+    return [sys.executable, str(Path(__file__).with_name("moto_atomic.py")), "-H", "127.0.0.1", "-p", str(port)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,7 +113,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp(request.param)
     port = free_port()
     if request.param == "moto":
-        proc = start([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, tmp, "moto_server")
+        proc = start(moto_command(port), port, tmp, "moto_server")
         make_bucket(port, "builds")
         srv = Server("moto", "s3://builds/state", s3_env(port))
     elif request.param == "seaweedfs":
@@ -476,7 +481,7 @@ class FaultyProxy:
 def moto_behind_a_faulty_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultyProxy, dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("moto-proxy")
     port = free_port()
-    proc = start([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, tmp, "moto_server")
+    proc = start(moto_command(port), port, tmp, "moto_server")
     make_bucket(port, "builds")
     proxy = FaultyProxy(port)
     try:

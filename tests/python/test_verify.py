@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 from test_slack import Env, Receiver, slack  # noqa: F401  (slack is a fixture)
-from test_sync import VENV_BIN, free_port, start, stop
+from test_sync import VENV_BIN, free_port, moto_command, start, stop
 
 PLAN = """name = "ami"
 [[state]]
@@ -28,7 +28,7 @@ verify = 'test "$(aws ec2 describe-images --image-ids "$BUILDSTATE_META_ami_id" 
 def ec2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("moto-ec2")
     port = free_port()
-    proc = start([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, tmp, "moto_server")
+    proc = start(moto_command(port), port, tmp, "moto_server")
     try:
         yield {
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",

@@ -12,11 +12,11 @@ use super::attempts::*;
 use super::*;
 
 /// What a caller asks of a build.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Transition {
-    Start {
-        state: u8,
-    },
+    #[serde(skip)]
+    Start { state: u8 },
     Complete {
         state: u8,
         /// The state's inputs as hashed for this completion, if it has any.
@@ -32,30 +32,20 @@ pub enum Transition {
         timed_out: bool,
     },
     /// The running command was stopped by SIGINT/SIGTERM (e.g. an aborted CI job).
-    Interrupt {
-        state: u8,
-        signal: String,
-    },
-    Meta {
-        pairs: Vec<(String, String)>,
-    },
-    Retry {
-        state: u8,
-        reason: String,
-    },
-    Skip {
-        state: u8,
-        reason: String,
-    },
-    Rollback {
-        to: Option<u8>,
-        reason: String,
-    },
-    Cancel {
-        reason: String,
-    },
+    Interrupt { state: u8, signal: String },
+    #[serde(skip)]
+    Meta { pairs: Vec<(String, String)> },
+    #[serde(skip)]
+    Retry { state: u8, reason: String },
+    #[serde(skip)]
+    Skip { state: u8, reason: String },
+    #[serde(skip)]
+    Rollback { to: Option<u8>, reason: String },
+    #[serde(skip)]
+    Cancel { reason: String },
     /// Completed states run again from `from` (`None`: from the first), for the reason
     /// `why` names; history is kept.
+    #[serde(skip)]
     Reopen {
         from: Option<u8>,
         reason: String,
@@ -63,19 +53,17 @@ pub enum Transition {
     },
     /// The `requires` command of `state` failed: the state is blocked without using an
     /// attempt; `message` is the command's output (redacted when recorded).
-    Unmet {
-        state: u8,
-        message: String,
-    },
+    #[serde(skip)]
+    Unmet { state: u8, message: String },
     /// Results of verify commands (`check-state --verify`); the build does not change,
     /// but a failed one makes its state stale.
-    Verified {
-        results: Vec<VerifyResult>,
-    },
+    #[serde(skip)]
+    Verified { results: Vec<VerifyResult> },
     /// The outcome of an attempt that could not be recorded while it was current (the
     /// remote was away) and was taken over or moved past before it landed: kept in the
     /// history as a late result of an abandoned attempt, never as a second truth. The
     /// build does not change.
+    #[serde(skip)]
     Late {
         state: u8,
         attempt: u32,
@@ -84,11 +72,11 @@ pub enum Transition {
     },
     /// Task results (Ansible), recorded for the history; the build does not change.
     /// One write however many records, so a batch costs one transaction.
-    Tasks {
-        records: Vec<TaskRecord>,
-    },
+    #[serde(skip)]
+    Tasks { records: Vec<TaskRecord> },
     /// Retention: the task results recorded before `before` leave the history; one
     /// `pruned` event says how many. The build does not change.
+    #[serde(skip)]
     PruneTasks {
         before: SystemTime,
         /// How many: callers pass 0, the store fills in what it counts and removes in the

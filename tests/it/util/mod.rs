@@ -132,6 +132,15 @@ impl Env {
         }
     }
 
+    /// init-state of `id` with the plan file `plan`.
+    pub fn init_with_plan(&self, id: &str, plan: &Path) -> Run {
+        let plan = plan.to_str().unwrap();
+        self.run(
+            "init-state",
+            &[id, "--cloud", "aws", "--image", "rhel9", "--plan", plan],
+        )
+    }
+
     pub fn init(&self, id: &str) {
         self.run("init-state", &[id, "--cloud", "aws", "--image", "rhel9"])
             .ok();
@@ -177,4 +186,24 @@ pub fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// The events of `kind` in a `check-state --json --history` report, oldest first.
+pub fn events<'a>(j: &'a Value, kind: &str) -> Vec<&'a Value> {
+    j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+/// Field `field` of each element of the JSON array `array`, as strings, in order.
+pub fn strs<'a>(array: &'a Value, field: &str) -> Vec<&'a str> {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap())
+        .collect()
 }
