@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::named_params;
 use serde::Serialize;
 
 use crate::model::Status;
@@ -31,143 +30,25 @@ pub struct Row {
     /// never passed one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_seconds_ago: Option<u64>,
-    #[serde(skip)]
-    serial: u64,
-    #[serde(skip)]
-    plan_hash: String,
-    #[serde(skip)]
-    started: Option<SystemTime>,
-    #[serde(skip)]
-    lease_expires: Option<SystemTime>,
-    #[serde(skip)]
-    reason: Option<String>,
-}
-
-fn rows(store: &Store, filter: &str, now: SystemTime) -> Result<Vec<Row>> {
-    let sql = format!(
-        "SELECT build_id, status, current_state, active_state, attempt, updated_at, lease_owner,
-                serial, plan_hash, attempt_started_at, lease_expires_at, blocked_reason
-         FROM builds {filter} ORDER BY build_id"
-    );
-    let conn = store.connection();
-    let mut stmt = conn.prepare(&sql)?;
-    let raw = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<u8>>(2)?,
-            r.get::<_, Option<u8>>(3)?,
-            r.get::<_, u32>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, Option<String>>(6)?,
-            r.get::<_, u64>(7)?,
-            r.get::<_, String>(8)?,
-            r.get::<_, Option<String>>(9)?,
-            r.get::<_, Option<String>>(10)?,
-            r.get::<_, Option<String>>(11)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in raw {
-        let (
-            build_id,
-            status,
-            current,
-            active,
-            attempt,
-            updated,
-            holder,
-            serial,
-            plan_hash,
-            started,
-            lease,
-            reason,
-        ) = row?;
-        let when = |t: Option<String>| t.as_deref().map(time::parse).transpose();
-        let updated = time::parse(&updated)?;
-        out.push(Row {
-            build_id,
-            status: status.parse()?,
-            current_state: current,
-            active_state: active,
-            attempt,
-            age_seconds: now.duration_since(updated).unwrap_or_default().as_secs(),
-            holder,
-            verified_seconds_ago: None,
-            serial,
-            plan_hash,
-            started: when(started)?,
-            lease_expires: when(lease)?,
-            reason,
-        });
-    }
-    Ok(out)
 }
 
 /// Every build, by id: only the columns a status row shows, the age computed by SQLite,
 /// so that 100,000 builds stay within the 100 ms budget (docs/performance.md).
 pub fn status(store: &Store, now: SystemTime) -> Result<Vec<Row>> {
-    let now_s = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    // When each build last passed its verify commands: joined only when some build ever
-    // did (the partial index answers that at once), so fleets without verify commands
-    // pay nothing for the column.
-    let any_verified: bool = store.connection().query_row(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE kind = 'verified')",
-        [],
-        |r| r.get(0),
-    )?;
-    let verified = if any_verified {
-        "(SELECT MAX(0, CAST(:now - (julianday(v.at) - 2440587.5) * 86400.0 AS INTEGER)))"
-    } else {
-        "NULL"
-    };
-    let join = if any_verified {
-        "LEFT JOIN (SELECT build_id AS vid, MAX(at) AS at FROM events WHERE kind = 'verified'
-                    GROUP BY build_id) v ON v.vid = builds.build_id"
-    } else {
-        ""
-    };
-    let mut stmt = store.connection().prepare(&format!(
-        "SELECT build_id, status, current_state, active_state, attempt,
-                MAX(0, CAST(:now - (julianday(updated_at) - 2440587.5) * 86400.0 AS INTEGER)),
-                lease_owner, {verified}
-         FROM builds {join} ORDER BY build_id"
-    ))?;
-    let raw = stmt.query_map(named_params! {":now": now_s}, |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<u8>>(2)?,
-            r.get::<_, Option<u8>>(3)?,
-            r.get::<_, u32>(4)?,
-            r.get::<_, i64>(5)?,
-            r.get::<_, Option<String>>(6)?,
-            r.get::<_, Option<i64>>(7)?,
-        ))
-    })?;
-    let mut out = Vec::with_capacity(1024);
-    for row in raw {
-        let (build_id, status, current_state, active_state, attempt, age, holder, verified) = row?;
-        out.push(Row {
-            build_id,
-            status: status.parse()?,
-            current_state,
-            active_state,
-            attempt,
-            age_seconds: u64::try_from(age).unwrap_or(0),
-            holder,
-            verified_seconds_ago: verified.map(|v| u64::try_from(v).unwrap_or(0)),
-            serial: 0,
-            plan_hash: String::new(),
-            started: None,
-            lease_expires: None,
-            reason: None,
-        });
-    }
-    Ok(out)
+    Ok(store
+        .status_rows(now)?
+        .into_iter()
+        .map(|r| Row {
+            build_id: r.build_id,
+            status: r.status,
+            current_state: r.current_state,
+            active_state: r.active_state,
+            attempt: r.attempt,
+            age_seconds: r.age_seconds,
+            holder: r.holder,
+            verified_seconds_ago: r.verified_seconds_ago,
+        })
+        .collect())
 }
 
 /// Something a person should look at.
@@ -222,7 +103,7 @@ pub fn findings(
     };
     let mut findings = Vec::new();
     let mut alerts = Vec::new();
-    for r in rows(store, "WHERE status IN ('blocked', 'running')", now)? {
+    for r in store.watched()? {
         let plan = plans.get(&r.plan_hash)?;
         let state = r.active_state;
         if r.status == Status::Blocked {
@@ -254,8 +135,12 @@ pub fn findings(
             _ => None,
         };
         if let Some(reason) = reason {
-            if plan.alerts_for(s.id).contains(&AlertKind::Stuck) {
-                let b = store.build(&r.build_id)?.expect("listed just now");
+            // (A build gone since the listing, archived meanwhile, has nobody to alert.)
+            let b = match plan.alerts_for(s.id).contains(&AlertKind::Stuck) {
+                true => store.build(&r.build_id)?,
+                false => None,
+            };
+            if let Some(b) = b {
                 let actor = crate::context::Actor::from_env("monitor");
                 alerts.push(NewAlert {
                     kind: AlertKind::Stuck,
@@ -272,33 +157,15 @@ pub fn findings(
             });
         }
     }
-    // Drifted: a completed state whose latest verify failed (its latest drift), and
-    // nothing has been done about it since (no pass, no new completion of it, no rerun,
-    // force, reset or rollback). Its alert went out when the drift was recorded.
-    let mut stmt = store.connection().prepare(
-        "SELECT d.build_id, d.state, d.message FROM events d
-         WHERE d.kind = 'drift' AND NOT EXISTS (
-             SELECT 1 FROM events l WHERE l.build_id = d.build_id AND l.seq > d.seq
-               AND (l.kind IN ('rerun', 'force', 'reset', 'rollback')
-                    OR (l.state = d.state AND l.kind IN ('verified', 'complete', 'skip', 'drift'))))
-         ORDER BY d.build_id, d.state",
-    )?;
-    let drifted = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<u8>>(1)?,
-            r.get::<_, Option<String>>(2)?,
-        ))
-    })?;
-    for row in drifted {
-        let (build_id, state, message) = row?;
+    // Drifted: its alert went out when the drift was recorded.
+    for d in store.drifted()? {
         findings.push(Finding {
-            build_id,
+            build_id: d.build_id,
             what: "drifted",
-            state,
+            state: d.state,
             reason: format!(
                 "its verify failed: {}; it reruns from there",
-                crate::decide::headline(message.as_deref().unwrap_or("no output"), 200)
+                crate::decide::headline(d.message.as_deref().unwrap_or("no output"), 200)
             ),
         });
     }
@@ -308,20 +175,12 @@ pub fn findings(
 /// Prometheus text exposition of the database: builds by status, per-state durations
 /// and retries, the alert outbox.
 pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
-    let conn = store.connection();
     let mut out = String::new();
     let _ = writeln!(
         out,
         "# HELP buildstate_builds Builds by status.\n# TYPE buildstate_builds gauge"
     );
-    let mut counts: HashMap<String, u64> = HashMap::new();
-    {
-        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM builds GROUP BY status")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
-            let (s, n) = row?;
-            counts.insert(s, n);
-        }
-    }
+    let counts = store.builds_by_status()?;
     for s in crate::model::Status::ALL.iter().map(|s| s.as_str()) {
         let _ = writeln!(
             out,

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::named_params;
 use serde::Serialize;
 
 use crate::model::EventKind;
@@ -161,12 +160,6 @@ pub fn normalise_error(message: &str) -> String {
 }
 
 /// Column `i` of an event row as text, without a copy (`None` for NULL).
-fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<Option<&'r str>> {
-    r.get_ref(i)?
-        .as_str_or_null()
-        .map_err(|e| crate::Error::Corrupt(format!("events column {i}: {e}")))
-}
-
 fn ms_between(from: SystemTime, to: SystemTime) -> u64 {
     to.duration_since(from)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -190,33 +183,17 @@ fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
 
 /// Statistics over the events at or after `since`, for the builds `filter` selects.
 pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime) -> Result<Stats> {
-    let conn = store.connection();
     // The builds that count, with their plan and whether they are finished.
     let mut builds: HashMap<String, (String, bool)> = HashMap::new();
     let mut plan_names: HashMap<String, String> = HashMap::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT b.build_id, b.plan_hash, b.status IN ('completed', 'cancelled'), p.name
-             FROM builds b JOIN plans p ON p.hash = b.plan_hash
-             WHERE (:cloud IS NULL OR b.cloud = :cloud) AND (:image IS NULL OR b.image = :image)
-               AND (:plan IS NULL OR p.name = :plan)",
-        )?;
-        let rows = stmt.query_map(
-            named_params! {":cloud": filter.cloud, ":image": filter.image, ":plan": filter.plan},
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, bool>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            },
-        )?;
-        for row in rows {
-            let (id, hash, finished, name) = row?;
-            plan_names.insert(hash.clone(), name);
-            builds.insert(id, (hash, finished));
-        }
+    let which = crate::store::fleet::Selection {
+        cloud: filter.cloud.as_deref(),
+        image: filter.image.as_deref(),
+        plan: filter.plan.as_deref(),
+    };
+    for b in store.counted_builds(&which)? {
+        plan_names.insert(b.plan_hash.clone(), b.plan_name);
+        builds.insert(b.build_id, (b.plan_hash, b.finished));
     }
     // State names and expected durations: from the plan most of the counted builds use,
     // then any other plan for states it lacks.
@@ -263,19 +240,10 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
             failures: b.failures,
         });
     };
-    let mut stmt = conn.prepare(
-        "SELECT build_id, at, kind, state, CASE WHEN kind = 'fail' THEN message END, category,
-                duration_ms, until
-         FROM events
-         WHERE at >= :since AND kind IN ('init', 'start', 'complete', 'fail', 'retry', 'skip',
-             'cancel', 'rollback', 'force', 'reset', 'prerequisite')
-         ORDER BY build_id, seq",
-    )?;
-    let mut rows = stmt.query(named_params! {":since": time::format(since)})?;
-    while let Some(r) = rows.next()? {
-        let id = text(r, 0)?.unwrap_or_default();
+    store.counted_events(since, |e| {
+        let id = e.build_id;
         let Some((hash, finished)) = builds.get(id) else {
-            continue;
+            return Ok(());
         };
         if cur.as_ref().is_none_or(|c| c.id != id) {
             if let Some(done) = cur.take() {
@@ -292,13 +260,14 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
                 wait: None,
             });
         }
-        let b = cur.as_mut().expect("set above");
+        let Some(b) = cur.as_mut() else {
+            return Ok(());
+        };
         events += 1;
-        let at = time::parse(text(r, 1)?.unwrap_or_default())?;
+        let at = e.at;
         b.first.get_or_insert(at);
         b.last = Some(at);
-        let kind: EventKind = text(r, 2)?.unwrap_or_default().parse()?;
-        let state: Option<u8> = r.get(3)?;
+        let kind = e.kind;
         // What closes an open wait: the next attempt closes a retry wait; a person's
         // decision closes a person wait.
         if let Some(w) = &b.wait {
@@ -306,14 +275,16 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
                 b.close_wait(at, &mut acc);
             }
         }
-        let Some(state) = state else { continue };
+        let Some(state) = e.state else {
+            return Ok(());
+        };
         let key = (b.plan, state);
         match kind {
             EventKind::Start => acc.entry(key).or_default().runs += 1,
             EventKind::Complete => {
                 let a = acc.entry(key).or_default();
                 a.successes += 1;
-                if let Some(d) = r.get::<_, Option<u64>>(6)? {
+                if let Some(d) = e.duration_ms {
                     a.durations_ms.push(d);
                 }
             }
@@ -321,18 +292,17 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
                 let a = acc.entry(key).or_default();
                 a.failures += 1;
                 b.failures += 1;
-                b.lost_ms += r.get::<_, Option<u64>>(6)?.unwrap_or(0);
-                if let Some(c) = r.get::<_, Option<String>>(5)? {
-                    *a.categories.entry(c).or_default() += 1;
+                b.lost_ms += e.duration_ms.unwrap_or(0);
+                if let Some(c) = e.category {
+                    *a.categories.entry(c.to_string()).or_default() += 1;
                 }
-                if let Some(m) = text(r, 4)? {
+                if let Some(m) = e.fail_message {
                     *a.errors.entry(normalise_error(m)).or_default() += 1;
                 }
-                let retry_scheduled = text(r, 7)?.is_some();
                 b.wait = Some(Wait {
                     state,
                     since: at,
-                    person: !retry_scheduled,
+                    person: !e.retry_scheduled,
                 });
             }
             EventKind::Prerequisite => {
@@ -344,7 +314,8 @@ pub fn stats(store: &Store, since: SystemTime, filter: &Filter, now: SystemTime)
             }
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     if let Some(done) = cur.take() {
         finish(done, &mut per_build, &mut acc);
     }

@@ -7,6 +7,7 @@
 //! instead of failing with "database is locked".
 
 mod archive;
+pub mod fleet;
 mod journal;
 pub mod outbox;
 mod schema;
@@ -159,11 +160,6 @@ impl Store {
         let v = f(&tx)?;
         tx.commit()?;
         Ok(v)
-    }
-
-    /// The connection, for the outbox and monitor queries in this crate.
-    pub(crate) fn connection(&self) -> &Connection {
-        &self.conn
     }
 
     /// SQLite's integrity check: an error naming the first problem found.

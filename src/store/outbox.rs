@@ -311,7 +311,7 @@ mod tests {
             };
             store.transition(id, &cancel, &actor, &Ctx::at(at)).unwrap();
         }
-        let conn = store.connection();
+        let conn = &store.conn;
         let until = now + Duration::from_secs(60);
         let outcomes = [
             Settle::Delivered,

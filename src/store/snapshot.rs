@@ -435,6 +435,10 @@ fn write_meta(tx: &rusqlite::Transaction<'_>, snap: &Snapshot) -> Result<()> {
 }
 
 #[cfg(test)]
+#[path = "snapshot_format_tests.rs"]
+mod format_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::context::Actor;

@@ -1,0 +1,245 @@
+//! The fleet-wide reads `monitor` and `stats` make: the builds that may need a person,
+//! a status row per build, the drifted states, builds by status, and the events the
+//! statistics count, streamed. Each reads the `builds` table by its status index or the
+//! events in one ordered pass, so they stay fast with 100,000 builds or a million
+//! events in one database (docs/performance.md).
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use rusqlite::named_params;
+
+use super::Store;
+use crate::model::{EventKind, Status};
+use crate::{time, Result};
+
+/// A blocked or running build, with what `monitor check` decides stuck by.
+pub struct Watched {
+    pub build_id: String,
+    pub status: Status,
+    pub active_state: Option<u8>,
+    pub holder: Option<String>,
+    pub serial: u64,
+    pub plan_hash: String,
+    pub started: Option<SystemTime>,
+    pub lease_expires: Option<SystemTime>,
+    pub reason: Option<String>,
+}
+
+/// One build's status row (`monitor status`), its ages computed by SQLite.
+pub struct StatusRow {
+    pub build_id: String,
+    pub status: Status,
+    pub current_state: Option<u8>,
+    pub active_state: Option<u8>,
+    pub attempt: u32,
+    pub age_seconds: u64,
+    pub holder: Option<String>,
+    pub verified_seconds_ago: Option<u64>,
+}
+
+/// A completed state whose latest verify failed, and nothing done about it since.
+pub struct Drifted {
+    pub build_id: String,
+    pub state: Option<u8>,
+    pub message: Option<String>,
+}
+
+/// The builds [`Store::counted_builds`] selects (each `None`: any).
+pub struct Selection<'a> {
+    pub cloud: Option<&'a str>,
+    pub image: Option<&'a str>,
+    pub plan: Option<&'a str>,
+}
+
+/// A build the statistics count: its plan (hash and name) and whether it is finished
+/// (completed or cancelled).
+pub struct Counted {
+    pub build_id: String,
+    pub plan_hash: String,
+    pub plan_name: String,
+    pub finished: bool,
+}
+
+/// One event as the statistics read it, borrowed from the row.
+pub struct CountedEvent<'r> {
+    pub build_id: &'r str,
+    pub at: SystemTime,
+    pub kind: EventKind,
+    pub state: Option<u8>,
+    /// A failure's message (other kinds: `None`).
+    pub fail_message: Option<&'r str>,
+    pub category: Option<&'r str>,
+    pub duration_ms: Option<u64>,
+    /// A failure that scheduled a retry has its time.
+    pub retry_scheduled: bool,
+}
+
+fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<Option<&'r str>> {
+    r.get_ref(i)?
+        .as_str_or_null()
+        .map_err(|e| crate::Error::Corrupt(format!("events column {i}: {e}")))
+}
+
+/// Seconds since the epoch, for SQLite's date arithmetic.
+fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl Store {
+    /// The builds that are blocked or running, by id.
+    pub fn watched(&self) -> Result<Vec<Watched>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT build_id, status, active_state, lease_owner, serial, plan_hash,
+                    attempt_started_at, lease_expires_at, blocked_reason
+             FROM builds WHERE status IN ('blocked', 'running') ORDER BY build_id",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        let when = |t: Option<&str>| t.map(time::parse).transpose();
+        while let Some(r) = rows.next()? {
+            out.push(Watched {
+                build_id: r.get(0)?,
+                status: text(r, 1)?.unwrap_or_default().parse()?,
+                active_state: r.get(2)?,
+                holder: r.get(3)?,
+                serial: r.get(4)?,
+                plan_hash: r.get(5)?,
+                started: when(text(r, 6)?)?,
+                lease_expires: when(text(r, 7)?)?,
+                reason: r.get(8)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every build's status row, by id: only the columns a row shows, the ages computed
+    /// by SQLite, so that 100,000 builds stay within the 100 ms budget.
+    pub fn status_rows(&self, now: SystemTime) -> Result<Vec<StatusRow>> {
+        // When each build last passed its verify commands: joined only when some build
+        // ever did (the partial index answers that at once), so fleets without verify
+        // commands pay nothing for the column.
+        let any_verified: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE kind = 'verified')",
+            [],
+            |r| r.get(0),
+        )?;
+        let (verified, join) = if any_verified {
+            (
+                "(SELECT MAX(0, CAST(:now - (julianday(v.at) - 2440587.5) * 86400.0 AS INTEGER)))",
+                "LEFT JOIN (SELECT build_id AS vid, MAX(at) AS at FROM events WHERE kind = 'verified'
+                            GROUP BY build_id) v ON v.vid = builds.build_id",
+            )
+        } else {
+            ("NULL", "")
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT build_id, status, current_state, active_state, attempt,
+                    MAX(0, CAST(:now - (julianday(updated_at) - 2440587.5) * 86400.0 AS INTEGER)),
+                    lease_owner, {verified}
+             FROM builds {join} ORDER BY build_id"
+        ))?;
+        let mut rows = stmt.query(named_params! {":now": epoch_seconds(now)})?;
+        let mut out = Vec::with_capacity(1024);
+        let seconds = |v: i64| u64::try_from(v).unwrap_or(0);
+        while let Some(r) = rows.next()? {
+            out.push(StatusRow {
+                build_id: r.get(0)?,
+                status: text(r, 1)?.unwrap_or_default().parse()?,
+                current_state: r.get(2)?,
+                active_state: r.get(3)?,
+                attempt: r.get(4)?,
+                age_seconds: seconds(r.get(5)?),
+                holder: r.get(6)?,
+                verified_seconds_ago: r.get::<_, Option<i64>>(7)?.map(seconds),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The drifted states: a completed state whose latest verify failed (its latest
+    /// drift), and nothing done about it since (no pass, no new completion of it, no
+    /// rerun, force, reset or rollback), by build and state.
+    pub fn drifted(&self) -> Result<Vec<Drifted>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT d.build_id, d.state, d.message FROM events d
+             WHERE d.kind = 'drift' AND NOT EXISTS (
+                 SELECT 1 FROM events l WHERE l.build_id = d.build_id AND l.seq > d.seq
+                   AND (l.kind IN ('rerun', 'force', 'reset', 'rollback')
+                        OR (l.state = d.state AND l.kind IN ('verified', 'complete', 'skip', 'drift'))))
+             ORDER BY d.build_id, d.state",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Drifted {
+                build_id: r.get(0)?,
+                state: r.get(1)?,
+                message: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many builds have each status (a status no build has is missing).
+    pub fn builds_by_status(&self) -> Result<HashMap<String, u64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM builds GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The builds of the cloud, image and plan asked for.
+    pub fn counted_builds(&self, which: &Selection<'_>) -> Result<Vec<Counted>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT b.build_id, b.plan_hash, b.status IN ('completed', 'cancelled'), p.name
+             FROM builds b JOIN plans p ON p.hash = b.plan_hash
+             WHERE (:cloud IS NULL OR b.cloud = :cloud) AND (:image IS NULL OR b.image = :image)
+               AND (:plan IS NULL OR p.name = :plan)",
+        )?;
+        let rows = stmt.query_map(
+            named_params! {":cloud": which.cloud, ":image": which.image, ":plan": which.plan},
+            |r| {
+                Ok(Counted {
+                    build_id: r.get(0)?,
+                    plan_hash: r.get(1)?,
+                    finished: r.get(2)?,
+                    plan_name: r.get(3)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Each event at or after `since` of a kind the statistics count, by build and then
+    /// in order, to `each`: one pass, nothing but the row's own text borrowed.
+    pub fn counted_events(
+        &self,
+        since: SystemTime,
+        mut each: impl FnMut(CountedEvent<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare(
+            "SELECT build_id, at, kind, state, CASE WHEN kind = 'fail' THEN message END, category,
+                    duration_ms, until
+             FROM events
+             WHERE at >= :since AND kind IN ('init', 'start', 'complete', 'fail', 'retry', 'skip',
+                 'cancel', 'rollback', 'force', 'reset', 'prerequisite')
+             ORDER BY build_id, seq",
+        )?;
+        let mut rows = stmt.query(named_params! {":since": time::format(since)})?;
+        while let Some(r) = rows.next()? {
+            each(CountedEvent {
+                build_id: text(r, 0)?.unwrap_or_default(),
+                at: time::parse(text(r, 1)?.unwrap_or_default())?,
+                kind: text(r, 2)?.unwrap_or_default().parse()?,
+                state: r.get(3)?,
+                fail_message: text(r, 4)?,
+                category: text(r, 5)?,
+                duration_ms: r.get(6)?,
+                retry_scheduled: text(r, 7)?.is_some(),
+            })?;
+        }
+        Ok(())
+    }
+}
