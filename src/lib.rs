@@ -49,6 +49,10 @@ macro_rules! text_enum {
     };
 }
 
+// The test hooks are for tests: a release build (scripts/install, the wheel) never has them.
+#[cfg(all(feature = "fail-points", not(debug_assertions)))]
+compile_error!("the fail-points feature (test hooks) is for debug test builds only");
+
 pub mod app;
 pub mod domain;
 pub mod error;

@@ -254,11 +254,12 @@ fn finish_archive(
     })
 }
 
-/// Debug builds only: `BUILDSTATE_TEST_KILL_AFTER_ARCHIVED=N` kills this process with
-/// SIGKILL after the Nth build's snapshot is safe on the remote and before it is
-/// removed here, the worst moment for a kill -9 (tests/it/archive.rs; docs/decisions.md).
+/// Tests only (the `fail-points` feature): `BUILDSTATE_TEST_KILL_AFTER_ARCHIVED=N` kills
+/// this process with SIGKILL after the Nth build's snapshot is safe on the remote and
+/// before it is removed here, the worst moment for a kill -9 (tests/it/archive.rs;
+/// docs/decisions.md).
 fn kill_point() {
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "fail-points")]
     if let Some(n) = std::env::var("BUILDSTATE_TEST_KILL_AFTER_ARCHIVED")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

@@ -562,10 +562,11 @@ impl Store {
     }
 }
 
-/// Tests only (debug builds): `BUILDSTATE_TEST_FAIL_COMMIT=1` makes a write's commit fail
-/// as a full disk would, after everything before it (remote mode's push included) ran.
+/// Tests only (the `fail-points` feature): `BUILDSTATE_TEST_FAIL_COMMIT=1` makes a write's
+/// commit fail as a full disk would, after everything before it (remote mode's push
+/// included) ran.
 fn fail_point_commit() -> Result<()> {
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "fail-points")]
     if std::env::var_os("BUILDSTATE_TEST_FAIL_COMMIT").is_some_and(|v| v == "1") {
         return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),

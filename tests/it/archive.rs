@@ -217,7 +217,8 @@ fn a_kill_at_the_worst_moment_loses_nothing_and_a_rerun_finishes() {
         histories.push(history(&env, id));
     }
     // SIGKILL right after the 10th snapshot is safe on the remote, before it is removed
-    // here (a debug-build test hook).
+    // here (a test hook).
+    crate::util::need_fail_points();
     let mut c = env.command("monitor");
     c.env("BUILDSTATE_TEST_KILL_AFTER_ARCHIVED", "10").args([
         "archive",

@@ -598,6 +598,7 @@ fn a_write_the_remote_accepted_is_reported_as_written_when_the_local_commit_fail
     let (a, b) = (Env::new(), Env::new());
     init(&a, &r, "img-1");
     // The local commit fails after the push landed (a full disk, injected).
+    crate::util::need_fail_points();
     let mut c = a.command("update-state");
     c.env("BUILDSTATE_REMOTE", &r.url)
         .env("BUILDSTATE_TEST_FAIL_COMMIT", "1")

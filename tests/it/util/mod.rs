@@ -207,3 +207,11 @@ pub fn strs<'a>(array: &'a Value, field: &str) -> Vec<&'a str> {
         .map(|e| e[field].as_str().unwrap())
         .collect()
 }
+
+/// A test that injects a failure through a test hook (`BUILDSTATE_TEST_…`) needs the
+/// binaries built with them: fail loudly, rather than pass without the failure.
+pub fn need_fail_points() {
+    if !cfg!(feature = "fail-points") {
+        panic!("this test injects a failure: run it with `cargo test --features fail-points` (as scripts/test does)");
+    }
+}
