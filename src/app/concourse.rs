@@ -65,9 +65,10 @@ impl Request {
     }
 }
 
-/// Make the source's credentials visible to the cloud clients, which read them from the
-/// environment. Only the clouds' own variable names are taken.
-fn apply_credentials(source: &Source) -> Result<()> {
+/// The source's credentials, checked, as configuration for the cloud clients (by the
+/// variable names they read). Only the clouds' own variable names are taken.
+fn credentials(source: &Source) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
     for (k, v) in &source.credentials {
         let allowed = ["AWS_", "AZURE_", "AZURITE_", "GOOGLE_"]
             .iter()
@@ -87,16 +88,15 @@ fn apply_credentials(source: &Source) -> Result<()> {
                 "source.credentials.{k}: the value holds a NUL byte or is longer than 16 KiB; fix the secret in your credential manager"
             )));
         }
-        // The resource is single-threaded until here; nothing else reads the environment.
-        std::env::set_var(k, v);
+        out.push((k.clone(), v.clone()));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Open the source's remote with its credentials. An error never repeats a credential
 /// value (a cloud client's message may quote one, e.g. a malformed `AWS_ALLOW_HTTP`).
 fn open_remote(source: &Source) -> Result<Remote> {
-    apply_credentials(source)?;
+    let config = credentials(source)?;
     let scrub = |m: String| {
         source
             .credentials
@@ -105,7 +105,7 @@ fn open_remote(source: &Source) -> Result<Remote> {
             .fold(m, |m, v| m.replace(v.as_str(), "[REDACTED]"))
     };
     RemoteOptions::from_env()
-        .and_then(|o| Remote::open(&source.remote, o))
+        .and_then(|o| Remote::open(&source.remote, RemoteOptions { config, ..o }))
         .map_err(|e| match e {
             Error::InvalidInput(m) => Error::InvalidInput(scrub(m)),
             Error::Remote(m) => Error::Remote(scrub(m)),

@@ -42,7 +42,7 @@ impl LeaseKeeper {
         ttl: Duration,
     ) -> Result<LeaseKeeper> {
         let wait = renewal_wait(ttl);
-        let remote = remote.map(|r| r.reopen()).transpose()?;
+        let remote = remote.cloned();
         let mut store = crate::sync::Writer::new(Store::open_existing(path, wait)?, remote);
         let (stop, stopped) = mpsc::channel::<()>();
         let lost = Arc::new(AtomicBool::new(false));

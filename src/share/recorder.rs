@@ -51,7 +51,7 @@ impl TaskRecorder {
         remote: Option<&crate::remote::Remote>,
         busy_timeout: Duration,
     ) -> Result<TaskRecorder> {
-        let remote = remote.map(|r| r.reopen()).transpose()?;
+        let remote = remote.cloned();
         let store = crate::sync::Writer::new(Store::open_with(path, busy_timeout)?, remote);
         let (tx, rx) = mpsc::channel();
         let error = Arc::new(Mutex::new(None));

@@ -32,12 +32,18 @@ use crate::{Error, Result};
 
 /// How long one request may take, and how long retries may go on, before the remote is
 /// reported unavailable.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RemoteOptions {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub retry_timeout: Duration,
     pub max_retries: usize,
+    /// Cloud configuration on top of what the environment gives, by the variable names
+    /// the clouds' clients read (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_ACCOUNT_KEY`,
+    /// `GOOGLE_SERVICE_ACCOUNT`, `AZURITE_BLOB_STORAGE_URL`): the Concourse resource's
+    /// `source.credentials`, handed over as values rather than set in the process's
+    /// environment. Each value wins over the variable's.
+    pub config: Vec<(String, String)>,
 }
 
 impl Default for RemoteOptions {
@@ -47,7 +53,30 @@ impl Default for RemoteOptions {
             connect_timeout: Duration::from_secs(5),
             retry_timeout: Duration::from_secs(30),
             max_retries: 3,
+            config: Vec::new(),
         }
+    }
+}
+
+impl RemoteOptions {
+    /// The configuration given for the variables that start with `prefix`, each named
+    /// as object_store's configuration keys are (the variable's name in lower case).
+    fn given(&self, prefix: &str) -> impl Iterator<Item = (String, &str)> + '_ {
+        let prefix = prefix.to_string();
+        self.config
+            .iter()
+            .filter(move |(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+    }
+
+    /// A variable's value: the one given in [`RemoteOptions::config`], else the
+    /// environment's.
+    fn var(&self, name: &str) -> Option<String> {
+        self.config
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
     }
 }
 
@@ -76,16 +105,16 @@ pub struct Fetched {
     pub etag: String,
 }
 
+/// A remote and its client. A clone shares the client (its connections and runtime),
+/// which any thread may use.
+#[derive(Clone)]
 pub struct Remote {
     /// The URL as given, without any credentials in it: safe to print and to key
     /// `remote_sync` rows with.
     name: String,
-    /// The URL as given (it may hold credentials: never printed), to open it again.
-    url: String,
-    opts: RemoteOptions,
     objects: Arc<dyn Objects>,
     /// Snapshot signing keys (`BUILDSTATE_SNAPSHOT_KEY`), when configured.
-    keys: Option<crate::snapshot::Keys>,
+    keys: Option<Arc<crate::snapshot::Keys>>,
 }
 
 /// The URL without user:password@ and query string, for messages and bookkeeping.
@@ -129,7 +158,7 @@ impl Remote {
         };
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let name = display_url(&parsed);
-        let keys = crate::snapshot::Keys::from_env()?;
+        let keys = crate::snapshot::Keys::from_env()?.map(Arc::new);
         let rt = runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2))?;
         // Timeouts go in as configuration keys, on top of what each builder read from
         // the environment (AWS_ALLOW_HTTP, proxies, ...), which with_client_options
@@ -173,19 +202,21 @@ impl Remote {
                         lock_wait: opts.retry_timeout,
                     }),
                     name,
-                    url: url.to_string(),
-                    opts,
                     keys,
                 });
             }
             "s3" | "s3a" => {
                 use object_store::aws::AmazonS3ConfigKey as K;
-                let b = timeouts
-                    .iter()
-                    .fold(
-                        object_store::aws::AmazonS3Builder::from_env(),
-                        |b, (k, v)| b.with_config(K::Client(*k), v),
-                    )
+                let b = timeouts.iter().fold(
+                    object_store::aws::AmazonS3Builder::from_env(),
+                    |b, (k, v)| b.with_config(K::Client(*k), v),
+                );
+                let b = opts
+                    .given("AWS_")
+                    .fold(b, |b, (k, v)| match k.parse::<K>() {
+                        Ok(k) => b.with_config(k, v),
+                        Err(_) => b,
+                    })
                     .with_url(url)
                     .with_retry(retry.clone());
                 let region = b.get_config_value(&K::Region);
@@ -199,12 +230,16 @@ impl Remote {
             }
             "az" | "azure" | "abfs" | "abfss" => Arc::new({
                 use object_store::azure::AzureConfigKey as K;
-                let b = timeouts
-                    .iter()
-                    .fold(
-                        object_store::azure::MicrosoftAzureBuilder::from_env(),
-                        |b, (k, v)| b.with_config(K::Client(*k), v),
-                    )
+                let b = timeouts.iter().fold(
+                    object_store::azure::MicrosoftAzureBuilder::from_env(),
+                    |b, (k, v)| b.with_config(K::Client(*k), v),
+                );
+                let b = opts
+                    .given("AZURE_")
+                    .fold(b, |b, (k, v)| match k.parse::<K>() {
+                        Ok(k) => b.with_config(k, v),
+                        Err(_) => b,
+                    })
                     .with_url(url)
                     .with_retry(retry.clone());
                 let emulator = b
@@ -212,8 +247,9 @@ impl Remote {
                     .is_some_and(|v| v.eq_ignore_ascii_case("true"));
                 clock_url = match b.get_config_value(&K::Endpoint) {
                     Some(e) => e,
-                    None if emulator => std::env::var("AZURITE_BLOB_STORAGE_URL")
-                        .unwrap_or_else(|_| "http://127.0.0.1:10000".into()),
+                    None if emulator => opts
+                        .var("AZURITE_BLOB_STORAGE_URL")
+                        .unwrap_or_else(|| "http://127.0.0.1:10000".into()),
                     None => format!(
                         "https://{}.blob.core.windows.net",
                         b.get_config_value(&K::AccountName).unwrap_or_default()
@@ -227,15 +263,17 @@ impl Remote {
                     })?
             }),
             "gs" => Arc::new({
+                use object_store::gcp::GoogleConfigKey as K;
                 clock_url = "https://storage.googleapis.com".into();
-                timeouts
-                    .iter()
-                    .fold(
-                        object_store::gcp::GoogleCloudStorageBuilder::from_env(),
-                        |b, (k, v)| {
-                            b.with_config(object_store::gcp::GoogleConfigKey::Client(*k), v)
-                        },
-                    )
+                let b = timeouts.iter().fold(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env(),
+                    |b, (k, v)| b.with_config(K::Client(*k), v),
+                );
+                opts.given("GOOGLE_")
+                    .fold(b, |b, (k, v)| match k.parse::<K>() {
+                        Ok(k) => b.with_config(k, v),
+                        Err(_) => b,
+                    })
                     .with_url(url)
                     .with_retry(retry.clone())
                     .build()
@@ -253,8 +291,6 @@ impl Remote {
                 rt,
             }),
             name,
-            url: url.to_string(),
-            opts,
             keys,
         })
     }
@@ -264,8 +300,6 @@ impl Remote {
     pub fn in_memory(memory: Arc<Memory>) -> Remote {
         Remote {
             name: "memory".into(),
-            url: "memory:".into(),
-            opts: RemoteOptions::default(),
             objects: memory,
             keys: None,
         }
@@ -276,23 +310,9 @@ impl Remote {
         &self.name
     }
 
-    /// The same remote, opened again (for another thread: the lease keeper).
-    pub fn reopen(&self) -> Result<Remote> {
-        if self.url == "memory:" {
-            return Ok(Remote {
-                name: self.name.clone(),
-                url: self.url.clone(),
-                opts: self.opts,
-                objects: Arc::clone(&self.objects),
-                keys: None,
-            });
-        }
-        Remote::open(&self.url, self.opts)
-    }
-
     /// A snapshot as this process writes it to the remote (signed when it has keys).
     pub fn encode(&self, snap: &crate::snapshot::Snapshot) -> Vec<u8> {
-        snap.to_signed_json(self.keys.as_ref())
+        snap.to_signed_json(self.keys.as_deref())
     }
 
     /// How far this machine's clock is ahead of the remote's (negative: behind), in
@@ -317,7 +337,7 @@ impl Remote {
     /// A snapshot read from the remote, validated (and its signature checked when this
     /// process has keys).
     pub fn decode(&self, bytes: &[u8]) -> Result<crate::snapshot::Snapshot> {
-        crate::snapshot::Snapshot::from_signed_json(bytes, self.keys.as_ref())
+        crate::snapshot::Snapshot::from_signed_json(bytes, self.keys.as_deref())
     }
 
     fn key(build_id: &str) -> String {
@@ -476,11 +496,11 @@ mod tests {
     fn urls_are_parsed_and_bad_ones_explained() {
         let o = RemoteOptions::default();
         for url in ["s3://bucket/prefix", "gs://bucket/a/b", "file:///tmp/x"] {
-            let r = Remote::open(url, o).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let r = Remote::open(url, o.clone()).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(r.name(), url);
         }
         // Credentials in the URL never reach the name that is printed and stored.
-        let r = Remote::open("s3://AKIAIOSFODNN7EXAMPLE:pw@bucket/p?x=1", o).unwrap();
+        let r = Remote::open("s3://AKIAIOSFODNN7EXAMPLE:pw@bucket/p?x=1", o.clone()).unwrap();
         assert_eq!(r.name(), "s3://bucket/p");
         for (url, want) in [
             ("ftp://x/y", "unknown scheme 'ftp'"),
@@ -490,9 +510,27 @@ mod tests {
             // The test environment has no Azure account: the error says what to set.
             ("az://container/p", "AZURE_STORAGE_ACCOUNT_NAME"),
         ] {
-            let e = Remote::open(url, o).err().unwrap().to_string();
+            let e = Remote::open(url, o.clone()).err().unwrap().to_string();
             assert!(e.contains(want), "{url}: {e}");
         }
+    }
+
+    /// Configuration handed over as values (the Concourse resource's credentials) is
+    /// what the client is built with, as if the variables were set: the Azure account
+    /// the environment lacks (above) is given here, and the remote opens.
+    #[test]
+    fn given_configuration_counts_as_the_variables_would() {
+        let given = RemoteOptions {
+            config: vec![
+                ("AZURE_STORAGE_ACCOUNT_NAME".into(), "acct".into()),
+                ("AZURE_STORAGE_ACCOUNT_KEY".into(), "a2V5".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "not for azure".into()),
+            ],
+            ..RemoteOptions::default()
+        };
+        assert!(std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none());
+        let r = Remote::open("az://container/p", given).unwrap();
+        assert_eq!(r.name(), "az://container/p");
     }
 
     #[test]
