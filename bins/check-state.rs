@@ -79,16 +79,22 @@ fn run(args: &Args) -> Result<i32> {
     let mut store = args.common.writer(false)?;
     let now = store.now()?;
     store.refresh(&args.build_id)?;
-    if store.build(&args.build_id)?.is_none() {
-        if let Some(a) = store.archived(&args.build_id)? {
+    if store.store().build(&args.build_id)?.is_none() {
+        if let Some(a) = store.store().archived(&args.build_id)? {
             return Err(a.error());
         }
     }
-    let mut report = Report::load(Some(&store), &args.build_id, &plan, now, args.history)?;
-    if let (Some(b), false) = (store.build(&args.build_id)?, args.no_inputs) {
-        let plan = store.plan(&b.plan_hash)?;
+    let mut report = Report::load(
+        Some(store.store()),
+        &args.build_id,
+        &plan,
+        now,
+        args.history,
+    )?;
+    if let (Some(b), false) = (store.store().build(&args.build_id)?, args.no_inputs) {
+        let plan = store.store().plan(&b.plan_hash)?;
         let root = args.inputs_root.as_deref();
-        let mut stale = buildstate::inputs::stale_of(&store, &b, &plan, root, args.plan)?;
+        let mut stale = buildstate::inputs::stale_of(store.store(), &b, &plan, root, args.plan)?;
         if args.verify {
             let actor = buildstate::context::Actor::from_env("check-state");
             let quiet = args.common.json;
@@ -116,13 +122,19 @@ fn run(args: &Args) -> Result<i32> {
             if results.is_empty() {
                 eprintln!("check-state: note: no completed state has a verify command to run");
             } else {
-                stale = buildstate::inputs::stale_of(&store, &b, &plan, root, args.plan)?;
+                stale = buildstate::inputs::stale_of(store.store(), &b, &plan, root, args.plan)?;
             }
-            report = Report::load(Some(&store), &args.build_id, &plan, now, args.history)?;
+            report = Report::load(
+                Some(store.store()),
+                &args.build_id,
+                &plan,
+                now,
+                args.history,
+            )?;
         }
         report = report.with_stale(&b, &plan, now, stale);
         if args.plan {
-            let events = store.events(&args.build_id)?;
+            let events = store.store().events(&args.build_id)?;
             let view = buildstate::report::PlanView::of(&report, &b, &plan, &events);
             if args.common.json {
                 buildstate::cli::outln(format_args!("{}", view.to_json()))?;
@@ -135,7 +147,7 @@ fn run(args: &Args) -> Result<i32> {
     if !report.exists {
         // Exit code and output stay "start a new build"; a person who mistyped an id
         // learns which builds it may have meant.
-        let similar = buildstate::report::similar_builds(&store, &args.build_id)?;
+        let similar = buildstate::report::similar_builds(store.store(), &args.build_id)?;
         if !similar.is_empty() {
             eprintln!(
                 "check-state: note: there is no build '{}' here; similar ids: {}",
@@ -148,9 +160,9 @@ fn run(args: &Args) -> Result<i32> {
         if !report.exists {
             return Err(buildstate::Error::UnknownBuild(args.build_id.clone()));
         }
-        let line = buildstate::timeline::line(&store, &args.build_id, now)?;
+        let line = buildstate::timeline::line(store.store(), &args.build_id, now)?;
         let (attention, _) =
-            buildstate::monitor::findings(&store, now, buildstate::monitor::STUCK_FACTOR)?;
+            buildstate::monitor::findings(store.store(), now, buildstate::monitor::STUCK_FACTOR)?;
         let attention: Vec<_> = attention
             .into_iter()
             .filter(|f| f.build_id == args.build_id)

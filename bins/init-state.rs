@@ -64,7 +64,7 @@ fn run(args: &Args) -> Result<i32> {
     let now = SystemTime::now();
     let outcome = store.init(&req, &Actor::from_env("init-state"), now)?;
     buildstate::cli::deliver_after_write("init-state", &mut store);
-    let (mut report, stored_plan) = Report::after_write(&store, &outcome.build, now)?;
+    let (mut report, stored_plan) = Report::after_write(store.store(), &outcome.build, now)?;
     report.created = Some(outcome.created);
     if args.common.json {
         buildstate::cli::outln(format_args!("{}", report.to_json()))?;

@@ -242,7 +242,7 @@ fn run(args: &Args) -> Result<i32> {
     match &args.command {
         Command::Check { factor } => {
             let store = fleet(args, "not checked")?;
-            let findings = monitor::check(&store, now, *factor)?;
+            let findings = monitor::check(store.store(), now, *factor)?;
             if json {
                 json_line(&findings)?;
             } else {
@@ -270,7 +270,7 @@ fn run(args: &Args) -> Result<i32> {
             verify_timeout,
         } => {
             let mut store = fleet(args, "not verified")?;
-            let due = store.due_for_verify(time::ago(now, *older_than))?;
+            let due = store.store().due_for_verify(time::ago(now, *older_than))?;
             let actor = buildstate::context::Actor::from_env("monitor");
             let report = buildstate::verify::verify_fleet(
                 &mut store,
@@ -331,7 +331,7 @@ fn run(args: &Args) -> Result<i32> {
             })?;
             let worker = buildstate::context::Actor::from_env("monitor").lease_owner();
             let report = deliver(&mut store, &target, *budget, &worker)?;
-            let pruned = buildstate::notify::prune(&store, *retention, now)?;
+            let pruned = buildstate::notify::prune(store.store(), *retention, now)?;
             if json {
                 let mut v = serde_json::to_value(&report).expect("serializes");
                 v["pruned"] = pruned.into();
@@ -346,7 +346,7 @@ fn run(args: &Args) -> Result<i32> {
         }
         Command::Status => {
             let store = fleet(args, "shown as last pulled")?;
-            let rows = monitor::status(&store, now)?;
+            let rows = monitor::status(store.store(), now)?;
             if json {
                 json_line(&rows)?;
                 return Ok(exit::OK);
@@ -362,7 +362,7 @@ fn run(args: &Args) -> Result<i32> {
                 })?,
             }
             drop(out);
-            let (pending, _, gave_up) = monitor::outbox_counts(&store)?;
+            let (pending, _, gave_up) = monitor::outbox_counts(store.store())?;
             buildstate::cli::outln(format_args!(
                 "{} build(s); alerts: {pending} waiting, {gave_up} given up",
                 rows.len()
@@ -410,7 +410,7 @@ fn run(args: &Args) -> Result<i32> {
         }
         Command::Stats { window, builds } => {
             let store = fleet(args, "left out of the figures")?;
-            let stats = window.stats(&store, now)?;
+            let stats = window.stats(store.store(), now)?;
             if json {
                 json_line(&stats)?;
             } else {
@@ -424,10 +424,10 @@ fn run(args: &Args) -> Result<i32> {
             builds,
         } => {
             let store = fleet(args, "left out of the report")?;
-            let stats = window.stats(&store, now)?;
+            let stats = window.stats(store.store(), now)?;
             let mut recent = Vec::new();
             for b in &stats.per_build {
-                if let Some(build) = store.build(&b.build_id)? {
+                if let Some(build) = store.store().build(&b.build_id)? {
                     recent.push((build.updated_at, b.build_id.clone()));
                 }
             }
@@ -435,9 +435,9 @@ fn run(args: &Args) -> Result<i32> {
             recent.truncate(*builds);
             let mut lines = Vec::new();
             for (_, id) in &recent {
-                lines.push(buildstate::timeline::line(&store, id, now)?);
+                lines.push(buildstate::timeline::line(store.store(), id, now)?);
             }
-            let (attention, _) = monitor::findings(&store, now, monitor::STUCK_FACTOR)?;
+            let (attention, _) = monitor::findings(store.store(), now, monitor::STUCK_FACTOR)?;
             let page = buildstate::timeline::page(
                 &format!("buildstate: builds since {}", stats.since),
                 &lines,
@@ -559,9 +559,9 @@ fn run(args: &Args) -> Result<i32> {
         }
         Command::Metrics { textfile, since } => {
             let store = fleet(args, "counted as last pulled")?;
-            let mut text = monitor::metrics(&store, now)?;
+            let mut text = monitor::metrics(store.store(), now)?;
             let stats = buildstate::stats::stats(
-                &store,
+                store.store(),
                 time::ago(now, *since),
                 &buildstate::stats::Filter::default(),
                 now,

@@ -308,7 +308,7 @@ fn run(args: &Args) -> Result<i32> {
         (_, t) => session.record(&args.build_id, t, None)?,
     };
     buildstate::cli::deliver_after_write("update-state", &mut store);
-    let (report, plan) = Report::after_write(&store, &build, std::time::SystemTime::now())?;
+    let (report, plan) = Report::after_write(store.store(), &build, std::time::SystemTime::now())?;
     if args.common.json {
         buildstate::cli::outln(format_args!("{}", report.to_json()))?;
         return Ok(exit::OK);

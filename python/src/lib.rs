@@ -135,7 +135,7 @@ impl Store {
             owner: &self.owner,
         })?;
         let now = std::time::SystemTime::now();
-        let report = Report::after_write(&store, &build, now)?.0.to_json();
+        let report = Report::after_write(store.store(), &build, now)?.0.to_json();
         Ok((build, report))
     }
 
@@ -188,10 +188,16 @@ impl Store {
         let mut store = self.inner.lock().expect("store lock");
         store.refresh(build_id)?;
         let now = std::time::SystemTime::now();
-        let mut report = Report::load(Some(&store), build_id, &Plan::from_env()?, now, false)?;
-        if let (Some(b), true) = (store.build(build_id)?, inputs) {
-            let plan = store.plan(&b.plan_hash)?;
-            let stale = buildstate::inputs::stale_of(&store, &b, &plan, inputs_root, false)?;
+        let mut report = Report::load(
+            Some(store.store()),
+            build_id,
+            &Plan::from_env()?,
+            now,
+            false,
+        )?;
+        if let (Some(b), true) = (store.store().build(build_id)?, inputs) {
+            let plan = store.store().plan(&b.plan_hash)?;
+            let stale = buildstate::inputs::stale_of(store.store(), &b, &plan, inputs_root, false)?;
             report = report.with_stale(&b, &plan, now, stale);
         }
         Ok(report)
@@ -319,7 +325,7 @@ impl Store {
             let mut store = self.inner.lock().expect("store lock");
             let now = std::time::SystemTime::now();
             let outcome = store.init(&req, &actor, now)?;
-            let (mut report, _) = Report::after_write(&store, &outcome.build, now)?;
+            let (mut report, _) = Report::after_write(store.store(), &outcome.build, now)?;
             report.created = Some(outcome.created);
             Ok(report.to_json())
         });
@@ -602,7 +608,7 @@ impl Store {
         let result = py.detach(|| -> buildstate::Result<String> {
             self.flush_tasks_before_transition();
             let store = self.inner.lock().expect("store lock");
-            let events = store.events(build_id)?;
+            let events = store.store().events(build_id)?;
             Ok(serde_json::to_string(&events).expect("events serialize"))
         });
         let text = result.map_err(|e| to_py(py, e))?;

@@ -160,10 +160,10 @@ pub fn prune_tasks(
         pruned: Vec::new(),
         failed: Vec::new(),
         failure_code: None,
-        size_before_bytes: store.size_bytes(),
+        size_before_bytes: store.store().size_bytes(),
         size_after_bytes: 0,
     };
-    let ids = store.builds_with_tasks_before(before)?;
+    let ids = store.store().builds_with_tasks_before(before)?;
     report.matched = ids.len();
     for (i, id) in ids.iter().enumerate() {
         let t = crate::model::Transition::PruneTasks { before, count: 0 };
@@ -172,6 +172,7 @@ pub fn prune_tasks(
                 // The write's own event says how many left (none: nothing was old any
                 // more once the remote's copy was pulled).
                 let n = store
+                    .store()
                     .events_since(id, b.serial)?
                     .last()
                     .filter(|e| e.until == Some(before))
@@ -187,7 +188,7 @@ pub fn prune_tasks(
         }
         progress(i + 1, ids.len());
     }
-    report.size_after_bytes = store.size_bytes();
+    report.size_after_bytes = store.store().size_bytes();
     Ok(report)
 }
 

@@ -200,7 +200,13 @@ pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
     let dir = tmp()?;
     let mut w = writer(&req.source, dir.path())?;
     w.refresh(id)?;
-    let report = Report::load(Some(&w), id, &Plan::default_plan(), SystemTime::now(), true)?;
+    let report = Report::load(
+        Some(w.store()),
+        id,
+        &Plan::default_plan(),
+        SystemTime::now(),
+        true,
+    )?;
     if !report.exists || report.serial < want {
         return Err(Error::InvalidInput(format!(
             "in: build '{id}' is at serial {} on the remote, older than the version asked for ({want})",
@@ -222,7 +228,7 @@ pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
             source,
         })
     };
-    write("snapshot.json", w.snapshot(id)?.to_json())?;
+    write("snapshot.json", w.store().snapshot(id)?.to_json())?;
     write(
         "history.json",
         serde_json::to_vec_pretty(&report.history).expect("events serialize"),
@@ -469,7 +475,7 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
             t => session.record(&id, &t, None)?,
         }
     };
-    let report = Report::after_write(&w, &build, SystemTime::now())?.0;
+    let report = Report::after_write(w.store(), &build, SystemTime::now())?.0;
     crate::notify::slack::deliver_after_write("out", &mut w);
     Ok(json!({"version": version(&id, build.serial), "metadata": metadata(&report)}))
 }

@@ -726,7 +726,7 @@ pub fn rerun_if_stale_here(
     actor: &crate::context::Actor,
     ctx: &crate::model::Ctx<'_>,
 ) -> Result<bool> {
-    let Some(b) = w.build(build_id)? else {
+    let Some(b) = w.store().build(build_id)? else {
         return Ok(false);
     };
     if b.current_state.is_none_or(|c| state > c)
@@ -741,8 +741,8 @@ pub fn rerun_if_stale_here(
     let stale = match known {
         Some(k) => k,
         None => {
-            let plan = w.plan(&b.plan_hash)?;
-            found = stale_of(w, &b, &plan, root_dir, false)?;
+            let plan = w.store().plan(&b.plan_hash)?;
+            found = stale_of(w.store(), &b, &plan, root_dir, false)?;
             &found
         }
     };

@@ -412,12 +412,13 @@ pub fn wait(
     loop {
         store.refresh(build_id)?;
         let b = store
+            .store()
             .build(build_id)?
             .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
         // A state the build's plan does not have (a typo) is never reached:
         // said at once, not after the whole timeout.
         if let (Some(s), true) = (target, first) {
-            let plan = store.plan(&b.plan_hash)?;
+            let plan = store.store().plan(&b.plan_hash)?;
             if plan.state(s).is_none() {
                 return Err(Error::InvalidInput(format!(
                     "--until {s}: build '{build_id}' has no state {s}: its plan '{}' has states {}",

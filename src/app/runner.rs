@@ -262,14 +262,23 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
         store.refresh(&opts.build_id)?;
         let now = store.now()?;
         let build = store
+            .store()
             .build(&opts.build_id)?
             .ok_or_else(|| Error::UnknownBuild(opts.build_id.clone()))?;
-        let plan = store.plan(&build.plan_hash)?;
+        let plan = store.store().plan(&build.plan_hash)?;
         // Judged once per round on the copy just pulled: the decision and the rerun
         // below share it (None: not judged, the rerun judges for an explicit state).
         let stale = (opts.state.is_none()
             && matches!(build.status, Status::Pending | Status::Completed))
-        .then(|| crate::inputs::stale_of(store, &build, &plan, opts.inputs_root.as_deref(), false))
+        .then(|| {
+            crate::inputs::stale_of(
+                store.store(),
+                &build,
+                &plan,
+                opts.inputs_root.as_deref(),
+                false,
+            )
+        })
         .transpose()?;
         let decision = crate::decide::decide_with_stale(
             Some(&build),
@@ -311,7 +320,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             }
         }
 
-        let meta = store.metadata(&opts.build_id)?;
+        let meta = store.store().metadata(&opts.build_id)?;
         let mut session = Session {
             writer: &mut *store,
             actor,
@@ -340,7 +349,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
         // meanwhile, the store refuses the write instead of recording a stale result.
         let fence = Some(started.attempt);
         let keeper = LeaseKeeper::start(
-            session.writer.path(),
+            session.writer.store().path(),
             session.writer.remote(),
             &opts.build_id,
             &owner,

@@ -200,9 +200,10 @@ impl<'a> Session<'a> {
         }
         let b = self
             .writer
+            .store()
             .build(build_id)?
             .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
-        let plan = self.writer.plan(&b.plan_hash)?;
+        let plan = self.writer.store().plan(&b.plan_hash)?;
         let ttl = lease_ttl(
             s.lease_ttl,
             s.renewed,
@@ -229,7 +230,13 @@ impl<'a> Session<'a> {
             return Ok(Started::Unmet { reason });
         }
         let inputs = if s.hash_inputs {
-            crate::inputs::for_completion(self.writer, build_id, s.state, s.inputs_root, &[])?
+            crate::inputs::for_completion(
+                self.writer.store(),
+                build_id,
+                s.state,
+                s.inputs_root,
+                &[],
+            )?
         } else {
             None
         };
@@ -259,7 +266,7 @@ impl<'a> Session<'a> {
             Inputs::Known(known) => known,
             Inputs::Hash { root, extra } => {
                 self.writer.refresh(build_id)?;
-                crate::inputs::for_completion(self.writer, build_id, state, root, extra)?
+                crate::inputs::for_completion(self.writer.store(), build_id, state, root, extra)?
             }
         };
         self.record(build_id, &Transition::Complete { state, inputs }, fence)

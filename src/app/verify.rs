@@ -191,14 +191,15 @@ pub fn planned_checks(
     stale_from: Option<u8>,
 ) -> Result<Vec<PlannedCheck>> {
     let b = w
+        .store()
         .build(build_id)?
         .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
-    let plan = w.plan(&b.plan_hash)?;
+    let plan = w.store().plan(&b.plan_hash)?;
     let Some(current) = b.current_state else {
         return Ok(Vec::new());
     };
-    let meta = w.metadata(build_id)?;
-    let events = w.events(build_id)?;
+    let meta = w.store().metadata(build_id)?;
+    let events = w.store().events(build_id)?;
     let mut out = Vec::new();
     for s in plan.states.iter().filter(|s| s.id <= current) {
         if stale_from.is_some_and(|f| s.id >= f) {
@@ -407,9 +408,10 @@ pub fn check_requires(
     ctx: &Ctx<'_>,
 ) -> Result<Option<String>> {
     let b = w
+        .store()
         .build(build_id)?
         .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
-    let plan = w.plan(&b.plan_hash)?;
+    let plan = w.store().plan(&b.plan_hash)?;
     let Some(cmd) = plan.state(state).and_then(|s| s.requires.clone()) else {
         return Ok(None);
     };
@@ -417,7 +419,7 @@ pub fn check_requires(
         // Its lease holder is working on it; the start that follows says so.
         return Ok(None);
     }
-    let meta = w.metadata(build_id)?;
+    let meta = w.store().metadata(build_id)?;
     let timeout = plan
         .timeout_for(state)
         .unwrap_or(DEFAULT_TIMEOUT)

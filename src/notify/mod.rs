@@ -25,7 +25,7 @@ pub fn claim_shared(
     now: SystemTime,
     until: SystemTime,
 ) -> Result<Option<Claimed>> {
-    for (build, key) in outbox::shared_candidates(w, now)? {
+    for (build, key) in outbox::shared_candidates(w.store(), now)? {
         let got = w.update_shared(&build, |conn| {
             let row = outbox::claim_by_key(conn, worker, &key, now, until)?;
             let changed = row.is_some();

@@ -465,7 +465,7 @@ pub fn deliver(
         }
         // Keep to about one message a second per channel, but wait only for a message.
         if let Some(t) = last_send {
-            if !super::any_due(store, SystemTime::now(), shared)? {
+            if !super::any_due(store.store(), SystemTime::now(), shared)? {
                 break;
             }
             let next = t + CHANNEL_GAP;
@@ -486,7 +486,7 @@ pub fn deliver(
         };
         let claimed = match claimed {
             Some(c) => Some(c),
-            None => claim(store, worker, wall, until)?.map(|a| (a, false)),
+            None => claim(store.store(), worker, wall, until)?.map(|a| (a, false)),
         };
         let Some((alert, travels)) = claimed else {
             break;
@@ -495,13 +495,13 @@ pub fn deliver(
             if travels {
                 super::settle_shared(store, &alert, worker, outcome, now)
             } else {
-                crate::store::outbox::settle_local(store, alert.id, worker, outcome, now)
+                crate::store::outbox::settle_local(store.store(), alert.id, worker, outcome, now)
             }
         };
         let timeout = deadline
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(200), Duration::from_secs(10));
-        let thread = thread_ts(store, &alert, target)?;
+        let thread = thread_ts(store.store(), &alert, target)?;
         let body = message(&alert, report_base.as_deref());
         last_send = Some(Instant::now());
         let send_one = |body: Value| {
@@ -528,7 +528,7 @@ pub fn deliver(
                 if let (Some(ts), None, Some(b), Target::WebApi { channel, .. }) =
                     (ts, thread, &alert.build_id, target)
                 {
-                    crate::store::outbox::record_thread(store, b, channel, &ts)?;
+                    crate::store::outbox::record_thread(store.store(), b, channel, &ts)?;
                 }
                 settle(store, Settle::Delivered, now)?;
                 report.delivered += 1;
@@ -570,7 +570,7 @@ pub fn deliver(
         }
     }
     // Local mode leaves alerts that travel with builds to a deliverer in remote mode.
-    report.left = crate::store::outbox::due(store, SystemTime::now(), shared)?;
+    report.left = crate::store::outbox::due(store.store(), SystemTime::now(), shared)?;
     Ok(report)
 }
 

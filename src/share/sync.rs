@@ -462,14 +462,14 @@ fn read_max_clock_skew() -> Result<Option<std::time::Duration>> {
     }
 }
 
-impl std::ops::Deref for Writer {
-    type Target = Store;
-    fn deref(&self) -> &Store {
+impl Writer {
+    /// The local database, to read (in remote mode a cache the writes keep current) and
+    /// for this machine's own bookkeeping (the journal, caches). The shared record is
+    /// written only through the Writer's methods, which go through the remote.
+    pub fn store(&self) -> &Store {
         &self.store
     }
-}
 
-impl Writer {
     pub fn new(store: Store, remote: Option<Remote>) -> Writer {
         Writer {
             store,
@@ -926,7 +926,7 @@ mod tests {
         let theirs = remote_copy(&mem);
         assert_eq!(metas(&theirs), 2, "both writes are on the remote");
         assert_eq!(theirs.build.serial, built.serial);
-        assert_eq!(b.build("b").unwrap().unwrap().serial, built.serial);
+        assert_eq!(b.store().build("b").unwrap().unwrap().serial, built.serial);
     }
 
     /// The put lands but its answer is lost: the write is recorded once, here and on
@@ -950,7 +950,8 @@ mod tests {
             .unwrap();
         assert_eq!(metas(&remote_copy(&mem)), 2);
         assert_eq!(
-            a.events("b")
+            a.store()
+                .events("b")
                 .unwrap()
                 .iter()
                 .filter(|e| e.kind == crate::model::EventKind::Meta)
