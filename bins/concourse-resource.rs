@@ -95,15 +95,17 @@ pub fn main() -> ExitCode {
     match answered {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // What to do is said as a put's params, where the resource has the verb.
+            let message = e.render(buildstate::error::Syntax::Concourse);
             // Colour only for a person at a terminal; Concourse's build log gets plain text.
             if std::io::stderr().is_terminal() {
-                eprintln!("\x1b[31merror:\x1b[0m {e}");
+                eprintln!("\x1b[31merror:\x1b[0m {message}");
             } else {
-                eprintln!("error: {e}");
+                eprintln!("error: {message}");
             }
             if json {
                 let body = serde_json::json!({
-                    "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code()}
+                    "error": {"kind": e.kind(), "message": message, "exit_code": e.exit_code()}
                 });
                 let _ = buildstate::cli::outln(format_args!("{body}"));
             }

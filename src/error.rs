@@ -22,9 +22,11 @@ pub enum Error {
         hint: &'static str,
     },
 
-    /// A transition that the build's status does not allow. Nothing was written.
+    /// A transition that the build's status does not allow. Nothing was written. What
+    /// a person can do about it is a [`Hint`], which each front end writes in its own
+    /// syntax ([`Error::render`]).
     #[error("{0}")]
-    Refused(String),
+    Refused(Refusal),
 
     /// Another live worker holds the build's lease. Nothing was written.
     #[error("{0}")]
@@ -165,6 +167,15 @@ impl Error {
             if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
     }
 
+    /// The message as the front end `syntax` shows it: a refusal's hints in its own
+    /// syntax; any other error as it reads ([`std::fmt::Display`]).
+    pub fn render(&self, syntax: Syntax) -> String {
+        match self {
+            Error::Refused(r) => r.render(syntax),
+            other => other.to_string(),
+        }
+    }
+
     /// The exit code documented for this kind of error in `docs/exit-codes.md`.
     pub fn exit_code(&self) -> i32 {
         self.class().exit_code
@@ -244,6 +255,142 @@ kinds! {
     Error::Corrupt { .. } => CORRUPT: "corrupt", INTERNAL, "CorruptError", "Stored data is corrupt.";
 }
 
+/// The front ends, each with its own way to say what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// The commands (`update-state B retry 5 --reason TEXT`).
+    Cli,
+    /// The Python `Store` (`store.complete("B", 5)`).
+    Python,
+    /// The Concourse resource's put (`params: {action: retry, state: 5, reason: TEXT}`).
+    Concourse,
+}
+
+/// Something a person can do about a refusal, by what it is, not how it is typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// A verb on a state of the build (`complete`, `retry`, `skip`), with a reason when
+    /// the verb needs one.
+    Verb {
+        build_id: String,
+        verb: &'static str,
+        state: u8,
+        reason: bool,
+    },
+    /// Going back to an earlier state on purpose.
+    Rollback { build_id: String },
+}
+
+impl Hint {
+    /// A verb on `state` of `build_id`; `reason`: a person's decision, which says why.
+    pub fn verb(build_id: &str, verb: &'static str, state: u8, reason: bool) -> Hint {
+        Hint::Verb {
+            build_id: build_id.to_string(),
+            verb,
+            state,
+            reason,
+        }
+    }
+
+    /// The hint as `syntax` writes it. A verb that front end does not have is written
+    /// as the command, from a shell.
+    pub fn render(&self, syntax: Syntax) -> String {
+        let cli = match self {
+            Hint::Verb {
+                build_id,
+                verb,
+                state,
+                reason,
+            } => format!(
+                "`update-state {build_id} {verb} {state}{}`",
+                if *reason { " --reason TEXT" } else { "" }
+            ),
+            Hint::Rollback { build_id } => {
+                format!("`update-state {build_id} rollback --to STATE --reason TEXT`")
+            }
+        };
+        match (syntax, self) {
+            (Syntax::Cli, _) => cli,
+            (
+                Syntax::Python,
+                Hint::Verb {
+                    build_id,
+                    verb: "complete",
+                    state,
+                    ..
+                },
+            ) => {
+                format!("`store.complete(\"{build_id}\", {state})`")
+            }
+            (
+                Syntax::Concourse,
+                Hint::Verb {
+                    verb,
+                    state,
+                    reason,
+                    ..
+                },
+            ) => format!(
+                "a put with `params: {{action: {verb}, state: {state}{}}}`",
+                if *reason { ", reason: TEXT" } else { "" }
+            ),
+            (Syntax::Python | Syntax::Concourse, _) => format!("{cli}, from a shell"),
+        }
+    }
+}
+
+/// A refusal's message: text, and hints where what to do goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Hint(Hint),
+}
+
+impl Refusal {
+    /// A refusal that begins with `text`.
+    pub fn new(text: impl Into<String>) -> Refusal {
+        Refusal(vec![Part::Text(text.into())])
+    }
+
+    /// Then a hint.
+    pub fn hint(mut self, hint: Hint) -> Refusal {
+        self.0.push(Part::Hint(hint));
+        self
+    }
+
+    /// Then more text.
+    pub fn then(mut self, text: impl Into<String>) -> Refusal {
+        self.0.push(Part::Text(text.into()));
+        self
+    }
+
+    /// The message as `syntax` writes its hints.
+    pub fn render(&self, syntax: Syntax) -> String {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.clone(),
+                Part::Hint(h) => h.render(syntax),
+            })
+            .collect()
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(text: String) -> Refusal {
+        Refusal::new(text)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render(Syntax::Cli))
+    }
+}
+
 /// Where an archived build went ([`Error::Archived`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchivedAt {
@@ -286,6 +433,44 @@ mod tests {
             assert!(exit::ALL.iter().any(|(c, _)| *c == k.exit_code), "{k:?}");
             assert!(k.python.ends_with("Error") && !k.doc.is_empty(), "{k:?}");
         }
+    }
+
+    /// A hint is written in each front end's syntax; a verb a front end lacks is the
+    /// command, from a shell. The command line's is what the messages always said.
+    #[test]
+    fn a_hint_is_written_in_each_front_ends_syntax() {
+        let retry = Hint::verb("b", "retry", 5, true);
+        let complete = Hint::verb("b", "complete", 5, false);
+        let back = Hint::Rollback {
+            build_id: "b".into(),
+        };
+        assert_eq!(
+            retry.render(Syntax::Cli),
+            "`update-state b retry 5 --reason TEXT`"
+        );
+        assert_eq!(
+            retry.render(Syntax::Concourse),
+            "a put with `params: {action: retry, state: 5, reason: TEXT}`"
+        );
+        assert_eq!(
+            retry.render(Syntax::Python),
+            "`update-state b retry 5 --reason TEXT`, from a shell"
+        );
+        assert_eq!(complete.render(Syntax::Cli), "`update-state b complete 5`");
+        assert_eq!(
+            complete.render(Syntax::Python),
+            "`store.complete(\"b\", 5)`"
+        );
+        assert_eq!(
+            back.render(Syntax::Concourse),
+            "`update-state b rollback --to STATE --reason TEXT`, from a shell"
+        );
+        let r = Error::Refused(Refusal::new("do ").hint(complete).then(" first"));
+        assert_eq!(r.to_string(), "do `update-state b complete 5` first");
+        assert_eq!(
+            r.render(Syntax::Python),
+            "do `store.complete(\"b\", 5)` first"
+        );
     }
 
     /// A real "database or disk is full" from SQLite (a page limit stands in for the

@@ -54,7 +54,8 @@ fn classes(py: Python<'_>) -> PyResult<&Vec<(&'static str, Py<PyType>)>> {
 }
 
 fn to_py(py: Python<'_>, e: buildstate::Error) -> PyErr {
-    let msg = e.to_string();
+    // A refusal says what to do in Python where the Store has the verb.
+    let msg = e.render(buildstate::error::Syntax::Python);
     let class = classes(py)
         .ok()
         .and_then(|c| c.iter().find(|(name, _)| *name == e.kind()))

@@ -285,3 +285,38 @@ fn put_start_checks_requires() {
     assert!(!kinds.contains(&"start"), "{kinds:?}");
     assert_eq!(kinds.len(), 2, "init and the unmet prerequisite: {kinds:?}");
 }
+
+/// A refusal says what to do as a put's params, not as a command the job cannot run;
+/// the command line says the same in its own syntax.
+#[test]
+fn a_refused_put_says_what_to_do_as_a_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let source = json!({
+        "remote": format!("file://{}/remote", dir.path().display()),
+        "build_id": "img-4",
+    });
+    let init = json!({"action": "init", "cloud": "aws", "image": "rhel9"});
+    let (code, _, err) = put(&source, &work, 9, init);
+    assert_eq!(code, 0, "{err}");
+    // State 10 before state 5: refused, and the way out is a skip of 5.
+    let (code, out, err) = put(&source, &work, 9, json!({"action": "start", "state": 10}));
+    assert_eq!(code, buildstate::exit::REFUSED, "{out}{err}");
+    assert!(
+        err.contains("a put with `params: {action: skip, state: 5, reason: TEXT}`"),
+        "{err}"
+    );
+    assert!(!err.contains("update-state"), "{err}");
+    let env = crate::util::Env::new();
+    env.init("img-4");
+    let r = env
+        .run("update-state", &["img-4", "start", "10"])
+        .code(buildstate::exit::REFUSED);
+    assert!(
+        r.stderr
+            .contains("`update-state img-4 skip 5 --reason TEXT`"),
+        "{}",
+        r.stderr
+    );
+}

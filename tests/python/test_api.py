@@ -109,6 +109,17 @@ def test_start_checks_requires_as_run_state_does(db: Path, tmp_path: Path) -> No
     assert "start" not in [ev["kind"] for ev in s.events(BUILD)]
 
 
+def test_a_refusal_says_what_to_do_in_python(db: Path) -> None:
+    s = buildstate.Store(db)
+    s.init(BUILD, "aws", "rhel9")
+    s.start(BUILD, 5)
+    with pytest.raises(buildstate.RefusedError) as e:
+        s.start(BUILD, 10)
+    # The verb the Store has, as a call; not a command line.
+    assert f'complete or fail it first (`store.complete("{BUILD}", 5)`)' in str(e.value), str(e.value)
+    assert "update-state" not in str(e.value)
+
+
 def test_unknown_build_decides_start(db: Path) -> None:
     report = buildstate.Store(db).decide("new-one")
     assert report["exists"] is False and report["decision"] == "start"

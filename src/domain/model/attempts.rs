@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use crate::error::{Hint, Refusal};
 use crate::plan::Plan;
 use crate::{time, Error, Result};
 
@@ -137,60 +138,82 @@ pub(super) fn attempt_for(
                     })
                 }
                 Status::Waiting => match b.next_attempt_at {
-                    Some(due) if due > ctx.now => refuse(format!(
-                        "build '{id}': the retry of {label} is not due until {} (attempt {} of {}); wait, or allow it now with `update-state {id} retry {state} --reason TEXT`; nothing was written",
-                        time::format(due),
-                        b.attempt + 1,
-                        attempts_allowed(b, plan, state)
-                    )),
+                    Some(due) if due > ctx.now => refuse(
+                        Refusal::new(format!(
+                            "build '{id}': the retry of {label} is not due until {} (attempt {} of {}); wait, or allow it now with ",
+                            time::format(due),
+                            b.attempt + 1,
+                            attempts_allowed(b, plan, state)
+                        ))
+                        .hint(Hint::verb(id, "retry", state, true))
+                        .then("; nothing was written"),
+                    ),
                     _ => Ok(Attempt::New(b.attempt + 1)),
                 },
-                Status::Blocked => refuse(format!(
-                    "build '{id}': {label} is blocked: {}; a person can allow another attempt with `update-state {id} retry {state} --reason TEXT` or skip it with `update-state {id} skip {state} --reason TEXT`; nothing was written",
-                    b.blocked_reason.as_deref().unwrap_or("it needs a person")
-                )),
+                Status::Blocked => refuse(
+                    Refusal::new(format!(
+                        "build '{id}': {label} is blocked: {}; a person can allow another attempt with ",
+                        b.blocked_reason.as_deref().unwrap_or("it needs a person")
+                    ))
+                    .hint(Hint::verb(id, "retry", state, true))
+                    .then(" or skip it with ")
+                    .hint(Hint::verb(id, "skip", state, true))
+                    .then("; nothing was written"),
+                ),
                 _ => Ok(Attempt::New(b.attempt + 1)),
             };
         }
-        let (doing, what) = match b.status {
+        let (doing, what, hint) = match b.status {
             Status::Running => {
                 check_lease(b, plan, ctx, &format!("{verb} {label}"))?;
                 (
                     "is running",
-                    format!("complete or fail it first (`update-state {id} complete {active}`)"),
+                    "complete or fail it first (",
+                    Hint::verb(id, "complete", active, false),
                 )
             }
             Status::Waiting => (
                 "failed and waits for a retry",
-                format!("retry or skip it first (`update-state {id} skip {active} --reason TEXT`)"),
+                "retry or skip it first (",
+                Hint::verb(id, "skip", active, true),
             ),
             _ => (
                 "is blocked",
-                format!(
-                    "retry or skip it first (`update-state {id} retry {active} --reason TEXT`)"
-                ),
+                "retry or skip it first (",
+                Hint::verb(id, "retry", active, true),
             ),
         };
-        return refuse(format!(
-            "build '{id}': cannot {verb} {label}: {} {doing}; {what}; nothing was written",
-            plan.label(active)
-        ));
+        return refuse(
+            Refusal::new(format!(
+                "build '{id}': cannot {verb} {label}: {} {doing}; {what}",
+                plan.label(active)
+            ))
+            .hint(hint)
+            .then("); nothing was written"),
+        );
     }
     match plan.next_after(b.current_state) {
         Some(next) if next.id == state => Ok(Attempt::New(1)),
         Some(next) => {
             if b.current_state.is_some_and(|c| state <= c) {
-                refuse(format!(
-                    "build '{id}': cannot {verb} {label}: that would move backwards, since {} is already completed; the next state is {} (to go back on purpose: `update-state {id} rollback --to STATE --reason TEXT`); nothing was written",
-                    plan.label(b.current_state.unwrap_or_default()),
-                    plan.label(next.id)
-                ))
+                refuse(
+                    Refusal::new(format!(
+                        "build '{id}': cannot {verb} {label}: that would move backwards, since {} is already completed; the next state is {} (to go back on purpose: ",
+                        plan.label(b.current_state.unwrap_or_default()),
+                        plan.label(next.id)
+                    ))
+                    .hint(Hint::Rollback { build_id: id.clone() })
+                    .then("); nothing was written"),
+                )
             } else {
-                refuse(format!(
-                    "build '{id}': cannot {verb} {label}: the next state is {}; complete it first (or `update-state {id} skip {} --reason TEXT`); nothing was written",
-                    plan.label(next.id),
-                    next.id
-                ))
+                refuse(
+                    Refusal::new(format!(
+                        "build '{id}': cannot {verb} {label}: the next state is {}; complete it first (or ",
+                        plan.label(next.id),
+                    ))
+                    .hint(Hint::verb(id, "skip", next.id, true))
+                    .then("); nothing was written"),
+                )
             }
         }
         None => refuse(format!(

@@ -33,7 +33,7 @@ fn step(b: &Build, plan: &Plan, t: Transition) -> Build {
 
 fn refused_at(b: &Build, plan: &Plan, t: Transition, now: SystemTime) -> String {
     match apply(b, plan, &t, &Ctx::at(now)) {
-        Err(Error::Refused(m)) => m,
+        Err(Error::Refused(m)) => m.to_string(),
         other => panic!("{t:?} should be refused, got {other:?}"),
     }
 }

@@ -198,8 +198,8 @@ pub fn random_unit() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
-pub(super) fn refuse<T>(msg: String) -> Result<T> {
-    Err(Error::Refused(msg))
+pub(super) fn refuse<T>(msg: impl Into<crate::error::Refusal>) -> Result<T> {
+    Err(Error::Refused(msg.into()))
 }
 
 pub(super) fn need_reason(reason: &str, what: &str) -> Result<()> {
