@@ -6,20 +6,9 @@
 
 use std::process::ExitCode;
 
-#[path = "check-state.rs"]
-mod check_state;
-#[path = "concourse-resource.rs"]
-mod concourse_resource;
-#[path = "init-state.rs"]
-mod init_state;
-#[path = "monitor.rs"]
-mod monitor;
-#[path = "run-state.rs"]
-mod run_state;
-#[path = "sync-cloud.rs"]
-mod sync_cloud;
-#[path = "update-state.rs"]
-mod update_state;
+use buildstate::commands::{
+    check_state, concourse_resource, init_state, monitor, run_state, sync_cloud, update_state,
+};
 
 /// A command's entry point.
 type Main = fn() -> ExitCode;

@@ -64,12 +64,12 @@ pub mod store;
 // Every module by its short name too (`buildstate::plan`, `crate::store`), as the
 // binaries, the Python extension and the docs name them; the folders above are the
 // layers, lowest first: domain, store, share, notify, app (README "Layout").
-#[cfg(feature = "cli")]
-pub use app::cli;
 pub use app::{
     archive, concourse, files, inputs, monitor, procs, report, runner, session, stats, timeline,
     verify,
 };
+#[cfg(feature = "cli")]
+pub use app::{cli, commands};
 pub use domain::{
     alerts, context, decide, manifest, model, plan, policy, redact, settings, snapshot, time,
 };

@@ -6,6 +6,8 @@
 pub mod archive;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod commands;
 pub mod concourse;
 pub mod files;
 pub mod inputs;

@@ -1,0 +1,191 @@
+//! check-state: what should a pipeline do next with this build?
+
+use std::path::PathBuf;
+
+use crate::cli::Common;
+use crate::plan::Plan;
+use crate::report::Report;
+use crate::Result;
+
+/// Print what a pipeline should do next with a build, and exit with a code a task can
+/// gate on: 0 go ahead (start, resume, retry, rerun), 10 already completed, 11 in
+/// progress elsewhere, 12 wait for a scheduled retry, 13 needs a person. An unknown
+/// build id is "start a new build", not an error; a missing database file is (exit 9),
+/// since only init-state creates one. Details: docs/exit-codes.md.
+///
+/// When the plan declares inputs, a completed state whose inputs changed since it
+/// completed is stale and the decision is `rerun` from the earliest stale state, naming
+/// what changed (docs/plan.md#inputs); --verify also checks completed states against
+/// reality with their verify commands.
+#[derive(clap::Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  check-state img-42\n  check-state img-42 --json | jq -r .decision\n  check-state img-42 --output state/ && . state/resume-metadata && echo \"$RESUME_STATE\"\n  check-state img-42 --plan\n  check-state img-42 --verify --inputs-root ~/src/image-pipeline"
+)]
+struct Args {
+    /// The build id
+    #[arg(value_name = "BUILD_ID")]
+    build_id: String,
+
+    /// Also write DIR/decision.json and DIR/resume-metadata (KEY=VALUE lines to source)
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+
+    /// Include the build's full event history
+    #[arg(long)]
+    history: bool,
+
+    /// Show every state of the plan with its status and why it would run or be skipped
+    /// (done, stale, drifted, forced, pending): a dry run
+    #[arg(long)]
+    plan: bool,
+
+    /// The plan to report for a build that does not exist yet [default: built-in]
+    #[arg(long, value_name = "FILE", env = "BUILDSTATE_PLAN")]
+    plan_file: Option<PathBuf>,
+
+    /// The directory the plan's input globs are relative to [default: the working
+    /// directory]
+    #[arg(long, value_name = "DIR", env = "BUILDSTATE_INPUTS_ROOT")]
+    inputs_root: Option<PathBuf>,
+
+    /// Do not compare the inputs of completed states: report the recorded state only
+    #[arg(long, conflicts_with = "verify")]
+    no_inputs: bool,
+
+    /// Also write the build's timeline as one self-contained HTML file (docs/fleet.md)
+    #[arg(long, value_name = "FILE")]
+    html: Option<std::path::PathBuf>,
+
+    /// Run the verify commands of completed states, in order; a failure is recorded as
+    /// drift and its state reruns (this writes to the build's history)
+    #[arg(long)]
+    verify: bool,
+
+    /// How long each verify command may run
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::cli::positive_duration)]
+    verify_timeout: std::time::Duration,
+
+    #[command(flatten)]
+    common: Common,
+}
+
+fn run(args: &Args) -> Result<i32> {
+    let plan = Plan::load(args.plan_file.as_deref())?;
+    crate::model::validate_build_id(&args.build_id)?;
+    if let Some(dir) = &args.output {
+        crate::report::check_output_dir(dir, "--output")?;
+    }
+    let mut store = args.common.writer(false)?;
+    let now = store.now()?;
+    store.refresh(&args.build_id)?;
+    if store.store().build(&args.build_id)?.is_none() {
+        if let Some(a) = store.store().archived(&args.build_id)? {
+            return Err(a.error());
+        }
+    }
+    let mut report = Report::load(
+        Some(store.store()),
+        &args.build_id,
+        &plan,
+        now,
+        args.history,
+    )?;
+    if let (Some(b), false) = (store.store().build(&args.build_id)?, args.no_inputs) {
+        let plan = store.store().plan(&b.plan_hash)?;
+        let root = args.inputs_root.as_deref();
+        let mut stale = crate::inputs::stale_of(store.store(), &b, &plan, root, args.plan)?;
+        if args.verify {
+            let actor = crate::context::Actor::from_env("check-state");
+            let quiet = args.common.json;
+            // Verify up to the first state whose inputs changed: a drifted state (and
+            // those after it) is verified again, so that a pass can clear the drift.
+            let changed = stale
+                .iter()
+                .find(|s| s.kind == crate::manifest::StaleKind::Changed);
+            let results = crate::verify::verify_build(
+                &mut store,
+                &args.build_id,
+                changed.map(|s| s.state),
+                args.verify_timeout,
+                &actor,
+                &|label, checked| {
+                    if !quiet {
+                        eprintln!(
+                            "check-state: verify {label}: {} ({})",
+                            checked.how,
+                            crate::time::format_duration(checked.duration)
+                        );
+                    }
+                },
+            )?;
+            if results.is_empty() {
+                eprintln!("check-state: note: no completed state has a verify command to run");
+            } else {
+                stale = crate::inputs::stale_of(store.store(), &b, &plan, root, args.plan)?;
+            }
+            report = Report::load(
+                Some(store.store()),
+                &args.build_id,
+                &plan,
+                now,
+                args.history,
+            )?;
+        }
+        report = report.with_stale(&b, &plan, now, stale);
+        if args.plan {
+            let events = store.store().events(&args.build_id)?;
+            let view = crate::report::PlanView::of(&report, &b, &plan, &events);
+            if args.common.json {
+                crate::cli::outln(format_args!("{}", view.to_json()))?;
+            } else {
+                crate::cli::out(format_args!("{}", view.human()))?;
+            }
+            return Ok(view.exit_code);
+        }
+    }
+    if !report.exists {
+        // Exit code and output stay "start a new build"; a person who mistyped an id
+        // learns which builds it may have meant.
+        let similar = crate::report::similar_builds(store.store(), &args.build_id)?;
+        if !similar.is_empty() {
+            eprintln!(
+                "check-state: note: there is no build '{}' here; similar ids: {}",
+                args.build_id,
+                similar.join(", ")
+            );
+        }
+    }
+    if let Some(path) = &args.html {
+        if !report.exists {
+            return Err(crate::Error::UnknownBuild(args.build_id.clone()));
+        }
+        let line = crate::timeline::line(store.store(), &args.build_id, now)?;
+        let (attention, _) =
+            crate::monitor::findings(store.store(), now, crate::monitor::STUCK_FACTOR)?;
+        let attention: Vec<_> = attention
+            .into_iter()
+            .filter(|f| f.build_id == args.build_id)
+            .collect();
+        let page = crate::timeline::page(
+            &format!("buildstate: build {}", args.build_id),
+            &[line],
+            None,
+            &attention,
+            now,
+        );
+        crate::timeline::write(path, &page)?;
+        eprintln!("check-state: wrote {}", path.display());
+    }
+    if let Some(dir) = &args.output {
+        report.write_output(dir)?;
+    }
+    if args.common.json {
+        crate::cli::outln(format_args!("{}", report.to_json()))?;
+    } else {
+        crate::cli::out(format_args!("{}", report.human()))?;
+    }
+    Ok(report.exit_code)
+}
+
+crate::command!("check-state", run);

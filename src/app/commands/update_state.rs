@@ -1,0 +1,361 @@
+//! update-state: record one transition of a build (start, complete, fail, meta), or a
+//! person's intervention (retry, skip, rollback, cancel, force, reset).
+
+use std::path::{Path, PathBuf};
+
+use crate::cli::Common;
+use crate::context::Actor;
+use crate::model::{parse_meta_pair, Transition};
+use crate::policy::Category;
+use crate::report::Report;
+use crate::session::{Inputs, Session, Start};
+use crate::{exit, Error, Result};
+use clap::Subcommand;
+
+/// Record one transition of a build, durably, in one transaction.
+///
+/// A failure is classified (transient, persistent, unknown) by the plan's rules unless
+/// --category says, and the state's retry policy then schedules a retry or blocks the
+/// build for a person (docs/retries.md). retry, skip, rollback, cancel, force and reset
+/// are for people: each records who did it and why. `complete` records the state's
+/// inputs when the plan declares them; `start` of a completed state whose inputs changed
+/// reruns it (docs/plan.md#inputs). A refused transition (unknown build, state not in the
+/// plan, out of order, moving backwards, retry not due) writes nothing and exits with a
+/// distinct code: docs/exit-codes.md.
+#[derive(clap::Parser)]
+#[command(
+    version,
+    subcommand_value_name = "ACTION",
+    subcommand_help_heading = "Actions",
+    after_help = "Examples:
+  update-state img-42 start 15
+  update-state img-42 complete 15
+  update-state img-42 fail 15 --error \"ansible-playbook exited 2\" --exit-code 2
+  some-command 2>&1 | update-state img-42 fail 15 --error-file -
+  update-state img-42 meta ami_id=ami-0abc git_sha=1a2b3c
+  update-state img-42 retry 10 --reason \"opened port 22 in the security group\"
+  update-state img-42 rollback --to 60 --reason \"hardening broke sshd\"
+  update-state img-42 force 20 --reason \"users role fixed upstream\"
+  update-state img-42 reset --reason \"new base image\""
+)]
+struct Args {
+    /// The build id given to init-state
+    #[arg(value_name = "BUILD_ID")]
+    build_id: String,
+
+    #[command(subcommand)]
+    action: Action,
+
+    /// The directory the plan's input globs are relative to: `complete` records the
+    /// state's inputs, `start` of a completed state whose inputs changed reruns it
+    /// [default: the working directory]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "BUILDSTATE_INPUTS_ROOT",
+        global = true
+    )]
+    inputs_root: Option<PathBuf>,
+
+    /// The lease holder: `start` takes the build's lease for it, and while that lease
+    /// lives only the same owner may complete or fail the state (default: USER@HOST)
+    #[arg(long, value_name = "NAME", env = "BUILDSTATE_OWNER", global = true)]
+    owner: Option<String>,
+
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Record that a state started (a new attempt of it), taking the build's lease
+    Start {
+        /// The state's number in the build's plan (0 to 100)
+        #[arg(value_name = "STATE")]
+        state: u8,
+        /// How long the lease lives; nothing renews it, so past this the state counts as
+        /// abandoned and another worker may take it over [default: the state's timeout,
+        /// else twice its expected duration]
+        #[arg(long, value_name = "DURATION", value_parser = crate::cli::lease_ttl)]
+        lease_ttl: Option<std::time::Duration>,
+    },
+    /// Record that a state completed; it becomes the build's current state
+    Complete {
+        /// The state's number in the build's plan (0 to 100)
+        #[arg(value_name = "STATE")]
+        state: u8,
+        /// Fencing: refuse (exit 14) unless this attempt is still the one running under
+        /// --owner's lease, e.g. the attempt printed by `start`
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+    },
+    /// Record that a state failed; the current state stays at the last completed one
+    Fail {
+        /// The state's number in the build's plan (0 to 100)
+        #[arg(value_name = "STATE")]
+        state: u8,
+        /// What went wrong (stored verbatim, secrets redacted)
+        #[arg(
+            long,
+            value_name = "MESSAGE",
+            required_unless_present = "error_file",
+            conflicts_with = "error_file"
+        )]
+        error: Option<String>,
+        /// Read the message from a file, or '-' for stdin (for messages over argv's 128 KiB).
+        /// At most 4 MiB: a longer file gives its end, a longer stdin is refused
+        #[arg(long, value_name = "FILE")]
+        error_file: Option<PathBuf>,
+        /// What kind of failure this is: transient, persistent or unknown [default:
+        /// decided by the plan's rules]
+        #[arg(long, value_name = "CATEGORY", value_parser = parse_category)]
+        category: Option<Category>,
+        /// The failed command's exit code (used to classify the failure)
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        exit_code: Option<i32>,
+        /// Fencing: refuse (exit 14) unless this attempt is still the one running under
+        /// --owner's lease
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+    },
+    /// Set metadata on the build (KEY=VALUE, several at once)
+    Meta {
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        pairs: Vec<String>,
+    },
+    /// Allow one more attempt of a waiting or blocked state now, even after its policy's
+    /// attempts are used up
+    Retry {
+        /// The state's number in the build's plan (0 to 100)
+        #[arg(value_name = "STATE")]
+        state: u8,
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Mark the next (or the failed) state done without running it
+    Skip {
+        /// The state's number in the build's plan (0 to 100)
+        #[arg(value_name = "STATE")]
+        state: u8,
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Move the build back to the state completed before the current one, or to --to;
+    /// the states after it run again
+    Rollback {
+        /// The completed state to go back to
+        #[arg(long, value_name = "STATE")]
+        to: Option<u8>,
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Mark STATE and every state after it to run again (--all: the whole build);
+    /// history is kept and the force is recorded with who did it and why
+    Force {
+        /// The first state to run again (a completed one, or the failed one)
+        #[arg(
+            value_name = "STATE",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        state: Option<u8>,
+        /// Every state runs again
+        #[arg(long)]
+        all: bool,
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Start the build over: every state runs again, in a new epoch (check-state shows
+    /// it); the history of earlier epochs is kept
+    Reset {
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Stop the build for good: check-state reports it blocked and nothing can start
+    Cancel {
+        /// Why (recorded with who did it)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+/// transient, persistent or unknown: the crate's one parser, so the error names them.
+fn parse_category(s: &str) -> std::result::Result<Category, String> {
+    Category::parse_input(s).map_err(|e| e.to_string())
+}
+
+fn read_message(path: &Path) -> Result<String> {
+    let (note, bytes) =
+        crate::files::read_limited(path, "--error-file", crate::files::MAX_MESSAGE_FILE, true)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::InvalidInput(format!(
+            "the message in {} is not UTF-8 (invalid byte at offset {}): convert it first",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    if !note.is_empty() {
+        eprintln!(
+            "update-state: note: {} is longer than {} bytes: its end is recorded",
+            path.display(),
+            crate::files::MAX_MESSAGE_FILE
+        );
+    }
+    Ok(note + &text)
+}
+
+fn transition(action: &Action) -> Result<Transition> {
+    Ok(match action {
+        Action::Start { state, .. } => Transition::Start { state: *state },
+        Action::Complete { state, .. } => Transition::complete(*state),
+        Action::Fail {
+            state,
+            error,
+            error_file,
+            category,
+            exit_code,
+            ..
+        } => Transition::Fail {
+            state: *state,
+            message: match (error, error_file) {
+                (Some(m), _) => m.clone(),
+                (None, Some(path)) => read_message(path)?,
+                (None, None) => unreachable!("clap requires --error or --error-file"),
+            },
+            category: *category,
+            exit_code: *exit_code,
+            signal: None,
+            timed_out: false,
+        },
+        Action::Meta { pairs } => Transition::Meta {
+            pairs: pairs
+                .iter()
+                .map(|p| parse_meta_pair(p))
+                .collect::<Result<_>>()?,
+        },
+        Action::Retry { state, reason } => Transition::Retry {
+            state: *state,
+            reason: reason.clone(),
+        },
+        Action::Skip { state, reason } => Transition::Skip {
+            state: *state,
+            reason: reason.clone(),
+        },
+        Action::Rollback { to, reason } => Transition::Rollback {
+            to: *to,
+            reason: reason.clone(),
+        },
+        Action::Cancel { reason } => Transition::Cancel {
+            reason: reason.clone(),
+        },
+        Action::Force { state, reason, .. } => Transition::Reopen {
+            from: *state,
+            reason: reason.clone(),
+            why: crate::model::Reopen::Force,
+        },
+        Action::Reset { reason } => Transition::Reopen {
+            from: None,
+            reason: reason.clone(),
+            why: crate::model::Reopen::Reset,
+        },
+    })
+}
+
+fn run(args: &Args) -> Result<i32> {
+    let t = transition(&args.action)?;
+    crate::model::validate_build_id(&args.build_id)?;
+    let mut store = args.common.writer(false)?;
+    let actor = Actor::from_env("update-state");
+    let owner = args
+        .owner
+        .clone()
+        .unwrap_or_else(|| format!("{}@{}", actor.user, actor.host));
+    let mut session = Session {
+        writer: &mut store,
+        actor: &actor,
+        owner: &owner,
+    };
+    let root = args.inputs_root.as_deref();
+    let build = match (&args.action, &t) {
+        (Action::Start { state, lease_ttl }, _) => {
+            let start = Start {
+                state: *state,
+                lease_ttl: *lease_ttl,
+                inputs_root: root,
+                ..Start::default()
+            };
+            session
+                .start(&args.build_id, &start)?
+                .running(&args.build_id)?
+                .0
+        }
+        (Action::Complete { state, attempt }, _) => session.complete(
+            &args.build_id,
+            *state,
+            Inputs::Hash { root, extra: &[] },
+            *attempt,
+        )?,
+        (Action::Fail { attempt, .. }, t) => session.record(&args.build_id, t, *attempt)?,
+        (_, t) => session.record(&args.build_id, t, None)?,
+    };
+    crate::cli::deliver_after_write("update-state", &mut store);
+    let (report, plan) = Report::after_write(store.store(), &build, std::time::SystemTime::now())?;
+    if args.common.json {
+        crate::cli::outln(format_args!("{}", report.to_json()))?;
+        return Ok(exit::OK);
+    }
+    let label = |s: Option<u8>| s.map(|s| plan.label(s)).unwrap_or_default();
+    let what = match &t {
+        Transition::Start { state } => format!(
+            "started {} (attempt {}); {owner} holds the lease until {}",
+            plan.label(*state),
+            build.attempt,
+            build
+                .lease_expires_at
+                .map(crate::time::format)
+                .unwrap_or_default()
+        ),
+        Transition::Complete { state, .. } => format!("completed {}", plan.label(*state)),
+        Transition::Fail { state, .. } => format!(
+            "recorded failure of {} (attempt {}, {})",
+            plan.label(*state),
+            build.attempt,
+            build.last_category.map_or("unknown", |c| c.as_str())
+        ),
+        Transition::Meta { pairs } => format!("set {} metadata value(s)", pairs.len()),
+        Transition::Retry { state, .. } => format!(
+            "allowed attempt {} of {} now",
+            build.attempt + 1,
+            plan.label(*state)
+        ),
+        Transition::Skip { state, .. } => format!("skipped {}", plan.label(*state)),
+        Transition::Rollback { .. } => format!("rolled back to {}", label(build.current_state)),
+        Transition::Cancel { .. } => "cancelled".to_string(),
+        Transition::Interrupt { .. } => "recorded an interruption".to_string(),
+        Transition::Tasks { .. } => "recorded task results".to_string(),
+        Transition::PruneTasks { count, .. } => format!("removed {count} old task results"),
+        Transition::Reopen { from, .. } => match (from, &args.action) {
+            (_, Action::Reset { .. }) => format!(
+                "started over: epoch {}, every state runs again",
+                report.epoch
+            ),
+            (Some(s), _) => format!("{} and every state after it will run again", plan.label(*s)),
+            (None, _) => "every state will run again".to_string(),
+        },
+        Transition::Unmet { .. } | Transition::Verified { .. } | Transition::Late { .. } => {
+            unreachable!("update-state does not record these")
+        }
+    };
+    crate::cli::outln(format_args!(
+        "build {}: {what}; status {} (serial {})\n  next: {}",
+        args.build_id, build.status, build.serial, report.decision.reason
+    ))?;
+    Ok(exit::OK)
+}
+
+crate::command!("update-state", run);
