@@ -444,27 +444,33 @@ mod tests {
         let back = Hint::Rollback {
             build_id: "b".into(),
         };
-        assert_eq!(
-            retry.render(Syntax::Cli),
-            "`update-state b retry 5 --reason TEXT`"
-        );
-        assert_eq!(
-            retry.render(Syntax::Concourse),
-            "a put with `params: {action: retry, state: 5, reason: TEXT}`"
-        );
-        assert_eq!(
-            retry.render(Syntax::Python),
-            "`update-state b retry 5 --reason TEXT`, from a shell"
-        );
-        assert_eq!(complete.render(Syntax::Cli), "`update-state b complete 5`");
-        assert_eq!(
-            complete.render(Syntax::Python),
-            "`store.complete(\"b\", 5)`"
-        );
-        assert_eq!(
-            back.render(Syntax::Concourse),
-            "`update-state b rollback --to STATE --reason TEXT`, from a shell"
-        );
+        let written = [
+            (
+                &retry,
+                Syntax::Cli,
+                "`update-state b retry 5 --reason TEXT`",
+            ),
+            (
+                &retry,
+                Syntax::Concourse,
+                "a put with `params: {action: retry, state: 5, reason: TEXT}`",
+            ),
+            (
+                &retry,
+                Syntax::Python,
+                "`update-state b retry 5 --reason TEXT`, from a shell",
+            ),
+            (&complete, Syntax::Cli, "`update-state b complete 5`"),
+            (&complete, Syntax::Python, "`store.complete(\"b\", 5)`"),
+            (
+                &back,
+                Syntax::Concourse,
+                "`update-state b rollback --to STATE --reason TEXT`, from a shell",
+            ),
+        ];
+        for (hint, syntax, want) in written {
+            assert_eq!(hint.render(syntax), want, "{hint:?} in {syntax:?}");
+        }
         let r = Error::Refused(Refusal::new("do ").hint(complete).then(" first"));
         assert_eq!(r.to_string(), "do `update-state b complete 5` first");
         assert_eq!(

@@ -15,40 +15,12 @@ use crate::store::Store;
 use crate::{exit, time, Error, Result};
 
 /// One build, for people (`monitor status`) and scripts (`--json`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Row {
-    pub build_id: String,
-    pub status: Status,
-    pub current_state: Option<u8>,
-    pub active_state: Option<u8>,
-    pub attempt: u32,
-    /// Since the build's last write.
-    pub age_seconds: u64,
-    /// The lease holder of a running state.
-    pub holder: Option<String>,
-    /// Since the build's last passing verify (`check-state --verify`); left out when it
-    /// never passed one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verified_seconds_ago: Option<u64>,
-}
+pub use crate::store::fleet::StatusRow as Row;
 
 /// Every build, by id: only the columns a status row shows, the age computed by SQLite,
 /// so that 100,000 builds stay within the 100 ms budget (docs/performance.md).
 pub fn status(store: &Store, now: SystemTime) -> Result<Vec<Row>> {
-    Ok(store
-        .status_rows(now)?
-        .into_iter()
-        .map(|r| Row {
-            build_id: r.build_id,
-            status: r.status,
-            current_state: r.current_state,
-            active_state: r.active_state,
-            attempt: r.attempt,
-            age_seconds: r.age_seconds,
-            holder: r.holder,
-            verified_seconds_ago: r.verified_seconds_ago,
-        })
-        .collect())
+    store.status_rows(now)
 }
 
 /// Something a person should look at.
@@ -111,19 +83,24 @@ pub fn findings(
                 build_id: r.build_id.clone(),
                 what: "blocked",
                 state,
-                reason: r.reason.clone().unwrap_or_else(|| "needs a person".into()),
+                reason: r
+                    .blocked_reason
+                    .clone()
+                    .unwrap_or_else(|| "needs a person".into()),
             });
             continue;
         }
         let Some(s) = state.and_then(|s| plan.state(s)) else {
             continue;
         };
-        let running_for = r.started.map(|t| now.duration_since(t).unwrap_or_default());
+        let running_for = r
+            .attempt_started_at
+            .map(|t| now.duration_since(t).unwrap_or_default());
         let limit = s.expected.mul_f64(factor.max(1.0));
-        let reason = match (r.lease_expires, running_for) {
+        let reason = match (r.lease_expires_at, running_for) {
             (Some(exp), _) if exp <= now => Some(format!(
                 "its lease ({}) expired at {} and nobody took over",
-                r.holder.as_deref().unwrap_or("?"),
+                r.lease_owner.as_deref().unwrap_or("?"),
                 time::format(exp)
             )),
             (_, Some(d)) if d > limit => Some(format!(
@@ -135,18 +112,13 @@ pub fn findings(
             _ => None,
         };
         if let Some(reason) = reason {
-            // (A build gone since the listing, archived meanwhile, has nobody to alert.)
-            let b = match plan.alerts_for(s.id).contains(&AlertKind::Stuck) {
-                true => store.build(&r.build_id)?,
-                false => None,
-            };
-            if let Some(b) = b {
+            if plan.alerts_for(s.id).contains(&AlertKind::Stuck) {
                 let actor = crate::context::Actor::from_env("monitor");
                 alerts.push(NewAlert {
                     kind: AlertKind::Stuck,
                     build_id: Some(r.build_id.clone()),
                     dedupe_key: format!("{}:{}:stuck", r.build_id, r.serial),
-                    payload: notify::payload(AlertKind::Stuck, &b, plan, &actor, Some(&reason)),
+                    payload: notify::payload(AlertKind::Stuck, &r, plan, &actor, Some(&reason)),
                 });
             }
             findings.push(Finding {

@@ -198,12 +198,7 @@ impl<'a> Session<'a> {
         if !s.refreshed {
             self.writer.refresh(build_id)?;
         }
-        let b = self
-            .writer
-            .store()
-            .build(build_id)?
-            .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
-        let plan = self.writer.store().plan(&b.plan_hash)?;
+        let (_, plan) = self.writer.store().build_and_plan(build_id)?;
         let ttl = lease_ttl(
             s.lease_ttl,
             s.renewed,

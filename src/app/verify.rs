@@ -190,11 +190,7 @@ pub fn planned_checks(
     build_id: &str,
     stale_from: Option<u8>,
 ) -> Result<Vec<PlannedCheck>> {
-    let b = w
-        .store()
-        .build(build_id)?
-        .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
-    let plan = w.store().plan(&b.plan_hash)?;
+    let (b, plan) = w.store().build_and_plan(build_id)?;
     let Some(current) = b.current_state else {
         return Ok(Vec::new());
     };
@@ -407,11 +403,7 @@ pub fn check_requires(
     actor: &Actor,
     ctx: &Ctx<'_>,
 ) -> Result<Option<String>> {
-    let b = w
-        .store()
-        .build(build_id)?
-        .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
-    let plan = w.store().plan(&b.plan_hash)?;
+    let (b, plan) = w.store().build_and_plan(build_id)?;
     let Some(cmd) = plan.state(state).and_then(|s| s.requires.clone()) else {
         return Ok(None);
     };

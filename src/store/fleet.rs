@@ -8,33 +8,28 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use rusqlite::named_params;
+use serde::Serialize;
 
 use super::Store;
-use crate::model::{EventKind, Status};
+use crate::model::{Build, EventKind, Status};
 use crate::{time, Result};
 
-/// A blocked or running build, with what `monitor check` decides stuck by.
-pub struct Watched {
-    pub build_id: String,
-    pub status: Status,
-    pub active_state: Option<u8>,
-    pub holder: Option<String>,
-    pub serial: u64,
-    pub plan_hash: String,
-    pub started: Option<SystemTime>,
-    pub lease_expires: Option<SystemTime>,
-    pub reason: Option<String>,
-}
-
-/// One build's status row (`monitor status`), its ages computed by SQLite.
+/// One build's status row, for people (`monitor status`) and scripts (`--json`), its
+/// ages computed by SQLite.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatusRow {
     pub build_id: String,
     pub status: Status,
     pub current_state: Option<u8>,
     pub active_state: Option<u8>,
     pub attempt: u32,
+    /// Since the build's last write.
     pub age_seconds: u64,
+    /// The lease holder of a running state.
     pub holder: Option<String>,
+    /// Since the build's last passing verify (`check-state --verify`); left out when it
+    /// never passed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_seconds_ago: Option<u64>,
 }
 
@@ -89,28 +84,17 @@ fn epoch_seconds(t: SystemTime) -> f64 {
 }
 
 impl Store {
-    /// The builds that are blocked or running, by id.
-    pub fn watched(&self) -> Result<Vec<Watched>> {
+    /// The builds that are blocked or running, by id (what `monitor check` looks at).
+    pub fn watched(&self) -> Result<Vec<Build>> {
         let mut stmt = self.conn.prepare(
-            "SELECT build_id, status, active_state, lease_owner, serial, plan_hash,
-                    attempt_started_at, lease_expires_at, blocked_reason
-             FROM builds WHERE status IN ('blocked', 'running') ORDER BY build_id",
+            "SELECT build_id FROM builds WHERE status IN ('blocked', 'running') ORDER BY build_id",
         )?;
-        let mut rows = stmt.query([])?;
-        let mut out = Vec::new();
-        let when = |t: Option<&str>| t.map(time::parse).transpose();
-        while let Some(r) = rows.next()? {
-            out.push(Watched {
-                build_id: r.get(0)?,
-                status: text(r, 1)?.unwrap_or_default().parse()?,
-                active_state: r.get(2)?,
-                holder: r.get(3)?,
-                serial: r.get(4)?,
-                plan_hash: r.get(5)?,
-                started: when(text(r, 6)?)?,
-                lease_expires: when(text(r, 7)?)?,
-                reason: r.get(8)?,
-            });
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(super::load_build(&self.conn, &id)?);
         }
         Ok(out)
     }

@@ -461,6 +461,15 @@ impl Store {
         load_plan(&self.conn, plan_hash)
     }
 
+    /// A build that must exist, with its plan ([`Error::UnknownBuild`] otherwise).
+    pub fn build_and_plan(&self, build_id: &str) -> Result<(Build, Plan)> {
+        let b = self
+            .build(build_id)?
+            .ok_or_else(|| Error::UnknownBuild(build_id.to_string()))?;
+        let plan = self.plan(&b.plan_hash)?;
+        Ok((b, plan))
+    }
+
     pub fn events(&self, build_id: &str) -> Result<Vec<Event>> {
         load_events(&self.conn, build_id)
     }

@@ -84,13 +84,11 @@ fn run(args: &Args) -> Result<i32> {
             return Err(a.error());
         }
     }
-    let mut report = Report::load(
-        Some(store.store()),
-        &args.build_id,
-        &plan,
-        now,
-        args.history,
-    )?;
+    // The report as the local copy holds it now, under `plan`.
+    let load = |w: &crate::sync::Writer, plan: &Plan| {
+        Report::load(Some(w.store()), &args.build_id, plan, now, args.history)
+    };
+    let mut report = load(&store, &plan)?;
     if let (Some(b), false) = (store.store().build(&args.build_id)?, args.no_inputs) {
         let plan = store.store().plan(&b.plan_hash)?;
         let root = args.inputs_root.as_deref();
@@ -124,13 +122,7 @@ fn run(args: &Args) -> Result<i32> {
             } else {
                 stale = crate::inputs::stale_of(store.store(), &b, &plan, root, args.plan)?;
             }
-            report = Report::load(
-                Some(store.store()),
-                &args.build_id,
-                &plan,
-                now,
-                args.history,
-            )?;
+            report = load(&store, &plan)?;
         }
         report = report.with_stale(&b, &plan, now, stale);
         if args.plan {
