@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use buildstate::context::Actor;
 use buildstate::model::{InitRequest, TaskRecord, Transition};
-use buildstate::plan::Plan;
 use buildstate::policy::Category;
 use buildstate::remote::{Remote, RemoteOptions};
 use buildstate::report::Report;
@@ -192,7 +191,7 @@ impl Store {
         let mut report = Report::load(
             Some(store.store()),
             build_id,
-            &Plan::from_env()?,
+            &buildstate::files::plan_from_env()?,
             now,
             false,
         )?;
@@ -312,8 +311,8 @@ impl Store {
     ) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
             let plan = match &plan {
-                Some(p) => Plan::from_file(p)?,
-                None => Plan::from_env()?,
+                Some(p) => buildstate::files::plan_file(p)?,
+                None => buildstate::files::plan_from_env()?,
             };
             let req = InitRequest {
                 build_id: build_id.to_string(),

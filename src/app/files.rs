@@ -1,8 +1,34 @@
-//! Files a command is given to read (`update-state fail --error-file`, the Concourse
-//! resource's `error_file`), read within a bound. Not behind the `cli` feature: the
+//! Files a command is given to read: plans, and messages (`update-state fail
+//! --error-file`, the Concourse resource's `error_file`), read within a bound. Not behind the `cli` feature: the
 //! Concourse resource's logic is in the crate the Python extension builds too.
 
+use crate::plan::Plan;
 use crate::{Error, Result};
+
+/// The plan in `path`, or the built-in plan: what init-state, check-state and the
+/// Python API use (the binaries take `--plan` or `BUILDSTATE_PLAN`).
+pub fn plan(path: Option<&std::path::Path>) -> Result<Plan> {
+    match path {
+        Some(p) => plan_file(p),
+        None => Ok(Plan::default_plan()),
+    }
+}
+
+/// The plan named by `BUILDSTATE_PLAN`, or the built-in plan (the Python API, which
+/// has no command line to take `--plan` from).
+pub fn plan_from_env() -> Result<Plan> {
+    let path = std::env::var_os("BUILDSTATE_PLAN").filter(|v| !v.is_empty());
+    plan(path.as_deref().map(std::path::Path::new))
+}
+
+/// Read a plan file.
+pub fn plan_file(path: &std::path::Path) -> Result<Plan> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidPlan {
+        origin: path.display().to_string(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    Plan::from_toml(&text, &path.display().to_string())
+}
 
 /// The most of `update-state fail --error-file` kept: its last 4 MiB (a 1 MB message is
 /// stored verbatim; a whole build log is not what a failure record is for).

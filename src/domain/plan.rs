@@ -177,31 +177,6 @@ impl Plan {
         Ok(plan)
     }
 
-    /// The plan in `path`, or the built-in plan: what init-state, check-state and the
-    /// Python API use (the binaries take `--plan` or `BUILDSTATE_PLAN`).
-    pub fn load(path: Option<&std::path::Path>) -> Result<Plan> {
-        match path {
-            Some(p) => Plan::from_file(p),
-            None => Ok(Plan::default_plan()),
-        }
-    }
-
-    /// The plan named by `BUILDSTATE_PLAN`, or the built-in plan (the Python API, which
-    /// has no command line to take `--plan` from).
-    pub fn from_env() -> Result<Plan> {
-        let path = std::env::var_os("BUILDSTATE_PLAN").filter(|v| !v.is_empty());
-        Plan::load(path.as_deref().map(std::path::Path::new))
-    }
-
-    /// Read a plan file.
-    pub fn from_file(path: &std::path::Path) -> Result<Plan> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidPlan {
-            origin: path.display().to_string(),
-            message: format!("cannot read it: {e}"),
-        })?;
-        Plan::from_toml(&text, &path.display().to_string())
-    }
-
     /// Check the plan; the message names the bad field.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.name.trim().is_empty() {

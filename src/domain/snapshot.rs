@@ -153,31 +153,6 @@ impl Keys {
         Ok(Keys { keys })
     }
 
-    /// The keys from the environment, if any are configured.
-    pub fn from_env() -> Result<Option<Keys>> {
-        if let Some(path) =
-            std::env::var_os("BUILDSTATE_SNAPSHOT_KEY_FILE").filter(|p| !p.is_empty())
-        {
-            let path = std::path::PathBuf::from(path);
-            // A setting that names no readable file is bad input, like a malformed key:
-            // say which variable, and never read on without the keys.
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Error::InvalidInput(format!(
-                    "BUILDSTATE_SNAPSHOT_KEY_FILE names '{}', which cannot be read ({e}): point it at the key file, or unset it",
-                    crate::redact::echo(&path.display().to_string())
-                ))
-            })?;
-            return Keys::parse(&text, "BUILDSTATE_SNAPSHOT_KEY_FILE").map(Some);
-        }
-        match std::env::var("BUILDSTATE_SNAPSHOT_KEY") {
-            Ok(v) => Keys::parse(&v, "BUILDSTATE_SNAPSHOT_KEY").map(Some),
-            Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(Error::InvalidInput(
-                "BUILDSTATE_SNAPSHOT_KEY is not valid UTF-8".into(),
-            )),
-        }
-    }
-
     fn mac(key: &[u8], bytes: &[u8]) -> HmacSha256 {
         use hmac::Mac;
         let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");

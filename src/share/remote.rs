@@ -28,6 +28,7 @@ use object_store::ObjectStore;
 
 pub use super::objects::same_etag;
 use super::objects::{Cloud, Folder, Memory, Objects, Progress, Put};
+use crate::snapshot::Keys;
 use crate::{Error, Result};
 
 /// How long one request may take, and how long retries may go on, before the remote is
@@ -146,6 +147,30 @@ pub fn ensure_tls() {
     });
 }
 
+/// The snapshot signing keys from the environment (`BUILDSTATE_SNAPSHOT_KEY_FILE`, else
+/// `BUILDSTATE_SNAPSHOT_KEY`), if any are configured.
+fn snapshot_keys() -> Result<Option<Keys>> {
+    if let Some(path) = std::env::var_os("BUILDSTATE_SNAPSHOT_KEY_FILE").filter(|p| !p.is_empty()) {
+        let path = std::path::PathBuf::from(path);
+        // A setting that names no readable file is bad input, like a malformed key:
+        // say which variable, and never read on without the keys.
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::InvalidInput(format!(
+                "BUILDSTATE_SNAPSHOT_KEY_FILE names '{}', which cannot be read ({e}): point it at the key file, or unset it",
+                crate::redact::echo(&path.display().to_string())
+            ))
+        })?;
+        return Keys::parse(&text, "BUILDSTATE_SNAPSHOT_KEY_FILE").map(Some);
+    }
+    match std::env::var("BUILDSTATE_SNAPSHOT_KEY") {
+        Ok(v) => Keys::parse(&v, "BUILDSTATE_SNAPSHOT_KEY").map(Some),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::InvalidInput(
+            "BUILDSTATE_SNAPSHOT_KEY is not valid UTF-8".into(),
+        )),
+    }
+}
+
 impl Remote {
     /// Parse a remote URL and set up its client (no request is made yet).
     pub fn open(url: &str, opts: RemoteOptions) -> Result<Remote> {
@@ -158,7 +183,7 @@ impl Remote {
         };
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let name = display_url(&parsed);
-        let keys = crate::snapshot::Keys::from_env()?.map(Arc::new);
+        let keys = snapshot_keys()?.map(Arc::new);
         let rt = runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2))?;
         // Timeouts go in as configuration keys, on top of what each builder read from
         // the environment (AWS_ALLOW_HTTP, proxies, ...), which with_client_options

@@ -71,7 +71,7 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let plan = Plan::load(args.plan_file.as_deref())?;
+    let plan = crate::files::plan(args.plan_file.as_deref())?;
     crate::model::validate_build_id(&args.build_id)?;
     if let Some(dir) = &args.output {
         crate::report::check_output_dir(dir, "--output")?;

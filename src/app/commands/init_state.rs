@@ -6,7 +6,6 @@ use std::time::SystemTime;
 use crate::cli::Common;
 use crate::context::Actor;
 use crate::model::{parse_meta_pair, InitRequest};
-use crate::plan::Plan;
 use crate::report::Report;
 use crate::{exit, Result};
 
@@ -46,7 +45,7 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let plan = Plan::load(args.plan.as_deref())?;
+    let plan = crate::files::plan(args.plan.as_deref())?;
     let meta = args
         .meta
         .iter()
