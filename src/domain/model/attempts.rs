@@ -73,6 +73,25 @@ pub(super) fn check_fence(
     )))
 }
 
+/// What a call does to a state's attempt: begin one, or finish it one way or the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    Start,
+    Complete,
+    Fail,
+}
+
+impl Step {
+    /// The verb, as messages say it.
+    fn verb(self) -> &'static str {
+        match self {
+            Step::Start => "start",
+            Step::Complete => "complete",
+            Step::Fail => "fail",
+        }
+    }
+}
+
 /// How a state transition relates to the build's active attempt.
 pub(super) enum Attempt {
     /// The state is running and this call finishes that attempt.
@@ -116,13 +135,14 @@ pub(super) fn attempt_for(
     b: &Build,
     plan: &Plan,
     state: u8,
-    verb: &str,
+    step: Step,
     ctx: &Ctx<'_>,
 ) -> Result<Attempt> {
     let id = &b.build_id;
+    let verb = step.verb();
     check_in_plan(b, plan, state)?;
     refuse_if_finished(b, verb)?;
-    if verb != "start" {
+    if step != Step::Start {
         check_fence(b, plan, ctx, state, verb)?;
     }
     let label = plan.label(state);
@@ -131,7 +151,7 @@ pub(super) fn attempt_for(
             return match b.status {
                 Status::Running => {
                     check_lease(b, plan, ctx, &format!("{verb} {label}"))?;
-                    Ok(if verb == "start" {
+                    Ok(if step == Step::Start {
                         Attempt::New(b.attempt + 1)
                     } else {
                         Attempt::Current(b.attempt)

@@ -313,7 +313,7 @@ pub(super) fn start(
     c: &mut Change,
 ) -> Result<()> {
     let now = ctx.now;
-    let Attempt::New(n) = attempt_for(b, plan, *state, "start", ctx)? else {
+    let Attempt::New(n) = attempt_for(b, plan, *state, Step::Start, ctx)? else {
         unreachable!("start always begins a new attempt")
     };
     let same = b.active_state == Some(*state);
@@ -369,7 +369,7 @@ pub(super) fn complete(
     c: &mut Change,
 ) -> Result<()> {
     let now = ctx.now;
-    let (n, started) = match attempt_for(b, plan, *state, "complete", ctx)? {
+    let (n, started) = match attempt_for(b, plan, *state, Step::Complete, ctx)? {
         Attempt::Current(n) => (n, b.attempt_started_at),
         Attempt::New(n) => (n, None),
     };
@@ -391,7 +391,7 @@ pub(super) fn fail(
     c: &mut Change,
 ) -> Result<()> {
     let now = ctx.now;
-    let (n, started) = match attempt_for(b, plan, *state, "fail", ctx)? {
+    let (n, started) = match attempt_for(b, plan, *state, Step::Fail, ctx)? {
         Attempt::Current(n) => (n, b.attempt_started_at),
         Attempt::New(n) => (n, None),
     };
@@ -808,7 +808,7 @@ pub(super) fn unmet(
     c: &mut Change,
 ) -> Result<()> {
     // Refused exactly where a start would be: the state must be the one to run now.
-    let Attempt::New(_) = attempt_for(b, plan, state, "start", ctx)? else {
+    let Attempt::New(_) = attempt_for(b, plan, state, Step::Start, ctx)? else {
         unreachable!("start always begins a new attempt")
     };
     let same = b.active_state == Some(state);
