@@ -162,7 +162,8 @@ fn the_checker_sees_an_upward_import() {
     assert_eq!(ranks["runner"], 4);
     assert_eq!(ranks["notify"], 3);
     assert_eq!(ranks["cli"], 4);
-    assert_eq!(ranks["command"], 4); // the macro app/cli.rs exports
+    // The macro app/cli.rs exports.
+    assert_eq!(ranks["command"], 4);
     // Not re-exported, so reached only as crate::notify::slack / crate::store::journal.
     assert!(!ranks.contains_key("slack") && !ranks.contains_key("journal"));
 }
