@@ -29,7 +29,6 @@ pub fn check_env() -> Result<()> {
         crate::settings::duration(name)?;
     }
     crate::store::busy_timeout_from_env()?;
-    crate::sync::max_clock_skew()?;
     crate::remote::RemoteOptions::from_env()?;
     Ok(())
 }

@@ -45,7 +45,14 @@ pub struct RemoteOptions {
     /// `source.credentials`, handed over as values rather than set in the process's
     /// environment. Each value wins over the variable's.
     pub config: Vec<(String, String)>,
+    /// How far this machine's clock may be from the remote's before a remote-mode
+    /// command refuses to write or decide (`BUILDSTATE_MAX_CLOCK_SKEW`); `None`: the
+    /// check is off.
+    pub max_clock_skew: Option<Duration>,
 }
+
+/// The default of `BUILDSTATE_MAX_CLOCK_SKEW`.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 impl Default for RemoteOptions {
     fn default() -> Self {
@@ -55,6 +62,7 @@ impl Default for RemoteOptions {
             retry_timeout: Duration::from_secs(30),
             max_retries: 3,
             config: Vec::new(),
+            max_clock_skew: Some(DEFAULT_MAX_CLOCK_SKEW),
         }
     }
 }
@@ -83,9 +91,27 @@ impl RemoteOptions {
 
 impl RemoteOptions {
     /// The defaults, with `BUILDSTATE_REMOTE_TIMEOUT` (a duration: the whole budget for
-    /// one operation, retries included) when set.
+    /// one operation, retries included) and `BUILDSTATE_MAX_CLOCK_SKEW` (a duration up to
+    /// 1h, or `off`) when set. Resolved once, at the edge: the remote and the writer
+    /// that goes through it take these values.
     pub fn from_env() -> Result<RemoteOptions> {
         let mut o = RemoteOptions::default();
+        if let Ok(v) = std::env::var("BUILDSTATE_MAX_CLOCK_SKEW") {
+            o.max_clock_skew = if v.trim().eq_ignore_ascii_case("off") {
+                None
+            } else {
+                let d = humantime::parse_duration(v.trim())
+                    .ok()
+                    .filter(|d| *d <= Duration::from_secs(3600))
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "invalid BUILDSTATE_MAX_CLOCK_SKEW '{}': give a duration up to 1h (e.g. 5s), or off",
+                            crate::redact::echo(&v)
+                        ))
+                    })?;
+                Some(d)
+            };
+        }
         if let Ok(v) = std::env::var("BUILDSTATE_REMOTE_TIMEOUT") {
             let d =
                 crate::time::parse_bounded_duration(&v, Duration::from_millis(1)).map_err(|e| {
@@ -116,6 +142,8 @@ pub struct Remote {
     objects: Arc<dyn Objects>,
     /// Snapshot signing keys (`BUILDSTATE_SNAPSHOT_KEY`), when configured.
     keys: Option<Arc<crate::snapshot::Keys>>,
+    /// [`RemoteOptions::max_clock_skew`].
+    max_clock_skew: Option<Duration>,
 }
 
 /// The URL without user:password@ and query string, for messages and bookkeeping.
@@ -228,6 +256,7 @@ impl Remote {
                     }),
                     name,
                     keys,
+                    max_clock_skew: opts.max_clock_skew,
                 });
             }
             "s3" | "s3a" => {
@@ -317,6 +346,7 @@ impl Remote {
             }),
             name,
             keys,
+            max_clock_skew: opts.max_clock_skew,
         })
     }
 
@@ -327,12 +357,18 @@ impl Remote {
             name: "memory".into(),
             objects: memory,
             keys: None,
+            max_clock_skew: Some(DEFAULT_MAX_CLOCK_SKEW),
         }
     }
 
     /// The URL without credentials.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How far this machine's clock may be from the remote's (`None`: not checked).
+    pub fn max_clock_skew(&self) -> Option<Duration> {
+        self.max_clock_skew
     }
 
     /// A snapshot as this process writes it to the remote (signed when it has keys).

@@ -431,37 +431,6 @@ impl Clock {
     }
 }
 
-/// The default of `BUILDSTATE_MAX_CLOCK_SKEW`.
-pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// `BUILDSTATE_MAX_CLOCK_SKEW`: how far this machine's clock may be from the remote's in
-/// remote mode (a duration; `off` turns the check off). `None`: off.
-/// Read once per process: every clock read of a command asks it.
-pub fn max_clock_skew() -> Result<Option<std::time::Duration>> {
-    static SKEW: std::sync::OnceLock<std::result::Result<Option<std::time::Duration>, String>> =
-        std::sync::OnceLock::new();
-    SKEW.get_or_init(|| read_max_clock_skew().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(Error::InvalidInput)
-}
-
-fn read_max_clock_skew() -> Result<Option<std::time::Duration>> {
-    match std::env::var("BUILDSTATE_MAX_CLOCK_SKEW") {
-        Err(_) => Ok(Some(DEFAULT_MAX_CLOCK_SKEW)),
-        Ok(v) if v.trim().eq_ignore_ascii_case("off") => Ok(None),
-        Ok(v) => humantime::parse_duration(v.trim())
-            .ok()
-            .filter(|d| *d <= std::time::Duration::from_secs(3600))
-            .map(Some)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "invalid BUILDSTATE_MAX_CLOCK_SKEW '{}': give a duration up to 1h (e.g. 5s), or off",
-                    crate::redact::echo(&v)
-                ))
-            }),
-    }
-}
-
 impl Writer {
     /// The local database, to read (in remote mode a cache the writes keep current) and
     /// for this machine's own bookkeeping (the journal, caches). The shared record is
@@ -495,7 +464,7 @@ impl Writer {
         let Some(remote) = &self.remote else {
             return Ok(Clock(0));
         };
-        let Some(bound) = max_clock_skew()? else {
+        let Some(bound) = remote.max_clock_skew() else {
             return Ok(Clock(0));
         };
         let offset = match self.clock_offset {
