@@ -86,15 +86,14 @@ fn epoch_seconds(t: SystemTime) -> f64 {
 impl Store {
     /// The builds that are blocked or running, by id (what `monitor check` looks at).
     pub fn watched(&self) -> Result<Vec<Build>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT build_id FROM builds WHERE status IN ('blocked', 'running') ORDER BY build_id",
-        )?;
-        let ids = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.extend(super::load_build(&self.conn, &id)?);
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM builds WHERE status IN ('blocked', 'running') ORDER BY build_id",
+            super::BUILD_COLUMNS
+        ))?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(super::build_from_row(r)?);
         }
         Ok(out)
     }

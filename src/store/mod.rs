@@ -595,65 +595,62 @@ pub(crate) fn build_in(conn: &Connection, build_id: &str) -> Result<Option<Build
     load_build(conn, build_id)
 }
 
-fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {
-    // Typed columns are read by rusqlite; timestamps and enums are parsed after, so a
-    // corrupt value names the build instead of panicking.
-    type Raw = (Build, [Option<String>; 8]);
-    let raw: Option<Raw> = conn
-        .prepare_cached(
-            "SELECT build_id, lineage, serial, cloud, image, plan_hash, current_state,
-                    active_state, attempt, last_error, extra_attempts, blocked_reason,
-                    lease_owner,
-                    status, attempt_started_at, last_category, created_at, updated_at,
-                    first_attempt_at, next_attempt_at, lease_expires_at
-             FROM builds WHERE build_id = :id",
-        )?
-        .query_row(named_params! {":id": build_id}, |r: &Row<'_>| {
-            let build = Build {
-                build_id: r.get(0)?,
-                lineage: r.get(1)?,
-                serial: r.get(2)?,
-                cloud: r.get(3)?,
-                image: r.get(4)?,
-                plan_hash: r.get(5)?,
-                current_state: r.get(6)?,
-                active_state: r.get(7)?,
-                attempt: r.get(8)?,
-                last_error: r.get(9)?,
-                extra_attempts: r.get(10)?,
-                blocked_reason: r.get(11)?,
-                lease_owner: r.get(12)?,
-                status: crate::model::Status::Pending,
-                attempt_started_at: None,
-                last_category: None,
-                first_attempt_at: None,
-                next_attempt_at: None,
-                lease_expires_at: None,
-                created_at: SystemTime::UNIX_EPOCH,
-                updated_at: SystemTime::UNIX_EPOCH,
-            };
-            let mut text: [Option<String>; 8] = Default::default();
-            for (i, slot) in text.iter_mut().enumerate() {
-                *slot = r.get(13 + i)?;
-            }
-            Ok((build, text))
-        })
-        .optional()?;
-    let Some((mut b, [status, started, category, created, updated, first, next, lease])) = raw
-    else {
-        return Ok(None);
+/// The columns a [`Build`] is read from, in [`build_from_row`]'s order.
+const BUILD_COLUMNS: &str = "build_id, lineage, serial, cloud, image, plan_hash, current_state,
+    active_state, attempt, last_error, extra_attempts, blocked_reason, lease_owner,
+    status, attempt_started_at, last_category, created_at, updated_at,
+    first_attempt_at, next_attempt_at, lease_expires_at";
+
+/// A build row read as `SELECT {BUILD_COLUMNS}`: typed columns read by rusqlite, then
+/// timestamps and enums parsed, so that a corrupt value names the build instead of
+/// panicking.
+pub(crate) fn build_from_row(r: &Row<'_>) -> Result<Build> {
+    let mut b = Build {
+        build_id: r.get(0)?,
+        lineage: r.get(1)?,
+        serial: r.get(2)?,
+        cloud: r.get(3)?,
+        image: r.get(4)?,
+        plan_hash: r.get(5)?,
+        current_state: r.get(6)?,
+        active_state: r.get(7)?,
+        attempt: r.get(8)?,
+        last_error: r.get(9)?,
+        extra_attempts: r.get(10)?,
+        blocked_reason: r.get(11)?,
+        lease_owner: r.get(12)?,
+        status: crate::model::Status::Pending,
+        attempt_started_at: None,
+        last_category: None,
+        first_attempt_at: None,
+        next_attempt_at: None,
+        lease_expires_at: None,
+        created_at: SystemTime::UNIX_EPOCH,
+        updated_at: SystemTime::UNIX_EPOCH,
     };
-    let when = |t: Option<String>| t.as_deref().map(time::parse).transpose();
-    let missing = |what: &str| Error::Corrupt(format!("build '{build_id}': {what} is empty"));
-    b.status = status.ok_or_else(|| missing("status"))?.parse()?;
-    b.attempt_started_at = when(started)?;
-    b.last_category = category.as_deref().map(str::parse).transpose()?;
-    b.created_at = time::parse(&created.ok_or_else(|| missing("created_at"))?)?;
-    b.updated_at = time::parse(&updated.ok_or_else(|| missing("updated_at"))?)?;
-    b.first_attempt_at = when(first)?;
-    b.next_attempt_at = when(next)?;
-    b.lease_expires_at = when(lease)?;
-    Ok(Some(b))
+    let text = |i: usize| r.get::<_, Option<String>>(i);
+    let when = |i: usize| -> Result<Option<SystemTime>> {
+        text(i)?.as_deref().map(time::parse).transpose()
+    };
+    let id = b.build_id.clone();
+    let missing = |what: &str| Error::Corrupt(format!("build '{id}': {what} is empty"));
+    b.status = text(13)?.ok_or_else(|| missing("status"))?.parse()?;
+    b.attempt_started_at = when(14)?;
+    b.last_category = text(15)?.as_deref().map(str::parse).transpose()?;
+    b.created_at = time::parse(&text(16)?.ok_or_else(|| missing("created_at"))?)?;
+    b.updated_at = time::parse(&text(17)?.ok_or_else(|| missing("updated_at"))?)?;
+    b.first_attempt_at = when(18)?;
+    b.next_attempt_at = when(19)?;
+    b.lease_expires_at = when(20)?;
+    Ok(b)
+}
+
+fn load_build(conn: &Connection, build_id: &str) -> Result<Option<Build>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {BUILD_COLUMNS} FROM builds WHERE build_id = :id"
+    ))?;
+    let mut rows = stmt.query(named_params! {":id": build_id})?;
+    rows.next()?.map(build_from_row).transpose()
 }
 
 fn load_plan(conn: &Connection, hash: &str) -> Result<Plan> {
