@@ -320,10 +320,7 @@ impl Objects for Folder {
             (Some(_), None) => return Err(lost_race(&self.name, path.display(), true)),
             (_, Some(_)) => return Err(lost_race(&self.name, path.display(), false)),
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| remote_error(&self.name, &format!("create {}", dir.display()), e))?;
-        }
+        make_parent(&self.name, &path)?;
         replace_file(&self.name, &path, &bytes)?;
         Ok(content_etag(&bytes))
     }
@@ -371,8 +368,6 @@ struct FolderObject {
     bytes: Vec<u8>,
     etag: String,
 }
-
-// --- file:// remotes: a folder with compare-and-swap under flock --------------------------
 
 /// A short content hash serves as the ETag of a folder object.
 fn content_etag(bytes: &[u8]) -> String {
@@ -540,10 +535,17 @@ fn replace_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> 
 /// Create `path` (and its folder) with `bytes` if nothing is there: `false` if something
 /// is.
 fn write_new_file(name: &str, path: &std::path::Path, bytes: &[u8]) -> Result<bool> {
-    let dir = path.parent().expect("remote objects live in a folder");
-    std::fs::create_dir_all(dir)
-        .map_err(|e| remote_error(name, &format!("create {}", dir.display()), e))?;
+    make_parent(name, path)?;
     place_file(name, path, bytes, true)
+}
+
+/// Create the folder an object of the remote goes in.
+fn make_parent(name: &str, path: &std::path::Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .map_err(|e| remote_error(name, &format!("create {}", dir.display()), e)),
+        None => Ok(()),
+    }
 }
 
 // --- in memory, for tests -------------------------------------------------------------

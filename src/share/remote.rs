@@ -68,14 +68,16 @@ impl Default for RemoteOptions {
 }
 
 impl RemoteOptions {
-    /// The configuration given for the variables that start with `prefix`, each named
-    /// as object_store's configuration keys are (the variable's name in lower case).
-    fn given(&self, prefix: &str) -> impl Iterator<Item = (String, &str)> + '_ {
-        let prefix = prefix.to_string();
+    /// The configuration given for the variables that start with `prefix`, as the
+    /// builder's configuration keys (object_store names them by the variable's name in
+    /// lower case, as its `from_env` reads them); a name it has no key for is passed
+    /// over, as `from_env` passes it over.
+    fn given<K: std::str::FromStr>(&self, prefix: &str) -> Vec<(K, &str)> {
         self.config
             .iter()
-            .filter(move |(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+            .filter(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v.as_str())))
+            .collect()
     }
 
     /// A variable's value: the one given in [`RemoteOptions::config`], else the
@@ -87,9 +89,7 @@ impl RemoteOptions {
             .map(|(_, v)| v.clone())
             .or_else(|| std::env::var(name).ok())
     }
-}
 
-impl RemoteOptions {
     /// The defaults, with `BUILDSTATE_REMOTE_TIMEOUT` (a duration: the whole budget for
     /// one operation, retries included) and `BUILDSTATE_MAX_CLOCK_SKEW` (a duration up to
     /// 1h, or `off`) when set. Resolved once, at the edge: the remote and the writer
@@ -212,7 +212,6 @@ impl Remote {
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let name = display_url(&parsed);
         let keys = snapshot_keys()?.map(Arc::new);
-        let rt = runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2))?;
         // Timeouts go in as configuration keys, on top of what each builder read from
         // the environment (AWS_ALLOW_HTTP, proxies, ...), which with_client_options
         // would replace.
@@ -266,11 +265,9 @@ impl Remote {
                     |b, (k, v)| b.with_config(K::Client(*k), v),
                 );
                 let b = opts
-                    .given("AWS_")
-                    .fold(b, |b, (k, v)| match k.parse::<K>() {
-                        Ok(k) => b.with_config(k, v),
-                        Err(_) => b,
-                    })
+                    .given::<K>("AWS_")
+                    .into_iter()
+                    .fold(b, |b, (k, v)| b.with_config(k, v))
                     .with_url(url)
                     .with_retry(retry.clone());
                 let region = b.get_config_value(&K::Region);
@@ -289,11 +286,9 @@ impl Remote {
                     |b, (k, v)| b.with_config(K::Client(*k), v),
                 );
                 let b = opts
-                    .given("AZURE_")
-                    .fold(b, |b, (k, v)| match k.parse::<K>() {
-                        Ok(k) => b.with_config(k, v),
-                        Err(_) => b,
-                    })
+                    .given::<K>("AZURE_")
+                    .into_iter()
+                    .fold(b, |b, (k, v)| b.with_config(k, v))
                     .with_url(url)
                     .with_retry(retry.clone());
                 let emulator = b
@@ -323,11 +318,9 @@ impl Remote {
                     object_store::gcp::GoogleCloudStorageBuilder::from_env(),
                     |b, (k, v)| b.with_config(K::Client(*k), v),
                 );
-                opts.given("GOOGLE_")
-                    .fold(b, |b, (k, v)| match k.parse::<K>() {
-                        Ok(k) => b.with_config(k, v),
-                        Err(_) => b,
-                    })
+                opts.given::<K>("GOOGLE_")
+                    .into_iter()
+                    .fold(b, |b, (k, v)| b.with_config(k, v))
                     .with_url(url)
                     .with_retry(retry.clone())
                     .build()
@@ -335,6 +328,8 @@ impl Remote {
             }),
             other => return Err(bad(format!("unknown scheme '{other}'"))),
         };
+        // Only an object store's client needs a runtime (a folder's writes are local).
+        let rt = runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2))?;
         Ok(Remote {
             objects: Arc::new(Cloud {
                 name: name.clone(),
