@@ -65,8 +65,8 @@ pub mod store;
 // binaries, the Python extension and the docs name them; the folders above are the
 // layers, lowest first: domain, store, share, notify, app (README "Layout").
 pub use app::{
-    archive, concourse, files, inputs, monitor, procs, report, runner, session, stats, timeline,
-    verify,
+    archive, concourse, environment, files, inputs, monitor, procs, report, runner, session, stats,
+    timeline, verify,
 };
 #[cfg(feature = "cli")]
 pub use app::{cli, commands};

@@ -96,7 +96,9 @@ class Store:
         remote: str | None = None,
     ) -> None:
         """``remote`` (default BUILDSTATE_REMOTE): remote mode, every write goes through
-        the remote with compare-and-swap (docs/sync.md)."""
+        the remote with compare-and-swap (docs/sync.md). ``busy_timeout_ms`` (default
+        BUILDSTATE_BUSY_TIMEOUT, else 60000): how long a write waits for another
+        writer's lock."""
     @property
     def path(self) -> Path: ...
     def set_context(self, context: dict[str, str]) -> None: ...

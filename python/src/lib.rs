@@ -10,13 +10,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use buildstate::context::Actor;
+use buildstate::environment::Settings;
 use buildstate::model::{InitRequest, TaskRecord, Transition};
 use buildstate::policy::Category;
-use buildstate::remote::{Remote, RemoteOptions};
+use buildstate::remote::Remote;
 use buildstate::report::Report;
 use buildstate::session::{Inputs, Open, Session, Start};
 use buildstate::share::{LeaseKeeper, TaskRecorder};
-use buildstate::store::DEFAULT_BUSY_TIMEOUT;
 use buildstate::sync::Writer;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -219,6 +219,8 @@ impl Store {
 impl Store {
     /// Open the database at `path` (default: BUILDSTATE_DB, else the binaries' default).
     /// With `create=False` a missing file is an error instead of a new database.
+    /// `busy_timeout_ms` (default: BUILDSTATE_BUSY_TIMEOUT, else 60000): how long a
+    /// write waits for another writer's lock.
     /// `remote` (default: BUILDSTATE_REMOTE) turns on remote mode: every write goes
     /// through the remote with compare-and-swap, reads pull first (docs/sync.md).
     #[new]
@@ -231,20 +233,14 @@ impl Store {
         tool: &str,
         remote: Option<String>,
     ) -> PyResult<Store> {
-        let path = path
-            .or_else(|| {
-                std::env::var_os("BUILDSTATE_DB")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-            })
-            .unwrap_or_else(buildstate::store::default_db_path);
+        let path = buildstate::environment::db_path(path);
         let remote = remote.or_else(|| {
             std::env::var("BUILDSTATE_REMOTE")
                 .ok()
                 .filter(|v| !v.is_empty())
         });
-        // The variables read later (after a write) are refused now, as the commands do.
-        buildstate::session::check_env().map_err(|e| to_py(py, e))?;
+        // Resolved and checked now, before anything is opened, as the commands do.
+        let settings = Settings::from_env().map_err(|e| to_py(py, e))?;
         if busy_timeout_ms.is_some_and(|ms| ms > buildstate::store::MAX_BUSY_TIMEOUT_MS) {
             return Err(to_py(
                 py,
@@ -254,12 +250,12 @@ impl Store {
                 )),
             ));
         }
-        let timeout = busy_timeout_ms.map_or(DEFAULT_BUSY_TIMEOUT, Duration::from_millis);
+        let timeout = busy_timeout_ms.map_or(settings.busy_timeout, Duration::from_millis);
         let store = py
             .detach(|| -> buildstate::Result<Writer> {
                 let remote = remote
                     .as_deref()
-                    .map(|url| Remote::open(url, RemoteOptions::from_env()?))
+                    .map(|url| Remote::open(url, settings.remote.clone()))
                     .transpose()?;
                 buildstate::session::open(Open {
                     db: path.clone(),
@@ -270,7 +266,7 @@ impl Store {
                 })
             })
             .map_err(|e| to_py(py, e))?;
-        let actor = Actor::from_env(tool);
+        let actor = buildstate::environment::actor(tool);
         let owner = actor.lease_owner();
         Ok(Store {
             inner: Mutex::new(store),
@@ -619,7 +615,7 @@ impl Store {
 /// The database path the binaries use when neither --db nor BUILDSTATE_DB is given.
 #[pyfunction]
 fn default_db_path() -> PathBuf {
-    buildstate::store::default_db_path()
+    buildstate::environment::default_db_path()
 }
 
 /// Return `text` with secrets replaced by [REDACTED], as stored messages are.

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::remote::{Remote, RemoteOptions};
-use crate::store::{busy_timeout_from_env, default_db_path, Store};
+use crate::environment::Settings;
+use crate::remote::Remote;
+use crate::store::Store;
 use crate::sync::Writer;
 use crate::{exit, Error, Result};
 
@@ -29,19 +30,21 @@ pub struct Common {
 
 impl Common {
     pub fn db_path(&self) -> PathBuf {
-        self.db.clone().unwrap_or_else(default_db_path)
+        self.db
+            .clone()
+            .unwrap_or_else(crate::environment::default_db_path)
     }
 
     /// Open the database, creating it if needed: init-state only.
     pub fn create(&self) -> Result<Store> {
-        Store::open_with(&self.db_path(), busy_timeout_from_env()?)
+        Store::open_with(&self.db_path(), settings()?.busy_timeout)
     }
 
     /// The remote named by --remote / BUILDSTATE_REMOTE, if any.
     pub fn open_remote(&self) -> Result<Option<Remote>> {
         self.remote
             .as_deref()
-            .map(|url| Remote::open(url, RemoteOptions::from_env()?))
+            .map(|url| Remote::open(url, settings()?.remote.clone()))
             .transpose()
     }
 
@@ -53,7 +56,7 @@ impl Common {
         crate::session::open(crate::session::Open {
             db: self.db_path(),
             remote: self.open_remote()?,
-            busy_timeout: busy_timeout_from_env()?,
+            busy_timeout: settings()?.busy_timeout,
             create,
             tool: "buildstate",
         })
@@ -62,8 +65,22 @@ impl Common {
     /// Open an existing database. A missing file is an error (exit 9): a mistyped
     /// `--db` must neither read as "no such build, start it" nor leave a new file behind.
     pub fn open(&self) -> Result<Store> {
-        Store::open_existing(&self.db_path(), busy_timeout_from_env()?)
+        Store::open_existing(&self.db_path(), settings()?.busy_timeout)
     }
+}
+
+/// The settings this command runs with: resolved from the environment once, by
+/// [`parse_from`], before the command does anything.
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+/// The settings [`parse_from`] resolved (resolved now when it did not run, as in a
+/// test of a command's `run`).
+pub fn settings() -> Result<&'static Settings> {
+    if let Some(s) = SETTINGS.get() {
+        return Ok(s);
+    }
+    let s = Settings::from_env()?;
+    Ok(SETTINGS.get_or_init(|| s))
 }
 
 /// Set by the all-in-one `buildstate` executable when it was run as `buildstate COMMAND
@@ -166,8 +183,8 @@ pub fn parse_from<T: clap::Parser>(
         .try_get_matches_from_mut(&argv)
         .and_then(|m| T::from_arg_matches(&m))
     {
-        Ok(args) => match crate::session::check_env() {
-            Ok(()) => Ok(args),
+        Ok(args) => match settings() {
+            Ok(_) => Ok(args),
             Err(e) => Err(finish(tool, json_asked(&argv), Err(e))),
         },
         Err(e) => {
@@ -433,7 +450,15 @@ fn report_error(tool: &str, json: bool, e: &Error) -> i32 {
     code
 }
 
-pub use crate::notify::slack::deliver_after_write;
+/// After a write: deliver the alerts that are due, with this command's settings
+/// ([`crate::session::deliver_after_write`]).
+pub fn deliver_after_write(tool: &str, store: &mut Writer) {
+    match settings() {
+        Ok(s) => crate::session::deliver_after_write(tool, store, s),
+        // Resolved before the command began: parse_from refused it then.
+        Err(e) => eprintln!("{tool}: warning: Slack alerts are not sent: {e}"),
+    }
+}
 
 // Value parsers with documented ranges (docs/exit-codes.md, "Ranges"): every number,
 // duration and size a flag accepts is checked here, before anything is read or written,

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::context::Actor;
+use crate::environment::Settings;
 use crate::model::{parse_meta_pair, InitRequest, Transition};
 use crate::plan::Plan;
 use crate::policy::Category;
@@ -95,7 +96,7 @@ fn credentials(source: &Source) -> Result<Vec<(String, String)>> {
 
 /// Open the source's remote with its credentials. An error never repeats a credential
 /// value (a cloud client's message may quote one, e.g. a malformed `AWS_ALLOW_HTTP`).
-fn open_remote(source: &Source) -> Result<Remote> {
+fn open_remote(source: &Source, settings: &Settings) -> Result<Remote> {
     let config = credentials(source)?;
     let scrub = |m: String| {
         source
@@ -104,18 +105,20 @@ fn open_remote(source: &Source) -> Result<Remote> {
             .filter(|v| v.len() >= 4)
             .fold(m, |m, v| m.replace(v.as_str(), "[REDACTED]"))
     };
-    RemoteOptions::from_env()
-        .and_then(|o| Remote::open(&source.remote, RemoteOptions { config, ..o }))
-        .map_err(|e| match e {
-            Error::InvalidInput(m) => Error::InvalidInput(scrub(m)),
-            Error::Remote(m) => Error::Remote(scrub(m)),
-            other => other,
-        })
+    let opts = RemoteOptions {
+        config,
+        ..settings.remote.clone()
+    };
+    Remote::open(&source.remote, opts).map_err(|e| match e {
+        Error::InvalidInput(m) => Error::InvalidInput(scrub(m)),
+        Error::Remote(m) => Error::Remote(scrub(m)),
+        other => other,
+    })
 }
 
 /// A throwaway cache database in a temporary folder, in remote mode.
-fn writer(source: &Source, dir: &Path) -> Result<Writer> {
-    let remote = open_remote(source)?;
+fn writer(source: &Source, dir: &Path, settings: &Settings) -> Result<Writer> {
+    let remote = open_remote(source, settings)?;
     let store = Store::open_with(&dir.join("cache.db"), crate::store::DEFAULT_BUSY_TIMEOUT)?;
     Ok(Writer::new(store, Some(remote)))
 }
@@ -133,8 +136,8 @@ fn tmp() -> Result<tempfile::TempDir> {
 
 /// `check`: the build's current version (its serial), or with a pattern every matching
 /// build's, oldest change first, from the given version on.
-pub fn check(req: &Request) -> Result<Value> {
-    let remote = open_remote(&req.source)?;
+pub fn check(req: &Request, settings: &Settings) -> Result<Value> {
+    let remote = open_remote(&req.source, settings)?;
     let ids: Vec<String> = match (&req.source.build_id, &req.source.build_pattern) {
         (Some(id), None) => vec![id.clone()],
         (None, Some(pattern)) => {
@@ -179,7 +182,7 @@ pub fn check(req: &Request) -> Result<Value> {
 
 /// `in DEST`: decision.json, resume-metadata, snapshot.json and history.json of the
 /// version's build.
-pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
+pub fn fetch(req: &Request, dest: &Path, settings: &Settings) -> Result<Value> {
     crate::report::check_output_dir(dest, "in: the destination")?;
     let v = req
         .version
@@ -198,7 +201,7 @@ pub fn fetch(req: &Request, dest: &Path) -> Result<Value> {
             )
         })?;
     let dir = tmp()?;
-    let mut w = writer(&req.source, dir.path())?;
+    let mut w = writer(&req.source, dir.path(), settings)?;
     w.refresh(id)?;
     let report = Report::load(
         Some(w.store()),
@@ -332,7 +335,7 @@ fn read_in(src: &Path, rel: &str, what: &str, max: u64, tail: bool) -> Result<St
 }
 
 /// `out SRC`: one transition, through the remote; the new serial is the new version.
-pub fn put(req: &Request, src: &Path) -> Result<Value> {
+pub fn put(req: &Request, src: &Path, settings: &Settings) -> Result<Value> {
     let params: OutParams = serde_json::from_value(req.params.clone().unwrap_or(Value::Null))
         .map_err(|e| Error::InvalidInput(format!("params: {e} (see docs/concourse.md)")))?;
     let id = match (
@@ -369,8 +372,8 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
         })
     };
     let dir = tmp()?;
-    let mut w = writer(&req.source, dir.path())?;
-    let actor = Actor::from_env("concourse");
+    let mut w = writer(&req.source, dir.path(), settings)?;
+    let actor = crate::environment::actor("concourse");
     let now = SystemTime::now();
     let build = if params.action == "init" {
         let plan = match &req.source.plan {
@@ -476,7 +479,7 @@ pub fn put(req: &Request, src: &Path) -> Result<Value> {
         }
     };
     let report = Report::after_write(w.store(), &build, SystemTime::now())?.0;
-    crate::notify::slack::deliver_after_write("out", &mut w);
+    crate::session::deliver_after_write("out", &mut w, settings);
     Ok(json!({"version": version(&id, build.serial), "metadata": metadata(&report)}))
 }
 

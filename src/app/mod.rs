@@ -9,6 +9,7 @@ pub mod cli;
 #[cfg(feature = "cli")]
 pub mod commands;
 pub mod concourse;
+pub mod environment;
 pub mod files;
 pub mod inputs;
 pub mod monitor;

@@ -113,7 +113,7 @@ pub fn findings(
         };
         if let Some(reason) = reason {
             if plan.alerts_for(s.id).contains(&AlertKind::Stuck) {
-                let actor = crate::context::Actor::from_env("monitor");
+                let actor = crate::environment::actor("monitor");
                 alerts.push(NewAlert {
                     kind: AlertKind::Stuck,
                     build_id: Some(r.build_id.clone()),

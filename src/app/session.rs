@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::context::Actor;
+use crate::environment::Settings;
 use crate::manifest::{Manifest, Stale};
 use crate::model::{Build, Ctx, Transition};
 use crate::plan::Plan;
@@ -19,19 +20,6 @@ use crate::remote::Remote;
 use crate::store::Store;
 use crate::sync::Writer;
 use crate::{Error, Result};
-
-/// Check the variables whose values are read late (after a write, or on every clock
-/// read), so that a bad one is refused before the command does anything, with exit 8 and
-/// the variable's name, as a bad `BUILDSTATE_BUSY_TIMEOUT` always was; none falls back
-/// silently to its default.
-pub fn check_env() -> Result<()> {
-    for name in ["BUILDSTATE_SLACK_BUDGET", "BUILDSTATE_SLACK_RETRY_DELAY"] {
-        crate::settings::duration(name)?;
-    }
-    crate::store::busy_timeout_from_env()?;
-    crate::remote::RemoteOptions::from_env()?;
-    Ok(())
-}
 
 /// Where the database is and how to open it.
 pub struct Open {
@@ -274,6 +262,38 @@ impl<'a> Session<'a> {
             ..self.ctx()
         };
         self.writer.transition(build_id, t, self.actor, &ctx)
+    }
+}
+
+/// After a write: deliver the Slack alerts that are due, within the settings' budget
+/// (`BUILDSTATE_SLACK_BUDGET`, default 2 s), so that a pipeline never waits on Slack for
+/// longer. Whatever is left, or fails, stays queued for `monitor deliver` or the next
+/// command; this never changes the command's outcome.
+pub fn deliver_after_write(tool: &str, store: &mut Writer, settings: &Settings) {
+    let target = match crate::environment::slack_target() {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("{tool}: warning: Slack alerts are not sent: {e}");
+            return;
+        }
+    };
+    let worker = crate::environment::actor(tool).lease_owner();
+    match crate::notify::slack::deliver(store, &target, &settings.slack, &worker) {
+        Ok(r) if r.gave_up > 0 => eprintln!(
+            "{tool}: warning: {} Slack alert(s) could not be delivered and were given up (see `monitor status`): {}",
+            r.gave_up,
+            r.last_error.as_deref().unwrap_or("no detail")
+        ),
+        Ok(r) if r.retried > 0 || r.left > 0 => eprintln!(
+            "{tool}: warning: {} Slack alert(s) not delivered yet ({}); they stay queued for `monitor deliver` or the next command",
+            r.retried.max(u32::try_from(r.left).unwrap_or(u32::MAX)),
+            r.last_error.as_deref().unwrap_or("the time budget ran out")
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "{tool}: warning: Slack alerts stay queued for `monitor deliver`: {e}"
+        ),
     }
 }
 

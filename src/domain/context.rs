@@ -30,12 +30,8 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The actor for this process, reading the Concourse variables from the environment.
-    pub fn from_env(tool: &str) -> Actor {
-        Actor::from_lookup(tool, |k| std::env::var(k).ok())
-    }
-
-    /// The same with an injected environment, for tests.
+    /// The actor for this process, with the Concourse variables as `env` gives them (the
+    /// edge gives the environment's: `environment::actor`).
     pub fn from_lookup(tool: &str, env: impl Fn(&str) -> Option<String>) -> Actor {
         let user = env("USER")
             .or_else(|| env("LOGNAME"))

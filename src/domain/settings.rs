@@ -1,13 +1,9 @@
 //! Every environment variable buildstate reads, in one table (name, unit, default, what
-//! it does), and how a duration among them is read. Every front end checks them before
-//! it does anything (`session::check_env`).
+//! it does). They are read at the edge, once (`environment::Settings`), and checked
+//! before a front end does anything.
 //!
 //! README's table of variables is checked against [`VARS`] (tests/it/cli.rs), and so is
 //! every `BUILDSTATE_*` name the code reads: a variable is added here or not at all.
-
-use std::time::Duration;
-
-use crate::{Error, Result};
 
 /// What a variable holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +25,7 @@ pub enum Unit {
 pub struct Var {
     /// The variable's name; every one starts `BUILDSTATE_`.
     pub name: &'static str,
-    /// How its value is read: the unit column of README's table, and what [`var`] and
-    /// [`duration`] accept.
+    /// How its value is read: the unit column of README's table.
     pub unit: Unit,
     /// What holds when it is unset (as README's table says it).
     pub default: &'static str,
@@ -90,19 +85,4 @@ pub fn var(name: &str) -> Option<&'static Var> {
             || (v.name == base && v.unit == Unit::Secret)
             || (v.name == "BUILDSTATE_META_" && name.starts_with(v.name))
     })
-}
-
-/// A duration variable: `None` when unset or empty, else its value (up to 366 days), or
-/// [`Error::InvalidInput`] naming it.
-pub fn duration(name: &str) -> Result<Option<Duration>> {
-    match std::env::var(name) {
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Ok(v) if v.trim().is_empty() => Ok(None),
-        Ok(v) => crate::time::parse_bounded_duration(&v, Duration::ZERO)
-            .map(Some)
-            .map_err(|e| Error::InvalidInput(format!("invalid {name}: {e}"))),
-        Err(std::env::VarError::NotUnicode(_)) => Err(Error::InvalidInput(format!(
-            "invalid {name}: not UTF-8; give a duration such as 30s"
-        ))),
-    }
 }

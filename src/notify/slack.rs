@@ -2,7 +2,8 @@
 //! (`chat.postMessage` with a bot token, one thread per build).
 //!
 //! Secrets (the webhook URL, the token) come from the environment or a file only
-//! ([`Target::from_env`]); they are never stored, printed or put in an error message.
+//! ([`Target::from_vars`], given the environment by the edge); they are never stored,
+//! printed or put in an error message.
 //!
 //! [`deliver`] sends what is due within a time budget: a command that just wrote gives
 //! it 2 s, `monitor deliver` (cron) more. Slack's ~1 message per second per channel is
@@ -11,6 +12,7 @@
 //! `gave_up` with its last error; a refusal that retrying cannot fix (a bad token, an
 //! unknown channel, an invalid payload) gives up at once.
 
+use std::ffi::OsString;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
@@ -49,13 +51,16 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// A secret from `NAME`, or from the file named by `NAME_FILE`.
-fn secret(name: &str) -> Result<Option<String>> {
-    if let Some(v) = std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
+/// A secret from `NAME`, or from the file named by `NAME_FILE`, as `get` gives them.
+fn secret(get: &impl Fn(&str) -> Option<OsString>, name: &str) -> Result<Option<String>> {
+    if let Some(v) = get(name)
+        .and_then(|v| v.into_string().ok())
+        .filter(|v| !v.trim().is_empty())
+    {
         return Ok(Some(v.trim().to_string()));
     }
     let file_var = format!("{name}_FILE");
-    match std::env::var_os(&file_var) {
+    match get(&file_var) {
         None => Ok(None),
         Some(path) => std::fs::read_to_string(&path)
             .map(|s| Some(s.trim().to_string()).filter(|s| !s.is_empty()))
@@ -71,9 +76,11 @@ fn secret(name: &str) -> Result<Option<String>> {
 impl Target {
     /// `BUILDSTATE_SLACK_WEBHOOK_URL` (or `_FILE`), else `BUILDSTATE_SLACK_TOKEN` (or
     /// `_FILE`) with `BUILDSTATE_SLACK_CHANNEL` (`BUILDSTATE_SLACK_API_URL` overrides
-    /// `https://slack.com/api`). `None` when Slack is not configured.
-    pub fn from_env() -> Result<Option<Target>> {
-        if let Some(url) = secret("BUILDSTATE_SLACK_WEBHOOK_URL")? {
+    /// `https://slack.com/api`), as `get` gives the variables (the edge gives the
+    /// environment's). `None` when Slack is not configured.
+    pub fn from_vars(get: impl Fn(&str) -> Option<OsString>) -> Result<Option<Target>> {
+        let text = |name: &str| get(name).and_then(|v| v.into_string().ok());
+        if let Some(url) = secret(&get, "BUILDSTATE_SLACK_WEBHOOK_URL")? {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(Error::InvalidInput(
                     "BUILDSTATE_SLACK_WEBHOOK_URL is not an http(s) URL (its value is not shown)"
@@ -82,17 +89,16 @@ impl Target {
             }
             return Ok(Some(Target::Webhook { url }));
         }
-        if let Some(token) = secret("BUILDSTATE_SLACK_TOKEN")? {
-            let channel = std::env::var("BUILDSTATE_SLACK_CHANNEL")
-                .ok()
+        if let Some(token) = secret(&get, "BUILDSTATE_SLACK_TOKEN")? {
+            let channel = text("BUILDSTATE_SLACK_CHANNEL")
                 .filter(|c| !c.trim().is_empty())
                 .ok_or_else(|| {
                     Error::InvalidInput(
                         "BUILDSTATE_SLACK_TOKEN is set but BUILDSTATE_SLACK_CHANNEL is not: name the channel (e.g. #image-builds or its id)".into(),
                     )
                 })?;
-            let api = std::env::var("BUILDSTATE_SLACK_API_URL")
-                .unwrap_or_else(|_| "https://slack.com/api".into())
+            let api = text("BUILDSTATE_SLACK_API_URL")
+                .unwrap_or_else(|| "https://slack.com/api".into())
                 .trim_end_matches('/')
                 .to_string();
             return Ok(Some(Target::WebApi {
@@ -188,17 +194,17 @@ fn cut(s: &str, max: usize) -> String {
 
 /// Where the HTML reports are published (`BUILDSTATE_REPORT_URL`, an http(s) URL): each
 /// alert about a build links `BASE/BUILD.html` (docs/fleet.md).
-pub fn report_base_from_env() -> Result<Option<String>> {
-    match std::env::var("BUILDSTATE_REPORT_URL") {
-        Err(_) => Ok(None),
-        Ok(v) if v.trim().is_empty() => Ok(None),
-        Ok(v) => {
-            if is_link(&v) {
+pub fn report_base(url: Option<&str>) -> Result<Option<String>> {
+    match url {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => {
+            if is_link(v) {
                 Ok(Some(v.trim_end_matches('/').to_string()))
             } else {
                 Err(Error::InvalidInput(format!(
                     "BUILDSTATE_REPORT_URL '{}' is not an http(s) URL without spaces, <, > or |: give where the reports are published, e.g. https://reports.example.com/builds",
-                    crate::redact::echo(&v)
+                    crate::redact::echo(v)
                 )))
             }
         }
@@ -427,15 +433,21 @@ pub fn retry_delay(first: Duration, attempt: u32) -> Duration {
         .min(Duration::from_secs(3600))
 }
 
-fn first_retry_delay() -> Duration {
-    // Checked before the command did anything (session::check_env).
-    crate::settings::duration("BUILDSTATE_SLACK_RETRY_DELAY")
-        .ok()
-        .flatten()
-        .unwrap_or(Duration::from_secs(30))
+/// How alerts are delivered: resolved once at the edge (`environment::Settings`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long one delivery may go on (`BUILDSTATE_SLACK_BUDGET` after a write,
+    /// `monitor deliver --budget`).
+    pub budget: Duration,
+    /// The first delay before an undelivered alert is tried again, doubling
+    /// (`BUILDSTATE_SLACK_RETRY_DELAY`).
+    pub retry_delay: Duration,
+    /// Where the HTML reports are published (`BUILDSTATE_REPORT_URL`), checked by
+    /// [`report_base`] when alerts are sent.
+    pub report_url: Option<String>,
 }
 
-/// Deliver due alerts for at most `budget`. `worker` names this deliverer in its claims.
+/// Deliver due alerts for at most `opts.budget`. `worker` names this deliverer in its claims.
 ///
 /// In remote mode the alerts that travel with their builds are claimed and settled
 /// through the remote ([`super::claim_shared`]), then this machine's own outbox's (a
@@ -444,12 +456,12 @@ fn first_retry_delay() -> Duration {
 pub fn deliver(
     store: &mut crate::sync::Writer,
     target: &Target,
-    budget: Duration,
+    opts: &Options,
     worker: &str,
 ) -> Result<Delivered> {
     let shared = store.is_remote();
-    let report_base = report_base_from_env()?;
-    let deadline = Instant::now() + budget;
+    let report_base = report_base(opts.report_url.as_deref())?;
+    let deadline = Instant::now() + opts.budget;
     let rt = crate::remote::runtime(&mut tokio::runtime::Builder::new_current_thread())?;
     crate::remote::ensure_tls();
     let client = reqwest::Client::builder()
@@ -550,7 +562,7 @@ pub fn deliver(
             }
             Sent::Transient(error) if alert.attempts + 1 < MAX_ATTEMPTS => {
                 report.last_error = Some(crate::redact::redact(&error).into_owned());
-                let at = now + retry_delay(first_retry_delay(), alert.attempts + 1);
+                let at = now + retry_delay(opts.retry_delay, alert.attempts + 1);
                 settle(
                     store,
                     Settle::Retry {
@@ -580,43 +592,6 @@ fn thread_ts(store: &Store, alert: &Claimed, target: &Target) -> Result<Option<S
         return Ok(None);
     };
     crate::store::outbox::thread(store, build, channel)
-}
-
-/// After a write: deliver the Slack alerts that are due, within `BUILDSTATE_SLACK_BUDGET`
-/// (default 2 s), so that a pipeline never waits on Slack for longer. Whatever is left,
-/// or fails, stays queued for `monitor deliver` or the next command; this never changes
-/// the command's outcome.
-pub fn deliver_after_write(tool: &str, store: &mut crate::sync::Writer) {
-    let target = match Target::from_env() {
-        Ok(Some(t)) => t,
-        Ok(None) => return,
-        Err(e) => {
-            eprintln!("{tool}: warning: Slack alerts are not sent: {e}");
-            return;
-        }
-    };
-    // Checked before the command did anything (session::check_env).
-    let budget = crate::settings::duration("BUILDSTATE_SLACK_BUDGET")
-        .ok()
-        .flatten()
-        .unwrap_or(std::time::Duration::from_secs(2));
-    let worker = crate::context::Actor::from_env(tool).lease_owner();
-    match deliver(store, &target, budget, &worker) {
-        Ok(r) if r.gave_up > 0 => eprintln!(
-            "{tool}: warning: {} Slack alert(s) could not be delivered and were given up (see `monitor status`): {}",
-            r.gave_up,
-            r.last_error.as_deref().unwrap_or("no detail")
-        ),
-        Ok(r) if r.retried > 0 || r.left > 0 => eprintln!(
-            "{tool}: warning: {} Slack alert(s) not delivered yet ({}); they stay queued for `monitor deliver` or the next command",
-            r.retried.max(u32::try_from(r.left).unwrap_or(u32::MAX)),
-            r.last_error.as_deref().unwrap_or("the time budget ran out")
-        ),
-        Ok(_) => {}
-        Err(e) => eprintln!(
-            "{tool}: warning: Slack alerts stay queued for `monitor deliver`: {e}"
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ pub struct RemoteOptions {
     /// command refuses to write or decide (`BUILDSTATE_MAX_CLOCK_SKEW`); `None`: the
     /// check is off.
     pub max_clock_skew: Option<Duration>,
+    /// The keys snapshots are signed with and checked against (`BUILDSTATE_SNAPSHOT_KEY`),
+    /// when configured.
+    pub keys: Option<Arc<Keys>>,
 }
 
 /// The default of `BUILDSTATE_MAX_CLOCK_SKEW`.
@@ -63,6 +66,7 @@ impl Default for RemoteOptions {
             max_retries: 3,
             config: Vec::new(),
             max_clock_skew: Some(DEFAULT_MAX_CLOCK_SKEW),
+            keys: None,
         }
     }
 }
@@ -88,40 +92,6 @@ impl RemoteOptions {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
             .or_else(|| std::env::var(name).ok())
-    }
-
-    /// The defaults, with `BUILDSTATE_REMOTE_TIMEOUT` (a duration: the whole budget for
-    /// one operation, retries included) and `BUILDSTATE_MAX_CLOCK_SKEW` (a duration up to
-    /// 1h, or `off`) when set. Resolved once, at the edge: the remote and the writer
-    /// that goes through it take these values.
-    pub fn from_env() -> Result<RemoteOptions> {
-        let mut o = RemoteOptions::default();
-        if let Ok(v) = std::env::var("BUILDSTATE_MAX_CLOCK_SKEW") {
-            o.max_clock_skew = if v.trim().eq_ignore_ascii_case("off") {
-                None
-            } else {
-                let d = humantime::parse_duration(v.trim())
-                    .ok()
-                    .filter(|d| *d <= Duration::from_secs(3600))
-                    .ok_or_else(|| {
-                        Error::InvalidInput(format!(
-                            "invalid BUILDSTATE_MAX_CLOCK_SKEW '{}': give a duration up to 1h (e.g. 5s), or off",
-                            crate::redact::echo(&v)
-                        ))
-                    })?;
-                Some(d)
-            };
-        }
-        if let Ok(v) = std::env::var("BUILDSTATE_REMOTE_TIMEOUT") {
-            let d =
-                crate::time::parse_bounded_duration(&v, Duration::from_millis(1)).map_err(|e| {
-                    Error::InvalidInput(format!("invalid BUILDSTATE_REMOTE_TIMEOUT: {e}"))
-                })?;
-            o.retry_timeout = d;
-            o.request_timeout = o.request_timeout.min(d);
-            o.connect_timeout = o.connect_timeout.min(d);
-        }
-        Ok(o)
     }
 }
 
@@ -175,30 +145,6 @@ pub fn ensure_tls() {
     });
 }
 
-/// The snapshot signing keys from the environment (`BUILDSTATE_SNAPSHOT_KEY_FILE`, else
-/// `BUILDSTATE_SNAPSHOT_KEY`), if any are configured.
-fn snapshot_keys() -> Result<Option<Keys>> {
-    if let Some(path) = std::env::var_os("BUILDSTATE_SNAPSHOT_KEY_FILE").filter(|p| !p.is_empty()) {
-        let path = std::path::PathBuf::from(path);
-        // A setting that names no readable file is bad input, like a malformed key:
-        // say which variable, and never read on without the keys.
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::InvalidInput(format!(
-                "BUILDSTATE_SNAPSHOT_KEY_FILE names '{}', which cannot be read ({e}): point it at the key file, or unset it",
-                crate::redact::echo(&path.display().to_string())
-            ))
-        })?;
-        return Keys::parse(&text, "BUILDSTATE_SNAPSHOT_KEY_FILE").map(Some);
-    }
-    match std::env::var("BUILDSTATE_SNAPSHOT_KEY") {
-        Ok(v) => Keys::parse(&v, "BUILDSTATE_SNAPSHOT_KEY").map(Some),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(Error::InvalidInput(
-            "BUILDSTATE_SNAPSHOT_KEY is not valid UTF-8".into(),
-        )),
-    }
-}
-
 impl Remote {
     /// Parse a remote URL and set up its client (no request is made yet).
     pub fn open(url: &str, opts: RemoteOptions) -> Result<Remote> {
@@ -211,7 +157,7 @@ impl Remote {
         };
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let name = display_url(&parsed);
-        let keys = snapshot_keys()?.map(Arc::new);
+        let keys = opts.keys.clone();
         // Timeouts go in as configuration keys, on top of what each builder read from
         // the environment (AWS_ALLOW_HTTP, proxies, ...), which with_client_options
         // would replace.

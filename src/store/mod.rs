@@ -36,44 +36,8 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The WAL size past which a write folds it back into the database (see `Store::trim_wal`).
 pub const WAL_TRIM_BYTES: u64 = 256 * 1024;
 
-/// `$XDG_STATE_HOME/buildstate/buildstate.db`, else `~/.local/state/buildstate/buildstate.db`,
-/// else `./buildstate.db`.
-pub fn default_db_path() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".local/state"))
-        });
-    match base {
-        Some(b) => b.join("buildstate").join("buildstate.db"),
-        None => PathBuf::from("buildstate.db"),
-    }
-}
-
 /// The longest busy timeout accepted: an hour, in milliseconds.
 pub const MAX_BUSY_TIMEOUT_MS: u64 = 3_600_000;
-
-/// `BUILDSTATE_BUSY_TIMEOUT` in milliseconds, or the default.
-pub fn busy_timeout_from_env() -> Result<Duration> {
-    match std::env::var("BUILDSTATE_BUSY_TIMEOUT") {
-        Err(_) => Ok(DEFAULT_BUSY_TIMEOUT),
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|ms| *ms <= MAX_BUSY_TIMEOUT_MS)
-            .map(Duration::from_millis)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "invalid BUILDSTATE_BUSY_TIMEOUT '{}': give a whole number of milliseconds from 0 to {MAX_BUSY_TIMEOUT_MS} (an hour)",
-                    crate::redact::echo(&v)
-                ))
-            }),
-    }
-}
 
 pub struct Store {
     conn: Connection,

@@ -328,7 +328,7 @@ fn tasks(db: &std::path::Path, id: &str, days: &[u64]) {
         })
         .collect();
     let mut store = buildstate::store::Store::open(db).unwrap();
-    let actor = buildstate::context::Actor::from_env("test");
+    let actor = buildstate::environment::actor("test");
     store
         .transition(id, &Transition::Tasks { records }, &actor, &Ctx::live())
         .unwrap();

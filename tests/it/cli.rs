@@ -1817,10 +1817,11 @@ fn every_variable_is_in_the_settings_table_and_readme() {
             v.name
         );
     }
-    // Reads in the code: env::var("…"), env::var_os("…"), clap's env = "…", Python's
-    // os.environ.get("…") and os.environ["…"].
+    // Reads in the code: env::var("…"), env::var_os("…"), the readers of
+    // src/app/environment.rs (text, os, duration) and Slack's (secret), clap's env = "…",
+    // Python's os.environ.get("…") and os.environ["…"].
     let read = regex::Regex::new(
-        r#"(?:env::var(?:_os)?\(|env = |environ\.get\(|environ\[|getenv\()"(BUILDSTATE_[A-Z_]+)""#,
+        r#"(?:env::var(?:_os)?\(|\b(?:text|os|duration)\(|secret\(&get, |env = |environ\.get\(|environ\[|getenv\()"(BUILDSTATE_[A-Z_]+)""#,
     )
     .unwrap();
     let mut files = Vec::new();

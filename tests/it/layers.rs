@@ -167,3 +167,47 @@ fn the_checker_sees_an_upward_import() {
     // Not re-exported, so reached only as crate::notify::slack / crate::store::journal.
     assert!(!ranks.contains_key("slack") && !ranks.contains_key("journal"));
 }
+
+/// Settings are read at the edge (src/app/environment.rs) and handed down as values: the
+/// layers below app read no environment variable, but for the reads listed here, each
+/// with its reason. A new one fails this test: add a field to `Settings` instead.
+#[test]
+fn the_layers_below_app_read_no_environment() {
+    const ALLOWED: &[(&str, usize, &str)] = &[
+        (
+            "store/mod.rs",
+            1,
+            "BUILDSTATE_TEST_FAIL_COMMIT, a test hook behind the fail-points feature",
+        ),
+        (
+            "share/remote.rs",
+            2,
+            "the clouds' own variables (AZURITE_BLOB_STORAGE_URL), read as object_store's \
+             builders read them, and a test that one is unset",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for layer in &LAYERS[..4] {
+        let mut files = Vec::new();
+        rust_files(&src().join(layer), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let reads = text
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .filter(|l| l.contains("env::var") || l.contains("std::env::"))
+                .count();
+            let name = file.strip_prefix(src()).unwrap().display().to_string();
+            let allowed = ALLOWED
+                .iter()
+                .find(|(f, _, _)| *f == name)
+                .map_or(0, |(_, n, _)| *n);
+            if reads != allowed {
+                wrong.push(format!(
+                    "src/{name} reads the environment {reads} time(s), {allowed} allowed"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -91,7 +91,7 @@ fn stats_over_known_transitions() {
     let now = SystemTime::now();
     let mut f = Fleet {
         store: Store::open(&db).unwrap(),
-        actor: Actor::from_env("test"),
+        actor: buildstate::environment::actor("test"),
         t0: now - Duration::from_secs(86_400),
     };
     // a: two clean states, then done: 5 took 10m, 10 took 20m.

@@ -210,3 +210,32 @@ def test_every_error_kind_has_its_exception_class() -> None:
     with pytest.raises(buildstate.InvalidInputError) as e:
         buildstate.Store(busy_timeout_ms=10**9)
     assert (e.value.kind, e.value.exit_code) == ("invalid_input", 8)
+
+
+def test_busy_timeout_comes_from_the_environment_as_for_the_commands(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 26: the Store resolved BUILDSTATE_BUSY_TIMEOUT only to check it, then waited
+    # its own 60 s default for a lock another writer holds.
+    import subprocess
+    import sys
+    import time
+
+    buildstate.Store(db).init(BUILD, "aws", "rhel9")
+    monkeypatch.setenv("BUILDSTATE_BUSY_TIMEOUT", "300")
+    s = buildstate.Store(db)
+    # Another process holds the write lock (in this one, SQLite's locks would not see
+    # each other: they are per process).
+    hold = "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        began = time.monotonic()
+        with pytest.raises(buildstate.DatabaseError) as e:
+            s.start(BUILD, 5)
+        waited = time.monotonic() - began
+    finally:
+        holder.communicate("")
+    assert "busy timeout" in str(e.value)
+    assert 0.25 <= waited < 10, waited
+    # Nothing was written while the lock was held: the state starts now.
+    assert s.start(BUILD, 5)["status"] == "running"
+    assert [e["kind"] for e in s.events(BUILD)] == ["init", "start"]

@@ -94,7 +94,7 @@ fn run(args: &Args) -> Result<i32> {
         let root = args.inputs_root.as_deref();
         let mut stale = crate::inputs::stale_of(store.store(), &b, &plan, root, args.plan)?;
         if args.verify {
-            let actor = crate::context::Actor::from_env("check-state");
+            let actor = crate::environment::actor("check-state");
             let quiet = args.common.json;
             // Verify up to the first state whose inputs changed: a drifted state (and
             // those after it) is verified again, so that a pass can clear the drift.

@@ -77,10 +77,11 @@ fn run(step: &Step) -> Result<serde_json::Value> {
             source,
         })?;
     let req = Request::parse(&stdin)?;
+    let settings = crate::cli::settings()?;
     match step {
-        Step::Check => check(&req),
-        Step::In { dest } => fetch(&req, dest),
-        Step::Out { src } => put(&req, src),
+        Step::Check => check(&req, settings),
+        Step::In { dest } => fetch(&req, dest, settings),
+        Step::Out { src } => put(&req, src, settings),
     }
 }
 

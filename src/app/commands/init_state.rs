@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::cli::Common;
-use crate::context::Actor;
 use crate::model::{parse_meta_pair, InitRequest};
 use crate::report::Report;
 use crate::{exit, Result};
@@ -61,7 +60,7 @@ fn run(args: &Args) -> Result<i32> {
     req.validate()?;
     let mut store = args.common.writer(true)?;
     let now = SystemTime::now();
-    let outcome = store.init(&req, &Actor::from_env("init-state"), now)?;
+    let outcome = store.init(&req, &crate::environment::actor("init-state"), now)?;
     crate::cli::deliver_after_write("init-state", &mut store);
     let (mut report, stored_plan) = Report::after_write(store.store(), &outcome.build, now)?;
     report.created = Some(outcome.created);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::cli::Common;
-use crate::notify::slack::{deliver, Target};
+use crate::notify::slack::deliver;
 use crate::{exit, monitor, time, Error, Result};
 use clap::Subcommand;
 
@@ -267,7 +267,7 @@ fn run(args: &Args) -> Result<i32> {
         } => {
             let mut store = fleet(args, "not verified")?;
             let due = store.store().due_for_verify(time::ago(now, *older_than))?;
-            let actor = crate::context::Actor::from_env("monitor");
+            let actor = crate::environment::actor("monitor");
             let report = crate::verify::verify_fleet(
                 &mut store,
                 &due,
@@ -320,13 +320,17 @@ fn run(args: &Args) -> Result<i32> {
             // Remote mode: the alerts travel with their builds; the local database is a
             // cache of the remote (created when missing), brought up to date first.
             let mut store = fleet(args, "its alerts wait")?;
-            let target = Target::from_env()?.ok_or_else(|| {
+            let target = crate::environment::slack_target()?.ok_or_else(|| {
                 Error::InvalidInput(
                     "Slack is not configured: set BUILDSTATE_SLACK_WEBHOOK_URL (or _FILE), or BUILDSTATE_SLACK_TOKEN (or _FILE) and BUILDSTATE_SLACK_CHANNEL".into(),
                 )
             })?;
-            let worker = crate::context::Actor::from_env("monitor").lease_owner();
-            let report = deliver(&mut store, &target, *budget, &worker)?;
+            let worker = crate::environment::actor("monitor").lease_owner();
+            let opts = crate::notify::slack::Options {
+                budget: *budget,
+                ..crate::cli::settings()?.slack.clone()
+            };
+            let report = deliver(&mut store, &target, &opts, &worker)?;
             let pruned = crate::notify::prune(store.store(), *retention, now)?;
             if json {
                 let mut v = serde_json::to_value(&report).expect("serializes");
@@ -514,7 +518,7 @@ fn run(args: &Args) -> Result<i32> {
         Command::PruneTasks { older_than } => {
             // Remote mode: each build's removal is a write through the remote.
             let mut store = fleet(args, "its task results stay")?;
-            let actor = crate::context::Actor::from_env("monitor");
+            let actor = crate::environment::actor("monitor");
             let before = time::ago(now, *older_than);
             let report = crate::cli::with_progress(json, |p| {
                 crate::archive::prune_tasks(&mut store, before, &actor, p)

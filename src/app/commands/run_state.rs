@@ -4,7 +4,6 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use crate::cli::Common;
-use crate::context::Actor;
 use crate::runner::{run, Outcome, RunOptions};
 use crate::{time, Result};
 
@@ -99,7 +98,7 @@ fn run_state(args: &Args) -> Result<i32> {
         tail_bytes: args.stderr_tail,
         inputs_root: args.inputs_root.clone(),
     };
-    let outcome = run(&mut store, &opts, &Actor::from_env("run-state"));
+    let outcome = run(&mut store, &opts, &crate::environment::actor("run-state"));
     crate::cli::deliver_after_write("run-state", &mut store);
     let outcome = outcome?;
     let (status, text) = match &outcome {

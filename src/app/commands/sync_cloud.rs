@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::cli::Common;
-use crate::remote::{Remote, RemoteOptions};
+use crate::remote::Remote;
 use crate::sync::{self, StatusRow, Synced};
 use crate::{exit, Error, Result};
 use clap::Subcommand;
@@ -103,7 +103,7 @@ fn remote(args: &Args) -> Result<Remote> {
                 .into(),
         )
     })?;
-    Remote::open(url, RemoteOptions::from_env()?)
+    Remote::open(url, crate::cli::settings()?.remote.clone())
 }
 
 /// Print one line per build, or a JSON array; exit with the first failure's code.

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::Common;
-use crate::context::Actor;
 use crate::model::{parse_meta_pair, Transition};
 use crate::policy::Category;
 use crate::report::Report;
@@ -270,7 +269,7 @@ fn run(args: &Args) -> Result<i32> {
     let t = transition(&args.action)?;
     crate::model::validate_build_id(&args.build_id)?;
     let mut store = args.common.writer(false)?;
-    let actor = Actor::from_env("update-state");
+    let actor = crate::environment::actor("update-state");
     let owner = args
         .owner
         .clone()
