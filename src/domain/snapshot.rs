@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use std::time::SystemTime;
 
-use crate::model::{validate_build_id, validate_meta_key, Build, Event, EventKind, Status};
+use crate::model::{validate_build_id, validate_meta_key, Build, Event, EventKind, Facts, Implied};
 use crate::plan::Plan;
 use crate::{Error, Result};
 
@@ -604,113 +604,11 @@ impl Snapshot {
     fn check_summary_against_events(&self) -> Result<()> {
         let id = &self.build_id;
         let plan = &self.plan.body;
-        let last = plan.last().id;
         let b = &self.build;
         let mut want = Implied::default();
         for e in &self.events {
-            let recorded = e.write_id.is_some();
-            let finish = |want: &mut Implied, state: u8| {
-                *want = Implied {
-                    current: Some(state),
-                    status: if state == last {
-                        Status::Completed
-                    } else {
-                        Status::Pending
-                    },
-                    ..Implied::default()
-                };
-            };
-            match (e.kind, e.state) {
-                (EventKind::Init, s) => {
-                    want = Implied::default();
-                    if let Some(s) = s {
-                        finish(&mut want, s);
-                    }
-                }
-                (EventKind::Start, Some(s)) => {
-                    want.active = Some(s);
-                    want.status = Status::Running;
-                    want.attempt = e.attempt.unwrap_or(want.attempt);
-                    want.next = Some(None);
-                    want.lease = if recorded {
-                        Some(e.until.and(e.owner.clone()).zip(e.until))
-                    } else {
-                        None
-                    };
-                }
-                (EventKind::Complete | EventKind::Skip, Some(s)) => finish(&mut want, s),
-                (EventKind::Fail, Some(s)) => {
-                    want.active = Some(s);
-                    want.attempt = e.attempt.unwrap_or(want.attempt);
-                    want.lease = Some(None);
-                    if recorded {
-                        want.status = if e.until.is_some() {
-                            Status::Waiting
-                        } else {
-                            Status::Blocked
-                        };
-                        want.next = Some(e.until);
-                    } else {
-                        // An older writer: waiting or blocked, the history cannot say.
-                        want.status = b.status;
-                        want.next = None;
-                    }
-                }
-                (EventKind::Interrupt | EventKind::Retry, Some(_)) => {
-                    want.status = Status::Waiting;
-                    want.next = recorded.then_some(e.until);
-                    want.lease = Some(None);
-                }
-                (EventKind::Rollback, Some(s)) => {
-                    want = Implied {
-                        current: Some(s),
-                        ..Implied::default()
-                    };
-                }
-                (EventKind::Force | EventKind::Reset | EventKind::Rerun, from) => {
-                    let keep = plan.kept_when_reopened(from);
-                    want = Implied {
-                        current: keep,
-                        status: if keep == Some(last) {
-                            Status::Completed
-                        } else {
-                            Status::Pending
-                        },
-                        ..Implied::default()
-                    };
-                }
-                (EventKind::Prerequisite, Some(s)) => {
-                    if want.active != Some(s) {
-                        want.attempt = 0;
-                    }
-                    want.active = Some(s);
-                    want.status = Status::Blocked;
-                    want.next = Some(None);
-                    want.lease = Some(None);
-                }
-                (EventKind::Cancel, _) => {
-                    want.status = Status::Cancelled;
-                    want.next = Some(None);
-                    want.lease = Some(None);
-                }
-                (
-                    EventKind::Meta
-                    | EventKind::Task
-                    | EventKind::Pruned
-                    | EventKind::Takeover
-                    | EventKind::Drift
-                    | EventKind::Verified
-                    | EventKind::Unverified
-                    | EventKind::Late,
-                    _,
-                ) => {}
-                (kind, None) => {
-                    return Err(invalid(
-                        id,
-                        format!("event {} ({kind}) names no state", e.seq),
-                    ))
-                }
-            }
+            want.fold(plan, &Facts::of(e))
+                .map_err(|why| invalid(id, format!("event {} {why}", e.seq)))?;
         }
         let mut wrong = Vec::new();
         let opt = |s: Option<u8>| s.map_or("none".to_string(), |s| s.to_string());
@@ -728,11 +626,8 @@ impl Snapshot {
                 opt(want.active)
             ));
         }
-        if b.status != want.status {
-            wrong.push(format!(
-                "status {} (the events say {})",
-                b.status, want.status
-            ));
+        if let Some(status) = want.status.filter(|s| *s != b.status) {
+            wrong.push(format!("status {} (the events say {status})", b.status));
         }
         if b.attempt != want.attempt {
             wrong.push(format!(
@@ -779,30 +674,5 @@ impl Snapshot {
     /// The plan as stored in a database.
     pub fn plan(&self) -> &Plan {
         &self.plan.body
-    }
-}
-
-/// What a build's events say its summary must be. `next` and `lease` are `None` when
-/// the events cannot tell (written by an older buildstate).
-#[derive(Debug)]
-struct Implied {
-    current: Option<u8>,
-    active: Option<u8>,
-    status: Status,
-    attempt: u32,
-    next: Option<Option<SystemTime>>,
-    lease: Option<Option<(String, SystemTime)>>,
-}
-
-impl Default for Implied {
-    fn default() -> Implied {
-        Implied {
-            current: None,
-            active: None,
-            status: Status::Pending,
-            attempt: 0,
-            next: Some(None),
-            lease: Some(None),
-        }
     }
 }

@@ -268,13 +268,8 @@ pub(super) fn clear_attempt(b: &mut Build) {
     b.last_category = None;
 }
 
-/// Mark `state` done (completed or skipped).
-pub(super) fn finish_state(b: &mut Build, plan: &Plan, state: u8) {
+/// Mark a state done (completed or skipped): the attempt is over; the event makes the
+/// state the current one ([`super::Implied`]).
+pub(super) fn finish_state(b: &mut Build) {
     clear_attempt(b);
-    b.current_state = Some(state);
-    b.status = if state == plan.last().id {
-        Status::Completed
-    } else {
-        Status::Pending
-    };
 }

@@ -6,10 +6,12 @@
 //! transition writes nothing and an accepted one writes row and events together.
 
 mod attempts;
+mod implied;
 mod record;
 mod transition;
 
 pub use attempts::attempts_allowed;
+pub use implied::{Facts, Implied};
 pub use record::*;
 pub use transition::*;
 

@@ -288,6 +288,15 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
         Transition::Verified { results } => verified(b, plan, results, &mut c),
         Transition::Cancel { reason } => cancel(b, reason, &mut c),
     }?;
+    // The summary's current and active state, status, attempt, next retry and lease are
+    // what the new events say, by the fold snapshot validation replays.
+    let mut implied = Implied::of(b);
+    for e in &c.events {
+        implied
+            .fold(plan, &Facts::new(e, ctx.owner))
+            .map_err(|why| Error::Corrupt(format!("build '{}': a new event {why}", b.build_id)))?;
+    }
+    implied.write_to(&mut c.build);
     Ok(c)
 }
 
@@ -347,16 +356,8 @@ pub(super) fn start(
         c.build.first_attempt_at = Some(now);
         c.build.extra_attempts = 0;
     }
-    c.build.active_state = Some(*state);
-    c.build.status = Status::Running;
-    c.build.attempt = n;
     c.build.attempt_started_at = Some(now);
-    c.build.next_attempt_at = None;
     c.build.blocked_reason = None;
-    (c.build.lease_owner, c.build.lease_expires_at) = match (ctx.owner, ctx.lease_ttl) {
-        (Some(owner), Some(ttl)) => (Some(owner.to_string()), Some(now + ttl)),
-        _ => (None, None),
-    };
     Ok(())
 }
 
@@ -376,7 +377,7 @@ pub(super) fn complete(
     let mut e = event(EventKind::Complete, Some(*state), Some(n), None);
     e.duration_ms = elapsed_ms(started, now);
     c.events.push(e);
-    finish_state(&mut c.build, plan, *state);
+    finish_state(&mut c.build);
     Ok(())
 }
 
@@ -428,31 +429,22 @@ pub(super) fn fail(
     e.category = Some(category);
     e.exit_code = failure.exit_code;
     e.duration_ms = elapsed_ms(started, now);
-    c.events.push(e);
-    c.build.active_state = Some(*state);
-    c.build.attempt = n;
     c.build.attempt_started_at = None;
     c.build.first_attempt_at = Some(first);
     c.build.extra_attempts = extra;
     c.build.last_error = Some(message);
     c.build.last_category = Some(category);
-    c.build.lease_owner = None;
-    c.build.lease_expires_at = None;
+    // A retry's time makes the failure a wait; without one it blocks.
     match verdict {
         crate::policy::Verdict::RetryAt { at, .. } => {
-            c.build.status = Status::Waiting;
-            c.build.next_attempt_at = Some(at);
+            e.until = Some(at);
             c.build.blocked_reason = None;
-            if let Some(e) = c.events.last_mut() {
-                e.until = Some(at);
-            }
         }
         crate::policy::Verdict::Blocked { reason, .. } => {
-            c.build.status = Status::Blocked;
-            c.build.next_attempt_at = None;
             c.build.blocked_reason = Some(reason);
         }
     }
+    c.events.push(e);
     Ok(())
 }
 
@@ -487,14 +479,10 @@ pub(super) fn interrupt(
     c.events.push(e);
     // An interrupted attempt is not the command's fault: it does not use up one
     // of the policy's attempts, and it may be retried at once.
-    c.build.status = Status::Waiting;
-    c.build.next_attempt_at = Some(now);
     c.build.extra_attempts = b.extra_attempts + 1;
     c.build.attempt_started_at = None;
     c.build.last_error = Some(message);
     c.build.last_category = Some(Category::Transient);
-    c.build.lease_owner = None;
-    c.build.lease_expires_at = None;
     Ok(())
 }
 
@@ -554,8 +542,6 @@ pub(super) fn retry(
     c.build.extra_attempts = b
         .extra_attempts
         .max((b.attempt + 1).saturating_sub(policy_max));
-    c.build.status = Status::Waiting;
-    c.build.next_attempt_at = Some(now);
     c.build.blocked_reason = None;
     let mut e = event(
         EventKind::Retry,
@@ -615,7 +601,7 @@ pub(super) fn skip(
         None,
         Some(redact(reason).into_owned()),
     ));
-    finish_state(&mut c.build, plan, *state);
+    finish_state(&mut c.build);
     Ok(())
 }
 
@@ -677,8 +663,6 @@ pub(super) fn rollback(
         Some(format!("from state {current}: {}", redact(reason))),
     ));
     clear_attempt(&mut c.build);
-    c.build.current_state = Some(target);
-    c.build.status = Status::Pending;
     Ok(())
 }
 
@@ -776,7 +760,6 @@ pub(super) fn reopen(
             next.map_or("none".into(), |n| plan.label(n))
         ));
     }
-    let keep = plan.kept_when_reopened(from);
     let event_state = if from.is_none() {
         None
     } else {
@@ -789,12 +772,6 @@ pub(super) fn reopen(
         Some(redact(reason).into_owned()),
     ));
     clear_attempt(&mut c.build);
-    c.build.current_state = keep;
-    c.build.status = if keep == Some(plan.last().id) {
-        Status::Completed
-    } else {
-        Status::Pending
-    };
     Ok(())
 }
 
@@ -821,21 +798,15 @@ pub(super) fn unmet(
     );
     e.category = Some(Category::Prerequisite);
     c.events.push(e);
-    c.build.active_state = Some(state);
-    c.build.status = Status::Blocked;
-    c.build.attempt = if same { b.attempt } else { 0 };
     if !same {
         c.build.first_attempt_at = None;
         c.build.extra_attempts = 0;
     }
     c.build.attempt_started_at = None;
-    c.build.next_attempt_at = None;
     c.build.last_error = Some(message);
     c.build.last_category = Some(Category::Prerequisite);
     c.build.blocked_reason =
         Some("its prerequisite (`requires` in the plan) failed; no attempt was used".into());
-    c.build.lease_owner = None;
-    c.build.lease_expires_at = None;
     Ok(())
 }
 
@@ -878,10 +849,6 @@ pub(super) fn cancel(b: &Build, reason: &str, c: &mut Change) -> Result<()> {
         None,
         Some(redact(reason).into_owned()),
     ));
-    c.build.status = Status::Cancelled;
-    c.build.next_attempt_at = None;
-    c.build.lease_owner = None;
-    c.build.lease_expires_at = None;
     c.build.attempt_started_at = None;
     Ok(())
 }
