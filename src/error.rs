@@ -56,8 +56,10 @@ pub enum Error {
     #[error("database {path}: {message}", path = path.display())]
     Database { path: PathBuf, message: String },
 
-    #[error("{}", sqlite_message(.0))]
-    Sqlite(#[from] rusqlite::Error),
+    /// SQLite's error, as the store met it (converted from rusqlite's by the `sqlite`
+    /// feature of buildstate-core).
+    #[error("{0}")]
+    Sqlite(SqliteError),
 
     #[error("{path}: {source}", path = path.display())]
     Io {
@@ -120,6 +122,41 @@ pub enum Error {
     Corrupt(String),
 }
 
+/// An error SQLite returned: what went wrong and what to do, whether it was a lock held
+/// too long, and the error itself.
+#[derive(Debug)]
+pub struct SqliteError {
+    message: String,
+    busy: bool,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SqliteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        let busy = matches!(&e, rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
+        Error::Sqlite(SqliteError {
+            message: sqlite_message(&e),
+            busy,
+            source: Box::new(e),
+        })
+    }
+}
+
+#[cfg(feature = "sqlite")]
 fn sqlite_message(e: &rusqlite::Error) -> String {
     if let rusqlite::Error::SqliteFailure(f, _) = e {
         if matches!(
@@ -163,8 +200,7 @@ fn sqlite_message(e: &rusqlite::Error) -> String {
 impl Error {
     /// SQLite said another connection holds a lock we need.
     pub fn is_busy(&self) -> bool {
-        matches!(self, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+        matches!(self, Error::Sqlite(e) if e.busy)
     }
 
     /// The message as the front end `syntax` shows it: a refusal's hints in its own

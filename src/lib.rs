@@ -7,7 +7,9 @@
 //!
 //! The tree shows the layers; a layer imports only those below it (tests/it/layers.rs):
 //! - [`domain`]: pure decisions and formats (plan, policy, model, decide, alerts,
-//!   manifest, snapshot), no I/O beyond reading the clock and environment;
+//!   manifest, snapshot), no I/O beyond reading the clock: compiled as its own crate,
+//!   `buildstate-core` (core/), with the error type and exit codes, and re-exported
+//!   here under the same paths;
 //! - [`store`]: the SQLite database;
 //! - [`share`]: the remote (object storage) and writing through it;
 //! - [`notify`]: delivering alerts (Slack);
@@ -18,45 +20,10 @@
 //! result to an exit code from [`exit`]. All logic lives here so that the binaries, the
 //! Python module and the Ansible callback agree by construction.
 
-/// `as_str`, `Display` and `FromStr` for a fieldless enum stored as text. An unknown
-/// name read back from the database is corruption (user input is parsed elsewhere).
-macro_rules! text_enum {
-    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
-        impl $t {
-            /// Every value, in the order declared.
-            pub const ALL: &'static [$t] = &[$(<$t>::$v),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $(<$t>::$v => $s),+ }
-            }
-        }
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl std::str::FromStr for $t {
-            type Err = $crate::Error;
-            fn from_str(s: &str) -> $crate::Result<Self> {
-                match s {
-                    $($s => Ok(<$t>::$v),)+
-                    other => Err($crate::Error::Corrupt(format!(
-                        "unknown {} '{other}'", stringify!($t)
-                    ))),
-                }
-            }
-        }
-    };
-}
-
-// The test hooks are for tests: a release build (scripts/install, the wheel) never has them.
 #[cfg(all(feature = "fail-points", not(debug_assertions)))]
 compile_error!("the fail-points feature (test hooks) is for debug test builds only");
 
 pub mod app;
-pub mod domain;
-pub mod error;
-pub mod exit;
 pub mod notify;
 pub mod share;
 pub mod store;
@@ -70,6 +37,7 @@ pub use app::{
 };
 #[cfg(feature = "cli")]
 pub use app::{cli, commands};
+pub use buildstate_core::{domain, error, exit};
 pub use domain::{
     alerts, context, decide, manifest, model, plan, policy, redact, settings, snapshot, time,
 };

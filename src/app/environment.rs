@@ -169,9 +169,14 @@ fn snapshot_keys() -> Result<Option<Keys>> {
     }
 }
 
-/// This process as the actor of its writes, with the Concourse variables it runs under.
+/// This process as the actor of its writes: this host, this user (`USER`, `LOGNAME`,
+/// else the numeric uid: containers often run without either), with the Concourse
+/// variables it runs under.
 pub fn actor(tool: &str) -> Actor {
-    Actor::from_lookup(tool, text)
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    // SAFETY: getuid(2) takes nothing, cannot fail and touches no memory of ours.
+    let uid = unsafe { libc::getuid() };
+    Actor::from_lookup(tool, &host, uid, text)
 }
 
 /// Where alerts go (`BUILDSTATE_SLACK_WEBHOOK_URL`, else `BUILDSTATE_SLACK_TOKEN` with

@@ -1,6 +1,6 @@
 //! Which alerts a transition raises, and the facts each carries: pure, computed inside
 //! the write's transaction by the store (which queues them in its outbox, see
-//! [`crate::store::outbox`]) and delivered later by [`crate::notify`]. The alert kinds
+//! `store::outbox`) and delivered later by `notify`. The alert kinds
 //! a plan raises are configured in it (`alerts = [...]`).
 
 use crate::context::Actor;
@@ -168,12 +168,15 @@ mod tests {
             "BUILD_NAME" => Some("42".to_string()),
             _ => None,
         };
-        let a = Actor::from_lookup("update-state", env);
+        let a = Actor::from_lookup("update-state", "test-host", 0, env);
         assert_eq!(
             concourse_url(&a).as_deref(),
             Some("https://ci.example.com/teams/main/pipelines/images/jobs/bake/builds/42")
         );
-        assert_eq!(concourse_url(&Actor::from_lookup("t", |_| None)), None);
+        assert_eq!(
+            concourse_url(&Actor::from_lookup("t", "test-host", 0, |_| None)),
+            None
+        );
         assert_eq!(tail("abcdef", 3), "…def");
         assert_eq!(tail("héllo", 10), "héllo");
     }

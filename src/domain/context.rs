@@ -30,13 +30,19 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The actor for this process, with the Concourse variables as `env` gives them (the
-    /// edge gives the environment's: `environment::actor`).
-    pub fn from_lookup(tool: &str, env: impl Fn(&str) -> Option<String>) -> Actor {
+    /// The actor for this process on `host`, run by the user `env` names (`USER`, else
+    /// `LOGNAME`, else `uid UID`), with the Concourse variables as `env` gives them (the
+    /// edge gives this process's: `environment::actor`).
+    pub fn from_lookup(
+        tool: &str,
+        host: &str,
+        uid: u32,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Actor {
         let user = env("USER")
             .or_else(|| env("LOGNAME"))
             .filter(|u| !u.is_empty())
-            .unwrap_or_else(uid_name);
+            .unwrap_or_else(|| format!("uid {uid}"));
         let context = CONCOURSE_VARS
             .iter()
             .filter_map(|k| {
@@ -46,7 +52,7 @@ impl Actor {
             })
             .collect();
         Actor {
-            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            host: host.to_string(),
             user,
             pid: std::process::id(),
             tool: tool.to_string(),
@@ -76,12 +82,6 @@ impl Actor {
     }
 }
 
-/// Containers often run without USER set; fall back to the numeric uid.
-fn uid_name() -> String {
-    // SAFETY: getuid(2) takes nothing, cannot fail and touches no memory of ours.
-    format!("uid {}", unsafe { libc::getuid() })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,7 +95,7 @@ mod tests {
             "ATC_EXTERNAL_URL" => Some("https://admin:pw@ci.example.com".to_string()),
             _ => None,
         };
-        let a = Actor::from_lookup("update-state", env);
+        let a = Actor::from_lookup("update-state", "ci-host", 7, env);
         assert_eq!(a.user, "ci");
         assert_eq!(a.tool, "update-state");
         assert_eq!(a.pid, std::process::id());
@@ -110,9 +110,8 @@ mod tests {
 
     #[test]
     fn missing_user_falls_back_to_uid() {
-        let a = Actor::from_lookup("t", |_| None);
-        // SAFETY: as in uid_name.
-        assert_eq!(a.user, format!("uid {}", unsafe { libc::getuid() }));
+        let a = Actor::from_lookup("t", "h", 1234, |_| None);
+        assert_eq!((a.user.as_str(), a.host.as_str()), ("uid 1234", "h"));
         assert!(a.context.is_empty());
     }
 }

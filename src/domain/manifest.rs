@@ -1,6 +1,6 @@
 //! What a completed state depended on, as recorded (a [`Manifest`]), and why a
 //! completed state is stale: the pure side of inputs. Finding and hashing the files, and
-//! the cache that spares it, live in [`crate::inputs`].
+//! the cache that spares it, live in `app::inputs` (in the state crate).
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,7 @@ use crate::model::{Event, EventKind};
 /// The manifest format written by this buildstate.
 pub const MANIFEST_VERSION: u32 = 1;
 /// Hex digits of the per-entry digests kept to name a change (64 bits).
-pub(crate) const SHORT: usize = 16;
+pub const SHORT: usize = 16;
 /// The most reasons listed for one stale state.
 const MAX_REASONS: usize = 5;
 
@@ -41,7 +41,8 @@ pub struct Manifest {
     pub values: Option<String>,
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -192,7 +193,7 @@ pub fn last_done(events: &[Event], state: u8) -> Option<&Event> {
     })
 }
 
-/// An event as the staleness check reads it ([`crate::store::Store::marks`]): inits,
+/// An event as the staleness check reads it (`store::Store::marks`): inits,
 /// completions, skips and drifts, the inputs left as stored text and parsed only as far
 /// as needed.
 #[derive(Debug, Clone)]

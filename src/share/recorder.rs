@@ -180,7 +180,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let mut store = Store::open(&path).unwrap();
-        let actor = Actor::from_lookup("test", |_| None);
+        let actor = Actor::from_lookup("test", "test-host", 0, |_| None);
         let req = InitRequest {
             image: "x".into(),
             ..InitRequest::sample("b")

@@ -848,7 +848,7 @@ mod tests {
     fn one_build() -> (tempfile::TempDir, Arc<Memory>, Actor, Writer) {
         let dir = tempfile::tempdir().unwrap();
         let mem = Memory::new();
-        let actor = Actor::from_lookup("test", |_| None);
+        let actor = Actor::from_lookup("test", "test-host", 0, |_| None);
         let mut a = worker(dir.path(), "a", &mem);
         a.init(
             &InitRequest::sample("b"),

@@ -541,7 +541,7 @@ impl Store {
 fn fail_point_commit() -> Result<()> {
     #[cfg(feature = "fail-points")]
     if std::env::var_os("BUILDSTATE_TEST_FAIL_COMMIT").is_some_and(|v| v == "1") {
-        return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+        return Err(Error::from(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
             Some("database or disk is full (injected by BUILDSTATE_TEST_FAIL_COMMIT)".into()),
         )));

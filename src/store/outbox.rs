@@ -295,7 +295,7 @@ mod tests {
     fn delivered_and_given_up_alerts_follow_their_retention_pending_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-        let actor = Actor::from_lookup("test", |_| None);
+        let actor = Actor::from_lookup("test", "test-host", 0, |_| None);
         let now = SystemTime::now();
         let old = now - Duration::from_secs(40 * 86_400);
         // One cancelled-build alert each, raised 40 days ago or now, in this order.

@@ -451,13 +451,22 @@ mod tests {
             ..InitRequest::sample(id)
         };
         store
-            .init(&req, &Actor::from_lookup("t", |_| None), SystemTime::now())
+            .init(
+                &req,
+                &Actor::from_lookup("t", "test-host", 0, |_| None),
+                SystemTime::now(),
+            )
             .unwrap();
     }
 
     fn step(store: &mut Store, t: Transition) {
         store
-            .transition("b", &t, &Actor::from_lookup("t", |_| None), &Ctx::live())
+            .transition(
+                "b",
+                &t,
+                &Actor::from_lookup("t", "test-host", 0, |_| None),
+                &Ctx::live(),
+            )
             .unwrap();
     }
 

@@ -16,7 +16,7 @@ use crate::Error;
 fn fresh(meta: Vec<(String, String)>, at: SystemTime) -> (tempfile::TempDir, Store, Actor) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-    let actor = Actor::from_lookup("test", |_| None);
+    let actor = Actor::from_lookup("test", "test-host", 0, |_| None);
     let req = InitRequest {
         meta,
         ..InitRequest::sample("b")

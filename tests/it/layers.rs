@@ -1,5 +1,5 @@
 //! The layers of src/ (README "Layout", issue 18), one folder each, lowest first:
-//! domain (pure), store (SQLite), share (the remote), notify (alert delivery), app (what
+//! domain (pure, and its own crate: core/), store (SQLite), share (the remote), notify (alert delivery), app (what
 //! the commands do). Code in a layer imports only its own layer and those below it;
 //! `error` and `exit` are for everyone. Modules are named by their folder path
 //! (`crate::domain::plan`) or by the short name the crate root re-exports
@@ -210,4 +210,50 @@ fn the_layers_below_app_read_no_environment() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The pure layer is its own crate (core/, over src/domain/, src/error.rs and
+/// src/exit.rs): none of its dependencies does I/O, but rusqlite, which only the
+/// `sqlite` feature (the state crate's conversion of SQLite's error) brings in. With
+/// this and scripts/test building the crate alone, the compiler holds domain/ pure.
+#[test]
+fn the_pure_crate_depends_on_nothing_that_does_io() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("core/Cargo.toml"))
+            .unwrap();
+    let toml: toml::Table = manifest.parse().unwrap();
+    let deps = toml["dependencies"].as_table().unwrap();
+    assert!(deps.len() >= 5, "{deps:?}");
+    for io in [
+        "rusqlite",
+        "object_store",
+        "reqwest",
+        "tokio",
+        "libc",
+        "tempfile",
+        "gethostname",
+    ] {
+        match deps.get(io) {
+            None => {}
+            Some(d) if io == "rusqlite" => assert_eq!(
+                d.get("optional").and_then(|o| o.as_bool()),
+                Some(true),
+                "rusqlite must stay optional"
+            ),
+            Some(_) => panic!("core/Cargo.toml depends on {io}"),
+        }
+    }
+    assert_eq!(toml["features"]["sqlite"].as_array().unwrap().len(), 1);
+    assert!(
+        toml["features"].get("default").is_none(),
+        "no default features: built alone it has none"
+    );
+    // The sources are src/'s, compiled once: the state crate declares none of them.
+    let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap();
+    for m in ["domain", "error", "exit"] {
+        assert!(
+            !lib.contains(&format!("pub mod {m};")),
+            "src/lib.rs compiles {m} a second time"
+        );
+    }
 }

@@ -182,7 +182,7 @@ pub struct Event {
         with = "crate::time::rfc3339::option"
     )]
     pub until: Option<SystemTime>,
-    /// On a completion: what the state's inputs were (see [`crate::inputs`]).
+    /// On a completion: what the state's inputs were (see `app::inputs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<crate::manifest::Manifest>,
 }
@@ -248,11 +248,12 @@ pub struct InitRequest {
     pub meta: Vec<(String, String)>,
 }
 
-#[cfg(test)]
 impl InitRequest {
-    /// What tests start from: build `build_id` of the default plan, cloud aws, image
-    /// rhel9, no metadata (override fields with `..InitRequest::sample(id)`).
-    pub(crate) fn sample(build_id: &str) -> InitRequest {
+    /// What tests start from (here and in the state crate's): build `build_id` of the
+    /// default plan, cloud aws, image rhel9, no metadata (override fields with
+    /// `..InitRequest::sample(id)`).
+    #[doc(hidden)]
+    pub fn sample(build_id: &str) -> InitRequest {
         InitRequest {
             build_id: build_id.into(),
             cloud: "aws".into(),
