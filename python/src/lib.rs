@@ -200,7 +200,7 @@ impl Store {
             let stale = buildstate::inputs::stale_of(store.store(), &b, &plan, inputs_root, false)?;
             report = report.with_stale(&b, &plan, now, stale);
         }
-        Ok(report)
+        Ok(report.in_syntax(buildstate::error::Syntax::Python))
     }
 
     /// A transition that needs nothing of the session but its owner and fencing token.

@@ -224,6 +224,7 @@ pub fn fetch(req: &Request, dest: &Path, settings: &Settings) -> Result<Value> {
             report.serial
         )));
     }
+    let report = report.in_syntax(crate::error::Syntax::Concourse);
     report.write_output(dest)?;
     let write = |name: &str, bytes: Vec<u8>| {
         std::fs::write(dest.join(name), bytes).map_err(|source| Error::Io {

@@ -185,6 +185,13 @@ impl Report {
         Ok((report, plan))
     }
 
+    /// The report as a front end with `syntax` shows it: the decision's reason says
+    /// what to do in that front end's terms ([`Decision::in_syntax`]).
+    pub fn in_syntax(mut self, syntax: crate::error::Syntax) -> Report {
+        self.decision = self.decision.in_syntax(syntax);
+        self
+    }
+
     /// The decision again, knowing which completed states are stale
     /// ([`crate::decide::decide_with_stale`]).
     pub fn with_stale(

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::time;
 
+use crate::error::{Hint, Refusal, Syntax};
 use crate::exit;
 use crate::model::{attempts_allowed, Build, Status};
 use crate::plan::Plan;
@@ -65,8 +66,12 @@ pub struct Decision {
     /// The state to run (or the one running, waiting or blocked).
     pub next_state: Option<u8>,
     pub next_state_name: Option<String>,
-    /// One sentence a person can act on.
+    /// One sentence a person can act on, as the commands write it (a front end with
+    /// another syntax writes it its own way: [`Decision::in_syntax`]).
     pub reason: String,
+    /// The reason with what a person can do as hints, when it names something to do.
+    #[serde(skip)]
+    pub hinted: Option<Refusal>,
     /// The attempt the decision is about: the next one for start/resume/retry/wait, the
     /// current one for busy/blocked.
     pub next_attempt: Option<u32>,
@@ -83,12 +88,31 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// `d` with a reason that names what to do.
+    fn hinted(d: Decision, hinted: Refusal) -> Decision {
+        Decision {
+            reason: hinted.render(Syntax::Cli),
+            hinted: Some(hinted),
+            ..d
+        }
+    }
+
+    /// The decision as a front end with `syntax` shows it: what to do in its own terms
+    /// (the Python `Store`, the Concourse resource), as refusals are.
+    pub fn in_syntax(mut self, syntax: Syntax) -> Decision {
+        if let Some(h) = &self.hinted {
+            self.reason = h.render(syntax);
+        }
+        self
+    }
+
     fn new(action: Action, plan: &Plan, state: Option<u8>, reason: String) -> Decision {
         Decision {
             decision: action,
             next_state: state,
             next_state_name: state.and_then(|s| plan.state(s)).map(|s| s.name.clone()),
             reason,
+            hinted: None,
             next_attempt: None,
             max_attempts: None,
             not_before: None,
@@ -251,22 +275,25 @@ pub fn decide(build: Option<&Build>, plan: &Plan, now: SystemTime) -> Decision {
         Status::Blocked if b.last_category == Some(Category::Prerequisite) => {
             let d = Decision::new(Action::Blocked, plan, Some(active), String::new())
                 .attempt(Some(b), plan, b.attempt + 1);
-            let reason = format!(
-                "the prerequisite of {label} failed, so it did not start (no attempt used): {}; fix the cause, then `update-state {id} retry {active} --reason TEXT`",
+            let hinted = Refusal::new(format!(
+                "the prerequisite of {label} failed, so it did not start (no attempt used): {}; fix the cause, then ",
                 error()
-            );
-            category(Decision { reason, ..d })
+            ))
+            .hint(Hint::verb(id, "retry", active, true));
+            category(Decision::hinted(d, hinted))
         }
         Status::Blocked => {
             let d = Decision::new(Action::Blocked, plan, Some(active), String::new())
                 .attempt(Some(b), plan, b.attempt);
-            let reason = format!(
-                "{label} failed ({}): {}; {}; needs a person: fix the cause, then `update-state {id} retry {active} --reason TEXT` (or skip it)",
+            let hinted = Refusal::new(format!(
+                "{label} failed ({}): {}; {}; needs a person: fix the cause, then ",
                 d.attempt_text().unwrap_or_default(),
                 error(),
                 b.blocked_reason.as_deref().unwrap_or("no automatic retry left")
-            );
-            category(Decision { reason, ..d })
+            ))
+            .hint(Hint::verb(id, "retry", active, true))
+            .then(" (or skip it)");
+            category(Decision::hinted(d, hinted))
         }
         Status::Pending => match plan.next_after(b.current_state) {
             Some(next) => Decision::new(

@@ -284,6 +284,16 @@ fn put_start_checks_requires() {
     let kinds = strs(&history, "kind");
     assert!(!kinds.contains(&"start"), "{kinds:?}");
     assert_eq!(kinds.len(), 2, "init and the unmet prerequisite: {kinds:?}");
+    // The decision says what to do as a put, as refusals do.
+    let decision: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("dest/decision.json")).unwrap())
+            .unwrap();
+    let reason = decision["reason"].as_str().unwrap();
+    assert!(
+        reason.ends_with("then a put with `params: {action: retry, state: 10, reason: TEXT}`"),
+        "{reason}"
+    );
+    assert!(!reason.contains("update-state"), "{reason}");
 }
 
 /// A refusal says what to do as a put's params, not as a command the job cannot run;

@@ -239,3 +239,15 @@ def test_busy_timeout_comes_from_the_environment_as_for_the_commands(db: Path, m
     # Nothing was written while the lock was held: the state starts now.
     assert s.start(BUILD, 5)["status"] == "running"
     assert [e["kind"] for e in s.events(BUILD)] == ["init", "start"]
+
+
+def test_a_blocked_build_says_what_to_do_from_python(db: Path) -> None:
+    # Issue 26: decide() used to tell a Python caller to run `update-state ... --reason`
+    # as if it were the command line; the Store has no retry, so it says "from a shell".
+    s = buildstate.Store(db)
+    s.init(BUILD, "aws", "rhel9")
+    s.start(BUILD, 5)
+    s.fail(BUILD, 5, "the kickstart file is invalid", category="persistent")
+    d = s.decide(BUILD)
+    assert d["decision"] == "blocked"
+    assert "then `update-state img-1 retry 5 --reason TEXT`, from a shell (or skip it)" in d["reason"], d["reason"]
