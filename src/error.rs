@@ -30,7 +30,12 @@ pub enum Error {
 
     /// Another live worker holds the build's lease. Nothing was written.
     #[error("{0}")]
-    Leased(String),
+    Leased(Refusal),
+
+    /// A person's decision (force, reset, skip, cancel ...) without the reason it is
+    /// recorded with. Nothing was written. Of the invalid-input kind.
+    #[error("{0}")]
+    NeedsReason(Refusal),
 
     /// A leased worker's write for an attempt that is no longer its own (its lease
     /// expired and was taken over, or the state moved on). Nothing was written.
@@ -207,7 +212,7 @@ impl Error {
     /// syntax; any other error as it reads ([`std::fmt::Display`]).
     pub fn render(&self, syntax: Syntax) -> String {
         match self {
-            Error::Refused(r) => r.render(syntax),
+            Error::Refused(r) | Error::Leased(r) | Error::NeedsReason(r) => r.render(syntax),
             other => other.to_string(),
         }
     }
@@ -278,7 +283,7 @@ kinds! {
     Error::Fenced { .. } => LEASE_LOST: "lease_lost", LEASE_LOST, "LeaseLostError", "This Store's lease on the state is no longer current (it expired and another worker took over); nothing was written.";
     Error::Blocked { .. } => BLOCKED: "blocked", BLOCKED, "BlockedError", "The state's prerequisite (requires) did not pass: the build is blocked on it and the state did not start.";
     Error::InvalidPlan { .. } => INVALID_PLAN: "invalid_plan", INVALID_PLAN, "InvalidPlanError", "The plan is invalid.";
-    Error::InvalidInput { .. } => INVALID_INPUT: "invalid_input", INVALID_INPUT, "InvalidInputError", "An argument has a bad value.";
+    Error::InvalidInput { .. } | Error::NeedsReason { .. } => INVALID_INPUT: "invalid_input", INVALID_INPUT, "InvalidInputError", "An argument has a bad value.";
     Error::NoDatabase { .. } => NO_DATABASE: "no_database", NO_DATABASE, "NoDatabaseError", "There is no database file at the path (and create=False).";
     Error::RemoteChanged { .. } => REMOTE_CHANGED: "remote_changed", REMOTE_CHANGED, "RemoteChangedError", "Compare-and-swap lost: the remote copy changed since this database last saw it; nothing was overwritten.";
     Error::Diverged { .. } => DIVERGED: "diverged", DIVERGED, "DivergedError", "The local and remote histories of the build diverged; nothing was written.";
@@ -315,6 +320,11 @@ pub enum Hint {
     },
     /// Going back to an earlier state on purpose.
     Rollback { build_id: String },
+    /// How to give the reason a person's decision is recorded with.
+    Reason,
+    /// How a worker names itself as the lease holder, where the front end lets it
+    /// (a Python `Store` is its own worker: nothing to say).
+    Owner,
 }
 
 impl Hint {
@@ -344,9 +354,17 @@ impl Hint {
             Hint::Rollback { build_id } => {
                 format!("`update-state {build_id} rollback --to STATE --reason TEXT`")
             }
+            Hint::Reason => "pass --reason TEXT".into(),
+            Hint::Owner => " (if you are that worker, pass --owner with its name)".into(),
         };
         match (syntax, self) {
             (Syntax::Cli, _) => cli,
+            (Syntax::Python, Hint::Reason) => "pass reason=\"TEXT\"".into(),
+            (Syntax::Python, Hint::Owner) => String::new(),
+            (Syntax::Concourse, Hint::Reason) => "set `reason` in the put's params".into(),
+            (Syntax::Concourse, Hint::Owner) => {
+                " (if you are that worker, set `owner` in the put's params to its name)".into()
+            }
             (
                 Syntax::Python,
                 Hint::Verb {

@@ -330,3 +330,36 @@ fn a_refused_put_says_what_to_do_as_a_put() {
         r.stderr
     );
 }
+
+/// A put without the reason a decision needs, and a put against another job's live
+/// lease, say what to do as a put's params, as the command line says it as flags.
+#[test]
+fn a_put_missing_a_reason_or_the_lease_says_so_as_params() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let source = json!({
+        "remote": format!("file://{}/remote", dir.path().display()),
+        "build_id": "img-5",
+    });
+    let init = json!({"action": "init", "cloud": "aws", "image": "rhel9"});
+    let (code, _, err) = put(&source, &work, 9, init);
+    assert_eq!(code, 0, "{err}");
+    let cancel = json!({"action": "cancel", "reason": " "});
+    let (code, out, err) = put(&source, &work, 9, cancel);
+    assert_eq!(code, buildstate::exit::INVALID_INPUT, "{out}{err}");
+    assert!(err.contains("set `reason` in the put's params"), "{err}");
+    assert!(!err.contains("--reason"), "{err}");
+    let start = json!({"action": "start", "state": 5, "owner": "job-a"});
+    let (code, _, err) = put(&source, &work, 9, start);
+    assert_eq!(code, 0, "{err}");
+    let start = json!({"action": "start", "state": 5, "owner": "job-b"});
+    let (code, out, err) = put(&source, &work, 9, start);
+    assert_eq!(code, buildstate::exit::BUSY, "{out}{err}");
+    assert!(err.contains("is held by job-a"), "{err}");
+    assert!(
+        err.contains("set `owner` in the put's params to its name"),
+        "{err}"
+    );
+    assert!(!err.contains("--owner"), "{err}");
+}

@@ -251,3 +251,19 @@ def test_a_blocked_build_says_what_to_do_from_python(db: Path) -> None:
     d = s.decide(BUILD)
     assert d["decision"] == "blocked"
     assert "then `update-state img-1 retry 5 --reason TEXT`, from a shell (or skip it)" in d["reason"], d["reason"]
+
+
+def test_a_missing_reason_or_a_held_lease_says_what_to_do_from_python(db: Path) -> None:
+    # Issue 26: these two said `pass --reason TEXT` and `pass --owner`, flags a Python
+    # caller has no way to pass.
+    s = buildstate.Store(db)
+    s.init(BUILD, "aws", "rhel9")
+    with pytest.raises(buildstate.InvalidInputError) as e:
+        s.reset(BUILD, reason="  ")
+    assert 'pass reason="TEXT"' in str(e.value) and "--reason" not in str(e.value), e.value
+    s.start(BUILD, 5)
+    other = buildstate.Store(db)
+    with pytest.raises(buildstate.LeasedError) as e:
+        other.start(BUILD, 5)
+    assert f"is held by {s.owner}" in str(e.value), e.value
+    assert "--owner" not in str(e.value), e.value

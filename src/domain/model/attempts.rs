@@ -16,13 +16,16 @@ pub(super) fn lease_live(b: &Build, now: SystemTime) -> bool {
 /// Refuse when another live holder has the lease.
 pub(super) fn check_lease(b: &Build, plan: &Plan, ctx: &Ctx<'_>, verb: &str) -> Result<()> {
     if lease_live(b, ctx.now) && b.lease_owner.as_deref() != ctx.owner {
-        return Err(Error::Leased(format!(
-            "build '{}': cannot {verb}: {} is held by {} until {}; wait for it to finish, or for its lease to expire if its worker died (if you are that worker, pass --owner with its name)",
-            b.build_id,
-            plan.label(b.active_state.unwrap_or_default()),
-            b.lease_owner.as_deref().unwrap_or("?"),
-            b.lease_expires_at.map(time::format).unwrap_or_default()
-        )));
+        return Err(Error::Leased(
+            Refusal::new(format!(
+                "build '{}': cannot {verb}: {} is held by {} until {}; wait for it to finish, or for its lease to expire if its worker died",
+                b.build_id,
+                plan.label(b.active_state.unwrap_or_default()),
+                b.lease_owner.as_deref().unwrap_or("?"),
+                b.lease_expires_at.map(time::format).unwrap_or_default()
+            ))
+            .hint(Hint::Owner),
+        ));
     }
     Ok(())
 }

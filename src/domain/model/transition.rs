@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use crate::error::{Hint, Refusal};
 use crate::plan::Plan;
 use crate::policy::Category;
 use crate::redact::redact;
@@ -198,15 +199,17 @@ pub fn random_unit() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
-pub(super) fn refuse<T>(msg: impl Into<crate::error::Refusal>) -> Result<T> {
+pub(super) fn refuse<T>(msg: impl Into<Refusal>) -> Result<T> {
     Err(Error::Refused(msg.into()))
 }
 
 pub(super) fn need_reason(reason: &str, what: &str) -> Result<()> {
     if reason.trim().is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "{what} needs a reason: pass --reason TEXT (it is recorded with who did it)"
-        )));
+        return Err(Error::NeedsReason(
+            Refusal::new(format!("{what} needs a reason: "))
+                .hint(Hint::Reason)
+                .then(" (it is recorded with who did it)"),
+        ));
     }
     Ok(())
 }
