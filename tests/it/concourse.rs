@@ -296,20 +296,27 @@ fn put_start_checks_requires() {
     assert!(!reason.contains("update-state"), "{reason}");
 }
 
-/// A refusal says what to do as a put's params, not as a command the job cannot run;
-/// the command line says the same in its own syntax.
-#[test]
-fn a_refused_put_says_what_to_do_as_a_put() {
+/// A build created by a put, on a file:// remote in a fresh folder: the folder (kept
+/// while it lives), the job's working directory and the resource's source.
+fn a_build_on_a_folder_remote(id: &str) -> (tempfile::TempDir, std::path::PathBuf, Value) {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let source = json!({
         "remote": format!("file://{}/remote", dir.path().display()),
-        "build_id": "img-4",
+        "build_id": id,
     });
     let init = json!({"action": "init", "cloud": "aws", "image": "rhel9"});
     let (code, _, err) = put(&source, &work, 9, init);
     assert_eq!(code, 0, "{err}");
+    (dir, work, source)
+}
+
+/// A refusal says what to do as a put's params, not as a command the job cannot run;
+/// the command line says the same in its own syntax.
+#[test]
+fn a_refused_put_says_what_to_do_as_a_put() {
+    let (_dir, work, source) = a_build_on_a_folder_remote("img-4");
     // State 10 before state 5: refused, and the way out is a skip of 5.
     let (code, out, err) = put(&source, &work, 9, json!({"action": "start", "state": 10}));
     assert_eq!(code, buildstate::exit::REFUSED, "{out}{err}");
@@ -335,16 +342,7 @@ fn a_refused_put_says_what_to_do_as_a_put() {
 /// lease, say what to do as a put's params, as the command line says it as flags.
 #[test]
 fn a_put_missing_a_reason_or_the_lease_says_so_as_params() {
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let source = json!({
-        "remote": format!("file://{}/remote", dir.path().display()),
-        "build_id": "img-5",
-    });
-    let init = json!({"action": "init", "cloud": "aws", "image": "rhel9"});
-    let (code, _, err) = put(&source, &work, 9, init);
-    assert_eq!(code, 0, "{err}");
+    let (_dir, work, source) = a_build_on_a_folder_remote("img-5");
     let cancel = json!({"action": "cancel", "reason": " "});
     let (code, out, err) = put(&source, &work, 9, cancel);
     assert_eq!(code, buildstate::exit::INVALID_INPUT, "{out}{err}");
