@@ -91,6 +91,21 @@ def run_playbook(tmp_path: Path, text: str, env: dict[str, str], inventory: str 
     )
 
 
+def sleeping(db: Path) -> bool:
+    """Whether a `sleep 60` started by a playbook on this database is running.
+
+    A test that interrupts a playbook waits for this, not merely for the state to start:
+    a SIGINT that lands while ansible-playbook forks its worker is raised inside the
+    logging module's at-fork hook, where Python ignores it, and the play goes on."""
+    for pid in Path("/proc").iterdir():
+        try:
+            if (pid / "cmdline").read_bytes() == b"sleep\x0060\x00" and f"BUILDSTATE_DB={db}".encode() in (pid / "environ").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def play(name: str, state: int | None, tasks: str, hosts: str = "localhost") -> str:
     """One play in YAML; `tasks` is already indented by four spaces."""
     vars_ = f"  vars:\n    buildstate_state: {state}\n" if state is not None else ""

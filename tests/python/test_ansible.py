@@ -22,6 +22,7 @@ from conftest import (
     play,
     playbook_command,
     run_playbook,
+    sleeping,
     write_playbook,
 )
 
@@ -158,10 +159,9 @@ def _interrupt(tmp_path: Path, db: Path, store: buildstate.Store, sig: signal.Si
     playbook, inv = write_playbook(tmp_path, text)
     proc = subprocess.Popen(playbook_command(playbook, inv), env=base_env(db), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while store.decide(BUILD)["status"] != "running":
-        assert proc.poll() is None and time.monotonic() < deadline, "the play never started"
+    while not (store.decide(BUILD)["status"] == "running" and sleeping(db)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the task never started"
         time.sleep(0.05)
-    time.sleep(0.5)  # let the task get going; the assertion does not depend on it
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import buildstate
 
-from conftest import BUILD, base_env, debug_task, kinds, play, playbook_command, write_playbook
+from conftest import BUILD, base_env, debug_task, kinds, play, playbook_command, sleeping, write_playbook
 
 LOCALS = "h1 ansible_connection=local\nh2 ansible_connection=local\nh3 ansible_connection=local\n"
 
@@ -39,11 +39,17 @@ def test_an_interrupted_playbook_resumes_when_run_again(tmp_path: Path, db: Path
     playbook, inv = write_playbook(tmp_path, SLOW_MIDDLE)
     proc = subprocess.Popen(playbook_command(playbook, inv), env=base_env(db, SLOW="60"), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (store.decide(BUILD)["status"] == "running" and store.decide(BUILD)["active_state"] == 20):
-        assert proc.poll() is None and time.monotonic() < deadline, "state 20 never started"
+    # The signal goes in once the task's `sleep` runs: see `sleeping`.
+    while not (store.decide(BUILD)["active_state"] == 20 and sleeping(db)):
+        assert proc.poll() is None and time.monotonic() < deadline, "state 20's task never started"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError("ansible-playbook did not end within 60 s of SIGINT:\n" + out + err) from None
     assert store.decide(BUILD)["decision"] == "retry"
 
     # The same playbook again: 15 is done (one line, nothing recorded), 20 resumes, 25 runs.
