@@ -175,8 +175,10 @@ pub fn prune_tasks(
                     .store()
                     .events_since(id, b.serial)?
                     .last()
-                    .filter(|e| e.until == Some(before))
-                    .and_then(crate::model::pruned_count);
+                    .filter(|e| {
+                        e.kind == crate::model::EventKind::Pruned && e.until == Some(before)
+                    })
+                    .and_then(|e| e.count);
                 if let Some(n) = n {
                     report.pruned.push((id.clone(), n));
                 }

@@ -32,9 +32,11 @@ pub const FORMAT: &str = "buildstate-snapshot";
 /// written as version 1 unless it holds what version 1 readers do not know (version 2:
 /// input manifests, or the events of docs/plan.md#inputs; version 3: task results
 /// pruned by retention, which leave gaps in the numbering; version 4: `unverified`
-/// events, a verify that could not run), so older buildstates keep reading the builds
-/// that do not use those.
-pub const SCHEMA_VERSION: u32 = 4;
+/// events, a verify that could not run; version 5: a `pruned` event's typed `count`),
+/// so older buildstates keep reading the builds that do not use those.
+/// A version 3 or 4 snapshot's `pruned` events are read with the count their message
+/// gives.
+pub const SCHEMA_VERSION: u32 = 5;
 /// The largest snapshot accepted (a 1 MB message, many times over, fits).
 pub const MAX_BYTES: usize = 256 * 1024 * 1024;
 
@@ -302,9 +304,12 @@ impl Snapshot {
         let v4 = events
             .iter()
             .any(|e| matches!(e.kind, EventKind::Unverified | EventKind::Late));
+        let v5 = events.iter().any(|e| e.count.is_some());
         Snapshot {
             format: FORMAT.to_string(),
-            schema_version: if v4 {
+            schema_version: if v5 {
+                5
+            } else if v4 {
                 4
             } else if v3 {
                 3
@@ -423,8 +428,19 @@ impl Snapshot {
                 )))
             }
         }
-        let snap: Snapshot = serde_json::from_slice(bytes)
+        let mut snap: Snapshot = serde_json::from_slice(bytes)
             .map_err(|e| Error::InvalidSnapshot(format!("invalid snapshot: {e}")))?;
+        if snap.schema_version < 5 {
+            // Before version 5 a `pruned` event's count was only in its message.
+            for e in snap.events.iter_mut() {
+                if e.kind == EventKind::Pruned && e.count.is_none() {
+                    e.count = e
+                        .message
+                        .as_deref()
+                        .and_then(crate::model::legacy_pruned_count);
+                }
+            }
+        }
         snap.validate()?;
         Ok(snap)
     }
@@ -536,6 +552,15 @@ impl Snapshot {
                 }
                 m.validate()
                     .map_err(|why| invalid(id, format!("event {}: {why}", e.seq)))?;
+            }
+            if (e.kind == EventKind::Pruned) != e.count.is_some() {
+                return Err(invalid(
+                    id,
+                    format!(
+                        "event {} ({}): a `pruned` event, and only one, carries a count of the task results it removed",
+                        e.seq, e.kind
+                    ),
+                ));
             }
             prev_serial = e.serial;
         }

@@ -633,7 +633,7 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
 fn load_events_since(conn: &Connection, build_id: &str, serial: u64) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, serial, at, kind, state, attempt, message, category, exit_code,
-                duration_ms, actor, owner, write_id, until, inputs
+                duration_ms, actor, owner, write_id, until, inputs, count
          FROM events WHERE build_id = :id AND serial >= :serial ORDER BY seq",
     )?;
     let rows = stmt.query_map(named_params! {":id": build_id, ":serial": serial}, |r| {
@@ -654,6 +654,7 @@ fn load_events_since(conn: &Connection, build_id: &str, serial: u64) -> Result<V
                 r.get::<_, Option<String>>(12)?,
                 r.get::<_, Option<String>>(13)?,
                 r.get::<_, Option<String>>(14)?,
+                r.get::<_, Option<u64>>(15)?,
             ),
         ))
     })?;
@@ -671,7 +672,7 @@ fn load_events_since(conn: &Connection, build_id: &str, serial: u64) -> Result<V
             exit_code,
             duration_ms,
             actor,
-            (owner, write_id, until, inputs),
+            (owner, write_id, until, inputs, count),
         ) = row?;
         out.push(Event {
             seq,
@@ -693,6 +694,7 @@ fn load_events_since(conn: &Connection, build_id: &str, serial: u64) -> Result<V
                 .map(|text| serde_json::from_str(&text))
                 .transpose()
                 .map_err(|e| Error::Corrupt(format!("event {seq} inputs: {e}")))?,
+            count,
         });
     }
     Ok(out)
@@ -761,9 +763,10 @@ fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
 
 /// One event row; shared by every write and by snapshot imports.
 const INSERT_EVENT: &str = "INSERT INTO events (build_id, seq, serial, at, kind, state,
-    attempt, message, category, exit_code, duration_ms, actor, owner, write_id, until, inputs)
+    attempt, message, category, exit_code, duration_ms, actor, owner, write_id, until, inputs,
+    count)
     VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
-    :exit_code, :duration, :actor, :owner, :write_id, :until, :inputs)";
+    :exit_code, :duration, :actor, :owner, :write_id, :until, :inputs, :count)";
 
 /// One metadata value with the serial that set it.
 const UPSERT_META: &str = "INSERT INTO build_meta (build_id, key, value, updated_serial)
@@ -804,6 +807,7 @@ fn append_events(
             ":exit_code": e.exit_code, ":duration": e.duration_ms, ":actor": actor,
             ":owner": tag.owner, ":write_id": tag.write_id, ":until": e.until.map(time::format),
             ":inputs": e.inputs.as_ref().map(|m| serde_json::to_string(m).expect("a manifest always serializes")),
+            ":count": e.count,
         })?;
     }
     Ok(())
@@ -823,6 +827,66 @@ fn upsert_meta(conn: &Connection, b: &Build, pairs: &[(String, String)]) -> Resu
 mod tests {
     use super::*;
     use crate::model::Status;
+
+    /// Schema 10 types a `pruned` event's count; the events written before have it
+    /// filled from their message, and stay append-only.
+    #[test]
+    fn a_version_9_database_gets_the_counts_of_its_pruned_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v9.db");
+        let plan = Plan::default_plan();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for m in &schema::MIGRATIONS[..9] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute_batch("PRAGMA application_id = 1112765489; PRAGMA user_version = 9;")
+                .unwrap();
+            conn.execute(
+                "INSERT INTO plans (hash, name, body) VALUES (?1, ?2, ?3)",
+                (plan.hash(), &plan.name, plan.to_json()),
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO builds (build_id, lineage, serial, cloud, image, plan_hash,
+                    status, created_at, updated_at)
+                 VALUES ('old', 'l-1', 2, 'aws', 'rhel9', ?1, 'pending',
+                    '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')",
+                [plan.hash()],
+            )
+            .unwrap();
+            conn.execute_batch(
+                r#"INSERT INTO events (build_id, seq, serial, at, kind, message, actor) VALUES
+                 ('old', 1, 1, '2026-01-01T00:00:00.000Z', 'init', NULL, '{}'),
+                 ('old', 4, 2, '2026-01-02T00:00:00.000Z', 'pruned',
+                  '212 task result(s) recorded before 2026-01-01T12:00:00.000Z removed (retention)', '{}'),
+                 ('old', 5, 2, '2026-01-02T00:00:00.000Z', 'meta', '212 task result(s) recorded before', '{}');"#,
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let counts: Vec<(String, Option<u64>)> = store
+            .conn
+            .prepare("SELECT kind, count FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            counts,
+            [
+                ("init".into(), None),
+                ("pruned".into(), Some(212)),
+                ("meta".into(), None)
+            ]
+        );
+        let err = store
+            .conn
+            .execute("UPDATE events SET count = 1 WHERE seq = 4", [])
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
 
     #[test]
     fn a_version_1_database_is_migrated() {

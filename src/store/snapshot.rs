@@ -419,6 +419,7 @@ fn insert_events(tx: &rusqlite::Transaction<'_>, build_id: &str, events: &[Event
             ":actor": serde_json::to_string(&e.actor).expect("an actor always serializes"),
             ":owner": e.owner, ":write_id": e.write_id, ":until": e.until.map(time::format),
             ":inputs": e.inputs.as_ref().map(|m| serde_json::to_string(m).expect("a manifest always serializes")),
+            ":count": e.count,
         })?;
     }
     Ok(())

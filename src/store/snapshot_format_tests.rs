@@ -312,7 +312,8 @@ fn numbers_may_be_missing_only_where_task_results_were_pruned() {
     let snap = store.snapshot("b").unwrap();
     let seqs: Vec<u64> = snap.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 4, 5, 6]);
-    assert_eq!(snap.schema_version, 3);
+    assert_eq!(snap.schema_version, 5);
+    assert_eq!(snap.events[4].count, Some(1));
     assert_eq!(Snapshot::from_json(&snap.to_json()).unwrap(), snap);
 
     // Without the `pruned` event the same gap is refused, and so is a serial that
@@ -335,6 +336,27 @@ fn numbers_may_be_missing_only_where_task_results_were_pruned() {
     let mut hostile = snap.events.clone();
     hostile.remove(3); // the meta write, seq 5
     assert_eq!(compare(&full, &hostile), Histories::Differ { at: 5 });
+}
+
+/// Before version 5 a `pruned` event said how many task results it removed only in its
+/// message: such a snapshot is read with that count. From version 5 the count is a
+/// field that a `pruned` event, and only one, carries.
+#[test]
+fn a_pruned_count_is_typed_and_read_from_the_message_of_older_snapshots() {
+    let (_dir, mut store, actor) = fresh(vec![], SystemTime::now());
+    pruned(&mut store, &actor);
+    let snap = store.snapshot("b").unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&snap.to_json()).unwrap();
+    v["events"][4].as_object_mut().unwrap().remove("count");
+    let err = Snapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("carries a count"), "{err}");
+    v["schema_version"] = 3.into();
+    let old = Snapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(old.events[4].count, Some(1));
+    let mut v: serde_json::Value = serde_json::from_slice(&snap.to_json()).unwrap();
+    v["events"][3]["count"] = 7.into();
+    let err = Snapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("carries a count"), "{err}");
 }
 
 #[test]

@@ -402,14 +402,15 @@ fn task_results_follow_their_own_retention() {
     assert_eq!(env.state("t1")["serial"], serial);
 
     // The build goes on, and travels with its gaps: a second database pulls the same
-    // history from a file:// remote, and the snapshot is schema version 3.
+    // history from a file:// remote, and the snapshot is schema version 5 (the typed
+    // count of the pruned results).
     env.run("update-state", &["t1", "complete", "5"]).ok();
     let remote = format!("file://{}", env.path("remote").display());
     env.run("sync-cloud", &["--remote", &remote, "push", "t1"])
         .ok();
     let object = std::fs::read(env.path("remote/builds/t1.json")).unwrap();
     let snap: serde_json::Value = serde_json::from_slice(&object).unwrap();
-    assert_eq!(snap["schema_version"], 3);
+    assert_eq!(snap["schema_version"], 5);
     let other = env.path("other.db");
     let mut c = env.command_on("sync-cloud", &other);
     c.args(["--remote", &remote, "pull", "t1"]);

@@ -298,7 +298,7 @@ def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
     snapshot = json.loads((remote / "builds" / "img-2.json").read_text())
     assert snapshot["signature"]["alg"] == "hmac-sha256" and snapshot["alerts"][0]["kind"] == "cancelled"
     jsonschema.validate(snapshot, schema, format_checker=jsonschema.FormatChecker())
-    # Task results pruned by retention: schema version 3, numbers missing below the
+    # Task results pruned by retention: schema version 5 (the typed count), numbers missing below the
     # pruned event.
     a.run("init-state", "img-3", "--cloud", "aws", "--image", "rhel9")
     store = buildstate.Store(str(a.db))
@@ -307,7 +307,8 @@ def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
     a.run("monitor", "prune-tasks", "--older-than", "0s")
     a.run("sync-cloud", "push", "img-3")
     snapshot = json.loads((remote / "builds" / "img-3.json").read_text())
-    assert snapshot["schema_version"] == 3 and [e["kind"] for e in snapshot["events"]] == ["init", "pruned"], snapshot
+    assert snapshot["schema_version"] == 5 and [e["kind"] for e in snapshot["events"]] == ["init", "pruned"], snapshot
+    assert snapshot["events"][1]["count"] == 1, snapshot
     assert [e["seq"] for e in snapshot["events"]] == [1, 3]
     jsonschema.validate(snapshot, schema, format_checker=jsonschema.FormatChecker())
 

@@ -70,7 +70,7 @@ pub enum EventKind {
     /// past (a journaled result, see `sync-cloud`): history only.
     Late,
     /// Task results older than a cut-off (its `until`) left the history: retention
-    /// (`monitor prune-tasks`). Their numbers stay unused; the message says how many.
+    /// (`monitor prune-tasks`). Their numbers stay unused; its `count` says how many.
     Pruned,
 }
 
@@ -185,6 +185,9 @@ pub struct Event {
     /// On a completion: what the state's inputs were (see `app::inputs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<crate::manifest::Manifest>,
+    /// On a `pruned` event: how many task results left the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// An event about to be appended; the store adds seq, serial, time and actor.
@@ -203,6 +206,8 @@ pub struct NewEvent {
     pub until: Option<SystemTime>,
     /// See [`Event::inputs`].
     pub inputs: Option<crate::manifest::Manifest>,
+    /// See [`Event::count`].
+    pub count: Option<u64>,
 }
 
 impl NewEvent {
@@ -218,6 +223,7 @@ impl NewEvent {
             at: None,
             until: None,
             inputs: None,
+            count: None,
         }
     }
 }

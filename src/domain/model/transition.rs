@@ -708,16 +708,19 @@ pub(super) fn pruned(before: SystemTime, count: u64, c: &mut Change) -> Result<(
         )),
     );
     e.until = Some(before);
+    e.count = Some(count);
     c.events.push(e);
     Ok(())
 }
 
 const PRUNED_SUFFIX: &str = "task result(s) recorded before";
 
-/// How many task results a `pruned` event says it removed.
-pub fn pruned_count(e: &Event) -> Option<u64> {
-    let (n, rest) = e.message.as_deref()?.split_once(' ')?;
-    (e.kind == EventKind::Pruned && rest.starts_with(PRUNED_SUFFIX))
+/// How many task results a `pruned` event written before counts were typed (schema 10,
+/// snapshot version 5) says it removed, read from its message: for reading old
+/// snapshots only (the database's migration reads old rows the same way).
+pub fn legacy_pruned_count(message: &str) -> Option<u64> {
+    let (n, rest) = message.split_once(' ')?;
+    rest.starts_with(PRUNED_SUFFIX)
         .then(|| n.parse().ok())
         .flatten()
 }
