@@ -48,6 +48,7 @@ pub mod error;
 pub mod exit;
 
 pub use domain::{
-    alerts, context, decide, manifest, model, plan, policy, redact, settings, snapshot, time,
+    alerts, context, decide, manifest, model, outputs, plan, policy, redact, settings, snapshot,
+    time,
 };
 pub use error::{Error, Result};

@@ -39,7 +39,8 @@ pub use app::{
 pub use app::{cli, commands};
 pub use buildstate_core::{domain, error, exit};
 pub use domain::{
-    alerts, context, decide, manifest, model, plan, policy, redact, settings, snapshot, time,
+    alerts, context, decide, manifest, model, outputs, plan, policy, redact, settings, snapshot,
+    time,
 };
 pub use error::{Error, Result};
 pub use share::{remote, sync};

@@ -599,6 +599,53 @@ impl Store {
         json_to_py(py, &text)
     }
 
+    /// Record values `state` (default: the active one) produced (docs/outputs.md). A
+    /// state this Store started is fenced with its attempt: if its lease was lost,
+    /// nothing is written (`LeaseLostError`).
+    #[pyo3(signature = (build_id, outputs, *, state=None))]
+    fn output(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        outputs: BTreeMap<String, String>,
+        state: Option<u8>,
+    ) -> PyResult<Py<PyAny>> {
+        let fence = self
+            .held
+            .lock()
+            .expect("held lock")
+            .get(build_id)
+            .filter(|h| state.is_none_or(|s| s == h.state))
+            .map(|h| h.attempt);
+        let t = Transition::Output {
+            state,
+            pairs: outputs.into_iter().collect(),
+        };
+        let result = py.detach(|| {
+            self.write(|session| session.record(build_id, &t, fence))
+                .map(|(_, report)| report)
+        });
+        let text = result.map_err(|e| to_py(py, e))?;
+        json_to_py(py, &text)
+    }
+
+    /// The build's current outputs by key, as `check-state --json` gives them: each
+    /// with its value, the state and attempt that recorded it, its event's seq and time.
+    fn outputs(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
+        let result = py.detach(|| -> buildstate::Result<String> {
+            self.flush_tasks_before_transition();
+            let mut store = self.inner.lock().expect("store lock");
+            store.refresh(build_id)?;
+            if store.store().build(build_id)?.is_none() {
+                return Err(buildstate::Error::UnknownBuild(build_id.to_string()));
+            }
+            let outputs = store.store().outputs(build_id)?;
+            Ok(serde_json::to_string(&outputs).expect("outputs serialize"))
+        });
+        let text = result.map_err(|e| to_py(py, e))?;
+        json_to_py(py, &text)
+    }
+
     /// The build's history, oldest first.
     fn events(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {

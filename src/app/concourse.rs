@@ -180,8 +180,8 @@ pub fn check(req: &Request, settings: &Settings) -> Result<Value> {
     Ok(Value::Array(versions))
 }
 
-/// `in DEST`: decision.json, resume-metadata, snapshot.json and history.json of the
-/// version's build.
+/// `in DEST`: decision.json, resume-metadata, snapshot.json, history.json and
+/// outputs.json (the current outputs' values by key) of the version's build.
 pub fn fetch(req: &Request, dest: &Path, settings: &Settings) -> Result<Value> {
     crate::report::check_output_dir(dest, "in: the destination")?;
     let v = req
@@ -234,6 +234,11 @@ pub fn fetch(req: &Request, dest: &Path, settings: &Settings) -> Result<Value> {
     };
     write("snapshot.json", w.store().snapshot(id)?.to_json())?;
     write(
+        "outputs.json",
+        serde_json::to_vec_pretty(&crate::outputs::values(&report.outputs))
+            .expect("text by key serializes"),
+    )?;
+    write(
         "history.json",
         serde_json::to_vec_pretty(&report.history).expect("events serialize"),
     )?;
@@ -260,7 +265,7 @@ fn metadata(r: &Report) -> Vec<Value> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutParams {
-    /// init, start, complete, fail, meta, retry, skip, cancel, force, reset
+    /// init, start, complete, fail, meta, output, retry, skip, cancel, force, reset
     pub action: String,
     #[serde(default)]
     pub build_id: Option<String>,
@@ -279,6 +284,13 @@ pub struct OutParams {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    /// output: the values `state` (default: the active one) produced, by key.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    /// output: a Packer manifest.json in the put's folder whose last run's builds are
+    /// recorded as outputs too (as `update-state output --packer-manifest`).
+    #[serde(default)]
+    pub packer_manifest: Option<String>,
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default)]
@@ -418,6 +430,14 @@ pub fn put(req: &Request, src: &Path, settings: &Settings) -> Result<Value> {
                     .map(|(k, v)| parse_meta_pair(&format!("{k}={v}")))
                     .collect::<Result<_>>()?,
             },
+            "output" => {
+                let mut pairs: Vec<(String, String)> = params.outputs.clone().into_iter().collect();
+                if let Some(f) = &params.packer_manifest {
+                    let text = read_in(src, f, "params.packer_manifest", MAX_ERROR_FILE, false)?;
+                    pairs.extend(crate::outputs::from_packer_manifest(text.as_bytes(), f)?);
+                }
+                Transition::Output { state: params.state, pairs }
+            }
             "retry" => Transition::Retry { state: state()?, reason: reason()? },
             "skip" => Transition::Skip { state: state()?, reason: reason()? },
             "cancel" => Transition::Cancel { reason: reason()? },
@@ -446,7 +466,7 @@ pub fn put(req: &Request, src: &Path, settings: &Settings) -> Result<Value> {
             },
             other => {
                 return Err(Error::InvalidInput(format!(
-                    "out: unknown action '{other}': use init, start, complete, fail, meta, retry, skip, cancel, force or reset"
+                    "out: unknown action '{other}': use init, start, complete, fail, meta, output, retry, skip, cancel, force or reset"
                 )))
             }
         };

@@ -51,6 +51,9 @@ pub struct Report {
     #[serde(with = "crate::time::rfc3339::option")]
     pub updated_at: Option<SystemTime>,
     pub metadata: BTreeMap<String, String>,
+    /// What the states produced that is current, by key (`update-state output`:
+    /// docs/outputs.md): its value, the state and attempt that recorded it, and when.
+    pub outputs: BTreeMap<String, crate::outputs::Output>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<Event>>,
     /// init only: whether this call created the build.
@@ -94,6 +97,7 @@ impl Report {
                 let history = with_history.then(|| store.events(build_id)).transpose()?;
                 let mut r = Report::of(&b, &plan, metadata, history, now);
                 r.epoch = store.epoch(build_id)?;
+                r.outputs = store.outputs(build_id)?;
                 r.journaled = store
                     .journaled(None, Some(build_id))?
                     .iter()
@@ -127,6 +131,7 @@ impl Report {
                     created_at: None,
                     updated_at: None,
                     metadata: BTreeMap::new(),
+                    outputs: BTreeMap::new(),
                     history: with_history.then(Vec::new),
                     created: None,
                     journaled: Vec::new(),
@@ -135,7 +140,7 @@ impl Report {
         }
     }
 
-    pub fn of(
+    fn of(
         b: &Build,
         plan: &Plan,
         metadata: BTreeMap<String, String>,
@@ -170,6 +175,7 @@ impl Report {
             created_at: Some(b.created_at),
             updated_at: Some(b.updated_at),
             metadata,
+            outputs: BTreeMap::new(),
             history,
             created: None,
             journaled: Vec::new(),
@@ -182,6 +188,7 @@ impl Report {
         let plan = store.plan(&b.plan_hash)?;
         let mut report = Report::of(b, &plan, store.metadata(&b.build_id)?, None, now);
         report.epoch = store.epoch(&b.build_id)?;
+        report.outputs = store.outputs(&b.build_id)?;
         Ok((report, plan))
     }
 
@@ -292,6 +299,14 @@ impl Report {
             for (k, v) in &self.metadata {
                 let _ = writeln!(out, "  meta:     {k}={}", headline(v, 200));
             }
+            for (k, o) in &self.outputs {
+                let _ = writeln!(
+                    out,
+                    "  output:   {k}={} (state {})",
+                    headline(&o.value, 200),
+                    o.state
+                );
+            }
         }
         if let Some(history) = &self.history {
             out.push_str(&history_table(history));
@@ -300,7 +315,8 @@ impl Report {
     }
 
     /// `KEY=VALUE` lines a shell (or a Concourse task) can source. Values are quoted for
-    /// sh; metadata keys are prefixed so they cannot clobber the task's own variables.
+    /// sh; metadata and output keys are prefixed (`BUILDSTATE_META_`, `BUILDSTATE_OUTPUT_`) so
+    /// they cannot clobber the task's own variables.
     pub fn resume_metadata(&self) -> String {
         let mut lines: Vec<(String, String)> = vec![
             ("RESUME_STATE".into(), opt(self.decision.next_state)),
@@ -341,6 +357,7 @@ impl Report {
         for (k, v) in &self.metadata {
             lines.push((format!("BUILDSTATE_META_{k}"), v.clone()));
         }
+        lines.extend(crate::outputs::env(&crate::outputs::values(&self.outputs)));
         lines
             .into_iter()
             .map(|(k, v)| format!("{k}={}\n", shell_quote(&v)))

@@ -357,15 +357,8 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
             lease_ttl,
         )?;
         let timeout = opts.timeout.or(plan.timeout_for(state));
-        let watched = spawn_and_watch(
-            opts,
-            state,
-            started.attempt,
-            &meta,
-            timeout,
-            &signals,
-            &keeper,
-        );
+        let env = command_env(opts, state, &started, &meta, &owner, session.writer)?;
+        let watched = spawn_and_watch(opts, &env, timeout, &signals, &keeper);
         drop(keeper);
         let done = match watched {
             Ok(done) => done,
@@ -483,13 +476,38 @@ pub(crate) fn last_bytes(text: &str, n: usize) -> &str {
     &text[start..]
 }
 
+/// The variables a state's command gets on top of run-state's own environment: what a
+/// check gets (the build, the state, its metadata), the attempt, the current outputs of
+/// the states before it as `BUILDSTATE_OUTPUT_<KEY>` (read after the start, which
+/// superseded this state's own), and what `update-state` needs to record this attempt's
+/// outputs from inside the command: the lease owner, the database and the remote.
+fn command_env(
+    opts: &RunOptions,
+    state: u8,
+    started: &crate::model::Build,
+    meta: &std::collections::BTreeMap<String, String>,
+    owner: &str,
+    writer: &crate::sync::Writer,
+) -> Result<Vec<(String, String)>> {
+    let mut env = crate::verify::check_env(&opts.build_id, state, meta);
+    env.push(("BUILDSTATE_ATTEMPT".into(), started.attempt.to_string()));
+    env.push(("BUILDSTATE_OWNER".into(), owner.to_string()));
+    let db = std::path::absolute(writer.store().path())
+        .unwrap_or_else(|_| writer.store().path().to_path_buf());
+    env.push(("BUILDSTATE_DB".into(), db.display().to_string()));
+    if let Some(remote) = writer.remote() {
+        env.push(("BUILDSTATE_REMOTE".into(), remote.name().to_string()));
+    }
+    let outputs = writer.store().outputs(&opts.build_id)?;
+    env.extend(crate::outputs::env(&crate::outputs::values(&outputs)));
+    Ok(env)
+}
+
 /// Spawn the command and watch it: heartbeat, timeout, signals. `Err` carries the message
 /// when the command could not be started at all.
 fn spawn_and_watch(
     opts: &RunOptions,
-    state: u8,
-    attempt: u32,
-    meta: &std::collections::BTreeMap<String, String>,
+    env: &[(String, String)],
     timeout: Option<Duration>,
     signals: &Signals,
     lease: &LeaseKeeper,
@@ -500,8 +518,7 @@ fn spawn_and_watch(
     let tracked = crate::procs::Tracked::new();
     let mut child = Command::new(program)
         .args(&opts.command[1..])
-        .envs(crate::verify::check_env(&opts.build_id, state, meta))
-        .env("BUILDSTATE_ATTEMPT", attempt.to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(tracked.env().0, tracked.env().1)
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())

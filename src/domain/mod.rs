@@ -9,6 +9,7 @@ pub mod context;
 pub mod decide;
 pub mod manifest;
 pub mod model;
+pub mod outputs;
 pub mod plan;
 pub mod policy;
 pub mod redact;

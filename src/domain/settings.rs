@@ -69,6 +69,7 @@ vars! {
     "BUILDSTATE_STATE", Given, "", "the state, for run-state's command, verify and requires (and the callback)";
     "BUILDSTATE_ATTEMPT", Given, "", "the attempt, for run-state's command";
     "BUILDSTATE_META_", Given, "", "BUILDSTATE_META_<KEY>: each metadata value, for run-state's command, verify and requires";
+    "BUILDSTATE_OUTPUT_", Given, "", "BUILDSTATE_OUTPUT_<KEY>: each current output, for run-state's command (docs/outputs.md)";
     "BUILDSTATE_RUN_TOKEN", Given, "", "marks every process of a command run-state runs, to end them all";
     "BUILDSTATE_STRICT", Text, "", "the Ansible callback stops the playbook on a recording error";
     "BUILDSTATE_RECORD_TASKS", Text, "", "the Ansible callback records each task's result";
@@ -77,12 +78,13 @@ vars! {
 }
 
 /// The variable named `name`, if buildstate has one (a secret's `…_FILE` twin and each
-/// `BUILDSTATE_META_<KEY>` included).
+/// `BUILDSTATE_META_<KEY>` and `BUILDSTATE_OUTPUT_<KEY>` included).
 pub fn var(name: &str) -> Option<&'static Var> {
     let base = name.strip_suffix("_FILE").unwrap_or(name);
     VARS.iter().find(|v| {
         v.name == name
             || (v.name == base && v.unit == Unit::Secret)
-            || (v.name == "BUILDSTATE_META_" && name.starts_with(v.name))
+            || (matches!(v.name, "BUILDSTATE_META_" | "BUILDSTATE_OUTPUT_")
+                && name.starts_with(v.name))
     })
 }

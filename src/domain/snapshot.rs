@@ -32,11 +32,12 @@ pub const FORMAT: &str = "buildstate-snapshot";
 /// written as version 1 unless it holds what version 1 readers do not know (version 2:
 /// input manifests, or the events of docs/plan.md#inputs; version 3: task results
 /// pruned by retention, which leave gaps in the numbering; version 4: `unverified`
-/// events, a verify that could not run; version 5: a `pruned` event's typed `count`),
-/// so older buildstates keep reading the builds that do not use those.
+/// events, a verify that could not run; version 5: a `pruned` event's typed `count`;
+/// version 6: `output` events with their `outputs`), so older buildstates keep reading
+/// the builds that do not use those.
 /// A version 3 or 4 snapshot's `pruned` events are read with the count their message
 /// gives.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 /// The largest snapshot accepted (a 1 MB message, many times over, fits).
 pub const MAX_BYTES: usize = 256 * 1024 * 1024;
 
@@ -305,9 +306,12 @@ impl Snapshot {
             .iter()
             .any(|e| matches!(e.kind, EventKind::Unverified | EventKind::Late));
         let v5 = events.iter().any(|e| e.count.is_some());
+        let v6 = events.iter().any(|e| e.kind == EventKind::Output);
         Snapshot {
             format: FORMAT.to_string(),
-            schema_version: if v5 {
+            schema_version: if v6 {
+                6
+            } else if v5 {
                 5
             } else if v4 {
                 4
@@ -551,6 +555,23 @@ impl Snapshot {
                     ));
                 }
                 m.validate()
+                    .map_err(|why| invalid(id, format!("event {}: {why}", e.seq)))?;
+            }
+            if (e.kind == EventKind::Output) != e.outputs.is_some()
+                || (e.kind == EventKind::Output && e.state.is_none())
+            {
+                return Err(invalid(
+                    id,
+                    format!(
+                        "event {} ({}): an `output` event, and only one, carries outputs, and names its state",
+                        e.seq, e.kind
+                    ),
+                ));
+            }
+            if let Some(o) = &e.outputs {
+                let pairs: Vec<(String, String)> =
+                    o.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                crate::outputs::validate(&pairs)
                     .map_err(|why| invalid(id, format!("event {}: {why}", e.seq)))?;
             }
             if (e.kind == EventKind::Pruned) != e.count.is_some() {

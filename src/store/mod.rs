@@ -438,6 +438,17 @@ impl Store {
         load_events(&self.conn, build_id)
     }
 
+    /// The current outputs of a build by key (`crate::outputs::current`); none for a
+    /// build that does not exist.
+    pub fn outputs(
+        &self,
+        build_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, crate::outputs::Output>> {
+        Ok(crate::outputs::current(&load_output_events(
+            &self.conn, build_id,
+        )?))
+    }
+
     /// The events of the writes from `serial` on (one write's: its serial).
     pub fn events_since(&self, build_id: &str, serial: u64) -> Result<Vec<Event>> {
         load_events_since(&self.conn, build_id, serial)
@@ -631,73 +642,79 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
 }
 
 fn load_events_since(conn: &Connection, build_id: &str, serial: u64) -> Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, serial, at, kind, state, attempt, message, category, exit_code,
-                duration_ms, actor, owner, write_id, until, inputs, count
-         FROM events WHERE build_id = :id AND serial >= :serial ORDER BY seq",
-    )?;
-    let rows = stmt.query_map(named_params! {":id": build_id, ":serial": serial}, |r| {
-        Ok((
-            r.get::<_, u64>(0)?,
-            r.get::<_, u64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, Option<u8>>(4)?,
-            r.get::<_, Option<u32>>(5)?,
-            r.get::<_, Option<String>>(6)?,
-            r.get::<_, Option<String>>(7)?,
-            r.get::<_, Option<i32>>(8)?,
-            r.get::<_, Option<u64>>(9)?,
-            r.get::<_, String>(10)?,
-            (
-                r.get::<_, Option<String>>(11)?,
-                r.get::<_, Option<String>>(12)?,
-                r.get::<_, Option<String>>(13)?,
-                r.get::<_, Option<String>>(14)?,
-                r.get::<_, Option<u64>>(15)?,
-            ),
-        ))
-    })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE build_id = :id AND serial >= :serial ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query(named_params! {":id": build_id, ":serial": serial})?;
     let mut out = Vec::new();
-    for row in rows {
-        let (
-            seq,
-            serial,
-            at,
-            kind,
-            state,
-            attempt,
-            message,
-            category,
-            exit_code,
-            duration_ms,
-            actor,
-            (owner, write_id, until, inputs, count),
-        ) = row?;
-        out.push(Event {
-            seq,
-            serial,
-            at: time::parse(&at)?,
-            kind: kind.parse()?,
-            state,
-            attempt,
-            message,
-            category: category.map(|c| c.parse()).transpose()?,
-            exit_code,
-            duration_ms,
-            actor: serde_json::from_str(&actor)
-                .map_err(|e| Error::Corrupt(format!("event {seq} actor: {e}")))?,
-            owner,
-            write_id,
-            until: until.as_deref().map(time::parse).transpose()?,
-            inputs: inputs
-                .map(|text| serde_json::from_str(&text))
-                .transpose()
-                .map_err(|e| Error::Corrupt(format!("event {seq} inputs: {e}")))?,
-            count,
-        });
+    while let Some(r) = rows.next()? {
+        out.push(read_event(r)?);
     }
     Ok(out)
+}
+
+/// The events that decide a build's current outputs (`crate::outputs::RELEVANT`),
+/// oldest first, through the partial index schema 11 made for them (`INDEXED BY`: the
+/// planner would take the primary key, and read every task result of the build).
+fn load_output_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_outputs
+         WHERE build_id = :id
+           AND kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback')
+         ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query(named_params! {":id": build_id})?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(read_event(r)?);
+    }
+    Ok(out)
+}
+
+/// The columns [`read_event`] reads, in its order.
+const EVENT_COLUMNS: &str = "seq, serial, at, kind, state, attempt, message, category,
+    exit_code, duration_ms, actor, owner, write_id, until, inputs, count, outputs";
+
+fn read_event(r: &rusqlite::Row<'_>) -> Result<Event> {
+    let seq: u64 = r.get(0)?;
+    let json = |i: usize, what: &str| -> Result<Option<String>> {
+        r.get::<_, Option<String>>(i)
+            .map_err(|e| Error::Corrupt(format!("event {seq} {what}: {e}")))
+    };
+    Ok(Event {
+        seq,
+        serial: r.get(1)?,
+        at: time::parse(&r.get::<_, String>(2)?)?,
+        kind: r.get::<_, String>(3)?.parse()?,
+        state: r.get(4)?,
+        attempt: r.get(5)?,
+        message: r.get(6)?,
+        category: r
+            .get::<_, Option<String>>(7)?
+            .map(|c| c.parse())
+            .transpose()?,
+        exit_code: r.get(8)?,
+        duration_ms: r.get(9)?,
+        actor: serde_json::from_str(&r.get::<_, String>(10)?)
+            .map_err(|e| Error::Corrupt(format!("event {seq} actor: {e}")))?,
+        owner: r.get(11)?,
+        write_id: r.get(12)?,
+        until: r
+            .get::<_, Option<String>>(13)?
+            .as_deref()
+            .map(time::parse)
+            .transpose()?,
+        inputs: json(14, "inputs")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("event {seq} inputs: {e}")))?,
+        count: r.get(15)?,
+        outputs: json(16, "outputs")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("event {seq} outputs: {e}")))?,
+    })
 }
 
 fn load_meta(conn: &Connection, build_id: &str) -> Result<BTreeMap<String, String>> {
@@ -764,9 +781,9 @@ fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
 /// One event row; shared by every write and by snapshot imports.
 const INSERT_EVENT: &str = "INSERT INTO events (build_id, seq, serial, at, kind, state,
     attempt, message, category, exit_code, duration_ms, actor, owner, write_id, until, inputs,
-    count)
+    count, outputs)
     VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
-    :exit_code, :duration, :actor, :owner, :write_id, :until, :inputs, :count)";
+    :exit_code, :duration, :actor, :owner, :write_id, :until, :inputs, :count, :outputs)";
 
 /// One metadata value with the serial that set it.
 const UPSERT_META: &str = "INSERT INTO build_meta (build_id, key, value, updated_serial)
@@ -808,6 +825,7 @@ fn append_events(
             ":owner": tag.owner, ":write_id": tag.write_id, ":until": e.until.map(time::format),
             ":inputs": e.inputs.as_ref().map(|m| serde_json::to_string(m).expect("a manifest always serializes")),
             ":count": e.count,
+            ":outputs": e.outputs.as_ref().map(|o| serde_json::to_string(o).expect("text by key always serializes")),
         })?;
     }
     Ok(())
@@ -886,6 +904,34 @@ mod tests {
             .execute("UPDATE events SET count = 1 WHERE seq = 4", [])
             .unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
+    }
+
+    /// The partial index schema 11 made, and the query that reads through it, name the
+    /// kinds `outputs::current` reads: one more kind there and the index would miss it.
+    #[test]
+    fn the_outputs_index_covers_the_kinds_current_outputs_are_read_from() {
+        let kinds = crate::outputs::RELEVANT
+            .iter()
+            .map(|k| format!("'{k}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let filter = format!("kind IN ({kinds})");
+        assert!(include_str!("v11.sql").contains(&filter), "{filter}");
+        let store_rs = include_str!("mod.rs");
+        assert!(store_rs.contains(&filter), "{filter}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let plan: String = store
+            .conn
+            .query_row(
+                &format!(
+                    "EXPLAIN QUERY PLAN SELECT seq FROM events INDEXED BY events_outputs WHERE build_id = 'b' AND {filter} ORDER BY seq"
+                ),
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("events_outputs"), "{plan}");
     }
 
     #[test]

@@ -420,6 +420,7 @@ fn insert_events(tx: &rusqlite::Transaction<'_>, build_id: &str, events: &[Event
             ":owner": e.owner, ":write_id": e.write_id, ":until": e.until.map(time::format),
             ":inputs": e.inputs.as_ref().map(|m| serde_json::to_string(m).expect("a manifest always serializes")),
             ":count": e.count,
+            ":outputs": e.outputs.as_ref().map(|o| serde_json::to_string(o).expect("text by key always serializes")),
         })?;
     }
     Ok(())

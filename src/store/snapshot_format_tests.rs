@@ -359,6 +359,49 @@ fn a_pruned_count_is_typed_and_read_from_the_message_of_older_snapshots() {
     assert!(err.to_string().contains("carries a count"), "{err}");
 }
 
+/// Version 6: an `output` event, and only one, carries outputs, which are valid ones
+/// (a snapshot read from a bucket is not trusted to have been checked when written).
+#[test]
+fn an_output_event_carries_valid_outputs() {
+    let (_dir, mut store, actor) = fresh(vec![], SystemTime::now());
+    for t in [
+        Transition::Start { state: 5 },
+        Transition::Output {
+            state: None,
+            pairs: vec![("ami_id".into(), "ami-0abc".into())],
+        },
+    ] {
+        store.transition("b", &t, &actor, &Ctx::live()).unwrap();
+    }
+    let snap = store.snapshot("b").unwrap();
+    assert_eq!(snap.schema_version, 6);
+    let good: serde_json::Value = serde_json::from_slice(&snap.to_json()).unwrap();
+    let refused = |edit: &dyn Fn(&mut serde_json::Value), says: &str| {
+        let mut v = good.clone();
+        edit(&mut v);
+        let err = Snapshot::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    };
+    refused(
+        &|v| {
+            v["events"][2].as_object_mut().unwrap().remove("outputs");
+        },
+        "carries outputs",
+    );
+    refused(
+        &|v| v["events"][1]["outputs"] = serde_json::json!({"a": "b"}),
+        "carries outputs",
+    );
+    refused(
+        &|v| v["events"][2]["outputs"] = serde_json::json!({"1x": "b"}),
+        "invalid output key",
+    );
+    refused(
+        &|v| v["events"][2]["outputs"] = serde_json::json!({"k": "AKIAIOSFODNN7EXAMPLE"}),
+        "looks like a secret",
+    );
+}
+
 #[test]
 fn a_remote_copy_that_pruned_more_than_task_results_is_a_divergence() {
     let (_dir, mut store, actor) = fresh(vec![], SystemTime::now());
@@ -410,7 +453,7 @@ fn honest_history(ops: &[(u8, u8)]) {
             // Hours apart, so leases expire and retries come due.
             ..Ctx::at(t0 + std::time::Duration::from_secs(3600 * (i as u64 + 1)))
         };
-        let t = match op % 17 {
+        let t = match op % 18 {
             0 | 1 => Transition::Start { state },
             2 if pick % 2 == 1 => Transition::Complete {
                 state,
@@ -477,6 +520,10 @@ fn honest_history(ops: &[(u8, u8)]) {
             15 => Transition::PruneTasks {
                 before: ctx.now - std::time::Duration::from_secs(3600 * *pick as u64),
                 count: 0,
+            },
+            16 => Transition::Output {
+                state: (pick % 2 == 0).then_some(state),
+                pairs: vec![("k".into(), format!("v{pick}"))],
             },
             _ => Transition::Verified {
                 results: vec![crate::model::VerifyResult {

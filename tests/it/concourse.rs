@@ -361,3 +361,68 @@ fn a_put_missing_a_reason_or_the_lease_says_so_as_params() {
     );
     assert!(!err.contains("--owner"), "{err}");
 }
+
+/// Issue 27 through the resource: a put records what the running state made (also from
+/// a Packer manifest in the put's folder), and `in` writes the current values as
+/// outputs.json for the next job's tasks.
+#[test]
+fn a_put_records_outputs_and_in_writes_them() {
+    let (dir, work, source) = a_build_on_a_folder_remote("img-6");
+    let (code, _, err) = put(&source, &work, 10, json!({"action": "start", "state": 5}));
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        work.join("manifest.json"),
+        r#"{"builds": [{"name": "east", "builder_type": "amazon-ebs", "artifact_id": "us-east-1:ami-0abc", "packer_run_uuid": "r1"}], "last_run_uuid": "r1"}"#,
+    )
+    .unwrap();
+    let (code, out, err) = put(
+        &source,
+        &work,
+        10,
+        json!({"action": "output", "outputs": {"note": "it's built"}, "packer_manifest": "manifest.json"}),
+    );
+    assert_eq!(code, 0, "{err}");
+    let version = serde_json::from_str::<Value>(&out).unwrap()["version"].clone();
+    // Another job build does not hold the lease: refused as a put, nothing written.
+    let (code, _, err) = put(
+        &source,
+        &work,
+        11,
+        json!({"action": "output", "outputs": {"note": "not mine"}}),
+    );
+    assert_eq!(code, buildstate::exit::BUSY, "{err}");
+    assert!(err.contains("set `owner` in the put's params"), "{err}");
+    // A manifest outside the put's folder is refused without reading it.
+    let (code, _, err) = put(
+        &source,
+        &work,
+        10,
+        json!({"action": "output", "packer_manifest": "/etc/passwd"}),
+    );
+    assert_eq!(code, buildstate::exit::INVALID_INPUT, "{err}");
+    let dest = dir.path().join("dest");
+    let (code, _, err) = step(
+        "in",
+        &json!({"source": source, "version": version}),
+        Some(&dest),
+        Some(12),
+    );
+    assert_eq!(code, 0, "{err}");
+    let outputs: Value =
+        serde_json::from_slice(&std::fs::read(dest.join("outputs.json")).unwrap()).unwrap();
+    assert_eq!(
+        outputs,
+        json!({
+            "note": "it's built",
+            "artifact_id": "us-east-1:ami-0abc",
+            "builder_type": "amazon-ebs",
+            "east_artifact_id": "us-east-1:ami-0abc",
+            "east_builder_type": "amazon-ebs",
+        })
+    );
+    let sourced = std::fs::read_to_string(dest.join("resume-metadata")).unwrap();
+    assert!(
+        sourced.contains("BUILDSTATE_OUTPUT_east_artifact_id="),
+        "{sourced}"
+    );
+}

@@ -12,6 +12,7 @@ mod fleet;
 mod inputs;
 mod journal;
 mod layers;
+mod outputs;
 mod run_state;
 mod stats;
 mod sync;

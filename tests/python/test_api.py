@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 import buildstate
 
 from conftest import BUILD
+
+CLI = Path(__file__).resolve().parents[2] / "target" / "debug"
 
 
 def test_walk_states_and_read_history(db: Path) -> None:
@@ -267,3 +270,34 @@ def test_a_missing_reason_or_a_held_lease_says_what_to_do_from_python(db: Path) 
         other.start(BUILD, 5)
     assert f"is held by {s.owner}" in str(e.value), e.value
     assert "--owner" not in str(e.value), e.value
+
+
+def test_outputs_are_recorded_read_and_fenced_from_python(db: Path) -> None:
+    """Issue 27: what `update-state output` records, from the Python API, with the same
+    rules: the active state by default, superseded by a new attempt, fenced by the
+    attempt this Store started."""
+    s = buildstate.Store(db)
+    s.init(BUILD, "aws", "rhel9")
+    with pytest.raises(buildstate.RefusedError, match="name the state"):
+        s.output(BUILD, {"ami_id": "ami-0abc"})
+    s.start(BUILD, 5)
+    report = s.output(BUILD, {"ami_id": "ami-0abc", "note": "it's fine"})
+    assert {k: o["value"] for k, o in report["outputs"].items()} == {"ami_id": "ami-0abc", "note": "it's fine"}
+    with pytest.raises(buildstate.InvalidInputError, match="looks like a secret"):
+        s.output(BUILD, {"key": "AKIAIOSFODNN7EXAMPLE"})
+    s.complete(BUILD, 5)
+    s.output(BUILD, {"checked": "yes"}, state=5)
+    got = s.outputs(BUILD)
+    assert (got["ami_id"]["state"], got["ami_id"]["attempt"], got["checked"]["attempt"]) == (5, 1, None)
+    # The state this Store started moves on to another attempt behind its back (a
+    # person failing and restarting it under the same lease owner): the output of the
+    # attempt this Store ran is refused, not recorded against the new one.
+    s.start(BUILD, 10)
+    for args in (["fail", "10", "--error", "x", "--category", "transient"], ["retry", "10", "--reason", "now"], ["start", "10"]):
+        subprocess.run([str(CLI / "update-state"), "--db", str(db), "--owner", s.owner, BUILD, *args], check=True, capture_output=True)
+    with pytest.raises(buildstate.LeaseLostError):
+        s.output(BUILD, {"late": "x"})
+    assert "late" not in s.outputs(BUILD)
+    assert s.output(BUILD, {"late": "x"}, state=5)["outputs"]["late"]["state"] == 5
+    with pytest.raises(buildstate.UnknownBuildError):
+        s.outputs("no-such-build")

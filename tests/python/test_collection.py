@@ -56,7 +56,7 @@ def test_ansible_doc_renders_every_plugin_of_the_collection(collections: Path, d
     env = env_for(collections, db)
     for kind, name, options in [
         ("module", "buildstate.pipeline.state", {"build_id", "metadata", "transition", "build_state", "message", "category", "inputs", "inputs_root", "db", "remote"}),
-        ("lookup", "buildstate.pipeline.build", {"_terms", "build_id", "db", "remote", "report", "inputs", "inputs_root", "default"}),
+        ("lookup", "buildstate.pipeline.build", {"_terms", "build_id", "db", "remote", "report", "outputs", "inputs", "inputs_root", "default"}),
         ("callback", "buildstate.pipeline.buildstate", {"db", "build_id", "state", "inputs_root", "force"}),
     ]:
         text = subprocess.run([str(BIN / "ansible-doc"), "-t", kind, name], env=env, capture_output=True, text=True, check=False)
@@ -92,6 +92,8 @@ PLAY = """
           - lookup('buildstate.pipeline.build', 'decision', report=true) == 'resume'
           - lookup('buildstate.pipeline.build', 'next_state', report=true) | int == 20
           - lookup('buildstate.pipeline.build', 'nope', default='none') == 'none'
+          - lookup('buildstate.pipeline.build', 'base_image', outputs=true) == "rhel-9.4 'minimal'"
+          - lookup('buildstate.pipeline.build', 'ami_id', outputs=true, default='none') == 'none'
 """
 
 
@@ -99,6 +101,7 @@ def test_a_play_records_and_reads_through_the_module_and_the_lookup(collections:
     (tmp_path / "roles" / "users").mkdir(parents=True)
     (tmp_path / "roles" / "users" / "main.yml").write_text("users: [ops]\n")
     env = env_for(collections, db, BUILDSTATE_INPUTS_ROOT=str(tmp_path))
+    store.output(BUILD, {"base_image": "rhel-9.4 'minimal'"}, state=5)
     r = playbook(tmp_path, PLAY, env, "-e", "sha=1a2b3c")
     assert r.returncode == 0, r.stdout + r.stderr
     assert recap(r.stdout)["changed"] == 2, r.stdout

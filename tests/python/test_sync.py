@@ -283,9 +283,11 @@ def test_a_snapshot_matches_the_published_schema(tmp_path: Path) -> None:
     a = Worker(tmp_path, "a", f"file://{remote}", {})
     a.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9", "--meta", "git=1a2b")
     a.run("update-state", "img-1", "fail", "5", "--error", "it's 'quoted'")
+    a.run("update-state", "img-1", "output", "ami_id=ami-0abc", "note=it's 'quoted'")
     a.run("sync-cloud", "push", "img-1")
     schema = json.loads((ROOT / "docs" / "snapshot.schema.json").read_text())
     snapshot = json.loads((remote / "builds" / "img-1.json").read_text())
+    assert snapshot["schema_version"] == 6 and snapshot["events"][-1]["outputs"]["note"] == "it's 'quoted'"
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(snapshot, schema, format_checker=jsonschema.FormatChecker())
     snapshot["build"]["status"] = "exploded"

@@ -44,7 +44,8 @@ struct Args {
 enum Step {
     /// List new versions of the build (request on stdin)
     Check,
-    /// Fetch one version into DEST: decision.json, resume-metadata, snapshot.json, history.json
+    /// Fetch one version into DEST: decision.json, resume-metadata, snapshot.json, history.json,
+    /// outputs.json
     In {
         #[arg(value_name = "DEST", value_hint = clap::ValueHint::DirPath)]
         dest: PathBuf,

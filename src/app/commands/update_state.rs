@@ -32,6 +32,7 @@ use clap::Subcommand;
   update-state img-42 fail 15 --error \"ansible-playbook exited 2\" --exit-code 2
   some-command 2>&1 | update-state img-42 fail 15 --error-file -
   update-state img-42 meta ami_id=ami-0abc git_sha=1a2b3c
+  update-state img-42 output ami_id=ami-0abc
   update-state img-42 retry 10 --reason \"opened port 22 in the security group\"
   update-state img-42 rollback --to 60 --reason \"hardening broke sshd\"
   update-state img-42 force 20 --reason \"users role fixed upstream\"
@@ -121,6 +122,31 @@ enum Action {
     Meta {
         #[arg(value_name = "KEY=VALUE", required = true)]
         pairs: Vec<String>,
+    },
+    /// Record values the active state (or --state) produced, KEY=VALUE: later states see
+    /// the current ones (check-state --json, BUILDSTATE_OUTPUT_<KEY> in run-state's
+    /// command); a new attempt, force, reset, rerun or rollback of the state supersedes
+    /// them (docs/outputs.md)
+    #[command(after_help = "Examples:
+  update-state img-42 output ami_id=ami-0abc region=us-east-1
+  update-state img-42 output --state 40 report_url=s3://reports/img-42.html
+  update-state img-42 output --packer-manifest manifest.json")]
+    Output {
+        #[arg(value_name = "KEY=VALUE", required_unless_present = "packer_manifest")]
+        pairs: Vec<String>,
+        /// The state that produced them, one that is running or has run [default: the
+        /// active state]
+        #[arg(long, value_name = "STATE")]
+        state: Option<u8>,
+        /// Also record the builds of the last run in this Packer manifest.json (its
+        /// `manifest` post-processor): `<name>_artifact_id`, `<name>_builder_type`,
+        /// `<name>_<custom_data key>`, and unprefixed keys when the run had one build
+        #[arg(long, value_name = "FILE")]
+        packer_manifest: Option<PathBuf>,
+        /// Fencing: refuse (exit 14) unless this attempt is still the one running under
+        /// --owner's lease
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
     },
     /// Allow one more attempt of a waiting or blocked state now, even after its policy's
     /// attempts are used up
@@ -237,6 +263,33 @@ fn transition(action: &Action) -> Result<Transition> {
                 .map(|p| parse_meta_pair(p))
                 .collect::<Result<_>>()?,
         },
+        Action::Output {
+            pairs,
+            state,
+            packer_manifest,
+            ..
+        } => {
+            let mut all = pairs
+                .iter()
+                .map(|p| crate::outputs::parse_pair(p))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(path) = packer_manifest {
+                let (_, bytes) = crate::files::read_limited(
+                    path,
+                    "--packer-manifest",
+                    crate::files::MAX_MESSAGE_FILE,
+                    false,
+                )?;
+                all.extend(crate::outputs::from_packer_manifest(
+                    &bytes,
+                    &path.display().to_string(),
+                )?);
+            }
+            Transition::Output {
+                state: *state,
+                pairs: all,
+            }
+        }
         Action::Retry { state, reason } => Transition::Retry {
             state: *state,
             reason: reason.clone(),
@@ -299,7 +352,9 @@ fn run(args: &Args) -> Result<i32> {
             Inputs::Hash { root, extra: &[] },
             *attempt,
         )?,
-        (Action::Fail { attempt, .. }, t) => session.record(&args.build_id, t, *attempt)?,
+        (Action::Fail { attempt, .. } | Action::Output { attempt, .. }, t) => {
+            session.record(&args.build_id, t, *attempt)?
+        }
         (_, t) => session.record(&args.build_id, t, None)?,
     };
     crate::cli::deliver_after_write("update-state", &mut store);
@@ -327,6 +382,11 @@ fn run(args: &Args) -> Result<i32> {
             build.last_category.map_or("unknown", |c| c.as_str())
         ),
         Transition::Meta { pairs } => format!("set {} metadata value(s)", pairs.len()),
+        Transition::Output { state, pairs } => format!(
+            "recorded {} output(s) of {}",
+            pairs.len(),
+            label(state.or(build.active_state).or(build.current_state))
+        ),
         Transition::Retry { state, .. } => format!(
             "allowed attempt {} of {} now",
             build.attempt + 1,

@@ -169,7 +169,8 @@ impl Implied {
                 | EventKind::Drift
                 | EventKind::Verified
                 | EventKind::Unverified
-                | EventKind::Late,
+                | EventKind::Late
+                | EventKind::Output,
                 _,
             ) => {}
             (kind, None) => return Err(format!("({kind}) names no state")),

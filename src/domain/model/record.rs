@@ -1,6 +1,7 @@
 //! The build record: a build's summary row, its events, and the validation of what
 //! names a build.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,8 @@ pub enum EventKind {
     /// Task results older than a cut-off (its `until`) left the history: retention
     /// (`monitor prune-tasks`). Their numbers stay unused; its `count` says how many.
     Pruned,
+    /// Values a state produced (`update-state output`): its `outputs` (`crate::outputs`).
+    Output,
 }
 
 text_enum!(Status {
@@ -84,6 +87,7 @@ text_enum!(EventKind {
     Rollback => "rollback", Cancel => "cancel", Task => "task", Force => "force",
     Reset => "reset", Rerun => "rerun", Prerequisite => "prerequisite", Drift => "drift",
     Verified => "verified", Unverified => "unverified", Late => "late", Pruned => "pruned",
+    Output => "output",
 });
 
 impl EventKind {
@@ -188,6 +192,9 @@ pub struct Event {
     /// On a `pruned` event: how many task results left the history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// On an `output` event: the values its state recorded (`crate::outputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<BTreeMap<String, String>>,
 }
 
 /// An event about to be appended; the store adds seq, serial, time and actor.
@@ -208,6 +215,8 @@ pub struct NewEvent {
     pub inputs: Option<crate::manifest::Manifest>,
     /// See [`Event::count`].
     pub count: Option<u64>,
+    /// See [`Event::outputs`].
+    pub outputs: Option<BTreeMap<String, String>>,
 }
 
 impl NewEvent {
@@ -224,6 +233,7 @@ impl NewEvent {
             until: None,
             inputs: None,
             count: None,
+            outputs: None,
         }
     }
 }

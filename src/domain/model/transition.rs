@@ -84,6 +84,12 @@ pub enum Transition {
         /// same transaction (a build with none is not written).
         count: u64,
     },
+    /// Values a state produced (`crate::outputs`): `state`, or the active one.
+    #[serde(skip)]
+    Output {
+        state: Option<u8>,
+        pairs: Vec<(String, String)>,
+    },
 }
 
 /// Why completed states run again.
@@ -290,6 +296,7 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
         Transition::Unmet { state, message } => unmet(b, plan, ctx, *state, message, &mut c),
         Transition::Verified { results } => verified(b, plan, results, &mut c),
         Transition::Cancel { reason } => cancel(b, reason, &mut c),
+        Transition::Output { state, pairs } => output(b, plan, ctx, *state, pairs, &mut c),
     }?;
     // The summary's current and active state, status, attempt, next retry and lease are
     // what the new events say, by the fold snapshot validation replays.
@@ -856,5 +863,62 @@ pub(super) fn cancel(b: &Build, reason: &str, c: &mut Change) -> Result<()> {
         Some(redact(reason).into_owned()),
     ));
     c.build.attempt_started_at = None;
+    Ok(())
+}
+
+/// Outputs of `state` (default: the active one): a state that is running or has run,
+/// under its lease when one lives, fenced when the writer names its attempt.
+pub(super) fn output(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: Option<u8>,
+    pairs: &[(String, String)],
+    c: &mut Change,
+) -> Result<()> {
+    crate::outputs::validate(pairs)?;
+    let id = &b.build_id;
+    let Some(s) = state.or(b.active_state) else {
+        return refuse(format!(
+            "build '{id}': no state is active (status {}): name the state the outputs belong to; nothing was written",
+            b.status
+        ));
+    };
+    check_in_plan(b, plan, s)?;
+    if b.status == Status::Cancelled {
+        refuse_if_finished(b, "record outputs for")?;
+    }
+    let ran = b.active_state == Some(s) || b.current_state.is_some_and(|cur| s <= cur);
+    if !ran {
+        return refuse(format!(
+            "build '{id}': {} has not run ({}): outputs belong to a state that runs or ran; nothing was written",
+            plan.label(s),
+            b.current_state.map_or("no state has completed".into(), |c| format!("the build is at {}", plan.label(c)))
+        ));
+    }
+    check_lease(b, plan, ctx, "record outputs")?;
+    check_fence(b, plan, ctx, s, "record outputs of")?;
+    let running = b.status == Status::Running && b.active_state == Some(s);
+    let outputs: BTreeMap<String, String> = pairs.iter().cloned().collect();
+    let summary = outputs
+        .iter()
+        .map(|(k, v)| {
+            let shown: String = v.chars().take(80).collect();
+            if shown.len() < v.len() {
+                format!("{k}={shown}... ({} bytes)", v.len())
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut e = event(
+        EventKind::Output,
+        Some(s),
+        running.then_some(b.attempt),
+        Some(summary),
+    );
+    e.outputs = Some(outputs);
+    c.events.push(e);
     Ok(())
 }

@@ -9,6 +9,8 @@ short_description: Read a build's metadata, or its decision, from buildstate
 description:
   - Returns the values of the build's metadata keys named by the terms, as
     C(check-state --json) reports them (C(lookup('buildstate.pipeline.build', 'ami_id'))).
+  - With O(outputs=true), the terms name the build's current outputs, what earlier
+    states recorded with C(update-state output) (docs/outputs.md), and each gives its value.
   - With O(report=true), the terms name fields of the report instead, such as
     C(decision), C(next_state), C(current_state), C(status), C(reason) or C(epoch).
     Stale states count (their inputs under O(inputs_root)) unless O(inputs=false).
@@ -17,7 +19,7 @@ description:
 version_added: 0.1.0
 options:
   _terms:
-    description: Metadata keys, or report fields with O(report=true).
+    description: Metadata keys, or report fields with O(report=true), or outputs with O(outputs=true).
     required: true
     type: list
     elements: str
@@ -38,6 +40,10 @@ options:
       - name: BUILDSTATE_REMOTE
   report:
     description: The terms name report fields (decision, next_state, ...) rather than metadata keys.
+    type: bool
+    default: false
+  outputs:
+    description: The terms name current outputs (C(ami_id) recorded by an earlier state) rather than metadata keys.
     type: bool
     default: false
   inputs:
@@ -62,6 +68,10 @@ EXAMPLES = r"""
 - name: Use the AMI recorded by an earlier job
   ansible.builtin.debug:
     msg: "{{ lookup('buildstate.pipeline.build', 'ami_id') }}"
+
+- name: Use the AMI state 5 recorded as an output
+  ansible.builtin.debug:
+    msg: "{{ lookup('buildstate.pipeline.build', 'ami_id', outputs=true) }}"
 
 - name: Skip the play when its state needs no work
   ansible.builtin.meta: end_play
@@ -103,14 +113,21 @@ class LookupModule(LookupBase):
             raise AnsibleLookupError("buildstate: %s" % e)
         if not report.get("exists"):
             raise AnsibleLookupError("buildstate: build %r does not exist" % build_id)
+        if self.get_option("report") and self.get_option("outputs"):
+            raise AnsibleLookupError("buildstate: pass report=true or outputs=true, not both")
+        if self.get_option("report"):
+            source, what = report, "report field"
+        elif self.get_option("outputs"):
+            source = dict((k, o["value"]) for k, o in (report.get("outputs") or {}).items())
+            what = "current output"
+        else:
+            source, what = report.get("metadata") or {}, "metadata key"
         values = []
         for term in terms:
-            source = report if self.get_option("report") else report.get("metadata") or {}
             if term in source:
                 values.append(source[term])
             elif default is not _MISSING:
                 values.append(default)
             else:
-                what = "report field" if self.get_option("report") else "metadata key"
                 raise AnsibleLookupError("buildstate: build %r has no %s %r (known: %s)" % (build_id, what, term, ", ".join(sorted(source)) or "none"))
         return values
