@@ -61,6 +61,10 @@ pub const OUTPUT: i32 = 21;
 /// not yet on the remote, which stayed away past the worker's lease. It lands, once,
 /// with the next buildstate command here in remote mode (or `sync-cloud push`).
 pub const JOURNALED: i32 = 22;
+/// `monitor gc`, `update-state cancel --cleanup`, `reset --cleanup`: a resource's cleanup
+/// command failed every try. It is recorded as `cleanup_failed` (the next collection
+/// tries again); the rest was done.
+pub const CLEANUP_FAILED: i32 = 23;
 
 /// Every code with its name, in the order of `docs/exit-codes.md`.
 pub const ALL: &[(i32, &str)] = &[
@@ -87,4 +91,5 @@ pub const ALL: &[(i32, &str)] = &[
     (CLOCK_SKEW, "CLOCK_SKEW"),
     (OUTPUT, "OUTPUT"),
     (JOURNALED, "JOURNALED"),
+    (CLEANUP_FAILED, "CLEANUP_FAILED"),
 ];

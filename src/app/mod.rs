@@ -11,6 +11,7 @@ pub mod commands;
 pub mod concourse;
 pub mod environment;
 pub mod files;
+pub mod gc;
 pub mod inputs;
 pub mod monitor;
 pub mod procs;

@@ -13,6 +13,7 @@ pub mod outputs;
 pub mod plan;
 pub mod policy;
 pub mod redact;
+pub mod resources;
 pub mod settings;
 pub mod snapshot;
 pub mod time;

@@ -70,6 +70,9 @@ vars! {
     "BUILDSTATE_ATTEMPT", Given, "", "the attempt, for run-state's command";
     "BUILDSTATE_META_", Given, "", "BUILDSTATE_META_<KEY>: each metadata value, for run-state's command, verify and requires";
     "BUILDSTATE_OUTPUT_", Given, "", "BUILDSTATE_OUTPUT_<KEY>: each current output, for run-state's command (docs/outputs.md)";
+    "BUILDSTATE_RESOURCE_TYPE", Given, "", "the resource, for its cleanup and check commands (docs/resources.md)";
+    "BUILDSTATE_RESOURCE_ID", Given, "", "the resource's id, for its cleanup and check commands";
+    "BUILDSTATE_RESOURCE_PROP_", Given, "", "BUILDSTATE_RESOURCE_PROP_<KEY>: each property, for its cleanup and check commands";
     "BUILDSTATE_RUN_TOKEN", Given, "", "marks every process of a command run-state runs, to end them all";
     "BUILDSTATE_STRICT", Text, "", "the Ansible callback stops the playbook on a recording error";
     "BUILDSTATE_RECORD_TASKS", Text, "", "the Ansible callback records each task's result";
@@ -78,13 +81,16 @@ vars! {
 }
 
 /// The variable named `name`, if buildstate has one (a secret's `…_FILE` twin and each
-/// `BUILDSTATE_META_<KEY>` and `BUILDSTATE_OUTPUT_<KEY>` included).
+/// `BUILDSTATE_META_<KEY>`, `BUILDSTATE_OUTPUT_<KEY>` and `BUILDSTATE_RESOURCE_PROP_<KEY>`
+/// included).
 pub fn var(name: &str) -> Option<&'static Var> {
     let base = name.strip_suffix("_FILE").unwrap_or(name);
     VARS.iter().find(|v| {
         v.name == name
             || (v.name == base && v.unit == Unit::Secret)
-            || (matches!(v.name, "BUILDSTATE_META_" | "BUILDSTATE_OUTPUT_")
-                && name.starts_with(v.name))
+            || (matches!(
+                v.name,
+                "BUILDSTATE_META_" | "BUILDSTATE_OUTPUT_" | "BUILDSTATE_RESOURCE_PROP_"
+            ) && name.starts_with(v.name))
     })
 }

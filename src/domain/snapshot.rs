@@ -33,11 +33,12 @@ pub const FORMAT: &str = "buildstate-snapshot";
 /// input manifests, or the events of docs/plan.md#inputs; version 3: task results
 /// pruned by retention, which leave gaps in the numbering; version 4: `unverified`
 /// events, a verify that could not run; version 5: a `pruned` event's typed `count`;
-/// version 6: `output` events with their `outputs`), so older buildstates keep reading
-/// the builds that do not use those.
+/// version 6: `output` events with their `outputs`; version 7: `resource` events, the
+/// ledger of what a build made), so older buildstates keep reading the builds that do
+/// not use those.
 /// A version 3 or 4 snapshot's `pruned` events are read with the count their message
 /// gives.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 /// The largest snapshot accepted (a 1 MB message, many times over, fits).
 pub const MAX_BYTES: usize = 256 * 1024 * 1024;
 
@@ -307,9 +308,12 @@ impl Snapshot {
             .any(|e| matches!(e.kind, EventKind::Unverified | EventKind::Late));
         let v5 = events.iter().any(|e| e.count.is_some());
         let v6 = events.iter().any(|e| e.kind == EventKind::Output);
+        let v7 = events.iter().any(|e| e.kind == EventKind::Resource);
         Snapshot {
             format: FORMAT.to_string(),
-            schema_version: if v6 {
+            schema_version: if v7 {
+                7
+            } else if v6 {
                 6
             } else if v5 {
                 5
@@ -572,6 +576,19 @@ impl Snapshot {
                 let pairs: Vec<(String, String)> =
                     o.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 crate::outputs::validate(&pairs)
+                    .map_err(|why| invalid(id, format!("event {}: {why}", e.seq)))?;
+            }
+            if (e.kind == EventKind::Resource) != e.resource.is_some() {
+                return Err(invalid(
+                    id,
+                    format!(
+                        "event {} ({}): a `resource` event, and only one, says which resource",
+                        e.seq, e.kind
+                    ),
+                ));
+            }
+            if let Some(op) = &e.resource {
+                op.validate()
                     .map_err(|why| invalid(id, format!("event {}: {why}", e.seq)))?;
             }
             if (e.kind == EventKind::Pruned) != e.count.is_some() {

@@ -288,6 +288,9 @@ impl Store {
         if crate::model::is_repeated_start(&build, t, ctx) {
             return Ok(build);
         }
+        if let Transition::Resource { op, .. } = t {
+            check_resource_op(&tx, &build, op, ctx)?;
+        }
         // Retention counts what it removes inside this transaction; nothing to remove
         // is nothing to write.
         let counted;
@@ -447,6 +450,38 @@ impl Store {
         Ok(crate::outputs::current(&load_output_events(
             &self.conn, build_id,
         )?))
+    }
+
+    /// The resource ledger of a build (`crate::resources`), in the order created, with
+    /// the orphans judged at `now` for a failed, blocked or idle build's `window`; none
+    /// for a build that does not exist.
+    pub fn resources(
+        &self,
+        build_id: &str,
+        now: SystemTime,
+        window: Duration,
+    ) -> Result<Vec<crate::resources::Resource>> {
+        let Some(b) = load_build(&self.conn, build_id)? else {
+            return Ok(Vec::new());
+        };
+        let events = load_resource_events(&self.conn, build_id)?;
+        let mut ledger = crate::resources::ledger(&events);
+        crate::resources::judge(&b, &events, &mut ledger, now, window);
+        Ok(ledger)
+    }
+
+    /// The builds that ever recorded a resource, by id.
+    pub fn builds_with_resources(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT build_id FROM events INDEXED BY events_resources
+             WHERE kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')
+               AND kind = 'resource'
+             ORDER BY build_id",
+        )?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
     }
 
     /// The events of the writes from `serial` on (one write's: its serial).
@@ -672,9 +707,83 @@ fn load_output_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
     Ok(out)
 }
 
+/// The events a build's resource ledger and its orphans are judged from
+/// (`crate::resources`), oldest first, through schema 12's partial index.
+fn load_resource_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_resources
+         WHERE build_id = :id
+           AND kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')
+         ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query(named_params! {":id": build_id})?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(read_event(r)?);
+    }
+    Ok(out)
+}
+
+/// What the ledger must say for `op` to be written, read inside the write's transaction:
+/// a deletion, check, claim or failed cleanup names a resource the ledger has (not
+/// already deleted), and a claim is refused while another collector's lives, so that
+/// two collectors never run one cleanup twice.
+fn check_resource_op(
+    conn: &Connection,
+    b: &Build,
+    op: &crate::resources::Op,
+    ctx: &Ctx<'_>,
+) -> Result<()> {
+    use crate::resources::Op;
+    if matches!(op, Op::Add { .. }) {
+        return Ok(());
+    }
+    let (rtype, rid) = op.key();
+    let events = load_resource_events(conn, &b.build_id)?;
+    let ledger = crate::resources::ledger(&events);
+    let Some(r) = ledger
+        .iter()
+        .rev()
+        .find(|r| r.rtype == rtype && r.id == rid)
+    else {
+        return Err(Error::Refused(
+            format!(
+                "build '{}' has no resource {rtype} {rid} in its ledger (see `check-state {} --resources`); nothing was written",
+                b.build_id, b.build_id
+            )
+            .into(),
+        ));
+    };
+    if r.status == crate::resources::Health::Deleted && !matches!(op, Op::Check { .. }) {
+        return Err(Error::Refused(
+            format!(
+                "build '{}': {rtype} {rid} is already deleted; nothing was written",
+                b.build_id
+            )
+            .into(),
+        ));
+    }
+    if let Op::Claim { .. } = op {
+        if let (Some(until), by) = (r.claimed_until, &r.claimed_by) {
+            if until > ctx.now && by.as_deref() != ctx.owner {
+                return Err(Error::Refused(
+                    format!(
+                        "build '{}': the cleanup of {rtype} {rid} is claimed by {} until {}; nothing was written",
+                        b.build_id,
+                        by.as_deref().unwrap_or("?"),
+                        time::format(until)
+                    )
+                    .into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The columns [`read_event`] reads, in its order.
 const EVENT_COLUMNS: &str = "seq, serial, at, kind, state, attempt, message, category,
-    exit_code, duration_ms, actor, owner, write_id, until, inputs, count, outputs";
+    exit_code, duration_ms, actor, owner, write_id, until, inputs, count, outputs, resource";
 
 fn read_event(r: &rusqlite::Row<'_>) -> Result<Event> {
     let seq: u64 = r.get(0)?;
@@ -714,6 +823,10 @@ fn read_event(r: &rusqlite::Row<'_>) -> Result<Event> {
             .map(|text| serde_json::from_str(&text))
             .transpose()
             .map_err(|e| Error::Corrupt(format!("event {seq} outputs: {e}")))?,
+        resource: json(17, "resource")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("event {seq} resource: {e}")))?,
     })
 }
 
@@ -781,9 +894,10 @@ fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
 /// One event row; shared by every write and by snapshot imports.
 const INSERT_EVENT: &str = "INSERT INTO events (build_id, seq, serial, at, kind, state,
     attempt, message, category, exit_code, duration_ms, actor, owner, write_id, until, inputs,
-    count, outputs)
+    count, outputs, resource)
     VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
-    :exit_code, :duration, :actor, :owner, :write_id, :until, :inputs, :count, :outputs)";
+    :exit_code, :duration, :actor, :owner, :write_id, :until, :inputs, :count, :outputs,
+    :resource)";
 
 /// One metadata value with the serial that set it.
 const UPSERT_META: &str = "INSERT INTO build_meta (build_id, key, value, updated_serial)
@@ -826,6 +940,7 @@ fn append_events(
             ":inputs": e.inputs.as_ref().map(|m| serde_json::to_string(m).expect("a manifest always serializes")),
             ":count": e.count,
             ":outputs": e.outputs.as_ref().map(|o| serde_json::to_string(o).expect("text by key always serializes")),
+            ":resource": e.resource.as_ref().map(|r| serde_json::to_string(r).expect("a resource op always serializes")),
         })?;
     }
     Ok(())

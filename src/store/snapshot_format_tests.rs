@@ -453,7 +453,7 @@ fn honest_history(ops: &[(u8, u8)]) {
             // Hours apart, so leases expire and retries come due.
             ..Ctx::at(t0 + std::time::Duration::from_secs(3600 * (i as u64 + 1)))
         };
-        let t = match op % 18 {
+        let t = match op % 19 {
             0 | 1 => Transition::Start { state },
             2 if pick % 2 == 1 => Transition::Complete {
                 state,
@@ -520,6 +520,16 @@ fn honest_history(ops: &[(u8, u8)]) {
             15 => Transition::PruneTasks {
                 before: ctx.now - std::time::Duration::from_secs(3600 * *pick as u64),
                 count: 0,
+            },
+            17 => Transition::Resource {
+                state: (pick % 2 == 0).then_some(state),
+                op: crate::resources::Op::Add {
+                    rtype: "key-pair".into(),
+                    id: format!("kp-{pick}"),
+                    props: Default::default(),
+                    cleanup: Some("true".into()),
+                    check: None,
+                },
             },
             16 => Transition::Output {
                 state: (pick % 2 == 0).then_some(state),

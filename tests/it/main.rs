@@ -13,6 +13,7 @@ mod inputs;
 mod journal;
 mod layers;
 mod outputs;
+mod resources;
 mod run_state;
 mod stats;
 mod sync;

@@ -35,6 +35,26 @@ struct Args {
     #[arg(long)]
     history: bool,
 
+    /// List the build's resources instead (docs/resources.md): status (present,
+    /// deleted, missing, cleanup_failed), who created them, the last check, and whether
+    /// they are orphaned; exits 0
+    #[arg(long)]
+    resources: bool,
+
+    /// With --resources: run each resource's --check command whose last check is older
+    /// than --max-age, recording present or missing
+    #[arg(long, requires = "resources")]
+    refresh: bool,
+
+    /// With --refresh: how old a check may be before it runs again
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::cli::duration, requires = "refresh")]
+    max_age: std::time::Duration,
+
+    /// With --resources: how long a failed, blocked or idle build keeps its resources
+    /// before they count as orphaned (as `monitor gc --older-than`)
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::cli::duration, requires = "resources")]
+    older_than: std::time::Duration,
+
     /// Show every state of the plan with its status and why it would run or be skipped
     /// (done, stale, drifted, forced, pending): a dry run
     #[arg(long)]
@@ -88,6 +108,9 @@ fn run(args: &Args) -> Result<i32> {
     let load = |w: &crate::sync::Writer, plan: &Plan| {
         Report::load(Some(w.store()), &args.build_id, plan, now, args.history)
     };
+    if args.resources {
+        return resources(args, &mut store, now);
+    }
     let mut report = load(&store, &plan)?;
     if let (Some(b), false) = (store.store().build(&args.build_id)?, args.no_inputs) {
         let plan = store.store().plan(&b.plan_hash)?;
@@ -178,6 +201,101 @@ fn run(args: &Args) -> Result<i32> {
         crate::cli::out(format_args!("{}", report.human()))?;
     }
     Ok(report.exit_code)
+}
+
+/// `--resources`: the ledger, refreshed first with `--refresh`.
+fn resources(
+    args: &Args,
+    store: &mut crate::sync::Writer,
+    now: std::time::SystemTime,
+) -> Result<i32> {
+    let id = &args.build_id;
+    if store.store().build(id)?.is_none() {
+        return Err(crate::Error::UnknownBuild(id.clone()));
+    }
+    if args.refresh {
+        let actor = crate::environment::actor("check-state");
+        let owner = actor.lease_owner();
+        let due: Vec<_> = store
+            .store()
+            .resources(id, now, args.older_than)?
+            .into_iter()
+            .filter(|r| r.exists() || r.status == crate::resources::Health::Missing)
+            .filter(|r| r.check.is_some())
+            .filter(|r| {
+                r.last_check
+                    .is_none_or(|t| crate::time::ago(now, args.max_age) >= t)
+            })
+            .collect();
+        for r in due {
+            let checked = crate::verify::run_check(
+                r.check.as_deref().unwrap_or_default(),
+                &r.env(id),
+                args.verify_timeout,
+            )?;
+            if !args.common.json {
+                eprintln!("check-state: check {} {}: {}", r.rtype, r.id, checked.how);
+            }
+            if !checked.ran {
+                // A check that could not run says nothing about the resource.
+                eprintln!(
+                    "check-state: warning: the check of {} {} did not run ({}): nothing recorded",
+                    r.rtype, r.id, checked.how
+                );
+                continue;
+            }
+            let t = crate::model::Transition::Resource {
+                state: None,
+                op: crate::resources::Op::Check {
+                    rtype: r.rtype.clone(),
+                    id: r.id.clone(),
+                    present: checked.ok,
+                },
+            };
+            crate::session::Session {
+                writer: store,
+                actor: &actor,
+                owner: &owner,
+            }
+            .record(id, &t, None)?;
+        }
+    }
+    let now = store.now()?;
+    let ledger = store.store().resources(id, now, args.older_than)?;
+    if args.common.json {
+        crate::cli::outln(format_args!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"build_id": id, "resources": ledger}))
+                .expect("a ledger serializes")
+        ))?;
+        return Ok(crate::exit::OK);
+    }
+    if ledger.is_empty() {
+        crate::cli::outln(format_args!("build {id}: no resources recorded"))?;
+        return Ok(crate::exit::OK);
+    }
+    let mut out = format!("build {id}: {} resource(s)\n", ledger.len());
+    for r in &ledger {
+        out.push_str(&format!(
+            "  {} {}: {}{} (state {}, attempt {}, {}){}\n",
+            r.rtype,
+            r.id,
+            r.status.as_str(),
+            r.orphaned
+                .as_deref()
+                .map(|w| format!(", orphaned: {w}"))
+                .unwrap_or_default(),
+            r.state,
+            r.attempt.map_or("-".to_string(), |a| a.to_string()),
+            crate::time::format(r.created_at),
+            r.last_error
+                .as_deref()
+                .map(|e| format!("\n    last cleanup: {}", crate::decide::headline(e, 200)))
+                .unwrap_or_default()
+        ));
+    }
+    crate::cli::out(format_args!("{out}"))?;
+    Ok(crate::exit::OK)
 }
 
 crate::command!("check-state", run);

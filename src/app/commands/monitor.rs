@@ -176,6 +176,28 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = crate::cli::duration)]
         older_than: Duration,
     },
+    /// Clean up what builds left behind: run the --cleanup command of every orphaned
+    /// resource (its attempt was taken over, its state forced, rerun, rolled back past or
+    /// reset, its build cancelled, or failed, blocked or idle longer than --older-than),
+    /// newest first, with retries; each deletion is an event (docs/resources.md). Exit 23
+    /// if a cleanup failed every try
+    Gc {
+        /// How long a failed, blocked or idle build keeps its resources
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::cli::duration)]
+        older_than: Duration,
+        /// Say what would be deleted and why; run and record nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// How long one try of a cleanup command may run
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::cli::positive_duration)]
+        timeout: Duration,
+        /// How many tries a cleanup gets in one run
+        #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        tries: u32,
+        /// The pause between two tries
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::cli::duration)]
+        retry_delay: Duration,
+    },
     /// Bring an archived build back whole (history, metadata, serial) from the remote's
     /// archive
     Unarchive {
@@ -539,6 +561,60 @@ fn run(args: &Args) -> Result<i32> {
                 ))?;
             }
             Ok(report.failure_code.unwrap_or(exit::OK))
+        }
+        Command::Gc {
+            older_than,
+            dry_run,
+            timeout,
+            tries,
+            retry_delay,
+        } => {
+            let mut store = fleet(args, "its resources are not collected")?;
+            if store.is_remote() && !*dry_run && crate::cli::settings()?.remote.keys.is_none() {
+                // Cleanup commands come from snapshots in the bucket: unsigned, anyone who
+                // can write there could have this host run anything.
+                return Err(Error::InvalidInput(
+                    "monitor gc runs the cleanup commands recorded in the remote's snapshots: in remote mode it needs them signed; set BUILDSTATE_SNAPSHOT_KEY (or _FILE) on every worker and here (docs/sync.md), or pass --dry-run to only look".into(),
+                ));
+            }
+            let actor = crate::environment::actor("monitor");
+            let ids = store.store().builds_with_resources()?;
+            let opts = crate::gc::Options {
+                window: *older_than,
+                dry_run: *dry_run,
+                timeout: *timeout,
+                tries: *tries,
+                retry_delay: *retry_delay,
+            };
+            let done = crate::gc::collect(&mut store, &actor, &ids, &opts, &|c| {
+                if !json {
+                    let _ = crate::cli::outln(format_args!(
+                        "{} {} {} (build {}): {}{}",
+                        c.outcome,
+                        c.rtype,
+                        c.id,
+                        c.build_id,
+                        c.why,
+                        c.message
+                            .as_deref()
+                            .map(|m| format!("\n  {}", crate::decide::headline(m, 300)))
+                            .unwrap_or_default()
+                    ));
+                }
+            })?;
+            if json {
+                json_line(&serde_json::json!({"dry_run": dry_run, "resources": done}))?;
+            } else if done.is_empty() {
+                crate::cli::outln(format_args!(
+                    "no orphaned resources in {} build(s) with resources",
+                    ids.len()
+                ))?;
+            }
+            Ok(if done.iter().any(|c| c.outcome == "failed") {
+                exit::CLEANUP_FAILED
+            } else {
+                exit::OK
+            })
         }
         Command::Unarchive { build_id } => {
             let remote = archive_remote(args)?;

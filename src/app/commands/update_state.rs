@@ -148,6 +148,10 @@ enum Action {
         #[arg(long, value_name = "N")]
         attempt: Option<u32>,
     },
+    /// Record a cloud resource the active state created, or that one is gone: the ledger
+    /// `monitor gc` cleans orphans from (docs/resources.md)
+    #[command(subcommand)]
+    Resource(ResourceAction),
     /// Allow one more attempt of a waiting or blocked state now, even after its policy's
     /// attempts are used up
     Retry {
@@ -200,12 +204,65 @@ enum Action {
         /// Why (recorded with who did it)
         #[arg(long, value_name = "TEXT")]
         reason: String,
+        /// Then run the cleanup command of every resource the old epoch left (exit 23
+        /// if one fails)
+        #[arg(long)]
+        cleanup: bool,
     },
     /// Stop the build for good: check-state reports it blocked and nothing can start
     Cancel {
         /// Why (recorded with who did it)
         #[arg(long, value_name = "TEXT")]
         reason: String,
+        /// Then run the cleanup command of every resource the build left (as
+        /// `monitor gc` does; exit 23 if one fails)
+        #[arg(long)]
+        cleanup: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ResourceAction {
+    /// Record that the active state's attempt (or --state's) created TYPE ID
+    #[command(after_help = "Examples:
+  update-state img-42 resource add key-pair bs-img-42 --cleanup 'aws ec2 delete-key-pair --key-name \"$BUILDSTATE_RESOURCE_ID\"'
+  update-state img-42 resource add security-group sg-0abc --prop region=us-east-1 \\
+    --cleanup 'aws ec2 delete-security-group --group-id \"$BUILDSTATE_RESOURCE_ID\" --region \"$BUILDSTATE_RESOURCE_PROP_region\"'")]
+    Add {
+        /// What kind of thing it is (key-pair, security-group, instance, snapshot, ...)
+        #[arg(value_name = "TYPE")]
+        rtype: String,
+        /// Its id in the cloud
+        #[arg(value_name = "ID")]
+        id: String,
+        /// A property, KEY=VALUE (several at once); its cleanup and check get
+        /// BUILDSTATE_RESOURCE_PROP_<KEY>
+        #[arg(long = "prop", value_name = "KEY=VALUE")]
+        props: Vec<String>,
+        /// The shell command that deletes it, run by `monitor gc` with
+        /// BUILDSTATE_RESOURCE_TYPE, _ID and _PROP_<KEY> set; deleting what is already gone
+        /// must succeed
+        #[arg(long, value_name = "CMD")]
+        cleanup: Option<String>,
+        /// The shell command that exits 0 while it exists (`check-state --resources
+        /// --refresh`)
+        #[arg(long, value_name = "CMD")]
+        check: Option<String>,
+        /// The state that created it, one that is running or has run [default: the
+        /// active state]
+        #[arg(long, value_name = "STATE")]
+        state: Option<u8>,
+        /// Fencing: refuse (exit 14) unless this attempt is still the one running under
+        /// --owner's lease
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+    },
+    /// Record that TYPE ID is gone (deleted some other way than by its cleanup)
+    Delete {
+        #[arg(value_name = "TYPE")]
+        rtype: String,
+        #[arg(value_name = "ID")]
+        id: String,
     },
 }
 
@@ -302,7 +359,35 @@ fn transition(action: &Action) -> Result<Transition> {
             to: *to,
             reason: reason.clone(),
         },
-        Action::Cancel { reason } => Transition::Cancel {
+        Action::Resource(ResourceAction::Add {
+            rtype,
+            id,
+            props,
+            cleanup,
+            check,
+            state,
+            ..
+        }) => Transition::Resource {
+            state: *state,
+            op: crate::resources::Op::Add {
+                rtype: rtype.clone(),
+                id: id.clone(),
+                props: props
+                    .iter()
+                    .map(|p| crate::outputs::parse_pair(p))
+                    .collect::<Result<_>>()?,
+                cleanup: cleanup.clone(),
+                check: check.clone(),
+            },
+        },
+        Action::Resource(ResourceAction::Delete { rtype, id }) => Transition::Resource {
+            state: None,
+            op: crate::resources::Op::Delete {
+                rtype: rtype.clone(),
+                id: id.clone(),
+            },
+        },
+        Action::Cancel { reason, .. } => Transition::Cancel {
             reason: reason.clone(),
         },
         Action::Force { state, reason, .. } => Transition::Reopen {
@@ -310,7 +395,7 @@ fn transition(action: &Action) -> Result<Transition> {
             reason: reason.clone(),
             why: crate::model::Reopen::Force,
         },
-        Action::Reset { reason } => Transition::Reopen {
+        Action::Reset { reason, .. } => Transition::Reopen {
             from: None,
             reason: reason.clone(),
             why: crate::model::Reopen::Reset,
@@ -352,16 +437,34 @@ fn run(args: &Args) -> Result<i32> {
             Inputs::Hash { root, extra: &[] },
             *attempt,
         )?,
-        (Action::Fail { attempt, .. } | Action::Output { attempt, .. }, t) => {
-            session.record(&args.build_id, t, *attempt)?
-        }
+        (
+            Action::Fail { attempt, .. }
+            | Action::Output { attempt, .. }
+            | Action::Resource(ResourceAction::Add { attempt, .. }),
+            t,
+        ) => session.record(&args.build_id, t, *attempt)?,
         (_, t) => session.record(&args.build_id, t, None)?,
     };
+    let cleanup = matches!(
+        args.action,
+        Action::Cancel { cleanup: true, .. } | Action::Reset { cleanup: true, .. }
+    );
+    let failed = if cleanup {
+        cleanup_now(&mut store, &actor, &args.build_id)?
+    } else {
+        false
+    };
+    let code = if failed {
+        exit::CLEANUP_FAILED
+    } else {
+        exit::OK
+    };
     crate::cli::deliver_after_write("update-state", &mut store);
+    let build = store.store().build(&args.build_id)?.unwrap_or(build);
     let (report, plan) = Report::after_write(store.store(), &build, std::time::SystemTime::now())?;
     if args.common.json {
         crate::cli::outln(format_args!("{}", report.to_json()))?;
-        return Ok(exit::OK);
+        return Ok(code);
     }
     let label = |s: Option<u8>| s.map(|s| plan.label(s)).unwrap_or_default();
     let what = match &t {
@@ -382,6 +485,7 @@ fn run(args: &Args) -> Result<i32> {
             build.last_category.map_or("unknown", |c| c.as_str())
         ),
         Transition::Meta { pairs } => format!("set {} metadata value(s)", pairs.len()),
+        Transition::Resource { op, .. } => format!("recorded: {}", crate::resources::summary(op)),
         Transition::Output { state, pairs } => format!(
             "recorded {} output(s) of {}",
             pairs.len(),
@@ -414,7 +518,37 @@ fn run(args: &Args) -> Result<i32> {
         "build {}: {what}; status {} (serial {})\n  next: {}",
         args.build_id, build.status, build.serial, report.decision.reason
     ))?;
-    Ok(exit::OK)
+    Ok(code)
+}
+
+/// `cancel --cleanup`, `reset --cleanup`: collect the build's orphans now, as
+/// `monitor gc` would (each said on stderr). Whether a cleanup failed.
+fn cleanup_now(
+    store: &mut crate::sync::Writer,
+    actor: &crate::context::Actor,
+    build_id: &str,
+) -> Result<bool> {
+    let opts = crate::gc::Options {
+        // Only what the cancel or reset orphaned: not idleness.
+        window: std::time::Duration::MAX,
+        dry_run: false,
+        timeout: std::time::Duration::from_secs(600),
+        tries: 3,
+        retry_delay: std::time::Duration::from_secs(5),
+    };
+    let done = crate::gc::collect(store, actor, &[build_id.to_string()], &opts, &|c| {
+        eprintln!(
+            "update-state: cleanup: {} {} {}{}",
+            c.rtype,
+            c.id,
+            c.outcome,
+            c.message
+                .as_deref()
+                .map(|m| format!(": {}", crate::decide::headline(m, 300)))
+                .unwrap_or_default()
+        );
+    })?;
+    Ok(done.iter().any(|c| c.outcome == "failed"))
 }
 
 crate::command!("update-state", run);

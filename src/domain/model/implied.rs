@@ -170,7 +170,8 @@ impl Implied {
                 | EventKind::Verified
                 | EventKind::Unverified
                 | EventKind::Late
-                | EventKind::Output,
+                | EventKind::Output
+                | EventKind::Resource,
                 _,
             ) => {}
             (kind, None) => return Err(format!("({kind}) names no state")),

@@ -75,6 +75,9 @@ pub enum EventKind {
     Pruned,
     /// Values a state produced (`update-state output`): its `outputs` (`crate::outputs`).
     Output,
+    /// A cloud resource created, deleted, checked, claimed for cleanup or not cleaned up
+    /// (`update-state resource`, `monitor gc`): its `resource` (`crate::resources`).
+    Resource,
 }
 
 text_enum!(Status {
@@ -87,7 +90,7 @@ text_enum!(EventKind {
     Rollback => "rollback", Cancel => "cancel", Task => "task", Force => "force",
     Reset => "reset", Rerun => "rerun", Prerequisite => "prerequisite", Drift => "drift",
     Verified => "verified", Unverified => "unverified", Late => "late", Pruned => "pruned",
-    Output => "output",
+    Output => "output", Resource => "resource",
 });
 
 impl EventKind {
@@ -195,6 +198,9 @@ pub struct Event {
     /// On an `output` event: the values its state recorded (`crate::outputs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<BTreeMap<String, String>>,
+    /// On a `resource` event: what it says of which resource (`crate::resources`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<crate::resources::Op>,
 }
 
 /// An event about to be appended; the store adds seq, serial, time and actor.
@@ -217,6 +223,8 @@ pub struct NewEvent {
     pub count: Option<u64>,
     /// See [`Event::outputs`].
     pub outputs: Option<BTreeMap<String, String>>,
+    /// See [`Event::resource`].
+    pub resource: Option<crate::resources::Op>,
 }
 
 impl NewEvent {
@@ -234,6 +242,7 @@ impl NewEvent {
             inputs: None,
             count: None,
             outputs: None,
+            resource: None,
         }
     }
 }

@@ -90,6 +90,13 @@ pub enum Transition {
         state: Option<u8>,
         pairs: Vec<(String, String)>,
     },
+    /// A resource of the ledger (`crate::resources`): created by `state` (default: the
+    /// active one), deleted, checked, claimed for cleanup, or not cleaned up.
+    #[serde(skip)]
+    Resource {
+        state: Option<u8>,
+        op: crate::resources::Op,
+    },
 }
 
 /// Why completed states run again.
@@ -297,6 +304,7 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
         Transition::Verified { results } => verified(b, plan, results, &mut c),
         Transition::Cancel { reason } => cancel(b, reason, &mut c),
         Transition::Output { state, pairs } => output(b, plan, ctx, *state, pairs, &mut c),
+        Transition::Resource { state, op } => resource(b, plan, ctx, *state, op, &mut c),
     }?;
     // The summary's current and active state, status, attempt, next retry and lease are
     // what the new events say, by the fold snapshot validation replays.
@@ -919,6 +927,58 @@ pub(super) fn output(
         Some(summary),
     );
     e.outputs = Some(outputs);
+    c.events.push(e);
+    Ok(())
+}
+
+/// A resource of the ledger: a creation belongs to a state that runs or ran (as an
+/// output does), under its lease and fenced; the rest may come from anyone the lease
+/// allows (a person, `monitor gc`, which never touches a build whose lease lives).
+pub(super) fn resource(
+    b: &Build,
+    plan: &Plan,
+    ctx: &Ctx<'_>,
+    state: Option<u8>,
+    op: &crate::resources::Op,
+    c: &mut Change,
+) -> Result<()> {
+    op.validate()?;
+    let id = &b.build_id;
+    let mut e = event(
+        EventKind::Resource,
+        None,
+        None,
+        Some(crate::resources::summary(op)),
+    );
+    if let crate::resources::Op::Add { .. } = op {
+        let Some(s) = state.or(b.active_state) else {
+            return refuse(format!(
+                "build '{id}': no state is active (status {}): name the state that created the resource; nothing was written",
+                b.status
+            ));
+        };
+        check_in_plan(b, plan, s)?;
+        if b.status == Status::Cancelled {
+            refuse_if_finished(b, "record resources for")?;
+        }
+        let ran = b.active_state == Some(s) || b.current_state.is_some_and(|cur| s <= cur);
+        if !ran {
+            return refuse(format!(
+                "build '{id}': {} has not run: a resource belongs to a state that runs or ran; nothing was written",
+                plan.label(s)
+            ));
+        }
+        check_lease(b, plan, ctx, "record resources")?;
+        check_fence(b, plan, ctx, s, "record resources of")?;
+        let running = b.status == Status::Running && b.active_state == Some(s);
+        e.state = Some(s);
+        e.attempt = running.then_some(b.attempt);
+    } else if !matches!(op, crate::resources::Op::Check { .. }) {
+        // A check's result is an observation anyone may record; the rest changes what
+        // the lease holder may be relying on.
+        check_lease(b, plan, ctx, "record resources")?;
+    }
+    e.resource = Some(op.clone());
     c.events.push(e);
     Ok(())
 }

@@ -1,0 +1,213 @@
+//! Issue 27, the resource ledger on the command line: what is refused, what an orphan
+//! is and is not, and what travels through a remote. (tests/python/test_resources.py
+//! drives it against moto's EC2 API with the aws CLI.)
+
+use serde_json::Value;
+
+use crate::util::Env;
+
+fn ledger(env: &Env, id: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![id, "--resources", "--json"];
+    args.extend_from_slice(extra);
+    env.run("check-state", &args).ok().json()["resources"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_bad_resource_is_refused_and_writes_nothing() {
+    use buildstate::exit;
+    let env = Env::new();
+    env.init("img-1");
+    let refused = |args: &[&str], code: i32, says: &str| {
+        let mut full = vec!["img-1", "resource"];
+        full.extend_from_slice(args);
+        let before = env.state("img-1")["serial"].clone();
+        let r = env.run("update-state", &full).code(code);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        assert_eq!(env.state("img-1")["serial"], before, "{args:?} wrote");
+    };
+    refused(
+        &["add", "key-pair", "kp-1"],
+        exit::REFUSED,
+        "name the state",
+    );
+    env.run("update-state", &["img-1", "start", "5"]).ok();
+    refused(
+        &["add", "key-pair", "kp\n1"],
+        exit::INVALID_INPUT,
+        "control characters",
+    );
+    refused(
+        &["add", "key-pair", "kp-1", "--cleanup", "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY aws ec2 delete-key-pair"],
+        exit::INVALID_INPUT,
+        "secret",
+    );
+    refused(
+        &["add", "key-pair", "kp-1", "--prop", "1x=y"],
+        exit::INVALID_INPUT,
+        "invalid property key",
+    );
+    refused(
+        &["delete", "key-pair", "nope"],
+        exit::REFUSED,
+        "no resource key-pair nope",
+    );
+    refused(
+        &["--owner", "someone-else", "add", "key-pair", "kp-1"],
+        exit::BUSY,
+        "pass --owner",
+    );
+    assert!(!crate::util::file_contains(&env.db, b"wJalrXUtnFEMI"));
+    env.run(
+        "update-state",
+        &["img-1", "resource", "add", "key-pair", "kp-1"],
+    )
+    .ok();
+    env.run(
+        "update-state",
+        &["img-1", "resource", "delete", "key-pair", "kp-1"],
+    )
+    .ok();
+    refused(
+        &["delete", "key-pair", "kp-1"],
+        exit::REFUSED,
+        "already deleted",
+    );
+}
+
+/// What an orphan is: a force, a rollback below, a reset, a cancel, or a failed build
+/// past the window; not a resource of a live lease, and not one of a pending build.
+#[test]
+fn orphans_are_what_nobody_will_use() {
+    let env = Env::new();
+    env.init("img-2");
+    let us = |args: &[&str]| {
+        let mut full = vec!["img-2"];
+        full.extend_from_slice(args);
+        env.run("update-state", &full).ok();
+    };
+    us(&["start", "5"]);
+    us(&["resource", "add", "image", "ami-5", "--cleanup", "true"]);
+    us(&["complete", "5"]);
+    us(&["start", "10"]);
+    us(&["resource", "add", "instance", "i-10", "--cleanup", "true"]);
+    // update-state's start holds a lease until the state's timeout: nothing is an
+    // orphan while it lives, however old.
+    let orphaned = |extra: &[&str]| -> Vec<(String, Option<String>)> {
+        ledger(&env, "img-2", extra)
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["orphaned"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    };
+    assert!(orphaned(&["--older-than", "0s"])
+        .iter()
+        .all(|(_, w)| w.is_none()));
+    us(&["fail", "10", "--error", "boom", "--category", "persistent"]);
+    // Blocked: within the window its resources stay; past it they are orphans.
+    assert!(orphaned(&[]).iter().all(|(_, w)| w.is_none()));
+    let now = orphaned(&["--older-than", "0s"]);
+    // Every resource of the build: a blocked build's image costs money too.
+    assert!(
+        now.iter()
+            .all(|(_, w)| w.as_deref().unwrap().contains("has been blocked for")),
+        "{now:?}"
+    );
+    us(&["force", "10", "--reason", "new instance type"]);
+    let now = orphaned(&[]);
+    assert!(
+        now[1]
+            .1
+            .as_deref()
+            .unwrap()
+            .contains("sent to run again from state 10"),
+        "{now:?}"
+    );
+    assert_eq!(
+        now[0].1, None,
+        "a force of 10 leaves state 5's image: {now:?}"
+    );
+    us(&["rollback", "--to", "0", "--reason", "bad kickstart"]);
+    let now = orphaned(&[]);
+    assert!(
+        now[0]
+            .1
+            .as_deref()
+            .unwrap()
+            .contains("rolled back to state 0"),
+        "{now:?}"
+    );
+    let dry = env
+        .run("monitor", &["gc", "--dry-run", "--json"])
+        .ok()
+        .json();
+    let outcomes: Vec<(&str, &str)> = dry["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    // Newest first.
+    assert_eq!(
+        outcomes,
+        [("i-10", "would_delete"), ("ami-5", "would_delete")]
+    );
+}
+
+/// The ledger travels in the snapshot (version 7); a collector in remote mode refuses
+/// to run cleanup commands from unsigned snapshots.
+#[test]
+fn resources_travel_and_gc_needs_signed_snapshots_in_remote_mode() {
+    let env = Env::new();
+    let url = format!("file://{}/remote", env.dir.path().display());
+    let on = |db: &std::path::Path, name: &str, args: &[&str]| {
+        let mut c = env.command_on(name, db);
+        c.arg("--remote").arg(&url).args(args);
+        env.run_with(&mut c, None)
+    };
+    on(
+        &env.db,
+        "init-state",
+        &["img-3", "--cloud", "aws", "--image", "rhel9"],
+    )
+    .ok();
+    on(&env.db, "update-state", &["img-3", "start", "5"]).ok();
+    on(
+        &env.db,
+        "update-state",
+        &[
+            "img-3",
+            "resource",
+            "add",
+            "key-pair",
+            "kp-3",
+            "--cleanup",
+            "touch cleaned",
+        ],
+    )
+    .ok();
+    on(
+        &env.db,
+        "update-state",
+        &["img-3", "cancel", "--reason", "done"],
+    )
+    .ok();
+    let snap: Value =
+        serde_json::from_slice(&std::fs::read(env.path("remote/builds/img-3.json")).unwrap())
+            .unwrap();
+    assert_eq!(snap["schema_version"], 7);
+    let cron = env.path("cron.db");
+    let r = on(&cron, "monitor", &["gc"]).code(buildstate::exit::INVALID_INPUT);
+    assert!(r.stderr.contains("BUILDSTATE_SNAPSHOT_KEY"), "{}", r.stderr);
+    assert!(!env.path("cleaned").exists());
+    let dry = on(&cron, "monitor", &["gc", "--dry-run", "--json"])
+        .ok()
+        .json();
+    assert_eq!(dry["resources"][0]["why"], "the build was cancelled");
+}
