@@ -149,6 +149,16 @@ fn no_secret(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// The event kinds [`ledger`] and [`judge`] read (the store reads just these).
+pub const RELEVANT: &[EventKind] = &[
+    EventKind::Resource,
+    EventKind::Takeover,
+    EventKind::Force,
+    EventKind::Rerun,
+    EventKind::Reset,
+    EventKind::Rollback,
+];
+
 /// Where a resource stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]

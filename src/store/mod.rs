@@ -677,11 +677,22 @@ fn load_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
 }
 
 fn load_events_since(conn: &Connection, build_id: &str, serial: u64) -> Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events
-         WHERE build_id = :id AND serial >= :serial ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query(named_params! {":id": build_id, ":serial": serial})?;
+    select_events(
+        conn,
+        "WHERE build_id = :id AND serial >= :serial ORDER BY seq",
+        named_params! {":id": build_id, ":serial": serial},
+    )
+}
+
+/// The events `from_where` (what follows `FROM events`) selects.
+fn select_events(
+    conn: &Connection,
+    from_where: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Event>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events {from_where}"))?;
+    let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(read_event(r)?);
@@ -693,35 +704,25 @@ fn load_events_since(conn: &Connection, build_id: &str, serial: u64) -> Result<V
 /// oldest first, through the partial index schema 11 made for them (`INDEXED BY`: the
 /// planner would take the primary key, and read every task result of the build).
 fn load_output_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_outputs
-         WHERE build_id = :id
+    select_events(
+        conn,
+        "INDEXED BY events_outputs WHERE build_id = :id
            AND kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback')
-         ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query(named_params! {":id": build_id})?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(read_event(r)?);
-    }
-    Ok(out)
+         ORDER BY seq",
+        named_params! {":id": build_id},
+    )
 }
 
 /// The events a build's resource ledger and its orphans are judged from
 /// (`crate::resources`), oldest first, through schema 12's partial index.
 fn load_resource_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_resources
-         WHERE build_id = :id
+    select_events(
+        conn,
+        "INDEXED BY events_resources WHERE build_id = :id
            AND kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')
-         ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query(named_params! {":id": build_id})?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(read_event(r)?);
-    }
-    Ok(out)
+         ORDER BY seq",
+        named_params! {":id": build_id},
+    )
 }
 
 /// What the ledger must say for `op` to be written, read inside the write's transaction:
@@ -1021,32 +1022,45 @@ mod tests {
         assert!(err.to_string().contains("append-only"), "{err}");
     }
 
-    /// The partial index schema 11 made, and the query that reads through it, name the
-    /// kinds `outputs::current` reads: one more kind there and the index would miss it.
+    /// The partial indexes schemas 11 and 12 made, and the queries that read through
+    /// them, name the kinds the folds read: one more kind there and an index would miss
+    /// it.
     #[test]
-    fn the_outputs_index_covers_the_kinds_current_outputs_are_read_from() {
-        let kinds = crate::outputs::RELEVANT
-            .iter()
-            .map(|k| format!("'{k}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let filter = format!("kind IN ({kinds})");
-        assert!(include_str!("v11.sql").contains(&filter), "{filter}");
-        let store_rs = include_str!("mod.rs");
-        assert!(store_rs.contains(&filter), "{filter}");
+    fn the_partial_indexes_cover_the_kinds_outputs_and_resources_are_read_from() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).unwrap();
-        let plan: String = store
-            .conn
-            .query_row(
-                &format!(
-                    "EXPLAIN QUERY PLAN SELECT seq FROM events INDEXED BY events_outputs WHERE build_id = 'b' AND {filter} ORDER BY seq"
-                ),
-                [],
-                |r| r.get(3),
-            )
-            .unwrap();
-        assert!(plan.contains("events_outputs"), "{plan}");
+        for (relevant, sql, index) in [
+            (
+                crate::outputs::RELEVANT,
+                include_str!("v11.sql"),
+                "events_outputs",
+            ),
+            (
+                crate::resources::RELEVANT,
+                include_str!("v12.sql"),
+                "events_resources",
+            ),
+        ] {
+            let kinds = relevant
+                .iter()
+                .map(|k| format!("'{k}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let filter = format!("kind IN ({kinds})");
+            assert!(sql.contains(&filter), "{filter}");
+            assert!(include_str!("mod.rs").contains(&filter), "{filter}");
+            let plan: String = store
+                .conn
+                .query_row(
+                    &format!(
+                        "EXPLAIN QUERY PLAN SELECT seq FROM events INDEXED BY {index} WHERE build_id = 'b' AND {filter} ORDER BY seq"
+                    ),
+                    [],
+                    |r| r.get(3),
+                )
+                .unwrap();
+            assert!(plan.contains(index), "{plan}");
+        }
     }
 
     #[test]

@@ -101,9 +101,7 @@ fn outputs_are_superseded_when_their_state_runs_again() {
     let env = Env::new();
     env.init("img-2");
     let us = |args: &[&str]| {
-        let mut full = vec!["img-2"];
-        full.extend_from_slice(args);
-        env.run("update-state", &full).ok();
+        env.update("img-2", args).ok();
     };
     us(&["start", "5"]);
     us(&["output", "a=1"]);

@@ -84,9 +84,7 @@ fn orphans_are_what_nobody_will_use() {
     let env = Env::new();
     env.init("img-2");
     let us = |args: &[&str]| {
-        let mut full = vec!["img-2"];
-        full.extend_from_slice(args);
-        env.run("update-state", &full).ok();
+        env.update("img-2", args).ok();
     };
     us(&["start", "5"]);
     us(&["resource", "add", "image", "ami-5", "--cleanup", "true"]);

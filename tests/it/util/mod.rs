@@ -146,6 +146,13 @@ impl Env {
             .ok();
     }
 
+    /// update-state on `id` with `args` (exit code not checked).
+    pub fn update(&self, id: &str, args: &[&str]) -> Run {
+        let mut full = vec![id];
+        full.extend_from_slice(args);
+        self.run("update-state", &full)
+    }
+
     /// check-state --json --history (exit code not checked).
     pub fn state(&self, id: &str) -> Value {
         self.run("check-state", &[id, "--json", "--history"]).json()
