@@ -187,6 +187,33 @@ pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
     for c in counters.iter().filter(|c| c.metric == "retries") {
         let _ = writeln!(out, "buildstate_retries_total{{{}}} {}", series(c), c.n);
     }
+    let _ = writeln!(
+        out,
+        "# HELP buildstate_resources Cloud resources builds recorded (docs/resources.md), by status: orphaned ones are present but nobody will use them (as monitor gc judges with its default window).\n# TYPE buildstate_resources gauge"
+    );
+    let mut by_status: HashMap<&str, u64> = HashMap::new();
+    for id in store.builds_with_resources()? {
+        for r in store.resources(&id, now, crate::resources::DEFAULT_WINDOW)? {
+            let status = match (r.status, &r.orphaned) {
+                (crate::resources::Health::Present, Some(_)) => "orphaned",
+                (s, _) => s.as_str(),
+            };
+            *by_status.entry(status).or_default() += 1;
+        }
+    }
+    for s in [
+        "present",
+        "orphaned",
+        "cleanup_failed",
+        "missing",
+        "deleted",
+    ] {
+        let _ = writeln!(
+            out,
+            "buildstate_resources{{status=\"{s}\"}} {}",
+            by_status.get(s).copied().unwrap_or(0)
+        );
+    }
     let (pending, gave_up, oldest) = notify::depth(store, now)?;
     let _ = writeln!(out, "# HELP buildstate_alerts_pending Alerts waiting for delivery.\n# TYPE buildstate_alerts_pending gauge\nbuildstate_alerts_pending {pending}");
     let _ = writeln!(out, "# HELP buildstate_alerts_gave_up Alerts given up after their retries.\n# TYPE buildstate_alerts_gave_up gauge\nbuildstate_alerts_gave_up {gave_up}");

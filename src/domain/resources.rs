@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::{echo, validate_meta_key, Build, Event, EventKind, Status};
 use crate::{Error, Result};
 
+/// How long a failed, blocked or abandoned build keeps its resources unless told
+/// otherwise (`monitor gc --older-than`).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// The longest type, id or property value (a cloud's ARN fits many times over).
 pub const MAX_TEXT: usize = 4096;
 /// The longest cleanup or check command.

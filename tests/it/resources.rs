@@ -156,6 +156,13 @@ fn orphans_are_what_nobody_will_use() {
         outcomes,
         [("i-10", "would_delete"), ("ami-5", "would_delete")]
     );
+    let metrics = env.run("monitor", &["metrics"]).ok().stdout;
+    for line in [
+        "buildstate_resources{status=\"orphaned\"} 2",
+        "buildstate_resources{status=\"present\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
 }
 
 /// The ledger travels in the snapshot (version 7); a collector in remote mode refuses
