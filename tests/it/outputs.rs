@@ -331,3 +331,57 @@ fn outputs_travel_through_a_folder_remote() {
         "ami-0abc"
     );
 }
+
+/// Debian's packer (1.6.x) builds with the `file` builder and the `manifest`
+/// post-processor under run-state; the state's command ingests the manifest, and the
+/// next state's command sees the outputs of the last run only.
+#[test]
+fn a_real_packer_build_under_run_state_hands_its_manifest_to_the_next_state() {
+    let packer = std::process::Command::new("packer")
+        .arg("version")
+        .output()
+        .expect("packer (Debian's packer package) is installed by scripts/test");
+    assert!(packer.status.success());
+    let env = Env::new();
+    env.init("img-pk");
+    env.write(
+        "image.json",
+        r#"{
+  "builders": [{"type": "file", "name": "rhel9-east", "content": "{{user `version`}}", "target": "image.raw"}],
+  "variables": {"version": "1"},
+  "post-processors": [{"type": "manifest", "output": "manifest.json", "custom_data": {"version": "{{user `version`}}"}}]
+}"#,
+    );
+    let path = format!(
+        "{}:{}",
+        crate::util::bin("update-state").parent().unwrap().display(),
+        std::env::var("PATH").unwrap()
+    );
+    // An earlier run in the same manifest: history, not this build's output.
+    let mut c = std::process::Command::new("packer");
+    c.args(["build", "-var", "version=0", "image.json"])
+        .current_dir(env.dir.path())
+        .env("CHECKPOINT_DISABLE", "1");
+    assert!(c.output().unwrap().status.success());
+    let build = r#"packer build -var version=2 image.json >/dev/null && update-state "$BUILDSTATE_BUILD_ID" output --attempt "$BUILDSTATE_ATTEMPT" --packer-manifest manifest.json"#;
+    let mut c = env.command("run-state");
+    c.env("PATH", &path)
+        .env("CHECKPOINT_DISABLE", "1")
+        .args(["img-pk", "5", "--", "sh", "-c", build]);
+    env.run_with(&mut c, None).ok();
+    let mut c = env.command("run-state");
+    c.env("PATH", &path).args([
+        "img-pk",
+        "10",
+        "--",
+        "sh",
+        "-c",
+        "printf '%s %s %s' \"$BUILDSTATE_OUTPUT_rhel9_east_artifact_id\" \"$BUILDSTATE_OUTPUT_builder_type\" \"$BUILDSTATE_OUTPUT_version\" > seen",
+    ]);
+    env.run_with(&mut c, None).ok();
+    assert_eq!(
+        std::fs::read_to_string(env.path("seen")).unwrap(),
+        "File file 2"
+    );
+    assert_eq!(std::fs::read_to_string(env.path("image.raw")).unwrap(), "2");
+}
