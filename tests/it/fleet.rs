@@ -380,8 +380,10 @@ fn in_remote_mode_a_worker_whose_clock_is_off_neither_writes_nor_decides() {
         &["img-1", "start", "5", "--owner", "B"],
     );
     let e = e.code(exit::CLOCK_SKEW);
+    // About ten minutes: the probe's round trip may take a second off on a busy machine.
     assert!(
-        e.stderr.contains("10m ahead of") && e.stderr.contains("nothing was written"),
+        (e.stderr.contains("10m ahead of") || e.stderr.contains("9m 59s ahead of"))
+            && e.stderr.contains("nothing was written"),
         "{}",
         e.stderr
     );
