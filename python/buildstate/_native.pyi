@@ -152,6 +152,19 @@ class Store:
     def meta(self, build_id: str, pairs: dict[str, str]) -> Report: ...
     def output(self, build_id: str, outputs: dict[str, str], *, state: int | None = None) -> Report: ...
     def outputs(self, build_id: str) -> dict[str, dict[str, Any]]: ...
+    def resource_add(
+        self,
+        build_id: str,
+        rtype: str,
+        id: str,
+        *,
+        props: dict[str, str] | None = None,
+        cleanup: str | None = None,
+        check: str | None = None,
+        state: int | None = None,
+    ) -> Report: ...
+    def resource_delete(self, build_id: str, rtype: str, id: str) -> Report: ...
+    def resources(self, build_id: str, *, older_than_s: int = 86400) -> list[dict[str, Any]]: ...
     def task(
         self,
         build_id: str,

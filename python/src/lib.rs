@@ -629,6 +629,88 @@ impl Store {
         json_to_py(py, &text)
     }
 
+    /// Record that `state` (default: the active one) created the resource `rtype`
+    /// `id` (docs/resources.md), with its properties and the shell commands that
+    /// delete it and check it is there. Fenced like `output`.
+    #[pyo3(signature = (build_id, rtype, id, *, props=None, cleanup=None, check=None, state=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn resource_add(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        rtype: &str,
+        id: &str,
+        props: Option<BTreeMap<String, String>>,
+        cleanup: Option<String>,
+        check: Option<String>,
+        state: Option<u8>,
+    ) -> PyResult<Py<PyAny>> {
+        let fence = self
+            .held
+            .lock()
+            .expect("held lock")
+            .get(build_id)
+            .filter(|h| state.is_none_or(|s| s == h.state))
+            .map(|h| h.attempt);
+        let t = Transition::Resource {
+            state,
+            op: buildstate::resources::Op::Add {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                props: props.unwrap_or_default(),
+                cleanup,
+                check,
+            },
+        };
+        let result = py.detach(|| {
+            self.write(|session| session.record(build_id, &t, fence))
+                .map(|(_, report)| report)
+        });
+        let text = result.map_err(|e| to_py(py, e))?;
+        json_to_py(py, &text)
+    }
+
+    /// Record that the resource `rtype` `id` is gone.
+    fn resource_delete(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        rtype: &str,
+        id: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let t = Transition::Resource {
+            state: None,
+            op: buildstate::resources::Op::Delete {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+            },
+        };
+        self.record(py, build_id, t)
+    }
+
+    /// The build's resource ledger, as `check-state --resources --json` lists it
+    /// (orphans judged with `older_than_s`, default a day, as `monitor gc`).
+    #[pyo3(signature = (build_id, *, older_than_s=86_400))]
+    fn resources(&self, py: Python<'_>, build_id: &str, older_than_s: u64) -> PyResult<Py<PyAny>> {
+        let result = py.detach(|| -> buildstate::Result<String> {
+            self.flush_tasks_before_transition();
+            let mut store = self.inner.lock().expect("store lock");
+            store.refresh(build_id)?;
+            if store.store().build(build_id)?.is_none() {
+                return Err(buildstate::Error::UnknownBuild(build_id.to_string()));
+            }
+            let now = store.now()?;
+            let ledger = store.store().resources(
+                build_id,
+                now,
+                std::time::Duration::from_secs(older_than_s),
+            )?;
+            Ok(serde_json::to_string(&ledger).expect("a ledger serializes"))
+        });
+        let text = result.map_err(|e| to_py(py, e))?;
+        json_to_py(py, &text)
+    }
+
     /// The build's current outputs by key, as `check-state --json` gives them: each
     /// with its value, the state and attempt that recorded it, its event's seq and time.
     fn outputs(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {

@@ -55,11 +55,29 @@ fn a_bad_resource_is_refused_and_writes_nothing() {
         "no resource key-pair nope",
     );
     refused(
-        &["--owner", "someone-else", "add", "key-pair", "kp-1"],
-        exit::BUSY,
-        "pass --owner",
+        &["add", "key-pair", "kp-1", "--attempt", "2"],
+        exit::LEASE_LOST,
+        "no longer current",
     );
     assert!(!crate::util::file_contains(&env.db, b"wJalrXUtnFEMI"));
+    // Another writer than the lease holder: recorded, as the running attempt's.
+    env.update(
+        "img-1",
+        &[
+            "--owner",
+            "someone-else",
+            "resource",
+            "add",
+            "key-pair",
+            "kp-other",
+        ],
+    )
+    .ok();
+    let other = ledger(&env, "img-1", &[]);
+    assert_eq!(
+        (other[0]["id"].as_str(), other[0]["attempt"].as_u64()),
+        (Some("kp-other"), Some(1))
+    );
     env.run(
         "update-state",
         &["img-1", "resource", "add", "key-pair", "kp-1"],

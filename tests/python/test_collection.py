@@ -56,6 +56,7 @@ def test_ansible_doc_renders_every_plugin_of_the_collection(collections: Path, d
     env = env_for(collections, db)
     for kind, name, options in [
         ("module", "buildstate.pipeline.state", {"build_id", "metadata", "transition", "build_state", "message", "category", "inputs", "inputs_root", "db", "remote"}),
+        ("module", "buildstate.pipeline.resource", {"build_id", "db", "remote", "type", "id", "state", "props", "cleanup", "check", "build_state"}),
         ("lookup", "buildstate.pipeline.build", {"_terms", "build_id", "db", "remote", "report", "outputs", "inputs", "inputs_root", "default"}),
         ("callback", "buildstate.pipeline.buildstate", {"db", "build_id", "state", "inputs_root", "force"}),
     ]:
@@ -150,6 +151,24 @@ def test_the_collection_works_through_a_file_remote_and_carries_the_callback(col
     assert other.returncode == 0, other.stderr
     d = json.loads(other.stdout)
     assert (d["current_state"], d["metadata"]) == (5, {"ami_id": "ami-0remote"}), d
+    # A resource recorded from a task while the callback holds state 5's lease, through
+    # the remote; run again, nothing is written; check mode predicts a deletion and
+    # writes nothing; then it is recorded gone.
+    res = "- name: kickstart\n  hosts: localhost\n  gather_facts: false\n  vars:\n    buildstate_state: 5\n  tasks:\n    - buildstate.pipeline.resource:\n        type: key-pair\n        id: kp-remote\n        props: {region: us-east-1}\n        cleanup: aws ec2 delete-key-pair --key-name \"$BUILDSTATE_RESOURCE_ID\"\n"
+    forced = {**env, "BUILDSTATE_FORCE": "5", "BUILDSTATE_FORCE_REASON": "record the key pair"}
+    r = playbook(tmp_path, res, forced)
+    assert r.returncode == 0 and recap(r.stdout)["changed"] == 1, r.stdout + r.stderr
+    ledger = json.loads(subprocess.run([str(CHECK_STATE), "img-9", "--resources", "--json", "--db", str(db2), "--remote", remote], capture_output=True, text=True, check=True).stdout)["resources"]
+    assert [(x["id"], x["status"], x["state"], x["props"]) for x in ledger] == [("kp-remote", "present", 5, {"region": "us-east-1"})], ledger
+    gone = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - buildstate.pipeline.resource:\n        type: key-pair\n        id: kp-remote\n        state: absent\n"
+    plain = {k: v for k, v in env.items() if k != "ANSIBLE_CALLBACKS_ENABLED"}
+    r = playbook(tmp_path, gone, plain, "--check", "--diff")
+    assert r.returncode == 0 and recap(r.stdout)["changed"] == 1 and '"status": "deleted"' in r.stdout, r.stdout + r.stderr
+    assert json.loads(subprocess.run([str(CHECK_STATE), "img-9", "--resources", "--json", "--db", str(db2), "--remote", remote], capture_output=True, text=True, check=True).stdout)["resources"][0]["status"] == "present"
+    r = playbook(tmp_path, gone, plain)
+    assert r.returncode == 0 and recap(r.stdout)["changed"] == 1, r.stdout + r.stderr
+    r = playbook(tmp_path, gone, plain)
+    assert r.returncode == 0 and recap(r.stdout)["changed"] == 0, r.stdout + r.stderr
     # The lookup reads through the remote too, from a third database.
     look = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.assert:\n        that: lookup('buildstate.pipeline.build', 'ami_id') == 'ami-0remote'\n"
     third = {k: v for k, v in env.items() if k != "ANSIBLE_CALLBACKS_ENABLED"}

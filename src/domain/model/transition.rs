@@ -931,9 +931,8 @@ pub(super) fn output(
     Ok(())
 }
 
-/// A resource of the ledger: a creation belongs to a state that runs or ran (as an
-/// output does), under its lease and fenced; the rest may come from anyone the lease
-/// allows (a person, `monitor gc`, which never touches a build whose lease lives).
+/// A resource of the ledger: a creation belongs to a state that runs or ran, fenced when
+/// the writer names its attempt; a claim (`monitor gc`) is refused under a live lease.
 pub(super) fn resource(
     b: &Build,
     plan: &Plan,
@@ -968,15 +967,18 @@ pub(super) fn resource(
                 plan.label(s)
             ));
         }
-        check_lease(b, plan, ctx, "record resources")?;
+        // No lease check: a resource that exists is recorded whoever says so (an
+        // Ansible task beside the callback that holds the lease, a person), since
+        // refusing would lose track of something that costs money. A writer that names
+        // its attempt is fenced.
         check_fence(b, plan, ctx, s, "record resources of")?;
         let running = b.status == Status::Running && b.active_state == Some(s);
         e.state = Some(s);
         e.attempt = running.then_some(b.attempt);
-    } else if !matches!(op, crate::resources::Op::Check { .. }) {
-        // A check's result is an observation anyone may record; the rest changes what
-        // the lease holder may be relying on.
-        check_lease(b, plan, ctx, "record resources")?;
+    } else if matches!(op, crate::resources::Op::Claim { .. }) {
+        // A collector never cleans up under a live lease; a deletion, a check or a
+        // failed cleanup is a fact anyone may record.
+        check_lease(b, plan, ctx, "claim a cleanup")?;
     }
     e.resource = Some(op.clone());
     c.events.push(e);
