@@ -49,22 +49,33 @@ pub struct Collected {
 }
 
 /// Collect the orphans of the builds `ids` (refreshed from the remote first in remote
-/// mode). `progress` hears of each orphan as it is done.
+/// mode; `None`: every build with resources in the local database, judged in one pass).
+/// `progress` hears of each orphan as it is done.
 pub fn collect(
     writer: &mut Writer,
     actor: &Actor,
-    ids: &[String],
+    ids: Option<&[String]>,
     opts: &Options,
     progress: &dyn Fn(&Collected),
 ) -> Result<Vec<Collected>> {
     let owner = actor.lease_owner();
+    let now = writer.now()?;
+    let ledgers = match ids {
+        Some(ids) => {
+            let mut out = Vec::new();
+            for id in ids {
+                writer.refresh(id)?;
+                out.push((id.clone(), writer.store().resources(id, now, opts.window)?));
+            }
+            out
+        }
+        None => writer.store().all_resources(now, opts.window)?,
+    };
     let mut out = Vec::new();
-    for id in ids {
-        writer.refresh(id)?;
-        let now = writer.now()?;
-        let ledger = writer.store().resources(id, now, opts.window)?;
+    for (id, ledger) in &ledgers {
         let orphans: Vec<&Resource> = ledger.iter().filter(|r| r.orphaned.is_some()).collect();
-        let collectable = crate::resources::collectable(&ledger, now);
+        // A claim is live against the time of the judgement; the claim write checks again.
+        let collectable = crate::resources::collectable(ledger, now);
         // Orphans nothing can delete: said, so a person does it.
         for r in orphans.iter().filter(|r| r.cleanup.is_none()) {
             let c = item(id, r, "no_cleanup", 0, Some("it has no --cleanup command: delete it by hand, then `update-state BUILD resource delete TYPE ID`".into()));

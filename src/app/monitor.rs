@@ -192,8 +192,8 @@ pub fn metrics(store: &Store, now: SystemTime) -> Result<String> {
         "# HELP buildstate_resources Cloud resources builds recorded (docs/resources.md), by status: orphaned ones are present but nobody will use them (as monitor gc judges with its default window).\n# TYPE buildstate_resources gauge"
     );
     let mut by_status: HashMap<&str, u64> = HashMap::new();
-    for id in store.builds_with_resources()? {
-        for r in store.resources(&id, now, crate::resources::DEFAULT_WINDOW)? {
+    for (_, ledger) in store.all_resources(now, crate::resources::DEFAULT_WINDOW)? {
+        for r in ledger {
             let status = match (r.status, &r.orphaned) {
                 (crate::resources::Health::Present, Some(_)) => "orphaned",
                 (s, _) => s.as_str(),

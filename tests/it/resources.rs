@@ -234,3 +234,58 @@ fn resources_travel_and_gc_needs_signed_snapshots_in_remote_mode() {
         .json();
     assert_eq!(dry["resources"][0]["why"], "the build was cancelled");
 }
+
+/// `check-state --resources --refresh` runs the checks older than --max-age; a missing
+/// resource of a completed state is drift (issue 19): the state runs again.
+#[test]
+fn a_missing_resource_of_a_completed_state_is_drift() {
+    let env = Env::new();
+    env.init("img-4");
+    let us = |args: &[&str]| {
+        env.update("img-4", args).ok();
+    };
+    us(&["start", "5"]);
+    std::fs::write(env.path("ami-5"), "").unwrap();
+    us(&[
+        "resource",
+        "add",
+        "image",
+        "ami-5",
+        "--check",
+        "test -e ami-5",
+        "--cleanup",
+        "true",
+    ]);
+    us(&["complete", "5"]);
+    env.run("check-state", &["img-4", "--resources", "--refresh"])
+        .ok();
+    let first = ledger(&env, "img-4", &[]);
+    assert_eq!(first[0]["status"], "present");
+    // Checked just now: not again within --max-age.
+    std::fs::remove_file(env.path("ami-5")).unwrap();
+    env.run("check-state", &["img-4", "--resources", "--refresh"])
+        .ok();
+    assert_eq!(ledger(&env, "img-4", &[])[0]["status"], "present");
+    let r = env
+        .run(
+            "check-state",
+            &["img-4", "--resources", "--refresh", "--max-age", "0s"],
+        )
+        .ok();
+    assert!(r.stderr.contains("recorded as drift"), "{}", r.stderr);
+    assert_eq!(ledger(&env, "img-4", &[])[0]["status"], "missing");
+    let j = env.state("img-4");
+    let drift = crate::util::events(&j, "drift");
+    assert_eq!(drift.len(), 1);
+    assert!(
+        drift[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("image ami-5 is missing"),
+        "{drift:?}"
+    );
+    assert_eq!(
+        (j["decision"].as_str(), j["next_state"].as_u64()),
+        (Some("rerun"), Some(5))
+    );
+}

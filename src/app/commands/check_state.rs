@@ -252,12 +252,52 @@ fn resources(
                     present: checked.ok,
                 },
             };
-            crate::session::Session {
+            let mut session = crate::session::Session {
                 writer: store,
                 actor: &actor,
                 owner: &owner,
+            };
+            let b = session.record(id, &t, None)?;
+            // A resource of a completed state that is gone: the state's result no longer
+            // holds, as when its verify fails (drift: it runs again).
+            let completed = b.current_state.is_some_and(|c| r.state <= c)
+                && b.status != crate::model::Status::Cancelled;
+            if !checked.ok && r.exists() && completed {
+                let events = session.writer.store().events(id)?;
+                let since = events
+                    .iter()
+                    .rev()
+                    .find(|e| {
+                        e.state == Some(r.state)
+                            && matches!(
+                                e.kind,
+                                crate::model::EventKind::Complete
+                                    | crate::model::EventKind::Verified
+                            )
+                    })
+                    .map_or(0, |e| e.seq);
+                let drift = crate::model::Transition::Verified {
+                    results: vec![crate::model::VerifyResult {
+                        state: r.state,
+                        ok: false,
+                        ran: true,
+                        since,
+                        message: format!(
+                            "{} {} is missing (its check: {}): {}",
+                            r.rtype,
+                            r.id,
+                            checked.how,
+                            checked.output.trim_end()
+                        ),
+                        duration_ms: checked.duration.as_millis() as u64,
+                    }],
+                };
+                session.record(id, &drift, None)?;
+                eprintln!(
+                    "check-state: {} {} of completed state {} is missing: recorded as drift; the state runs again",
+                    r.rtype, r.id, r.state
+                );
             }
-            .record(id, &t, None)?;
         }
     }
     let now = store.now()?;

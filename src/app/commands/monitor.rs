@@ -578,6 +578,7 @@ fn run(args: &Args) -> Result<i32> {
                 ));
             }
             let actor = crate::environment::actor("monitor");
+            // The fleet command pulled every build already (remote mode).
             let ids = store.store().builds_with_resources()?;
             let opts = crate::gc::Options {
                 window: *older_than,
@@ -586,7 +587,7 @@ fn run(args: &Args) -> Result<i32> {
                 tries: *tries,
                 retry_delay: *retry_delay,
             };
-            let done = crate::gc::collect(&mut store, &actor, &ids, &opts, &|c| {
+            let done = crate::gc::collect(&mut store, &actor, None, &opts, &|c| {
                 if !json {
                     let _ = crate::cli::outln(format_args!(
                         "{} {} {} (build {}): {}{}",

@@ -536,7 +536,7 @@ fn cleanup_now(
         tries: 3,
         retry_delay: std::time::Duration::from_secs(5),
     };
-    let done = crate::gc::collect(store, actor, &[build_id.to_string()], &opts, &|c| {
+    let done = crate::gc::collect(store, actor, Some(&[build_id.to_string()]), &opts, &|c| {
         eprintln!(
             "update-state: cleanup: {} {} {}{}",
             c.rtype,
