@@ -289,3 +289,48 @@ fn a_missing_resource_of_a_completed_state_is_drift() {
         (Some("rerun"), Some(5))
     );
 }
+
+/// `reset --cleanup` runs the cleanup of what the old epoch made at once; a failing one
+/// exits 23 and is recorded, the reset itself stands.
+#[test]
+fn reset_cleanup_deletes_what_the_old_epoch_made() {
+    let env = Env::new();
+    env.init("img-5");
+    let us = |args: &[&str]| {
+        env.update("img-5", args).ok();
+    };
+    us(&["start", "5"]);
+    std::fs::write(env.path("disk-1"), "").unwrap();
+    us(&[
+        "resource",
+        "add",
+        "disk",
+        "disk-1",
+        "--cleanup",
+        "rm disk-1",
+    ]);
+    us(&[
+        "resource",
+        "add",
+        "disk",
+        "stuck",
+        "--cleanup",
+        "echo 'volume in use' >&2; exit 1",
+    ]);
+    us(&["complete", "5"]);
+    let r = env
+        .update(
+            "img-5",
+            &["reset", "--reason", "new base image", "--cleanup"],
+        )
+        .code(buildstate::exit::CLEANUP_FAILED);
+    assert!(r.stderr.contains("disk disk-1 deleted"), "{}", r.stderr);
+    assert!(r.stderr.contains("volume in use"), "{}", r.stderr);
+    assert!(!env.path("disk-1").exists());
+    assert_eq!(env.state("img-5")["epoch"], 2, "the reset stands");
+    let statuses: Vec<String> = ledger(&env, "img-5", &[])
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["deleted", "cleanup_failed"]);
+}

@@ -604,7 +604,15 @@ fn run(args: &Args) -> Result<i32> {
                 }
             })?;
             if json {
-                json_line(&serde_json::json!({"dry_run": dry_run, "resources": done}))?;
+                #[derive(serde::Serialize)]
+                struct Report<'a> {
+                    dry_run: bool,
+                    resources: &'a [crate::gc::Collected],
+                }
+                json_line(&Report {
+                    dry_run: *dry_run,
+                    resources: &done,
+                })?;
             } else if done.is_empty() {
                 crate::cli::outln(format_args!(
                     "no orphaned resources in {} build(s) with resources",
