@@ -203,6 +203,17 @@ impl Store {
         Ok(report.in_syntax(buildstate::error::Syntax::Python))
     }
 
+    /// The fencing token of a write about `state` (default: whichever this Store holds):
+    /// the attempt this Store started, while it holds that state's lease.
+    fn fence_for(&self, build_id: &str, state: Option<u8>) -> Option<u32> {
+        self.held
+            .lock()
+            .expect("held lock")
+            .get(build_id)
+            .filter(|h| state.is_none_or(|s| s == h.state))
+            .map(|h| h.attempt)
+    }
+
     /// A transition that needs nothing of the session but its owner and fencing token.
     fn record(&self, py: Python<'_>, build_id: &str, t: Transition) -> PyResult<Py<PyAny>> {
         let finishing = match &t {
@@ -610,13 +621,7 @@ impl Store {
         outputs: BTreeMap<String, String>,
         state: Option<u8>,
     ) -> PyResult<Py<PyAny>> {
-        let fence = self
-            .held
-            .lock()
-            .expect("held lock")
-            .get(build_id)
-            .filter(|h| state.is_none_or(|s| s == h.state))
-            .map(|h| h.attempt);
+        let fence = self.fence_for(build_id, state);
         let t = Transition::Output {
             state,
             pairs: outputs.into_iter().collect(),
@@ -645,13 +650,7 @@ impl Store {
         check: Option<String>,
         state: Option<u8>,
     ) -> PyResult<Py<PyAny>> {
-        let fence = self
-            .held
-            .lock()
-            .expect("held lock")
-            .get(build_id)
-            .filter(|h| state.is_none_or(|s| s == h.state))
-            .map(|h| h.attempt);
+        let fence = self.fence_for(build_id, state);
         let t = Transition::Resource {
             state,
             op: buildstate::resources::Op::Add {
