@@ -214,6 +214,28 @@ impl Store {
             .map(|h| h.attempt)
     }
 
+    /// A read of `build_id` as it is now (queued task results written, refreshed from the
+    /// remote in remote mode): `f`'s JSON as Python values; `UnknownBuildError` when the
+    /// build does not exist.
+    fn read_existing(
+        &self,
+        py: Python<'_>,
+        build_id: &str,
+        f: impl FnOnce(&mut buildstate::sync::Writer) -> buildstate::Result<String> + Send,
+    ) -> PyResult<Py<PyAny>> {
+        let result = py.detach(|| -> buildstate::Result<String> {
+            self.flush_tasks_before_transition();
+            let mut store = self.inner.lock().expect("store lock");
+            store.refresh(build_id)?;
+            if store.store().build(build_id)?.is_none() {
+                return Err(buildstate::Error::UnknownBuild(build_id.to_string()));
+            }
+            f(&mut store)
+        });
+        let text = result.map_err(|e| to_py(py, e))?;
+        json_to_py(py, &text)
+    }
+
     /// A transition that needs nothing of the session but its owner and fencing token.
     fn record(&self, py: Python<'_>, build_id: &str, t: Transition) -> PyResult<Py<PyAny>> {
         let finishing = match &t {
@@ -691,40 +713,21 @@ impl Store {
     /// (orphans judged with `older_than_s`, default a day, as `monitor gc`).
     #[pyo3(signature = (build_id, *, older_than_s=86_400))]
     fn resources(&self, py: Python<'_>, build_id: &str, older_than_s: u64) -> PyResult<Py<PyAny>> {
-        let result = py.detach(|| -> buildstate::Result<String> {
-            self.flush_tasks_before_transition();
-            let mut store = self.inner.lock().expect("store lock");
-            store.refresh(build_id)?;
-            if store.store().build(build_id)?.is_none() {
-                return Err(buildstate::Error::UnknownBuild(build_id.to_string()));
-            }
+        self.read_existing(py, build_id, |store| {
             let now = store.now()?;
-            let ledger = store.store().resources(
-                build_id,
-                now,
-                std::time::Duration::from_secs(older_than_s),
-            )?;
+            let window = std::time::Duration::from_secs(older_than_s);
+            let ledger = store.store().resources(build_id, now, window)?;
             Ok(serde_json::to_string(&ledger).expect("a ledger serializes"))
-        });
-        let text = result.map_err(|e| to_py(py, e))?;
-        json_to_py(py, &text)
+        })
     }
 
     /// The build's current outputs by key, as `check-state --json` gives them: each
     /// with its value, the state and attempt that recorded it, its event's seq and time.
     fn outputs(&self, py: Python<'_>, build_id: &str) -> PyResult<Py<PyAny>> {
-        let result = py.detach(|| -> buildstate::Result<String> {
-            self.flush_tasks_before_transition();
-            let mut store = self.inner.lock().expect("store lock");
-            store.refresh(build_id)?;
-            if store.store().build(build_id)?.is_none() {
-                return Err(buildstate::Error::UnknownBuild(build_id.to_string()));
-            }
+        self.read_existing(py, build_id, |store| {
             let outputs = store.store().outputs(build_id)?;
             Ok(serde_json::to_string(&outputs).expect("outputs serialize"))
-        });
-        let text = result.map_err(|e| to_py(py, e))?;
-        json_to_py(py, &text)
+        })
     }
 
     /// The build's history, oldest first.

@@ -48,31 +48,20 @@ pub struct Collected {
     pub message: Option<String>,
 }
 
-/// Collect the orphans of the builds `ids` (refreshed from the remote first in remote
-/// mode; `None`: every build with resources in the local database, judged in one pass).
-/// `progress` hears of each orphan as it is done.
+/// Collect the orphans of `ledgers` (by build id, judged at `now` with `opts.window`:
+/// `Store::all_resources`, or one build's `Store::resources`). `progress` hears of each
+/// orphan as it is done.
 pub fn collect(
     writer: &mut Writer,
     actor: &Actor,
-    ids: Option<&[String]>,
+    ledgers: &[(String, Vec<Resource>)],
+    now: SystemTime,
     opts: &Options,
     progress: &dyn Fn(&Collected),
 ) -> Result<Vec<Collected>> {
     let owner = actor.lease_owner();
-    let now = writer.now()?;
-    let ledgers = match ids {
-        Some(ids) => {
-            let mut out = Vec::new();
-            for id in ids {
-                writer.refresh(id)?;
-                out.push((id.clone(), writer.store().resources(id, now, opts.window)?));
-            }
-            out
-        }
-        None => writer.store().all_resources(now, opts.window)?,
-    };
     let mut out = Vec::new();
-    for (id, ledger) in &ledgers {
+    for (id, ledger) in ledgers {
         let orphans: Vec<&Resource> = ledger.iter().filter(|r| r.orphaned.is_some()).collect();
         // A claim is live against the time of the judgement; the claim write checks again.
         let collectable = crate::resources::collectable(ledger, now);

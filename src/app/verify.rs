@@ -207,17 +207,7 @@ pub fn planned_checks(
         {
             continue;
         }
-        let since = events
-            .iter()
-            .rev()
-            .find(|e| {
-                e.state == Some(s.id)
-                    && matches!(
-                        e.kind,
-                        crate::model::EventKind::Complete | crate::model::EventKind::Verified
-                    )
-            })
-            .map_or(0, |e| e.seq);
+        let since = since(&events, s.id);
         out.push(PlannedCheck {
             state: s.id,
             label: plan.label(s.id),
@@ -227,6 +217,22 @@ pub fn planned_checks(
         });
     }
     Ok(out)
+}
+
+/// The number of `state`'s last completion or passed verify in `events`, 0 if none
+/// (see [`VerifyResult::since`]).
+pub fn since(events: &[crate::model::Event], state: u8) -> u64 {
+    events
+        .iter()
+        .rev()
+        .find(|e| {
+            e.state == Some(state)
+                && matches!(
+                    e.kind,
+                    crate::model::EventKind::Complete | crate::model::EventKind::Verified
+                )
+        })
+        .map_or(0, |e| e.seq)
 }
 
 /// Run `checks` in order, stopping at the first that does not pass. `progress` hears

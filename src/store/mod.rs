@@ -483,7 +483,7 @@ impl Store {
         {
             let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS}, build_id FROM events INDEXED BY events_resources
-                 WHERE kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')
+                 WHERE {RESOURCE_KINDS}
                  ORDER BY build_id, seq"
             ))?;
             let mut rows = stmt.query([])?;
@@ -497,8 +497,7 @@ impl Store {
             let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT {BUILD_COLUMNS} FROM builds WHERE build_id IN
                    (SELECT DISTINCT build_id FROM events INDEXED BY events_resources
-                    WHERE kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')
-                      AND kind = 'resource')"
+                    WHERE {RESOURCE_KINDS} AND kind = 'resource')"
             ))?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
@@ -525,20 +524,6 @@ impl Store {
             out.push((id.clone(), ledger));
         }
         Ok(out)
-    }
-
-    /// The builds that ever recorded a resource, by id.
-    pub fn builds_with_resources(&self) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT DISTINCT build_id FROM events INDEXED BY events_resources
-             WHERE kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')
-               AND kind = 'resource'
-             ORDER BY build_id",
-        )?;
-        let ids = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(ids)
     }
 
     /// The events of the writes from `serial` on (one write's: its serial).
@@ -757,15 +742,20 @@ fn select_events(
     Ok(out)
 }
 
+/// The filter of schema 11's partial index `events_outputs`: the kinds
+/// `crate::outputs::RELEVANT` names. A query through the index repeats it exactly.
+const OUTPUT_KINDS: &str = "kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback')";
+/// The filter of schema 12's `events_resources`: `crate::resources::RELEVANT`.
+const RESOURCE_KINDS: &str =
+    "kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')";
+
 /// The events that decide a build's current outputs (`crate::outputs::RELEVANT`),
 /// oldest first, through the partial index schema 11 made for them (`INDEXED BY`: the
 /// planner would take the primary key, and read every task result of the build).
 fn load_output_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
     select_events(
         conn,
-        "INDEXED BY events_outputs WHERE build_id = :id
-           AND kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback')
-         ORDER BY seq",
+        &format!("INDEXED BY events_outputs WHERE build_id = :id AND {OUTPUT_KINDS} ORDER BY seq"),
         named_params! {":id": build_id},
     )
 }
@@ -775,9 +765,9 @@ fn load_output_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
 fn load_resource_events(conn: &Connection, build_id: &str) -> Result<Vec<Event>> {
     select_events(
         conn,
-        "INDEXED BY events_resources WHERE build_id = :id
-           AND kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')
-         ORDER BY seq",
+        &format!(
+            "INDEXED BY events_resources WHERE build_id = :id AND {RESOURCE_KINDS} ORDER BY seq"
+        ),
         named_params! {":id": build_id},
     )
 }

@@ -264,18 +264,7 @@ fn resources(
                 && b.status != crate::model::Status::Cancelled;
             if !checked.ok && r.exists() && completed {
                 let events = session.writer.store().events(id)?;
-                let since = events
-                    .iter()
-                    .rev()
-                    .find(|e| {
-                        e.state == Some(r.state)
-                            && matches!(
-                                e.kind,
-                                crate::model::EventKind::Complete
-                                    | crate::model::EventKind::Verified
-                            )
-                    })
-                    .map_or(0, |e| e.seq);
+                let since = crate::verify::since(&events, r.state);
                 let drift = crate::model::Transition::Verified {
                     results: vec![crate::model::VerifyResult {
                         state: r.state,

@@ -578,8 +578,9 @@ fn run(args: &Args) -> Result<i32> {
                 ));
             }
             let actor = crate::environment::actor("monitor");
-            // The fleet command pulled every build already (remote mode).
-            let ids = store.store().builds_with_resources()?;
+            // `fleet` pulled every build already (remote mode).
+            let now = store.now()?;
+            let ledgers = store.store().all_resources(now, *older_than)?;
             let opts = crate::gc::Options {
                 window: *older_than,
                 dry_run: *dry_run,
@@ -587,7 +588,7 @@ fn run(args: &Args) -> Result<i32> {
                 tries: *tries,
                 retry_delay: *retry_delay,
             };
-            let done = crate::gc::collect(&mut store, &actor, None, &opts, &|c| {
+            let done = crate::gc::collect(&mut store, &actor, &ledgers, now, &opts, &|c| {
                 if !json {
                     let _ = crate::cli::outln(format_args!(
                         "{} {} {} (build {}): {}{}",
@@ -616,7 +617,7 @@ fn run(args: &Args) -> Result<i32> {
             } else if done.is_empty() {
                 crate::cli::outln(format_args!(
                     "no orphaned resources in {} build(s) with resources",
-                    ids.len()
+                    ledgers.len()
                 ))?;
             }
             Ok(if done.iter().any(|c| c.outcome == "failed") {

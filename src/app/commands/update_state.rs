@@ -536,7 +536,11 @@ fn cleanup_now(
         tries: 3,
         retry_delay: std::time::Duration::from_secs(5),
     };
-    let done = crate::gc::collect(store, actor, Some(&[build_id.to_string()]), &opts, &|c| {
+    store.refresh(build_id)?;
+    let now = store.now()?;
+    let ledger = store.store().resources(build_id, now, opts.window)?;
+    let ledgers = [(build_id.to_string(), ledger)];
+    let done = crate::gc::collect(store, actor, &ledgers, now, &opts, &|c| {
         eprintln!(
             "update-state: cleanup: {} {} {}{}",
             c.rtype,

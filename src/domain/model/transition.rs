@@ -874,6 +874,40 @@ pub(super) fn cancel(b: &Build, reason: &str, c: &mut Change) -> Result<()> {
     Ok(())
 }
 
+/// The state what is recorded (outputs, a resource) belongs to: `state`, or the active
+/// one; in the plan, of a build not cancelled, and one that runs or ran. With the attempt
+/// running it, if one does (`None`: recorded for a state that ran). `belongs` completes
+/// "name the state ..."; `what` names the records.
+fn producer(
+    b: &Build,
+    plan: &Plan,
+    state: Option<u8>,
+    belongs: &str,
+    what: &str,
+) -> Result<(u8, Option<u32>)> {
+    let id = &b.build_id;
+    let Some(s) = state.or(b.active_state) else {
+        return refuse(format!(
+            "build '{id}': no state is active (status {}): name the state {belongs}; nothing was written",
+            b.status
+        ));
+    };
+    check_in_plan(b, plan, s)?;
+    if b.status == Status::Cancelled {
+        refuse_if_finished(b, &format!("record {what} for"))?;
+    }
+    let ran = b.active_state == Some(s) || b.current_state.is_some_and(|cur| s <= cur);
+    if !ran {
+        return refuse(format!(
+            "build '{id}': {} has not run ({}): {what} belong to a state that runs or ran; nothing was written",
+            plan.label(s),
+            b.current_state.map_or("no state has completed".into(), |c| format!("the build is at {}", plan.label(c)))
+        ));
+    }
+    let running = b.status == Status::Running && b.active_state == Some(s);
+    Ok((s, running.then_some(b.attempt)))
+}
+
 /// Outputs of `state` (default: the active one): a state that is running or has run,
 /// under its lease when one lives, fenced when the writer names its attempt.
 pub(super) fn output(
@@ -885,28 +919,9 @@ pub(super) fn output(
     c: &mut Change,
 ) -> Result<()> {
     crate::outputs::validate(pairs)?;
-    let id = &b.build_id;
-    let Some(s) = state.or(b.active_state) else {
-        return refuse(format!(
-            "build '{id}': no state is active (status {}): name the state the outputs belong to; nothing was written",
-            b.status
-        ));
-    };
-    check_in_plan(b, plan, s)?;
-    if b.status == Status::Cancelled {
-        refuse_if_finished(b, "record outputs for")?;
-    }
-    let ran = b.active_state == Some(s) || b.current_state.is_some_and(|cur| s <= cur);
-    if !ran {
-        return refuse(format!(
-            "build '{id}': {} has not run ({}): outputs belong to a state that runs or ran; nothing was written",
-            plan.label(s),
-            b.current_state.map_or("no state has completed".into(), |c| format!("the build is at {}", plan.label(c)))
-        ));
-    }
+    let (s, attempt) = producer(b, plan, state, "the outputs belong to", "outputs")?;
     check_lease(b, plan, ctx, "record outputs")?;
     check_fence(b, plan, ctx, s, "record outputs of")?;
-    let running = b.status == Status::Running && b.active_state == Some(s);
     let outputs: BTreeMap<String, String> = pairs.iter().cloned().collect();
     let summary = outputs
         .iter()
@@ -920,12 +935,7 @@ pub(super) fn output(
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let mut e = event(
-        EventKind::Output,
-        Some(s),
-        running.then_some(b.attempt),
-        Some(summary),
-    );
+    let mut e = event(EventKind::Output, Some(s), attempt, Some(summary));
     e.outputs = Some(outputs);
     c.events.push(e);
     Ok(())
@@ -942,7 +952,6 @@ pub(super) fn resource(
     c: &mut Change,
 ) -> Result<()> {
     op.validate()?;
-    let id = &b.build_id;
     let mut e = event(
         EventKind::Resource,
         None,
@@ -950,31 +959,14 @@ pub(super) fn resource(
         Some(crate::resources::summary(op)),
     );
     if let crate::resources::Op::Add { .. } = op {
-        let Some(s) = state.or(b.active_state) else {
-            return refuse(format!(
-                "build '{id}': no state is active (status {}): name the state that created the resource; nothing was written",
-                b.status
-            ));
-        };
-        check_in_plan(b, plan, s)?;
-        if b.status == Status::Cancelled {
-            refuse_if_finished(b, "record resources for")?;
-        }
-        let ran = b.active_state == Some(s) || b.current_state.is_some_and(|cur| s <= cur);
-        if !ran {
-            return refuse(format!(
-                "build '{id}': {} has not run: a resource belongs to a state that runs or ran; nothing was written",
-                plan.label(s)
-            ));
-        }
+        let (s, attempt) = producer(b, plan, state, "that created the resource", "resources")?;
         // No lease check: a resource that exists is recorded whoever says so (an
         // Ansible task beside the callback that holds the lease, a person), since
         // refusing would lose track of something that costs money. A writer that names
         // its attempt is fenced.
         check_fence(b, plan, ctx, s, "record resources of")?;
-        let running = b.status == Status::Running && b.active_state == Some(s);
         e.state = Some(s);
-        e.attempt = running.then_some(b.attempt);
+        e.attempt = attempt;
     } else if matches!(op, crate::resources::Op::Claim { .. }) {
         // A collector never cleans up under a live lease; a deletion, a check or a
         // failed cleanup is a fact anyone may record.
