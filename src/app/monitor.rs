@@ -20,7 +20,40 @@ pub use crate::store::fleet::StatusRow as Row;
 /// Every build, by id: only the columns a status row shows, the age computed by SQLite,
 /// so that 100,000 builds stay within the 100 ms budget (docs/performance.md).
 pub fn status(store: &Store, now: SystemTime) -> Result<Vec<Row>> {
-    store.status_rows(now)
+    let mut rows = store.status_rows(now)?;
+    // The builds with resources: as `monitor gc` judges them by default (builds without
+    // any cost one empty index lookup).
+    let ledgers = store.all_resources(now, crate::resources::DEFAULT_WINDOW)?;
+    if !ledgers.is_empty() {
+        let at: HashMap<&str, usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.build_id.as_str(), i))
+            .collect();
+        let mut counts = Vec::new();
+        for (id, ledger) in &ledgers {
+            let (orphaned, failed) = orphan_counts(ledger);
+            if let Some(&i) = at.get(id.as_str()) {
+                counts.push((i, orphaned, failed));
+            }
+        }
+        for (i, orphaned, failed) in counts {
+            rows[i].orphaned_resources = orphaned;
+            rows[i].cleanup_failed_resources = failed;
+        }
+    }
+    Ok(rows)
+}
+
+/// How many of a judged ledger's resources are orphans still there, and how many of
+/// those failed their cleanup.
+pub fn orphan_counts(ledger: &[crate::resources::Resource]) -> (u32, u32) {
+    let orphans = ledger.iter().filter(|r| r.exists() && r.orphaned.is_some());
+    let failed = orphans
+        .clone()
+        .filter(|r| r.status == crate::resources::Health::CleanupFailed)
+        .count();
+    (orphans.count() as u32, failed as u32)
 }
 
 /// Something a person should look at.

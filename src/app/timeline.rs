@@ -72,6 +72,28 @@ pub fn segments(
                 wait = None;
             }
         }
+        // A person cancelling or resetting the build ends the attempt that was running:
+        // it did not run on to now.
+        if matches!(e.kind, EventKind::Cancel | EventKind::Reset) {
+            if let Some((start, s)) = open.take() {
+                out.push(Segment {
+                    state: s,
+                    attempt: start.attempt,
+                    from: start.at,
+                    to: e.at.max(start.at),
+                    kind: "interrupted",
+                    detail: format!(
+                        "state {s} {}, attempt {}: ended after {} by {} of {}; started by {}",
+                        state_name(s),
+                        start.attempt.unwrap_or(0),
+                        time::format_duration(e.at.duration_since(start.at).unwrap_or_default()),
+                        e.kind,
+                        who(e),
+                        who(start)
+                    ),
+                });
+            }
+        }
         let Some(state) = e.state else { continue };
         match e.kind {
             EventKind::Start => open = Some((e, state)),
@@ -307,12 +329,71 @@ fn attempts_table(lines: &[BuildLine]) -> Markup {
     }
 }
 
+/// A resource a build left behind: an orphan not deleted (docs/resources.md).
+pub struct Leftover {
+    pub build_id: String,
+    pub resource: crate::resources::Resource,
+}
+
+/// The orphans still there, of one build or of every build, judged as `monitor gc`
+/// judges them by default.
+pub fn leftovers(
+    store: &crate::store::Store,
+    build_id: Option<&str>,
+    now: SystemTime,
+) -> Result<Vec<Leftover>> {
+    let window = crate::resources::DEFAULT_WINDOW;
+    let ledgers = match build_id {
+        Some(id) => vec![(id.to_string(), store.resources(id, now, window)?)],
+        None => store.all_resources(now, window)?,
+    };
+    Ok(ledgers
+        .into_iter()
+        .flat_map(|(id, ledger)| {
+            ledger
+                .into_iter()
+                .filter(|r| r.exists() && r.orphaned.is_some())
+                .map(move |resource| Leftover {
+                    build_id: id.clone(),
+                    resource,
+                })
+        })
+        .collect())
+}
+
+fn leftovers_table(left: &[Leftover]) -> Markup {
+    html! {
+        @if left.is_empty() {
+            p #leftovers-none { "None: every resource builds recorded is deleted or still in use." }
+        } @else {
+            p { (left.len()) " resource(s) nobody will use any more: " code { "monitor gc" } " runs their cleanup; " code { "monitor gc --dry-run" } " says what it would do." }
+            table #leftovers {
+                tr { th { "build" } th { "state" } th { "type" } th { "id" } th { "status" } th { "why" } th { "last cleanup error" } }
+                @for l in left {
+                    @let r = &l.resource;
+                    tr class=(r.status.as_str()) {
+                        td { (l.build_id) } td.num { (r.state) } td { (r.rtype) } td { (r.id) }
+                        td { (if r.status == crate::resources::Health::CleanupFailed {
+                            format!("cleanup failed ({}x)", r.cleanup_failures)
+                        } else {
+                            "orphaned".to_string()
+                        }) }
+                        td { (r.orphaned.as_deref().unwrap_or_default()) }
+                        td { (r.last_error.as_deref().unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The whole page.
 pub fn page(
     title: &str,
     lines: &[BuildLine],
     stats: Option<&Stats>,
     attention: &[Finding],
+    left: &[Leftover],
     now: SystemTime,
 ) -> String {
     let markup = html! {
@@ -338,6 +419,8 @@ pub fn page(
                         }
                     }
                 }
+                h2 { "Resources left behind" }
+                (leftovers_table(left))
                 h2 { "Timeline" }
                 (legend())
                 @if lines.is_empty() {

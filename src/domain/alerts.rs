@@ -121,6 +121,34 @@ pub fn for_change(
             payload: payload(kind, after, plan, actor, reason.as_deref()),
         })
         .collect();
+    // A cleanup that failed every try of a collection: once per resource, since the
+    // next collections try it again and would otherwise alert at each cron run.
+    if let crate::model::Transition::Resource {
+        op: crate::resources::Op::CleanupFailed { rtype, id, message },
+        ..
+    } = t
+    {
+        if plan.alerts_for(state).contains(&AlertKind::Cleanup) {
+            let mut p = payload(AlertKind::Cleanup, after, plan, actor, None);
+            p["reason"] = format!(
+                "the cleanup of {rtype} {id} failed every try: it is probably still there, costing money; `monitor gc` tries again at its next run, or delete it by hand and record `update-state {} resource delete {rtype} {id}`",
+                after.build_id
+            )
+            .into();
+            p["resource_type"] = rtype.as_str().into();
+            p["resource_id"] = id.as_str().into();
+            p["error_tail"] = tail(message, 1500).into();
+            p["attempt"] = serde_json::Value::Null;
+            p["max_attempts"] = serde_json::Value::Null;
+            p["category"] = serde_json::Value::Null;
+            alerts.push(NewAlert {
+                kind: AlertKind::Cleanup,
+                build_id: Some(after.build_id.clone()),
+                dedupe_key: format!("{}:{}:cleanup:{rtype}:{id}", after.build_id, after.lineage),
+                payload: p,
+            });
+        }
+    }
     // A drift alerts once per drift: keyed by the state's completion or last pass, not
     // by this write, so the next cron run that finds the same drift adds nothing.
     if let crate::model::Transition::Verified { results } = t {

@@ -166,11 +166,15 @@ pub enum AlertKind {
     /// `check-state --verify` (or `monitor verify`) found that a completed state's result
     /// no longer holds: its verify command failed.
     Drift,
+    /// A resource's cleanup failed every try of a collection (`monitor gc`,
+    /// `cancel --cleanup`, `reset --cleanup`): it is probably still there, costing money.
+    Cleanup,
 }
 
 text_enum!(AlertKind {
     Blocked => "blocked", Completed => "completed", Cancelled => "cancelled",
     Rollback => "rollback", Takeover => "takeover", Stuck => "stuck", Drift => "drift",
+    Cleanup => "cleanup",
 });
 
 /// Rules that put a failure into a [`Category`]. A plan has a global set (`[classify]`) and

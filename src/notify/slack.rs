@@ -236,6 +236,14 @@ pub fn message(alert: &Claimed, report_base: Option<&str>) -> Value {
             ":warning:",
             format!("drifted at {state}: its verify failed"),
         ),
+        "cleanup" => (
+            ":wastebasket:",
+            format!(
+                "could not clean up {} {}",
+                s("resource_type").unwrap_or_default(),
+                s("resource_id").unwrap_or_default()
+            ),
+        ),
         other => (":information_source:", other.to_string()),
     };
     let text = cut(&format!("Build {build} {headline}"), 150);

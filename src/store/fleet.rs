@@ -31,6 +31,17 @@ pub struct StatusRow {
     /// never passed one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_seconds_ago: Option<u64>,
+    /// Its resources nobody will use any more and not deleted (docs/resources.md, judged
+    /// with `monitor gc`'s default window), and of those, the ones whose cleanup failed;
+    /// left out when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub orphaned_resources: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cleanup_failed_resources: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A completed state whose latest verify failed, and nothing done about it since.
@@ -137,6 +148,8 @@ impl Store {
                 age_seconds: seconds(r.get(5)?),
                 holder: r.get(6)?,
                 verified_seconds_ago: r.get::<_, Option<i64>>(7)?.map(seconds),
+                orphaned_resources: 0,
+                cleanup_failed_resources: 0,
             });
         }
         Ok(out)

@@ -333,4 +333,56 @@ fn reset_cleanup_deletes_what_the_old_epoch_made() {
         .map(|r| r["status"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(statuses, ["deleted", "cleanup_failed"]);
+    // The failure alerts once, with the resource and the command's output; the next
+    // collection fails again and adds nothing.
+    let cleanup_alerts = || -> Vec<Value> {
+        let db = rusqlite::Connection::open(&env.db).unwrap();
+        let mut q = db
+            .prepare("SELECT payload FROM alerts WHERE kind = 'cleanup'")
+            .unwrap();
+        q.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|p| serde_json::from_str(&p.unwrap()).unwrap())
+            .collect()
+    };
+    let alerts = cleanup_alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (
+            alerts[0]["resource_type"].as_str(),
+            alerts[0]["resource_id"].as_str()
+        ),
+        (Some("disk"), Some("stuck"))
+    );
+    assert!(
+        alerts[0]["error_tail"]
+            .as_str()
+            .unwrap()
+            .contains("volume in use"),
+        "{}",
+        alerts[0]
+    );
+    env.run(
+        "monitor",
+        &["gc", "--older-than", "0s", "--retry-delay", "0s"],
+    )
+    .code(buildstate::exit::CLEANUP_FAILED);
+    assert_eq!(cleanup_alerts().len(), 1);
+    // monitor status says what is left, and where.
+    let rows = env.run("monitor", &["status", "--json"]).ok().json();
+    assert_eq!(
+        (
+            rows[0]["orphaned_resources"].as_u64(),
+            rows[0]["cleanup_failed_resources"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{rows}"
+    );
+    let table = env.run("monitor", &["status"]).ok().stdout;
+    assert!(
+        table.contains(
+            "resources: 1 orphaned, 1 of them whose cleanup failed, in 1 build(s) (img-5)"
+        ),
+        "{table}"
+    );
 }

@@ -120,3 +120,32 @@ def test_one_build_report_in_chromium(browser: webdriver.Chrome, fleet: dict[str
     assert [b.get_attribute("class") for b in bars] == ["bar failed", "bar retry-wait", "bar ok"]
     rows = browser.find_elements(By.CSS_SELECTOR, "#attempts tr")
     assert len(rows) == 4  # header + the three bars
+
+
+def test_resources_left_behind_are_on_both_pages(browser: webdriver.Chrome, fleet: dict[str, str], tmp_path: Path) -> None:
+    # A cancelled build leaves a key pair whose cleanup fails, and a disk with none.
+    run(fleet, "init-state", "img-gone", "--cloud", "aws", "--image", "rhel9")
+    run(fleet, "update-state", "img-gone", "start", "5")
+    run(fleet, "update-state", "img-gone", "resource", "add", "key-pair", "kp-<b>1", "--cleanup", "echo 'AuthFailure <i>x</i>' >&2; exit 1")
+    run(fleet, "update-state", "img-gone", "resource", "add", "disk", "vol-2")
+    run(fleet, "update-state", "img-gone", "resource", "add", "disk", "vol-3")
+    run(fleet, "update-state", "img-gone", "resource", "delete", "disk", "vol-3")
+    run(fleet, "update-state", "img-gone", "cancel", "--reason", "test", "--cleanup", code=23)
+    page = tmp_path / "fleet.html"
+    r = run(fleet, "monitor", "report", "--html", str(page))
+    assert "2 resource(s) left behind" in r.stdout, r.stdout
+    for shown, shot in ((page, "fleet-leftovers.png"), (tmp_path / "one.html", "one-build-leftovers.png")):
+        if shown.name == "one.html":
+            run(fleet, "check-state", "img-gone", "--html", str(shown), code=13)  # cancelled: needs a person
+        self_contained(shown.read_text())
+        load(browser, shown, shot)
+        rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#leftovers tr")[1:]]
+        assert len(rows) == 2, rows
+        assert "kp-<b>1" in rows[0] and "cleanup failed (1x)" in rows[0] and "AuthFailure <i>x</i>" in rows[0], rows
+        assert "vol-2" in rows[1] and "orphaned" in rows[1] and "cancelled" in rows[1], rows
+        # The cancel ended the attempt: it is not drawn as running on to now.
+        assert [b.get_attribute("class") for b in browser.find_elements(By.CSS_SELECTOR, "#timeline rect.bar[data-build='img-gone']")] == ["bar interrupted"]
+    # A build without resources says so.
+    run(fleet, "check-state", "img-ok", "--html", str(tmp_path / "ok.html"))
+    load(browser, tmp_path / "ok.html", "one-build-ok.png")
+    assert browser.find_elements(By.ID, "leftovers-none")

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import pytest
 
+from test_slack import Receiver, slack  # noqa: F401  (slack is a fixture)
 from test_sync import free_port, moto_command, start, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,8 +139,9 @@ def test_gc_deletes_what_a_killed_worker_left_and_keeps_the_rest(ec2: dict[str, 
     assert len(deletions(env, tmp_path)) == 4
 
 
-def test_a_failing_cleanup_is_retried_and_recorded(ec2: dict[str, str], tmp_path: Path) -> None:
+def test_a_failing_cleanup_is_retried_recorded_and_alerted_once(ec2: dict[str, str], slack: Receiver, tmp_path: Path) -> None:  # noqa: F811
     env = env_for(ec2, tmp_path / "state.db")
+    env["BUILDSTATE_SLACK_WEBHOOK_URL"] = slack.url + "/services/T000/B000/webhooksecret"
     build = "img-flaky"
     run(env, tmp_path, "init-state", build, "--cloud", "aws", "--image", "rhel9")
     run(env, tmp_path, "update-state", build, "start", "5")
@@ -160,6 +162,12 @@ def test_a_failing_cleanup_is_retried_and_recorded(ec2: dict[str, str], tmp_path
     r = run(env, tmp_path, "monitor", "gc", "--tries", "1", "--retry-delay", "0s", check=23)
     assert "failed key-pair never-goes" in r.stdout, r.stdout
     assert ledger(env, tmp_path, build)[1]["cleanup_failures"] == 2
+    # Slack heard of it once, with what failed, though it failed in two collections.
+    run(env, tmp_path, "monitor", "deliver", "--budget", "10s")
+    cleanup = [m for m in slack.messages if "clean up" in m["text"]]
+    assert [m["text"] for m in cleanup] == [f"Build {build} could not clean up key-pair never-goes"], slack.messages
+    assert "access denied" in json.dumps(cleanup[0]), cleanup[0]
+    assert slack.problems == []
 
 
 def test_a_killed_collector_and_two_at_once_never_delete_twice(ec2: dict[str, str], tmp_path: Path) -> None:

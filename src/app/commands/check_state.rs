@@ -187,6 +187,7 @@ fn run(args: &Args) -> Result<i32> {
             &[line],
             None,
             &attention,
+            &crate::timeline::leftovers(store.store(), Some(&args.build_id), now)?,
             now,
         );
         crate::timeline::write(path, &page)?;

@@ -389,6 +389,19 @@ fn run(args: &Args) -> Result<i32> {
                 "{} build(s); alerts: {pending} waiting, {gave_up} given up",
                 rows.len()
             ))?;
+            let with: Vec<&monitor::Row> =
+                rows.iter().filter(|r| r.orphaned_resources > 0).collect();
+            if !with.is_empty() {
+                let n: u32 = with.iter().map(|r| r.orphaned_resources).sum();
+                let failed: u32 = with.iter().map(|r| r.cleanup_failed_resources).sum();
+                let names: Vec<&str> = with.iter().take(5).map(|r| r.build_id.as_str()).collect();
+                crate::cli::outln(format_args!(
+                    "resources: {n} orphaned, {failed} of them whose cleanup failed, in {} build(s) ({}{}): `monitor gc --dry-run` says which and why",
+                    with.len(),
+                    names.join(", "),
+                    if with.len() > names.len() { ", ..." } else { "" }
+                ))?;
+            }
             // Outcomes this machine journaled while the remote was away (docs/sync.md).
             for j in store.waiting(None)? {
                 crate::cli::outln(format_args!(
@@ -460,25 +473,28 @@ fn run(args: &Args) -> Result<i32> {
                 lines.push(crate::timeline::line(store.store(), id, now)?);
             }
             let (attention, _) = monitor::findings(store.store(), now, monitor::STUCK_FACTOR)?;
+            let left = crate::timeline::leftovers(store.store(), None, now)?;
             let page = crate::timeline::page(
                 &format!("buildstate: builds since {}", stats.since),
                 &lines,
                 Some(&stats),
                 &attention,
+                &left,
                 now,
             );
             crate::timeline::write(html, &page)?;
             if json {
                 crate::cli::outln(format_args!(
                     "{}",
-                    serde_json::json!({"html": html, "builds": lines.len(), "attention": attention.len()})
+                    serde_json::json!({"html": html, "builds": lines.len(), "attention": attention.len(), "leftover_resources": left.len()})
                 ))?;
             } else {
                 crate::cli::outln(format_args!(
-                    "wrote {}: {} build(s) in the timeline, {} needing attention",
+                    "wrote {}: {} build(s) in the timeline, {} needing attention, {} resource(s) left behind",
                     html.display(),
                     lines.len(),
-                    attention.len()
+                    attention.len(),
+                    left.len()
                 ))?;
             }
             Ok(exit::OK)
