@@ -647,6 +647,7 @@ impl Store {
         let t = Transition::Output {
             state,
             pairs: outputs.into_iter().collect(),
+            resources: Vec::new(),
         };
         let result = py.detach(|| {
             self.write(|session| session.record(build_id, &t, fence))

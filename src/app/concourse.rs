@@ -432,11 +432,14 @@ pub fn put(req: &Request, src: &Path, settings: &Settings) -> Result<Value> {
             },
             "output" => {
                 let mut pairs: Vec<(String, String)> = params.outputs.clone().into_iter().collect();
+                let mut resources = Vec::new();
                 if let Some(f) = &params.packer_manifest {
                     let text = read_in(src, f, "params.packer_manifest", MAX_ERROR_FILE, false)?;
-                    pairs.extend(crate::outputs::from_packer_manifest(text.as_bytes(), f)?);
+                    let run = crate::outputs::from_packer_manifest(text.as_bytes(), f)?;
+                    pairs.extend(run.outputs);
+                    resources = run.artifacts;
                 }
-                Transition::Output { state: params.state, pairs }
+                Transition::Output { state: params.state, pairs, resources }
             }
             "retry" => Transition::Retry { state: state()?, reason: reason()? },
             "skip" => Transition::Skip { state: state()?, reason: reason()? },

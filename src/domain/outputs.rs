@@ -164,12 +164,24 @@ pub fn env(outputs: &BTreeMap<String, String>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What a Packer `manifest.json` gives: outputs, and each artifact as a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackerRun {
+    pub outputs: Vec<(String, String)>,
+    /// One `add` per build of the run that made something (all but the `null`
+    /// builder's): type the builder type, id the artifact id, properties its `name`,
+    /// `packer_run_uuid` and `files` (the names of its files, joined by `,`, when it
+    /// lists some); no cleanup or check (the caller may give them).
+    pub artifacts: Vec<crate::resources::Op>,
+}
+
 /// The outputs a Packer `manifest.json` (its `manifest` post-processor) gives, for the
 /// builds of its last run (`last_run_uuid`; earlier runs in the same file are history):
 /// for each, `<name>_artifact_id`, `<name>_builder_type` and `<name>_<key>` of its
 /// `custom_data`, the name made a key (characters other than letters, digits and `_`
 /// become `_`). A run of one build also gives them without the prefix (`artifact_id`).
-pub fn from_packer_manifest(bytes: &[u8], origin: &str) -> Result<Vec<(String, String)>> {
+/// And its artifacts, as resources ([`PackerRun::artifacts`]).
+pub fn from_packer_manifest(bytes: &[u8], origin: &str) -> Result<PackerRun> {
     #[derive(serde::Deserialize)]
     struct Manifest {
         builds: Vec<PackerBuild>,
@@ -183,6 +195,12 @@ pub fn from_packer_manifest(bytes: &[u8], origin: &str) -> Result<Vec<(String, S
         packer_run_uuid: Option<String>,
         #[serde(default)]
         custom_data: Option<BTreeMap<String, String>>,
+        #[serde(default)]
+        files: Option<Vec<PackerFile>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PackerFile {
+        name: String,
     }
     let bad = |why: String| {
         Error::InvalidInput(format!(
@@ -209,7 +227,25 @@ pub fn from_packer_manifest(bytes: &[u8], origin: &str) -> Result<Vec<(String, S
         k
     };
     let mut pairs = Vec::new();
+    let mut artifacts = Vec::new();
     for b in &run {
+        if b.builder_type != "null" && !b.artifact_id.is_empty() {
+            let mut props = BTreeMap::from([("name".to_string(), b.name.clone())]);
+            if let Some(u) = &b.packer_run_uuid {
+                props.insert("packer_run_uuid".to_string(), u.clone());
+            }
+            let files: Vec<&str> = b.files.iter().flatten().map(|f| f.name.as_str()).collect();
+            if !files.is_empty() {
+                props.insert("files".to_string(), files.join(","));
+            }
+            artifacts.push(crate::resources::Op::Add {
+                rtype: b.builder_type.clone(),
+                id: b.artifact_id.clone(),
+                props,
+                cleanup: None,
+                check: None,
+            });
+        }
         let mut fields = vec![
             ("artifact_id".to_string(), b.artifact_id.clone()),
             ("builder_type".to_string(), b.builder_type.clone()),
@@ -231,7 +267,10 @@ pub fn from_packer_manifest(bytes: &[u8], origin: &str) -> Result<Vec<(String, S
             "two of its builds give output '{k}': name the builds apart"
         )));
     }
-    Ok(pairs)
+    Ok(PackerRun {
+        outputs: pairs,
+        artifacts,
+    })
 }
 
 #[cfg(test)]
@@ -345,7 +384,8 @@ mod tests {
              "artifact_id": "us-east-1:ami-0abc", "packer_run_uuid": "r2",
              "custom_data": {"git-sha": "1a2b"}}
         ], "last_run_uuid": "r2"}"#;
-        let pairs = from_packer_manifest(m, "manifest.json").unwrap();
+        let run = from_packer_manifest(m, "manifest.json").unwrap();
+        let pairs = run.outputs;
         let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
@@ -360,6 +400,19 @@ mod tests {
         );
         assert_eq!(pairs[3].1, "us-east-1:ami-0abc");
         validate(&pairs).unwrap();
+        // The artifact is a resource; the old run's null build made nothing.
+        assert_eq!(run.artifacts.len(), 1);
+        let crate::resources::Op::Add {
+            rtype, id, props, ..
+        } = &run.artifacts[0]
+        else {
+            panic!("{:?}", run.artifacts)
+        };
+        assert_eq!(
+            (rtype.as_str(), id.as_str(), props["name"].as_str()),
+            ("amazon-ebs", "us-east-1:ami-0abc", "rhel-9.aws")
+        );
+        run.artifacts[0].validate().unwrap();
         let err = from_packer_manifest(b"{\"builds\": 3}", "m.json").unwrap_err();
         assert!(
             err.to_string().contains("m.json is not a Packer manifest"),

@@ -369,6 +369,7 @@ fn an_output_event_carries_valid_outputs() {
         Transition::Output {
             state: None,
             pairs: vec![("ami_id".into(), "ami-0abc".into())],
+            resources: vec![],
         },
     ] {
         store.transition("b", &t, &actor, &Ctx::live()).unwrap();
@@ -534,6 +535,7 @@ fn honest_history(ops: &[(u8, u8)]) {
             16 => Transition::Output {
                 state: (pick % 2 == 0).then_some(state),
                 pairs: vec![("k".into(), format!("v{pick}"))],
+                resources: vec![],
             },
             _ => Transition::Verified {
                 results: vec![crate::model::VerifyResult {

@@ -271,7 +271,11 @@ fn a_packer_manifest_becomes_outputs() {
             ],
         )
         .ok();
-    assert!(r.stdout.contains("recorded 7 output(s)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("recorded 7 output(s) and 1 resource(s)"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(
         values(&env, "img-4"),
         json!({
@@ -363,7 +367,7 @@ fn a_real_packer_build_under_run_state_hands_its_manifest_to_the_next_state() {
         .current_dir(env.dir.path())
         .env("CHECKPOINT_DISABLE", "1");
     assert!(c.output().unwrap().status.success());
-    let build = r#"packer build -var version=2 image.json >/dev/null && update-state "$BUILDSTATE_BUILD_ID" output --attempt "$BUILDSTATE_ATTEMPT" --packer-manifest manifest.json"#;
+    let build = r#"packer build -var version=2 image.json >/dev/null && update-state "$BUILDSTATE_BUILD_ID" output --attempt "$BUILDSTATE_ATTEMPT" --packer-manifest manifest.json --cleanup 'rm "$BUILDSTATE_RESOURCE_PROP_files"'"#;
     let mut c = env.command("run-state");
     c.env("PATH", &path)
         .env("CHECKPOINT_DISABLE", "1")
@@ -384,4 +388,31 @@ fn a_real_packer_build_under_run_state_hands_its_manifest_to_the_next_state() {
         "File file 2"
     );
     assert_eq!(std::fs::read_to_string(env.path("image.raw")).unwrap(), "2");
+    // The artifact is a resource of state 5, with its file; a cancel cleans it up.
+    let ledger = env
+        .run("check-state", &["img-pk", "--resources", "--json"])
+        .ok()
+        .json()["resources"]
+        .clone();
+    assert_eq!(ledger.as_array().unwrap().len(), 1, "{ledger}");
+    assert_eq!(
+        (
+            ledger[0]["type"].as_str(),
+            ledger[0]["id"].as_str(),
+            ledger[0]["state"].as_u64(),
+            ledger[0]["props"]["name"].as_str(),
+            ledger[0]["props"]["files"].as_str()
+        ),
+        (
+            Some("file"),
+            Some("File"),
+            Some(5),
+            Some("rhel9-east"),
+            Some("image.raw")
+        ),
+        "{ledger}"
+    );
+    env.update("img-pk", &["cancel", "--reason", "test", "--cleanup"])
+        .ok();
+    assert!(!env.path("image.raw").exists());
 }

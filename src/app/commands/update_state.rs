@@ -141,8 +141,18 @@ enum Action {
         /// Also record the builds of the last run in this Packer manifest.json (its
         /// `manifest` post-processor): `<name>_artifact_id`, `<name>_builder_type`,
         /// `<name>_<custom_data key>`, and unprefixed keys when the run had one build
+        /// Its artifacts (all but the null builder's) are recorded as resources too:
+        /// type the builder type, id the artifact id (docs/resources.md)
         #[arg(long, value_name = "FILE")]
         packer_manifest: Option<PathBuf>,
+        /// With --packer-manifest: the shell command that deletes each artifact (run by
+        /// monitor gc with BUILDSTATE_RESOURCE_ID set to the artifact id)
+        #[arg(long, value_name = "CMD", requires = "packer_manifest")]
+        cleanup: Option<String>,
+        /// With --packer-manifest: the shell command that tells whether each artifact is
+        /// still there (check-state --resources --refresh)
+        #[arg(long, value_name = "CMD", requires = "packer_manifest")]
+        check: Option<String>,
         /// Fencing: refuse (exit 14) unless this attempt is still the one running under
         /// --owner's lease
         #[arg(long, value_name = "N")]
@@ -324,12 +334,15 @@ fn transition(action: &Action) -> Result<Transition> {
             pairs,
             state,
             packer_manifest,
+            cleanup,
+            check,
             ..
         } => {
             let mut all = pairs
                 .iter()
                 .map(|p| crate::outputs::parse_pair(p))
                 .collect::<Result<Vec<_>>>()?;
+            let mut resources = Vec::new();
             if let Some(path) = packer_manifest {
                 let (_, bytes) = crate::files::read_limited(
                     path,
@@ -337,14 +350,25 @@ fn transition(action: &Action) -> Result<Transition> {
                     crate::files::MAX_MESSAGE_FILE,
                     false,
                 )?;
-                all.extend(crate::outputs::from_packer_manifest(
-                    &bytes,
-                    &path.display().to_string(),
-                )?);
+                let run = crate::outputs::from_packer_manifest(&bytes, &path.display().to_string())?;
+                all.extend(run.outputs);
+                resources = run.artifacts;
+                for op in &mut resources {
+                    if let crate::resources::Op::Add {
+                        cleanup: c,
+                        check: k,
+                        ..
+                    } = op
+                    {
+                        c.clone_from(cleanup);
+                        k.clone_from(check);
+                    }
+                }
             }
             Transition::Output {
                 state: *state,
                 pairs: all,
+                resources,
             }
         }
         Action::Retry { state, reason } => Transition::Retry {
@@ -486,9 +510,18 @@ fn run(args: &Args) -> Result<i32> {
         ),
         Transition::Meta { pairs } => format!("set {} metadata value(s)", pairs.len()),
         Transition::Resource { op, .. } => format!("recorded: {}", crate::resources::summary(op)),
-        Transition::Output { state, pairs } => format!(
-            "recorded {} output(s) of {}",
+        Transition::Output {
+            state,
+            pairs,
+            resources,
+        } => format!(
+            "recorded {} output(s){} of {}",
             pairs.len(),
+            if resources.is_empty() {
+                String::new()
+            } else {
+                format!(" and {} resource(s)", resources.len())
+            },
             label(state.or(build.active_state).or(build.current_state))
         ),
         Transition::Retry { state, .. } => format!(

@@ -89,6 +89,9 @@ pub enum Transition {
     Output {
         state: Option<u8>,
         pairs: Vec<(String, String)>,
+        /// Resources the same state made, recorded in the same write (`add`s: a Packer
+        /// manifest's artifacts).
+        resources: Vec<crate::resources::Op>,
     },
     /// A resource of the ledger (`crate::resources`): created by `state` (default: the
     /// active one), deleted, checked, claimed for cleanup, or not cleaned up.
@@ -303,7 +306,11 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
         Transition::Unmet { state, message } => unmet(b, plan, ctx, *state, message, &mut c),
         Transition::Verified { results } => verified(b, plan, results, &mut c),
         Transition::Cancel { reason } => cancel(b, reason, &mut c),
-        Transition::Output { state, pairs } => output(b, plan, ctx, *state, pairs, &mut c),
+        Transition::Output {
+            state,
+            pairs,
+            resources,
+        } => output(b, plan, ctx, *state, pairs, resources, &mut c),
         Transition::Resource { state, op } => resource(b, plan, ctx, *state, op, &mut c),
     }?;
     // The summary's current and active state, status, attempt, next retry and lease are
@@ -916,6 +923,7 @@ pub(super) fn output(
     ctx: &Ctx<'_>,
     state: Option<u8>,
     pairs: &[(String, String)],
+    resources: &[crate::resources::Op],
     c: &mut Change,
 ) -> Result<()> {
     crate::outputs::validate(pairs)?;
@@ -938,6 +946,14 @@ pub(super) fn output(
     let mut e = event(EventKind::Output, Some(s), attempt, Some(summary));
     e.outputs = Some(outputs);
     c.events.push(e);
+    for op in resources {
+        if !matches!(op, crate::resources::Op::Add { .. }) {
+            return Err(Error::InvalidInput(
+                "only resources created are recorded with outputs".into(),
+            ));
+        }
+        resource(b, plan, ctx, Some(s), op, c)?;
+    }
     Ok(())
 }
 
