@@ -23,6 +23,12 @@ pub const MAX_VALUE: usize = 64 * 1024;
 /// The most outputs one write records (a Packer manifest with many builds fits).
 pub const MAX_PER_WRITE: usize = 256;
 
+/// The most bytes a build's current outputs take in a command's environment
+/// (`BUILDSTATE_OUTPUT_<KEY>=VALUE` each): Linux fits the environment and the arguments
+/// of a command in its `ARG_MAX` (2 MiB with the default 8 MiB stack), so the outputs
+/// leave the other half to the rest.
+pub const MAX_TOTAL: usize = 1024 * 1024;
+
 /// One current output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Output {
@@ -94,6 +100,24 @@ pub fn validate(pairs: &[(String, String)]) -> Result<()> {
                 "output '{k}' looks like a secret (a redaction rule matches it): outputs reach every later state's environment, snapshots and logs; record where the secret is kept (a secret manager's path), not the secret"
             )));
         }
+    }
+    Ok(())
+}
+
+/// Refuse a write of `new` outputs that would bring the build's current ones (`current`,
+/// by key, before it) over [`MAX_TOTAL`] bytes of environment.
+pub fn check_total(current: &BTreeMap<String, String>, new: &[(String, String)]) -> Result<()> {
+    let size = |k: &str, v: &str| "BUILDSTATE_OUTPUT_".len() + k.len() + 1 + v.len() + 1;
+    let mut total: usize = current
+        .iter()
+        .filter(|(k, _)| !new.iter().any(|(n, _)| n == *k))
+        .map(|(k, v)| size(k, v))
+        .sum();
+    total += new.iter().map(|(k, v)| size(k, v)).sum::<usize>();
+    if total > MAX_TOTAL {
+        return Err(Error::InvalidInput(format!(
+            "with these, the build's current outputs would take {total} bytes of every later state's environment, more than the {MAX_TOTAL} allowed (a command's environment and arguments share about 2 MiB on Linux): store big values in a file or an object store and record their path or URL; nothing was written"
+        )));
     }
     Ok(())
 }
@@ -373,6 +397,23 @@ mod tests {
             assert!(err.to_string().contains(says), "{err}");
             assert_eq!(err.exit_code(), crate::exit::INVALID_INPUT);
         }
+    }
+
+    #[test]
+    fn the_current_outputs_fit_in_an_environment() {
+        let big = "x".repeat(MAX_VALUE);
+        let current: BTreeMap<String, String> =
+            (0..14).map(|i| (format!("k{i}"), big.clone())).collect();
+        check_total(&current, &[("k14".into(), big.clone())]).unwrap();
+        // Replacing a value counts it once.
+        check_total(&current, &[("k0".into(), big.clone())]).unwrap();
+        let err = check_total(
+            &current,
+            &[("k14".into(), big.clone()), ("k15".into(), big)],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("more than the 1048576"), "{err}");
+        assert_eq!(err.exit_code(), crate::exit::INVALID_INPUT);
     }
 
     #[test]

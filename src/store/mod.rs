@@ -291,6 +291,10 @@ impl Store {
         if let Transition::Resource { op, .. } = t {
             check_resource_op(&tx, &build, op, ctx)?;
         }
+        if let Transition::Output { pairs, .. } = t {
+            let current = crate::outputs::current(&load_output_events(&tx, build_id)?);
+            crate::outputs::check_total(&crate::outputs::values(&current), pairs)?;
+        }
         // Retention counts what it removes inside this transaction; nothing to remove
         // is nothing to write.
         let counted;

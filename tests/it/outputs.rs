@@ -416,3 +416,48 @@ fn a_real_packer_build_under_run_state_hands_its_manifest_to_the_next_state() {
         .ok();
     assert!(!env.path("image.raw").exists());
 }
+
+/// A build's current outputs fit in a command's environment: a write that would bring
+/// them over 1 MiB is refused and writes nothing, and the next state's command still
+/// starts with all of those recorded.
+#[test]
+fn the_current_outputs_are_bounded_in_all() {
+    let env = Env::new();
+    env.init("img-big");
+    env.update("img-big", &["start", "5"]).ok();
+    let big = "x".repeat(buildstate::outputs::MAX_VALUE);
+    for i in 0..15 {
+        env.update("img-big", &["output", &format!("part{i}={big}")])
+            .ok();
+    }
+    let serial = env.state("img-big")["serial"].clone();
+    let r = env
+        .update("img-big", &["output", &format!("part15={big}")])
+        .code(buildstate::exit::INVALID_INPUT);
+    assert!(r.stderr.contains("more than the 1048576"), "{}", r.stderr);
+    assert_eq!(
+        env.state("img-big")["serial"],
+        serial,
+        "nothing was written"
+    );
+    // Replacing a value stays within the bound.
+    env.update("img-big", &["output", &format!("part0={big}")])
+        .ok();
+    env.update("img-big", &["complete", "5"]).ok();
+    let r = env.run(
+        "run-state",
+        &[
+            "img-big",
+            "10",
+            "--",
+            "sh",
+            "-c",
+            "env | grep -c '^BUILDSTATE_OUTPUT_part' > seen",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(env.path("seen")).unwrap().trim(),
+        "15"
+    );
+}

@@ -350,7 +350,8 @@ fn transition(action: &Action) -> Result<Transition> {
                     crate::files::MAX_MESSAGE_FILE,
                     false,
                 )?;
-                let run = crate::outputs::from_packer_manifest(&bytes, &path.display().to_string())?;
+                let run =
+                    crate::outputs::from_packer_manifest(&bytes, &path.display().to_string())?;
                 all.extend(run.outputs);
                 resources = run.artifacts;
                 for op in &mut resources {
