@@ -208,3 +208,49 @@ def test_a_killed_collector_and_two_at_once_never_delete_twice(ec2: dict[str, st
     # The killed collector's cleanup ran once more after it; no cleanup ran three times.
     assert len((tmp_path / f"ran-bs-{BUILD}-race2").read_text().split()) == 2
     assert all(len((tmp_path / f"ran-bs-{BUILD}-race{n}").read_text().split()) == 1 for n in (0, 1))
+
+
+def test_two_cron_hosts_through_an_s3_remote_never_clean_up_twice(ec2: dict[str, str], tmp_path: Path) -> None:
+    """A worker in remote mode (moto's S3 on the same moto server) records key pairs and
+    is cancelled; two cron hosts, each with its own database, collect at once through
+    the remote: every key pair is deleted, each cleanup ran once, each deletion is one
+    event in the shared build."""
+    import boto3
+
+    port = ec2["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]
+    boto3.client("s3", endpoint_url=ec2["AWS_ENDPOINT_URL"], aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="gc-remote")
+    remote = "s3://gc-remote/state"
+
+    def host(name: str) -> dict[str, str]:
+        env = env_for(ec2, tmp_path / f"{name}.db")
+        env.update(AWS_ENDPOINT=f"http://127.0.0.1:{port}", AWS_ALLOW_HTTP="true", AWS_REGION="us-east-1", BUILDSTATE_REMOTE=remote, BUILDSTATE_SNAPSHOT_KEY="gc-two-hosts-key-0123456789")
+        return env
+
+    worker = host("worker")
+    build = "img-hosts"
+    run(worker, tmp_path, "init-state", build, "--cloud", "aws", "--image", "rhel9")
+    run(worker, tmp_path, "update-state", build, "start", "5")
+    names = [f"bs-{BUILD}-host{n}" for n in range(4)]
+    for name in names:
+        run(worker, tmp_path, "aws", "ec2", "create-key-pair", "--key-name", name)
+        cleanup = 'echo "$$" >> "ran-$BUILDSTATE_RESOURCE_ID"; sleep 0.5; aws ec2 delete-key-pair --key-name "$BUILDSTATE_RESOURCE_ID"'
+        run(worker, tmp_path, "update-state", build, "resource", "add", "key-pair", name, "--cleanup", cleanup)
+    run(worker, tmp_path, "update-state", build, "cancel", "--reason", "two hosts")
+    assert {f"bs-{BUILD}-host{n}" for n in range(4)} <= key_pairs(worker, tmp_path)
+
+    crons = [host("cron-a"), host("cron-b")]
+    procs = [subprocess.Popen(["monitor", "gc", "--json", "--retry-delay", "0s"], env=e, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for e in crons]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    results = [json.loads(out)["resources"] for out, _ in outs]
+    deleted = sorted(r["id"] for rs in results for r in rs if r["outcome"] == "deleted")
+    assert deleted == sorted(names), results
+    assert all(r["outcome"] in ("deleted", "skipped") for rs in results for r in rs), results
+    assert not any(k.startswith(f"bs-{BUILD}-host") for k in key_pairs(worker, tmp_path))
+    # Each cleanup ran once, on one host or the other; the shared history says so once.
+    assert all(len((tmp_path / f"ran-{n}").read_text().split()) == 1 for n in names)
+    shared = deletions(worker, tmp_path, build)
+    assert sorted(i for _, i in shared) == sorted(names), shared
+    # A third collection finds nothing left.
+    again = json.loads(run(crons[0], tmp_path, "monitor", "gc", "--json").stdout)["resources"]
+    assert again == [], again

@@ -351,7 +351,17 @@ def test_a_broken_remote_is_a_clear_error_within_a_bound(kind: str, broken_remot
     local.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9")
     before = local.history("img-1")
     # Explicit sync, and remote mode's writes and reads.
-    for tool, args in (("sync-cloud", ["push", "img-1"]), ("sync-cloud", ["pull", "img-1"]), ("sync-cloud", ["status"]), ("update-state", ["img-1", "start", "5"]), ("check-state", ["img-1"])):
+    # And the resource ledger's paths (issue 27): a record, a listing, a collection.
+    for tool, args in (
+        ("sync-cloud", ["push", "img-1"]),
+        ("sync-cloud", ["pull", "img-1"]),
+        ("sync-cloud", ["status"]),
+        ("update-state", ["img-1", "start", "5"]),
+        ("check-state", ["img-1"]),
+        ("update-state", ["img-1", "resource", "add", "disk", "vol-1", "--state", "0"]),
+        ("check-state", ["img-1", "--resources", "--refresh"]),
+        ("monitor", ["gc", "--dry-run"]),
+    ):
         r = w.run(tool, *args, "--json", check=17)
         err = json.loads(r.stdout)["error"]
         assert err["kind"] == "remote" and "s3://builds/state" in err["message"], err
