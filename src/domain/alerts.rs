@@ -79,6 +79,14 @@ pub fn payload(
     })
 }
 
+/// A payload about something other than the running attempt (a drift, a cleanup): the
+/// attempt's facts would mislead.
+fn not_about_an_attempt(p: &mut serde_json::Value) {
+    for k in ["attempt", "max_attempts", "category"] {
+        p[k] = serde_json::Value::Null;
+    }
+}
+
 /// The alerts a transition causes, as the plan configures them.
 pub fn for_change(
     before: &Build,
@@ -138,9 +146,7 @@ pub fn for_change(
             p["resource_type"] = rtype.as_str().into();
             p["resource_id"] = id.as_str().into();
             p["error_tail"] = tail(message, 1500).into();
-            p["attempt"] = serde_json::Value::Null;
-            p["max_attempts"] = serde_json::Value::Null;
-            p["category"] = serde_json::Value::Null;
+            not_about_an_attempt(&mut p);
             alerts.push(NewAlert {
                 kind: AlertKind::Cleanup,
                 build_id: Some(after.build_id.clone()),
@@ -165,9 +171,7 @@ pub fn for_change(
             )
             .into();
             p["error_tail"] = tail(&crate::redact::redact(&r.message), 1500).into();
-            p["attempt"] = serde_json::Value::Null;
-            p["max_attempts"] = serde_json::Value::Null;
-            p["category"] = serde_json::Value::Null;
+            not_about_an_attempt(&mut p);
             alerts.push(NewAlert {
                 kind: AlertKind::Drift,
                 build_id: Some(after.build_id.clone()),

@@ -841,10 +841,6 @@ const EVENT_COLUMNS: &str = "seq, serial, at, kind, state, attempt, message, cat
 
 fn read_event(r: &rusqlite::Row<'_>) -> Result<Event> {
     let seq: u64 = r.get(0)?;
-    let json = |i: usize, what: &str| -> Result<Option<String>> {
-        r.get::<_, Option<String>>(i)
-            .map_err(|e| Error::Corrupt(format!("event {seq} {what}: {e}")))
-    };
     Ok(Event {
         seq,
         serial: r.get(1)?,
@@ -859,8 +855,8 @@ fn read_event(r: &rusqlite::Row<'_>) -> Result<Event> {
             .transpose()?,
         exit_code: r.get(8)?,
         duration_ms: r.get(9)?,
-        actor: serde_json::from_str(&r.get::<_, String>(10)?)
-            .map_err(|e| Error::Corrupt(format!("event {seq} actor: {e}")))?,
+        actor: json_column(r, 10, seq, "actor")?
+            .ok_or_else(|| Error::Corrupt(format!("event {seq} has no actor")))?,
         owner: r.get(11)?,
         write_id: r.get(12)?,
         until: r
@@ -868,24 +864,30 @@ fn read_event(r: &rusqlite::Row<'_>) -> Result<Event> {
             .as_deref()
             .map(time::parse)
             .transpose()?,
-        inputs: json(14, "inputs")?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| Error::Corrupt(format!("event {seq} inputs: {e}")))?,
+        inputs: json_column(r, 14, seq, "inputs")?,
         count: r.get(15)?,
-        outputs: json(16, "outputs")?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| Error::Corrupt(format!("event {seq} outputs: {e}")))?,
-        resource: json(17, "resource")?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| Error::Corrupt(format!("event {seq} resource: {e}")))?,
+        outputs: json_column(r, 16, seq, "outputs")?,
+        resource: json_column(r, 17, seq, "resource")?,
     })
 }
 
-/// An event as [`crate::resources::ledger`] and [`crate::resources::judge`] read it:
-/// seq, serial, at, kind, state, attempt, owner and resource; the rest left empty.
+/// Column `i` of event `seq`'s row, JSON or NULL, as a `T`.
+fn json_column<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    seq: u64,
+    what: &str,
+) -> Result<Option<T>> {
+    r.get::<_, Option<String>>(i)
+        .map_err(|e| Error::Corrupt(format!("event {seq} {what}: {e}")))?
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| Error::Corrupt(format!("event {seq} {what}: {e}")))
+}
+
+/// An event as [`crate::resources::ledger`] and [`crate::resources::judge`] read it
+/// (the columns `seq, serial, at, kind, state, attempt, owner, resource`); the rest left
+/// empty, the actor's JSON unread.
 fn read_ledger_event(r: &rusqlite::Row<'_>) -> Result<Event> {
     let seq: u64 = r.get(0)?;
     Ok(Event {
@@ -912,11 +914,7 @@ fn read_ledger_event(r: &rusqlite::Row<'_>) -> Result<Event> {
         inputs: None,
         count: None,
         outputs: None,
-        resource: r
-            .get::<_, Option<String>>(7)?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| Error::Corrupt(format!("event {seq} resource: {e}")))?,
+        resource: json_column(r, 7, seq, "resource")?,
     })
 }
 
