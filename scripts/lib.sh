@@ -40,6 +40,7 @@ need_rust() {
 # RELEASE_ENV (variables for `env` to run cargo with; nothing is exported, so later
 # cargo runs without --target are not affected) and RELEASE_SUBDIR (where cargo puts
 # the executable, under the target directory).
+# shellcheck disable=SC2034  # set for the scripts that source this file (bench, install)
 static_release() {
     local host var
     host=$(rustc -vV | sed -n 's/^host: //p')
@@ -70,11 +71,12 @@ need_venv() {
         step "creating $VENV"
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/python" -c 'import ansible, maturin, pytest, moto, azure.storage.blob, jsonschema, concoursetools, selenium' 2>/dev/null \
-        || [ ! -x "$VENV/bin/weed" ]; then
-        step "installing ansible-core, maturin, pytest and the test servers into $VENV (pip)"
+    # Installed again whenever the requirements changed since (a copy is kept beside).
+    if ! cmp -s scripts/requirements-dev.txt "$VENV/requirements-dev.txt"; then
+        step "installing ansible-core, maturin, pytest, the test servers and the checkers into $VENV (pip)"
         "$VENV/bin/pip" install -q --upgrade pip
         "$VENV/bin/pip" install -q -r scripts/requirements-dev.txt || die "pip install failed"
+        cp scripts/requirements-dev.txt "$VENV/requirements-dev.txt"
     fi
 }
 

@@ -81,3 +81,33 @@ def test_install_builds_one_static_executable_that_records_and_shares_a_build(tm
         assert shown["history"][-1]["message"] == "note=it's done", shown["history"]
     finally:
         stop(proc)
+
+
+def dockerignored(patterns: list[str], path: str) -> bool:
+    """Whether Docker leaves `path` (relative to the context) out: a pattern matches the
+    path or one of its parent folders; `**/` matches any depth (Docker's rules, without
+    the `!` exceptions, which .dockerignore does not use)."""
+    import fnmatch
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for p in patterns:
+        assert not p.startswith("!"), p
+        for prefix in prefixes:
+            if fnmatch.fnmatchcase(prefix, p) or (p.startswith("**/") and fnmatch.fnmatchcase(prefix.rsplit("/", 1)[-1], p[3:])):
+                return True
+    return False
+
+
+def test_the_image_build_context_is_the_sources_only() -> None:
+    """concourse/Dockerfile copies its context (`COPY . .`): .dockerignore keeps build
+    output, virtual environments and tools out (target/ alone is hundreds of MB) and
+    every tracked source in."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    for out in ("target/debug/buildstate", ".venv/bin/python", ".tools/node_modules/x", ".git/HEAD", ".bench/resources/gc.db", "python/buildstate/__pycache__/x.pyc"):
+        assert dockerignored(patterns, out), out
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert "scripts/install" in tracked and "Cargo.lock" in tracked
+    left_out = [f for f in tracked if dockerignored(patterns, f)]
+    assert left_out == [], left_out
