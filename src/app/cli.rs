@@ -101,7 +101,9 @@ pub fn args() -> Vec<std::ffi::OsString> {
 
 /// `COMMAND --generate bash|zsh|fish|man`: print the command's shell completion script or
 /// man page (roff), made from the same clap definition as `--help`, and exit 0; what
-/// `scripts/install` installs. `None` when the command line asks for something else.
+/// `scripts/install` installs. `--generate man DIR` writes the command's page and one per
+/// subcommand (`update-state-fail.1`, which `update-state.1` refers to) into DIR.
+/// `None` when the command line asks for something else.
 pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
     let mut args = args().into_iter().skip(1);
     if args.next().is_none_or(|a| a != "--generate") {
@@ -109,6 +111,18 @@ pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
     }
     let what = args.next().map(|a| a.to_string_lossy().into_owned());
     let mut cmd = cmd.clone().name(tool).bin_name(tool);
+    if let (Some("man"), Some(dir)) = (what.as_deref(), args.next()) {
+        return Some(match man_pages(cmd, std::path::Path::new(&dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "{tool}: error: {}",
+                    crate::redact::printable(&e.to_string())
+                );
+                ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+            }
+        });
+    }
     let mut buf: Vec<u8> = Vec::new();
     let shell = match what.as_deref() {
         Some("bash") => Some(clap_complete::Shell::Bash),
@@ -128,7 +142,11 @@ pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
             clap_complete::generate(shell, &mut cmd, tool, &mut buf);
             Ok(())
         }
-        None => clap_mangen::Man::new(cmd).render(&mut buf),
+        None => {
+            cmd = cmd.disable_help_subcommand(true);
+            cmd.build();
+            man_page(&cmd, &lead(&cmd), &mut buf)
+        }
     };
     let written = rendered
         .map_err(|source| crate::Error::Io {
@@ -152,6 +170,170 @@ pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     })
+}
+
+/// The man page of a built `cmd` (a subcommand's names the command it belongs to:
+/// `update-state-fail`, synopsis `update-state fail`): clap_mangen's sections, with a
+/// date (`SOURCE_DATE_EPOCH` when set, for a reproducible build; else today) and a
+/// synopsis that shows each option's value.
+fn man_page(cmd: &clap::Command, lead: &str, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let date = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or_else(std::time::SystemTime::now, |secs| {
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+        });
+    let date = crate::time::format(date)[..10].to_string();
+    let man = clap_mangen::Man::new(cmd.clone())
+        .date(date)
+        .source(format!("buildstate {}", env!("CARGO_PKG_VERSION")))
+        .manual("buildstate manual");
+    let mut page = Vec::new();
+    sections(&man, cmd, lead, &mut page)?;
+    // Each section comes with roff's preamble (the apostrophe string): once is enough.
+    let page = String::from_utf8_lossy(&page);
+    let mut seen = std::collections::HashSet::new();
+    for line in page.lines() {
+        let preamble = line.starts_with(".ie \\n(.g .ds Aq") || line.starts_with(".el .ds Aq");
+        if preamble && !seen.insert(line.to_string()) {
+            continue;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    Ok(())
+}
+
+fn sections(
+    man: &clap_mangen::Man,
+    cmd: &clap::Command,
+    lead: &str,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    out.extend_from_slice(synopsis(cmd, lead).as_bytes());
+    man.render_description_section(out)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(out)?;
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        man.render_subcommands_section(out)?;
+    }
+    if cmd.get_after_long_help().is_some() || cmd.get_after_help().is_some() {
+        man.render_extra_section(out)?;
+    }
+    if cmd.get_version().is_some() {
+        man.render_version_section(out)?;
+    }
+    Ok(())
+}
+
+/// A command's own name, in bold, as its synopsis starts.
+fn lead(cmd: &clap::Command) -> String {
+    format!("\\fB{}\\fR", roff_text(cmd.get_name()))
+}
+
+/// Text as roff shows it literally.
+fn roff_text(text: &str) -> String {
+    text.replace('\\', "\\e")
+        .replace('-', "\\-")
+        .replace('\'', "\\(aq")
+}
+
+/// An argument's value as the synopsis shows it (`PATH`, in italics).
+fn value(a: &clap::Arg) -> String {
+    let names: Vec<String> = a
+        .get_value_names()
+        .map(|v| v.iter().map(|n| n.to_string()).collect())
+        .unwrap_or_else(|| vec![a.get_id().as_str().to_uppercase()]);
+    format!("\\fI{}\\fR", roff_text(&names.join(" ")))
+}
+
+/// The positionals of `cmd` as the synopsis shows them: ` <BUILD_ID> [STATE]`.
+fn positionals(cmd: &clap::Command) -> String {
+    let mut line = String::new();
+    for a in cmd.get_positionals().filter(|a| !a.is_hide_set()) {
+        let many = a.get_num_args().is_some_and(|n| n.max_values() > 1);
+        let dots = if many { "..." } else { "" };
+        if a.is_required_set() {
+            line.push_str(&format!(" <{}>{dots}", value(a)));
+        } else {
+            line.push_str(&format!(" [{}]{dots}", value(a)));
+        }
+    }
+    line
+}
+
+/// `.SH SYNOPSIS` of a built `cmd`, after `lead` (the command's name, and for a
+/// subcommand, the commands and positionals before it: `update-state <BUILD_ID> fail`):
+/// each option with its value (`[--db PATH]`), its positionals and its subcommand.
+fn synopsis(cmd: &clap::Command, lead: &str) -> String {
+    let mut line = lead.to_string();
+    for a in cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && !a.is_positional())
+    {
+        let flag = match (a.get_short(), a.get_long()) {
+            (Some(s), Some(l)) => format!("\\fB\\-{s}\\fR|\\fB\\-\\-{}\\fR", roff_text(l)),
+            (Some(s), None) => format!("\\fB\\-{s}\\fR"),
+            (None, Some(l)) => format!("\\fB\\-\\-{}\\fR", roff_text(l)),
+            (None, None) => continue,
+        };
+        let takes = a.get_num_args().is_some_and(|n| n.takes_values());
+        let shown = if takes {
+            format!("{flag} {}", value(a))
+        } else {
+            flag
+        };
+        let many = matches!(
+            a.get_action(),
+            clap::ArgAction::Append | clap::ArgAction::Count
+        );
+        let dots = if many { "..." } else { "" };
+        if a.is_required_set() {
+            line.push_str(&format!(" {shown}{dots}"));
+        } else {
+            line.push_str(&format!(" [{shown}]{dots}"));
+        }
+    }
+    line.push_str(&positionals(cmd));
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        let what = cmd.get_subcommand_value_name().unwrap_or("COMMAND");
+        if cmd.is_subcommand_required_set() {
+            line.push_str(&format!(" <\\fI{}\\fR>", roff_text(what)));
+        } else {
+            line.push_str(&format!(" [\\fI{}\\fR]", roff_text(what)));
+        }
+    }
+    format!(".SH SYNOPSIS\n{line}\n")
+}
+
+/// Write the man page of `cmd` and of each of its subcommands, at every depth, into `dir`.
+fn man_pages(cmd: clap::Command, dir: &std::path::Path) -> crate::Result<()> {
+    fn walk(cmd: &clap::Command, lead: &str, dir: &std::path::Path) -> crate::Result<()> {
+        let name = cmd.get_display_name().unwrap_or_else(|| cmd.get_name());
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        man_page(cmd, lead, &mut buf)
+            .and_then(|()| std::fs::write(&path, &buf))
+            .map_err(|source| crate::Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let lead = format!(
+                "{lead}{} \\fB{}\\fR",
+                positionals(cmd),
+                roff_text(sub.get_name())
+            );
+            walk(sub, &lead, dir)?;
+        }
+        Ok(())
+    }
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    walk(&cmd, &lead(&cmd), dir)
 }
 
 /// Parse the command line. Usage errors follow `--json` like every other error: with
