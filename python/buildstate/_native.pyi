@@ -2,7 +2,35 @@
 
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, final
+
+__all__ = [
+    "Store",
+    "default_db_path",
+    "redact",
+    "BuildstateError",
+    "UnknownBuildError",
+    "DatabaseError",
+    "ArchivedError",
+    "ConflictError",
+    "RefusedError",
+    "LeasedError",
+    "LeaseLostError",
+    "BlockedError",
+    "InvalidPlanError",
+    "InvalidInputError",
+    "NoDatabaseError",
+    "RemoteChangedError",
+    "DivergedError",
+    "RemoteError",
+    "JournaledError",
+    "InvalidSnapshotError",
+    "ClockSkewError",
+    "OutputError",
+    "FileError",
+    "CorruptError",
+    "__version__",
+]
 
 __version__: str
 
@@ -75,26 +103,27 @@ class FileError(BuildstateError):
 class CorruptError(BuildstateError):
     """Stored data is corrupt."""
 
-Report = dict[str, Any]
+_Report: TypeAlias = dict[str, Any]
 """What ``check-state --json`` prints: build_id, exists, status, current_state,
 decision, next_state, reason, serial, lineage, last_error, metadata, ..."""
 
-StateDone = dict[str, Any]
-"""What ``Store.state_done`` answers: ``{"done": bool, "report": Report}``."""
+_StateDone: TypeAlias = dict[str, Any]
+"""What ``Store.state_done`` answers: ``{"done": bool, "report": _Report}``."""
 
+@final
 class Store:
     """A buildstate database. Each method is one transaction; the GIL is released
     while the database is used."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str | PathLike[str] | None = None,
         *,
         create: bool = True,
         busy_timeout_ms: int | None = None,
         tool: str = "python",
         remote: str | None = None,
-    ) -> None:
+    ) -> Store:
         """``remote`` (default BUILDSTATE_REMOTE): remote mode, every write goes through
         the remote with compare-and-swap (docs/sync.md). ``busy_timeout_ms`` (default
         BUILDSTATE_BUSY_TIMEOUT, else 60000): how long a write waits for another
@@ -110,7 +139,7 @@ class Store:
         *,
         plan: str | PathLike[str] | None = None,
         meta: dict[str, str] | None = None,
-    ) -> Report: ...
+    ) -> _Report: ...
     @property
     def owner(self) -> str:
         """This Store's name as a lease holder."""
@@ -120,8 +149,8 @@ class Store:
         state: int,
         *,
         lease_ttl_ms: int = 60000,
-        inputs_root: str | os.PathLike[str] | None = None,
-    ) -> Report:
+        inputs_root: str | PathLike[str] | None = None,
+    ) -> _Report:
         """Start ``state`` holding the build's lease, renewed in the background until this
         Store completes, fails or interrupts it. A completed state starts again only when
         it is stale (the rerun is recorded first)."""
@@ -131,13 +160,13 @@ class Store:
         state: int,
         *,
         inputs: list[str] | None = None,
-        inputs_root: str | os.PathLike[str] | None = None,
-    ) -> Report:
+        inputs_root: str | PathLike[str] | None = None,
+    ) -> _Report:
         """Complete ``state``, recording the SHA-256 of its declared inputs and of the
         files matching ``inputs`` (globs relative to ``inputs_root``)."""
-    def force(self, build_id: str, state: int | None = None, *, reason: str) -> Report:
+    def force(self, build_id: str, state: int | None = None, *, reason: str) -> _Report:
         """Mark ``state`` and every later state (None: every state) to run again."""
-    def reset(self, build_id: str, *, reason: str) -> Report:
+    def reset(self, build_id: str, *, reason: str) -> _Report:
         """Start the build over in a new epoch; history is kept."""
     def fail(
         self,
@@ -147,10 +176,10 @@ class Store:
         *,
         category: str | None = None,
         exit_code: int | None = None,
-    ) -> Report: ...
-    def interrupt(self, build_id: str, state: int, signal: str) -> Report: ...
-    def meta(self, build_id: str, pairs: dict[str, str]) -> Report: ...
-    def output(self, build_id: str, outputs: dict[str, str], *, state: int | None = None) -> Report: ...
+    ) -> _Report: ...
+    def interrupt(self, build_id: str, state: int, signal: str) -> _Report: ...
+    def meta(self, build_id: str, pairs: dict[str, str]) -> _Report: ...
+    def output(self, build_id: str, outputs: dict[str, str], *, state: int | None = None) -> _Report: ...
     def outputs(self, build_id: str) -> dict[str, dict[str, Any]]: ...
     def resource_add(
         self,
@@ -162,8 +191,8 @@ class Store:
         cleanup: str | None = None,
         check: str | None = None,
         state: int | None = None,
-    ) -> Report: ...
-    def resource_delete(self, build_id: str, rtype: str, id: str) -> Report: ...
+    ) -> _Report: ...
+    def resource_delete(self, build_id: str, rtype: str, id: str) -> _Report: ...
     def resources(self, build_id: str, *, older_than_s: int = 86400) -> list[dict[str, Any]]: ...
     def task(
         self,
@@ -185,16 +214,16 @@ class Store:
         build_id: str,
         *,
         inputs: bool = True,
-        inputs_root: str | os.PathLike[str] | None = None,
-    ) -> Report: ...
+        inputs_root: str | PathLike[str] | None = None,
+    ) -> _Report: ...
     def state_done(
         self,
         build_id: str,
         state: int,
         *,
-        inputs_root: str | os.PathLike[str] | None = None,
+        inputs_root: str | PathLike[str] | None = None,
         inputs: bool = True,
-    ) -> StateDone: ...
+    ) -> _StateDone: ...
     def events(self, build_id: str) -> list[dict[str, Any]]: ...
 
 def default_db_path() -> Path: ...

@@ -24,8 +24,11 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+// Named in `buildstate`, where the package exports them: pickle finds a class by its
+// module and name, so a worker process's UnknownBuildError reaches its caller as one
+// (not a PicklingError), and tracebacks say `buildstate.UnknownBuildError`.
 create_exception!(
-    _native,
+    buildstate,
     BuildstateError,
     PyException,
     "Base class of every buildstate error; `exit_code` and `kind` match the binaries."
@@ -40,7 +43,7 @@ fn classes(py: Python<'_>) -> PyResult<&Vec<(&'static str, Py<PyType>)>> {
         buildstate::error::kind::ALL
             .iter()
             .map(|k| {
-                let name = CString::new(format!("buildstate._native.{}", k.python))
+                let name = CString::new(format!("buildstate.{}", k.python))
                     .expect("class names have no NUL");
                 let doc = CString::new(k.doc).expect("docs have no NUL");
                 Ok((
