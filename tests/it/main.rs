@@ -6,6 +6,7 @@ mod util;
 mod archive;
 mod cli;
 mod concourse;
+mod completion;
 mod concurrency;
 mod extreme;
 mod fleet;

@@ -108,7 +108,7 @@ enum Action {
         error_file: Option<PathBuf>,
         /// What kind of failure this is: transient, persistent or unknown [default:
         /// decided by the plan's rules]
-        #[arg(long, value_name = "CATEGORY", value_parser = parse_category)]
+        #[arg(long, value_name = "CATEGORY", value_parser = category_parser())]
         category: Option<Category>,
         /// The failed command's exit code (used to classify the failure)
         #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -276,9 +276,12 @@ enum ResourceAction {
     },
 }
 
-/// transient, persistent or unknown: the crate's one parser, so the error names them.
-fn parse_category(s: &str) -> std::result::Result<Category, String> {
-    Category::parse_input(s).map_err(|e| e.to_string())
+/// transient, persistent or unknown: the values are listed, so the shells complete them,
+/// and the crate's one parser reads them.
+fn category_parser() -> impl clap::builder::TypedValueParser<Value = Category> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["transient", "persistent", "unknown"])
+        .try_map(|s: String| Category::parse_input(&s).map_err(|e| e.to_string()))
 }
 
 fn read_message(path: &Path) -> Result<String> {
