@@ -90,13 +90,15 @@ install_python_package() {
     "$VENV/bin/pip" install -q --force-reinstall --no-deps target/wheels/buildstate-*.whl
 }
 
-# Azurite, the Azure Blob emulator the sync tests start, from npm into .tools/.
-need_azurite() {
+# From npm into .tools/, in one install (a later --no-save install would prune the
+# other): Azurite, the Azure Blob emulator the sync tests start, and axe-core, the
+# accessibility checker the HTML report test runs in Chromium.
+need_node_tools() {
     command -v npm >/dev/null || need_apt nodejs npm
-    if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
-        step "installing azurite (npm) into .tools/"
+    if [ ! -x .tools/node_modules/.bin/azurite-blob ] || [ ! -f .tools/node_modules/axe-core/axe.min.js ]; then
+        step "installing azurite and axe-core (npm) into .tools/"
         mkdir -p .tools
-        (cd .tools && npm install --silent --no-audit --no-fund --no-save azurite@3.35 >/dev/null) \
-            || die "npm install azurite failed"
+        (cd .tools && npm install --silent --no-audit --no-fund --no-save azurite@3.35 axe-core@4 >/dev/null) \
+            || die "npm install azurite axe-core failed"
     fi
 }

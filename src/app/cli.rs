@@ -241,7 +241,12 @@ fn sections(
 /// - fish: a command whose build id comes before its action (update-state) had the build
 ///   id taken for the action: no action's options completed after it, and the actions
 ///   were offered in the build id's place.
-fn completion_fixes(shell: clap_complete::Shell, cmd: &clap::Command, tool: &str, script: &str) -> String {
+fn completion_fixes(
+    shell: clap_complete::Shell,
+    cmd: &clap::Command,
+    tool: &str,
+    script: &str,
+) -> String {
     let leading_positional =
         cmd.get_positionals().next().is_some() && cmd.get_subcommands().next().is_some();
     match shell {
@@ -265,7 +270,11 @@ fn completion_fixes(shell: clap_complete::Shell, cmd: &clap::Command, tool: &str
                 format!("-n \"__fish_{f}_needs_command; and __fish_{f}_has_build_id\" -a ");
             script
                 .replacen(&parsed, &skip, 1)
-                .replacen(&format!("function __fish_{f}_using_subcommand\n"), &has_id, 1)
+                .replacen(
+                    &format!("function __fish_{f}_using_subcommand\n"),
+                    &has_id,
+                    1,
+                )
                 .replace(&actions, &after_id)
         }
         _ => script.to_string(),

@@ -32,6 +32,97 @@ pub struct BuildLine {
     pub build_id: String,
     pub status: String,
     pub segments: Vec<Segment>,
+    /// The names of its plan's states, by id (the table shows them: a bar's tooltip is
+    /// for a mouse only).
+    pub names: std::collections::BTreeMap<u8, String>,
+}
+
+/// How each kind of bar is drawn: its class, its legend, its colour (at least 3:1
+/// against the white page: WCAG's contrast for graphics) and its pattern, so that no
+/// two kinds differ by colour alone (succeeded solid; failed striped; ...). The
+/// patterns are `<pattern id="p-CLASS">` in the page's `<defs>`.
+const KINDS: &[(&str, &str, &str, Pattern)] = &[
+    ("ok", "succeeded", "#1a7f37", Pattern::Solid),
+    ("failed", "failed", "#cf222e", Pattern::Stripes),
+    ("interrupted", "interrupted", "#6e7781", Pattern::Dots),
+    ("running", "running", "#9a6700", Pattern::Bars),
+    (
+        "retry-wait",
+        "waiting for a retry",
+        "#bc4c00",
+        Pattern::Outline,
+    ),
+    (
+        "person-wait",
+        "waiting for a person",
+        "#8250df",
+        Pattern::CrossOutline,
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Pattern {
+    Solid,
+    /// White diagonal stripes over the colour.
+    Stripes,
+    /// White dots over the colour.
+    Dots,
+    /// White vertical bars over the colour.
+    Bars,
+    /// The colour's diagonal stripes on white, outlined (a wait, not an attempt).
+    Outline,
+    /// The colour's cross-hatching on white, outlined.
+    CrossOutline,
+}
+
+/// The patterns the bars and the legend fill with, in an SVG of no size.
+fn patterns() -> Markup {
+    html! {
+        svg width="0" height="0" aria-hidden="true" focusable="false" style="position:absolute" {
+            defs {
+                @for (class, _, colour, pattern) in KINDS {
+                    pattern id=(format!("p-{class}")) width="6" height="6" patternUnits="userSpaceOnUse" {
+                        @match pattern {
+                            Pattern::Solid => { rect width="6" height="6" fill=(colour) {} }
+                            Pattern::Stripes => {
+                                rect width="6" height="6" fill=(colour) {}
+                                path d="M-1,1 l2,-2 M0,6 l6,-6 M5,7 l2,-2" stroke="#fff" stroke-width="1.5" {}
+                            }
+                            Pattern::Dots => {
+                                rect width="6" height="6" fill=(colour) {}
+                                circle cx="3" cy="3" r="1.3" fill="#fff" {}
+                            }
+                            Pattern::Bars => {
+                                rect width="6" height="6" fill=(colour) {}
+                                rect x="4" width="1.5" height="6" fill="#fff" {}
+                            }
+                            Pattern::Outline => {
+                                rect width="6" height="6" fill="#fff" {}
+                                path d="M-1,1 l2,-2 M0,6 l6,-6 M5,7 l2,-2" stroke=(colour) stroke-width="1.5" {}
+                            }
+                            Pattern::CrossOutline => {
+                                rect width="6" height="6" fill="#fff" {}
+                                path d="M0,0 l6,6 M6,0 l-6,6" stroke=(colour) stroke-width="1.2" {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The CSS of the bars: each kind filled with its pattern; waits outlined in their colour.
+fn bar_css() -> String {
+    let mut css = String::new();
+    for (class, _, colour, pattern) in KINDS {
+        css.push_str(&format!(".{class}{{fill:url(#p-{class})"));
+        if matches!(pattern, Pattern::Outline | Pattern::CrossOutline) {
+            css.push_str(&format!(";stroke:{colour};stroke-width:1"));
+        }
+        css.push('}');
+    }
+    css
 }
 
 fn who(e: &Event) -> String {
@@ -191,6 +282,7 @@ pub fn line(store: &crate::store::Store, build_id: &str, now: SystemTime) -> Res
         build_id: build_id.to_string(),
         status: build.status.to_string(),
         segments: segments(&events, &name, now),
+        names: plan.states.iter().map(|d| (d.id, d.name.clone())).collect(),
     })
 }
 
@@ -200,8 +292,9 @@ h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 10px;border-bottom:1px solid #dde;text-align:left;vertical-align:top}
 th{background:#f3f5f8}.num{text-align:right}
 svg text{font:11px system-ui,sans-serif;fill:#333}
-.ok{fill:#2e9e5b}.failed{fill:#d64545}.interrupted{fill:#9aa3ad}.running{fill:#e0a100}
-.retry-wait{fill:#f2c6c6}.person-wait{fill:#c9b3e6}.expected{fill:none;stroke:#333;stroke-dasharray:3 2}
+.expected{fill:none;stroke:#333;stroke-dasharray:3 2}.tick line{stroke:#8c959f;stroke-width:1}
+.chart-ok{fill:#1a7f37}.chart-p95{fill:#6e7781}
+dl#facts{display:grid;grid-template-columns:max-content auto;gap:2px 14px}dl#facts dt{font-weight:600}dl#facts dd{margin:0}
 .legend span{display:inline-block;margin-right:14px}.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-2px}
 .muted{color:#667}
 ";
@@ -209,11 +302,49 @@ svg text{font:11px system-ui,sans-serif;fill:#333}
 fn legend() -> Markup {
     html! {
         p.legend {
-            @for (class, label) in [("ok", "succeeded"), ("failed", "failed"), ("interrupted", "interrupted"), ("running", "running"), ("retry-wait", "waiting for a retry"), ("person-wait", "waiting for a person")] {
-                span { svg width="12" height="12" { rect class=(class) width="12" height="12" {} } " " (label) }
+            @for (class, label, _, _) in KINDS {
+                span { svg width="14" height="14" aria-hidden="true" focusable="false" { rect class=(class) x="0.5" y="0.5" width="13" height="13" {} } " " (label) }
             }
         }
     }
+}
+
+/// Ticks for a time axis from `from` to `to`: a round step giving at most 8, each at a
+/// multiple of it (UTC), labelled with what the step needs (milliseconds, seconds,
+/// minutes, days).
+pub fn ticks(from: SystemTime, to: SystemTime) -> Vec<(SystemTime, String)> {
+    const STEPS: &[f64] = &[
+        0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+        600.0, 900.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0, 43200.0, 86400.0, 172800.0,
+        345600.0, 604800.0, 1209600.0, 2592000.0,
+    ];
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    let (a, b) = (secs(from), secs(to).max(secs(from) + 0.01));
+    let step = STEPS
+        .iter()
+        .copied()
+        .find(|s| (b - a) / s <= 8.0)
+        .unwrap_or(2592000.0);
+    let mut out = Vec::new();
+    let mut n = (a / step).ceil();
+    while n * step <= b && out.len() < 10 {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n * step);
+        let iso = time::format(at);
+        let label = match step {
+            s if s < 1.0 => iso[11..23].to_string(),
+            s if s < 60.0 => iso[11..19].to_string(),
+            s if s < 86400.0 && b - a < 86400.0 => iso[11..16].to_string(),
+            s if s < 86400.0 => format!("{} {}", &iso[5..10], &iso[11..16]),
+            _ => iso[..10].to_string(),
+        };
+        out.push((at, label));
+        n += 1.0;
+    }
+    out
 }
 
 /// The timeline: one row per build, bars positioned on a shared time axis.
@@ -236,7 +367,14 @@ fn timeline(lines: &[BuildLine], now: SystemTime) -> Markup {
     };
     let height = row * lines.len() as f64 + 30.0;
     html! {
-        svg #timeline width=(label_w + width + 10.0) height=(height) role="img" aria-label="timeline of each build's states" {
+        p.muted { "From " (time::format(from)) " to " (time::format(to)) " (UTC); the attempts table below says the same in words." }
+        svg #timeline width=(label_w + width + 10.0) height=(height) role="img" aria-label=(format!("timeline of each build's states, from {} to {}", time::format(from), time::format(to))) {
+            @for (t, label) in ticks(from, to) {
+                g.tick {
+                    line x1=(format!("{:.1}", x(t))) x2=(format!("{:.1}", x(t))) y1="16" y2=(format!("{:.1}", height - 6.0)) {}
+                    text x=(format!("{:.1}", x(t))) y="12" text-anchor="middle" { (label) }
+                }
+            }
             @for (i, l) in lines.iter().enumerate() {
                 @let y = 20.0 + row * i as f64;
                 text x="0" y=(y + 14.0) class="build-label" { (l.build_id) " " tspan.muted { "(" (l.status) ")" } }
@@ -248,8 +386,6 @@ fn timeline(lines: &[BuildLine], now: SystemTime) -> Markup {
                     }
                 }
             }
-            text x=(label_w) y="12" { (time::format(from)) }
-            text x=(label_w + width) y="12" text-anchor="end" { (time::format(to)) }
         }
     }
 }
@@ -277,7 +413,7 @@ fn charts(stats: &Stats) -> Markup {
                 @let y = 4.0 + row * i as f64;
                 text x="0" y=(y + 13.0) { (label(s)) }
                 @if let Some(r) = s.success_rate {
-                    rect class="ok chart-bar" x="180" y=(y) width=(format!("{:.1}", (r * 300.0).max(1.0))) height=(row - 6.0) {
+                    rect class="chart-ok chart-bar" x="180" y=(y) width=(format!("{:.1}", (r * 300.0).max(1.0))) height=(row - 6.0) {
                         title { (format!("{:.0}% of {} decided attempts", r * 100.0, s.successes + s.failures)) }
                     }
                     text x=(format!("{:.1}", 186.0 + r * 300.0)) y=(y + 13.0) { (format!("{:.0}%", r * 100.0)) }
@@ -291,12 +427,12 @@ fn charts(stats: &Stats) -> Markup {
                 @let scale = |v: f64| v / longest * 340.0;
                 text x="0" y=(y + 13.0) { (label(s)) }
                 @if let Some(p95) = s.p95_seconds {
-                    rect class="interrupted chart-bar" x="180" y=(y) width=(format!("{:.1}", scale(p95).max(1.0))) height=(row - 6.0) {
+                    rect class="chart-p95 chart-bar" x="180" y=(y) width=(format!("{:.1}", scale(p95).max(1.0))) height=(row - 6.0) {
                         title { "p95 " (time::format_duration(Duration::from_secs_f64(p95))) }
                     }
                 }
                 @if let Some(p50) = s.p50_seconds {
-                    rect class="ok chart-bar" x="180" y=(y + 3.0) width=(format!("{:.1}", scale(p50).max(1.0))) height=(row - 12.0) {
+                    rect class="chart-ok chart-bar" x="180" y=(y + 3.0) width=(format!("{:.1}", scale(p50).max(1.0))) height=(row - 12.0) {
                         title { "p50 " (time::format_duration(Duration::from_secs_f64(p50))) }
                     }
                 }
@@ -313,11 +449,12 @@ fn charts(stats: &Stats) -> Markup {
 fn attempts_table(lines: &[BuildLine]) -> Markup {
     html! {
         table #attempts {
-            tr { th { "build" } th { "state" } th { "attempt" } th { "outcome" } th { "from" } th { "took" } th { "what, who and where" } }
+            tr { th { "build" } th { "state" } th { "name" } th { "attempt" } th { "outcome" } th { "from" } th { "took" } th { "what, who and where" } }
             @for l in lines {
                 @for s in &l.segments {
-                    tr class=(s.kind) {
+                    tr class=(format!("row-{}", s.kind)) {
                         td { (l.build_id) } td.num { (s.state) }
+                        td { (l.names.get(&s.state).map(String::as_str).unwrap_or_default()) }
                         td.num { (s.attempt.map(|a| a.to_string()).unwrap_or_default()) }
                         td { (s.kind) } td { (time::format(s.from)) }
                         td { (time::format_duration(s.to.duration_since(s.from).unwrap_or_default())) }
@@ -394,6 +531,7 @@ pub fn page(
     stats: Option<&Stats>,
     attention: &[Finding],
     left: &[Leftover],
+    facts: &[(String, String)],
     now: SystemTime,
 ) -> String {
     let markup = html! {
@@ -403,11 +541,23 @@ pub fn page(
                 meta charset="utf-8";
                 meta name="generator" content=(concat!("buildstate ", env!("CARGO_PKG_VERSION")));
                 title { (title) }
-                style { (PreEscaped(CSS)) }
+                style { (PreEscaped(CSS)) (PreEscaped(bar_css())) }
             }
             body {
-                h1 { (title) }
-                p.muted { "Written " (time::format(now)) " by buildstate. Hover a bar for who, where and what happened." }
+                header {
+                    h1 { (title) }
+                    p.muted { "Written " (time::format(now)) " by buildstate. Hover a bar for who, where and what happened; the attempts table says it all in words." }
+                }
+                main {
+                (patterns())
+                @if !facts.is_empty() {
+                    h2 { "The build" }
+                    dl #facts {
+                        @for (k, v) in facts {
+                            dt { (k) } dd { (v) }
+                        }
+                    }
+                }
                 h2 { "Builds that need attention" }
                 @if attention.is_empty() {
                     p #attention-none { "None: no build is blocked or stuck." }
@@ -435,6 +585,7 @@ pub fn page(
                 }
                 h2 { "Attempts" }
                 (attempts_table(lines))
+                }
             }
         }
     };
@@ -451,4 +602,56 @@ pub fn page(
 /// [`crate::monitor::write_whole`].
 pub fn write(path: &std::path::Path, html: &str) -> Result<()> {
     crate::monitor::write_whole(path, html.as_bytes(), ".buildstate-report")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WCAG's relative luminance of `#rrggbb`.
+    fn luminance(hex: &str) -> f64 {
+        let c = |i: usize| {
+            let v = f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap()) / 255.0;
+            if v <= 0.04045 {
+                v / 12.92
+            } else {
+                ((v + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        0.2126 * c(1) + 0.7152 * c(3) + 0.0722 * c(5)
+    }
+
+    #[test]
+    fn every_bar_has_3_to_1_against_white_and_its_own_pattern() {
+        for (class, _, colour, _) in KINDS {
+            let ratio = 1.05 / (luminance(colour) + 0.05);
+            assert!(ratio >= 3.0, "{class} {colour}: {ratio:.2}:1");
+        }
+        // Two kinds never differ by colour alone: each has its own pattern.
+        let mut seen = std::collections::HashSet::new();
+        for (class, _, _, p) in KINDS {
+            assert!(
+                seen.insert(std::mem::discriminant(p)),
+                "{class} shares a pattern"
+            );
+        }
+    }
+
+    #[test]
+    fn the_time_axis_has_round_ticks() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000 + s);
+        let t = ticks(at(7), at(3 * 3600 + 7));
+        assert!((3..=8).contains(&t.len()), "{t:?}");
+        let labels: Vec<&str> = t.iter().map(|(_, l)| l.as_str()).collect();
+        assert!(
+            labels.iter().all(|l| l.len() == 5 && l.ends_with('0')),
+            "{labels:?}"
+        );
+        let t = ticks(at(0), at(40));
+        assert!(t.len() >= 3 && t[0].1.len() == 8, "{t:?}");
+        let t = ticks(at(0), at(0) + Duration::from_millis(900));
+        assert!(t.len() >= 3 && t[1].1.len() == 12, "{t:?}");
+        let t = ticks(at(0), at(20 * 86400));
+        assert!(t.len() >= 3 && t[0].1.len() == 10, "{t:?}");
+    }
 }

@@ -47,10 +47,16 @@ fn complete(shell: &str, tool: &str, input: &str, wanted: &[&str]) -> String {
 fn offers(shell: &str, tool: &str, input: &str, wanted: &[&str], unwanted: &[&str]) {
     let screen = complete(shell, tool, input, wanted);
     for w in wanted {
-        assert!(screen.contains(w), "{shell}: `{input}` does not offer {w}:\n{screen}");
+        assert!(
+            screen.contains(w),
+            "{shell}: `{input}` does not offer {w}:\n{screen}"
+        );
     }
     for u in unwanted {
-        assert!(!screen.contains(u), "{shell}: `{input}` offers {u}:\n{screen}");
+        assert!(
+            !screen.contains(u),
+            "{shell}: `{input}` offers {u}:\n{screen}"
+        );
     }
 }
 
@@ -60,19 +66,97 @@ fn offers(shell: &str, tool: &str, input: &str, wanted: &[&str], unwanted: &[&st
 fn actions_options_and_values_complete_in_bash_zsh_and_fish() {
     for shell in ["bash", "zsh", "fish"] {
         // Actions after the build id; options of an action after it.
-        offers(shell, "update-state", "update-state img-42 \t\t", &["complete", "rollback", "resource"], &[]);
-        offers(shell, "update-state", "update-state img-42 fail 10 --\t\t", &["--error-file", "--category", "--exit-code"], &["--reason"]);
-        offers(shell, "update-state", "update-state img-42 fail 10 --category \t\t", &["transient", "persistent", "unknown"], &[]);
-        offers(shell, "update-state", "update-state img-42 resource add --\t\t", &["--cleanup", "--prop"], &[]);
-        offers(shell, "sync-cloud", "sync-cloud push --\t\t", &["--all", "--remote"], &[]);
-        offers(shell, "sync-cloud", "sync-cloud \t\t", &["push", "pull", "backup"], &[]);
-        offers(shell, "concourse-resource", "concourse-resource check --\t\t", &["--help"], &[]);
-        offers(shell, "monitor", "monitor \t\t", &["status", "metrics", "gc"], &[]);
-        offers(shell, "monitor", "monitor gc --\t\t", &["--older-than", "--dry-run"], &[]);
-        offers(shell, "check-state", "check-state img-42 --\t\t", &["--resources", "--json"], &[]);
-        offers(shell, "run-state", "run-state img-42 --\t\t", &["--lease-ttl", "--next"], &[]);
-        offers(shell, "init-state", "init-state img-42 --\t\t", &["--cloud", "--image"], &[]);
+        offers(
+            shell,
+            "update-state",
+            "update-state img-42 \t\t",
+            &["complete", "rollback", "resource"],
+            &[],
+        );
+        offers(
+            shell,
+            "update-state",
+            "update-state img-42 fail 10 --\t\t",
+            &["--error-file", "--category", "--exit-code"],
+            &["--reason"],
+        );
+        offers(
+            shell,
+            "update-state",
+            "update-state img-42 fail 10 --category \t\t",
+            &["transient", "persistent", "unknown"],
+            &[],
+        );
+        offers(
+            shell,
+            "update-state",
+            "update-state img-42 resource add --\t\t",
+            &["--cleanup", "--prop"],
+            &[],
+        );
+        offers(
+            shell,
+            "sync-cloud",
+            "sync-cloud push --\t\t",
+            &["--all", "--remote"],
+            &[],
+        );
+        offers(
+            shell,
+            "sync-cloud",
+            "sync-cloud \t\t",
+            &["push", "pull", "backup"],
+            &[],
+        );
+        offers(
+            shell,
+            "concourse-resource",
+            "concourse-resource check --\t\t",
+            &["--help"],
+            &[],
+        );
+        offers(
+            shell,
+            "monitor",
+            "monitor \t\t",
+            &["status", "metrics", "gc"],
+            &[],
+        );
+        offers(
+            shell,
+            "monitor",
+            "monitor gc --\t\t",
+            &["--older-than", "--dry-run"],
+            &[],
+        );
+        offers(
+            shell,
+            "check-state",
+            "check-state img-42 --\t\t",
+            &["--resources", "--json"],
+            &[],
+        );
+        offers(
+            shell,
+            "run-state",
+            "run-state img-42 --\t\t",
+            &["--lease-ttl", "--next"],
+            &[],
+        );
+        offers(
+            shell,
+            "init-state",
+            "init-state img-42 --\t\t",
+            &["--cloud", "--image"],
+            &[],
+        );
     }
     // fish took the build id for the action: no action is offered in its place.
-    offers("fish", "update-state", "update-state \t\t", &[], &["rollback"]);
+    offers(
+        "fish",
+        "update-state",
+        "update-state \t\t",
+        &[],
+        &["rollback"],
+    );
 }

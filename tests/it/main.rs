@@ -5,8 +5,8 @@ mod util;
 
 mod archive;
 mod cli;
-mod concourse;
 mod completion;
+mod concourse;
 mod concurrency;
 mod extreme;
 mod fleet;

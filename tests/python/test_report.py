@@ -3,7 +3,8 @@ Selenium, loads the file written by `monitor report --html` and `check-state --h
 finds the timeline, the charts and the table of builds needing attention, logs no
 console error, and a screenshot is written for a person to look at
 (target/report-screenshots/). The file needs no network: nothing in it points outside
-it."""
+it. Every page passes axe-core (issue 28: WCAG 2.1 A and AA, and axe's best practices),
+and shows outcomes by pattern as well as colour."""
 
 from __future__ import annotations
 
@@ -77,6 +78,27 @@ def load(browser: webdriver.Chrome, page: Path, shot: str) -> None:
     assert (SHOTS / shot).stat().st_size > 10_000
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert errors == [], errors
+    # Every page a test looks at passes axe-core.
+    accessible(browser)
+
+
+AXE = ROOT / ".tools" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def accessible(browser: webdriver.Chrome) -> None:
+    """axe-core, injected into the page as loaded, finds no violation of WCAG 2.1 A and
+    AA or of axe's best practices."""
+    if not AXE.exists():
+        pytest.fail(f"axe-core is not installed at {AXE} (scripts/test installs it with npm)")
+    browser.set_script_timeout(60)
+    browser.execute_script(AXE.read_text())
+    result = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}})"
+        ".then(r => done(r.violations.map(v => ({id: v.id, help: v.help, nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))))"
+        ".catch(e => done([{id: 'axe-error', help: String(e), nodes: []}]));"
+    )
+    assert result == [], result
 
 
 def self_contained(html: str) -> None:
@@ -104,6 +126,13 @@ def test_the_fleet_report_in_chromium(browser: webdriver.Chrome, fleet: dict[str
     assert len(attention) == 2 and "img-blocked" in attention[1].text, [a.text for a in attention]
     assert browser.find_elements(By.CSS_SELECTOR, "#success-chart rect.chart-bar")
     assert browser.find_elements(By.CSS_SELECTOR, "#duration-chart rect.expected")
+    # Outcome by more than colour: each kind of bar has its own pattern.
+    fills = {b.get_attribute("class").split()[1]: browser.execute_script("return getComputedStyle(arguments[0]).fill", b) for b in bars}
+    assert all(f.startswith("url(") for f in fills.values()) and len(set(fills.values())) == len(fills), fills
+    # Landmarks, a time axis with ticks, state names in words.
+    assert browser.find_elements(By.CSS_SELECTOR, "main") and browser.find_elements(By.CSS_SELECTOR, "header h1")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline .tick text")) >= 3
+    assert "kickstart" in browser.find_element(By.ID, "attempts").text
     # the hostile message is text in the page, not markup
     assert not browser.find_elements(By.CSS_SELECTOR, "body script")
     assert "<script>alert(1)</script>" in browser.find_element(By.ID, "attempts").text
@@ -120,6 +149,10 @@ def test_one_build_report_in_chromium(browser: webdriver.Chrome, fleet: dict[str
     assert [b.get_attribute("class") for b in bars] == ["bar failed", "bar retry-wait", "bar ok"]
     rows = browser.find_elements(By.CSS_SELECTOR, "#attempts tr")
     assert len(rows) == 4  # header + the three bars
+    # The build's facts, in words.
+    facts = browser.find_element(By.ID, "facts").text
+    for fact in ("cloud", "aws", "image", "rhel9", "plan", "classic-image-build"):
+        assert fact in facts, facts
 
 
 def test_resources_left_behind_are_on_both_pages(browser: webdriver.Chrome, fleet: dict[str, str], tmp_path: Path) -> None:

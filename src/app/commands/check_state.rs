@@ -188,6 +188,7 @@ fn run(args: &Args) -> Result<i32> {
             None,
             &attention,
             &crate::timeline::leftovers(store.store(), Some(&args.build_id), now)?,
+            &facts(&report),
             now,
         );
         crate::timeline::write(path, &page)?;
@@ -329,3 +330,56 @@ fn resources(
 }
 
 crate::command!("check-state", run);
+
+/// What the single-build page says of the build, in words: its identity, where it
+/// stands, its metadata and its current outputs.
+fn facts(r: &crate::report::Report) -> Vec<(String, String)> {
+    let or_none = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut out = vec![
+        ("build".to_string(), r.build_id.clone()),
+        ("cloud".to_string(), or_none(r.cloud.clone())),
+        ("image".to_string(), or_none(r.image.clone())),
+        ("plan".to_string(), r.plan.clone()),
+        (
+            "status".to_string(),
+            or_none(r.status.map(|s| s.to_string())),
+        ),
+        (
+            "last completed state".to_string(),
+            match (r.current_state, &r.current_state_name) {
+                (Some(s), Some(n)) => format!("{s} ({n})"),
+                (Some(s), None) => s.to_string(),
+                _ => "-".into(),
+            },
+        ),
+        ("epoch".to_string(), r.epoch.to_string()),
+        ("serial".to_string(), r.serial.to_string()),
+        (
+            "created".to_string(),
+            or_none(r.created_at.map(crate::time::format)),
+        ),
+        (
+            "updated".to_string(),
+            or_none(r.updated_at.map(crate::time::format)),
+        ),
+    ];
+    // A value is shown whole up to 300 characters (an output may hold 64 KiB).
+    let shown = |v: &str| {
+        if v.chars().count() > 300 {
+            format!(
+                "{}… ({} bytes)",
+                v.chars().take(300).collect::<String>(),
+                v.len()
+            )
+        } else {
+            v.to_string()
+        }
+    };
+    for (k, v) in &r.metadata {
+        out.push((format!("metadata {k}"), shown(v)));
+    }
+    for (k, o) in &r.outputs {
+        out.push((format!("output {k} (state {})", o.state), shown(&o.value)));
+    }
+    out
+}

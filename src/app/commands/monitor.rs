@@ -480,6 +480,7 @@ fn run(args: &Args) -> Result<i32> {
                 Some(&stats),
                 &attention,
                 &left,
+                &[],
                 now,
             );
             crate::timeline::write(html, &page)?;
