@@ -55,7 +55,7 @@ def recap(out: str) -> dict[str, int]:
 def test_ansible_doc_renders_every_plugin_of_the_collection(collections: Path, db: Path) -> None:
     env = env_for(collections, db)
     for kind, name, options in [
-        ("module", "buildstate.pipeline.state", {"build_id", "metadata", "transition", "build_state", "message", "category", "inputs", "inputs_root", "db", "remote"}),
+        ("module", "buildstate.pipeline.state", {"build_id", "metadata", "transition", "build_state", "error", "category", "inputs", "inputs_root", "db", "remote"}),
         ("module", "buildstate.pipeline.resource", {"build_id", "db", "remote", "type", "id", "state", "props", "cleanup", "check", "build_state"}),
         ("lookup", "buildstate.pipeline.build", {"_terms", "build_id", "db", "remote", "report", "outputs", "inputs", "inputs_root", "default"}),
         ("callback", "buildstate.pipeline.buildstate", {"db", "build_id", "state", "inputs_root", "force"}),
@@ -127,7 +127,7 @@ def test_a_play_records_and_reads_through_the_module_and_the_lookup(collections:
     assert store.events(BUILD) == before
 
     # A failure is recorded with its category; a missing build is a clear task failure.
-    fail = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - buildstate.pipeline.state:\n        transition: fail\n        build_state: 20\n        message: \"users role: it's broken\"\n        category: persistent\n"
+    fail = "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - buildstate.pipeline.state:\n        transition: fail\n        build_state: 20\n        error: \"users role: it's broken\"\n        category: persistent\n"
     r = playbook(tmp_path, fail, env)
     assert r.returncode == 0, r.stdout + r.stderr
     d = store.decide(BUILD, inputs=False)
@@ -174,3 +174,64 @@ def test_the_collection_works_through_a_file_remote_and_carries_the_callback(col
     third = {k: v for k, v in env.items() if k != "ANSIBLE_CALLBACKS_ENABLED"}
     r = playbook(tmp_path, look, {**third, "BUILDSTATE_DB": str(tmp_path / "three.db")})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def collection_tree(base: Path) -> Path:
+    """The collection where ansible-test and ansible-lint look for it:
+    BASE/ansible_collections/buildstate/pipeline, its symlinks resolved (the callback is
+    the Python package's file)."""
+    import shutil
+
+    tree = base / "ansible_collections" / "buildstate" / "pipeline"
+    shutil.copytree(ROOT / "ansible" / "collection", tree, symlinks=False)
+    return tree
+
+
+def test_ansible_test_sanity_passes_on_the_collection(tmp_path: Path) -> None:
+    """Every sanity test of ansible-core 2.19's ansible-test that applies, with the
+    requirements it installs into its own virtual environments (issue 28). Their pip
+    comes from scripts/ansible-test-get-pip.py (ansible-test would download one from a
+    host these machines cannot reach); they are kept in target/ansible-test-home between
+    local runs."""
+    import re
+    import shutil
+
+    import ansible_test
+
+    source = (Path(ansible_test.__file__).parent / "_internal" / "python_requirements.py").read_text()
+    pip = re.search(r"pip='(\d+\.\d+)'", source)
+    assert pip, "ansible-test's pip version is where it was (python_requirements.py)"
+    home = ROOT / "target" / "ansible-test-home"
+    cache = home / ".ansible" / "test" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "scripts" / "ansible-test-get-pip.py", cache / ("get_pip_%s.py" % pip.group(1).replace(".", "_")))
+    tree = collection_tree(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDSTATE_", "ANSIBLE_"))}
+    env.update(HOME=str(home), PATH=f"{BIN}:{env['PATH']}")
+    r = subprocess.run([str(BIN / "ansible-test"), "sanity", "--local", "--python", "3.11", "--requirements", "--color", "no"], cwd=tree, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    ran = re.findall(r'Running sanity test "([a-z0-9-]+)"', out)
+    for must in ("validate-modules", "pylint", "pep8", "ansible-doc", "changelog", "yamllint", "import", "compile"):
+        assert must in ran, (must, ran)
+
+
+def test_ansible_lint_production_profile_on_the_collection_and_the_examples(tmp_path: Path) -> None:
+    """ansible-lint --offline at its strictest profile, on the collection (its galaxy.yml,
+    changelog, plugins' docs) and on the example playbooks that use it."""
+    import shutil
+
+    tree = collection_tree(tmp_path / "collections")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDSTATE_", "ANSIBLE_"))}
+    env.update(HOME=str(tmp_path), PATH=f"{BIN}:{env['PATH']}", ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"), NO_COLOR="1")
+    lint = [str(BIN / "ansible-lint"), "--offline", "--profile", "production", "--nocolor"]
+    r = subprocess.run(lint, cwd=tree, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Profile 'production' was required, and it passed" in r.stdout + r.stderr
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    for name in ("site.yml", "collection-example.yml"):
+        shutil.copyfile(ROOT / "ansible" / name, examples / name)
+    r = subprocess.run([*lint, "site.yml", "collection-example.yml"], cwd=examples, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Profile 'production' was required, and it passed" in r.stdout + r.stderr

@@ -7,25 +7,14 @@ from __future__ import annotations
 import os
 
 from ansible.plugins.action import ActionBase
+from ansible_collections.buildstate.pipeline.plugins.module_utils.specs import RESOURCE_ARGS
 
+_IMPORT_ERROR = None
 try:
     import buildstate
 except ImportError as _error:  # reported as the task's failure
     buildstate = None
     _IMPORT_ERROR = str(_error)
-
-ARGS = dict(
-    build_id=dict(type="str"),
-    db=dict(type="path"),
-    remote=dict(type="str"),
-    type=dict(type="str", required=True),
-    id=dict(type="str", required=True),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    props=dict(type="dict"),
-    cleanup=dict(type="str"),
-    check=dict(type="str"),
-    build_state=dict(type="int"),
-)
 
 
 def _find(ledger, rtype, rid):
@@ -45,9 +34,13 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        _, args = self.validate_argument_spec(argument_spec=ARGS)
+        _validated, args = self.validate_argument_spec(argument_spec=RESOURCE_ARGS)
         if buildstate is None:
-            return dict(result, failed=True, msg="the buildstate Python package is not importable (%s): pip install it into the Python that runs ansible-playbook" % _IMPORT_ERROR)
+            return dict(
+                result,
+                failed=True,
+                msg="the buildstate Python package is not importable (%s): pip install it into the Python that runs ansible-playbook" % _IMPORT_ERROR,
+            )
         build_id = args["build_id"] or os.environ.get("BUILDSTATE_BUILD_ID")
         if not build_id:
             return dict(result, failed=True, msg="no build: set build_id, or BUILDSTATE_BUILD_ID")

@@ -7,25 +7,18 @@ from __future__ import annotations
 import os
 
 from ansible.plugins.action import ActionBase
+from ansible_collections.buildstate.pipeline.plugins.module_utils.specs import (
+    STATE_ARGS,
+    STATE_REQUIRED_IF,
+    STATE_REQUIRED_ONE_OF,
+)
 
+_IMPORT_ERROR = None
 try:
     import buildstate
 except ImportError as _error:  # reported as the task's failure
     buildstate = None
     _IMPORT_ERROR = str(_error)
-
-ARGS = dict(
-    build_id=dict(type="str"),
-    db=dict(type="path"),
-    remote=dict(type="str"),
-    metadata=dict(type="dict"),
-    transition=dict(type="str", choices=["complete", "fail"]),
-    build_state=dict(type="int"),
-    message=dict(type="str"),
-    category=dict(type="str", choices=["transient", "persistent", "unknown"]),
-    inputs=dict(type="list", elements="str"),
-    inputs_root=dict(type="path"),
-)
 
 
 def _view(report):
@@ -45,13 +38,17 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        _, args = self.validate_argument_spec(
-            argument_spec=ARGS,
-            required_if=[("transition", "fail", ("message",)), ("transition", "complete", ("build_state",)), ("transition", "fail", ("build_state",))],
-            required_one_of=[("metadata", "transition")],
+        _validated, args = self.validate_argument_spec(
+            argument_spec=STATE_ARGS,
+            required_if=STATE_REQUIRED_IF,
+            required_one_of=STATE_REQUIRED_ONE_OF,
         )
         if buildstate is None:
-            return dict(result, failed=True, msg="the buildstate Python package is not importable (%s): pip install it into the Python that runs ansible-playbook" % _IMPORT_ERROR)
+            return dict(
+                result,
+                failed=True,
+                msg="the buildstate Python package is not importable (%s): pip install it into the Python that runs ansible-playbook" % _IMPORT_ERROR,
+            )
         build_id = args["build_id"] or os.environ.get("BUILDSTATE_BUILD_ID")
         if not build_id:
             return dict(result, failed=True, msg="no build: set build_id, or BUILDSTATE_BUILD_ID")
@@ -67,7 +64,8 @@ class ActionModule(ActionBase):
                 answer = store.state_done(build_id, state, inputs=False)
                 before, done = answer["report"], answer["done"]
             if not before.get("exists"):
-                return dict(result, failed=True, msg="build %r does not exist in %s: create it with init-state (or the callback) first" % (build_id, store.path))
+                msg = "build %r does not exist in %s: create it with init-state (or the callback) first"
+                return dict(result, failed=True, msg=msg % (build_id, store.path))
             meta = {str(k): str(v) for k, v in (args["metadata"] or {}).items()}
             changed_meta = {k: v for k, v in meta.items() if before["metadata"].get(k) != v}
             written = ["metadata %s" % k for k in sorted(changed_meta)]
@@ -83,7 +81,7 @@ class ActionModule(ActionBase):
                 if transition == "complete" and not done:
                     after = store.complete(build_id, state, inputs=args["inputs"], inputs_root=args["inputs_root"])
                 elif transition == "fail":
-                    after = store.fail(build_id, state, args["message"], category=args["category"])
+                    after = store.fail(build_id, state, args["error"], category=args["category"])
         except buildstate.BuildstateError as e:
             return dict(result, failed=True, msg=str(e), exit_code=e.exit_code)
         result.update(changed=bool(written), build=after, written=written)

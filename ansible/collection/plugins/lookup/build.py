@@ -61,7 +61,7 @@ options:
 seealso:
   - module: buildstate.pipeline.state
 author:
-  - buildstate developers
+  - buildstate developers (@buildstate)
 """
 
 EXAMPLES = r"""
@@ -88,6 +88,7 @@ _raw:
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
+_IMPORT_ERROR = None
 try:
     import buildstate
 except ImportError as _error:
@@ -101,7 +102,8 @@ class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         self.set_options(var_options=variables, direct=kwargs)
         if buildstate is None:
-            raise AnsibleLookupError("the buildstate Python package is not importable (%s): pip install it into the Python that runs ansible-playbook" % _IMPORT_ERROR)
+            msg = "the buildstate Python package is not importable (%s): pip install it into the Python that runs ansible-playbook"
+            raise AnsibleLookupError(msg % _IMPORT_ERROR)
         build_id = self.get_option("build_id")
         if not build_id:
             raise AnsibleLookupError("no build: pass build_id=..., or set BUILDSTATE_BUILD_ID")

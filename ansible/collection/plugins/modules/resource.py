@@ -66,7 +66,7 @@ options:
 seealso:
   - module: buildstate.pipeline.state
 author:
-  - buildstate developers
+  - buildstate developers (@buildstate)
 """
 
 EXAMPLES = r"""
@@ -99,10 +99,11 @@ resource:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.buildstate.pipeline.plugins.module_utils.specs import RESOURCE_ARGS
 
 
 def main():
-    module = AnsibleModule(argument_spec={}, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=RESOURCE_ARGS, supports_check_mode=True)
     module.fail_json(msg="buildstate.pipeline.resource runs on the controller through its action plugin; install the collection whole")
 
 

@@ -48,8 +48,10 @@ options:
   build_state:
     description: The state number (0 to 100) the transition is about.
     type: int
-  message:
-    description: With O(transition=fail), what went wrong (stored verbatim, secrets redacted).
+  error:
+    description:
+      - With O(transition=fail), what went wrong (stored verbatim, secrets redacted), as
+        C(update-state fail --error) takes it (not named C(message), a name Ansible keeps for itself).
     type: str
   category:
     description: With O(transition=fail), the failure's category; classified by the plan's rules when not given.
@@ -73,7 +75,7 @@ seealso:
   - plugin: buildstate.pipeline.buildstate
     plugin_type: callback
 author:
-  - buildstate developers
+  - buildstate developers (@buildstate)
 """
 
 EXAMPLES = r"""
@@ -93,7 +95,7 @@ EXAMPLES = r"""
   buildstate.pipeline.state:
     transition: fail
     build_state: 70
-    message: "integration tests: {{ tests.stderr }}"
+    error: "integration tests: {{ tests.stderr }}"
     category: persistent
 """
 
@@ -112,10 +114,11 @@ written:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.buildstate.pipeline.plugins.module_utils.specs import STATE_ARGS, STATE_REQUIRED_IF, STATE_REQUIRED_ONE_OF
 
 
 def main():
-    module = AnsibleModule(argument_spec={}, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=STATE_ARGS, required_if=STATE_REQUIRED_IF, required_one_of=STATE_REQUIRED_ONE_OF, supports_check_mode=True)
     module.fail_json(msg="buildstate.pipeline.state runs on the controller through its action plugin; install the collection whole")
 
 

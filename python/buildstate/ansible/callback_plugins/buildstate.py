@@ -168,6 +168,7 @@ import time
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 
+_IMPORT_ERROR = None
 try:
     import buildstate
 except ImportError as _error:  # reported as a warning (or strict failure) at playbook start
@@ -176,7 +177,11 @@ except ImportError as _error:  # reported as a warning (or strict failure) at pl
 
 # Tasks that are no work of the play's own: they neither start its state nor count as work.
 NO_WORK_ACTIONS = frozenset(
-    ("meta", "ansible.builtin.meta", "ansible.legacy.meta", "gather_facts", "ansible.builtin.gather_facts", "setup", "ansible.builtin.setup", "ansible.legacy.setup")
+    (
+        "meta", "ansible.builtin.meta", "ansible.legacy.meta",
+        "gather_facts", "ansible.builtin.gather_facts",
+        "setup", "ansible.builtin.setup", "ansible.legacy.setup",
+    )
 )
 
 # One host's line in a failure message, and the whole message, at most.
@@ -328,7 +333,7 @@ class CallbackModule(CallbackBase):
                 if failures > 0 or unreachable > 0:
                     failed.append((host, failures, unreachable))
         else:  # no statistics object found: fall back on what the callbacks told us
-            failed = [(h, 0 if u else 1, 1 if u else 0) for h, (_, _, u) in self._problems.items()]
+            failed = [(h, 0 if u else 1, 1 if u else 0) for h, (_task, _why, u) in self._problems.items()]
         if not failed:
             inputs, self._inputs = sorted(self._inputs), set()
             self._record(
@@ -343,13 +348,13 @@ class CallbackModule(CallbackBase):
         # One line, so that one-line summaries (check-state, history) show every host.
         details = []
         for host, failures, unreachable in sorted(failed):
-            task, why, _ = self._problems.get(host, ("?", "failed", bool(unreachable)))
+            task, why, _unreachable = self._problems.get(host, ("?", "failed", bool(unreachable)))
             what = "%s (unreachable)" % host if unreachable and not failures else host
             details.append(_bounded("%s: task '%s': %s" % (what, task, why), MAX_HOST_CHARS))
         message = "%s failed on %d host(s): %s" % (self._label, len(failed), "; ".join(details))
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-        only_unreachable = all(f == 0 for _, f, _ in failed)
+        only_unreachable = all(f == 0 for _host, f, _unreachable in failed)
         self._record(
             "fail state %s" % state,
             self._store.fail,
@@ -604,7 +609,7 @@ class CallbackModule(CallbackBase):
         TaskQueueManager dispatching this event holds it; rescued failures are only told
         apart from real ones there."""
         frame = sys._getframe(1)
-        for _ in range(8):
+        for _depth in range(8):
             if frame is None:
                 break
             stats = getattr(frame.f_locals.get("self"), "_stats", None)
