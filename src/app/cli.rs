@@ -653,9 +653,79 @@ macro_rules! command {
 /// Every command's `main`: parse the arguments (help, version, completions and usage
 /// errors end here), check the environment, run, and print any error.
 pub fn main<C: Command>() -> ExitCode {
+    if let Err(e) = init_logging() {
+        return finish(C::NAME, false, Err(e));
+    }
     match parse::<C>(C::NAME) {
         Ok(args) => finish(C::NAME, args.json(), args.run()),
         Err(code) => code,
+    }
+}
+
+/// `BUILDSTATE_LOG`: diagnostics on stderr, through `tracing`. A level (`error`, `warn`,
+/// `info`, `debug`, `trace`) is buildstate's own events at that level (each remote
+/// request, lock waits, Slack deliveries at `debug`) and object_store's retries
+/// (`info`); anything else is read as tracing-subscriber's filter directives
+/// (`buildstate::remote=debug,object_store=debug`). Every line is redacted before it is
+/// written, whoever wrote it. Unset: no subscriber, nothing is formatted.
+fn init_logging() -> Result<()> {
+    let Some(value) = std::env::var_os("BUILDSTATE_LOG") else {
+        return Ok(());
+    };
+    let value = value.to_string_lossy().trim().to_lowercase();
+    let bad = |why: String| {
+        Error::InvalidInput(format!(
+            "BUILDSTATE_LOG='{}': {why}: give a level (error, warn, info, debug, trace) or filter directives such as buildstate::remote=debug",
+            crate::redact::echo(&value)
+        ))
+    };
+    let directives = match value.as_str() {
+        "" | "off" => return Ok(()),
+        "error" | "warn" => format!("buildstate={value},object_store={value}"),
+        "info" | "debug" | "trace" => format!("buildstate={value},object_store=info"),
+        other if other.contains('=') => other.to_string(),
+        _ => return Err(bad("not a level".into())),
+    };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&directives)
+        .map_err(|e| bad(e.to_string()))?;
+    // Another subscriber already set (a test harness) is left as it is.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(RedactedStderr)
+        .with_ansi(false)
+        .try_init();
+    Ok(())
+}
+
+/// Where diagnostics go: stderr, one redacted write per event.
+struct RedactedStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactedStderr {
+    type Writer = RedactedLine;
+    fn make_writer(&'a self) -> RedactedLine {
+        RedactedLine(Vec::new())
+    }
+}
+
+/// One event's text, redacted and written to stderr when the formatter is done with it.
+struct RedactedLine(Vec<u8>);
+
+impl std::io::Write for RedactedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactedLine {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let shown = crate::redact::redact(&text);
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), shown.as_bytes());
     }
 }
 

@@ -65,6 +65,7 @@ vars! {
     "BUILDSTATE_MAX_CLOCK_SKEW", Duration, "5s", "how far this clock may be from the remote's (or off)";
     "BUILDSTATE_REPORT_URL", Url, "", "where HTML reports are published: alerts link the build's timeline";
     "BUILDSTATE_SNAPSHOT_KEY", Secret, "", "sign snapshots written and refuse unsigned ones read";
+    "BUILDSTATE_LOG", Text, "", "diagnostics on stderr: a level (debug: each remote request, lock waits, Slack deliveries) or filter directives";
     "BUILDSTATE_BUILD_ID", Given, "", "the build, for run-state's command, verify and requires (and the callback)";
     "BUILDSTATE_STATE", Given, "", "the state, for run-state's command, verify and requires (and the callback)";
     "BUILDSTATE_ATTEMPT", Given, "", "the attempt, for run-state's command";

@@ -543,6 +543,20 @@ pub fn deliver(
             other => other,
         };
         let now = SystemTime::now();
+        tracing::debug!(
+            target: "buildstate::slack",
+            "alert {} ({}, attempt {}): {}, {} ms",
+            alert.id,
+            alert.kind,
+            alert.attempts + 1,
+            match &sent {
+                Sent::Ok { .. } => "delivered".to_string(),
+                Sent::RateLimited(wait) => format!("rate limited, retry after {} s", wait.as_secs()),
+                Sent::Transient(e) => format!("not delivered, will retry: {e}"),
+                Sent::Refused(e) | Sent::Malformed(e) => format!("refused: {e}"),
+            },
+            last_send.map_or(0, |t| t.elapsed().as_millis())
+        );
         match sent {
             Sent::Ok { ts } => {
                 if let (Some(ts), None, Some(b), Target::WebApi { channel, .. }) =

@@ -69,6 +69,57 @@ pub trait Objects: Send + Sync {
     }
 }
 
+/// `BUILDSTATE_LOG=debug`: one line per request to a remote (target `buildstate::remote`):
+/// the method, the key, how it went (found, not found, written, a lost race, an error,
+/// already redacted) and how long it took. object_store's own retries are its
+/// `object_store` events (README, BUILDSTATE_LOG).
+fn log_request<T>(
+    remote: &str,
+    method: &str,
+    key: &dyn std::fmt::Display,
+    started: std::time::Instant,
+    r: &Result<T>,
+    outcome: impl FnOnce(&T) -> String,
+) {
+    if tracing::enabled!(target: "buildstate::remote", tracing::Level::DEBUG) {
+        let how = match r {
+            Ok(v) => outcome(v),
+            Err(Error::RemoteChanged(_)) => "precondition failed (another writer was first)".into(),
+            Err(e) => format!("failed: {e}"),
+        };
+        tracing::debug!(
+            target: "buildstate::remote",
+            "{method} {key} at {remote}: {how}, {} ms",
+            started.elapsed().as_millis()
+        );
+    }
+}
+
+/// [`log_request`] around a request made by `run`.
+fn timed<T>(
+    remote: &str,
+    method: &str,
+    key: &dyn std::fmt::Display,
+    run: impl FnOnce() -> Result<T>,
+    outcome: impl FnOnce(&T) -> String,
+) -> Result<T> {
+    let started = std::time::Instant::now();
+    let r = run();
+    log_request(remote, method, key, started, &r, outcome);
+    r
+}
+
+fn found(o: &Option<Object>) -> String {
+    match o {
+        Some((bytes, etag)) => format!(
+            "found, {} bytes, ETag {}",
+            bytes.len(),
+            etag.as_deref().unwrap_or("none")
+        ),
+        None => "not found".into(),
+    }
+}
+
 pub(crate) fn remote_error(name: &str, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Remote(format!(
         "remote {name}: could not {what}: {}",
@@ -126,41 +177,61 @@ impl Objects for Cloud {
     }
 
     fn put_new(&self, key: &str, bytes: Vec<u8>, what: &str) -> Result<bool> {
-        self.rt.block_on(async {
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            match self
-                .store
-                .put_opts(&self.path(key), bytes.into(), opts)
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-                Err(e) => Err(remote_error(&self.name, what, e)),
-            }
-        })
+        let path = self.path(key);
+        timed(
+            &self.name,
+            "PUT (if none match)",
+            &path,
+            || {
+                self.rt.block_on(async {
+                    let opts = PutOptions {
+                        mode: PutMode::Create,
+                        ..Default::default()
+                    };
+                    match self.store.put_opts(&path, bytes.into(), opts).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                        Err(e) => Err(remote_error(&self.name, what, e)),
+                    }
+                })
+            },
+            |new| {
+                if *new {
+                    "written".into()
+                } else {
+                    "exists already".into()
+                }
+            },
+        )
     }
 
     fn list(&self, dir: &str, what: &str) -> Result<Vec<(String, Option<String>)>> {
-        self.rt.block_on(async {
-            let dir = self.path(dir);
-            let mut out = Vec::new();
-            let mut stream = self.store.list(Some(&dir));
-            while let Some(meta) = stream.next().await {
-                let meta = meta.map_err(|e| remote_error(&self.name, what, e))?;
-                if let Some(name) = meta.location.filename() {
-                    out.push((name.to_string(), meta.e_tag.clone()));
-                }
-            }
-            Ok(out)
-        })
+        let dir = self.path(dir);
+        timed(
+            &self.name,
+            "LIST",
+            &dir,
+            || {
+                self.rt.block_on(async {
+                    let mut out = Vec::new();
+                    let mut stream = self.store.list(Some(&dir));
+                    while let Some(meta) = stream.next().await {
+                        let meta = meta.map_err(|e| remote_error(&self.name, what, e))?;
+                        if let Some(name) = meta.location.filename() {
+                            out.push((name.to_string(), meta.e_tag.clone()));
+                        }
+                    }
+                    Ok(out)
+                })
+            },
+            |names| format!("{} object(s)", names.len()),
+        )
     }
 
     /// The `Date` header of the store's answer to one request (1 s resolution, so the
     /// middle of that second).
     fn now_ms(&self) -> Result<i64> {
+        let started = std::time::Instant::now();
         let date = self.rt.block_on(async {
             let client = reqwest::Client::builder()
                 .timeout(self.request_timeout)
@@ -177,7 +248,11 @@ impl Objects for Cloud {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
             )
-        })?;
+        });
+        log_request(&self.name, "HEAD", &"/ (its clock)", started, &date, |d| {
+            format!("Date {}", d.as_deref().unwrap_or("missing"))
+        });
+        let date = date?;
         let Some(date) = date else {
             return Err(Error::Remote(format!(
                 "remote {}: its server gave no Date header, so this machine's clock cannot be checked against it; set BUILDSTATE_MAX_CLOCK_SKEW=off to write without the check",
@@ -241,15 +316,20 @@ async fn object_get(
     key: &ObjPath,
     what: &str,
 ) -> Result<Option<Object>> {
-    match store.get(key).await {
+    let started = std::time::Instant::now();
+    let r = match store.get(key).await {
         Ok(r) => {
             let etag = r.meta.e_tag.clone();
-            let bytes = r.bytes().await.map_err(|e| remote_error(name, what, e))?;
-            Ok(Some((bytes.to_vec(), etag)))
+            match r.bytes().await {
+                Ok(bytes) => Ok(Some((bytes.to_vec(), etag))),
+                Err(e) => Err(remote_error(name, what, e)),
+            }
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(remote_error(name, what, e)),
-    }
+    };
+    log_request(name, "GET", key, started, &r, found);
+    r
 }
 
 async fn object_put(
@@ -270,6 +350,26 @@ async fn object_put(
         mode,
         ..Default::default()
     };
+    let method = if expected.is_some() {
+        "PUT (if match)"
+    } else {
+        "PUT (if none match)"
+    };
+    let started = std::time::Instant::now();
+    let r = object_put_once(name, store, key, bytes, opts).await;
+    log_request(name, method, key, started, &r, |etag| {
+        format!("written, ETag {etag}")
+    });
+    r
+}
+
+async fn object_put_once(
+    name: &str,
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjPath,
+    bytes: Vec<u8>,
+    opts: PutOptions,
+) -> Result<String> {
     match store.put_opts(key, bytes.into(), opts).await {
         Ok(r) => r.e_tag.ok_or_else(|| {
             Error::Remote(format!(
@@ -305,12 +405,9 @@ pub struct Folder {
     pub(crate) lock_wait: Duration,
 }
 
-impl Objects for Folder {
-    fn get(&self, key: &str, _what: &str) -> Result<Option<Object>> {
-        Ok(folder_get(&self.name, &self.dir.join(key))?.map(|f| (f.bytes, Some(f.etag))))
-    }
-
-    fn put(&self, key: &str, bytes: Vec<u8>, expected: Option<&str>) -> Result<String> {
+impl Folder {
+    /// One compare-and-swap under the folder's lock.
+    fn put_locked(&self, key: &str, bytes: Vec<u8>, expected: Option<&str>) -> Result<String> {
         let _lock = FolderLock::take(&self.name, &self.dir, self.lock_wait)?;
         let path = self.dir.join(key);
         let current = folder_get(&self.name, &path)?;
@@ -324,9 +421,48 @@ impl Objects for Folder {
         replace_file(&self.name, &path, &bytes)?;
         Ok(content_etag(&bytes))
     }
+}
+
+impl Objects for Folder {
+    fn get(&self, key: &str, _what: &str) -> Result<Option<Object>> {
+        timed(
+            &self.name,
+            "read",
+            &key,
+            || Ok(folder_get(&self.name, &self.dir.join(key))?.map(|f| (f.bytes, Some(f.etag)))),
+            found,
+        )
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>, expected: Option<&str>) -> Result<String> {
+        let method = if expected.is_some() {
+            "write (if match)"
+        } else {
+            "write (if none match)"
+        };
+        timed(
+            &self.name,
+            method,
+            &key,
+            || self.put_locked(key, bytes, expected),
+            |etag| format!("written, ETag {etag}"),
+        )
+    }
 
     fn put_new(&self, key: &str, bytes: Vec<u8>, _what: &str) -> Result<bool> {
-        write_new_file(&self.name, &self.dir.join(key), &bytes)
+        timed(
+            &self.name,
+            "write (if none match)",
+            &key,
+            || write_new_file(&self.name, &self.dir.join(key), &bytes),
+            |new| {
+                if *new {
+                    "written".into()
+                } else {
+                    "exists already".into()
+                }
+            },
+        )
     }
 
     fn list(&self, dir: &str, what: &str) -> Result<Vec<(String, Option<String>)>> {
@@ -414,6 +550,11 @@ impl FolderLock {
             // SAFETY: flock on a descriptor we own; released when the file is closed.
             let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
             if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                tracing::debug!(
+                    target: "buildstate::remote",
+                    "{name}: the folder's lock taken after {} ms",
+                    (wait - deadline.saturating_duration_since(std::time::Instant::now())).as_millis()
+                );
                 return Ok(FolderLock(f));
             }
             let e = std::io::Error::last_os_error();

@@ -276,9 +276,15 @@ impl Store {
         before_commit: impl FnOnce(&Connection, &Build) -> Result<()>,
     ) -> Result<Build> {
         crate::model::validate_build_id(build_id)?;
+        let waiting = std::time::Instant::now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tracing::debug!(
+            target: "buildstate::store",
+            "build {build_id}: the database's write lock taken after {} ms",
+            waiting.elapsed().as_millis()
+        );
         let now = clock();
         let build = load_build(&tx, build_id)?.ok_or_else(|| archive::missing(&tx, build_id))?;
         // A build's time never runs backwards: a write is never earlier than the one

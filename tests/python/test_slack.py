@@ -216,6 +216,14 @@ def test_a_blocked_build_alerts_at_once_with_the_documented_payload(slack: Recei
     for out in (r.stdout, r.stderr, env.db.read_bytes().decode("latin-1")):
         assert "webhooksecret" not in out and "hunter2" not in out
     assert [a[1:3] for a in env.alerts()] == [("blocked", "delivered")]
+    # BUILDSTATE_LOG=debug says each delivery, and still not the webhook's secret.
+    env.block("img-log", message="token=hunter2 went wrong")
+    r = env.run("monitor", "deliver", BUILDSTATE_LOG="debug")
+    env.run("update-state", "img-log", "retry", "5", "--reason", "now", BUILDSTATE_LOG="debug")
+    r = env.run("update-state", "img-log", "fail", "5", "--error", "again", BUILDSTATE_LOG="debug")
+    lines = [l for l in r.stderr.splitlines() if "buildstate::slack" in l]
+    assert lines and "delivered" in lines[0] and " ms" in lines[0], r.stderr
+    assert "webhooksecret" not in r.stderr and "hunter2" not in r.stderr
     # A report URL that is not one: monitor deliver says so (exit 8).
     env.block("img-2")
     r = env.run("monitor", "deliver", check=8, BUILDSTATE_REPORT_URL="reports <here>")

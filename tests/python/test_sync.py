@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import re
 import subprocess
 import sys
 import threading
@@ -583,3 +584,31 @@ def test_task_results_in_remote_mode_go_through_the_remote(tmp_path: Path) -> No
     assert kinds == ["init", "start", "task", "meta", "task", "complete"], kinds
     assert [e["serial"] for e in snapshot["events"]] == list(range(1, 7))
     assert b.decide("py-2")["current_state"] == 5
+
+
+def test_debug_diagnostics_show_each_remote_request_and_no_secret(broken_remotes: dict[str, int], tmp_path: Path) -> None:
+    """BUILDSTATE_LOG=debug (issue 28): every request to an S3 remote (moto) with its
+    method, key, outcome and milliseconds, the database lock wait, object_store's own
+    retries against a server answering 500; never a credential or the snapshot key."""
+    port = free_port()
+    proc = start(moto_command(port), port, tmp_path, "moto_server")
+    try:
+        make_bucket(port, "builds")
+        secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        key = "diagnostics-snapshot-key-0123456789"
+        env = dict(s3_env(port), AWS_SECRET_ACCESS_KEY=secret, BUILDSTATE_SNAPSHOT_KEY=key, BUILDSTATE_LOG="debug")
+        w = Worker(tmp_path, "w", "s3://builds/state", env, remote_mode=True)
+        w.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9")
+        r = w.run("update-state", "img-1", "start", "5")
+        log = r.stderr
+        assert re.search(r"DEBUG buildstate::remote: GET state/builds/img-1\.json at s3://builds/state: found, \d+ bytes, ETag .*, \d+ ms", log), log
+        assert re.search(r"PUT \(if match\) state/builds/img-1\.json at s3://builds/state: written, ETag .*, \d+ ms", log), log
+        assert re.search(r"buildstate::store: build img-1: the database's write lock taken after \d+ ms", log), log
+        assert secret not in log and key not in log
+        # object_store's retries against a server that answers 500, redacted like the rest.
+        bad = Worker(tmp_path, "b", "s3://builds/state", dict(s3_env(broken_remotes["500"]), AWS_SECRET_ACCESS_KEY=secret, BUILDSTATE_LOG="debug", BUILDSTATE_REMOTE_TIMEOUT="3s"), remote_mode=True)
+        r = bad.run("check-state", "img-1", check=17)
+        assert "retry" in r.stderr and "500" in r.stderr, r.stderr
+        assert secret not in r.stderr
+    finally:
+        stop(proc)
