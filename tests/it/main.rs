@@ -5,6 +5,7 @@ mod util;
 
 mod archive;
 mod cli;
+mod compat;
 mod completion;
 mod concourse;
 mod concurrency;
