@@ -112,16 +112,8 @@ pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
     let what = args.next().map(|a| a.to_string_lossy().into_owned());
     let mut cmd = cmd.clone().name(tool).bin_name(tool);
     if let (Some("man"), Some(dir)) = (what.as_deref(), args.next()) {
-        return Some(match man_pages(cmd, std::path::Path::new(&dir)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!(
-                    "{tool}: error: {}",
-                    crate::redact::printable(&e.to_string())
-                );
-                ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-            }
-        });
+        let written = man_pages(cmd, std::path::Path::new(&dir));
+        return Some(finish(tool, false, written.map(|()| exit::OK)));
     }
     let mut buf: Vec<u8> = Vec::new();
     let shell = match what.as_deref() {
@@ -161,16 +153,7 @@ pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
                 false,
             )
         });
-    Some(match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!(
-                "{tool}: error: {}",
-                crate::redact::printable(&e.to_string())
-            );
-            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-        }
-    })
+    Some(finish(tool, false, written.map(|()| exit::OK)))
 }
 
 /// The man page of a built `cmd` (a subcommand's names the command it belongs to:
