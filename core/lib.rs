@@ -48,7 +48,7 @@ pub mod error;
 pub mod exit;
 
 pub use domain::{
-    alerts, context, decide, manifest, model, outputs, plan, policy, redact, resources, settings,
-    snapshot, time,
+    alerts, context, decide, deps, manifest, model, outputs, plan, policy, redact, resources,
+    settings, snapshot, time,
 };
 pub use error::{Error, Result};

@@ -32,15 +32,15 @@ pub mod store;
 // binaries, the Python extension and the docs name them; the folders above are the
 // layers, lowest first: domain, store, share, notify, app (README "Layout").
 pub use app::{
-    archive, concourse, environment, files, gc, inputs, monitor, procs, report, runner, session,
-    stats, timeline, verify,
+    archive, concourse, environment, files, gc, inputs, monitor, parents, procs, report, runner,
+    session, stats, timeline, verify,
 };
 #[cfg(feature = "cli")]
 pub use app::{cli, commands};
 pub use buildstate_core::{domain, error, exit};
 pub use domain::{
-    alerts, context, decide, manifest, model, outputs, plan, policy, redact, resources, settings,
-    snapshot, time,
+    alerts, context, decide, deps, manifest, model, outputs, plan, policy, redact, resources,
+    settings, snapshot, time,
 };
 pub use error::{Error, Result};
 pub use share::{remote, sync};

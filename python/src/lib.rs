@@ -203,6 +203,10 @@ impl Store {
             let stale = buildstate::inputs::stale_of(store.store(), &b, &plan, inputs_root, false)?;
             report = report.with_stale(&b, &plan, now, stale);
         }
+        if let Some(b) = store.store().build(build_id)? {
+            let plan = store.store().plan(&b.plan_hash)?;
+            report = report.with_parents(&mut store, &b, &plan)?;
+        }
         Ok(report.in_syntax(buildstate::error::Syntax::Python))
     }
 

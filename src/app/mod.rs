@@ -14,6 +14,7 @@ pub mod files;
 pub mod gc;
 pub mod inputs;
 pub mod monitor;
+pub mod parents;
 pub mod procs;
 pub mod report;
 pub mod runner;

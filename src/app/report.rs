@@ -213,6 +213,21 @@ impl Report {
         self
     }
 
+    /// The decision again, knowing which of the other builds its next state waits for
+    /// have not done what it waits for ([`crate::decide::gate`]; in remote mode each
+    /// parent is read from the remote).
+    pub fn with_parents(
+        mut self,
+        writer: &mut crate::sync::Writer,
+        b: &Build,
+        plan: &Plan,
+    ) -> Result<Report> {
+        let unmet = crate::parents::unmet(writer, b, plan, self.decision.next_state)?;
+        self.decision = crate::decide::gate(self.decision, plan, unmet);
+        self.exit_code = self.decision.decision.exit_code();
+        Ok(self)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report always serializes")
     }

@@ -250,6 +250,9 @@ struct Finished {
 
 /// Run the build's state(s) until one completes, a retry lies beyond `max_wait`, the
 /// build blocks, or a signal arrives.
+/// How often run-state looks again at the other builds a state waits for.
+const PARENT_POLL: Duration = Duration::from_secs(2);
+
 pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outcome> {
     if opts.command.is_empty() {
         return Err(Error::InvalidInput(
@@ -258,6 +261,10 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
     }
     let signals = Signals::install()?;
     let owner = actor.lease_owner();
+    // Waiting for other builds (a plan's `after`) counts against --max-wait as a
+    // scheduled retry does.
+    let began = std::time::Instant::now();
+    let mut said: Option<String> = None;
     loop {
         store.refresh(&opts.build_id)?;
         let now = store.now()?;
@@ -298,6 +305,35 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
                 _ => return Ok(Outcome::NotRun(decision)),
             },
         };
+        // Does it wait for other builds? Polled until they have done it, within
+        // --max-wait; beyond it, nothing is run and the decision says what it waits for.
+        let unmet = crate::parents::unmet(store, &build, &plan, Some(state))?;
+        if !unmet.is_empty() {
+            let mut waiting = decision.clone();
+            waiting.next_state = Some(state);
+            waiting.decision = Action::Resume;
+            let waiting = crate::decide::gate(waiting, &plan, unmet);
+            let left = opts.max_wait.saturating_sub(began.elapsed());
+            if left.is_zero() {
+                return Ok(Outcome::NotRun(waiting));
+            }
+            if said.as_deref() != Some(waiting.reason.as_str()) {
+                eprintln!(
+                    "run-state: {} (waiting up to {} more)",
+                    waiting.reason,
+                    time::format_duration(left)
+                );
+                said = Some(waiting.reason.clone());
+            }
+            let pause = left.min(PARENT_POLL);
+            if let Some(signal) = sleep_until(SystemTime::now() + pause, &signals) {
+                return Ok(Outcome::Interrupted {
+                    state: None,
+                    signal,
+                });
+            }
+            continue;
+        }
         if build.status == Status::Waiting && build.active_state == Some(state) {
             if let Some(due) = build.next_attempt_at.filter(|d| *d > now) {
                 let wait = due.duration_since(now).unwrap_or_default();

@@ -85,6 +85,10 @@ pub struct Decision {
     /// Completed states that must run again, earliest first, with what changed (empty
     /// unless a plan declares inputs or verify commands; see docs/plan.md#inputs).
     pub stale: Vec<crate::manifest::Stale>,
+    /// For `wait` on other builds: the dependencies of `next_state` that do not hold yet
+    /// (`crate::deps`, docs/plan.md#dependencies); left out when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<crate::deps::Unmet>,
 }
 
 impl Decision {
@@ -118,6 +122,7 @@ impl Decision {
             not_before: None,
             category: None,
             stale: Vec::new(),
+            waiting_for: Vec::new(),
         }
     }
 
@@ -180,6 +185,40 @@ pub fn decide_with_stale(
     }
     d.stale = stale;
     d
+}
+
+/// `d`, unless it says to run a state (start, resume, retry, rerun) whose dependencies
+/// on other builds do not all hold (`unmet`, judged by [`crate::deps::judge`]): then
+/// `wait` for them, naming each parent and what it lacks. A parent that completes its
+/// state lets the next decision go ahead; nothing is written meanwhile.
+pub fn gate(d: Decision, plan: &Plan, unmet: Vec<crate::deps::Unmet>) -> Decision {
+    let runs = matches!(
+        d.decision,
+        Action::Start | Action::Resume | Action::Retry | Action::Rerun
+    );
+    if !runs || unmet.is_empty() {
+        return d;
+    }
+    let label = d
+        .next_state
+        .map_or("the next state".into(), |s| plan.label(s));
+    let reasons: Vec<&str> = unmet.iter().map(|u| u.reason.as_str()).collect();
+    Decision {
+        decision: Action::Wait,
+        reason: format!(
+            "{label} waits for another build: {}; it goes ahead once {}",
+            reasons.join("; "),
+            if unmet.len() == 1 {
+                "it has"
+            } else {
+                "they have"
+            }
+        ),
+        hinted: None,
+        not_before: None,
+        waiting_for: unmet,
+        ..d
+    }
 }
 
 /// What to do next with `build` (`None` when there is no record of it) at `now`.

@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod context;
 pub mod decide;
+pub mod deps;
 pub mod manifest;
 pub mod model;
 pub mod outputs;

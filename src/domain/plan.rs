@@ -100,6 +100,11 @@ pub struct StateDef {
     /// A shell command that must succeed before the state starts under run-state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<String>,
+    /// Other builds' states this one waits for, `BUILD:STATE` each (the build id perhaps
+    /// a template: `base-{image}:100`): until each parent has completed its state, the
+    /// decision is `wait` (`crate::deps`, docs/plan.md#dependencies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// A state's declared inputs. Every field is optional; an empty declaration never goes
@@ -243,6 +248,16 @@ impl Plan {
             }
             if let Some(i) = &s.inputs {
                 i.validate().map_err(|m| format!("{at}.inputs.{m}"))?;
+            }
+            if s.after.len() > crate::deps::MAX_AFTER {
+                return Err(format!(
+                    "{at}.after: {} entries, more than the {} a state may wait for",
+                    s.after.len(),
+                    crate::deps::MAX_AFTER
+                ));
+            }
+            for (j, a) in s.after.iter().enumerate() {
+                crate::deps::parse_after(a).map_err(|m| format!("{at}.after[{j}]: {m}"))?;
             }
             for (field, cmd) in [("verify", &s.verify), ("requires", &s.requires)] {
                 if cmd

@@ -34,11 +34,11 @@ pub const FORMAT: &str = "buildstate-snapshot";
 /// pruned by retention, which leave gaps in the numbering; version 4: `unverified`
 /// events, a verify that could not run; version 5: a `pruned` event's typed `count`;
 /// version 6: `output` events with their `outputs`; version 7: `resource` events, the
-/// ledger of what a build made), so older buildstates keep reading the builds that do
-/// not use those.
+/// ledger of what a build made; version 8: a plan whose states wait for other builds,
+/// `after`), so older buildstates keep reading the builds that do not use those.
 /// A version 3 or 4 snapshot's `pruned` events are read with the count their message
 /// gives.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 /// The largest snapshot accepted (a 1 MB message, many times over, fits).
 pub const MAX_BYTES: usize = 256 * 1024 * 1024;
 
@@ -309,9 +309,14 @@ impl Snapshot {
         let v5 = events.iter().any(|e| e.count.is_some());
         let v6 = events.iter().any(|e| e.kind == EventKind::Output);
         let v7 = events.iter().any(|e| e.kind == EventKind::Resource);
+        // A plan whose states wait for other builds: an older reader refuses the plan
+        // (an unknown field) rather than run a state before its parents.
+        let v8 = plan.states.iter().any(|s| !s.after.is_empty());
         Snapshot {
             format: FORMAT.to_string(),
-            schema_version: if v7 {
+            schema_version: if v8 {
+                8
+            } else if v7 {
                 7
             } else if v6 {
                 6

@@ -9,6 +9,7 @@ mod compat;
 mod completion;
 mod concourse;
 mod concurrency;
+mod deps;
 mod extreme;
 mod fleet;
 mod inputs;

@@ -148,6 +148,10 @@ fn run(args: &Args) -> Result<i32> {
             report = load(&store, &plan)?;
         }
         report = report.with_stale(&b, &plan, now, stale);
+    }
+    if let Some(b) = store.store().build(&args.build_id)? {
+        let plan = store.store().plan(&b.plan_hash)?;
+        report = report.with_parents(&mut store, &b, &plan)?;
         if args.plan {
             let events = store.store().events(&args.build_id)?;
             let view = crate::report::PlanView::of(&report, &b, &plan, &events);

@@ -59,6 +59,16 @@ fn run(args: &Args) -> Result<i32> {
     };
     req.validate()?;
     let mut store = args.common.writer(true)?;
+    // A build that would wait for itself (its plan's after, through other builds) is
+    // refused before anything is written.
+    let meta: std::collections::BTreeMap<String, String> = req.meta.iter().cloned().collect();
+    let child = crate::deps::Child {
+        build_id: &req.build_id,
+        cloud: &req.cloud,
+        image: &req.image,
+        meta: &meta,
+    };
+    crate::parents::refuse_cycles(&mut store, &child, &req.plan)?;
     let now = SystemTime::now();
     let outcome = store.init(&req, &crate::environment::actor("init-state"), now)?;
     crate::cli::deliver_after_write("init-state", &mut store);

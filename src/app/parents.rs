@@ -1,0 +1,104 @@
+//! The other builds a build's state waits for (`after` in its plan: `crate::deps`), as
+//! known here: read from this database, after a refresh from the remote in remote mode
+//! (one read per parent, into the local copy). And, at init, a build that would wait on
+//! itself, directly or through the builds it waits for, is refused.
+
+use crate::deps::{judge, parse_after, resolve, Child, Known, Unmet};
+use crate::model::Build;
+use crate::plan::Plan;
+use crate::sync::Writer;
+use crate::{Error, Result};
+
+/// The parents of `state` of `child` (under `plan`), each resolved for it: (parent id,
+/// the parent's state it waits for).
+fn parents_of(child: &Child<'_>, plan: &Plan, state: u8) -> Result<Vec<(String, u8)>> {
+    let Some(def) = plan.state(state) else {
+        return Ok(Vec::new());
+    };
+    def.after
+        .iter()
+        .map(|text| {
+            let a = parse_after(text).map_err(|m| Error::InvalidPlan {
+                origin: format!("plan '{}'", plan.name),
+                message: format!("{}.after: {m}", plan.label(state)),
+            })?;
+            Ok((resolve(&a.build, child)?, a.state))
+        })
+        .collect()
+}
+
+/// What is known of the parent `id` here (after a refresh in remote mode).
+fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
+    writer.refresh(id)?;
+    let Some(p) = writer.store().build(id)? else {
+        return Ok(None);
+    };
+    let plan = writer.store().plan(&p.plan_hash)?;
+    Ok(Some(Known {
+        status: p.status,
+        current_state: p.current_state,
+        state_name: plan.state(state).map(|d| d.name.clone()),
+    }))
+}
+
+/// The dependencies of `state` of `b` that do not hold now ([`crate::decide::gate`]
+/// turns a go-ahead into `wait` on them).
+pub fn unmet(writer: &mut Writer, b: &Build, plan: &Plan, state: Option<u8>) -> Result<Vec<Unmet>> {
+    let Some(state) = state else {
+        return Ok(Vec::new());
+    };
+    if plan.state(state).is_none_or(|d| d.after.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let meta = writer.store().metadata(&b.build_id)?;
+    let mut out = Vec::new();
+    for (id, s) in parents_of(&Child::of(b, &meta), plan, state)? {
+        if let Some(u) = judge(&id, s, known(writer, &id, s)?.as_ref()) {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}
+
+/// Refuse (exit 8) the new build `child` if it would wait for itself: a parent of one of
+/// its states is itself, or waits (through its own plan, at any depth) for it. Parents
+/// that do not exist yet are not followed: they may be created later (docs/plan.md).
+pub fn refuse_cycles(writer: &mut Writer, child: &Child<'_>, plan: &Plan) -> Result<()> {
+    let me = child.build_id;
+    let start = vec![me.to_string()];
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo: Vec<(String, Vec<String>)> = Vec::new();
+    for s in &plan.states {
+        for (id, _) in parents_of(child, plan, s.id)? {
+            todo.push((id, start.clone()));
+        }
+    }
+    while let Some((id, mut via)) = todo.pop() {
+        via.push(id.clone());
+        if id == me {
+            return Err(Error::InvalidInput(format!(
+                "build '{me}' would wait for itself: {}; a build cannot depend on its own states, directly or through others: change the plan's after (or the metadata its templates name); nothing was written",
+                via.join(" waits for ")
+            )));
+        }
+        if !seen.insert(id.clone()) || via.len() > 64 {
+            continue;
+        }
+        writer.refresh(&id)?;
+        let Some(p) = writer.store().build(&id)? else {
+            continue;
+        };
+        let pplan = writer.store().plan(&p.plan_hash)?;
+        let pmeta = writer.store().metadata(&id)?;
+        for s in &pplan.states {
+            // A parent whose own templates do not resolve waits on nobody yet.
+            let Ok(next) = parents_of(&Child::of(&p, &pmeta), &pplan, s.id) else {
+                continue;
+            };
+            for (n, _) in next {
+                todo.push((n, via.clone()));
+            }
+        }
+    }
+    Ok(())
+}

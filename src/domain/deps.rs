@@ -1,0 +1,226 @@
+//! Builds that depend on builds (issue 29): a plan's state may wait until another build
+//! has completed one of its states, `after = ["base-rhel9:100"]`. The parent's id may be
+//! a template over the child (`base-{image}`: its cloud, image or a metadata key), so
+//! one plan serves many builds. What a parent lacks is judged from what is known of it
+//! (the store, or the remote in remote mode) at decision time: pure, here.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::{echo, validate_build_id, Build, Status};
+use crate::{Error, Result};
+
+/// One `after` entry: BUILD:STATE, BUILD perhaps a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub build: String,
+    pub state: u8,
+}
+
+/// The most `after` entries one state may have.
+pub const MAX_AFTER: usize = 32;
+
+/// Read `BUILD:STATE` (a state number 0 to 100; BUILD a build id, or a template whose
+/// `{...}` name the child's `cloud`, `image` or a metadata key).
+pub fn parse_after(text: &str) -> std::result::Result<After, String> {
+    let Some((build, state)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "'{}' is not BUILD:STATE (a build id and the state of it to wait for, e.g. base-rhel9:100)",
+            echo(text)
+        ));
+    };
+    let state: u8 = state
+        .parse()
+        .ok()
+        .filter(|s| *s <= 100)
+        .ok_or_else(|| format!("'{}': the state is a number from 0 to 100", echo(text)))?;
+    check_template(build).map_err(|m| format!("'{}': {m}", echo(text)))?;
+    Ok(After {
+        build: build.to_string(),
+        state,
+    })
+}
+
+/// A build id with `{name}` placeholders: what is outside them a build id's characters,
+/// each name `cloud`, `image` or a metadata key.
+fn check_template(t: &str) -> std::result::Result<(), String> {
+    let mut rest = t;
+    let mut literal = String::new();
+    while let Some(open) = rest.find('{') {
+        literal.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            return Err("a '{' without its '}'".into());
+        };
+        let name = &rest[open + 1..open + close];
+        if crate::model::validate_meta_key(name).is_err() {
+            return Err(format!(
+                "'{{{}}}' does not name the build's cloud, image or a metadata key",
+                echo(name)
+            ));
+        }
+        literal.push('x');
+        rest = &rest[open + close + 1..];
+    }
+    literal.push_str(rest);
+    if literal.contains('}') {
+        return Err("a '}' without its '{'".into());
+    }
+    validate_build_id(&literal).map_err(|_| {
+        "the build id is 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit".to_string()
+    })
+}
+
+/// The build whose parents are resolved: its id, cloud, image and metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct Child<'a> {
+    pub build_id: &'a str,
+    pub cloud: &'a str,
+    pub image: &'a str,
+    pub meta: &'a BTreeMap<String, String>,
+}
+
+impl<'a> Child<'a> {
+    pub fn of(b: &'a Build, meta: &'a BTreeMap<String, String>) -> Child<'a> {
+        Child {
+            build_id: &b.build_id,
+            cloud: &b.cloud,
+            image: &b.image,
+            meta,
+        }
+    }
+}
+
+/// The parent's id for `child`: each `{name}` replaced by the child's cloud, image or
+/// metadata value. A name the child does not have is an error that names it.
+pub fn resolve(template: &str, child: &Child<'_>) -> Result<String> {
+    let id = child.build_id;
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
+        let name = &rest[open + 1..close];
+        let value = match name {
+            "cloud" => Some(child.cloud),
+            "image" => Some(child.image),
+            key => child.meta.get(key).map(String::as_str),
+        };
+        let Some(value) = value else {
+            return Err(Error::InvalidInput(format!(
+                "build '{id}': its plan's after '{}' names {{{name}}}, which the build has no metadata key for: set it (update-state {id} meta {name}=..., or init-state --meta)",
+                echo(template)
+            )));
+        };
+        out.push_str(value);
+        rest = rest.get(close + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    validate_build_id(&out).map_err(|_| {
+        Error::InvalidInput(format!(
+            "build '{id}': its plan's after '{}' makes '{}', which is not a build id",
+            echo(template),
+            echo(&out)
+        ))
+    })?;
+    Ok(out)
+}
+
+/// What is known of a parent when a child decides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub status: Status,
+    pub current_state: Option<u8>,
+    /// The names of the parent's plan's states, to say what it lacks.
+    pub state_name: Option<String>,
+}
+
+/// A dependency that does not hold: which parent, which state of it, and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unmet {
+    pub build_id: String,
+    pub state: u8,
+    /// `missing` (no such build yet), or the parent's status.
+    pub status: String,
+    /// The parent's last completed state.
+    pub current_state: Option<u8>,
+    /// What it lacks, in words.
+    pub reason: String,
+}
+
+/// Whether the parent `id` (as `known`, `None`: no such build) has completed `state`:
+/// `None` when it has, else what it lacks.
+pub fn judge(id: &str, state: u8, known: Option<&Known>) -> Option<Unmet> {
+    let label = |k: &Known| match &k.state_name {
+        Some(n) => format!("state {state} ({n})"),
+        None => format!("state {state}"),
+    };
+    match known {
+        None => Some(Unmet {
+            build_id: id.to_string(),
+            state,
+            status: "missing".into(),
+            current_state: None,
+            reason: format!("build {id} does not exist yet: it must complete state {state} first"),
+        }),
+        Some(k) if k.current_state.is_some_and(|c| c >= state) => None,
+        Some(k) => Some(Unmet {
+            build_id: id.to_string(),
+            state,
+            status: k.status.to_string(),
+            current_state: k.current_state,
+            reason: format!(
+                "build {id} has not completed {} yet: it is {}{}",
+                label(k),
+                k.status,
+                k.current_state
+                    .map_or(String::new(), |c| format!(", its last completed state {c}"))
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_entries_and_templates() {
+        assert_eq!(
+            parse_after("base-rhel9:100").unwrap(),
+            After {
+                build: "base-rhel9".into(),
+                state: 100
+            }
+        );
+        assert!(parse_after("base-{image}:5").is_ok());
+        for bad in [
+            "base",
+            "base:101",
+            "base:x",
+            ":5",
+            "base-{image:5",
+            "base-{a-b}:5",
+            "b/../c:5",
+        ] {
+            assert!(parse_after(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_parent_holds_once_it_has_completed_the_state() {
+        let k = |s: Status, c: Option<u8>| Known {
+            status: s,
+            current_state: c,
+            state_name: Some("publish".into()),
+        };
+        assert!(judge("base", 100, Some(&k(Status::Completed, Some(100)))).is_none());
+        let u = judge("base", 100, Some(&k(Status::Running, Some(40)))).unwrap();
+        assert!(
+            u.reason.contains("state 100 (publish)") && u.reason.contains("40"),
+            "{}",
+            u.reason
+        );
+        assert_eq!(judge("base", 5, None).unwrap().status, "missing");
+    }
+}

@@ -1,0 +1,277 @@
+//! Issue 29, builds that depend on builds (first part): a plan's state waits for another
+//! build's state (`after`), locally and through a remote; run-state waits for it within
+//! --max-wait; a build that would wait for itself is refused at init.
+
+use serde_json::Value;
+
+use crate::util::Env;
+
+/// States 0 and 5 of its own; state 10 waits for the base image build of the same image
+/// to complete its state 5.
+const CHILD: &str = r#"
+name = "app-image"
+[[state]]
+id = 0
+name = "init"
+expected = "1s"
+[[state]]
+id = 5
+name = "app-layer"
+expected = "1m"
+[[state]]
+id = 10
+name = "publish"
+expected = "1m"
+after = ["base-{image}:5"]
+"#;
+
+fn decide(env: &Env, id: &str) -> (i32, Value) {
+    let r = env.run("check-state", &[id, "--json"]);
+    (r.code, r.json())
+}
+
+#[test]
+fn a_state_waits_until_the_parent_has_completed_its_state() {
+    let env = Env::new();
+    let plan = env.write("child.toml", CHILD);
+    env.run(
+        "init-state",
+        &[
+            "app-1",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    // State 5 waits for nobody.
+    assert_eq!(decide(&env, "app-1").0, 0);
+    env.update("app-1", &["start", "5"]).ok();
+    env.update("app-1", &["complete", "5"]).ok();
+    // State 10 waits for base-rhel9, which does not exist yet.
+    let (code, j) = decide(&env, "app-1");
+    assert_eq!(
+        (code, j["decision"].as_str()),
+        (buildstate::exit::WAIT, Some("wait")),
+        "{j}"
+    );
+    assert_eq!(j["next_state"], 10);
+    let w = &j["waiting_for"][0];
+    assert_eq!(
+        (
+            w["build_id"].as_str(),
+            w["state"].as_u64(),
+            w["status"].as_str()
+        ),
+        (Some("base-rhel9"), Some(5), Some("missing")),
+        "{j}"
+    );
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .contains("base-rhel9 does not exist yet"),
+        "{j}"
+    );
+    // It exists, and has not got there yet.
+    env.init("base-rhel9");
+    let (code, j) = decide(&env, "app-1");
+    assert_eq!(code, buildstate::exit::WAIT);
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has not completed state 5 (kickstart)"),
+        "{j}"
+    );
+    // run-state waits for it within --max-wait, then says what it waits for.
+    let r = env.run(
+        "run-state",
+        &["app-1", "--next", "--max-wait", "1s", "--", "true"],
+    );
+    assert_eq!(r.code, buildstate::exit::WAIT, "{}", r.stderr);
+    assert!(r.stderr.contains("waits for another build"), "{}", r.stderr);
+    assert_eq!(env.state("app-1")["current_state"], 5, "nothing ran");
+    // A worker waiting with a longer --max-wait goes ahead once the parent is done.
+    let mut worker = env.command("run-state");
+    worker
+        .args([
+            "app-1",
+            "--next",
+            "--max-wait",
+            "60s",
+            "--",
+            "sh",
+            "-c",
+            "date +%s%N > ran",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let started = std::time::Instant::now();
+    let child = worker.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !env.path("ran").exists(),
+        "state 10 ran before its parent's state 5"
+    );
+    env.update("base-rhel9", &["start", "5"]).ok();
+    env.update("base-rhel9", &["complete", "5"]).ok();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.path("ran").exists() && started.elapsed().as_millis() >= 1500);
+    assert_eq!(env.state("app-1")["current_state"], 10);
+}
+
+#[test]
+fn a_build_that_would_wait_for_itself_is_refused_at_init() {
+    let env = Env::new();
+    let plan = env.write(
+        "peer.toml",
+        r#"
+name = "peers"
+[[state]]
+id = 0
+name = "init"
+expected = "1s"
+[[state]]
+id = 5
+name = "bake"
+expected = "1m"
+after = ["{peer}:5"]
+"#,
+    );
+    let p = plan.to_str().unwrap();
+    let init = |id: &str, peer: &str| {
+        env.run(
+            "init-state",
+            &[
+                id,
+                "--cloud",
+                "aws",
+                "--image",
+                "rhel9",
+                "--plan",
+                p,
+                "--meta",
+                &format!("peer={peer}"),
+            ],
+        )
+    };
+    // Itself, directly.
+    let r = init("solo", "solo").code(buildstate::exit::INVALID_INPUT);
+    assert!(
+        r.stderr
+            .contains("would wait for itself: solo waits for solo"),
+        "{}",
+        r.stderr
+    );
+    // A waits for B, which does not exist yet: allowed (it may be created later).
+    init("a", "b").ok();
+    // B waiting for A closes the circle: refused, nothing written.
+    let r = init("b", "a").code(buildstate::exit::INVALID_INPUT);
+    assert!(
+        r.stderr.contains("b waits for a waits for b"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        env.run("check-state", &["b", "--json"]).json()["exists"],
+        false
+    );
+    // A template naming a key the build lacks is refused, naming it.
+    let r = env
+        .run(
+            "init-state",
+            &["c", "--cloud", "aws", "--image", "rhel9", "--plan", p],
+        )
+        .code(buildstate::exit::INVALID_INPUT);
+    assert!(r.stderr.contains("{peer}"), "{}", r.stderr);
+    // An after that is not BUILD:STATE is an invalid plan.
+    let bad = env.write(
+        "bad.toml",
+        &std::fs::read_to_string(&plan)
+            .unwrap()
+            .replace("{peer}:5", "base"),
+    );
+    let r = env
+        .run(
+            "init-state",
+            &[
+                "d",
+                "--cloud",
+                "aws",
+                "--image",
+                "rhel9",
+                "--plan",
+                bad.to_str().unwrap(),
+            ],
+        )
+        .code(buildstate::exit::INVALID_PLAN);
+    assert!(
+        r.stderr.contains("after[0]") && r.stderr.contains("BUILD:STATE"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Two machines through a folder remote: the child on machine B waits for the parent
+/// written on machine A, read from the remote; its snapshot is version 8.
+#[test]
+fn the_parent_is_read_from_the_remote() {
+    let env = Env::new();
+    let url = format!("file://{}/remote", env.dir.path().display());
+    let b_db = env.path("machine-b.db");
+    let on = |db: &std::path::Path, name: &str, args: &[&str]| {
+        let mut c = env.command_on(name, db);
+        c.arg("--remote").arg(&url).args(args);
+        env.run_with(&mut c, None)
+    };
+    let plan = env.write("child.toml", CHILD);
+    on(
+        &env.db,
+        "init-state",
+        &["base-rhel9", "--cloud", "aws", "--image", "rhel9"],
+    )
+    .ok();
+    on(
+        &b_db,
+        "init-state",
+        &[
+            "app-2",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    on(&b_db, "update-state", &["app-2", "start", "5"]).ok();
+    on(&b_db, "update-state", &["app-2", "complete", "5"]).ok();
+    let r = on(&b_db, "check-state", &["app-2", "--json"]);
+    assert_eq!(r.code, buildstate::exit::WAIT, "{}", r.stdout);
+    assert_eq!(r.json()["waiting_for"][0]["status"], "pending");
+    on(&env.db, "update-state", &["base-rhel9", "start", "5"]).ok();
+    on(&env.db, "update-state", &["base-rhel9", "complete", "5"]).ok();
+    let r = on(&b_db, "check-state", &["app-2", "--json"]).ok();
+    assert_eq!(r.json()["decision"], "resume");
+    let snap: Value =
+        serde_json::from_slice(&std::fs::read(env.path("remote/builds/app-2.json")).unwrap())
+            .unwrap();
+    assert_eq!(snap["schema_version"], 8);
+    let base: Value =
+        serde_json::from_slice(&std::fs::read(env.path("remote/builds/base-rhel9.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        base["schema_version"], 1,
+        "a build whose plan waits for nobody stays readable by older machines"
+    );
+}
