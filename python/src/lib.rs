@@ -356,6 +356,7 @@ impl Store {
                 image: image.to_string(),
                 plan,
                 meta: meta.unwrap_or_default().into_iter().collect(),
+                after: vec![],
             };
             let actor = self.actor.lock().expect("actor lock").clone();
             let mut store = self.inner.lock().expect("store lock");

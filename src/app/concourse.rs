@@ -405,6 +405,7 @@ pub fn put(req: &Request, src: &Path, settings: &Settings) -> Result<Value> {
                 .ok_or_else(|| Error::InvalidInput("out: init needs params.image".into()))?,
             plan,
             meta: params.meta.clone().into_iter().collect(),
+            after: Vec::new(),
         };
         w.init(&req, &actor, now)?.build
     } else {

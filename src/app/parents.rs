@@ -27,6 +27,20 @@ fn parents_of(child: &Child<'_>, plan: &Plan, state: u8) -> Result<Vec<(String, 
         .collect()
 }
 
+/// The parents of every state of `build_id` (`init-state --after`): (id, state).
+fn build_level(writer: &Writer, build_id: &str) -> Result<Vec<(String, u8)>> {
+    writer
+        .store()
+        .build_after(build_id)?
+        .iter()
+        .map(|text| {
+            let a = parse_after(text)
+                .map_err(|m| Error::Corrupt(format!("build '{build_id}': its --after {m}")))?;
+            Ok((a.build, a.state))
+        })
+        .collect()
+}
+
 /// What is known of the parent `id` here (after a refresh in remote mode).
 fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
     writer.refresh(id)?;
@@ -47,12 +61,13 @@ pub fn unmet(writer: &mut Writer, b: &Build, plan: &Plan, state: Option<u8>) -> 
     let Some(state) = state else {
         return Ok(Vec::new());
     };
-    if plan.state(state).is_none_or(|d| d.after.is_empty()) {
-        return Ok(Vec::new());
+    let mut parents = build_level(writer, &b.build_id)?;
+    if plan.state(state).is_some_and(|d| !d.after.is_empty()) {
+        let meta = writer.store().metadata(&b.build_id)?;
+        parents.extend(parents_of(&Child::of(b, &meta), plan, state)?);
     }
-    let meta = writer.store().metadata(&b.build_id)?;
     let mut out = Vec::new();
-    for (id, s) in parents_of(&Child::of(b, &meta), plan, state)? {
+    for (id, s) in parents {
         if let Some(u) = judge(&id, s, known(writer, &id, s)?.as_ref()) {
             out.push(u);
         }
@@ -63,7 +78,12 @@ pub fn unmet(writer: &mut Writer, b: &Build, plan: &Plan, state: Option<u8>) -> 
 /// Refuse (exit 8) the new build `child` if it would wait for itself: a parent of one of
 /// its states is itself, or waits (through its own plan, at any depth) for it. Parents
 /// that do not exist yet are not followed: they may be created later (docs/plan.md).
-pub fn refuse_cycles(writer: &mut Writer, child: &Child<'_>, plan: &Plan) -> Result<()> {
+pub fn refuse_cycles(
+    writer: &mut Writer,
+    child: &Child<'_>,
+    plan: &Plan,
+    after: &[String],
+) -> Result<()> {
     let me = child.build_id;
     let start = vec![me.to_string()];
     let mut seen = std::collections::BTreeSet::new();
@@ -72,6 +92,23 @@ pub fn refuse_cycles(writer: &mut Writer, child: &Child<'_>, plan: &Plan) -> Res
         for (id, _) in parents_of(child, plan, s.id)? {
             todo.push((id, start.clone()));
         }
+    }
+    // The builds `--after` names must exist: an id typed by hand is more often a typo
+    // than a build to come (a plan's templates, shared by many builds, may wait).
+    for text in after {
+        let a = parse_after(text).map_err(|m| Error::InvalidInput(format!("--after {m}")))?;
+        if a.build != me {
+            writer.refresh(&a.build)?;
+            if writer.store().build(&a.build)?.is_none() {
+                let similar = crate::report::similar_builds(writer.store(), &a.build)?;
+                return Err(Error::InvalidInput(format!(
+                    "--after {text}: there is no build '{}'{}; create it first, or name it in the plan's after, where a build that does not exist yet is waited for; nothing was written",
+                    a.build,
+                    if similar.is_empty() { String::new() } else { format!(" (similar: {})", similar.join(", ")) }
+                )));
+            }
+        }
+        todo.push((a.build, start.clone()));
     }
     while let Some((id, mut via)) = todo.pop() {
         via.push(id.clone());
@@ -88,6 +125,9 @@ pub fn refuse_cycles(writer: &mut Writer, child: &Child<'_>, plan: &Plan) -> Res
         let Some(p) = writer.store().build(&id)? else {
             continue;
         };
+        for (n, _) in build_level(writer, &id)? {
+            todo.push((n, via.clone()));
+        }
         let pplan = writer.store().plan(&p.plan_hash)?;
         let pmeta = writer.store().metadata(&id)?;
         for s in &pplan.states {

@@ -244,6 +244,9 @@ impl Report {
             crate::decide::Action::Start => format!("start a new build at {next}"),
             crate::decide::Action::Resume => format!("resume at {next}"),
             crate::decide::Action::Retry => format!("retry {next}"),
+            crate::decide::Action::Wait if !self.decision.waiting_for.is_empty() => {
+                format!("wait for other builds before {next}")
+            }
             crate::decide::Action::Wait => format!("wait to retry {next}"),
             crate::decide::Action::Blocked if next.is_empty() => "needs a person".to_string(),
             crate::decide::Action::Blocked => format!("blocked at {next}: needs a person"),

@@ -333,6 +333,7 @@ mod tests {
                     .collect()
             }),
             resource: None,
+            after: None,
         }
     }
 

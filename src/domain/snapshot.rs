@@ -311,7 +311,8 @@ impl Snapshot {
         let v7 = events.iter().any(|e| e.kind == EventKind::Resource);
         // A plan whose states wait for other builds: an older reader refuses the plan
         // (an unknown field) rather than run a state before its parents.
-        let v8 = plan.states.iter().any(|s| !s.after.is_empty());
+        let v8 = plan.states.iter().any(|s| !s.after.is_empty())
+            || events.iter().any(|e| e.after.is_some());
         Snapshot {
             format: FORMAT.to_string(),
             schema_version: if v8 {
@@ -595,6 +596,34 @@ impl Snapshot {
             if let Some(op) = &e.resource {
                 op.validate()
                     .map_err(|why| invalid(id, format!("event {}: {why}", e.seq)))?;
+            }
+            // Only an init event says what the build waits for, each entry BUILD:STATE
+            // naming another build (a snapshot from elsewhere is checked as --after is).
+            if let Some(after) = &e.after {
+                if e.kind != EventKind::Init || after.len() > crate::deps::MAX_AFTER {
+                    return Err(invalid(
+                        id,
+                        format!(
+                            "event {} ({}): only an init event carries `after`, at most {} entries",
+                            e.seq,
+                            e.kind,
+                            crate::deps::MAX_AFTER
+                        ),
+                    ));
+                }
+                for a in after {
+                    let ok = crate::deps::parse_after(a).is_ok_and(|p| !p.build.contains('{'));
+                    if !ok {
+                        return Err(invalid(
+                            id,
+                            format!(
+                                "event {}: after '{}' is not BUILD:STATE",
+                                e.seq,
+                                crate::model::echo(a)
+                            ),
+                        ));
+                    }
+                }
             }
             if (e.kind == EventKind::Pruned) != e.count.is_some() {
                 return Err(invalid(

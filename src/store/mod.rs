@@ -538,6 +538,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The other builds' states `build_id` waits for before any of its states runs: its
+    /// init event's `after` (`init-state --after`), each BUILD:STATE; none for a build
+    /// that does not exist.
+    pub fn build_after(&self, build_id: &str) -> Result<Vec<String>> {
+        let text: Option<Option<String>> = self
+            .conn
+            .prepare_cached(
+                "SELECT after FROM events WHERE build_id = :id AND kind = 'init' ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(named_params! {":id": build_id}, |r| r.get(0))
+            .optional()?;
+        match text.flatten() {
+            None => Ok(Vec::new()),
+            Some(t) => serde_json::from_str(&t).map_err(|e| {
+                Error::Corrupt(format!("build '{build_id}': its init event's after: {e}"))
+            }),
+        }
+    }
+
     /// The events of the writes from `serial` on (one write's: its serial).
     pub fn events_since(&self, build_id: &str, serial: u64) -> Result<Vec<Event>> {
         load_events_since(&self.conn, build_id, serial)
@@ -843,7 +862,8 @@ fn check_resource_op(
 
 /// The columns [`read_event`] reads, in its order.
 const EVENT_COLUMNS: &str = "seq, serial, at, kind, state, attempt, message, category,
-    exit_code, duration_ms, actor, owner, write_id, until, inputs, count, outputs, resource";
+    exit_code, duration_ms, actor, owner, write_id, until, inputs, count, outputs, resource,
+    after";
 
 fn read_event(r: &rusqlite::Row<'_>) -> Result<Event> {
     let seq: u64 = r.get(0)?;
@@ -874,6 +894,7 @@ fn read_event(r: &rusqlite::Row<'_>) -> Result<Event> {
         count: r.get(15)?,
         outputs: json_column(r, 16, seq, "outputs")?,
         resource: json_column(r, 17, seq, "resource")?,
+        after: json_column(r, 18, seq, "after")?,
     })
 }
 
@@ -921,6 +942,7 @@ fn read_ledger_event(r: &rusqlite::Row<'_>) -> Result<Event> {
         count: None,
         outputs: None,
         resource: json_column(r, 7, seq, "resource")?,
+        after: None,
     })
 }
 
@@ -988,10 +1010,10 @@ fn insert_build(conn: &Connection, b: &Build) -> Result<()> {
 /// One event row; shared by every write and by snapshot imports.
 const INSERT_EVENT: &str = "INSERT INTO events (build_id, seq, serial, at, kind, state,
     attempt, message, category, exit_code, duration_ms, actor, owner, write_id, until, inputs,
-    count, outputs, resource)
+    count, outputs, resource, after)
     VALUES (:id, :seq, :serial, :at, :kind, :state, :attempt, :message, :category,
     :exit_code, :duration, :actor, :owner, :write_id, :until, :inputs, :count, :outputs,
-    :resource)";
+    :resource, :after)";
 
 /// One metadata value with the serial that set it.
 const UPSERT_META: &str = "INSERT INTO build_meta (build_id, key, value, updated_serial)
@@ -1035,6 +1057,7 @@ fn append_events(
             ":count": e.count,
             ":outputs": e.outputs.as_ref().map(|o| serde_json::to_string(o).expect("text by key always serializes")),
             ":resource": e.resource.as_ref().map(|r| serde_json::to_string(r).expect("a resource op always serializes")),
+            ":after": e.after.as_ref().map(|a| serde_json::to_string(a).expect("text always serializes")),
         })?;
     }
     Ok(())

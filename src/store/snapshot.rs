@@ -421,6 +421,7 @@ fn insert_events(tx: &rusqlite::Transaction<'_>, build_id: &str, events: &[Event
             ":inputs": e.inputs.as_ref().map(|m| serde_json::to_string(m).expect("a manifest always serializes")),
             ":count": e.count,
             ":outputs": e.outputs.as_ref().map(|o| serde_json::to_string(o).expect("text by key always serializes")),
+            ":after": e.after.as_ref().map(|a| serde_json::to_string(a).expect("text always serializes")),
             ":resource": e.resource.as_ref().map(|r| serde_json::to_string(r).expect("a resource op always serializes")),
         })?;
     }

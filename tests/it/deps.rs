@@ -275,3 +275,102 @@ fn the_parent_is_read_from_the_remote() {
         "a build whose plan waits for nobody stays readable by older machines"
     );
 }
+
+/// `init-state --after BUILD:STATE`: every state of the build waits for that parent's
+/// state. The parent must exist (an id typed by hand is more often a typo); a cycle
+/// through a plan's after is refused too.
+#[test]
+fn init_after_makes_the_whole_build_wait_for_an_existing_parent() {
+    let env = Env::new();
+    env.init("base-9");
+    let r = env
+        .run(
+            "init-state",
+            &[
+                "app-9", "--cloud", "aws", "--image", "rhel9", "--after", "base-8:5",
+            ],
+        )
+        .code(buildstate::exit::INVALID_INPUT);
+    assert!(
+        r.stderr.contains("there is no build 'base-8'") && r.stderr.contains("base-9"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        env.run("check-state", &["app-9", "--json"]).json()["exists"],
+        false
+    );
+    env.run(
+        "init-state",
+        &[
+            "app-9", "--cloud", "aws", "--image", "rhel9", "--after", "base-9:5",
+        ],
+    )
+    .ok();
+    let (code, j) = decide(&env, "app-9");
+    assert_eq!(
+        (code, j["next_state"].as_u64()),
+        (buildstate::exit::WAIT, Some(5)),
+        "{j}"
+    );
+    assert_eq!(j["waiting_for"][0]["build_id"], "base-9");
+    let history = env
+        .run("check-state", &["app-9", "--json", "--history"])
+        .json();
+    assert_eq!(
+        history["history"][0]["after"],
+        serde_json::json!(["base-9:5"])
+    );
+    env.update("base-9", &["start", "5"]).ok();
+    env.update("base-9", &["complete", "5"]).ok();
+    assert_eq!(decide(&env, "app-9").1["decision"], "resume");
+    // A template with braces is for plans: refused here.
+    let r = env
+        .run(
+            "init-state",
+            &[
+                "app-10",
+                "--cloud",
+                "aws",
+                "--image",
+                "rhel9",
+                "--after",
+                "base-{image}:5",
+            ],
+        )
+        .code(buildstate::exit::INVALID_INPUT);
+    assert!(r.stderr.contains("templates are for plans"), "{}", r.stderr);
+    // p3's plan waits for p4 (not there yet: allowed); p4 --after p3 closes the circle.
+    let plan = env.write(
+        "peer.toml",
+        "name = \"peers\"\n[[state]]\nid = 0\nname = \"init\"\nexpected = \"1s\"\n[[state]]\nid = 5\nname = \"bake\"\nexpected = \"1m\"\nafter = [\"{peer}:5\"]\n",
+    );
+    env.run(
+        "init-state",
+        &[
+            "p3",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--meta",
+            "peer=p4",
+        ],
+    )
+    .ok();
+    let r = env
+        .run(
+            "init-state",
+            &[
+                "p4", "--cloud", "aws", "--image", "rhel9", "--after", "p3:5",
+            ],
+        )
+        .code(buildstate::exit::INVALID_INPUT);
+    assert!(
+        r.stderr.contains("p4 waits for p3 waits for p4"),
+        "{}",
+        r.stderr
+    );
+}

@@ -49,6 +49,7 @@ impl Fleet {
             image: image.into(),
             plan: Plan::from_toml(PLAN, "test").unwrap(),
             meta: vec![],
+            after: vec![],
         };
         let now = self.t0;
         self.store.init(&req, &self.actor, now).unwrap();

@@ -39,6 +39,12 @@ struct Args {
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     meta: Vec<String>,
 
+    /// Wait for another build's state before any of this build's states runs:
+    /// BUILD:STATE (e.g. base-rhel9:100); repeat for several. The parent must exist
+    /// (exit 8 otherwise), and must not wait for this build (docs/plan.md#dependencies)
+    #[arg(long = "after", value_name = "BUILD:STATE")]
+    after: Vec<String>,
+
     #[command(flatten)]
     common: Common,
 }
@@ -56,6 +62,7 @@ fn run(args: &Args) -> Result<i32> {
         image: args.image.clone(),
         plan,
         meta,
+        after: args.after.clone(),
     };
     req.validate()?;
     let mut store = args.common.writer(true)?;
@@ -68,7 +75,7 @@ fn run(args: &Args) -> Result<i32> {
         image: &req.image,
         meta: &meta,
     };
-    crate::parents::refuse_cycles(&mut store, &child, &req.plan)?;
+    crate::parents::refuse_cycles(&mut store, &child, &req.plan, &req.after)?;
     let now = SystemTime::now();
     let outcome = store.init(&req, &crate::environment::actor("init-state"), now)?;
     crate::cli::deliver_after_write("init-state", &mut store);

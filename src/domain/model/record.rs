@@ -201,6 +201,10 @@ pub struct Event {
     /// On a `resource` event: what it says of which resource (`crate::resources`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<crate::resources::Op>,
+    /// On an `init` event: the other builds' states the build waits for before any of
+    /// its states runs (`init-state --after BUILD:STATE`: `crate::deps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
 }
 
 /// An event about to be appended; the store adds seq, serial, time and actor.
@@ -225,6 +229,8 @@ pub struct NewEvent {
     pub outputs: Option<BTreeMap<String, String>>,
     /// See [`Event::resource`].
     pub resource: Option<crate::resources::Op>,
+    /// See [`Event::after`].
+    pub after: Option<Vec<String>>,
 }
 
 impl NewEvent {
@@ -243,6 +249,7 @@ impl NewEvent {
             count: None,
             outputs: None,
             resource: None,
+            after: None,
         }
     }
 }
@@ -271,6 +278,8 @@ pub struct InitRequest {
     pub image: String,
     pub plan: Plan,
     pub meta: Vec<(String, String)>,
+    /// `init-state --after`: the other builds' states this build waits for.
+    pub after: Vec<String>,
 }
 
 impl InitRequest {
@@ -285,6 +294,7 @@ impl InitRequest {
             image: "rhel9".into(),
             plan: Plan::default_plan(),
             meta: vec![],
+            after: vec![],
         }
     }
 }
@@ -302,6 +312,23 @@ impl InitRequest {
         }
         for (k, _) in &self.meta {
             validate_meta_key(k)?;
+        }
+        if self.after.len() > crate::deps::MAX_AFTER {
+            return Err(Error::InvalidInput(format!(
+                "{} --after, more than the {} a build may wait for",
+                self.after.len(),
+                crate::deps::MAX_AFTER
+            )));
+        }
+        for a in &self.after {
+            let parsed = crate::deps::parse_after(a)
+                .map_err(|m| Error::InvalidInput(format!("--after {m}")))?;
+            if parsed.build.contains('{') {
+                return Err(Error::InvalidInput(format!(
+                    "--after '{}': name the build itself (templates are for plans, where one plan serves many builds)",
+                    echo(a)
+                )));
+            }
         }
         Ok(())
     }
@@ -347,6 +374,10 @@ impl InitRequest {
         );
         if let Some(id) = init_done {
             message.push_str(&format!("; {} recorded as done", self.plan.label(id)));
+        }
+        if !self.after.is_empty() {
+            message.push_str(&format!("; waits for {}", self.after.join(", ")));
+            event.after = Some(self.after.clone());
         }
         event.message = Some(message);
         (build, event)
