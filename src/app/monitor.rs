@@ -332,6 +332,58 @@ pub fn age(secs: u64) -> String {
     }
 }
 
+/// `monitor status --tree` for people: each build that nobody it waits for is under at
+/// the top, and under each build the builds that wait for it, with what they wait for
+/// and whether it holds (a build with two parents appears under both).
+pub fn write_tree(out: &mut String, nodes: &[crate::parents::Node]) {
+    let by_id: HashMap<&str, &crate::parents::Node> =
+        nodes.iter().map(|n| (n.build_id.as_str(), n)).collect();
+    if nodes.is_empty() {
+        out.push_str("no build waits for another (docs/plan.md#dependencies)\n");
+        return;
+    }
+    fn line(n: &crate::parents::Node) -> String {
+        match n.current_state {
+            Some(s) => format!("{} ({}, last completed state {s})", n.build_id, n.status),
+            None => format!("{} ({})", n.build_id, n.status),
+        }
+    }
+    fn walk(
+        out: &mut String,
+        by_id: &HashMap<&str, &crate::parents::Node>,
+        n: &crate::parents::Node,
+        depth: usize,
+        path: &mut Vec<String>,
+    ) {
+        for c in &n.children {
+            let Some(child) = by_id.get(c.as_str()) else {
+                continue;
+            };
+            let edge = child.parents.iter().find(|e| e.build_id == n.build_id);
+            let waits = edge.map_or(String::new(), |e| {
+                format!(
+                    " waits for {}:{} ({})",
+                    e.build_id,
+                    e.state,
+                    if e.holds { "holds" } else { "not yet" }
+                )
+            });
+            let _ = writeln!(out, "{}└─ {}{waits}", "   ".repeat(depth), line(child));
+            if path.contains(c) || depth > 32 {
+                continue;
+            }
+            path.push(c.clone());
+            walk(out, by_id, child, depth + 1, path);
+            path.pop();
+        }
+    }
+    for root in nodes.iter().filter(|n| n.parents.is_empty()) {
+        let _ = writeln!(out, "{}", line(root));
+        let mut path = vec![root.build_id.clone()];
+        walk(out, &by_id, root, 0, &mut path);
+    }
+}
+
 /// How many alerts of each state the outbox holds, by delivery state.
 pub fn outbox_counts(store: &Store) -> Result<(u64, u64, u64)> {
     crate::store::outbox::counts(store)

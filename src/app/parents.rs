@@ -142,3 +142,83 @@ pub fn refuse_cycles(
     }
     Ok(())
 }
+
+/// One edge of the graph: a parent `build_id`'s `state` that a build waits for, and
+/// whether it holds now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Edge {
+    pub build_id: String,
+    pub state: u8,
+    pub holds: bool,
+    /// The parent's status, or `missing`.
+    pub status: String,
+}
+
+/// A build of the graph: the builds it waits for and those that wait for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Node {
+    pub build_id: String,
+    pub status: String,
+    pub current_state: Option<u8>,
+    pub parents: Vec<Edge>,
+    pub children: Vec<String>,
+}
+
+/// The graph of every build that waits for another or is waited for, by id (its plan's
+/// after, resolved for it, and its `--after`), from facts read at once: no read per
+/// build. A template that does not resolve for a build is left out of its edges.
+pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
+    use std::collections::BTreeMap;
+    let by_id: std::collections::HashMap<&str, &Build> = facts
+        .builds
+        .iter()
+        .map(|b| (b.build_id.as_str(), b))
+        .collect();
+    let empty = BTreeMap::new();
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let node = |b: Option<&&Build>, id: &str| Node {
+        build_id: id.to_string(),
+        status: b.map_or("missing".into(), |b| b.status.to_string()),
+        current_state: b.and_then(|b| b.current_state),
+        parents: Vec::new(),
+        children: Vec::new(),
+    };
+    for b in &facts.builds {
+        let mut wants: Vec<(String, u8)> = Vec::new();
+        if let Some(plan) = facts.plans.get(&b.plan_hash) {
+            let meta = facts.meta.get(&b.build_id).unwrap_or(&empty);
+            let child = Child::of(b, meta);
+            for s in &plan.states {
+                wants.extend(parents_of(&child, plan, s.id).unwrap_or_default());
+            }
+        }
+        for text in facts.after.get(&b.build_id).into_iter().flatten() {
+            if let Ok(a) = parse_after(text) {
+                wants.push((a.build, a.state));
+            }
+        }
+        wants.sort();
+        wants.dedup();
+        for (pid, state) in wants {
+            let parent = by_id.get(pid.as_str());
+            let holds = parent.is_some_and(|p| p.current_state.is_some_and(|c| c >= state));
+            nodes
+                .entry(b.build_id.clone())
+                .or_insert_with(|| node(Some(&b), &b.build_id))
+                .parents
+                .push(Edge {
+                    build_id: pid.clone(),
+                    state,
+                    holds,
+                    status: parent.map_or("missing".into(), |p| p.status.to_string()),
+                });
+            let p = nodes
+                .entry(pid.clone())
+                .or_insert_with(|| node(parent, &pid));
+            if !p.children.contains(&b.build_id) {
+                p.children.push(b.build_id.clone());
+            }
+        }
+    }
+    nodes.into_values().collect()
+}

@@ -4,7 +4,7 @@
 //! events in one ordered pass, so they stay fast with 100,000 builds or a million
 //! events in one database (docs/performance.md).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use rusqlite::named_params;
@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use super::Store;
 use crate::model::{Build, EventKind, Status};
-use crate::{time, Result};
+use crate::plan::Plan;
+use crate::{time, Error, Result};
 
 /// One build's status row, for people (`monitor status`) and scripts (`--json`), its
 /// ages computed by SQLite.
@@ -237,5 +238,90 @@ impl Store {
             })?;
         }
         Ok(())
+    }
+}
+
+/// What `monitor status --tree` draws the graph of dependencies from
+/// (`crate::parents::graph`), in four reads however many builds there are.
+pub struct GraphFacts {
+    pub builds: Vec<Build>,
+    /// Plans by hash.
+    pub plans: HashMap<String, Plan>,
+    /// Metadata by build, of builds whose plan has templates to resolve.
+    pub meta: HashMap<String, BTreeMap<String, String>>,
+    /// `init-state --after` by build.
+    pub after: HashMap<String, Vec<String>>,
+}
+
+impl Store {
+    pub fn graph_facts(&self) -> Result<GraphFacts> {
+        let mut builds = Vec::new();
+        {
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT {} FROM builds ORDER BY build_id",
+                super::BUILD_COLUMNS
+            ))?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                builds.push(super::build_from_row(r)?);
+            }
+        }
+        let mut plans = HashMap::new();
+        {
+            let mut stmt = self.conn.prepare("SELECT hash, body FROM plans")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let hash: String = r.get(0)?;
+                plans.insert(hash, Plan::from_json(&r.get::<_, String>(1)?)?);
+            }
+        }
+        let templated: std::collections::HashSet<&str> = plans
+            .iter()
+            .filter(|(_, p)| {
+                p.states
+                    .iter()
+                    .any(|s| s.after.iter().any(|a| a.contains('{')))
+            })
+            .map(|(h, _)| h.as_str())
+            .collect();
+        let mut meta: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        if !templated.is_empty() {
+            let wanted: std::collections::HashSet<&str> = builds
+                .iter()
+                .filter(|b| templated.contains(b.plan_hash.as_str()))
+                .map(|b| b.build_id.as_str())
+                .collect();
+            let mut stmt = self
+                .conn
+                .prepare("SELECT build_id, key, value FROM build_meta")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                if wanted.contains(id.as_str()) {
+                    meta.entry(id).or_default().insert(r.get(1)?, r.get(2)?);
+                }
+            }
+        }
+        let mut after = HashMap::new();
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT build_id, after FROM events WHERE kind = 'init' AND after IS NOT NULL",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                let list: Vec<String> =
+                    serde_json::from_str(&r.get::<_, String>(1)?).map_err(|e| {
+                        Error::Corrupt(format!("build '{id}': its init event's after: {e}"))
+                    })?;
+                after.insert(id, list);
+            }
+        }
+        Ok(GraphFacts {
+            builds,
+            plans,
+            meta,
+            after,
+        })
     }
 }

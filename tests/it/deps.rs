@@ -374,3 +374,93 @@ fn init_after_makes_the_whole_build_wait_for_an_existing_parent() {
         r.stderr
     );
 }
+
+/// `monitor status --tree`: each build under the builds it waits for, with whether the
+/// dependency holds; --json gives every node with its parents and children, and a
+/// parent that does not exist yet as `missing`.
+#[test]
+fn monitor_status_tree_draws_the_graph() {
+    let env = Env::new();
+    let plan = env.write("child.toml", CHILD);
+    env.init("base-rhel9");
+    env.init("base-ubuntu");
+    env.update("base-rhel9", &["start", "5"]).ok();
+    env.update("base-rhel9", &["complete", "5"]).ok();
+    env.run(
+        "init-state",
+        &[
+            "app-1",
+            "--cloud",
+            "aws",
+            "--image",
+            "rhel9",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--after",
+            "base-ubuntu:5",
+        ],
+    )
+    .ok();
+    env.run(
+        "init-state",
+        &[
+            "app-2",
+            "--cloud",
+            "aws",
+            "--image",
+            "centos",
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let nodes = env
+        .run("monitor", &["status", "--tree", "--json"])
+        .ok()
+        .json();
+    let node = |id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["build_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id}: {nodes}"))
+    };
+    let app1 = node("app-1");
+    let edges: Vec<(String, bool)> = app1["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["build_id"].as_str().unwrap().to_string(),
+                e["holds"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            ("base-rhel9".to_string(), true),
+            ("base-ubuntu".to_string(), false)
+        ],
+        "{app1}"
+    );
+    assert_eq!(node("base-centos")["status"], "missing");
+    assert_eq!(
+        node("base-centos")["children"],
+        serde_json::json!(["app-2"])
+    );
+    assert_eq!(node("base-rhel9")["children"], serde_json::json!(["app-1"]));
+    let text = env.run("monitor", &["status", "--tree"]).ok().stdout;
+    assert!(
+        text.contains("base-rhel9 (pending, last completed state 5)\n└─ app-1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("app-1 (pending, last completed state 0) waits for base-ubuntu:5 (not yet)"),
+        "{text}"
+    );
+    assert!(text.contains("base-centos (missing)\n└─ app-2"), "{text}");
+}

@@ -112,8 +112,14 @@ enum Command {
         verify_timeout: Duration,
     },
     /// A table of every build: status, state, attempt, age, when last verified, who
-    /// holds it
-    Status,
+    /// holds it; with --tree, the builds that wait for builds (docs/plan.md#dependencies)
+    Status {
+        /// The graph of dependencies instead: each build under the builds it waits for,
+        /// with whether each dependency holds (--json: every node with its parents and
+        /// children)
+        #[arg(long)]
+        tree: bool,
+    },
     /// Wait until a build reaches a state (or completes); replaces polling loops
     Wait {
         #[arg(value_name = "BUILD_ID")]
@@ -366,7 +372,19 @@ fn run(args: &Args) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        Command::Status => {
+        Command::Status { tree: true } => {
+            let store = fleet(args, "shown as last pulled")?;
+            let nodes = crate::parents::graph(&store.store().graph_facts()?);
+            if json {
+                json_line(&nodes)?;
+            } else {
+                let mut out = String::new();
+                monitor::write_tree(&mut out, &nodes);
+                crate::cli::out(format_args!("{out}"))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Status { tree: false } => {
             let store = fleet(args, "shown as last pulled")?;
             let rows = monitor::status(store.store(), now)?;
             if json {
