@@ -25,6 +25,13 @@ expected = "1m"
 after = ["base-{image}:5"]
 "#;
 
+/// init-state ID --cloud aws --image IMAGE EXTRA...
+fn init(env: &Env, id: &str, image: &str, extra: &[&str]) -> crate::util::Run {
+    let mut args = vec![id, "--cloud", "aws", "--image", image];
+    args.extend_from_slice(extra);
+    env.run("init-state", &args)
+}
+
 fn decide(env: &Env, id: &str) -> (i32, Value) {
     let r = env.run("check-state", &[id, "--json"]);
     (r.code, r.json())
@@ -34,19 +41,7 @@ fn decide(env: &Env, id: &str) -> (i32, Value) {
 fn a_state_waits_until_the_parent_has_completed_its_state() {
     let env = Env::new();
     let plan = env.write("child.toml", CHILD);
-    env.run(
-        "init-state",
-        &[
-            "app-1",
-            "--cloud",
-            "aws",
-            "--image",
-            "rhel9",
-            "--plan",
-            plan.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    init(&env, "app-1", "rhel9", &["--plan", plan.to_str().unwrap()]).ok();
     // State 5 waits for nobody.
     assert_eq!(decide(&env, "app-1").0, 0);
     env.update("app-1", &["start", "5"]).ok();
@@ -148,24 +143,16 @@ after = ["{peer}:5"]
 "#,
     );
     let p = plan.to_str().unwrap();
-    let init = |id: &str, peer: &str| {
-        env.run(
-            "init-state",
-            &[
-                id,
-                "--cloud",
-                "aws",
-                "--image",
-                "rhel9",
-                "--plan",
-                p,
-                "--meta",
-                &format!("peer={peer}"),
-            ],
+    let peered = |id: &str, peer: &str| {
+        init(
+            &env,
+            id,
+            "rhel9",
+            &["--plan", p, "--meta", &format!("peer={peer}")],
         )
     };
     // Itself, directly.
-    let r = init("solo", "solo").code(buildstate::exit::INVALID_INPUT);
+    let r = peered("solo", "solo").code(buildstate::exit::INVALID_INPUT);
     assert!(
         r.stderr
             .contains("would wait for itself: solo waits for solo"),
@@ -173,9 +160,9 @@ after = ["{peer}:5"]
         r.stderr
     );
     // A waits for B, which does not exist yet: allowed (it may be created later).
-    init("a", "b").ok();
+    peered("a", "b").ok();
     // B waiting for A closes the circle: refused, nothing written.
-    let r = init("b", "a").code(buildstate::exit::INVALID_INPUT);
+    let r = peered("b", "a").code(buildstate::exit::INVALID_INPUT);
     assert!(
         r.stderr.contains("b waits for a waits for b"),
         "{}",
@@ -186,12 +173,7 @@ after = ["{peer}:5"]
         false
     );
     // A template naming a key the build lacks is refused, naming it.
-    let r = env
-        .run(
-            "init-state",
-            &["c", "--cloud", "aws", "--image", "rhel9", "--plan", p],
-        )
-        .code(buildstate::exit::INVALID_INPUT);
+    let r = init(&env, "c", "rhel9", &["--plan", p]).code(buildstate::exit::INVALID_INPUT);
     assert!(r.stderr.contains("{peer}"), "{}", r.stderr);
     // An after that is not BUILD:STATE is an invalid plan.
     let bad = env.write(
@@ -200,19 +182,7 @@ after = ["{peer}:5"]
             .unwrap()
             .replace("{peer}:5", "base"),
     );
-    let r = env
-        .run(
-            "init-state",
-            &[
-                "d",
-                "--cloud",
-                "aws",
-                "--image",
-                "rhel9",
-                "--plan",
-                bad.to_str().unwrap(),
-            ],
-        )
+    let r = init(&env, "d", "rhel9", &["--plan", bad.to_str().unwrap()])
         .code(buildstate::exit::INVALID_PLAN);
     assert!(
         r.stderr.contains("after[0]") && r.stderr.contains("BUILD:STATE"),
@@ -283,13 +253,7 @@ fn the_parent_is_read_from_the_remote() {
 fn init_after_makes_the_whole_build_wait_for_an_existing_parent() {
     let env = Env::new();
     env.init("base-9");
-    let r = env
-        .run(
-            "init-state",
-            &[
-                "app-9", "--cloud", "aws", "--image", "rhel9", "--after", "base-8:5",
-            ],
-        )
+    let r = init(&env, "app-9", "rhel9", &["--after", "base-8:5"])
         .code(buildstate::exit::INVALID_INPUT);
     assert!(
         r.stderr.contains("there is no build 'base-8'") && r.stderr.contains("base-9"),
@@ -300,13 +264,7 @@ fn init_after_makes_the_whole_build_wait_for_an_existing_parent() {
         env.run("check-state", &["app-9", "--json"]).json()["exists"],
         false
     );
-    env.run(
-        "init-state",
-        &[
-            "app-9", "--cloud", "aws", "--image", "rhel9", "--after", "base-9:5",
-        ],
-    )
-    .ok();
+    init(&env, "app-9", "rhel9", &["--after", "base-9:5"]).ok();
     let (code, j) = decide(&env, "app-9");
     assert_eq!(
         (code, j["next_state"].as_u64()),
@@ -325,19 +283,7 @@ fn init_after_makes_the_whole_build_wait_for_an_existing_parent() {
     env.update("base-9", &["complete", "5"]).ok();
     assert_eq!(decide(&env, "app-9").1["decision"], "resume");
     // A template with braces is for plans: refused here.
-    let r = env
-        .run(
-            "init-state",
-            &[
-                "app-10",
-                "--cloud",
-                "aws",
-                "--image",
-                "rhel9",
-                "--after",
-                "base-{image}:5",
-            ],
-        )
+    let r = init(&env, "app-10", "rhel9", &["--after", "base-{image}:5"])
         .code(buildstate::exit::INVALID_INPUT);
     assert!(r.stderr.contains("templates are for plans"), "{}", r.stderr);
     // p3's plan waits for p4 (not there yet: allowed); p4 --after p3 closes the circle.
@@ -345,29 +291,14 @@ fn init_after_makes_the_whole_build_wait_for_an_existing_parent() {
         "peer.toml",
         "name = \"peers\"\n[[state]]\nid = 0\nname = \"init\"\nexpected = \"1s\"\n[[state]]\nid = 5\nname = \"bake\"\nexpected = \"1m\"\nafter = [\"{peer}:5\"]\n",
     );
-    env.run(
-        "init-state",
-        &[
-            "p3",
-            "--cloud",
-            "aws",
-            "--image",
-            "rhel9",
-            "--plan",
-            plan.to_str().unwrap(),
-            "--meta",
-            "peer=p4",
-        ],
+    init(
+        &env,
+        "p3",
+        "rhel9",
+        &["--plan", plan.to_str().unwrap(), "--meta", "peer=p4"],
     )
     .ok();
-    let r = env
-        .run(
-            "init-state",
-            &[
-                "p4", "--cloud", "aws", "--image", "rhel9", "--after", "p3:5",
-            ],
-        )
-        .code(buildstate::exit::INVALID_INPUT);
+    let r = init(&env, "p4", "rhel9", &["--after", "p3:5"]).code(buildstate::exit::INVALID_INPUT);
     assert!(
         r.stderr.contains("p4 waits for p3 waits for p4"),
         "{}",
@@ -386,34 +317,14 @@ fn monitor_status_tree_draws_the_graph() {
     env.init("base-ubuntu");
     env.update("base-rhel9", &["start", "5"]).ok();
     env.update("base-rhel9", &["complete", "5"]).ok();
-    env.run(
-        "init-state",
-        &[
-            "app-1",
-            "--cloud",
-            "aws",
-            "--image",
-            "rhel9",
-            "--plan",
-            plan.to_str().unwrap(),
-            "--after",
-            "base-ubuntu:5",
-        ],
+    init(
+        &env,
+        "app-1",
+        "rhel9",
+        &["--plan", plan.to_str().unwrap(), "--after", "base-ubuntu:5"],
     )
     .ok();
-    env.run(
-        "init-state",
-        &[
-            "app-2",
-            "--cloud",
-            "aws",
-            "--image",
-            "centos",
-            "--plan",
-            plan.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    init(&env, "app-2", "centos", &["--plan", plan.to_str().unwrap()]).ok();
     let nodes = env
         .run("monitor", &["status", "--tree", "--json"])
         .ok()
