@@ -139,7 +139,10 @@ class Store:
         *,
         plan: str | PathLike[str] | None = None,
         meta: dict[str, str] | None = None,
-    ) -> _Report: ...
+        after: list[str] | None = None,
+    ) -> _Report:
+        """``after``: other builds' states (``BUILD:STATE``) every state of it waits for,
+        as ``init-state --after``; the parents must exist (docs/plan.md#dependencies)."""
     @property
     def owner(self) -> str:
         """This Store's name as a lease holder."""

@@ -335,7 +335,10 @@ impl Store {
     }
 
     /// Create a build, or confirm an identical one. Returns the report with `created`.
-    #[pyo3(signature = (build_id, cloud, image, *, plan=None, meta=None))]
+    /// `after`: other builds' states (BUILD:STATE) every state of it waits for, as
+    /// `init-state --after` (docs/plan.md#dependencies).
+    #[pyo3(signature = (build_id, cloud, image, *, plan=None, meta=None, after=None))]
+    #[allow(clippy::too_many_arguments)]
     fn init(
         &self,
         py: Python<'_>,
@@ -344,6 +347,7 @@ impl Store {
         image: &str,
         plan: Option<PathBuf>,
         meta: Option<BTreeMap<String, String>>,
+        after: Option<Vec<String>>,
     ) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
             let plan = match &plan {
@@ -356,10 +360,20 @@ impl Store {
                 image: image.to_string(),
                 plan,
                 meta: meta.unwrap_or_default().into_iter().collect(),
-                after: vec![],
+                after: after.unwrap_or_default(),
             };
+            req.validate()?;
             let actor = self.actor.lock().expect("actor lock").clone();
             let mut store = self.inner.lock().expect("store lock");
+            // As init-state: a build that would wait for itself is refused.
+            let meta: BTreeMap<String, String> = req.meta.iter().cloned().collect();
+            let child = buildstate::deps::Child {
+                build_id: &req.build_id,
+                cloud: &req.cloud,
+                image: &req.image,
+                meta: &meta,
+            };
+            buildstate::parents::refuse_cycles(&mut store, &child, &req.plan, &req.after)?;
             let now = std::time::SystemTime::now();
             let outcome = store.init(&req, &actor, now)?;
             let (mut report, _) = Report::after_write(store.store(), &outcome.build, now)?;

@@ -301,3 +301,21 @@ def test_outputs_are_recorded_read_and_fenced_from_python(db: Path) -> None:
     assert s.output(BUILD, {"late": "x"}, state=5)["outputs"]["late"]["state"] == 5
     with pytest.raises(buildstate.UnknownBuildError):
         s.outputs("no-such-build")
+
+
+def test_init_after_waits_for_a_parent_as_init_state_does(db: Path) -> None:
+    s = buildstate.Store(db)
+    with pytest.raises(buildstate.InvalidInputError) as e:
+        s.init("app-1", "aws", "rhel9", after=["base-rhel9:5"])
+    assert "there is no build 'base-rhel9'" in str(e.value)
+    s.init("base-rhel9", "aws", "rhel9")
+    s.init("app-1", "aws", "rhel9", after=["base-rhel9:5"])
+    d = s.decide("app-1")
+    assert (d["decision"], d["waiting_for"][0]["build_id"]) == ("wait", "base-rhel9"), d
+    s.start("base-rhel9", 5)
+    s.complete("base-rhel9", 5)
+    assert s.decide("app-1")["decision"] == "resume"
+    # A build that would wait for itself is refused, as by init-state.
+    with pytest.raises(buildstate.InvalidInputError) as e:
+        s.init("loop", "aws", "rhel9", after=["loop:5"])
+    assert "would wait for itself" in str(e.value)
