@@ -362,20 +362,10 @@ impl Store {
                 meta: meta.unwrap_or_default().into_iter().collect(),
                 after: after.unwrap_or_default(),
             };
-            req.validate()?;
             let actor = self.actor.lock().expect("actor lock").clone();
             let mut store = self.inner.lock().expect("store lock");
-            // As init-state: a build that would wait for itself is refused.
-            let meta: BTreeMap<String, String> = req.meta.iter().cloned().collect();
-            let child = buildstate::deps::Child {
-                build_id: &req.build_id,
-                cloud: &req.cloud,
-                image: &req.image,
-                meta: &meta,
-            };
-            buildstate::parents::refuse_cycles(&mut store, &child, &req.plan, &req.after)?;
             let now = std::time::SystemTime::now();
-            let outcome = store.init(&req, &actor, now)?;
+            let outcome = buildstate::session::init(&mut store, &req, &actor, now)?;
             let (mut report, _) = Report::after_write(store.store(), &outcome.build, now)?;
             report.created = Some(outcome.created);
             Ok(report.to_json())

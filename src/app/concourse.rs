@@ -297,6 +297,10 @@ pub struct OutParams {
     pub cloud: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
+    /// init: other builds' states (BUILD:STATE) every state of it waits for, as
+    /// `init-state --after`.
+    #[serde(default)]
+    pub after: Vec<String>,
     /// The lease holder (default: the Concourse job build, so that a start and a
     /// complete in one job build match).
     #[serde(default)]
@@ -405,9 +409,9 @@ pub fn put(req: &Request, src: &Path, settings: &Settings) -> Result<Value> {
                 .ok_or_else(|| Error::InvalidInput("out: init needs params.image".into()))?,
             plan,
             meta: params.meta.clone().into_iter().collect(),
-            after: Vec::new(),
+            after: params.after.clone(),
         };
-        w.init(&req, &actor, now)?.build
+        crate::session::init(&mut w, &req, &actor, now)?.build
     } else {
         let t = match params.action.as_str() {
             "start" => Transition::Start { state: state()? },

@@ -50,6 +50,27 @@ pub fn open(o: Open) -> Result<Writer> {
     Ok(w)
 }
 
+/// Create a build (or confirm an identical one), as every front end does: the request
+/// checked, a build that would wait for itself refused (`crate::parents`, exit 8), then
+/// written here and, in remote mode, on the remote ([`Writer::init`]).
+pub fn init(
+    w: &mut Writer,
+    req: &crate::model::InitRequest,
+    actor: &crate::context::Actor,
+    now: std::time::SystemTime,
+) -> Result<crate::store::InitOutcome> {
+    req.validate()?;
+    let meta: std::collections::BTreeMap<String, String> = req.meta.iter().cloned().collect();
+    let child = crate::deps::Child {
+        build_id: &req.build_id,
+        cloud: &req.cloud,
+        image: &req.image,
+        meta: &meta,
+    };
+    crate::parents::refuse_cycles(w, &child, &req.plan, &req.after)?;
+    w.init(req, actor, now)
+}
+
 /// Remote mode: land what this machine journaled while the remote was away, before the
 /// command does anything else (docs/sync.md); say on stderr what landed. A failure here
 /// never stops the command: what did not land stays journaled for the next one.

@@ -426,3 +426,39 @@ fn a_put_records_outputs_and_in_writes_them() {
         "{sourced}"
     );
 }
+
+/// Issue 29: a put of `init` with `after` makes the build wait for an existing parent's
+/// state, as init-state --after does; a missing parent or a build waiting for itself is
+/// refused with the command's exit code and nothing is written.
+#[test]
+fn an_init_put_with_after_waits_for_its_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}/remote", dir.path().display());
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let source = |id: &str| json!({"remote": remote, "build_id": id});
+    let init = |id: &str, after: Value| {
+        put(
+            &source(id),
+            &work,
+            1,
+            json!({"action": "init", "cloud": "aws", "image": "rhel9", "after": after}),
+        )
+    };
+    let (code, _, err) = init("app-1", json!(["base-1:5"]));
+    assert_eq!(code, buildstate::exit::INVALID_INPUT, "{err}");
+    assert!(err.contains("there is no build 'base-1'"), "{err}");
+    assert_eq!(init("base-1", json!([])).0, 0);
+    let (code, _, err) = init("app-1", json!(["base-1:5"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = init("loop-1", json!(["loop-1:5"]));
+    assert_eq!(code, buildstate::exit::INVALID_INPUT, "{err}");
+    assert!(err.contains("would wait for itself"), "{err}");
+    let snap: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("remote/builds/app-1.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(snap["schema_version"], 8);
+    assert_eq!(snap["events"][0]["after"], json!(["base-1:5"]));
+    assert!(!dir.path().join("remote/builds/loop-1.json").exists());
+}

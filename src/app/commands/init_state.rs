@@ -66,18 +66,9 @@ fn run(args: &Args) -> Result<i32> {
     };
     req.validate()?;
     let mut store = args.common.writer(true)?;
-    // A build that would wait for itself (its plan's after, through other builds) is
-    // refused before anything is written.
-    let meta: std::collections::BTreeMap<String, String> = req.meta.iter().cloned().collect();
-    let child = crate::deps::Child {
-        build_id: &req.build_id,
-        cloud: &req.cloud,
-        image: &req.image,
-        meta: &meta,
-    };
-    crate::parents::refuse_cycles(&mut store, &child, &req.plan, &req.after)?;
     let now = SystemTime::now();
-    let outcome = store.init(&req, &crate::environment::actor("init-state"), now)?;
+    let actor = crate::environment::actor("init-state");
+    let outcome = crate::session::init(&mut store, &req, &actor, now)?;
     crate::cli::deliver_after_write("init-state", &mut store);
     let (mut report, stored_plan) = Report::after_write(store.store(), &outcome.build, now)?;
     report.created = Some(outcome.created);
