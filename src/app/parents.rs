@@ -43,7 +43,7 @@ fn build_level(writer: &Writer, build_id: &str) -> Result<Vec<(String, u8)>> {
 
 /// What is known of the parent `id` here (after a refresh in remote mode).
 fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
-    writer.refresh(id)?;
+    refresh(writer, id)?;
     let Some(p) = writer.store().build(id)? else {
         return Ok(None);
     };
@@ -53,6 +53,16 @@ fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
         current_state: p.current_state,
         state_name: plan.state(state).map(|d| d.name.clone()),
     }))
+}
+
+/// Bring the parent `id` up to date from the remote (remote mode). A parent whose copy
+/// left the remote since this database saw it (archived or deleted elsewhere) is judged
+/// by what this database last saw of it, rather than failing the child's decision.
+fn refresh(writer: &mut Writer, id: &str) -> Result<()> {
+    match writer.refresh(id) {
+        Err(Error::RemoteChanged(_)) => Ok(()),
+        other => other,
+    }
 }
 
 /// The dependencies of `state` of `b` that do not hold now ([`crate::decide::gate`]
@@ -98,7 +108,7 @@ pub fn refuse_cycles(
     for text in after {
         let a = parse_after(text).map_err(|m| Error::InvalidInput(format!("--after {m}")))?;
         if a.build != me {
-            writer.refresh(&a.build)?;
+            refresh(writer, &a.build)?;
             if writer.store().build(&a.build)?.is_none() {
                 let similar = crate::report::similar_builds(writer.store(), &a.build)?;
                 return Err(Error::InvalidInput(format!(
@@ -121,7 +131,7 @@ pub fn refuse_cycles(
         if !seen.insert(id.clone()) || via.len() > 64 {
             continue;
         }
-        writer.refresh(&id)?;
+        refresh(writer, &id)?;
         let Some(p) = writer.store().build(&id)? else {
             continue;
         };

@@ -244,6 +244,11 @@ fn the_parent_is_read_from_the_remote() {
         base["schema_version"], 1,
         "a build whose plan waits for nobody stays readable by older machines"
     );
+    // The parent's copy leaves the remote (archived or deleted elsewhere): the child is
+    // judged by what machine B last saw of it, not refused.
+    std::fs::remove_file(env.path("remote/builds/base-rhel9.json")).unwrap();
+    let r = on(&b_db, "check-state", &["app-2", "--json"]).ok();
+    assert_eq!(r.json()["decision"], "resume");
 }
 
 /// `init-state --after BUILD:STATE`: every state of the build waits for that parent's
