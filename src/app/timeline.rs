@@ -292,7 +292,8 @@ h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 10px;border-bottom:1px solid #dde;text-align:left;vertical-align:top}
 th{background:#f3f5f8}.num{text-align:right}
 svg text{font:11px system-ui,sans-serif;fill:#333}
-.expected{fill:none;stroke:#333;stroke-dasharray:3 2}.tick line{stroke:#8c959f;stroke-width:1}
+.expected{fill:none;stroke:#333;stroke-dasharray:3 2}
+.node rect{fill:#fff;stroke:#57606a}.edge{stroke:#57606a;stroke-width:1.5}.edge.not-yet{stroke-dasharray:5 4}.tick line{stroke:#8c959f;stroke-width:1}
 .chart-ok{fill:#1a7f37}.chart-p95{fill:#6e7781}
 dl#facts{display:grid;grid-template-columns:max-content auto;gap:2px 14px}dl#facts dt{font-weight:600}dl#facts dd{margin:0}
 .legend span{display:inline-block;margin-right:14px}.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-2px}
@@ -524,16 +525,105 @@ fn leftovers_table(left: &[Leftover]) -> Markup {
     }
 }
 
+/// What a page shows besides the timeline and the statistics.
+pub struct Extra<'a> {
+    pub attention: &'a [Finding],
+    pub left: &'a [Leftover],
+    /// The build's facts (the single-build page).
+    pub facts: &'a [(String, String)],
+    /// The builds that wait for builds (`crate::parents::graph`, or the part of it about
+    /// one build).
+    pub graph: &'a [crate::parents::Node],
+}
+
+/// The graph of dependencies: a column per depth (builds that wait for nobody first),
+/// an arrow from each parent to each build that waits for it, solid where the
+/// dependency holds and dashed where it does not; the table after it says the same in
+/// words.
+fn graph_section(graph: &[crate::parents::Node]) -> Markup {
+    use std::collections::HashMap;
+    let by_id: HashMap<&str, &crate::parents::Node> =
+        graph.iter().map(|n| (n.build_id.as_str(), n)).collect();
+    let mut depth: HashMap<&str, usize> = HashMap::new();
+    fn depth_of<'a>(
+        id: &'a str,
+        by_id: &HashMap<&'a str, &'a crate::parents::Node>,
+        memo: &mut HashMap<&'a str, usize>,
+        guard: usize,
+    ) -> usize {
+        if let Some(d) = memo.get(id) {
+            return *d;
+        }
+        let d = match by_id.get(id) {
+            Some(n) if guard < 64 => n
+                .parents
+                .iter()
+                .map(|p| 1 + depth_of(p.build_id.as_str(), by_id, memo, guard + 1))
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        };
+        memo.insert(id, d);
+        d
+    }
+    for n in graph {
+        depth_of(&n.build_id, &by_id, &mut depth, 0);
+    }
+    let columns = depth.values().copied().max().map_or(0, |d| d + 1);
+    let mut rows: Vec<usize> = vec![0; columns];
+    let mut at: HashMap<&str, (f64, f64)> = HashMap::new();
+    let (col_w, row_h, box_w, box_h) = (260.0, 40.0, 210.0, 26.0);
+    for n in graph {
+        let d = depth[n.build_id.as_str()];
+        at.insert(
+            &n.build_id,
+            (10.0 + d as f64 * col_w, 10.0 + rows[d] as f64 * row_h),
+        );
+        rows[d] += 1;
+    }
+    let height = rows.iter().copied().max().unwrap_or(0) as f64 * row_h + 20.0;
+    let width = columns as f64 * col_w + 20.0;
+    html! {
+        @if graph.is_empty() {
+            p #graph-none { "None: no build waits for another (docs/plan.md#dependencies)." }
+        } @else {
+            svg #graph width=(width) height=(height) role="img" aria-label="builds and the builds that wait for them; the table below says the same in words" {
+                @for n in graph {
+                    @for p in &n.parents {
+                        @if let (Some((px, py)), Some((cx, cy))) = (at.get(p.build_id.as_str()), at.get(n.build_id.as_str())) {
+                            line class=(if p.holds { "edge holds" } else { "edge not-yet" }) x1=(format!("{:.1}", px + box_w)) y1=(format!("{:.1}", py + box_h / 2.0)) x2=(format!("{:.1}", cx)) y2=(format!("{:.1}", cy + box_h / 2.0)) {}
+                        }
+                    }
+                }
+                @for n in graph {
+                    @let (x, y) = at[n.build_id.as_str()];
+                    g.node data-build=(n.build_id) {
+                        rect x=(format!("{x:.1}")) y=(format!("{y:.1}")) width=(box_w) height=(box_h) rx="4" {}
+                        text x=(format!("{:.1}", x + 6.0)) y=(format!("{:.1}", y + 17.0)) { (n.build_id) " (" (n.status) ")" }
+                    }
+                }
+            }
+            table #dependencies {
+                tr { th { "build" } th { "waits for" } th { "its state" } th { "holds" } th { "that build is" } }
+                @for n in graph {
+                    @for p in &n.parents {
+                        tr { td { (n.build_id) } td { (p.build_id) } td.num { (p.state) } td { (if p.holds { "yes" } else { "not yet" }) } td { (p.status) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The whole page.
 pub fn page(
     title: &str,
     lines: &[BuildLine],
     stats: Option<&Stats>,
-    attention: &[Finding],
-    left: &[Leftover],
-    facts: &[(String, String)],
+    extra: &Extra<'_>,
     now: SystemTime,
 ) -> String {
+    let (attention, left, facts) = (extra.attention, extra.left, extra.facts);
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -571,6 +661,8 @@ pub fn page(
                 }
                 h2 { "Resources left behind" }
                 (leftovers_table(left))
+                h2 { "Builds that wait for builds" }
+                (graph_section(extra.graph))
                 h2 { "Timeline" }
                 (legend())
                 @if lines.is_empty() {

@@ -182,3 +182,26 @@ def test_resources_left_behind_are_on_both_pages(browser: webdriver.Chrome, flee
     run(fleet, "check-state", "img-ok", "--html", str(tmp_path / "ok.html"))
     load(browser, tmp_path / "ok.html", "one-build-ok.png")
     assert browser.find_elements(By.ID, "leftovers-none")
+
+
+def test_the_graph_of_builds_that_wait_for_builds(browser: webdriver.Chrome, fleet: dict[str, str], tmp_path: Path) -> None:
+    # app-1 waits for img-ok's state 5 (done) and img-retry's state 10 (not yet).
+    run(fleet, "init-state", "app-1", "--cloud", "aws", "--image", "rhel9", "--after", "img-ok:5", "--after", "img-retry:10")
+    page = tmp_path / "fleet.html"
+    run(fleet, "monitor", "report", "--html", str(page))
+    self_contained(page.read_text())
+    load(browser, page, "fleet-graph.png")
+    nodes = {n.get_attribute("data-build") for n in browser.find_elements(By.CSS_SELECTOR, "#graph g.node")}
+    assert nodes == {"app-1", "img-ok", "img-retry"}, nodes
+    edges = [e.get_attribute("class") for e in browser.find_elements(By.CSS_SELECTOR, "#graph line.edge")]
+    assert sorted(edges) == ["edge holds", "edge not-yet"], edges
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#dependencies tr")[1:]]
+    assert any("img-ok" in r and "yes" in r for r in rows) and any("img-retry" in r and "not yet" in r for r in rows), rows
+    # The single-build page shows the part about it; a build outside the graph says so.
+    one = tmp_path / "one.html"
+    run(fleet, "check-state", "app-1", "--html", str(one), code=12)
+    load(browser, one, "one-build-graph.png")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#graph line.edge")) == 2
+    run(fleet, "check-state", "img-blocked", "--html", str(one), code=13)
+    load(browser, one, "one-build-no-graph.png")
+    assert browser.find_elements(By.ID, "graph-none")

@@ -186,13 +186,50 @@ fn run(args: &Args) -> Result<i32> {
             .into_iter()
             .filter(|f| f.build_id == args.build_id)
             .collect();
+        // The part of the graph about this build: it, what it waits for, what waits for it.
+        let graph: Vec<crate::parents::Node> = {
+            let all = crate::parents::graph(&store.store().graph_facts()?);
+            let me = all.iter().find(|n| n.build_id == args.build_id);
+            let near: Vec<&str> = me.map_or(Vec::new(), |n| {
+                n.parents
+                    .iter()
+                    .map(|p| p.build_id.as_str())
+                    .chain(n.children.iter().map(String::as_str))
+                    .chain([n.build_id.as_str()])
+                    .collect()
+            });
+            all.iter()
+                .filter(|n| near.contains(&n.build_id.as_str()))
+                .map(|n| crate::parents::Node {
+                    parents: n
+                        .parents
+                        .iter()
+                        .filter(|p| {
+                            near.contains(&p.build_id.as_str())
+                                && (n.build_id == args.build_id || p.build_id == args.build_id)
+                        })
+                        .cloned()
+                        .collect(),
+                    children: n
+                        .children
+                        .iter()
+                        .filter(|c| near.contains(&c.as_str()))
+                        .cloned()
+                        .collect(),
+                    ..n.clone()
+                })
+                .collect()
+        };
         let page = crate::timeline::page(
             &format!("buildstate: build {}", args.build_id),
             &[line],
             None,
-            &attention,
-            &crate::timeline::leftovers(store.store(), Some(&args.build_id), now)?,
-            &facts(&report),
+            &crate::timeline::Extra {
+                attention: &attention,
+                left: &crate::timeline::leftovers(store.store(), Some(&args.build_id), now)?,
+                facts: &facts(&report),
+                graph: &graph,
+            },
             now,
         );
         crate::timeline::write(path, &page)?;

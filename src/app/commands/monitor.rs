@@ -492,13 +492,17 @@ fn run(args: &Args) -> Result<i32> {
             }
             let (attention, _) = monitor::findings(store.store(), now, monitor::STUCK_FACTOR)?;
             let left = crate::timeline::leftovers(store.store(), None, now)?;
+            let graph = crate::parents::graph(&store.store().graph_facts()?);
             let page = crate::timeline::page(
                 &format!("buildstate: builds since {}", stats.since),
                 &lines,
                 Some(&stats),
-                &attention,
-                &left,
-                &[],
+                &crate::timeline::Extra {
+                    attention: &attention,
+                    left: &left,
+                    facts: &[],
+                    graph: &graph,
+                },
                 now,
             );
             crate::timeline::write(html, &page)?;
