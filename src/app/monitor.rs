@@ -25,21 +25,15 @@ pub fn status(store: &Store, now: SystemTime) -> Result<Vec<Row>> {
     // any cost one empty index lookup).
     let ledgers = store.all_resources(now, crate::resources::DEFAULT_WINDOW)?;
     if !ledgers.is_empty() {
-        let at: HashMap<&str, usize> = rows
+        let counts: HashMap<&str, (u32, u32)> = ledgers
             .iter()
-            .enumerate()
-            .map(|(i, r)| (r.build_id.as_str(), i))
+            .map(|(id, ledger)| (id.as_str(), orphan_counts(ledger)))
             .collect();
-        let mut counts = Vec::new();
-        for (id, ledger) in &ledgers {
-            let (orphaned, failed) = orphan_counts(ledger);
-            if let Some(&i) = at.get(id.as_str()) {
-                counts.push((i, orphaned, failed));
+        for r in &mut rows {
+            if let Some(&(orphaned, failed)) = counts.get(r.build_id.as_str()) {
+                r.orphaned_resources = orphaned;
+                r.cleanup_failed_resources = failed;
             }
-        }
-        for (i, orphaned, failed) in counts {
-            rows[i].orphaned_resources = orphaned;
-            rows[i].cleanup_failed_resources = failed;
         }
     }
     Ok(rows)

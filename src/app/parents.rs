@@ -174,6 +174,31 @@ pub struct Node {
     pub children: Vec<String>,
 }
 
+/// The part of `graph` about `id`: it, the builds it waits for and those that wait for
+/// it, with only the edges that touch it (empty when it is in no dependency).
+pub fn around(graph: Vec<Node>, id: &str) -> Vec<Node> {
+    let Some(me) = graph.iter().find(|n| n.build_id == id) else {
+        return Vec::new();
+    };
+    let near: std::collections::BTreeSet<String> = me
+        .parents
+        .iter()
+        .map(|p| p.build_id.clone())
+        .chain(me.children.iter().cloned())
+        .chain([id.to_string()])
+        .collect();
+    graph
+        .into_iter()
+        .filter(|n| near.contains(&n.build_id))
+        .map(|mut n| {
+            let mine = n.build_id == id;
+            n.parents.retain(|p| mine || p.build_id == id);
+            n.children.retain(|c| mine || c == id);
+            n
+        })
+        .collect()
+}
+
 /// The graph of every build that waits for another or is waited for, by id (its plan's
 /// after, resolved for it, and its `--after`), from facts read at once: no read per
 /// build. A template that does not resolve for a build is left out of its edges.
@@ -211,7 +236,7 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
         wants.dedup();
         for (pid, state) in wants {
             let parent = by_id.get(pid.as_str());
-            let holds = parent.is_some_and(|p| p.current_state.is_some_and(|c| c >= state));
+            let holds = parent.is_some_and(|p| crate::deps::holds(p.current_state, state));
             nodes
                 .entry(b.build_id.clone())
                 .or_insert_with(|| node(Some(&b), &b.build_id))

@@ -248,11 +248,11 @@ struct Finished {
     tail: String,
 }
 
-/// Run the build's state(s) until one completes, a retry lies beyond `max_wait`, the
-/// build blocks, or a signal arrives.
 /// How often run-state looks again at the other builds a state waits for.
 const PARENT_POLL: Duration = Duration::from_secs(2);
 
+/// Run the build's state(s) until one completes, a retry lies beyond `max_wait`, the
+/// build blocks, or a signal arrives.
 pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outcome> {
     if opts.command.is_empty() {
         return Err(Error::InvalidInput(
@@ -311,8 +311,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
         if !unmet.is_empty() {
             let mut waiting = decision.clone();
             waiting.next_state = Some(state);
-            waiting.decision = Action::Resume;
-            let waiting = crate::decide::gate(waiting, &plan, unmet);
+            let waiting = crate::decide::waiting_for(waiting, &plan, unmet);
             let left = opts.max_wait.saturating_sub(began.elapsed());
             if left.is_zero() {
                 return Ok(Outcome::NotRun(waiting));

@@ -199,6 +199,12 @@ pub fn gate(d: Decision, plan: &Plan, unmet: Vec<crate::deps::Unmet>) -> Decisio
     if !runs || unmet.is_empty() {
         return d;
     }
+    waiting_for(d, plan, unmet)
+}
+
+/// `d` as a `wait` for the other builds of `unmet` (not empty), naming each parent and
+/// what it lacks ([`gate`] for a go-ahead; run-state for the state it was asked to run).
+pub fn waiting_for(d: Decision, plan: &Plan, unmet: Vec<crate::deps::Unmet>) -> Decision {
     let label = d
         .next_state
         .map_or("the next state".into(), |s| plan.label(s));

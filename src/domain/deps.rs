@@ -148,6 +148,12 @@ pub struct Unmet {
     pub reason: String,
 }
 
+/// Whether a parent whose last completed state is `current_state` has completed `state`
+/// (states complete in order, so a later one counts too).
+pub fn holds(current_state: Option<u8>, state: u8) -> bool {
+    current_state.is_some_and(|c| c >= state)
+}
+
 /// Whether the parent `id` (as `known`, `None`: no such build) has completed `state`:
 /// `None` when it has, else what it lacks.
 pub fn judge(id: &str, state: u8, known: Option<&Known>) -> Option<Unmet> {
@@ -163,7 +169,7 @@ pub fn judge(id: &str, state: u8, known: Option<&Known>) -> Option<Unmet> {
             current_state: None,
             reason: format!("build {id} does not exist yet: it must complete state {state} first"),
         }),
-        Some(k) if k.current_state.is_some_and(|c| c >= state) => None,
+        Some(k) if holds(k.current_state, state) => None,
         Some(k) => Some(Unmet {
             build_id: id.to_string(),
             state,

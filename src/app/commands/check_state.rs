@@ -187,39 +187,10 @@ fn run(args: &Args) -> Result<i32> {
             .filter(|f| f.build_id == args.build_id)
             .collect();
         // The part of the graph about this build: it, what it waits for, what waits for it.
-        let graph: Vec<crate::parents::Node> = {
-            let all = crate::parents::graph(&store.store().graph_facts()?);
-            let me = all.iter().find(|n| n.build_id == args.build_id);
-            let near: Vec<&str> = me.map_or(Vec::new(), |n| {
-                n.parents
-                    .iter()
-                    .map(|p| p.build_id.as_str())
-                    .chain(n.children.iter().map(String::as_str))
-                    .chain([n.build_id.as_str()])
-                    .collect()
-            });
-            all.iter()
-                .filter(|n| near.contains(&n.build_id.as_str()))
-                .map(|n| crate::parents::Node {
-                    parents: n
-                        .parents
-                        .iter()
-                        .filter(|p| {
-                            near.contains(&p.build_id.as_str())
-                                && (n.build_id == args.build_id || p.build_id == args.build_id)
-                        })
-                        .cloned()
-                        .collect(),
-                    children: n
-                        .children
-                        .iter()
-                        .filter(|c| near.contains(&c.as_str()))
-                        .cloned()
-                        .collect(),
-                    ..n.clone()
-                })
-                .collect()
-        };
+        let graph = crate::parents::around(
+            crate::parents::graph(&store.store().graph_facts()?),
+            &args.build_id,
+        );
         let page = crate::timeline::page(
             &format!("buildstate: build {}", args.build_id),
             &[line],
