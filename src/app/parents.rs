@@ -76,6 +76,9 @@ pub fn unmet(writer: &mut Writer, b: &Build, plan: &Plan, state: Option<u8>) -> 
         let meta = writer.store().metadata(&b.build_id)?;
         parents.extend(parents_of(&Child::of(b, &meta), plan, state)?);
     }
+    // The same dependency given twice (the plan's and --after) is waited for once.
+    parents.sort();
+    parents.dedup();
     let mut out = Vec::new();
     for (id, s) in parents {
         if let Some(u) = judge(&id, s, known(writer, &id, s)?.as_ref()) {
@@ -109,12 +112,23 @@ pub fn refuse_cycles(
         let a = parse_after(text).map_err(|m| Error::InvalidInput(format!("--after {m}")))?;
         if a.build != me {
             refresh(writer, &a.build)?;
-            if writer.store().build(&a.build)?.is_none() {
+            let Some(p) = writer.store().build(&a.build)? else {
                 let similar = crate::report::similar_builds(writer.store(), &a.build)?;
                 return Err(Error::InvalidInput(format!(
                     "--after {text}: there is no build '{}'{}; create it first, or name it in the plan's after, where a build that does not exist yet is waited for; nothing was written",
                     a.build,
                     if similar.is_empty() { String::new() } else { format!(" (similar: {})", similar.join(", ")) }
+                )));
+            };
+            let pplan = writer.store().plan(&p.plan_hash)?;
+            if pplan.state(a.state).is_none() {
+                let ids: Vec<String> = pplan.states.iter().map(|s| s.id.to_string()).collect();
+                return Err(Error::InvalidInput(format!(
+                    "--after {text}: build '{}' (plan '{}') has no state {}, so it would never complete it: its states are {}; nothing was written",
+                    a.build,
+                    pplan.name,
+                    a.state,
+                    ids.join(", ")
                 )));
             }
         }

@@ -170,6 +170,16 @@ pub fn judge(id: &str, state: u8, known: Option<&Known>) -> Option<Unmet> {
             reason: format!("build {id} does not exist yet: it must complete state {state} first"),
         }),
         Some(k) if holds(k.current_state, state) => None,
+        // A state its plan does not have: it never completes it, whatever it does.
+        Some(k) if k.state_name.is_none() => Some(Unmet {
+            build_id: id.to_string(),
+            state,
+            status: k.status.to_string(),
+            current_state: k.current_state,
+            reason: format!(
+                "build {id}'s plan has no state {state}, so it never completes it: name one of its states in the after"
+            ),
+        }),
         Some(k) => Some(Unmet {
             build_id: id.to_string(),
             state,
@@ -228,5 +238,13 @@ mod tests {
             u.reason
         );
         assert_eq!(judge("base", 5, None).unwrap().status, "missing");
+        let none = Known {
+            state_name: None,
+            ..k(Status::Pending, Some(0))
+        };
+        assert!(judge("base", 7, Some(&none))
+            .unwrap()
+            .reason
+            .contains("has no state 7"));
     }
 }

@@ -380,3 +380,47 @@ fn monitor_status_tree_draws_the_graph() {
     );
     assert!(text.contains("base-centos (missing)\n└─ app-2"), "{text}");
 }
+
+/// Careless entries: a state the parent's plan does not have is refused at init (it
+/// would wait for ever); the same parent given twice is waited for once; bounds hold.
+#[test]
+fn careless_after_entries_are_refused_or_collapsed() {
+    let env = Env::new();
+    env.init("base");
+    let r = init(&env, "w7", "rhel9", &["--after", "base:7"]).code(buildstate::exit::INVALID_INPUT);
+    assert!(
+        r.stderr.contains("has no state 7") && r.stderr.contains("0, 5, 10"),
+        "{}",
+        r.stderr
+    );
+    for bad in [
+        "base:-1",
+        "base:101",
+        "base:NaN",
+        "base:",
+        ":5",
+        "base",
+        "base:5:5",
+        "base/../x:5",
+    ] {
+        init(&env, "w8", "rhel9", &["--after", bad]).code(buildstate::exit::INVALID_INPUT);
+    }
+    let many: Vec<&str> = std::iter::repeat_n(["--after", "base:5"], 33)
+        .flatten()
+        .collect();
+    init(&env, "w9", "rhel9", &many).code(buildstate::exit::INVALID_INPUT);
+    assert_eq!(
+        env.run("check-state", &["w9", "--json"]).json()["exists"],
+        false
+    );
+    init(
+        &env,
+        "dup",
+        "rhel9",
+        &["--after", "base:5", "--after", "base:5"],
+    )
+    .ok();
+    let (code, j) = decide(&env, "dup");
+    assert_eq!(code, buildstate::exit::WAIT);
+    assert_eq!(j["waiting_for"].as_array().unwrap().len(), 1, "{j}");
+}
