@@ -111,7 +111,20 @@ pub fn generate(cmd: &clap::Command, tool: &'static str) -> Option<ExitCode> {
     }
     let what = args.next().map(|a| a.to_string_lossy().into_owned());
     let mut cmd = cmd.clone().name(tool).bin_name(tool);
-    if let (Some("man"), Some(dir)) = (what.as_deref(), args.next()) {
+    let rest: Vec<std::ffi::OsString> = args.collect();
+    let (dir, extra) = match (what.as_deref(), rest.as_slice()) {
+        (_, []) => (None, None),
+        (Some("man"), [d]) => (Some(d), None),
+        (Some("man"), [_, e, ..]) | (_, [e, ..]) => (None, Some(e)),
+    };
+    if let Some(extra) = extra {
+        eprintln!(
+            "{tool}: error: --generate takes one of bash, zsh, fish or man (and for man, one folder), not also '{}'",
+            crate::redact::echo(&extra.to_string_lossy())
+        );
+        return Some(ExitCode::from(exit::USAGE as u8));
+    }
+    if let Some(dir) = dir {
         let written = man_pages(cmd, std::path::Path::new(&dir));
         return Some(finish(tool, false, written.map(|()| exit::OK)));
     }

@@ -1567,6 +1567,14 @@ fn every_command_gets_completions_and_a_man_page_naming_every_flag() {
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
+    // More than one folder, or anything after a shell, is a usage error too.
+    for extra in [
+        &["--generate", "man", "a", "b"][..],
+        &["--generate", "bash", "x"][..],
+    ] {
+        let r = crate::util::Env::new().run("check-state", extra);
+        assert_eq!(r.code, 2, "{extra:?}: {}", r.stderr);
+    }
     // A wrong request is a usage error, not an empty file.
     let r = crate::util::Env::new().run("check-state", &["--generate", "powershell2"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
