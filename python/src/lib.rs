@@ -200,7 +200,7 @@ impl Store {
         )?;
         if let (Some(b), true) = (store.store().build(build_id)?, inputs) {
             let plan = store.store().plan(&b.plan_hash)?;
-            let stale = buildstate::inputs::stale_of(store.store(), &b, &plan, inputs_root, false)?;
+            let stale = buildstate::inputs::stale_of(&mut store, &b, &plan, inputs_root, false)?;
             report = report.with_stale(&b, &plan, now, stale);
         }
         if let Some(b) = store.store().build(build_id)? {

@@ -35,6 +35,36 @@ pub struct Sources<'a> {
     /// Salts the digests of variables and metadata (the build's lineage), so a stored
     /// digest of a short secret cannot be looked up in a precomputed table.
     pub salt: &'a str,
+    /// Another build's current output, for an `inputs.builds` entry (`BUILD:KEY`, BUILD
+    /// perhaps a template): the entry resolved (`base-rhel9:ami_id`) and the value now.
+    pub builds: &'a dyn Fn(&str) -> Result<Consumed>,
+}
+
+/// An `inputs.builds` entry as found: `BUILD:KEY` resolved, and the build's current
+/// value of the output (`None`: it has none).
+pub type Consumed = (String, Option<String>);
+
+/// For [`Sources::builds`] where no plan state consumes another build's output.
+pub fn no_builds(entry: &str) -> Result<Consumed> {
+    Err(Error::Corrupt(format!(
+        "no other build's outputs are read here (inputs.builds entry '{entry}')"
+    )))
+}
+
+/// [`Sources::builds`] from this database: the entry resolved for `child` (with its
+/// metadata `meta`), and that build's current output of the key.
+pub fn outputs_here<'a>(
+    store: &'a crate::store::Store,
+    child: &'a Build,
+    meta: &'a BTreeMap<String, String>,
+) -> impl Fn(&str) -> Result<Consumed> + 'a {
+    move |entry| {
+        let c = crate::deps::parse_consumed(entry)
+            .map_err(|m| Error::Corrupt(format!("inputs.builds: {m}")))?;
+        let parent = crate::deps::resolve(&c.build, &crate::deps::Child::of(child, meta))?;
+        let value = store.outputs(&parent)?.remove(&c.key).map(|o| o.value);
+        Ok((format!("{parent}:{}", c.key), value))
+    }
 }
 
 /// The inputs root: `dir`, else `BUILDSTATE_INPUTS_ROOT`, else the working directory.
@@ -471,6 +501,7 @@ pub fn compute(
         env: BTreeMap::new(),
         meta: BTreeMap::new(),
         values: None,
+        builds: BTreeMap::new(),
     };
     for ((rel, _), d) in found.iter().zip(&digests) {
         feed(&mut all, &[b"f", rel.as_bytes(), d]);
@@ -489,6 +520,20 @@ pub fn compute(
         let d: [u8; 32] = h.finalize().into();
         feed(&mut all, &[b"values", &d]);
         m.values = Some(hex(&d[..SHORT / 2]));
+    }
+    for entry in &def.builds {
+        let (label, value) = (src.builds)(entry)?;
+        match &value {
+            Some(v) => {
+                let d: [u8; 32] = Sha256::digest(v.as_bytes()).into();
+                feed(&mut all, &[b"build", label.as_bytes(), b"=", &d]);
+                m.builds.insert(label, Some(crate::manifest::shown(v, &d)));
+            }
+            None => {
+                feed(&mut all, &[b"build", label.as_bytes(), b"none"]);
+                m.builds.insert(label, None);
+            }
+        }
     }
     m.digest = hex(&all.finalize());
     Ok(m)
@@ -623,29 +668,33 @@ pub fn process_env(name: &str) -> Option<String> {
 /// `extra_globs`, hashed under `root` (resolved only when there is something to hash).
 /// `None` when the state has no inputs.
 pub fn for_completion(
-    store: &crate::store::Store,
+    writer: &mut crate::sync::Writer,
     build_id: &str,
     state: u8,
     root_dir: Option<&Path>,
     extra_globs: &[String],
 ) -> Result<Option<Box<Manifest>>> {
-    let Some(b) = store.build(build_id)? else {
+    let Some(b) = writer.store().build(build_id)? else {
         return Ok(None);
     };
-    let plan = store.plan(&b.plan_hash)?;
+    let plan = writer.store().plan(&b.plan_hash)?;
     let def = plan.state(state).and_then(|s| s.inputs.clone());
     if def.is_none() && extra_globs.is_empty() {
         return Ok(None);
     }
     let def = def.unwrap_or_default();
     let root = root(root_dir)?;
+    crate::parents::refresh_consumed(writer, &b, &plan, Some(state))?;
+    let store = writer.store();
     let meta = store.metadata(build_id)?;
     let mut cache = FileCache::load(store, &root)?;
+    let builds = outputs_here(store, &b, &meta);
     let src = Sources {
         root,
         env: &process_env,
         meta: &meta,
         salt: &b.lineage,
+        builds: &builds,
     };
     let m = compute(&def, extra_globs, &src, &mut cache, Detail::Full)?;
     cache.save(store, &src.root);
@@ -662,7 +711,7 @@ fn may_go_stale(marks: &[Mark]) -> bool {
 /// The stale completed states of `b` (see [`stale_states`]), judged against the files
 /// under `root_dir` (default: `BUILDSTATE_INPUTS_ROOT`, else the working directory).
 pub fn stale_of(
-    store: &crate::store::Store,
+    writer: &mut crate::sync::Writer,
     b: &Build,
     plan: &Plan,
     root_dir: Option<&Path>,
@@ -671,10 +720,12 @@ pub fn stale_of(
     if b.current_state.is_none() {
         return Ok(Vec::new());
     }
-    let marks = store.marks(&b.build_id)?;
+    let marks = writer.store().marks(&b.build_id)?;
     if !may_go_stale(&marks) {
         return Ok(Vec::new());
     }
+    crate::parents::refresh_consumed(writer, b, plan, b.current_state)?;
+    let store = writer.store();
     let needs_files = marks.iter().any(|m| m.inputs.is_some());
     let root = if needs_files {
         root(root_dir)?
@@ -687,11 +738,13 @@ pub fn stale_of(
     } else {
         FileCache::default()
     };
+    let builds = outputs_here(store, b, &meta);
     let src = Sources {
         root,
         env: &process_env,
         meta: &meta,
         salt: &b.lineage,
+        builds: &builds,
     };
     let stale = stale_states(b, plan, &marks, &src, &mut cache, every)?;
     cache.save(store, &src.root);
@@ -742,7 +795,7 @@ pub fn rerun_if_stale_here(
         Some(k) => k,
         None => {
             let plan = w.store().plan(&b.plan_hash)?;
-            found = stale_of(w.store(), &b, &plan, root_dir, false)?;
+            found = stale_of(w, &b, &plan, root_dir, false)?;
             &found
         }
     };
@@ -773,6 +826,7 @@ mod tests {
             env: &|n| (n == "IMAGE_VERSION").then(|| "9.4".to_string()),
             meta,
             salt: "lineage-1",
+            builds: &no_builds,
         }
     }
 
@@ -789,6 +843,7 @@ mod tests {
             env: vec!["IMAGE_VERSION".into(), "NOT_SET_HERE".into()],
             meta: vec!["git_sha".into()],
             values: vec!["rhel9".into()],
+            builds: Vec::new(),
         };
         let meta = BTreeMap::from([("git_sha".to_string(), "abc".to_string())]);
         let mut cache = FileCache::default();
@@ -880,6 +935,47 @@ mod tests {
         let trusted =
             compute(&def, &[], &src(dir.path(), &meta), &mut cache, Detail::Full).unwrap();
         assert_eq!(trusted.files["a.txt"], hex(&[7; 8]));
+    }
+
+    #[test]
+    fn a_consumed_output_is_kept_as_it_is_and_a_long_one_shortened() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = InputsDef {
+            builds: vec!["base-{image}:ami_id".into()],
+            ..InputsDef::default()
+        };
+        let meta = BTreeMap::new();
+        let with = |value: Option<String>| {
+            let lookup = move |e: &str| {
+                assert_eq!(e, "base-{image}:ami_id");
+                Ok(("base-rhel9:ami_id".to_string(), value.clone()))
+            };
+            let src = Sources {
+                builds: &lookup,
+                ..src(dir.path(), &meta)
+            };
+            compute(&def, &[], &src, &mut FileCache::default(), Detail::Full).unwrap()
+        };
+        let a = with(Some("ami-1".into()));
+        let b = with(Some("ami-2".into()));
+        let none = with(None);
+        assert_eq!(a.builds["base-rhel9:ami_id"].as_deref(), Some("ami-1"));
+        assert!(a.validate().is_ok());
+        assert_ne!(a.digest, b.digest);
+        assert_ne!(a.digest, none.digest);
+        assert_eq!(
+            changes(&a, &b),
+            ["build base-rhel9's output ami_id changed: it was 'ami-1' when this state completed, it is 'ami-2' now"]
+        );
+        assert!(changes(&a, &none)[0].ends_with("it is none now"));
+        // A long value: its start and a digest, while the overall digest sees all of it.
+        let long = "x".repeat(5000);
+        let l1 = with(Some(long.clone()));
+        let l2 = with(Some(format!("{long}y")));
+        let kept = l1.builds["base-rhel9:ami_id"].clone().unwrap();
+        assert!(kept.len() < 300 && kept.contains("5000 bytes"), "{kept}");
+        assert!(l1.validate().is_ok());
+        assert_ne!(l1.digest, l2.digest);
     }
 
     #[test]

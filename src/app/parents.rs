@@ -27,6 +27,22 @@ fn parents_of(child: &Child<'_>, plan: &Plan, state: u8) -> Result<Vec<(String, 
         .collect()
 }
 
+/// The builds whose outputs the states of `plan` consume (`inputs.builds`), resolved for
+/// `child`: a dependency too, for cycles.
+fn consumed_of(child: &Child<'_>, plan: &Plan) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in &plan.states {
+        for e in s.inputs.iter().flat_map(|i| &i.builds) {
+            let c = crate::deps::parse_consumed(e).map_err(|m| Error::InvalidPlan {
+                origin: format!("plan '{}'", plan.name),
+                message: format!("{}.inputs.builds: {m}", plan.label(s.id)),
+            })?;
+            out.push(resolve(&c.build, child)?);
+        }
+    }
+    Ok(out)
+}
+
 /// The parents of every state of `build_id` (`init-state --after`): (id, state).
 fn build_level(writer: &Writer, build_id: &str) -> Result<Vec<(String, u8)>> {
     writer
@@ -53,6 +69,44 @@ fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
         current_state: p.current_state,
         state_name: plan.state(state).map(|d| d.name.clone()),
     }))
+}
+
+/// Bring up to date from the remote (remote mode) every build whose output a state of `b`
+/// up to `upto` consumes (`inputs.builds`): one read per parent, before its outputs are
+/// hashed or compared.
+pub fn refresh_consumed(
+    writer: &mut Writer,
+    b: &Build,
+    plan: &Plan,
+    upto: Option<u8>,
+) -> Result<()> {
+    let Some(upto) = upto else {
+        return Ok(());
+    };
+    let entries: Vec<&String> = plan
+        .states
+        .iter()
+        .filter(|s| s.id <= upto)
+        .filter_map(|s| s.inputs.as_ref())
+        .flat_map(|i| &i.builds)
+        .collect();
+    if entries.is_empty() || !writer.is_remote() {
+        return Ok(());
+    }
+    let meta = writer.store().metadata(&b.build_id)?;
+    let child = Child::of(b, &meta);
+    let mut ids = std::collections::BTreeSet::new();
+    for e in entries {
+        let c = crate::deps::parse_consumed(e).map_err(|m| Error::InvalidPlan {
+            origin: format!("plan '{}'", plan.name),
+            message: format!("inputs.builds: {m}"),
+        })?;
+        ids.insert(resolve(&c.build, &child)?);
+    }
+    for id in ids {
+        refresh(writer, &id)?;
+    }
+    Ok(())
 }
 
 /// Bring the parent `id` up to date from the remote (remote mode). A parent whose copy
@@ -105,6 +159,9 @@ pub fn refuse_cycles(
         for (id, _) in parents_of(child, plan, s.id)? {
             todo.push((id, start.clone()));
         }
+    }
+    for id in consumed_of(child, plan)? {
+        todo.push((id, start.clone()));
     }
     // The builds `--after` names must exist: an id typed by hand is more often a typo
     // than a build to come (a plan's templates, shared by many builds, may wait).
@@ -162,6 +219,9 @@ pub fn refuse_cycles(
             for (n, _) in next {
                 todo.push((n, via.clone()));
             }
+        }
+        for n in consumed_of(&Child::of(&p, &pmeta), &pplan).unwrap_or_default() {
+            todo.push((n, via.clone()));
         }
     }
     Ok(())

@@ -277,15 +277,7 @@ pub fn run(store: &mut Writer, opts: &RunOptions, actor: &Actor) -> Result<Outco
         // below share it (None: not judged, the rerun judges for an explicit state).
         let stale = (opts.state.is_none()
             && matches!(build.status, Status::Pending | Status::Completed))
-        .then(|| {
-            crate::inputs::stale_of(
-                store.store(),
-                &build,
-                &plan,
-                opts.inputs_root.as_deref(),
-                false,
-            )
-        })
+        .then(|| crate::inputs::stale_of(store, &build, &plan, opts.inputs_root.as_deref(), false))
         .transpose()?;
         let decision = crate::decide::decide_with_stale(
             Some(&build),

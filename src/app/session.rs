@@ -233,13 +233,7 @@ impl<'a> Session<'a> {
             return Ok(Started::Unmet { reason });
         }
         let inputs = if s.hash_inputs {
-            crate::inputs::for_completion(
-                self.writer.store(),
-                build_id,
-                s.state,
-                s.inputs_root,
-                &[],
-            )?
+            crate::inputs::for_completion(self.writer, build_id, s.state, s.inputs_root, &[])?
         } else {
             None
         };
@@ -269,7 +263,7 @@ impl<'a> Session<'a> {
             Inputs::Known(known) => known,
             Inputs::Hash { root, extra } => {
                 self.writer.refresh(build_id)?;
-                crate::inputs::for_completion(self.writer.store(), build_id, state, root, extra)?
+                crate::inputs::for_completion(self.writer, build_id, state, root, extra)?
             }
         };
         self.record(build_id, &Transition::Complete { state, inputs }, fence)

@@ -42,6 +42,35 @@ pub fn parse_after(text: &str) -> std::result::Result<After, String> {
     })
 }
 
+/// One `inputs.builds` entry: BUILD:KEY, another build's current output `KEY` (BUILD
+/// perhaps a template), hashed as an input of the state that consumes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub build: String,
+    pub key: String,
+}
+
+/// Read `BUILD:KEY` (an output key; BUILD as for [`parse_after`]).
+pub fn parse_consumed(text: &str) -> std::result::Result<Consumed, String> {
+    let Some((build, key)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "'{}' is not BUILD:KEY (a build id and the output of it to consume, e.g. base-rhel9:ami_id)",
+            echo(text)
+        ));
+    };
+    crate::model::validate_meta_key(key).map_err(|_| {
+        format!(
+            "'{}': the output key is 1 to 64 letters, digits or '_', not starting with a digit",
+            echo(text)
+        )
+    })?;
+    check_template(build).map_err(|m| format!("'{}': {m}", echo(text)))?;
+    Ok(Consumed {
+        build: build.to_string(),
+        key: key.to_string(),
+    })
+}
+
 /// A build id with `{name}` placeholders: what is outside them a build id's characters,
 /// each name `cloud`, `image` or a metadata key.
 fn check_template(t: &str) -> std::result::Result<(), String> {
@@ -210,6 +239,23 @@ mod tests {
             }
         );
         assert!(parse_after("base-{image}:5").is_ok());
+        assert_eq!(
+            parse_consumed("base-{image}:ami_id").unwrap(),
+            Consumed {
+                build: "base-{image}".into(),
+                key: "ami_id".into()
+            }
+        );
+        for bad in [
+            "base",
+            "base:1x",
+            "base:",
+            ":ami_id",
+            "b c:ami_id",
+            "base:a-b",
+        ] {
+            assert!(parse_consumed(bad).is_err(), "{bad}");
+        }
         for bad in [
             "base",
             "base:101",

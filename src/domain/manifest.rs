@@ -39,6 +39,34 @@ pub struct Manifest {
     /// A short digest of the literal values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<String>,
+    /// Another build's output consumed, `BUILD:KEY` (resolved), to its value then
+    /// (`None`: it had no current output of that key), shortened past [`SHOWN`] bytes:
+    /// outputs are not secrets (they are refused when they look like one), and naming
+    /// both values is what tells a person which base image a child was built on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub builds: BTreeMap<String, Option<String>>,
+}
+
+/// The most bytes of a consumed output a manifest keeps as it is; a longer value is kept
+/// as its start and a digest of the whole (the overall digest covers all of it).
+pub const SHOWN: usize = 200;
+
+/// How a consumed output's `value` is kept in a manifest: as it is, or, past [`SHOWN`]
+/// bytes, its start, its length and a short digest.
+pub fn shown(value: &str, digest: &[u8]) -> String {
+    if value.len() <= SHOWN {
+        return value.to_string();
+    }
+    let mut cut = 64;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}... ({} bytes, sha256 {})",
+        &value[..cut],
+        value.len(),
+        hex(&digest[..SHORT / 2])
+    )
 }
 
 /// Lower-case hex of `bytes`.
@@ -104,6 +132,15 @@ impl Manifest {
         if self.values.as_deref().is_some_and(|d| !is_hex(d, SHORT)) {
             return Err("inputs values digest is malformed".into());
         }
+        for (k, v) in &self.builds {
+            let ok = crate::deps::parse_consumed(k).is_ok_and(|c| !c.build.contains('{'));
+            if !ok || v.as_ref().is_some_and(|v| v.len() > SHOWN + 64) {
+                return Err(format!(
+                    "inputs build output '{}' is malformed",
+                    crate::redact::echo(k)
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -136,6 +173,25 @@ pub fn changes(old: &Manifest, new: &Manifest) -> Vec<String> {
     }
     if old.values != new.values {
         out.push("the plan's values changed".into());
+    }
+    let said = |v: &Option<String>| match v {
+        Some(v) => format!("'{v}'"),
+        None => "none".to_string(),
+    };
+    for (k, n) in &new.builds {
+        let (build, key) = k.rsplit_once(':').unwrap_or((k, ""));
+        match old.builds.get(k) {
+            Some(o) if o == n => {}
+            Some(o) => out.push(format!(
+                "build {build}'s output {key} changed: it was {} when this state completed, it is {} now",
+                said(o),
+                said(n)
+            )),
+            None => out.push(format!("build {build}'s output {key} is a new input")),
+        }
+    }
+    for k in old.builds.keys().filter(|k| !new.builds.contains_key(*k)) {
+        out.push(format!("build output {k} is no longer an input"));
     }
     if out.is_empty() && old.digest != new.digest {
         out.push("an input changed".into());

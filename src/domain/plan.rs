@@ -125,6 +125,10 @@ pub struct InputsDef {
     /// Literal values (a version, a flavour): changing them in a new plan is a change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
+    /// Other builds' current outputs, `BUILD:KEY` (BUILD perhaps a template over the
+    /// build, as in `after`): a new value (a rebuilt base image) makes the state stale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<String>,
 }
 
 impl InputsDef {
@@ -148,7 +152,14 @@ impl InputsDef {
         for (i, key) in self.meta.iter().enumerate() {
             crate::model::validate_meta_key(key).map_err(|e| format!("meta[{i}]: {e}"))?;
         }
-        let total = self.files.len() + self.env.len() + self.meta.len() + self.values.len();
+        for (i, b) in self.builds.iter().enumerate() {
+            crate::deps::parse_consumed(b).map_err(|m| format!("builds[{i}]: {m}"))?;
+        }
+        let total = self.files.len()
+            + self.env.len()
+            + self.meta.len()
+            + self.values.len()
+            + self.builds.len();
         if total > 1000 {
             return Err("more than 1000 entries: group files with globs".into());
         }

@@ -34,8 +34,8 @@ pub const FORMAT: &str = "buildstate-snapshot";
 /// pruned by retention, which leave gaps in the numbering; version 4: `unverified`
 /// events, a verify that could not run; version 5: a `pruned` event's typed `count`;
 /// version 6: `output` events with their `outputs`; version 7: `resource` events, the
-/// ledger of what a build made; version 8: a plan whose states wait for other builds,
-/// `after`), so older buildstates keep reading the builds that do not use those.
+/// ledger of what a build made; version 8: a plan whose states wait for other builds
+/// or consume their outputs, `after` and `inputs.builds`), so older buildstates keep reading the builds that do not use those.
 /// A version 3 or 4 snapshot's `pruned` events are read with the count their message
 /// gives.
 pub const SCHEMA_VERSION: u32 = 8;
@@ -311,8 +311,10 @@ impl Snapshot {
         let v7 = events.iter().any(|e| e.kind == EventKind::Resource);
         // A plan whose states wait for other builds: an older reader refuses the plan
         // (an unknown field) rather than run a state before its parents.
-        let v8 = plan.states.iter().any(|s| !s.after.is_empty())
-            || events.iter().any(|e| e.after.is_some());
+        // So does one whose inputs name other builds' outputs (`inputs.builds`).
+        let v8 = plan.states.iter().any(|s| {
+            !s.after.is_empty() || s.inputs.as_ref().is_some_and(|i| !i.builds.is_empty())
+        }) || events.iter().any(|e| e.after.is_some());
         Snapshot {
             format: FORMAT.to_string(),
             schema_version: if v8 {

@@ -466,6 +466,7 @@ fn honest_history(ops: &[(u8, u8)]) {
                     env: [("V".to_string(), "unset".to_string())].into(),
                     meta: Default::default(),
                     values: None,
+                    builds: Default::default(),
                 })),
             },
             2 => Transition::complete(state),

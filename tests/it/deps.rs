@@ -424,3 +424,89 @@ fn careless_after_entries_are_refused_or_collapsed() {
     assert_eq!(code, buildstate::exit::WAIT);
     assert_eq!(j["waiting_for"].as_array().unwrap().len(), 1, "{j}");
 }
+
+/// A state that consumes the base image build's `ami_id` (`inputs.builds`).
+const CONSUMER: &str = r#"
+name = "app-on-base"
+[[state]]
+id = 0
+name = "init"
+expected = "1s"
+[[state]]
+id = 10
+name = "app-layer"
+expected = "1m"
+after = ["base-{image}:5"]
+inputs = { builds = ["base-{image}:ami_id"] }
+[[state]]
+id = 20
+name = "publish"
+expected = "1m"
+"#;
+
+/// Run state 5 of `base` to completion, recording `ami_id`.
+fn publish_base(env: &Env, base: &str, ami: &str) {
+    env.update(base, &["start", "5"]).ok();
+    env.update(base, &["output", &format!("ami_id={ami}")]).ok();
+    env.update(base, &["complete", "5"]).ok();
+}
+
+#[test]
+fn a_rebuilt_parent_output_makes_the_consuming_state_stale() {
+    let env = Env::new();
+    env.init("base-rhel9");
+    publish_base(&env, "base-rhel9", "ami-0aaa1111");
+    let plan = env.write("consumer.toml", CONSUMER);
+    init(&env, "app-7", "rhel9", &["--plan", plan.to_str().unwrap()]).ok();
+    for s in ["10", "20"] {
+        env.update("app-7", &["start", s]).ok();
+        env.update("app-7", &["complete", s]).ok();
+    }
+    // The completion recorded the value it was built on.
+    let h = env.run("check-state", &["app-7", "--json", "--history"]);
+    let done = h.json()["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "complete" && e["state"] == 10)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        done["inputs"]["builds"]["base-rhel9:ami_id"], "ami-0aaa1111",
+        "{done}"
+    );
+    let (code, j) = decide(&env, "app-7");
+    assert_eq!(
+        (code, j["decision"].as_str()),
+        (buildstate::exit::COMPLETED, Some("completed")),
+        "{j}"
+    );
+    // The base is rebuilt with a new image: the app is stale from state 10, naming the
+    // parent, the output and both values.
+    env.update("base-rhel9", &["force", "5", "--reason", "role edit"])
+        .ok();
+    publish_base(&env, "base-rhel9", "ami-0bbb2222");
+    let (code, j) = decide(&env, "app-7");
+    assert_eq!((code, j["decision"].as_str()), (0, Some("rerun")), "{j}");
+    assert_eq!(j["next_state"], 10, "{j}");
+    let why = j["stale"][0]["reasons"][0].as_str().unwrap();
+    for part in ["base-rhel9", "ami_id", "ami-0aaa1111", "ami-0bbb2222"] {
+        assert!(why.contains(part), "{part} in {why}");
+    }
+    assert_eq!(j["stale"][1]["kind"], "after", "{j}");
+    // Rerunning records the new value; then nothing is stale.
+    env.update("app-7", &["start", "10"]).ok();
+    env.update("app-7", &["complete", "10"]).ok();
+    env.update("app-7", &["start", "20"]).ok();
+    env.update("app-7", &["complete", "20"]).ok();
+    let (_, j) = decide(&env, "app-7");
+    assert_eq!(j["decision"], "completed", "{j}");
+    // A plan entry that is not BUILD:KEY is refused (exit 6) with the entry named.
+    let bad = env.write(
+        "bad.toml",
+        &CONSUMER.replace("base-{image}:ami_id", "base-{image}"),
+    );
+    let r = init(&env, "app-8", "rhel9", &["--plan", bad.to_str().unwrap()]);
+    assert_eq!(r.code, buildstate::exit::INVALID_PLAN, "{}", r.stderr);
+    assert!(r.stderr.contains("inputs.builds[0]"), "{}", r.stderr);
+}

@@ -115,7 +115,7 @@ fn run(args: &Args) -> Result<i32> {
     if let (Some(b), false) = (store.store().build(&args.build_id)?, args.no_inputs) {
         let plan = store.store().plan(&b.plan_hash)?;
         let root = args.inputs_root.as_deref();
-        let mut stale = crate::inputs::stale_of(store.store(), &b, &plan, root, args.plan)?;
+        let mut stale = crate::inputs::stale_of(&mut store, &b, &plan, root, args.plan)?;
         if args.verify {
             let actor = crate::environment::actor("check-state");
             let quiet = args.common.json;
@@ -143,7 +143,7 @@ fn run(args: &Args) -> Result<i32> {
             if results.is_empty() {
                 eprintln!("check-state: note: no completed state has a verify command to run");
             } else {
-                stale = crate::inputs::stale_of(store.store(), &b, &plan, root, args.plan)?;
+                stale = crate::inputs::stale_of(&mut store, &b, &plan, root, args.plan)?;
             }
             report = load(&store, &plan)?;
         }
