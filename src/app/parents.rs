@@ -68,6 +68,7 @@ fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
         status: p.status,
         current_state: p.current_state,
         state_name: plan.state(state).map(|d| d.name.clone()),
+        revoked: writer.store().revoked(id)?,
     }))
 }
 

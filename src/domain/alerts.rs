@@ -186,6 +186,55 @@ pub fn for_change(
     alerts
 }
 
+/// A build whose completed `state` consumed some of a parent's outputs (`inputs.builds`):
+/// by key, the value it was built on.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub build: Build,
+    pub plan: Plan,
+    pub state: u8,
+    pub outputs: Vec<(String, String)>,
+}
+
+/// The alert a consumer gets when `parent` (as written by the revocation) withdraws the
+/// outputs it was built on; once per revocation. `None` when its plan does not raise
+/// `revoked` alerts for that state.
+pub fn revoked(c: &Consumer, parent: &Build, reason: &str, actor: &Actor) -> Option<NewAlert> {
+    if !c.plan.alerts_for(c.state).contains(&AlertKind::Revoked) {
+        return None;
+    }
+    let b = &c.build;
+    let mut p = payload(AlertKind::Revoked, b, &c.plan, actor, None);
+    let built_on = c
+        .outputs
+        .iter()
+        .map(|(k, v)| format!("{k} '{v}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    p["state"] = c.state.into();
+    p["state_name"] = c.plan.state(c.state).map(|s| s.name.clone()).into();
+    p["reason"] = format!(
+        "build {} revoked its outputs ({}): {} was built on {built_on}, so it is stale; it reruns from there once {} has made new ones",
+        parent.build_id,
+        crate::redact::redact(reason),
+        c.plan.label(c.state),
+        parent.build_id
+    )
+    .into();
+    p["parent"] = parent.build_id.clone().into();
+    p["at"] = time::format(parent.updated_at).into();
+    not_about_an_attempt(&mut p);
+    Some(NewAlert {
+        kind: AlertKind::Revoked,
+        build_id: Some(b.build_id.clone()),
+        dedupe_key: format!(
+            "{}:{}:revoked:{}:{}",
+            b.build_id, b.lineage, parent.build_id, parent.serial
+        ),
+        payload: p,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

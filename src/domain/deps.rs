@@ -162,6 +162,9 @@ pub struct Known {
     pub current_state: Option<u8>,
     /// The names of the parent's plan's states, to say what it lacks.
     pub state_name: Option<String>,
+    /// The reason of a revocation of its outputs that stands (`update-state revoke`):
+    /// until it makes new ones, it is not done.
+    pub revoked: Option<String>,
 }
 
 /// A dependency that does not hold: which parent, which state of it, and how it stands.
@@ -197,6 +200,20 @@ pub fn judge(id: &str, state: u8, known: Option<&Known>) -> Option<Unmet> {
             status: "missing".into(),
             current_state: None,
             reason: format!("build {id} does not exist yet: it must complete state {state} first"),
+        }),
+        Some(Known {
+            revoked: Some(why),
+            status,
+            current_state,
+            ..
+        }) => Some(Unmet {
+            build_id: id.to_string(),
+            state,
+            status: "revoked".into(),
+            current_state: *current_state,
+            reason: format!(
+                "build {id} revoked its outputs ({why}): it must make new ones (force or rerun the state that makes them) before this state runs; it is {status}"
+            ),
         }),
         Some(k) if holds(k.current_state, state) => None,
         // A state its plan does not have: it never completes it, whatever it does.
@@ -275,6 +292,7 @@ mod tests {
             status: s,
             current_state: c,
             state_name: Some("publish".into()),
+            revoked: None,
         };
         assert!(judge("base", 100, Some(&k(Status::Completed, Some(100)))).is_none());
         let u = judge("base", 100, Some(&k(Status::Running, Some(40)))).unwrap();
@@ -284,6 +302,13 @@ mod tests {
             u.reason
         );
         assert_eq!(judge("base", 5, None).unwrap().status, "missing");
+        let gone = Known {
+            revoked: Some("bad kernel".into()),
+            ..k(Status::Completed, Some(100))
+        };
+        let u = judge("base", 100, Some(&gone)).unwrap();
+        assert_eq!(u.status, "revoked");
+        assert!(u.reason.contains("bad kernel"), "{}", u.reason);
         let none = Known {
             state_name: None,
             ..k(Status::Pending, Some(0))

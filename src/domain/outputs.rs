@@ -123,7 +123,7 @@ pub fn check_total(current: &BTreeMap<String, String>, new: &[(String, String)])
 }
 
 /// The current outputs of a build, by key, from its history (oldest first). Only
-/// `output`, `start`, `force`, `reset`, `rerun` and `rollback` events matter
+/// `output`, `start`, `force`, `reset`, `rerun`, `rollback` and `revoke` events matter
 /// ([`RELEVANT`]); others are passed over.
 pub fn current(events: &[Event]) -> BTreeMap<String, Output> {
     let mut by_state: BTreeMap<u8, BTreeMap<String, Output>> = BTreeMap::new();
@@ -152,6 +152,7 @@ pub fn current(events: &[Event]) -> BTreeMap<String, Output> {
             }
             (EventKind::Force | EventKind::Rerun | EventKind::Reset, _) => by_state.clear(),
             (EventKind::Rollback, Some(to)) => by_state.retain(|s, _| *s <= to),
+            (EventKind::Revoke, _) => by_state.clear(),
             _ => {}
         }
     }
@@ -170,7 +171,21 @@ pub const RELEVANT: &[EventKind] = &[
     EventKind::Reset,
     EventKind::Rerun,
     EventKind::Rollback,
+    EventKind::Revoke,
 ];
+
+/// The revocation that stands (its reason), if any: the last `revoke` with no `start`
+/// or `output` after it, i.e. before the build made anything new. `events` as for
+/// [`current`].
+pub fn revoked(events: &[Event]) -> Option<&Event> {
+    let last = events.iter().rev().find(|e| {
+        matches!(
+            e.kind,
+            EventKind::Revoke | EventKind::Start | EventKind::Output
+        )
+    })?;
+    (last.kind == EventKind::Revoke).then_some(last)
+}
 
 /// The values alone, by key.
 pub fn values(outputs: &BTreeMap<String, Output>) -> BTreeMap<String, String> {

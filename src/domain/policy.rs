@@ -169,12 +169,15 @@ pub enum AlertKind {
     /// A resource's cleanup failed every try of a collection (`monitor gc`,
     /// `cancel --cleanup`, `reset --cleanup`): it is probably still there, costing money.
     Cleanup,
+    /// A build this one consumed outputs of revoked them (`update-state revoke`): the
+    /// state built on them is stale.
+    Revoked,
 }
 
 text_enum!(AlertKind {
     Blocked => "blocked", Completed => "completed", Cancelled => "cancelled",
     Rollback => "rollback", Takeover => "takeover", Stuck => "stuck", Drift => "drift",
-    Cleanup => "cleanup",
+    Cleanup => "cleanup", Revoked => "revoked",
 });
 
 /// Rules that put a failure into a [`Category`]. A plan has a global set (`[classify]`) and

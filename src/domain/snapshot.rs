@@ -314,7 +314,9 @@ impl Snapshot {
         // So does one whose inputs name other builds' outputs (`inputs.builds`).
         let v8 = plan.states.iter().any(|s| {
             !s.after.is_empty() || s.inputs.as_ref().is_some_and(|i| !i.builds.is_empty())
-        }) || events.iter().any(|e| e.after.is_some());
+        }) || events
+            .iter()
+            .any(|e| e.after.is_some() || e.kind == EventKind::Revoke);
         Snapshot {
             format: FORMAT.to_string(),
             schema_version: if v8 {

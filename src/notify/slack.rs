@@ -244,6 +244,13 @@ pub fn message(alert: &Claimed, report_base: Option<&str>) -> Value {
                 s("resource_id").unwrap_or_default()
             ),
         ),
+        "revoked" => (
+            ":recycle:",
+            format!(
+                "is stale at {state}: {} revoked what it was built on",
+                s("parent").unwrap_or_default()
+            ),
+        ),
         other => (":information_source:", other.to_string()),
     };
     let text = cut(&format!("Build {build} {headline}"), 150);
@@ -649,6 +656,23 @@ mod tests {
         }
         assert!(text.contains("Attempt*\\n5 of 5"));
         assert!(text.contains("buildstate alert 7"));
+    }
+
+    #[test]
+    fn every_alert_kind_has_its_own_headline() {
+        for kind in crate::policy::AlertKind::ALL {
+            let alert = Claimed {
+                id: 1,
+                build_id: Some("app-1".into()),
+                kind: kind.as_str().into(),
+                payload: json!({"build_id": "app-1", "state": 10, "parent": "base-rhel9",
+                    "resource_type": "key-pair", "resource_id": "k1"}),
+                attempts: 0,
+            };
+            let m = message(&alert, None);
+            let head = m["blocks"][0]["text"]["text"].as_str().unwrap();
+            assert!(!head.contains(":information_source:"), "{kind}: {head}");
+        }
     }
 
     fn blocked(error_tail: &str, reason: &str, concourse_url: &str) -> Claimed {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use rusqlite::named_params;
+use rusqlite::{named_params, Connection};
 use serde::Serialize;
 
 use super::Store;
@@ -324,4 +324,70 @@ impl Store {
             after,
         })
     }
+}
+
+/// The builds whose last completion of a state, still standing (the build is at or past
+/// it), recorded one of `parent`'s outputs `values` with the value it has: those a
+/// revocation of them makes stale. A build's own outputs are not its input.
+pub(super) fn consumers(
+    conn: &Connection,
+    parent: &str,
+    values: &BTreeMap<String, String>,
+) -> Result<Vec<crate::alerts::Consumer>> {
+    // A prefilter on the text (ids hold no '%'; '_' matches itself among others), then
+    // each manifest read for what it says.
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.build_id, e.state, e.inputs FROM events e
+          WHERE e.kind = 'complete' AND e.build_id != :parent AND e.inputs LIKE :pat
+            AND e.seq = (SELECT MAX(l.seq) FROM events l
+                          WHERE l.build_id = e.build_id AND l.kind = 'complete'
+                            AND l.state = e.state)
+          ORDER BY e.build_id, e.state",
+    )?;
+    let pat = format!("%\"{parent}:%");
+    let rows = stmt
+        .query_map(named_params! {":parent": parent, ":pat": pat}, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<u8>>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out: Vec<crate::alerts::Consumer> = Vec::new();
+    for (child, state, raw) in rows {
+        let Some(state) = state else { continue };
+        let Ok(m) = serde_json::from_str::<crate::manifest::Manifest>(&raw) else {
+            continue;
+        };
+        let mut keys = Vec::new();
+        for (key, value) in values {
+            let d: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+                <sha2::Sha256 as sha2::Digest>::new(),
+                value.as_bytes(),
+            ))
+            .into();
+            let shown = crate::manifest::shown(value, &d);
+            if m.builds.get(&format!("{parent}:{key}")) == Some(&Some(shown.clone())) {
+                keys.push((key.clone(), shown));
+            }
+        }
+        if keys.is_empty() {
+            continue;
+        }
+        let Some(b) = super::load_build(conn, &child)? else {
+            continue;
+        };
+        if b.current_state.is_none_or(|c| c < state) {
+            continue;
+        }
+        let plan = super::load_plan(conn, &b.plan_hash)?;
+        out.push(crate::alerts::Consumer {
+            build: b,
+            plan,
+            state,
+            outputs: keys,
+        });
+    }
+    Ok(out)
 }

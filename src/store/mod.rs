@@ -301,6 +301,17 @@ impl Store {
             let current = crate::outputs::current(&load_output_events(&tx, build_id)?);
             crate::outputs::check_total(&crate::outputs::values(&current), pairs)?;
         }
+        // What a revocation withdraws, and who consumed it: read in this transaction.
+        let mut consumers = Vec::new();
+        if let Transition::Revoke { .. } = t {
+            let current = crate::outputs::current(&load_output_events(&tx, build_id)?);
+            if current.is_empty() {
+                return Err(Error::Refused(crate::error::Refusal::new(format!(
+                    "build '{build_id}' has no current outputs to revoke (none recorded, or they were superseded or revoked already); nothing was written"
+                ))));
+            }
+            consumers = fleet::consumers(&tx, build_id, &crate::outputs::values(&current))?;
+        }
         // Retention counts what it removes inside this transaction; nothing to remove
         // is nothing to write.
         let counted;
@@ -346,6 +357,13 @@ impl Store {
             &crate::alerts::for_change(&build, &change, t, &plan, actor),
             now,
         )?;
+        if let Transition::Revoke { reason } = t {
+            let alerts: Vec<_> = consumers
+                .iter()
+                .filter_map(|c| crate::alerts::revoked(c, &change.build, reason, actor))
+                .collect();
+            outbox::enqueue(&tx, &alerts, now)?;
+        }
         before_commit(&tx, &change.build)?;
         fail_point_commit()?;
         tx.commit()?;
@@ -460,6 +478,27 @@ impl Store {
         Ok(crate::outputs::current(&load_output_events(
             &self.conn, build_id,
         )?))
+    }
+
+    /// The revocation of `build_id`'s outputs that stands (`crate::outputs::revoked`): its
+    /// reason, or `None`.
+    pub fn revoked(&self, build_id: &str) -> Result<Option<String>> {
+        let events = load_output_events(&self.conn, build_id)?;
+        Ok(crate::outputs::revoked(&events).map(|e| {
+            e.message
+                .clone()
+                .unwrap_or_else(|| "no reason given".into())
+        }))
+    }
+
+    /// The builds whose completed states consumed `parent`'s outputs `values` (by key) as
+    /// they are now (`inputs.builds`), as this database knows them.
+    pub fn consumers(
+        &self,
+        parent: &str,
+        values: &BTreeMap<String, String>,
+    ) -> Result<Vec<crate::alerts::Consumer>> {
+        fleet::consumers(&self.conn, parent, values)
     }
 
     /// The resource ledger of a build (`crate::resources`), in the order created, with
@@ -775,7 +814,8 @@ fn select_events(
 
 /// The filter of schema 11's partial index `events_outputs`: the kinds
 /// `crate::outputs::RELEVANT` names. A query through the index repeats it exactly.
-const OUTPUT_KINDS: &str = "kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback')";
+const OUTPUT_KINDS: &str =
+    "kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback', 'revoke')";
 /// The filter of schema 12's `events_resources`: `crate::resources::RELEVANT`.
 const RESOURCE_KINDS: &str =
     "kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')";
@@ -1148,7 +1188,7 @@ mod tests {
         for (relevant, sql, index) in [
             (
                 crate::outputs::RELEVANT,
-                include_str!("v11.sql"),
+                include_str!("v14.sql"),
                 "events_outputs",
             ),
             (

@@ -510,3 +510,116 @@ fn a_rebuilt_parent_output_makes_the_consuming_state_stale() {
     assert_eq!(r.code, buildstate::exit::INVALID_PLAN, "{}", r.stderr);
     assert!(r.stderr.contains("inputs.builds[0]"), "{}", r.stderr);
 }
+
+/// The `revoked` alerts in the outbox.
+fn revoked_alerts(env: &Env) -> Vec<Value> {
+    let db = rusqlite::Connection::open(&env.db).unwrap();
+    let mut q = db
+        .prepare("SELECT payload FROM alerts WHERE kind = 'revoked' ORDER BY id")
+        .unwrap();
+    q.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|p| serde_json::from_str(&p.unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_revoked_parent_makes_its_consumers_stale_alerts_them_and_holds_its_waiters() {
+    let env = Env::new();
+    env.init("base-rhel9");
+    publish_base(&env, "base-rhel9", "ami-0aaa1111");
+    let plan = env.write("consumer.toml", CONSUMER);
+    let plan = plan.to_str().unwrap();
+    // app-1 consumed the image; app-2 has not run state 10 yet; app-3 consumed it and
+    // was rebuilt on another value since (a base output of a different key would not
+    // count either).
+    init(&env, "app-1", "rhel9", &["--plan", plan]).ok();
+    init(&env, "app-2", "rhel9", &["--plan", plan]).ok();
+    env.update("app-1", &["start", "10"]).ok();
+    env.update("app-1", &["complete", "10"]).ok();
+    // Nothing to revoke on a build with no outputs: refused, nothing written.
+    let r = env.update("app-1", &["revoke", "--reason", "nothing"]);
+    assert_eq!(r.code, buildstate::exit::REFUSED, "{}", r.stderr);
+    assert!(r.stderr.contains("no current outputs"), "{}", r.stderr);
+    let r = env.update("base-rhel9", &["revoke", "--reason", ""]);
+    assert_ne!(r.code, 0, "a revocation needs a reason");
+    let serial = |id: &str| env.state(id)["serial"].as_u64().unwrap();
+    let before = serial("base-rhel9");
+    let r = env
+        .update(
+            "base-rhel9",
+            &["revoke", "--reason", "CVE-2026-1234 in the kernel"],
+        )
+        .ok();
+    assert!(
+        r.stdout.contains("1 build(s)") && r.stdout.contains("app-1 at state 10"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(serial("base-rhel9"), before + 1);
+    // The consumer is stale from state 10, naming the value and that it is gone, and
+    // waits: its parent has no outputs until it makes new ones.
+    let (code, j) = decide(&env, "app-1");
+    assert_eq!(
+        (code, j["decision"].as_str()),
+        (buildstate::exit::WAIT, Some("wait")),
+        "{j}"
+    );
+    assert_eq!(j["waiting_for"][0]["status"], "revoked", "{j}");
+    assert!(
+        j["reason"].as_str().unwrap().contains("CVE-2026-1234"),
+        "{j}"
+    );
+    let why = j["stale"][0]["reasons"][0].as_str().unwrap();
+    assert!(
+        why.contains("'ami-0aaa1111'") && why.ends_with("it is none now"),
+        "{why}"
+    );
+    // A build that had not consumed it waits too, and is not alerted.
+    let (code, _) = decide(&env, "app-2");
+    assert_eq!(code, buildstate::exit::WAIT);
+    let alerts = revoked_alerts(&env);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (
+            a["build_id"].as_str(),
+            a["parent"].as_str(),
+            a["state"].as_u64()
+        ),
+        (Some("app-1"), Some("base-rhel9"), Some(10)),
+        "{a}"
+    );
+    let reason = a["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("CVE-2026-1234") && reason.contains("ami_id 'ami-0aaa1111'"),
+        "{reason}"
+    );
+    // The history says who revoked and why.
+    let h = env.run("check-state", &["base-rhel9", "--json", "--history"]);
+    let last = h.json()["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (last["kind"].as_str(), last["message"].as_str()),
+        (Some("revoke"), Some("CVE-2026-1234 in the kernel")),
+        "{last}"
+    );
+    // The parent makes a new image: the waiters go ahead, the consumer reruns from 10.
+    env.update("base-rhel9", &["force", "5", "--reason", "patched kernel"])
+        .ok();
+    publish_base(&env, "base-rhel9", "ami-0ccc3333");
+    let (code, j) = decide(&env, "app-1");
+    assert_eq!((code, j["decision"].as_str()), (0, Some("rerun")), "{j}");
+    assert_eq!(j["next_state"], 10);
+    assert_eq!(decide(&env, "app-2").1["decision"], "resume");
+    // A second revocation alerts again (another write), the first is not repeated.
+    env.update("app-1", &["start", "10"]).ok();
+    env.update("app-1", &["complete", "10"]).ok();
+    env.update("base-rhel9", &["revoke", "--reason", "bad again"])
+        .ok();
+    assert_eq!(revoked_alerts(&env).len(), 2);
+}

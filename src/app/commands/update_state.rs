@@ -219,6 +219,16 @@ enum Action {
         #[arg(long)]
         cleanup: bool,
     },
+    /// Withdraw the build's current outputs (a bad image): builds that consumed them
+    /// (inputs.builds) become stale and are alerted; builds that wait for this one wait
+    /// until it makes new ones
+    #[command(after_help = "Example:
+  update-state base-rhel9 revoke --reason 'CVE-2026-1234 in the kernel of ami-0aaa1111'")]
+    Revoke {
+        /// Why (recorded with who did it, and sent with the alerts)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
     /// Stop the build for good: check-state reports it blocked and nothing can start
     Cancel {
         /// Why (recorded with who did it)
@@ -418,6 +428,9 @@ fn transition(action: &Action) -> Result<Transition> {
         Action::Cancel { reason, .. } => Transition::Cancel {
             reason: reason.clone(),
         },
+        Action::Revoke { reason } => Transition::Revoke {
+            reason: reason.clone(),
+        },
         Action::Force { state, reason, .. } => Transition::Reopen {
             from: *state,
             reason: reason.clone(),
@@ -446,6 +459,13 @@ fn run(args: &Args) -> Result<i32> {
         owner: &owner,
     };
     let root = args.inputs_root.as_deref();
+    // Who a revocation makes stale, to say so (the write alerts them itself).
+    let consumed = if let Transition::Revoke { .. } = t {
+        let values = crate::outputs::values(&session.writer.store().outputs(&args.build_id)?);
+        session.writer.store().consumers(&args.build_id, &values)?
+    } else {
+        Vec::new()
+    };
     let build = match (&args.action, &t) {
         (Action::Start { state, lease_ttl }, _) => {
             let start = Start {
@@ -536,6 +556,21 @@ fn run(args: &Args) -> Result<i32> {
         Transition::Skip { state, .. } => format!("skipped {}", plan.label(*state)),
         Transition::Rollback { .. } => format!("rolled back to {}", label(build.current_state)),
         Transition::Cancel { .. } => "cancelled".to_string(),
+        Transition::Revoke { .. } => {
+            let n = consumed.len();
+            let names: Vec<String> = consumed
+                .iter()
+                .map(|c| format!("{} at {}", c.build.build_id, c.plan.label(c.state)))
+                .collect();
+            format!(
+                "revoked its outputs; {n} build(s) consumed them and are stale{}",
+                if n == 0 {
+                    String::new()
+                } else {
+                    format!(": {}", names.join(", "))
+                }
+            )
+        }
         Transition::Interrupt { .. } => "recorded an interruption".to_string(),
         Transition::Tasks { .. } => "recorded task results".to_string(),
         Transition::PruneTasks { count, .. } => format!("removed {count} old task results"),

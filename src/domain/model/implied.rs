@@ -171,7 +171,8 @@ impl Implied {
                 | EventKind::Unverified
                 | EventKind::Late
                 | EventKind::Output
-                | EventKind::Resource,
+                | EventKind::Resource
+                | EventKind::Revoke,
                 _,
             ) => {}
             (kind, None) => return Err(format!("({kind}) names no state")),

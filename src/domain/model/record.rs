@@ -78,6 +78,10 @@ pub enum EventKind {
     /// A cloud resource created, deleted, checked, claimed for cleanup or not cleaned up
     /// (`update-state resource`, `monitor gc`): its `resource` (`crate::resources`).
     Resource,
+    /// A person withdrew the build's current outputs (`update-state revoke`): a bad image.
+    /// The builds that consumed them are stale (their `inputs.builds`), and a build that
+    /// waits for this one waits until it makes new ones.
+    Revoke,
 }
 
 text_enum!(Status {
@@ -90,7 +94,7 @@ text_enum!(EventKind {
     Rollback => "rollback", Cancel => "cancel", Task => "task", Force => "force",
     Reset => "reset", Rerun => "rerun", Prerequisite => "prerequisite", Drift => "drift",
     Verified => "verified", Unverified => "unverified", Late => "late", Pruned => "pruned",
-    Output => "output", Resource => "resource",
+    Output => "output", Resource => "resource", Revoke => "revoke",
 });
 
 impl EventKind {

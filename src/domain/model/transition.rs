@@ -100,6 +100,11 @@ pub enum Transition {
         state: Option<u8>,
         op: crate::resources::Op,
     },
+    /// A person withdraws the build's current outputs (a bad image): `crate::outputs`
+    /// no longer counts them, the builds that consumed them are stale and alerted (the
+    /// store finds them in the same write).
+    #[serde(skip)]
+    Revoke { reason: String },
 }
 
 /// Why completed states run again.
@@ -312,6 +317,16 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
             resources,
         } => output(b, plan, ctx, *state, pairs, resources, &mut c),
         Transition::Resource { state, op } => resource(b, plan, ctx, *state, op, &mut c),
+        Transition::Revoke { reason } => {
+            need_reason(reason, "revoke")?;
+            c.events.push(event(
+                EventKind::Revoke,
+                None,
+                None,
+                Some(redact(reason).into_owned()),
+            ));
+            Ok(())
+        }
     }?;
     // The summary's current and active state, status, attempt, next retry and lease are
     // what the new events say, by the fold snapshot validation replays.

@@ -1,0 +1,6 @@
+-- Schema version 14: revoked outputs (issue 29). A `revoke` event withdraws a build's
+-- current outputs, so the index that finds the events deciding which outputs are
+-- current (crate::outputs::RELEVANT) takes it in.
+DROP INDEX events_outputs;
+CREATE INDEX events_outputs ON events(build_id, seq)
+    WHERE kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback', 'revoke');
