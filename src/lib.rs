@@ -32,8 +32,8 @@ pub mod store;
 // binaries, the Python extension and the docs name them; the folders above are the
 // layers, lowest first: domain, store, share, notify, app (README "Layout").
 pub use app::{
-    archive, concourse, environment, files, gc, inputs, monitor, parents, procs, report, runner,
-    session, stats, timeline, verify,
+    archive, concourse, environment, files, gc, inputs, monitor, parents, procs, report, reuse,
+    runner, session, stats, timeline, verify,
 };
 #[cfg(feature = "cli")]
 pub use app::{cli, commands};

@@ -140,9 +140,14 @@ class Store:
         plan: str | PathLike[str] | None = None,
         meta: dict[str, str] | None = None,
         after: list[str] | None = None,
+        reuse_from: str | None = None,
+        inputs_root: str | PathLike[str] | None = None,
     ) -> _Report:
         """``after``: other builds' states (``BUILD:STATE``) every state of it waits for,
-        as ``init-state --after``; the parents must exist (docs/plan.md#dependencies)."""
+        as ``init-state --after``; the parents must exist (docs/plan.md#dependencies).
+        ``reuse_from``: an identical build whose leading states a new build reuses, as
+        ``init-state --reuse-from`` (inputs hashed under ``inputs_root``); the report's
+        ``reuse`` says which (docs/plan.md#reuse)."""
     @property
     def owner(self) -> str:
         """This Store's name as a lease holder."""

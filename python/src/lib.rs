@@ -336,8 +336,11 @@ impl Store {
 
     /// Create a build, or confirm an identical one. Returns the report with `created`.
     /// `after`: other builds' states (BUILD:STATE) every state of it waits for, as
-    /// `init-state --after` (docs/plan.md#dependencies).
-    #[pyo3(signature = (build_id, cloud, image, *, plan=None, meta=None, after=None))]
+    /// `init-state --after` (docs/plan.md#dependencies). `reuse_from`: an identical build
+    /// whose leading states a new build reuses, as `init-state --reuse-from` (its inputs
+    /// hashed under `inputs_root`, default BUILDSTATE_INPUTS_ROOT or the working
+    /// directory); the report's `reuse` says which.
+    #[pyo3(signature = (build_id, cloud, image, *, plan=None, meta=None, after=None, reuse_from=None, inputs_root=None))]
     #[allow(clippy::too_many_arguments)]
     fn init(
         &self,
@@ -348,6 +351,8 @@ impl Store {
         plan: Option<PathBuf>,
         meta: Option<BTreeMap<String, String>>,
         after: Option<Vec<String>>,
+        reuse_from: Option<String>,
+        inputs_root: Option<PathBuf>,
     ) -> PyResult<Py<PyAny>> {
         let result = py.detach(|| -> buildstate::Result<String> {
             let plan = match &plan {
@@ -365,9 +370,23 @@ impl Store {
             let actor = self.actor.lock().expect("actor lock").clone();
             let mut store = self.inner.lock().expect("store lock");
             let now = std::time::SystemTime::now();
-            let outcome = buildstate::session::init(&mut store, &req, &actor, now)?;
+            let (outcome, reused) = match &reuse_from {
+                Some(from) => buildstate::session::init_reusing(
+                    &mut store,
+                    &req,
+                    &actor,
+                    now,
+                    from,
+                    inputs_root.as_deref(),
+                )?,
+                None => (
+                    buildstate::session::init(&mut store, &req, &actor, now)?,
+                    None,
+                ),
+            };
             let (mut report, _) = Report::after_write(store.store(), &outcome.build, now)?;
             report.created = Some(outcome.created);
+            report.reuse = reused;
             Ok(report.to_json())
         });
         let text = result.map_err(|e| to_py(py, e))?;

@@ -602,7 +602,7 @@ pub fn stale_states(
             m.state == Some(s.id)
                 && matches!(
                     m.kind,
-                    EventKind::Complete | EventKind::Skip | EventKind::Init
+                    EventKind::Complete | EventKind::Skip | EventKind::Init | EventKind::Reused
                 )
         }) else {
             continue;
@@ -624,7 +624,9 @@ pub fn stale_states(
                     crate::decide::headline(d.message.as_deref().unwrap_or("no output"), 200)
                 )],
             ))
-        } else if let (Some(raw), EventKind::Complete) = (done.inputs.as_deref(), done.kind) {
+        } else if let (Some(raw), EventKind::Complete | EventKind::Reused) =
+            (done.inputs.as_deref(), done.kind)
+        {
             let head: Head = serde_json::from_str(raw).map_err(|e| corrupt(done.seq, e))?;
             let def = s.inputs.clone().unwrap_or_default();
             let extra: Vec<String> = head

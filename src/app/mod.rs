@@ -17,6 +17,7 @@ pub mod monitor;
 pub mod parents;
 pub mod procs;
 pub mod report;
+pub mod reuse;
 pub mod runner;
 pub mod session;
 pub mod stats;

@@ -59,6 +59,9 @@ pub struct Report {
     /// init only: whether this call created the build.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
+    /// init with `--reuse-from` only: the states reused, and why the next was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<crate::reuse::Outcome>,
     /// Outcomes of this build journaled on this machine that wait to be shared with the
     /// remote (remote mode, after an outage: docs/sync.md).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -134,6 +137,7 @@ impl Report {
                     outputs: BTreeMap::new(),
                     history: with_history.then(Vec::new),
                     created: None,
+                    reuse: None,
                     journaled: Vec::new(),
                 })
             }
@@ -178,6 +182,7 @@ impl Report {
             outputs: BTreeMap::new(),
             history,
             created: None,
+            reuse: None,
             journaled: Vec::new(),
         }
     }
@@ -609,9 +614,14 @@ impl PlanView {
                             _ => "",
                         }
                     ),
+                    // "reused from B1: attempt 2 completed at ... by ... with the same inputs"
+                    Some(e) if e.kind == crate::model::EventKind::Reused => {
+                        headline(e.message.as_deref().unwrap_or("reused"), 300)
+                    }
                     _ => "recorded as done when the build was created".to_string(),
                 };
-                ("done", why)
+                let reused = done.is_some_and(|e| e.kind == crate::model::EventKind::Reused);
+                (if reused { "reused" } else { "done" }, why)
             } else if b.status == Status::Cancelled {
                 ("cancelled", "the build was cancelled".to_string())
             } else {

@@ -71,6 +71,35 @@ pub fn init(
     w.init(req, actor, now)
 }
 
+/// [`init`], then, for a build it created, reuse what the identical build `from` did
+/// (`init-state --reuse-from`, `crate::reuse`), its inputs hashed under `root`. `from`
+/// is checked before anything is written (exit 8).
+pub fn init_reusing(
+    w: &mut Writer,
+    req: &crate::model::InitRequest,
+    actor: &crate::context::Actor,
+    now: std::time::SystemTime,
+    from: &str,
+    root: Option<&std::path::Path>,
+) -> Result<(crate::store::InitOutcome, Option<crate::reuse::Outcome>)> {
+    req.validate()?;
+    crate::reuse::check_source(w, &req.build_id, from)?;
+    let outcome = init(w, req, actor, now)?;
+    if !outcome.created {
+        return Ok((outcome, None));
+    }
+    let ctx = crate::model::Ctx::at(now);
+    let reused = crate::reuse::apply(w, &req.build_id, from, root, actor, &ctx)?;
+    let build = w.store().build(&req.build_id)?.unwrap_or(outcome.build);
+    Ok((
+        crate::store::InitOutcome {
+            build,
+            created: true,
+        },
+        Some(reused),
+    ))
+}
+
 /// Remote mode: land what this machine journaled while the remote was away, before the
 /// command does anything else (docs/sync.md); say on stderr what landed. A failure here
 /// never stops the command: what did not land stays journaled for the next one.

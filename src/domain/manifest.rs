@@ -238,13 +238,13 @@ impl Stale {
     }
 }
 
-/// The event that made `state` done last (complete, skip, or init), if any.
+/// The event that made `state` done last (complete, skip, reused, or init), if any.
 pub fn last_done(events: &[Event], state: u8) -> Option<&Event> {
     events.iter().rev().find(|e| {
         e.state == Some(state)
             && matches!(
                 e.kind,
-                EventKind::Complete | EventKind::Skip | EventKind::Init
+                EventKind::Complete | EventKind::Skip | EventKind::Init | EventKind::Reused
             )
     })
 }

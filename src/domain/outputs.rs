@@ -123,13 +123,13 @@ pub fn check_total(current: &BTreeMap<String, String>, new: &[(String, String)])
 }
 
 /// The current outputs of a build, by key, from its history (oldest first). Only
-/// `output`, `start`, `force`, `reset`, `rerun`, `rollback` and `revoke` events matter
+/// `output`, `reused`, `start`, `force`, `reset`, `rerun`, `rollback` and `revoke` events matter
 /// ([`RELEVANT`]); others are passed over.
 pub fn current(events: &[Event]) -> BTreeMap<String, Output> {
     let mut by_state: BTreeMap<u8, BTreeMap<String, Output>> = BTreeMap::new();
     for e in events {
         match (e.kind, e.state) {
-            (EventKind::Output, Some(s)) => {
+            (EventKind::Output | EventKind::Reused, Some(s)) => {
                 let mine = by_state.entry(s).or_default();
                 for (k, v) in e.outputs.iter().flatten() {
                     mine.insert(
@@ -172,6 +172,7 @@ pub const RELEVANT: &[EventKind] = &[
     EventKind::Rerun,
     EventKind::Rollback,
     EventKind::Revoke,
+    EventKind::Reused,
 ];
 
 /// The revocation that stands (its reason), if any: the last `revoke` with no `start`

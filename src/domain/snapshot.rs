@@ -316,7 +316,7 @@ impl Snapshot {
             !s.after.is_empty() || s.inputs.as_ref().is_some_and(|i| !i.builds.is_empty())
         }) || events
             .iter()
-            .any(|e| e.after.is_some() || e.kind == EventKind::Revoke);
+            .any(|e| e.after.is_some() || matches!(e.kind, EventKind::Revoke | EventKind::Reused));
         Snapshot {
             format: FORMAT.to_string(),
             schema_version: if v8 {
@@ -559,7 +559,7 @@ impl Snapshot {
                 return Err(invalid(id, format!("event {} names state > 100", e.seq)));
             }
             if let Some(m) = &e.inputs {
-                if e.kind != EventKind::Complete {
+                if !matches!(e.kind, EventKind::Complete | EventKind::Reused) {
                     return Err(invalid(
                         id,
                         format!(
@@ -571,13 +571,15 @@ impl Snapshot {
                 m.validate()
                     .map_err(|why| invalid(id, format!("event {}: {why}", e.seq)))?;
             }
-            if (e.kind == EventKind::Output) != e.outputs.is_some()
-                || (e.kind == EventKind::Output && e.state.is_none())
+            let may_carry = matches!(e.kind, EventKind::Output | EventKind::Reused);
+            if (e.kind == EventKind::Output && e.outputs.is_none())
+                || (e.outputs.is_some() && !may_carry)
+                || (may_carry && e.state.is_none())
             {
                 return Err(invalid(
                     id,
                     format!(
-                        "event {} ({}): an `output` event, and only one, carries outputs, and names its state",
+                        "event {} ({}): an `output` event carries outputs (a `reused` one may), and only those, naming their state",
                         e.seq, e.kind
                     ),
                 ));

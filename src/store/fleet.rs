@@ -165,7 +165,7 @@ impl Store {
              WHERE d.kind = 'drift' AND NOT EXISTS (
                  SELECT 1 FROM events l WHERE l.build_id = d.build_id AND l.seq > d.seq
                    AND (l.kind IN ('rerun', 'force', 'reset', 'rollback')
-                        OR (l.state = d.state AND l.kind IN ('verified', 'complete', 'skip', 'drift'))))
+                        OR (l.state = d.state AND l.kind IN ('verified', 'complete', 'skip', 'reused', 'drift'))))
              ORDER BY d.build_id, d.state",
         )?;
         let rows = stmt.query_map([], |r| {

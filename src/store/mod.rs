@@ -666,7 +666,7 @@ impl Store {
     pub fn marks(&self, build_id: &str) -> Result<Vec<crate::manifest::Mark>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, kind, state, message, inputs FROM events
-             WHERE build_id = :id AND kind IN ('init', 'complete', 'skip', 'drift', 'verified')
+             WHERE build_id = :id AND kind IN ('init', 'complete', 'skip', 'reused', 'drift', 'verified')
              ORDER BY seq",
         )?;
         let rows = stmt.query_map(named_params! {":id": build_id}, |r| {
@@ -815,7 +815,7 @@ fn select_events(
 /// The filter of schema 11's partial index `events_outputs`: the kinds
 /// `crate::outputs::RELEVANT` names. A query through the index repeats it exactly.
 const OUTPUT_KINDS: &str =
-    "kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback', 'revoke')";
+    "kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback', 'revoke', 'reused')";
 /// The filter of schema 12's `events_resources`: `crate::resources::RELEVANT`.
 const RESOURCE_KINDS: &str =
     "kind IN ('resource', 'takeover', 'force', 'rerun', 'reset', 'rollback')";

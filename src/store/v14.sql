@@ -1,6 +1,7 @@
--- Schema version 14: revoked outputs (issue 29). A `revoke` event withdraws a build's
--- current outputs, so the index that finds the events deciding which outputs are
--- current (crate::outputs::RELEVANT) takes it in.
+-- Schema version 14: revoked and reused outputs (issue 29). A `revoke` event withdraws
+-- a build's current outputs and a `reused` one brings another build's, so the index
+-- that finds the events deciding which outputs are current (crate::outputs::RELEVANT)
+-- takes them in.
 DROP INDEX events_outputs;
 CREATE INDEX events_outputs ON events(build_id, seq)
-    WHERE kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback', 'revoke');
+    WHERE kind IN ('output', 'start', 'force', 'reset', 'rerun', 'rollback', 'revoke', 'reused');

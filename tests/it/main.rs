@@ -17,6 +17,7 @@ mod journal;
 mod layers;
 mod outputs;
 mod resources;
+mod reuse;
 mod run_state;
 mod stats;
 mod sync;

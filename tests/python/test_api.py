@@ -319,3 +319,30 @@ def test_init_after_waits_for_a_parent_as_init_state_does(db: Path) -> None:
     with pytest.raises(buildstate.InvalidInputError) as e:
         s.init("loop", "aws", "rhel9", after=["loop:5"])
     assert "would wait for itself" in str(e.value)
+
+
+def test_init_reuse_from_reuses_what_an_identical_build_did(db: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "nightly.toml"
+    plan.write_text(
+        'name = "nightly"\n'
+        '[[state]]\nid = 0\nname = "init"\nexpected = "1s"\n'
+        '[[state]]\nid = 5\nname = "kickstart"\nexpected = "1m"\ninputs = { files = ["ks.cfg"] }\n'
+        '[[state]]\nid = 10\nname = "tests"\nexpected = "1m"\ninputs = { meta = ["night"] }\n'
+    )
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "ks.cfg").write_text("lang en_US\n")
+    s = buildstate.Store(db)
+    s.init("n-1", "aws", "rhel9", plan=plan, meta={"night": "1"})
+    s.start("n-1", 5)
+    s.output("n-1", {"ami_id": "ami-1"})
+    s.complete("n-1", 5, inputs_root=root)
+    r = s.init("n-2", "aws", "rhel9", plan=plan, meta={"night": "2"}, reuse_from="n-1", inputs_root=root)
+    assert [x["state"] for x in r["reuse"]["reused"]] == [5], r
+    assert "state 10" in r["reuse"]["stopped"], r
+    d = s.decide("n-2", inputs_root=root)
+    assert (d["decision"], d["next_state"]) == ("resume", 10), d
+    assert d["outputs"]["ami_id"]["value"] == "ami-1", d
+    with pytest.raises(buildstate.InvalidInputError) as e:
+        s.init("n-3", "aws", "rhel9", plan=plan, reuse_from="n-9")
+    assert "there is no build 'n-9'" in str(e.value)

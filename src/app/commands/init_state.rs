@@ -45,6 +45,22 @@ struct Args {
     #[arg(long = "after", value_name = "BUILD:STATE")]
     after: Vec<String>,
 
+    /// Reuse what an identical build did: record as reused every leading state of
+    /// BUILD whose recorded inputs equal what this build's hash to now and whose outputs
+    /// are current; the first that differs runs normally (docs/plan.md#reuse)
+    #[arg(long, value_name = "BUILD")]
+    reuse_from: Option<String>,
+
+    /// With --reuse-from: the directory the plan's input globs are relative to
+    /// [default: the working directory]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "BUILDSTATE_INPUTS_ROOT",
+        requires = "reuse_from"
+    )]
+    inputs_root: Option<PathBuf>,
+
     #[command(flatten)]
     common: Common,
 }
@@ -68,10 +84,21 @@ fn run(args: &Args) -> Result<i32> {
     let mut store = args.common.writer(true)?;
     let now = SystemTime::now();
     let actor = crate::environment::actor("init-state");
-    let outcome = crate::session::init(&mut store, &req, &actor, now)?;
+    let (outcome, reused) = match &args.reuse_from {
+        Some(from) => crate::session::init_reusing(
+            &mut store,
+            &req,
+            &actor,
+            now,
+            from,
+            args.inputs_root.as_deref(),
+        )?,
+        None => (crate::session::init(&mut store, &req, &actor, now)?, None),
+    };
     crate::cli::deliver_after_write("init-state", &mut store);
     let (mut report, stored_plan) = Report::after_write(store.store(), &outcome.build, now)?;
     report.created = Some(outcome.created);
+    report.reuse = reused.clone();
     if args.common.json {
         crate::cli::outln(format_args!("{}", report.to_json()))?;
     } else if outcome.created {
@@ -93,6 +120,33 @@ fn run(args: &Args) -> Result<i32> {
             stored_plan.states.len(),
             report.decision.reason
         ))?;
+        if let Some(r) = &reused {
+            let states: Vec<String> = r
+                .reused
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {}{}",
+                        s.state,
+                        s.name,
+                        s.attempt
+                            .map_or(String::new(), |a| format!(" (attempt {a})"))
+                    )
+                })
+                .collect();
+            crate::cli::outln(format_args!(
+                "  reused from {}: {}{}",
+                r.from,
+                if states.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    states.join(", ")
+                },
+                r.stopped
+                    .as_ref()
+                    .map_or(String::new(), |w| format!("\n  not reused: {w}"))
+            ))?;
+        }
     } else {
         crate::cli::outln(format_args!(
             "build {} already exists with the same identity; nothing changed (serial {})",

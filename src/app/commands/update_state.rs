@@ -582,7 +582,10 @@ fn run(args: &Args) -> Result<i32> {
             (Some(s), _) => format!("{} and every state after it will run again", plan.label(*s)),
             (None, _) => "every state will run again".to_string(),
         },
-        Transition::Unmet { .. } | Transition::Verified { .. } | Transition::Late { .. } => {
+        Transition::Unmet { .. }
+        | Transition::Verified { .. }
+        | Transition::Late { .. }
+        | Transition::Reuse { .. } => {
             unreachable!("update-state does not record these")
         }
     };

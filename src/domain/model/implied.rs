@@ -115,7 +115,9 @@ impl Implied {
                     .recorded
                     .then(|| e.until.and(e.owner.map(str::to_string)).zip(e.until));
             }
-            (EventKind::Complete | EventKind::Skip, Some(s)) => *self = done(Some(s)),
+            (EventKind::Complete | EventKind::Skip | EventKind::Reused, Some(s)) => {
+                *self = done(Some(s))
+            }
             (EventKind::Fail, Some(s)) => {
                 self.active = Some(s);
                 self.attempt = e.attempt.unwrap_or(self.attempt);

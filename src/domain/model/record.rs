@@ -82,6 +82,10 @@ pub enum EventKind {
     /// The builds that consumed them are stale (their `inputs.builds`), and a build that
     /// waits for this one waits until it makes new ones.
     Revoke,
+    /// A state done by reusing what an identical build did (`init-state --reuse-from`):
+    /// the same inputs, hashed again for this build, and that build's current outputs of
+    /// the state. Counts as a completion; its resources stay the other build's.
+    Reused,
 }
 
 text_enum!(Status {
@@ -95,6 +99,7 @@ text_enum!(EventKind {
     Reset => "reset", Rerun => "rerun", Prerequisite => "prerequisite", Drift => "drift",
     Verified => "verified", Unverified => "unverified", Late => "late", Pruned => "pruned",
     Output => "output", Resource => "resource", Revoke => "revoke",
+    Reused => "reused",
 });
 
 impl EventKind {

@@ -105,6 +105,19 @@ pub enum Transition {
     /// store finds them in the same write).
     #[serde(skip)]
     Revoke { reason: String },
+    /// `state`, the next to run of a build just created, done by reusing what build
+    /// `from`'s attempt `attempt` did (`init-state --reuse-from`): `inputs` as hashed for
+    /// this build (equal to what that one recorded), and its current outputs of it.
+    #[serde(skip)]
+    Reuse {
+        state: u8,
+        from: String,
+        attempt: Option<u32>,
+        /// Why it may be reused, in words (when and by whom it completed there).
+        note: String,
+        inputs: Option<Box<crate::manifest::Manifest>>,
+        outputs: BTreeMap<String, String>,
+    },
 }
 
 /// Why completed states run again.
@@ -317,6 +330,46 @@ pub fn apply(b: &Build, plan: &Plan, t: &Transition, ctx: &Ctx<'_>) -> Result<Ch
             resources,
         } => output(b, plan, ctx, *state, pairs, resources, &mut c),
         Transition::Resource { state, op } => resource(b, plan, ctx, *state, op, &mut c),
+        Transition::Reuse {
+            state,
+            from,
+            attempt,
+            note,
+            inputs,
+            outputs,
+        } => {
+            check_in_plan(b, plan, *state)?;
+            let next = plan
+                .states
+                .iter()
+                .find(|s| b.current_state.is_none_or(|c| s.id > c))
+                .map(|s| s.id);
+            if b.status != Status::Pending || b.active_state.is_some() || next != Some(*state) {
+                return refuse(format!(
+                    "build '{}': {} can be reused only as the next state of a build that has not run it (the build is {}); nothing was written",
+                    b.build_id,
+                    plan.label(*state),
+                    b.status
+                ));
+            }
+            let mut e = event(
+                EventKind::Reused,
+                Some(*state),
+                *attempt,
+                Some(redact(&format!("reused from {from}: {note}")).into_owned()),
+            );
+            e.inputs = inputs.as_deref().cloned();
+            if !outputs.is_empty() {
+                let pairs: Vec<(String, String)> = outputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                crate::outputs::validate(&pairs)?;
+                e.outputs = Some(outputs.clone());
+            }
+            c.events.push(e);
+            Ok(())
+        }
         Transition::Revoke { reason } => {
             need_reason(reason, "revoke")?;
             c.events.push(event(
