@@ -62,7 +62,14 @@ pub fn outputs_here<'a>(
         let c = crate::deps::parse_consumed(entry)
             .map_err(|m| Error::Corrupt(format!("inputs.builds: {m}")))?;
         let parent = crate::deps::resolve(&c.build, &crate::deps::Child::of(child, meta))?;
-        let value = store.outputs(&parent)?.remove(&c.key).map(|o| o.value);
+        // An archived parent is judged by the outputs it had when it left.
+        let value = match store.outputs(&parent)?.remove(&c.key) {
+            Some(o) => Some(o.value),
+            None if store.build(&parent)?.is_none() => store
+                .archived_outputs(&parent)?
+                .and_then(|mut o| o.remove(&c.key)),
+            None => None,
+        };
         Ok((format!("{parent}:{}", c.key), value))
     }
 }

@@ -61,7 +61,21 @@ fn build_level(writer: &Writer, build_id: &str) -> Result<Vec<(String, u8)>> {
 fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
     refresh(writer, id)?;
     let Some(p) = writer.store().build(id)? else {
-        return Ok(None);
+        // An archived parent is judged by its archive record: it completed every state
+        // of its plan, or was cancelled and never will.
+        return Ok(writer.store().archived(id)?.map(|a| {
+            let completed = a.status == crate::model::Status::Completed.as_str();
+            Known {
+                status: if completed {
+                    crate::model::Status::Completed
+                } else {
+                    crate::model::Status::Cancelled
+                },
+                current_state: completed.then_some(state),
+                state_name: Some(format!("archived {}", a.status)),
+                revoked: None,
+            }
+        }));
     };
     let plan = writer.store().plan(&p.plan_hash)?;
     Ok(Some(Known {

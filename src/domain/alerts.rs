@@ -194,6 +194,8 @@ pub struct Consumer {
     pub plan: Plan,
     pub state: u8,
     pub outputs: Vec<(String, String)>,
+    /// The state is running on them now (not completed yet).
+    pub running: bool,
 }
 
 /// The alert a consumer gets when `parent` (as written by the revocation) withdraws the
@@ -213,8 +215,13 @@ pub fn revoked(c: &Consumer, parent: &Build, reason: &str, actor: &Actor) -> Opt
         .join(", ");
     p["state"] = c.state.into();
     p["state_name"] = c.plan.state(c.state).map(|s| s.name.clone()).into();
+    let (what, then) = if c.running {
+        ("is running on", "it will be stale when it ends")
+    } else {
+        ("was built on", "so it is stale")
+    };
     p["reason"] = format!(
-        "build {} revoked its outputs ({}): {} was built on {built_on}, so it is stale; it reruns from there once {} has made new ones",
+        "build {} revoked its outputs ({}): {} {what} {built_on}, {then}; it reruns from there once {} has made new ones",
         parent.build_id,
         crate::redact::redact(reason),
         c.plan.label(c.state),

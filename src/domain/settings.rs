@@ -79,6 +79,7 @@ vars! {
     "BUILDSTATE_RECORD_TASKS", Text, "", "the Ansible callback records each task's result";
     "BUILDSTATE_FORCE", Text, "", "the Ansible callback forces these states to run again";
     "BUILDSTATE_FORCE_REASON", Text, "", "why, for BUILDSTATE_FORCE";
+    "BUILDSTATE_PARENT_WAIT", Text, "", "the Ansible callback's wait for other builds, in seconds";
 }
 
 /// The variable named `name`, if buildstate has one (a secret's `…_FILE` twin and each

@@ -3,6 +3,7 @@
 //! append-only; the one exception is this path, which opens `archive_gate` for one build
 //! inside its own transaction (schema v7).
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use rusqlite::{named_params, OptionalExtension, TransactionBehavior};
@@ -110,6 +111,12 @@ impl Store {
             Some(_) => {}
         }
         let id = named_params! {":id": record.build_id};
+        let outputs = crate::outputs::values(&crate::outputs::current(&super::load_output_events(
+            &tx,
+            &record.build_id,
+        )?));
+        let outputs = serde_json::to_string(&outputs)
+            .map_err(|e| Error::Corrupt(format!("outputs of '{}': {e}", record.build_id)))?;
         // What its events counted stays counted (metrics' counters never go backwards).
         tx.execute(
             &format!(
@@ -125,12 +132,12 @@ impl Store {
         tx.execute("DELETE FROM builds WHERE build_id = :id", id)?;
         tx.execute(
             "INSERT OR REPLACE INTO archived
-                 (build_id, lineage, serial, status, remote, object, archived_at)
-             VALUES (:id, :lineage, :serial, :status, :remote, :object, :at)",
+                 (build_id, lineage, serial, status, remote, object, archived_at, outputs)
+             VALUES (:id, :lineage, :serial, :status, :remote, :object, :at, :outputs)",
             named_params! {
                 ":id": record.build_id, ":lineage": record.lineage, ":serial": record.serial,
                 ":status": record.status, ":remote": record.remote, ":object": record.object,
-                ":at": record.archived_at,
+                ":at": record.archived_at, ":outputs": outputs,
             },
         )?;
         tx.commit()?;
@@ -140,6 +147,27 @@ impl Store {
     /// Where `build_id` was archived, if it was (and is not back).
     pub fn archived(&self, build_id: &str) -> Result<Option<Archived>> {
         archived_in(&self.conn, build_id)
+    }
+
+    /// The current outputs an archived build had when it left (none recorded: an empty
+    /// map), or `None` when it is not archived.
+    pub fn archived_outputs(&self, build_id: &str) -> Result<Option<BTreeMap<String, String>>> {
+        let raw: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT outputs FROM archived WHERE build_id = :id",
+                named_params! {":id": build_id},
+                |r| r.get(0),
+            )
+            .optional()?;
+        raw.map(|o| {
+            o.map_or(Ok(BTreeMap::new()), |t| {
+                serde_json::from_str(&t).map_err(|e| {
+                    Error::Corrupt(format!("archive record of '{build_id}': outputs: {e}"))
+                })
+            })
+        })
+        .transpose()
     }
 
     /// Forget the archive record of a build that is back (unarchived).

@@ -387,7 +387,59 @@ pub(super) fn consumers(
             plan,
             state,
             outputs: keys,
+            running: false,
         });
+    }
+    // And the builds running a state that consumes them now: its result will stand on
+    // outputs that are gone.
+    let mut stmt = conn.prepare_cached(
+        "SELECT build_id FROM builds WHERE status = 'running' AND build_id != :parent ORDER BY build_id",
+    )?;
+    let running = stmt
+        .query_map(named_params! {":parent": parent}, |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for id in running {
+        let Some(b) = super::load_build(conn, &id)? else {
+            continue;
+        };
+        let Some(state) = b.active_state else {
+            continue;
+        };
+        let plan = super::load_plan(conn, &b.plan_hash)?;
+        let entries = plan
+            .state(state)
+            .and_then(|s| s.inputs.as_ref())
+            .map(|i| i.builds.clone())
+            .unwrap_or_default();
+        if entries.is_empty()
+            || out
+                .iter()
+                .any(|c| c.build.build_id == id && c.state == state)
+        {
+            continue;
+        }
+        let meta = super::load_meta(conn, &id)?;
+        let child = crate::deps::Child::of(&b, &meta);
+        let mut keys = Vec::new();
+        for e in &entries {
+            let Ok(c) = crate::deps::parse_consumed(e) else {
+                continue;
+            };
+            if crate::deps::resolve(&c.build, &child).is_ok_and(|p| p == parent) {
+                if let Some(v) = values.get(&c.key) {
+                    keys.push((c.key.clone(), v.clone()));
+                }
+            }
+        }
+        if !keys.is_empty() {
+            out.push(crate::alerts::Consumer {
+                build: b,
+                plan,
+                state,
+                outputs: keys,
+                running: true,
+            });
+        }
     }
     Ok(out)
 }

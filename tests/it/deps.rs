@@ -552,7 +552,7 @@ fn a_revoked_parent_makes_its_consumers_stale_alerts_them_and_holds_its_waiters(
         )
         .ok();
     assert!(
-        r.stdout.contains("1 build(s)") && r.stdout.contains("app-1 at state 10"),
+        r.stdout.contains("1 build(s) consumed them") && r.stdout.contains("app-1 at state 10"),
         "{}",
         r.stdout
     );
@@ -622,4 +622,130 @@ fn a_revoked_parent_makes_its_consumers_stale_alerts_them_and_holds_its_waiters(
     env.update("base-rhel9", &["revoke", "--reason", "bad again"])
         .ok();
     assert_eq!(revoked_alerts(&env).len(), 2);
+}
+
+#[test]
+fn an_archived_parent_is_judged_by_its_archive_record() {
+    let env = Env::new();
+    let remote = format!("file://{}/archive", env.dir.path().display());
+    env.init("base-rhel9");
+    publish_base(&env, "base-rhel9", "ami-0aaa1111");
+    let plan = env.write("consumer.toml", CONSUMER);
+    let plan = plan.to_str().unwrap();
+    init(&env, "app-1", "rhel9", &["--plan", plan]).ok();
+    env.update("app-1", &["start", "10"]).ok();
+    env.update("app-1", &["complete", "10"]).ok();
+    // The base completes its plan and leaves for the archive.
+    let view = env.run("check-state", &["base-rhel9", "--plan", "--json"]);
+    let pending: Vec<String> = view.json()["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "pending")
+        .map(|s| s["state"].to_string())
+        .collect();
+    for s in &pending {
+        env.update("base-rhel9", &["start", s]).ok();
+        env.update("base-rhel9", &["complete", s]).ok();
+    }
+    env.run(
+        "monitor",
+        &["archive", "--completed-before", "0s", "--remote", &remote],
+    )
+    .ok();
+    assert_eq!(
+        env.run("check-state", &["base-rhel9"]).code,
+        buildstate::exit::UNKNOWN_BUILD
+    );
+    // The consumer is not stale (its parent's outputs are those it consumed), and a
+    // build that waits for the archived parent goes ahead.
+    let (code, j) = decide(&env, "app-1");
+    assert_eq!(
+        (code, j["decision"].as_str(), j["next_state"].as_u64()),
+        (0, Some("resume"), Some(20)),
+        "{j}"
+    );
+    assert_eq!(j["stale"], serde_json::json!([]), "{j}");
+    init(&env, "app-2", "rhel9", &["--plan", plan]).ok();
+    let (code, j) = decide(&env, "app-2");
+    assert_eq!((code, j["decision"].as_str()), (0, Some("resume")), "{j}");
+    assert_eq!(j["next_state"], 10, "{j}");
+}
+
+#[test]
+fn a_parent_revoked_while_the_child_runs_alerts_it_and_the_child_reruns_on_new_outputs() {
+    let env = Env::new();
+    env.init("base-rhel9");
+    publish_base(&env, "base-rhel9", "ami-0aaa1111");
+    let plan = env.write("consumer.toml", CONSUMER);
+    init(&env, "app-1", "rhel9", &["--plan", plan.to_str().unwrap()]).ok();
+    // State 10 runs for a while on ami-0aaa1111 (hashed before its command starts).
+    let mut worker = env.command("run-state");
+    worker
+        .args([
+            "app-1",
+            "--next",
+            "--",
+            "sh",
+            "-c",
+            "touch started; sleep 2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = worker.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !env.path("started").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "state 10 never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = env
+        .update("base-rhel9", &["revoke", "--reason", "bad kernel"])
+        .ok();
+    assert!(
+        r.stdout.contains("app-1 at state 10 (app-layer), running"),
+        "{}",
+        r.stdout
+    );
+    let alerts = revoked_alerts(&env);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        alerts[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is running on ami_id 'ami-0aaa1111', it will be stale when it ends"),
+        "{}",
+        alerts[0]
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It completed on what it ran with, which is gone: stale, and waiting for new ones.
+    let (code, j) = decide(&env, "app-1");
+    assert_eq!(
+        (code, j["decision"].as_str()),
+        (buildstate::exit::WAIT, Some("wait")),
+        "{j}"
+    );
+    assert!(
+        j["stale"][0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("it was 'ami-0aaa1111' when this state completed, it is none now"),
+        "{j}"
+    );
+    env.update("base-rhel9", &["force", "5", "--reason", "patched"])
+        .ok();
+    publish_base(&env, "base-rhel9", "ami-0bbb2222");
+    let (_, j) = decide(&env, "app-1");
+    assert_eq!(
+        (j["decision"].as_str(), j["next_state"].as_u64()),
+        (Some("rerun"), Some(10)),
+        "{j}"
+    );
 }

@@ -237,7 +237,7 @@ def test_ansible_doc_renders_every_option() -> None:
     env = {"ANSIBLE_CALLBACK_PLUGINS": buildstate.ansible.plugin_dir(), "PATH": str(BIN), "ANSIBLE_NOCOLOR": "1"}
     r = subprocess.run([str(BIN / "ansible-doc"), "-t", "callback", "buildstate"], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
-    options = ("db", "build_id", "cloud", "image", "state", "strict", "record_tasks", "busy_timeout", "lease_ttl", "inputs_root", "force", "force_reason")
+    options = ("db", "build_id", "cloud", "image", "state", "strict", "record_tasks", "busy_timeout", "lease_ttl", "inputs_root", "force", "force_reason", "parent_wait")
     for option in options:
         assert f"\n- {option}  " in r.stdout, (option, r.stdout)
     for name in ("BUILDSTATE_DB", "BUILDSTATE_BUILD_ID", "BUILDSTATE_STATE", "BUILDSTATE_STRICT", "BUILDSTATE_INPUTS_ROOT", "BUILDSTATE_FORCE", "callback_buildstate", "buildstate_state", "buildstate_force"):

@@ -194,6 +194,48 @@ def test_two_workers_share_a_build_and_a_stale_push_is_refused(server: Server, t
     assert "exists already" in c.run("sync-cloud", "push", build, check=15).stderr
 
 
+APP_PLAN = """
+name = "app-image"
+[[state]]
+id = 0
+name = "init"
+expected = "1s"
+[[state]]
+id = 10
+name = "app-layer"
+expected = "5m"
+after = ["base-{image}:5"]
+inputs = { builds = ["base-{image}:ami_id"] }
+"""
+
+
+def test_a_child_on_one_machine_waits_for_its_parent_written_on_another(server: Server, tmp_path: Path) -> None:
+    a, b = (Worker(tmp_path, n, server.url, server.env, remote_mode=True) for n in ("deps-a", "deps-b"))
+    base, app = f"base-{server.name}", f"app-{server.name}"
+    plan = tmp_path / "app.toml"
+    plan.write_text(APP_PLAN)
+    b.run("init-state", app, "--cloud", "aws", "--image", server.name, "--plan", str(plan))
+    r = b.run("check-state", app, "--json", check=12)
+    assert json.loads(r.stdout)["waiting_for"][0]["status"] == "missing", r.stdout
+    a.run("init-state", base, "--cloud", "aws", "--image", server.name)
+    a.run("update-state", base, "start", "5")
+    assert json.loads(b.run("check-state", app, "--json", check=12).stdout)["waiting_for"][0]["status"] == "running"
+    a.run("update-state", base, "output", "ami_id=ami-1")
+    a.run("update-state", base, "complete", "5")
+    assert json.loads(b.run("check-state", app, "--json").stdout)["decision"] == "resume"
+    b.run("update-state", app, "start", "10")
+    b.run("update-state", app, "complete", "10")
+    # Machine A rebuilds the base with a new image: machine B sees its child stale.
+    a.run("update-state", base, "force", "5", "--reason", "role edit")
+    a.run("update-state", base, "start", "5")
+    a.run("update-state", base, "output", "ami_id=ami-2")
+    a.run("update-state", base, "complete", "5")
+    d = json.loads(b.run("check-state", app, "--json").stdout)
+    assert (d["decision"], d["next_state"]) == ("rerun", 10), d
+    why = d["stale"][0]["reasons"][0]
+    assert "'ami-1'" in why and "'ami-2'" in why and base in why, why
+
+
 def test_racing_workers_exactly_one_wins_each_round(server: Server, tmp_path: Path) -> None:
     build = f"race-{server.name}"
     base = Worker(tmp_path, "base", server.url, server.env)

@@ -560,10 +560,17 @@ fn run(args: &Args) -> Result<i32> {
             let n = consumed.len();
             let names: Vec<String> = consumed
                 .iter()
-                .map(|c| format!("{} at {}", c.build.build_id, c.plan.label(c.state)))
+                .map(|c| {
+                    format!(
+                        "{} at {}{}",
+                        c.build.build_id,
+                        c.plan.label(c.state),
+                        if c.running { ", running" } else { "" }
+                    )
+                })
                 .collect();
             format!(
-                "revoked its outputs; {n} build(s) consumed them and are stale{}",
+                "revoked its outputs; {n} build(s) consumed them and are alerted (stale now, or when their running state ends){}",
                 if n == 0 {
                     String::new()
                 } else {

@@ -37,6 +37,11 @@ description:
     one to run again before the first play starts, as C(update-state force).
   - Task results are recorded as events (task, host, status, duration) when
     O(record_tasks) is on. SIGINT or SIGTERM marks the running state as interrupted.
+  - A state that waits for other builds (its plan's C(after), or C(init-state --after))
+    holds its play before the first task until they hold, looking again every 2 seconds,
+    for at most O(parent_wait) seconds, as C(run-state --max-wait) does. If they still do
+    not hold, the playbook stops (exit 12, as C(check-state)'s wait) with what each
+    parent lacks, and nothing is recorded.
   - Trouble of its own (a missing or locked database, an unknown build) prints one warning
     and lets the playbook run on, unless O(strict) is on, which fails the playbook.
 requirements:
@@ -148,6 +153,17 @@ options:
     ini:
       - section: callback_buildstate
         key: force_reason
+  parent_wait:
+    description:
+      - Seconds a play whose state waits for other builds waits for them before the
+        playbook stops (exit 12). C(0) stops at once.
+    type: int
+    default: 3600
+    env:
+      - name: BUILDSTATE_PARENT_WAIT
+    ini:
+      - section: callback_buildstate
+        key: parent_wait
   busy_timeout:
     description: Milliseconds to wait for another writer before giving up.
     type: int
@@ -234,6 +250,7 @@ class CallbackModule(CallbackBase):
         self._cloud = self.get_option("cloud")
         self._image = self.get_option("image")
         self._lease_ttl = self.get_option("lease_ttl")
+        self._parent_wait = self.get_option("parent_wait")
         self._inputs_root = self.get_option("inputs_root")
         self._force = self.get_option("force")
         self._force_reason = self.get_option("force_reason")
@@ -296,6 +313,8 @@ class CallbackModule(CallbackBase):
         if answer["done"]:
             self._say("%s: state %s is already completed (the build is at %s); nothing recorded" % (label, state, answer["report"].get("current_state")))
             return
+        if not self._parents_hold(store, state, label, answer["report"]):
+            return
         self._record("record the context", store.set_context, {"ansible_run": label})
         try:
             store.start(self._build_id, state, lease_ttl_ms=int(self._lease_ttl) * 1000, inputs_root=self._inputs_root)
@@ -309,6 +328,32 @@ class CallbackModule(CallbackBase):
         self._active, self._label = state, label
         self._baseline = self._snapshot()
         self._problems = {}
+
+    def _parents_hold(self, store, state, label, report):
+        """Hold the play until the builds its state waits for hold, within parent_wait;
+        stop the playbook (exit 12) if they do not. False when the callback is off."""
+        deadline = time.monotonic() + max(0, int(self._parent_wait))
+        said = False
+        waited = time.monotonic()
+        while report.get("decision") == "wait" and report.get("waiting_for") and report.get("next_state") == state:
+            if not said:
+                self._say("%s: state %s waits for other builds (up to %ss): %s" % (label, state, self._parent_wait, report.get("reason")))
+                said = True
+            if time.monotonic() >= deadline:
+                why = report.get("reason")
+                self._display.error(
+                    "buildstate: %s: state %s still waits for other builds after %ss: %s; stopping the playbook, nothing recorded"
+                    % (label, state, self._parent_wait, why)
+                )
+                raise SystemExit(12)
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            answer = self._record("read the build", store.state_done, self._build_id, state, inputs_root=self._inputs_root)
+            if answer is None:
+                return False
+            report = answer["report"]
+        if said:
+            self._say("%s: the builds state %s waits for hold, after %.0fs" % (label, state, time.monotonic() - waited))
+        return True
 
     def _snapshot(self):
         if self._stats is None:
