@@ -32,6 +32,18 @@ pub type Progress<'a> = &'a (dyn Fn() + Sync);
 pub trait Objects: Send + Sync {
     /// The object at `key`, if there is one; `what` says what for, in errors.
     fn get(&self, key: &str, what: &str) -> Result<Option<Object>>;
+    /// The object at `key` only if its ETag is no longer `etag` (a conditional read:
+    /// `If-None-Match`, no body sent back when unchanged): `None` when it is unchanged,
+    /// else what [`Objects::get`] gives. Where a remote has no such read, a whole read
+    /// compared here.
+    fn get_if_changed(&self, key: &str, etag: &str, what: &str) -> Result<Option<Option<Object>>> {
+        let o = self.get(key, what)?;
+        let same = o
+            .as_ref()
+            .and_then(|(_, e)| e.as_deref())
+            .is_some_and(|e| same_etag(e, etag));
+        Ok((!same).then_some(o))
+    }
     /// Write `bytes` at `key`: create-only when `expected` is `None`, else only while the
     /// object's ETag is still `expected`. The new ETag; a lost race is
     /// [`Error::RemoteChanged`], and nothing is overwritten.
@@ -164,6 +176,23 @@ impl Objects for Cloud {
     fn get(&self, key: &str, what: &str) -> Result<Option<Object>> {
         self.rt
             .block_on(object_get(&self.name, &self.store, &self.path(key), what))
+    }
+
+    fn get_if_changed(&self, key: &str, etag: &str, what: &str) -> Result<Option<Option<Object>>> {
+        let path = self.path(key);
+        let changed = self.rt.block_on(object_get_if_changed(
+            &self.name,
+            &self.store,
+            &path,
+            etag,
+            what,
+        ))?;
+        match changed {
+            Changed::No => Ok(None),
+            Changed::Yes(o) => Ok(Some(o)),
+            // A server that answers the condition otherwise than HTTP says: read it whole.
+            Changed::Unknown => self.get(key, what).map(Some),
+        }
     }
 
     fn put(&self, key: &str, bytes: Vec<u8>, expected: Option<&str>) -> Result<String> {
@@ -329,6 +358,49 @@ async fn object_get(
         Err(e) => Err(remote_error(name, what, e)),
     };
     log_request(name, "GET", key, started, &r, found);
+    r
+}
+
+/// What a conditional read found.
+enum Changed {
+    /// The object's ETag is still the one given.
+    No,
+    /// Another ETag (the object), or no object.
+    Yes(Option<Object>),
+    /// The server refused the condition itself (a 412 on a read): not known.
+    Unknown,
+}
+
+async fn object_get_if_changed(
+    name: &str,
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjPath,
+    etag: &str,
+    what: &str,
+) -> Result<Changed> {
+    let started = std::time::Instant::now();
+    let opts = object_store::GetOptions {
+        if_none_match: Some(etag.to_string()),
+        ..Default::default()
+    };
+    let r = match store.get_opts(key, opts).await {
+        Ok(r) => {
+            let etag = r.meta.e_tag.clone();
+            match r.bytes().await {
+                Ok(bytes) => Ok(Changed::Yes(Some((bytes.to_vec(), etag)))),
+                Err(e) => Err(remote_error(name, what, e)),
+            }
+        }
+        Err(object_store::Error::NotModified { .. }) => Ok(Changed::No),
+        Err(object_store::Error::NotFound { .. }) => Ok(Changed::Yes(None)),
+        Err(object_store::Error::Precondition { .. }) => Ok(Changed::Unknown),
+        Err(e) => Err(remote_error(name, what, e)),
+    };
+    log_request(name, "GET (if none match)", key, started, &r, |c| match c {
+        Changed::No => "not modified".into(),
+        Changed::Yes(o) => found(o),
+        Changed::Unknown => "the condition was refused: read again whole".into(),
+    });
     r
 }
 

@@ -368,6 +368,18 @@ impl Remote {
         self.fetched(&key, o)
     }
 
+    /// The build's snapshot object only if it changed since it had ETag `etag` (one
+    /// conditional read): `None` when unchanged, else what [`Remote::get`] gives.
+    pub fn get_if_changed(&self, build_id: &str, etag: &str) -> Result<Option<Option<Fetched>>> {
+        crate::model::validate_build_id(build_id)?;
+        let key = Self::key(build_id);
+        let what = format!("read {}", self.objects.locate(&key));
+        match self.objects.get_if_changed(&key, etag, &what)? {
+            None => Ok(None),
+            Some(o) => self.fetched(&key, o).map(Some),
+        }
+    }
+
     /// Write the build's snapshot object: create-only when `expected` is `None`, else
     /// only if the object's ETag is still `expected`. Returns the new ETag.
     pub fn put(&self, build_id: &str, bytes: Vec<u8>, expected: Option<&str>) -> Result<String> {

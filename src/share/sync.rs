@@ -602,7 +602,20 @@ impl Writer {
             return Ok(());
         };
         crate::model::validate_build_id(build_id)?;
-        match remote.get(build_id)? {
+        // When this copy is exactly the one last seen there (same lineage and serial),
+        // a conditional read suffices: an unchanged remote copy sends nothing back.
+        let mark = self.store.remote_mark(remote.name(), build_id)?;
+        let here = self.store.build(build_id)?;
+        let fetched = match (&mark, &here) {
+            (Some(m), Some(b)) if m.serial == b.serial && m.lineage == b.lineage => {
+                match remote.get_if_changed(build_id, &m.etag)? {
+                    None => return Ok(()),
+                    Some(f) => f,
+                }
+            }
+            _ => remote.get(build_id)?,
+        };
+        match fetched {
             Some(f) => {
                 import_fetched(&mut self.store, remote, build_id, f, false)?;
             }

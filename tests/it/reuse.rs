@@ -258,3 +258,12 @@ fn careless_reuse_is_refused_before_anything_is_written() {
         r.stdout
     );
 }
+
+#[test]
+fn the_inputs_root_variable_does_not_get_in_the_way_of_a_plain_init() {
+    let n = Nightly::new();
+    let mut c = n.env.command("init-state");
+    c.args(["plain-1", "--cloud", "aws", "--image", "rhel9"])
+        .env("BUILDSTATE_INPUTS_ROOT", &n.root);
+    n.env.run_with(&mut c, None).ok();
+}

@@ -236,6 +236,26 @@ def test_a_child_on_one_machine_waits_for_its_parent_written_on_another(server: 
     assert "'ami-1'" in why and "'ami-2'" in why and base in why, why
 
 
+def test_a_check_with_three_parents_reads_each_parent_once_conditionally(server: Server, tmp_path: Path) -> None:
+    """Issue 29's bound: check-state of a child with 3 parents in remote mode makes at
+    most one read per parent, and a conditional one (If-None-Match) that sends nothing
+    back when the parent is unchanged."""
+    w = Worker(tmp_path, "three", server.url, server.env, remote_mode=True)
+    tag = f"3p-{server.name}"
+    parents = [f"{tag}-p{i}" for i in (1, 2, 3)]
+    for p in parents:
+        w.run("init-state", p, "--cloud", "aws", "--image", "rhel9")
+    w.run("init-state", f"{tag}-child", "--cloud", "aws", "--image", "rhel9", *(a for p in parents for a in ("--after", f"{p}:5")))
+    w.env["BUILDSTATE_LOG"] = "buildstate::remote=debug"
+    r = w.run("check-state", f"{tag}-child", "--json", check=12)
+    assert len(json.loads(r.stdout)["waiting_for"]) == 3, r.stdout
+    for p in parents:
+        reads = [line for line in r.stderr.splitlines() if f"builds/{p}.json" in line and " GET" in line]
+        assert len(reads) == 1, (p, reads, r.stderr)
+        if server.name == "moto":
+            assert "GET (if none match)" in reads[0] and "not modified" in reads[0], reads
+
+
 def test_racing_workers_exactly_one_wins_each_round(server: Server, tmp_path: Path) -> None:
     build = f"race-{server.name}"
     base = Worker(tmp_path, "base", server.url, server.env)
@@ -643,7 +663,8 @@ def test_debug_diagnostics_show_each_remote_request_and_no_secret(broken_remotes
         w.run("init-state", "img-1", "--cloud", "aws", "--image", "rhel9")
         r = w.run("update-state", "img-1", "start", "5")
         log = r.stderr
-        assert re.search(r"DEBUG buildstate::remote: GET state/builds/img-1\.json at s3://builds/state: found, \d+ bytes, ETag .*, \d+ ms", log), log
+        # This copy is the one init-state wrote there: a conditional read, nothing sent back.
+        assert re.search(r"DEBUG buildstate::remote: GET \(if none match\) state/builds/img-1\.json at s3://builds/state: not modified, \d+ ms", log), log
         assert re.search(r"PUT \(if match\) state/builds/img-1\.json at s3://builds/state: written, ETag .*, \d+ ms", log), log
         assert re.search(r"buildstate::store: build img-1: the database's write lock taken after \d+ ms", log), log
         assert secret not in log and key not in log

@@ -52,13 +52,8 @@ struct Args {
     reuse_from: Option<String>,
 
     /// With --reuse-from: the directory the plan's input globs are relative to
-    /// [default: the working directory]
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "BUILDSTATE_INPUTS_ROOT",
-        requires = "reuse_from"
-    )]
+    /// [default: BUILDSTATE_INPUTS_ROOT, else the working directory]
+    #[arg(long, value_name = "DIR", requires = "reuse_from")]
     inputs_root: Option<PathBuf>,
 
     #[command(flatten)]
