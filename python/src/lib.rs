@@ -549,6 +549,15 @@ impl Store {
         self.record(py, build_id, t)
     }
 
+    /// Withdraw the build's current outputs (a bad image), as `update-state revoke`:
+    /// builds that consumed them become stale and are alerted (docs/plan.md#dependencies).
+    fn revoke(&self, py: Python<'_>, build_id: &str, reason: &str) -> PyResult<Py<PyAny>> {
+        let t = Transition::Revoke {
+            reason: reason.to_string(),
+        };
+        self.record(py, build_id, t)
+    }
+
     /// Set metadata.
     fn meta(
         &self,

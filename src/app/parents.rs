@@ -325,7 +325,9 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
         wants.dedup();
         for (pid, state) in wants {
             let parent = by_id.get(pid.as_str());
-            let holds = parent.is_some_and(|p| crate::deps::holds(p.current_state, state));
+            let revoked = facts.revoked.contains(&pid);
+            let holds =
+                !revoked && parent.is_some_and(|p| crate::deps::holds(p.current_state, state));
             nodes
                 .entry(b.build_id.clone())
                 .or_insert_with(|| node(Some(&b), &b.build_id))
@@ -334,7 +336,11 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
                     build_id: pid.clone(),
                     state,
                     holds,
-                    status: parent.map_or("missing".into(), |p| p.status.to_string()),
+                    status: match parent {
+                        None => "missing".into(),
+                        Some(_) if revoked => "revoked".into(),
+                        Some(p) => p.status.to_string(),
+                    },
                 });
             let p = nodes
                 .entry(pid.clone())

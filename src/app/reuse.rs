@@ -97,21 +97,14 @@ fn judge(
     let (Some(b2), Some(b1)) = (store.build(build_id)?, store.build(from)?) else {
         return Err(Error::UnknownBuild(from.to_string()));
     };
-    let stop = |out: &mut Outcome, why: String| {
-        out.stopped = Some(why);
-    };
     if b1.plan_hash != b2.plan_hash {
-        stop(
-            &mut out,
-            format!("build {from} was made with another plan: its states may do other things, so none is reused"),
-        );
+        out.stopped = Some(format!("build {from} was made with another plan: its states may do other things, so none is reused"));
         return Ok((Vec::new(), out));
     }
     if let Some(why) = store.revoked(from)? {
-        stop(
-            &mut out,
-            format!("build {from} revoked its outputs ({why}): none is reused"),
-        );
+        out.stopped = Some(format!(
+            "build {from} revoked its outputs ({why}): none is reused"
+        ));
         return Ok((Vec::new(), out));
     }
     let plan = store.plan(&b2.plan_hash)?;
@@ -139,7 +132,7 @@ fn judge(
     {
         let label = plan.label(s.id);
         if b1.current_state.is_none_or(|c| c < s.id) {
-            stop(&mut out, format!("build {from} has not completed {label}"));
+            out.stopped = Some(format!("build {from} has not completed {label}"));
             break;
         }
         let done = marks.iter().rev().find(|m| {
@@ -151,7 +144,9 @@ fn judge(
         });
         let Some(done) = done.filter(|d| matches!(d.kind, EventKind::Complete | EventKind::Reused))
         else {
-            stop(&mut out, format!("build {from} did not run {label} (skipped): nothing says what it would do here"));
+            out.stopped = Some(format!(
+                "build {from} did not run {label} (skipped): nothing says what it would do here"
+            ));
             break;
         };
         let drifted = marks
@@ -163,14 +158,13 @@ fn judge(
             })
             .is_some_and(|m| m.kind == EventKind::Drift);
         if drifted {
-            stop(
-                &mut out,
-                format!("{label} of build {from} drifted (its verify failed)"),
-            );
+            out.stopped = Some(format!(
+                "{label} of build {from} drifted (its verify failed)"
+            ));
             break;
         }
         let (Some(raw), Some(def)) = (done.inputs.as_deref(), s.inputs.as_ref()) else {
-            stop(&mut out, format!("{label} declares no inputs (or {from} recorded none): nothing says it would do the same here"));
+            out.stopped = Some(format!("{label} declares no inputs (or {from} recorded none): nothing says it would do the same here"));
             break;
         };
         let then: Manifest = serde_json::from_str(raw).map_err(|e| {
@@ -185,13 +179,10 @@ fn judge(
         let now = compute(def, &extra, &src(&b1.lineage), &mut cache, Detail::Digest)?;
         if now.digest != then.digest {
             let full = compute(def, &extra, &src(&b1.lineage), &mut cache, Detail::Full)?;
-            stop(
-                &mut out,
-                format!(
-                    "{label}'s inputs differ from {from}'s: {}",
-                    changes(&then, &full).join(", ")
-                ),
-            );
+            out.stopped = Some(format!(
+                "{label}'s inputs differ from {from}'s: {}",
+                changes(&then, &full).join(", ")
+            ));
             break;
         }
         let mine = compute(def, &extra, &src(&b2.lineage), &mut cache, Detail::Full)?;

@@ -175,14 +175,14 @@ pub const RELEVANT: &[EventKind] = &[
     EventKind::Reused,
 ];
 
-/// The revocation that stands (its reason), if any: the last `revoke` with no `start`
-/// or `output` after it, i.e. before the build made anything new. `events` as for
-/// [`current`].
+/// The revocation that stands (its reason), if any: the last `revoke` with no `start`,
+/// `output` or `reused` after it, i.e. before the build made anything new. `events` as
+/// for [`current`].
 pub fn revoked(events: &[Event]) -> Option<&Event> {
     let last = events.iter().rev().find(|e| {
         matches!(
             e.kind,
-            EventKind::Revoke | EventKind::Start | EventKind::Output
+            EventKind::Revoke | EventKind::Start | EventKind::Output | EventKind::Reused
         )
     })?;
     (last.kind == EventKind::Revoke).then_some(last)

@@ -251,6 +251,9 @@ pub struct GraphFacts {
     pub meta: HashMap<String, BTreeMap<String, String>>,
     /// `init-state --after` by build.
     pub after: HashMap<String, Vec<String>>,
+    /// The builds whose outputs are revoked now (`crate::outputs::revoked`): a build
+    /// that waits for one of them waits until it makes new ones.
+    pub revoked: std::collections::HashSet<String>,
 }
 
 impl Store {
@@ -317,11 +320,21 @@ impl Store {
                 after.insert(id, list);
             }
         }
+        // A revocation stands until the build starts a state or records an output.
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT r.build_id FROM events r WHERE r.kind = 'revoke' AND NOT EXISTS (
+                 SELECT 1 FROM events l WHERE l.build_id = r.build_id AND l.seq > r.seq
+                   AND l.kind IN ('start', 'output', 'reused'))",
+        )?;
+        let revoked = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(GraphFacts {
             builds,
             plans,
             meta,
             after,
+            revoked,
         })
     }
 }
@@ -362,11 +375,7 @@ pub(super) fn consumers(
         };
         let mut keys = Vec::new();
         for (key, value) in values {
-            let d: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
-                <sha2::Sha256 as sha2::Digest>::new(),
-                value.as_bytes(),
-            ))
-            .into();
+            let d: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(value.as_bytes()).into();
             let shown = crate::manifest::shown(value, &d);
             if m.builds.get(&format!("{parent}:{key}")) == Some(&Some(shown.clone())) {
                 keys.push((key.clone(), shown));

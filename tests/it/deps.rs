@@ -578,6 +578,26 @@ fn a_revoked_parent_makes_its_consumers_stale_alerts_them_and_holds_its_waiters(
     // A build that had not consumed it waits too, and is not alerted.
     let (code, _) = decide(&env, "app-2");
     assert_eq!(code, buildstate::exit::WAIT);
+    // The graph says so too.
+    let tree = env
+        .run("monitor", &["status", "--tree", "--json"])
+        .ok()
+        .json();
+    let app2 = tree
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["build_id"] == "app-2")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (
+            app2["parents"][0]["holds"].as_bool(),
+            app2["parents"][0]["status"].as_str()
+        ),
+        (Some(false), Some("revoked")),
+        "{app2}"
+    );
     let alerts = revoked_alerts(&env);
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     let a = &alerts[0];

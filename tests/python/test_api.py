@@ -346,3 +346,18 @@ def test_init_reuse_from_reuses_what_an_identical_build_did(db: Path, tmp_path: 
     with pytest.raises(buildstate.InvalidInputError) as e:
         s.init("n-3", "aws", "rhel9", plan=plan, reuse_from="n-9")
     assert "there is no build 'n-9'" in str(e.value)
+
+
+def test_revoke_withdraws_outputs_and_refuses_when_there_are_none(db: Path) -> None:
+    s = buildstate.Store(db)
+    s.init("base-1", "aws", "rhel9")
+    with pytest.raises(buildstate.RefusedError) as e:
+        s.revoke("base-1", "nothing made yet")
+    assert "no current outputs" in str(e.value)
+    s.start("base-1", 5)
+    s.output("base-1", {"ami_id": "ami-1"})
+    s.complete("base-1", 5)
+    s.revoke("base-1", "bad kernel")
+    assert s.outputs("base-1") == {}
+    assert s.events("base-1")[-1]["kind"] == "revoke"
+    assert s.events("base-1")[-1]["message"] == "bad kernel"
