@@ -605,24 +605,11 @@ pub fn stale_states(
             out.push(after(first));
             continue;
         }
-        let Some(done) = marks.iter().rev().find(|m| {
-            m.state == Some(s.id)
-                && matches!(
-                    m.kind,
-                    EventKind::Complete | EventKind::Skip | EventKind::Init | EventKind::Reused
-                )
-        }) else {
+        let Some(done) = Mark::last_done(marks, s.id) else {
             continue;
         };
         // The latest verdict since it completed: a drift until a later verify passes.
-        let drift = marks
-            .iter()
-            .rev()
-            .take_while(|m| m.seq > done.seq)
-            .find(|m| {
-                matches!(m.kind, EventKind::Drift | EventKind::Verified) && m.state == Some(s.id)
-            })
-            .filter(|m| m.kind == EventKind::Drift);
+        let drift = Mark::drift_since(marks, done, s.id);
         let own = if let Some(d) = drift {
             Some((
                 StaleKind::Drifted,

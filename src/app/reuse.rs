@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::inputs::{compute, outputs_here, process_env, Detail, FileCache, Sources};
-use crate::manifest::{changes, Manifest};
+use crate::manifest::{changes, Manifest, Mark};
 use crate::model::{Ctx, EventKind, Transition};
 use crate::sync::Writer;
 use crate::{Error, Result};
@@ -135,13 +135,7 @@ fn judge(
             out.stopped = Some(format!("build {from} has not completed {label}"));
             break;
         }
-        let done = marks.iter().rev().find(|m| {
-            m.state == Some(s.id)
-                && matches!(
-                    m.kind,
-                    EventKind::Complete | EventKind::Reused | EventKind::Skip | EventKind::Init
-                )
-        });
+        let done = Mark::last_done(&marks, s.id);
         let Some(done) = done.filter(|d| matches!(d.kind, EventKind::Complete | EventKind::Reused))
         else {
             out.stopped = Some(format!(
@@ -149,15 +143,7 @@ fn judge(
             ));
             break;
         };
-        let drifted = marks
-            .iter()
-            .rev()
-            .take_while(|m| m.seq > done.seq)
-            .find(|m| {
-                m.state == Some(s.id) && matches!(m.kind, EventKind::Drift | EventKind::Verified)
-            })
-            .is_some_and(|m| m.kind == EventKind::Drift);
-        if drifted {
+        if Mark::drift_since(&marks, done, s.id).is_some() {
             out.stopped = Some(format!(
                 "{label} of build {from} drifted (its verify failed)"
             ));

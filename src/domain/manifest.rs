@@ -249,6 +249,32 @@ pub fn last_done(events: &[Event], state: u8) -> Option<&Event> {
     })
 }
 
+impl Mark {
+    /// The mark that made `state` done last (complete, skip, reused, or init), if any.
+    pub fn last_done(marks: &[Mark], state: u8) -> Option<&Mark> {
+        marks.iter().rev().find(|m| {
+            m.state == Some(state)
+                && matches!(
+                    m.kind,
+                    EventKind::Complete | EventKind::Skip | EventKind::Init | EventKind::Reused
+                )
+        })
+    }
+
+    /// The drift of `state` that stands since it was done (`done`): its latest verdict
+    /// after `done` is a drift (a later verify that passes clears it).
+    pub fn drift_since<'a>(marks: &'a [Mark], done: &Mark, state: u8) -> Option<&'a Mark> {
+        marks
+            .iter()
+            .rev()
+            .take_while(|m| m.seq > done.seq)
+            .find(|m| {
+                matches!(m.kind, EventKind::Drift | EventKind::Verified) && m.state == Some(state)
+            })
+            .filter(|m| m.kind == EventKind::Drift)
+    }
+}
+
 /// An event as the staleness check reads it (`store::Store::marks`): inits,
 /// completions, skips and drifts, the inputs left as stored text and parsed only as far
 /// as needed.
