@@ -300,9 +300,15 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
         .collect();
     let empty = BTreeMap::new();
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    // A parent that is not here: archived (judged by its record, as `known` does), or
+    // missing.
+    let gone = |id: &str| match facts.archived.get(id) {
+        Some(s) => format!("archived {s}"),
+        None => "missing".into(),
+    };
     let node = |b: Option<&&Build>, id: &str| Node {
         build_id: id.to_string(),
-        status: b.map_or("missing".into(), |b| b.status.to_string()),
+        status: b.map_or_else(|| gone(id), |b| b.status.to_string()),
         current_state: b.and_then(|b| b.current_state),
         parents: Vec::new(),
         children: Vec::new(),
@@ -326,8 +332,14 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
         for (pid, state) in wants {
             let parent = by_id.get(pid.as_str());
             let revoked = facts.revoked.contains(&pid);
-            let holds =
-                !revoked && parent.is_some_and(|p| crate::deps::holds(p.current_state, state));
+            let holds = !revoked
+                && match parent {
+                    Some(p) => crate::deps::holds(p.current_state, state),
+                    None => facts
+                        .archived
+                        .get(&pid)
+                        .is_some_and(|s| s.as_str() == crate::model::Status::Completed.as_str()),
+                };
             nodes
                 .entry(b.build_id.clone())
                 .or_insert_with(|| node(Some(&b), &b.build_id))
@@ -337,7 +349,7 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
                     state,
                     holds,
                     status: match parent {
-                        None => "missing".into(),
+                        None => gone(&pid),
                         Some(_) if revoked => "revoked".into(),
                         Some(p) => p.status.to_string(),
                     },

@@ -254,6 +254,8 @@ pub struct GraphFacts {
     /// The builds whose outputs are revoked now (`crate::outputs::revoked`): a build
     /// that waits for one of them waits until it makes new ones.
     pub revoked: std::collections::HashSet<String>,
+    /// The status of each build archived from here (`completed` or `cancelled`).
+    pub archived: HashMap<String, String>,
 }
 
 impl Store {
@@ -329,12 +331,17 @@ impl Store {
         let revoked = stmt
             .query_map([], |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = self.conn.prepare("SELECT build_id, status FROM archived")?;
+        let archived = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(GraphFacts {
             builds,
             plans,
             meta,
             after,
             revoked,
+            archived,
         })
     }
 }

@@ -690,6 +690,26 @@ fn an_archived_parent_is_judged_by_its_archive_record() {
     let (code, j) = decide(&env, "app-2");
     assert_eq!((code, j["decision"].as_str()), (0, Some("resume")), "{j}");
     assert_eq!(j["next_state"], 10, "{j}");
+    // The graph judges it the same way.
+    let tree = env
+        .run("monitor", &["status", "--tree", "--json"])
+        .ok()
+        .json();
+    let app2 = tree
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["build_id"] == "app-2")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (
+            app2["parents"][0]["holds"].as_bool(),
+            app2["parents"][0]["status"].as_str()
+        ),
+        (Some(true), Some("archived completed")),
+        "{app2}"
+    );
 }
 
 #[test]
