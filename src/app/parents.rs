@@ -27,11 +27,15 @@ fn parents_of(child: &Child<'_>, plan: &Plan, state: u8) -> Result<Vec<(String, 
         .collect()
 }
 
-/// The builds whose outputs the states of `plan` consume (`inputs.builds`), resolved for
-/// `child`: a dependency too, for cycles.
-fn consumed_of(child: &Child<'_>, plan: &Plan) -> Result<Vec<String>> {
+/// The builds whose outputs the states of `plan` (up to `upto`; `None`: all) consume
+/// (`inputs.builds`), resolved for `child`: a dependency too, for cycles.
+fn consumed_of(child: &Child<'_>, plan: &Plan, upto: Option<u8>) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for s in &plan.states {
+    for s in plan
+        .states
+        .iter()
+        .filter(|s| upto.is_none_or(|u| s.id <= u))
+    {
         for e in s.inputs.iter().flat_map(|i| &i.builds) {
             let c = crate::deps::parse_consumed(e).map_err(|m| Error::InvalidPlan {
                 origin: format!("plan '{}'", plan.name),
@@ -61,21 +65,11 @@ fn build_level(writer: &Writer, build_id: &str) -> Result<Vec<(String, u8)>> {
 fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
     refresh(writer, id)?;
     let Some(p) = writer.store().build(id)? else {
-        // An archived parent is judged by its archive record: it completed every state
-        // of its plan, or was cancelled and never will.
-        return Ok(writer.store().archived(id)?.map(|a| {
-            let completed = a.status == crate::model::Status::Completed.as_str();
-            Known {
-                status: if completed {
-                    crate::model::Status::Completed
-                } else {
-                    crate::model::Status::Cancelled
-                },
-                current_state: completed.then_some(state),
-                state_name: Some(format!("archived {}", a.status)),
-                revoked: None,
-            }
-        }));
+        // An archived parent is judged by its archive record.
+        return Ok(writer
+            .store()
+            .archived(id)?
+            .map(|a| Known::archived(&a.status, state)));
     };
     let plan = writer.store().plan(&p.plan_hash)?;
     Ok(Some(Known {
@@ -83,6 +77,7 @@ fn known(writer: &mut Writer, id: &str, state: u8) -> Result<Option<Known>> {
         current_state: p.current_state,
         state_name: plan.state(state).map(|d| d.name.clone()),
         revoked: writer.store().revoked(id)?,
+        archived: false,
     }))
 }
 
@@ -98,26 +93,19 @@ pub fn refresh_consumed(
     let Some(upto) = upto else {
         return Ok(());
     };
-    let entries: Vec<&String> = plan
+    let consumes = plan
         .states
         .iter()
         .filter(|s| s.id <= upto)
-        .filter_map(|s| s.inputs.as_ref())
-        .flat_map(|i| &i.builds)
-        .collect();
-    if entries.is_empty() || !writer.is_remote() {
+        .any(|s| s.inputs.as_ref().is_some_and(|i| !i.builds.is_empty()));
+    if !consumes || !writer.is_remote() {
         return Ok(());
     }
     let meta = writer.store().metadata(&b.build_id)?;
-    let child = Child::of(b, &meta);
-    let mut ids = std::collections::BTreeSet::new();
-    for e in entries {
-        let c = crate::deps::parse_consumed(e).map_err(|m| Error::InvalidPlan {
-            origin: format!("plan '{}'", plan.name),
-            message: format!("inputs.builds: {m}"),
-        })?;
-        ids.insert(resolve(&c.build, &child)?);
-    }
+    let ids: std::collections::BTreeSet<String> =
+        consumed_of(&Child::of(b, &meta), plan, Some(upto))?
+            .into_iter()
+            .collect();
     for id in ids {
         refresh(writer, &id)?;
     }
@@ -175,7 +163,7 @@ pub fn refuse_cycles(
             todo.push((id, start.clone()));
         }
     }
-    for id in consumed_of(child, plan)? {
+    for id in consumed_of(child, plan, None)? {
         todo.push((id, start.clone()));
     }
     // The builds `--after` names must exist: an id typed by hand is more often a typo
@@ -235,7 +223,7 @@ pub fn refuse_cycles(
                 todo.push((n, via.clone()));
             }
         }
-        for n in consumed_of(&Child::of(&p, &pmeta), &pplan).unwrap_or_default() {
+        for n in consumed_of(&Child::of(&p, &pmeta), &pplan, None).unwrap_or_default() {
             todo.push((n, via.clone()));
         }
     }
@@ -300,15 +288,15 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
         .collect();
     let empty = BTreeMap::new();
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    // A parent that is not here: archived (judged by its record, as `known` does), or
-    // missing.
-    let gone = |id: &str| match facts.archived.get(id) {
-        Some(s) => format!("archived {s}"),
-        None => "missing".into(),
-    };
     let node = |b: Option<&&Build>, id: &str| Node {
         build_id: id.to_string(),
-        status: b.map_or_else(|| gone(id), |b| b.status.to_string()),
+        status: match b {
+            Some(b) => b.status.to_string(),
+            None => facts
+                .archived
+                .get(id)
+                .map_or("missing".into(), |s| format!("archived {s}")),
+        },
         current_state: b.and_then(|b| b.current_state),
         parents: Vec::new(),
         children: Vec::new(),
@@ -331,15 +319,22 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
         wants.dedup();
         for (pid, state) in wants {
             let parent = by_id.get(pid.as_str());
-            let revoked = facts.revoked.contains(&pid);
-            let holds = !revoked
-                && match parent {
-                    Some(p) => crate::deps::holds(p.current_state, state),
-                    None => facts
-                        .archived
-                        .get(&pid)
-                        .is_some_and(|s| s.as_str() == crate::model::Status::Completed.as_str()),
-                };
+            // Judged as a child's decision judges it (`known`, `judge`), from the facts.
+            let known = match parent {
+                Some(p) => Some(Known {
+                    status: p.status,
+                    current_state: p.current_state,
+                    state_name: facts
+                        .plans
+                        .get(&p.plan_hash)
+                        .and_then(|pl| pl.state(state))
+                        .map(|d| d.name.clone()),
+                    revoked: facts.revoked.get(&pid).cloned(),
+                    archived: false,
+                }),
+                None => facts.archived.get(&pid).map(|s| Known::archived(s, state)),
+            };
+            let holds = judge(&pid, state, known.as_ref()).is_none();
             nodes
                 .entry(b.build_id.clone())
                 .or_insert_with(|| node(Some(&b), &b.build_id))
@@ -348,11 +343,7 @@ pub fn graph(facts: &crate::store::fleet::GraphFacts) -> Vec<Node> {
                     build_id: pid.clone(),
                     state,
                     holds,
-                    status: match parent {
-                        None => gone(&pid),
-                        Some(_) if revoked => "revoked".into(),
-                        Some(p) => p.status.to_string(),
-                    },
+                    status: known.as_ref().map_or("missing".into(), Known::label),
                 });
             let p = nodes
                 .entry(pid.clone())

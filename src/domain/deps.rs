@@ -165,6 +165,37 @@ pub struct Known {
     /// The reason of a revocation of its outputs that stands (`update-state revoke`):
     /// until it makes new ones, it is not done.
     pub revoked: Option<String>,
+    /// Known by its archive record (it left this database: `monitor archive`).
+    pub archived: bool,
+}
+
+impl Known {
+    /// A parent archived from this database, by its archive record's status: one that
+    /// completed its plan has done every state of it, a cancelled one never will.
+    pub fn archived(status: &str, state: u8) -> Known {
+        let completed = status == Status::Completed.as_str();
+        Known {
+            status: if completed {
+                Status::Completed
+            } else {
+                Status::Cancelled
+            },
+            current_state: completed.then_some(state),
+            state_name: Some(format!("archived {status}")),
+            revoked: None,
+            archived: true,
+        }
+    }
+
+    /// How the parent stands, in one word or two (`revoked`, `archived completed`, or
+    /// its status), for the graph.
+    pub fn label(&self) -> String {
+        match (&self.revoked, self.archived) {
+            (Some(_), _) => "revoked".into(),
+            (None, true) => format!("archived {}", self.status),
+            (None, false) => self.status.to_string(),
+        }
+    }
 }
 
 /// A dependency that does not hold: which parent, which state of it, and how it stands.
@@ -293,6 +324,7 @@ mod tests {
             current_state: c,
             state_name: Some("publish".into()),
             revoked: None,
+            archived: false,
         };
         assert!(judge("base", 100, Some(&k(Status::Completed, Some(100)))).is_none());
         let u = judge("base", 100, Some(&k(Status::Running, Some(40)))).unwrap();
@@ -313,6 +345,10 @@ mod tests {
             state_name: None,
             ..k(Status::Pending, Some(0))
         };
+        assert!(judge("base", 100, Some(&Known::archived("completed", 100))).is_none());
+        let gone = Known::archived("cancelled", 100);
+        assert_eq!(gone.label(), "archived cancelled");
+        assert!(judge("base", 100, Some(&gone)).is_some());
         assert!(judge("base", 7, Some(&none))
             .unwrap()
             .reason

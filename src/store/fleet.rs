@@ -253,7 +253,8 @@ pub struct GraphFacts {
     pub after: HashMap<String, Vec<String>>,
     /// The builds whose outputs are revoked now (`crate::outputs::revoked`): a build
     /// that waits for one of them waits until it makes new ones.
-    pub revoked: std::collections::HashSet<String>,
+    /// By build, the reason.
+    pub revoked: HashMap<String, String>,
     /// The status of each build archived from here (`completed` or `cancelled`).
     pub archived: HashMap<String, String>,
 }
@@ -324,12 +325,12 @@ impl Store {
         }
         // A revocation stands until the build starts a state or records an output.
         let mut stmt = self.conn.prepare(
-            "SELECT DISTINCT r.build_id FROM events r WHERE r.kind = 'revoke' AND NOT EXISTS (
+            "SELECT r.build_id, COALESCE(r.message, '') FROM events r WHERE r.kind = 'revoke' AND NOT EXISTS (
                  SELECT 1 FROM events l WHERE l.build_id = r.build_id AND l.seq > r.seq
                    AND l.kind IN ('start', 'output', 'reused'))",
         )?;
         let revoked = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut stmt = self.conn.prepare("SELECT build_id, status FROM archived")?;
         let archived = stmt
