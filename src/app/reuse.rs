@@ -31,6 +31,11 @@ pub struct Outcome {
     pub reused: Vec<Reused>,
     /// Why reuse stopped where it did (`None`: every state was reused).
     pub stopped: Option<String>,
+    /// What went wrong, when reuse failed after the build was created (the remote was
+    /// away, ...): the build stands, with the states reused up to there, and the rest
+    /// run normally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Check, before anything is written, that `from` can be reused by `build_id`: another
@@ -67,6 +72,8 @@ pub fn check_source(w: &mut Writer, build_id: &str, from: &str) -> Result<()> {
 
 /// Record as `reused` the leading states of `from` that `build_id` (just created, nothing
 /// run) may take as they are, hashing its inputs under `root_dir` (as check-state does).
+/// The build is written already: a failure here is reported in the outcome (`error`),
+/// with the states reused before it, not as a failure of the whole init.
 pub fn apply(
     w: &mut Writer,
     build_id: &str,
@@ -75,9 +82,25 @@ pub fn apply(
     actor: &crate::context::Actor,
     ctx: &Ctx<'_>,
 ) -> Result<Outcome> {
-    let (todo, out) = judge(w.store(), build_id, from, root_dir)?;
-    for t in &todo {
-        w.transition(build_id, t, actor, ctx)?;
+    let (todo, mut out) = match judge(w.store(), build_id, from, root_dir) {
+        Ok(judged) => judged,
+        Err(e) => {
+            return Ok(Outcome {
+                from: from.to_string(),
+                reused: Vec::new(),
+                stopped: Some("nothing was reused: every state runs".into()),
+                error: Some(e.to_string()),
+            })
+        }
+    };
+    for (i, t) in todo.iter().enumerate() {
+        if let Err(e) = w.transition(build_id, t, actor, ctx) {
+            let label = format!("state {} ({})", out.reused[i].state, out.reused[i].name);
+            out.reused.truncate(i);
+            out.stopped = Some(format!("{label} could not be recorded as reused: it runs"));
+            out.error = Some(e.to_string());
+            break;
+        }
     }
     Ok(out)
 }
@@ -93,6 +116,7 @@ fn judge(
         from: from.to_string(),
         reused: Vec::new(),
         stopped: None,
+        error: None,
     };
     let (Some(b2), Some(b1)) = (store.build(build_id)?, store.build(from)?) else {
         return Err(Error::UnknownBuild(from.to_string()));

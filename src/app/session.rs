@@ -84,12 +84,14 @@ pub fn init_reusing(
 ) -> Result<(crate::store::InitOutcome, Option<crate::reuse::Outcome>)> {
     req.validate()?;
     crate::reuse::check_source(w, &req.build_id, from)?;
+    // Checked before the build is written, as the source is.
+    let root = crate::inputs::root(root)?;
     let outcome = init(w, req, actor, now)?;
     if !outcome.created {
         return Ok((outcome, None));
     }
     let ctx = crate::model::Ctx::at(now);
-    let reused = crate::reuse::apply(w, &req.build_id, from, root, actor, &ctx)?;
+    let reused = crate::reuse::apply(w, &req.build_id, from, Some(&root), actor, &ctx)?;
     let build = w.store().build(&req.build_id)?.unwrap_or(outcome.build);
     Ok((
         crate::store::InitOutcome {

@@ -267,3 +267,71 @@ fn the_inputs_root_variable_does_not_get_in_the_way_of_a_plain_init() {
         .env("BUILDSTATE_INPUTS_ROOT", &n.root);
     n.env.run_with(&mut c, None).ok();
 }
+
+/// A failure after the build is written (here the reuse's own write: an injected full
+/// disk) is not reported as a failed init: the build stands, nothing is marked reused,
+/// and the outcome and a warning say what went wrong. A bad inputs root is refused
+/// before anything is written.
+#[test]
+fn a_reuse_that_fails_after_the_build_is_written_says_so_and_reuses_nothing() {
+    let n = Nightly::new();
+    n.init("nightly-1", "2026-12-01", &[]).ok();
+    n.run_through("nightly-1");
+    let file = n.env.path("src/kickstart.cfg").display().to_string();
+    let r = n.init(
+        "nightly-4",
+        "2026-12-02",
+        &["--reuse-from", "nightly-1", "--inputs-root", &file],
+    );
+    assert_eq!(r.code, buildstate::exit::INVALID_INPUT, "{}", r.stderr);
+    assert_eq!(
+        n.check("nightly-4", &[]).1["exists"],
+        false,
+        "written before the root was checked"
+    );
+    let mut c = n.env.command("init-state");
+    c.args([
+        "nightly-5",
+        "--cloud",
+        "aws",
+        "--image",
+        "rhel9",
+        "--plan",
+        &n.plan,
+        "--meta",
+        "night=2",
+        "--reuse-from",
+        "nightly-1",
+        "--inputs-root",
+        &n.root,
+        "--json",
+    ])
+    .env("BUILDSTATE_TEST_FAIL_COMMIT", "1");
+    let r = n.env.run_with(&mut c, None).ok();
+    let j = r.json();
+    assert_eq!(j["created"], true, "{j}");
+    assert_eq!(j["reuse"]["reused"], serde_json::json!([]), "{j}");
+    assert!(
+        j["reuse"]["error"].as_str().unwrap().contains("injected"),
+        "{j}"
+    );
+    assert!(
+        j["reuse"]["stopped"]
+            .as_str()
+            .unwrap()
+            .starts_with("state 5 (kickstart) could not be recorded as reused"),
+        "{j}"
+    );
+    assert!(
+        r.stderr
+            .contains("warning: build nightly-5 was created, but reusing from nightly-1 failed"),
+        "{}",
+        r.stderr
+    );
+    let (_, j) = n.check("nightly-5", &[]);
+    assert_eq!(
+        (j["decision"].as_str(), j["next_state"].as_u64()),
+        (Some("resume"), Some(5)),
+        "{j}"
+    );
+}

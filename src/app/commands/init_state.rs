@@ -94,6 +94,15 @@ fn run(args: &Args) -> Result<i32> {
     let (mut report, stored_plan) = Report::after_write(store.store(), &outcome.build, now)?;
     report.created = Some(outcome.created);
     report.reuse = reused.clone();
+    if let Some(r) = reused.as_ref().filter(|r| r.error.is_some()) {
+        eprintln!(
+            "init-state: warning: build {} was created, but reusing from {} failed ({}): {}",
+            req.build_id,
+            r.from,
+            r.error.as_deref().unwrap_or_default(),
+            r.stopped.as_deref().unwrap_or_default()
+        );
+    }
     if args.common.json {
         crate::cli::outln(format_args!("{}", report.to_json()))?;
     } else if outcome.created {
