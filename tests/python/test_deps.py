@@ -174,3 +174,21 @@ def test_a_play_whose_parents_never_hold_stops_the_playbook_and_records_nothing(
     assert "still waits for other builds after 3s" in out and "base-rhel9" in out, out
     assert '"msg": "the app layer"' not in out, "the play's task ran"
     assert not events(store, "app-43", "start", 10)
+
+
+def test_a_parent_wait_that_is_not_a_number_of_seconds_stops_the_playbook(tmp_path: Path, db: Path) -> None:
+    """Ansible would drop the callback over a bad int option and run the plays without
+    waiting; a bad BUILDSTATE_PARENT_WAIT stops the playbook instead."""
+    (tmp_path / "app.toml").write_text(APP_PLAN)
+    store = buildstate.Store(db)
+    store.init("app-44", "aws", "rhel9", plan=tmp_path / "app.toml")
+    site = app_checkout(tmp_path / "app")
+    for bad in ("NaN", "-1", "1.5", "10s"):
+        env = env_of(db, "app-44")
+        env["BUILDSTATE_PARENT_WAIT"] = bad
+        p = playbook(site, env)
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 2, (bad, out)
+        assert f"parent_wait must be a whole number of seconds, 0 or more, not '{bad}'" in out, out
+        assert '"msg": "prepare"' not in out, "a play ran"
+    assert not store.events("app-44")[1:], "something was recorded"

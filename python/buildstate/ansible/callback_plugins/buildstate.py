@@ -157,8 +157,11 @@ options:
     description:
       - Seconds a play whose state waits for other builds waits for them before the
         playbook stops (exit 12). C(0) stops at once.
-    type: int
-    default: 3600
+      - A whole number of seconds, 0 or more (empty means the default); anything else stops
+        the playbook before its first play (exit 2) rather than let it run without
+        waiting.
+    type: str
+    default: "3600"
     env:
       - name: BUILDSTATE_PARENT_WAIT
     ini:
@@ -250,7 +253,7 @@ class CallbackModule(CallbackBase):
         self._cloud = self.get_option("cloud")
         self._image = self.get_option("image")
         self._lease_ttl = self.get_option("lease_ttl")
-        self._parent_wait = self.get_option("parent_wait")
+        self._parent_wait = self._seconds("parent_wait", self.get_option("parent_wait"))
         self._inputs_root = self.get_option("inputs_root")
         self._force = self.get_option("force")
         self._force_reason = self.get_option("force_reason")
@@ -329,10 +332,23 @@ class CallbackModule(CallbackBase):
         self._baseline = self._snapshot()
         self._problems = {}
 
+    def _seconds(self, name, value):
+        """A whole number of seconds, 0 or more (empty: the default, 3600); else the
+        playbook stops (exit 2): a gate
+        whose setting is wrong must not let the play run as if nothing waited."""
+        text = str(value).strip() or "3600"
+        if not text.isdigit() or not text.isascii():
+            self._display.error(
+                "buildstate: %s must be a whole number of seconds, 0 or more, not %r; stopping the playbook, nothing recorded"
+                % (name, _bounded(str(value), 100))
+            )
+            raise SystemExit(2)
+        return int(text)
+
     def _parents_hold(self, store, state, label, report):
         """Hold the play until the builds its state waits for hold, within parent_wait;
         stop the playbook (exit 12) if they do not. False when the callback is off."""
-        deadline = time.monotonic() + max(0, int(self._parent_wait))
+        deadline = time.monotonic() + self._parent_wait
         said = False
         waited = time.monotonic()
         while report.get("decision") == "wait" and report.get("waiting_for") and report.get("next_state") == state:
