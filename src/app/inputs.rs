@@ -546,6 +546,16 @@ pub fn compute(
     Ok(m)
 }
 
+/// The globs a completion recorded beyond its plan's (`recorded`: what a caller
+/// discovered, the Ansible callback's roles): hashed again with the plan's to compare.
+pub fn extra_globs(recorded: &[String], def: &InputsDef) -> Vec<String> {
+    recorded
+        .iter()
+        .filter(|g| !def.files.contains(g))
+        .cloned()
+        .collect()
+}
+
 /// Whether a state's inputs changed. When it recorded files and not one of them is under
 /// the root now, the root is far more likely wrong than every file deleted: that is an
 /// error, not a rerun of hours of work.
@@ -623,12 +633,7 @@ pub fn stale_states(
         {
             let head: Head = serde_json::from_str(raw).map_err(|e| corrupt(done.seq, e))?;
             let def = s.inputs.clone().unwrap_or_default();
-            let extra: Vec<String> = head
-                .globs
-                .iter()
-                .filter(|g| !def.files.contains(g))
-                .cloned()
-                .collect();
+            let extra = extra_globs(&head.globs, &def);
             let now = compute(&def, &extra, src, cache, Detail::Digest)?;
             if now.digest == head.digest {
                 None

@@ -180,12 +180,7 @@ fn judge(
         let then: Manifest = serde_json::from_str(raw).map_err(|e| {
             Error::Corrupt(format!("build '{from}' event {} inputs: {e}", done.seq))
         })?;
-        let extra: Vec<String> = then
-            .globs
-            .iter()
-            .filter(|g| !def.files.contains(g))
-            .cloned()
-            .collect();
+        let extra = crate::inputs::extra_globs(&then.globs, def);
         let now = compute(def, &extra, &src(&b1.lineage), &mut cache, Detail::Digest)?;
         if now.digest != then.digest {
             let full = compute(def, &extra, &src(&b1.lineage), &mut cache, Detail::Full)?;
