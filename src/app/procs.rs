@@ -78,17 +78,36 @@ impl Tracked {
     }
 
     /// End every process that carries the token: SIGTERM, then SIGKILL to what is still
-    /// there after `grace`. Returns within `grace` and a few milliseconds.
+    /// there after `grace`. Returns within `grace` and a few tens of milliseconds.
     pub fn end_all(&self, grace: Duration) {
-        if self.signal(libc::SIGTERM) == 0 {
-            return;
-        }
         let until = Instant::now() + grace;
-        while Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-            if self.pids().is_empty() {
-                return;
+        // A process in the middle of an exec can be missing from one listing (its
+        // environment unreadable for that instant): they are gone only when two
+        // listings 20 ms apart find none, and each one found is sent SIGTERM once.
+        let mut termed = std::collections::HashSet::new();
+        let mut empty = 0;
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                empty += 1;
+                if empty >= 2 {
+                    return;
+                }
+            } else {
+                empty = 0;
             }
+            for pid in pids {
+                if termed.insert(pid) {
+                    // SAFETY: kill has no memory-safety preconditions; a pid gone since is ESRCH.
+                    unsafe {
+                        libc::kill(pid, libc::SIGTERM);
+                    }
+                }
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         self.signal(libc::SIGKILL);
     }
